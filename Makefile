@@ -1,0 +1,27 @@
+# `make serve` and `make test` bootstrap .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test proto proto-check clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)  ## serve the shipped demo model on 127.0.0.1:8001 (gRPC) and :8002 (/metrics)
+	$(VENV)/bin/guard serve $(ARGS)
+
+test: $(STAMP)  ## the whole test suite
+	$(PY) -m pytest $(ARGS)
+
+proto: $(STAMP)  ## regenerate guard/proto from proto/inference.proto
+	$(PY) proto/generate.py
+
+proto-check: $(STAMP)
+	$(PY) proto/generate.py --check
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,129 @@
+"""`guard calibrate`: bring any ONNX classifier under the guard from clean samples.
+
+Copies the model into REPOSITORY/NAME/, scores the clean samples with the same pipeline the
+server runs, sets every detector's threshold for the target false-positive rate (see
+guard.calibration), writes config.toml, and reports the flag rate on clean samples it did not
+calibrate on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from guard.backends.onnxruntime import OnnxRuntimeBackend
+from guard.calibration import fit_thresholds, flag_rates
+from guard.config import BackendConfig, load_model_config
+from guard.detectors import build_detectors, squeezer_tables
+from guard.device import select_device
+from guard.errors import ConfigError
+from guard.pipeline import GuardPipeline
+from guard.repository import check_against_model, onnx_signature
+from guard.toml_writer import dumps
+
+log = logging.getLogger("guard.calibrate")
+
+
+def score_samples(pipeline: GuardPipeline, x: np.ndarray, batch_size: int = 64,
+                  desc: str = "scoring") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every detector's scores and the model's logits for x, batch by batch."""
+    scores: dict[str, list[np.ndarray]] = {d.name: [] for d in pipeline.detectors}
+    logits = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False):
+            result = pipeline.run({pipeline.guarded_input: np.ascontiguousarray(x[start:start + batch_size])})
+            for name, value in result.scores.items():
+                scores[name].append(value)
+            logits.append(result.outputs[pipeline.logits_output])
+    return {k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(logits)
+
+
+def _split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    cut = n - int(round(n * holdout_fraction))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray, y: np.ndarray | None = None,
+                    *, target_fpr: float = 0.05, holdout: tuple[np.ndarray, np.ndarray | None] | None = None,
+                    holdout_fraction: float = 0.3, seed: int = 0, value_range: tuple[float, float] = (0.0, 1.0),
+                    detectors: list[dict[str, Any]] | None = None, policy: str = "flag",
+                    batching: dict[str, int] | None = None, backend: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write REPOSITORY/NAME/{model.onnx,config.toml,calibration.json}; returns the report.
+
+    x are clean samples; unless `holdout` (x, y) is given, a seeded `holdout_fraction` of them is
+    kept out of calibration to measure the flag rate on clean data the thresholds never saw.
+    """
+    inputs, outputs = onnx_signature(onnx_path)
+    if len(inputs) != 1:
+        raise ConfigError(onnx_path, "(model inputs)", "exactly one input for `guard calibrate` "
+                          f"(found {[i.name for i in inputs]}); write config.toml by hand")
+    spec = inputs[0]
+    if holdout is None:
+        cal_idx, hold_idx = _split(len(x), holdout_fraction, seed)
+        holdout = (x[hold_idx], None if y is None else y[hold_idx])
+        x, y = x[cal_idx], None if y is None else y[cal_idx]
+    x, x_hold = x.astype(np.float32), holdout[0].astype(np.float32)
+    if x.ndim != len(spec.shape) + 1 or any(d not in (-1, s) for d, s in zip(spec.shape, x.shape[1:])):
+        raise ConfigError(onnx_path, spec.name, f"samples of shape [N, {', '.join(map(str, spec.shape))}]",
+                          list(x.shape))
+    low, high = value_range
+    if x.min() < low or x.max() > high:
+        raise ConfigError(onnx_path, "range", f"clean samples within [{low}, {high}]",
+                          [float(x.min()), float(x.max())])
+
+    target = repository / name
+    target.mkdir(parents=True, exist_ok=True)
+    model_file = target / "model.onnx"
+    if onnx_path.resolve() != model_file.resolve():
+        shutil.copyfile(onnx_path, model_file)
+
+    tables = detectors if detectors is not None else squeezer_tables()
+    found = build_detectors(target / "config.toml", tables, require_threshold=False)
+    backend_config = BackendConfig(**{k: v for k, v in (backend or {}).items() if k != "tensorrt"})
+    engine = OnnxRuntimeBackend(model_file, backend_config)
+    logits_name = outputs[0].name
+    pipeline = GuardPipeline(engine, found, spec.name, logits_name, [o.name for o in outputs], select_device("auto"))
+    cal_scores, cal_logits = score_samples(pipeline, x, desc="calibration")
+    hold_scores, hold_logits = score_samples(pipeline, x_hold, desc="held-out")
+    fit = fit_thresholds(cal_scores, target_fpr)
+    hold_per_detector, hold_union = flag_rates(hold_scores, fit.thresholds)
+
+    config = {
+        "name": name, "version": "1", "platform": "onnxruntime_onnx", "model_file": model_file.name,
+        "policy": policy, "target_fpr": target_fpr, "guarded_input": spec.name, "logits_output": logits_name,
+        "inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(x.shape[1:]),
+                    "range": [float(low), float(high)], "layout": "NCHW" if x.ndim == 4 else ""}],
+        "outputs": [{"name": o.name, "datatype": o.datatype,
+                     "shape": [d if d != -1 else s for d, s in zip(o.shape, cal_logits.shape[1:])]
+                     if o.name == logits_name else list(o.shape)} for o in outputs],
+        "batching": batching or {"max_batch_size": 32, "max_queue_delay_microseconds": 0,
+                                 "max_queue_size": 1024},
+        "backend": backend or {"intra_op_threads": 1, "inter_op_threads": 1},
+        "detectors": [{**d.to_config(), "threshold": fit.thresholds[d.name]} for d in found],
+    }
+    header = (f"# Written by `guard calibrate` from {len(x)} clean samples (target FPR {target_fpr}).\n"
+              "# Thresholds: guard/calibration.py; regenerate rather than edit them by hand.\n")
+    (target / "config.toml").write_text(header + dumps(config))
+    check_against_model(load_model_config(target))  # what we wrote must load
+
+    report: dict[str, Any] = {
+        "model": name, "target_fpr": target_fpr, "n_calibration": len(x), "n_holdout": len(x_hold),
+        "thresholds": fit.thresholds, "calibration_fpr": fit.calibration_fpr,
+        "calibration_fpr_per_detector": fit.detector_fpr,
+        "holdout_fpr": hold_union, "holdout_fpr_per_detector": hold_per_detector,
+    }
+    if y is not None:
+        report["calibration_accuracy"] = float((cal_logits.argmax(1) == y).mean())
+    if holdout[1] is not None:
+        report["holdout_accuracy"] = float((hold_logits.argmax(1) == holdout[1]).mean())
+    (target / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("calibrated %s: held-out clean flag rate %.3f (target %.3f)", name, hold_union, target_fpr)
+    return report

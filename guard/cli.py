@@ -1,0 +1,95 @@
+"""The `guard` command line: serve, calibrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from guard.errors import GuardError
+
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from guard.server import ServerSettings, serve_forever
+
+    if not args.access_log:
+        logging.getLogger("guard.access").setLevel(logging.WARNING)
+    settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
+                              metrics_port=args.metrics_port, policy=args.policy,
+                              max_message_bytes=args.max_message_bytes, torch_threads=args.torch_threads)
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from guard.calibrate import calibrate_model
+    from guard.detectors import squeezer_tables
+
+    with np.load(args.data) as data:
+        if "x" not in data:
+            raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
+        x, y = data["x"], data["y"] if "y" in data else None
+    report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
+                             holdout_fraction=args.holdout_fraction, seed=args.seed,
+                             value_range=tuple(args.range), policy=args.policy or "flag",
+                             detectors=squeezer_tables(args.bit_depth, args.median))
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guard", description="Inference guard gateway (KServe v2 gRPC).")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                       help="model repository (default: the shipped demo, models/repository)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (logged)")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port; -1 disables")
+    serve.add_argument("--policy", choices=("enforce", "flag", "shadow"), help="override every model's policy")
+    serve.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
+    serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.set_defaults(func=_serve)
+
+    cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
+    cal.add_argument("--onnx", type=Path, required=True, help="the classifier (outputs logits first)")
+    cal.add_argument("--name", required=True, help="model name (directory under the repository)")
+    cal.add_argument("--repository", type=Path, required=True)
+    cal.add_argument("--data", type=Path, required=True, help=".npz with clean samples 'x' (optional labels 'y')")
+    cal.add_argument("--target-fpr", type=float, default=0.05)
+    cal.add_argument("--holdout-fraction", type=float, default=0.3,
+                     help="share of the samples kept out of calibration to report the clean flag rate")
+    cal.add_argument("--range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    cal.add_argument("--policy", choices=("enforce", "flag", "shadow"))
+    cal.add_argument("--bit-depth", type=int, action="append", metavar="BITS",
+                     help="add a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
+    cal.add_argument("--median", type=int, action="append", metavar="SIZE",
+                     help="add a SIZExSIZE median-filter squeezer (repeatable)")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except GuardError as exc:
+        logging.getLogger("guard").error("%s", exc.message)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

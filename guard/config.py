@@ -1,0 +1,242 @@
+"""Typed model configuration, read once from a repository entry's `config.toml`.
+
+Every field is validated on load; a bad value raises ConfigError naming the file, the dotted key
+and what was expected. Detector tables are kept raw here and validated by each detector type
+(see guard.detectors), so adding a detector needs no change in this module.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guard.errors import ConfigError
+from guard.tensors import DATATYPES
+
+POLICIES = ("enforce", "flag", "shadow")
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    """Shape of one item, batch dimension excluded; -1 marks a variable dimension."""
+    range: tuple[float, float] | None = None
+    """Inclusive value range every element must lie in; None accepts any finite value."""
+    layout: str = ""
+    """Informational, e.g. NCHW; squeezers assume channels come first."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    """Most rows (summed over requests) in one backend call for the original inputs."""
+    max_queue_delay_microseconds: int = 0
+    """How long the first queued request may wait for others to join its batch."""
+    max_queue_size: int = 1024
+    """Queued requests beyond this are rejected with UNAVAILABLE at once (0 = unbounded)."""
+    default_timeout_microseconds: int = 0
+    """Queue timeout for requests that set none (0 = none); a request may only lower it."""
+    instances: int = 1
+    """Batches that may run at the same time (each on its own worker thread)."""
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    fp16: bool = False
+    int8: bool = False
+    engine_cache_dir: str = ""
+    """Where built engines are cached across restarts ("" = no cache)."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    providers: tuple[str, ...] = PROVIDERS
+    """Execution providers in order of preference; only those that load are used."""
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    directory: Path
+    model_file: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    guarded_input: str
+    """The input the detectors examine (the image); other inputs are passed through."""
+    logits_output: str
+    version: str = "1"
+    platform: str = "onnxruntime_onnx"
+    policy: str = "flag"
+    target_fpr: float = 0.05
+    fail_open: bool = False
+    """If true, a request whose check failed is still served (verdict `unchecked`)."""
+    device: str = "auto"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    detectors: tuple[dict[str, Any], ...] = ()
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+
+class _Reader:
+    """Reads typed values out of a TOML table, remembering the key path for error messages."""
+
+    def __init__(self, path: Path, table: dict[str, Any], prefix: str = ""):
+        self.path, self.table, self.prefix = path, table, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def fail(self, name: str, expected: str, got: object = None) -> ConfigError:
+        return ConfigError(self.path, self.key(name), expected, got)
+
+    def get(self, name: str, kind: type, default: Any = ..., expected: str = "") -> Any:
+        if name not in self.table:
+            if default is ...:
+                raise ConfigError(self.path, self.key(name), f"{expected or kind.__name__} (missing)")
+            return default
+        value = self.table[name]
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.fail(name, expected or f"a {kind.__name__}", value)
+        return value
+
+    def positive(self, name: str, default: int, allow_zero: bool = False) -> int:
+        value = self.get(name, int, default)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.fail(name, "a non-negative integer" if allow_zero else "a positive integer", value)
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(name, str, default)
+        if value not in options:
+            raise self.fail(name, "one of " + ", ".join(options), value)
+        return value
+
+    def sub(self, name: str) -> "_Reader":
+        return _Reader(self.path, self.get(name, dict, {}, "a table"), f"{self.key(name)}.")
+
+    def unknown(self, known: set[str]) -> None:
+        extra = sorted(set(self.table) - known)
+        if extra:
+            raise self.fail(extra[0], "a known key (" + ", ".join(sorted(known)) + ")")
+
+
+def _tensor(reader: _Reader, entry: object, where: str) -> TensorSpec:
+    if not isinstance(entry, dict):
+        raise reader.fail(where, "a table with name, datatype and shape", entry)
+    r = _Reader(reader.path, entry, f"{where}.")
+    r.unknown({"name", "datatype", "shape", "range", "layout"})
+    shape = r.get("shape", list, expected="a list of dimensions (batch excluded)")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape):
+        raise r.fail("shape", "positive integers or -1", shape)
+    value_range = r.get("range", list, None)
+    if value_range is not None:
+        if (len(value_range) != 2 or not all(isinstance(v, (int, float)) for v in value_range)
+                or not all(math.isfinite(v) for v in value_range) or value_range[0] > value_range[1]):
+            raise r.fail("range", "[low, high] with finite low <= high", value_range)
+        value_range = (float(value_range[0]), float(value_range[1]))
+    return TensorSpec(
+        name=r.get("name", str), datatype=r.choice("datatype", DATATYPES), shape=tuple(shape),
+        range=value_range, layout=r.get("layout", str, ""),
+    )
+
+
+def _tensors(reader: _Reader, key: str) -> tuple[TensorSpec, ...]:
+    entries = reader.get(key, list, expected=f"a list of [[{key}]] tables")
+    if not entries:
+        raise reader.fail(key, "at least one tensor")
+    specs = tuple(_tensor(reader, entry, f"{key}[{i}]") for i, entry in enumerate(entries))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise reader.fail(key, "unique tensor names", names)
+    return specs
+
+
+def _batching(r: _Reader) -> BatchingConfig:
+    r.unknown(set(BatchingConfig.__dataclass_fields__))
+    d = BatchingConfig()
+    return BatchingConfig(
+        max_batch_size=r.positive("max_batch_size", d.max_batch_size),
+        max_queue_delay_microseconds=r.positive("max_queue_delay_microseconds", 0, allow_zero=True),
+        max_queue_size=r.positive("max_queue_size", d.max_queue_size, allow_zero=True),
+        default_timeout_microseconds=r.positive("default_timeout_microseconds", 0, allow_zero=True),
+        instances=r.positive("instances", d.instances),
+    )
+
+
+def _backend(r: _Reader) -> BackendConfig:
+    r.unknown({"providers", "intra_op_threads", "inter_op_threads", "tensorrt"})
+    providers = r.get("providers", list, list(PROVIDERS))
+    for provider in providers:
+        if provider not in PROVIDERS:
+            raise r.fail("providers", "a list drawn from " + ", ".join(PROVIDERS), providers)
+    trt = r.sub("tensorrt")
+    trt.unknown({"fp16", "int8", "engine_cache_dir"})
+    return BackendConfig(
+        providers=tuple(providers),
+        intra_op_threads=r.positive("intra_op_threads", 1, allow_zero=True),
+        inter_op_threads=r.positive("inter_op_threads", 1, allow_zero=True),
+        tensorrt=TensorRTConfig(trt.get("fp16", bool, False), trt.get("int8", bool, False),
+                                trt.get("engine_cache_dir", str, "")),
+    )
+
+
+TOP_LEVEL_KEYS = {
+    "name", "version", "platform", "model_file", "policy", "target_fpr", "fail_open", "device",
+    "guarded_input", "logits_output", "inputs", "outputs", "batching", "backend", "detectors",
+}
+
+
+def load_model_config(directory: Path) -> ModelConfig:
+    """Read and validate `directory/config.toml`; the model's name is the directory's name."""
+    path = directory / "config.toml"
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "a config.toml in the model directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", f"valid TOML ({exc})") from None
+    r = _Reader(path, table)
+    r.unknown(TOP_LEVEL_KEYS)
+    name = r.get("name", str, directory.name)
+    if name != directory.name:
+        raise r.fail("name", f"the directory's name {directory.name!r}", name)
+    model_file = directory / r.get("model_file", str, "model.onnx")
+    if not model_file.is_file():
+        raise r.fail("model_file", f"an existing file in {directory}", model_file.name)
+    inputs, outputs = _tensors(r, "inputs"), _tensors(r, "outputs")
+    guarded = r.get("guarded_input", str, inputs[0].name)
+    if guarded not in {s.name for s in inputs}:
+        raise r.fail("guarded_input", "the name of one of [[inputs]]", guarded)
+    logits = r.get("logits_output", str, outputs[0].name)
+    if logits not in {s.name for s in outputs}:
+        raise r.fail("logits_output", "the name of one of [[outputs]]", logits)
+    target_fpr = r.get("target_fpr", float, 0.05)
+    if not 0.0 < target_fpr < 1.0:
+        raise r.fail("target_fpr", "a rate strictly between 0 and 1", target_fpr)
+    detectors = r.get("detectors", list, [], "a list of [[detectors]] tables")
+    for i, entry in enumerate(detectors):
+        if not isinstance(entry, dict):
+            raise r.fail(f"detectors[{i}]", "a table", entry)
+    return ModelConfig(
+        name=name, directory=directory, model_file=model_file, inputs=inputs, outputs=outputs,
+        guarded_input=guarded, logits_output=logits, version=str(r.get("version", str, "1")),
+        platform=r.get("platform", str, "onnxruntime_onnx"), policy=r.choice("policy", POLICIES, "flag"),
+        target_fpr=target_fpr, fail_open=r.get("fail_open", bool, False),
+        device=r.choice("device", DEVICES, "auto"), batching=_batching(r.sub("batching")),
+        backend=_backend(r.sub("backend")), detectors=tuple(detectors),
+    )

@@ -1,0 +1,64 @@
+"""One error family for the whole gateway; each error carries the status it maps to.
+
+The status names are gRPC's (the transport maps them in one place), but nothing here imports
+grpc: the data plane raises these without knowing which transport carries them.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base class: `status` is the canonical status name the client receives."""
+
+    status = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(GuardError):
+    status = "NOT_FOUND"
+
+
+class InvalidInput(GuardError):
+    """The request breaks the model's declared contract (names the tensor and the expectation)."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class QueueFull(GuardError):
+    status = "UNAVAILABLE"
+
+
+class DeadlineExceeded(GuardError):
+    status = "DEADLINE_EXCEEDED"
+
+
+class Blocked(GuardError):
+    """Policy `enforce` refused a flagged request; it was not forwarded."""
+
+    status = "PERMISSION_DENIED"
+
+
+class BackendError(GuardError):
+    """The protected model could not run the batch."""
+
+    status = "UNAVAILABLE"
+
+
+class DetectorError(GuardError):
+    """A detector failed, so the request could not be checked (fail closed)."""
+
+    status = "INTERNAL"
+
+
+class ConfigError(GuardError):
+    """A model repository entry is invalid: names the file, the key and what was expected."""
+
+    status = "FAILED_PRECONDITION"
+
+    def __init__(self, path: object, key: str, expected: str, got: object = None):
+        got_text = "" if got is None else f", got {got!r}"
+        super().__init__(f"{path}: key '{key}': expected {expected}{got_text}")
+        self.path, self.key = path, key

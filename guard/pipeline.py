@@ -1,0 +1,101 @@
+"""The guard pipeline, run once per batch: variants -> ONE backend call -> detector scores -> verdicts.
+
+The model's outputs for the original rows come from the same backend call as the detectors'
+variants, so a clean request costs no forward pass beyond the guard's own variants.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from guard.backends.base import Backend
+from guard.detectors import Detector, Outputs
+from guard.errors import GuardError, DetectorError
+from guard.types import ADVERSARIAL, CLEAN, TRIGGER, Verdict
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]
+    """The model's outputs for the original rows only."""
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each detector's [B] scores."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage (squeeze, backend, detect)."""
+
+
+class GuardPipeline:
+    def __init__(self, backend: Backend, detectors: list[Detector], guarded_input: str,
+                 logits_output: str, output_names: list[str], device: torch.device):
+        self.backend = backend
+        self.detectors = detectors
+        self.guarded_input = guarded_input
+        self.logits_output = logits_output
+        self.output_names = output_names
+        self.device = device
+
+    def run(self, inputs: dict[str, np.ndarray]) -> BatchResult:
+        """Outputs and raw detector scores for one batch (rows along axis 0 of every input)."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        x = torch.from_numpy(inputs[self.guarded_input]).to(self.device)
+        batch = x.shape[0]
+        try:
+            extra = [d.variants(x) for d in self.detectors]
+        except Exception as exc:
+            raise DetectorError(f"building detector variants failed: {exc}") from exc
+        copies = 1 + sum(d.num_variants for d in self.detectors)
+        feeds = {name: np.concatenate([value] * copies) if copies > 1 else value
+                 for name, value in inputs.items() if name != self.guarded_input}
+        guarded = torch.cat([x, *extra]) if copies > 1 else x
+        feeds[self.guarded_input] = np.ascontiguousarray(guarded.cpu().numpy())
+        timings["squeeze"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        wanted = list(dict.fromkeys([*self.output_names, self.logits_output]))
+        raw = self.backend.infer(feeds, wanted)
+        timings["backend"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        outputs = {name: raw[name][:batch] for name in self.output_names}
+        scores = self._score(torch.from_numpy(raw[self.logits_output]).to(self.device), batch)
+        timings["detect"] = time.perf_counter() - start
+        return BatchResult(outputs, scores, timings)
+
+    def _score(self, logits: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
+        original = Outputs(logits[:batch])
+        offset, scores = batch, {}
+        for detector in self.detectors:
+            rows = detector.num_variants * batch
+            own = logits[offset:offset + rows].reshape(detector.num_variants, batch, *logits.shape[1:])
+            offset += rows
+            try:
+                value = detector.score(original, Outputs(own) if rows else None)
+            except GuardError:
+                raise
+            except Exception as exc:
+                raise DetectorError(f"detector {detector.name} failed: {exc}") from exc
+            scores[detector.name] = value.detach().cpu().numpy().astype(np.float64)
+        return scores
+
+
+def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice]) -> list[Verdict]:
+    """One verdict per request (a slice of rows): the worst row decides, flags are unioned."""
+    if not detectors:
+        return [Verdict(CLEAN, 0.0) for _ in rows]
+    ratios = np.stack([scores[d.name] / d.threshold for d in detectors])  # [D, B]
+    results = []
+    for span in rows:
+        worst = ratios[:, span].max(axis=1)
+        fired = [d for d, r in zip(detectors, worst) if r >= 1.0]
+        kinds = {d.verdict for d in fired}
+        verdict = TRIGGER if TRIGGER in kinds else ADVERSARIAL if kinds else CLEAN
+        results.append(Verdict(
+            verdict, float(worst.max()), tuple(d.name for d in fired),
+            {d.name: float(scores[d.name][span].max()) for d in detectors},
+        ))
+    return results

@@ -1,0 +1,1 @@
+"""Reproducible recipes for the demo models shipped with guard."""

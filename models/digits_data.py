@@ -1,0 +1,79 @@
+"""Data for the `digits` demo classifier: scikit-learn digits, upsampled to 16x16.
+
+The train / calibration / test split is seeded and fixed forever: detector
+thresholds are calibrated on `calibration` and results are reported on `test`,
+so changing it would silently invalidate every downstream number.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+SPLIT_SEED = 20240501
+SPLITS = ("train", "calibration", "test")
+IMAGE_SIZE = 16
+NUM_CLASSES = 10
+# load_digits pixel values are integers 0..16.
+PIXEL_MAX = 16.0
+
+
+def preprocess(images_8x8: np.ndarray) -> np.ndarray:
+    """Scale raw 8x8 digits (0..16) to [0, 1] and upsample to float32 [N,1,16,16]."""
+    x = np.asarray(images_8x8, dtype=np.float32).reshape(-1, 1, 8, 8) / PIXEL_MAX
+    t = F.interpolate(
+        torch.from_numpy(x), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False
+    )
+    # Bilinear interpolation of values in [0,1] stays in [0,1]; clip guards float rounding.
+    return np.clip(t.numpy(), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+@lru_cache(maxsize=1)
+def _raw() -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return digits.images, digits.target.astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _indices() -> dict[str, np.ndarray]:
+    _, y = _raw()
+    idx = np.arange(len(y))
+    # 60 / 20 / 20: first carve off 40%, then halve it; both stratified by label.
+    train, rest = train_test_split(idx, test_size=0.4, random_state=SPLIT_SEED, stratify=y)
+    calibration, test = train_test_split(
+        rest, test_size=0.5, random_state=SPLIT_SEED, stratify=y[rest]
+    )
+    return {"train": np.sort(train), "calibration": np.sort(calibration), "test": np.sort(test)}
+
+
+def split_indices() -> dict[str, np.ndarray]:
+    """Indices into `load_digits()` order for each split (sorted, int64, copies)."""
+    return {name: arr.astype(np.int64, copy=True) for name, arr in _indices().items()}
+
+
+def _check(name: str) -> None:
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+
+
+@lru_cache(maxsize=len(SPLITS))
+def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    images, y = _raw()
+    idx = _indices()[name]
+    x = preprocess(images[idx])
+    y_split = y[idx]
+    # Cached arrays are shared between callers, so make them read-only.
+    x.flags.writeable = False
+    y_split.flags.writeable = False
+    return x, y_split
+
+
+def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x float32 [N,1,16,16] in [0,1], y int64 [N]) for a named split (cached, read-only)."""
+    _check(name)
+    return _load(name)

@@ -1,0 +1,55 @@
+"""Shared fixtures: the shipped demo repository, its held-out data, and live gateways on port 0."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guard.background import BackgroundServer
+from guard.server import ServerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_REPOSITORY = ROOT / "models" / "repository"
+
+
+@pytest.fixture(scope="session")
+def held_out():
+    from models.digits_data import load_split
+
+    x, y = load_split("test")
+    return np.ascontiguousarray(x), y
+
+
+@contextlib.contextmanager
+def running_gateway(repository: Path = DEMO_REPOSITORY, **settings):
+    with BackgroundServer(ServerSettings(repository=repository, grpc_port=0, metrics_port=0, **settings)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    """The shipped demo repository, as configured (policy flag), on free ports."""
+    with running_gateway() as srv:
+        yield srv
+
+
+def copy_demo(tmp_path: Path, edit=None) -> Path:
+    """A private copy of the demo repository; `edit(config_text) -> config_text` rewrites digits' config."""
+    repository = tmp_path / "repository"
+    shutil.copytree(DEMO_REPOSITORY, repository)
+    if edit is not None:
+        path = repository / "digits" / "config.toml"
+        path.write_text(edit(path.read_text()))
+    return repository
+
+
+def set_key(text: str, key: str, value: str) -> str:
+    """Replace the first `key = ...` line of a TOML text."""
+    new, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+    assert count == 1, f"{key} not found"
+    return new
