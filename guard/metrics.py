@@ -56,33 +56,48 @@ class GuardMetrics:
 
 
 class ModelMetrics:
-    """The metrics of one model, pre-labelled; also the batcher's observer."""
+    """The metrics of one model, pre-labelled; also the batcher's observer.
+
+    Labelled children are looked up once and cached: `labels()` costs more than the update.
+    """
 
     def __init__(self, metrics: GuardMetrics, model: str):
         self.m, self.model = metrics, model
         self._depth = metrics.queue_depth.labels(model)
-        self._queue = metrics.stage_duration.labels(model, "queue")
         self._batch = metrics.batch_size.labels(model)
         self._duration = metrics.request_duration.labels(model)
+        self._stages: dict[str, object] = {}
+        self._requests: dict[tuple[str, str], object] = {}
+        self._scores: dict[str, object] = {}
+        self._flagged: dict[str, object] = {}
 
     def queue_depth(self, requests: int) -> None:
         self._depth.set(requests)
 
     def queue_wait(self, seconds: float) -> None:
-        self._queue.observe(seconds)
+        self.stage("queue", seconds)
 
     def batch(self, rows: int) -> None:
         self._batch.observe(rows)
 
     def stage(self, stage: str, seconds: float) -> None:
-        self.m.stage_duration.labels(self.model, stage).observe(seconds)
+        child = self._stages.get(stage) or self._stages.setdefault(
+            stage, self.m.stage_duration.labels(self.model, stage))
+        child.observe(seconds)
 
     def request(self, verdict: str, code: str, seconds: float) -> None:
-        self.m.requests.labels(self.model, verdict, code).inc()
+        key = (verdict, code)
+        child = self._requests.get(key) or self._requests.setdefault(
+            key, self.m.requests.labels(self.model, verdict, code))
+        child.inc()
         self._duration.observe(seconds)
 
     def scores(self, scores: dict[str, float], flagged_by: tuple[str, ...]) -> None:
         for detector, value in scores.items():
-            self.m.detector_score.labels(self.model, detector).observe(value)
+            child = self._scores.get(detector) or self._scores.setdefault(
+                detector, self.m.detector_score.labels(self.model, detector))
+            child.observe(value)
         for detector in flagged_by:
-            self.m.flagged.labels(self.model, detector).inc()
+            child = self._flagged.get(detector) or self._flagged.setdefault(
+                detector, self.m.flagged.labels(self.model, detector))
+            child.inc()

@@ -67,20 +67,26 @@ class GuardPipeline:
         return BatchResult(outputs, scores, timings)
 
     def _score(self, logits: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
-        original = Outputs(logits[:batch])
-        offset, scores = batch, {}
+        if not self.detectors:
+            return {}
+        # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
+        # Views only; softmax is computed once for every detector.
+        grouped = logits.view(-1, batch, logits.shape[-1])
+        probabilities = torch.softmax(grouped.float(), dim=-1)
+        original = Outputs(grouped[0], probabilities[0])
+        offset, scores = 1, []
         for detector in self.detectors:
-            rows = detector.num_variants * batch
-            own = logits[offset:offset + rows].reshape(detector.num_variants, batch, *logits.shape[1:])
-            offset += rows
+            count = detector.num_variants
+            own = Outputs(grouped[offset:offset + count], probabilities[offset:offset + count]) if count else None
+            offset += count
             try:
-                value = detector.score(original, Outputs(own) if rows else None)
+                scores.append(detector.score(original, own))
             except GuardError:
                 raise
             except Exception as exc:
                 raise DetectorError(f"detector {detector.name} failed: {exc}") from exc
-            scores[detector.name] = value.detach().cpu().numpy().astype(np.float64)
-        return scores
+        table = torch.stack(scores).double().cpu().numpy()  # one host copy for all detectors, [D, B]
+        return {d.name: row for d, row in zip(self.detectors, table)}
 
 
 def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice]) -> list[Verdict]:

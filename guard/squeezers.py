@@ -6,6 +6,8 @@ changes the model's prediction, a clean input's prediction mostly survives it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -15,8 +17,10 @@ def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x * levels) / levels
 
 
+@functools.lru_cache(maxsize=64)
 def _symmetric_index(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
     # Half-sample symmetric padding (d c b a | a b c d | d c b a), scipy.ndimage's "reflect".
+    # Cached: image sizes repeat, and building the index costs more than using it.
     index = torch.arange(-before, length + after, device=device)
     index = torch.where(index < 0, -index - 1, index)
     return torch.where(index >= length, 2 * length - index - 1, index)
@@ -37,6 +41,17 @@ def median(x: torch.Tensor, size: int) -> torch.Tensor:
     rows = _symmetric_index(height, before, after, x.device)
     cols = _symmetric_index(width, before, after, x.device)
     padded = x.index_select(-2, rows).index_select(-1, cols)
+    if size == 2:  # the paper's usual window: a min/max network beats a general selection ~5x
+        return _upper_median_2x2(padded, height, width)
     windows = padded.unfold(-2, size, 1).unfold(-2, size, 1)  # [..., H, W, size, size]
     flat = windows.reshape(*windows.shape[:-2], size * size)
     return flat.kthvalue(size * size // 2 + 1, dim=-1).values
+
+
+def _upper_median_2x2(padded: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # The upper median of four values is the second largest: the smaller of the two pair
+    # maxima or the larger of the two pair minima, whichever is larger.
+    a, b = padded[..., :height, :width], padded[..., :height, 1:width + 1]
+    c, d = padded[..., 1:height + 1, :width], padded[..., 1:height + 1, 1:width + 1]
+    return torch.maximum(torch.minimum(torch.maximum(a, b), torch.maximum(c, d)),
+                         torch.maximum(torch.minimum(a, b), torch.minimum(c, d)))

@@ -22,6 +22,8 @@ class Outputs:
 
     logits: torch.Tensor
     """[B, classes] for the original; [V, B, classes] for a detector's V variants."""
+    probabilities: torch.Tensor
+    """softmax(logits), computed once per batch for every detector."""
 
 
 class Detector(ABC):

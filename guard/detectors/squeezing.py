@@ -28,9 +28,7 @@ class SqueezeDetector(Detector):
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         assert variants is not None
-        p = torch.softmax(original.logits.float(), dim=-1)
-        q = torch.softmax(variants.logits[0].float(), dim=-1)
-        return (p - q).abs().sum(dim=-1)
+        return (original.probabilities - variants.probabilities[0]).abs().sum(dim=-1)
 
 
 class BitDepthDetector(SqueezeDetector):
