@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test proto proto-check clean-venv
+.PHONY: serve test proto proto-check models clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ test: $(STAMP)  ## the whole test suite
 
 proto: $(STAMP)  ## regenerate guard/proto from proto/inference.proto
 	$(PY) proto/generate.py
+
+models: $(STAMP)  ## rebuild every model in models/ from scratch (seeded; see each MODEL_CARD.md)
+	$(PY) -m models.digits --out models/repository/digits_fp32
+	$(PY) -m models.quantize
+	$(PY) -m models.adversarial
+	$(PY) -m models.pruning
+	$(PY) -m models.backdoor
 
 proto-check: $(STAMP)
 	$(PY) proto/generate.py --check

@@ -12,7 +12,8 @@ from guard.backends.providers import select_providers
 from guard.config import BackendConfig, TensorRTConfig
 from tests.conftest import DEMO_REPOSITORY, ROOT
 
-MODEL = DEMO_REPOSITORY / "digits" / "model.onnx"
+MODEL = DEMO_REPOSITORY / "digits" / "model.onnx"  # INT8 (QDQ)
+FP32_MODEL = DEMO_REPOSITORY / "digits_fp32" / "model.onnx"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -43,8 +44,12 @@ def test_cuda_provider_is_chosen_and_matches_cpu():
     providers = select_providers(("cuda", "cpu"), TensorRTConfig())
     assert providers[0][0] == "CUDAExecutionProvider"
     x = np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32)
-    gpu = OnnxRuntimeBackend(MODEL, BackendConfig(providers=("cuda", "cpu"))).infer({"input": x}, ["logits"])
-    cpu = OnnxRuntimeBackend(MODEL, BackendConfig(providers=("cpu",))).infer({"input": x}, ["logits"])
+    for model in (FP32_MODEL, MODEL):  # INT8 QDQ too: TensorRT and CUDA run the same file
+        gpu = OnnxRuntimeBackend(model, BackendConfig(providers=("cuda", "cpu"))).infer({"input": x}, ["logits"])
+        cpu = OnnxRuntimeBackend(model, BackendConfig(providers=("cpu",))).infer({"input": x}, ["logits"])
+        assert (gpu["logits"].argmax(1) == cpu["logits"].argmax(1)).mean() >= 0.75
+    gpu = OnnxRuntimeBackend(FP32_MODEL, BackendConfig(providers=("cuda", "cpu"))).infer({"input": x}, ["logits"])
+    cpu = OnnxRuntimeBackend(FP32_MODEL, BackendConfig(providers=("cpu",))).infer({"input": x}, ["logits"])
     np.testing.assert_allclose(gpu["logits"], cpu["logits"], rtol=1e-3, atol=1e-3)
 
 

@@ -30,7 +30,7 @@ def test_metrics_after_traffic(held_out):
         families = scrape(srv.metrics_url)
 
     def samples(name, suffix=""):
-        return [s for s in families[name].samples if s.name == name + suffix]
+        return [s for s in families[name].samples if s.name == name + suffix and s.labels.get("model") == "digits"]
 
     requests = {(s.labels["verdict"], s.labels["code"]): s.value for s in samples("guard_requests", "_total")}
     assert sum(v for (verdict, code), v in requests.items() if code == "OK") == 30

@@ -1,0 +1,56 @@
+"""The shipped INT8 model: accuracy gate against FP32, QDQ format, thresholds calibrated on it."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from guard.calibrate import calibrate_model
+from guard.config import load_model_config
+from models.digits_data import load_split
+from models.digits_guard import DEMO_SQUEEZERS
+from models.quantize import ACCURACY_GATE, calibration_images, compare, convert_fp16, logits, quantize_int8
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
+INT8, FP32 = REPOSITORY / "digits" / "model.onnx", REPOSITORY / "digits_fp32" / "model.onnx"
+
+
+def test_shipped_int8_meets_the_accuracy_gate():
+    x, y = load_split("test")
+    fp32 = float((logits(FP32, x).argmax(1) == y).mean())
+    int8 = float((logits(INT8, x).argmax(1) == y).mean())
+    assert int8 >= fp32 - ACCURACY_GATE, (int8, fp32)
+    assert int8 >= 0.97
+
+
+def test_shipped_int8_is_qdq_with_a_dynamic_batch_axis():
+    model = onnx.load(str(INT8))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x, _ = load_split("test")
+    for batch in (1, 7):
+        assert logits(INT8, x[:batch]).shape == (batch, 10)
+
+
+def test_shipped_thresholds_were_calibrated_on_the_int8_model(tmp_path):
+    shipped = {d["name"]: d["threshold"] for d in load_model_config(REPOSITORY / "digits").detectors}
+    x, y = load_split("calibration")
+    report = calibrate_model(INT8, "digits", tmp_path, x, y, holdout=load_split("test"), detectors=DEMO_SQUEEZERS)
+    assert report["thresholds"] == pytest.approx(shipped, rel=1e-9)
+
+
+def test_quick_quantization_passes_the_gate(tmp_path):
+    out = quantize_int8(FP32, tmp_path / "int8.onnx", calibration_images(64))
+    report = compare(FP32, out)
+    assert report["accuracy"] >= report["fp32_accuracy"] - ACCURACY_GATE
+    assert report["disagreement"] <= 0.03
+    assert set(report["noise"]) == {"0.02", "0.05", "0.1"}
+
+
+def test_fp16_variant_keeps_fp32_io_and_predictions(tmp_path):
+    out = convert_fp16(FP32, tmp_path / "fp16.onnx")
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x, _ = load_split("test")
+    np.testing.assert_allclose(logits(out, x[:32]), logits(FP32, x[:32]), atol=0.05)
