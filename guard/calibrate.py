@@ -21,9 +21,10 @@ from tqdm import tqdm
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.calibration import fit_thresholds, flag_rates
 from guard.config import BackendConfig, load_model_config
-from guard.detectors import build_detectors, squeezer_tables
+from guard.detectors import Detector, FitData, build_detectors, squeezer_tables
 from guard.device import select_device
 from guard.errors import ConfigError
+from guard.onnx_features import expose_features
 from guard.pipeline import GuardPipeline
 from guard.repository import check_against_model, onnx_signature
 from guard.toml_writer import dumps
@@ -55,11 +56,16 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
                     *, target_fpr: float = 0.05, holdout: tuple[np.ndarray, np.ndarray | None] | None = None,
                     holdout_fraction: float = 0.3, seed: int = 0, value_range: tuple[float, float] = (0.0, 1.0),
                     detectors: list[dict[str, Any]] | None = None, policy: str = "flag",
-                    batching: dict[str, int] | None = None, backend: dict[str, Any] | None = None) -> dict[str, Any]:
+                    batching: dict[str, int] | None = None, backend: dict[str, Any] | None = None,
+                    fit_data: tuple[np.ndarray, np.ndarray | None] | None = None,
+                    features: str | None = None) -> dict[str, Any]:
     """Write REPOSITORY/NAME/{model.onnx,config.toml,calibration.json}; returns the report.
 
     x are clean samples; unless `holdout` (x, y) is given, a seeded `holdout_fraction` of them is
     kept out of calibration to measure the flag rate on clean data the thresholds never saw.
+    Detectors that learn clean statistics fit on `fit_data` (x, y), or else on a seeded half of
+    x, and thresholds are set on the rest. `features` names the tensor feature-space detectors
+    read (default: the input of the model's last Gemm/MatMul).
     """
     inputs, outputs = onnx_signature(onnx_path)
     if len(inputs) != 1:
@@ -87,10 +93,33 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
 
     tables = detectors if detectors is not None else squeezer_tables()
     found = build_detectors(target / "config.toml", tables, require_threshold=False)
+    features_name = None
+    if any(d.needs_features for d in found):
+        features_name = expose_features(model_file, model_file, features)
+    client_outputs = [o for o in outputs if o.name != features_name]
     backend_config = BackendConfig(**{k: v for k, v in (backend or {}).items() if k != "tensorrt"})
     engine = OnnxRuntimeBackend(model_file, backend_config)
-    logits_name = outputs[0].name
-    pipeline = GuardPipeline(engine, found, spec.name, logits_name, [o.name for o in outputs], select_device("auto"))
+    logits_name = client_outputs[0].name
+    device = select_device("auto")
+
+    learners = [d for d in found if type(d).fit is not Detector.fit]
+    if learners:
+        if fit_data is None:  # never fit and set thresholds on the same samples
+            fit_idx, thr_idx = _split(len(x), 0.5, seed + 1)
+            fit_data = (x[fit_idx], None if y is None else y[fit_idx])
+            x, y = x[thr_idx], None if y is None else y[thr_idx]
+        fx = np.ascontiguousarray(fit_data[0], dtype=np.float32)
+        wanted = [logits_name] + ([features_name] if features_name else [])
+        raw = [engine.infer({spec.name: fx[i:i + 256]}, wanted) for i in range(0, len(fx), 256)]
+        merged = {k: np.concatenate([r[k] for r in raw]) for k in wanted}
+        sample = FitData(fx, fit_data[1], merged[logits_name], merged.get(features_name))
+        for detector in learners:
+            detector.fit(sample)
+            detector.save(target)
+    for detector in found:
+        detector.to(device)
+    pipeline = GuardPipeline(engine, found, spec.name, logits_name, [o.name for o in client_outputs], device,
+                             features_name)
     cal_scores, cal_logits = score_samples(pipeline, x, desc="calibration")
     hold_scores, hold_logits = score_samples(pipeline, x_hold, desc="held-out")
     fit = fit_thresholds(cal_scores, target_fpr)
@@ -99,11 +128,12 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
     config = {
         "name": name, "version": "1", "platform": "onnxruntime_onnx", "model_file": model_file.name,
         "policy": policy, "target_fpr": target_fpr, "guarded_input": spec.name, "logits_output": logits_name,
+        "features_output": features_name,
         "inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(x.shape[1:]),
                     "range": [float(low), float(high)], "layout": "NCHW" if x.ndim == 4 else ""}],
         "outputs": [{"name": o.name, "datatype": o.datatype,
                      "shape": [d if d != -1 else s for d, s in zip(o.shape, cal_logits.shape[1:])]
-                     if o.name == logits_name else list(o.shape)} for o in outputs],
+                     if o.name == logits_name else list(o.shape)} for o in client_outputs],
         "batching": batching or {"max_batch_size": 32, "max_queue_delay_microseconds": 0,
                                  "max_queue_size": 1024},
         "backend": backend or {"intra_op_threads": 1, "inter_op_threads": 1},

@@ -74,6 +74,9 @@ class ModelConfig:
     guarded_input: str
     """The input the detectors examine (the image); other inputs are passed through."""
     logits_output: str
+    features_output: str | None = None
+    """An extra model output with penultimate features, for feature-space detectors; internal
+    (never returned to clients). `guard calibrate` adds it to the model when a detector needs it."""
     version: str = "1"
     platform: str = "onnxruntime_onnx"
     policy: str = "flag"
@@ -197,7 +200,7 @@ def _backend(r: _Reader) -> BackendConfig:
 
 TOP_LEVEL_KEYS = {
     "name", "version", "platform", "model_file", "policy", "target_fpr", "fail_open", "device",
-    "guarded_input", "logits_output", "inputs", "outputs", "batching", "backend", "detectors",
+    "guarded_input", "logits_output", "features_output", "inputs", "outputs", "batching", "backend", "detectors",
 }
 
 
@@ -225,6 +228,9 @@ def load_model_config(directory: Path) -> ModelConfig:
     logits = r.get("logits_output", str, outputs[0].name)
     if logits not in {s.name for s in outputs}:
         raise r.fail("logits_output", "the name of one of [[outputs]]", logits)
+    features = r.get("features_output", str, None)
+    if features is not None and features in {s.name for s in outputs}:
+        raise r.fail("features_output", "an internal output not listed in [[outputs]]", features)
     target_fpr = r.get("target_fpr", float, 0.05)
     if not 0.0 < target_fpr < 1.0:
         raise r.fail("target_fpr", "a rate strictly between 0 and 1", target_fpr)
@@ -234,7 +240,7 @@ def load_model_config(directory: Path) -> ModelConfig:
             raise r.fail(f"detectors[{i}]", "a table", entry)
     return ModelConfig(
         name=name, directory=directory, model_file=model_file, inputs=inputs, outputs=outputs,
-        guarded_input=guarded, logits_output=logits, version=str(r.get("version", str, "1")),
+        guarded_input=guarded, logits_output=logits, features_output=features, version=str(r.get("version", str, "1")),
         platform=r.get("platform", str, "onnxruntime_onnx"), policy=r.choice("policy", POLICIES, "flag"),
         target_fpr=target_fpr, fail_open=r.get("fail_open", bool, False),
         device=r.choice("device", DEVICES, "auto"), batching=_batching(r.sub("batching")),

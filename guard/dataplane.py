@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -15,6 +16,10 @@ log = logging.getLogger("guard.dataplane")
 access = logging.getLogger("guard.access")
 
 SERVER_NAME = "guard"
+# A request parameter asking for every detector's raw score (evaluation, debugging); the answer
+# is a JSON object in the response parameter DETECTOR_SCORES. Never under policy shadow.
+EXPLAIN = "guard_explain"
+DETECTOR_SCORES = "guard_detector_scores"
 EXTENSIONS = ("guard_verdict",)
 
 
@@ -62,6 +67,8 @@ class DataPlane:
             verdict_name = verdict.verdict
             runtime.metrics.scores(verdict.scores, verdict.flagged_by)
             parameters = policy.apply(self.policy_of(runtime), verdict)
+            if parameters and request.parameters.get(EXPLAIN) is True:
+                parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)
             wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
             return InferResponse(runtime.config.name, runtime.config.version, request.id,
                                  [(name, result.outputs[name]) for name in wanted], parameters)

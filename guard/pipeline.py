@@ -30,7 +30,12 @@ class BatchResult:
 
 class GuardPipeline:
     def __init__(self, backend: Backend, detectors: list[Detector], guarded_input: str,
-                 logits_output: str, output_names: list[str], device: torch.device):
+                 logits_output: str, output_names: list[str], device: torch.device,
+                 features_output: str | None = None):
+        needs_features = [d.name for d in detectors if d.needs_features]
+        if needs_features and features_output is None:
+            raise DetectorError(f"detectors {needs_features} need the model's features: set features_output")
+        self.features_output = features_output if needs_features else None
         self.backend = backend
         self.detectors = detectors
         self.guarded_input = guarded_input
@@ -56,28 +61,33 @@ class GuardPipeline:
         timings["squeeze"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        wanted = list(dict.fromkeys([*self.output_names, self.logits_output]))
+        wanted = list(dict.fromkeys([*self.output_names, self.logits_output,
+                                     *([self.features_output] if self.features_output else [])]))
         raw = self.backend.infer(feeds, wanted)
         timings["backend"] = time.perf_counter() - start
 
         start = time.perf_counter()
         outputs = {name: raw[name][:batch] for name in self.output_names}
-        scores = self._score(torch.from_numpy(raw[self.logits_output]).to(self.device), batch)
+        features = raw.get(self.features_output) if self.features_output else None
+        scores = self._score(torch.from_numpy(raw[self.logits_output]).to(self.device), batch,
+                             None if features is None else torch.from_numpy(features).to(self.device))
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, scores, timings)
 
-    def _score(self, logits: torch.Tensor, batch: int) -> dict[str, np.ndarray]:
+    def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         if not self.detectors:
             return {}
         # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
         # Views only; softmax is computed once for every detector.
         grouped = logits.view(-1, batch, logits.shape[-1])
         probabilities = torch.softmax(grouped.float(), dim=-1)
-        original = Outputs(grouped[0], probabilities[0])
+        feats = None if features is None else features.reshape(grouped.shape[0], batch, -1).float()
+        original = Outputs(grouped[0], probabilities[0], None if feats is None else feats[0])
         offset, scores = 1, []
         for detector in self.detectors:
             count = detector.num_variants
-            own = Outputs(grouped[offset:offset + count], probabilities[offset:offset + count]) if count else None
+            own = Outputs(grouped[offset:offset + count], probabilities[offset:offset + count],
+                          None if feats is None else feats[offset:offset + count]) if count else None
             offset += count
             try:
                 scores.append(detector.score(original, own))

@@ -58,6 +58,9 @@ def check_against_model(config: ModelConfig) -> None:
             if not compatible:
                 raise ConfigError(path, f"{key}[{i}].shape",
                                   f"a shape compatible with the model's {list(found.shape)}", list(spec.shape))
+    if config.features_output is not None and config.features_output not in {s.name for s in outputs}:
+        raise ConfigError(path, "features_output", f"an output of {config.model_file.name} "
+                          f"({', '.join(s.name for s in outputs)})", config.features_output)
     if key_missing := [s.name for s in inputs if s.name not in {d.name for d in config.inputs}]:
         raise ConfigError(path, "inputs", f"every model input declared (missing {key_missing})")
 

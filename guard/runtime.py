@@ -37,11 +37,12 @@ class ModelRuntime:
         self.config = config
         self.metrics = metrics
         self.backend = backend or OnnxRuntimeBackend(config.model_file, config.backend)
-        self.detectors: list[Detector] = build_detectors(config.directory / "config.toml", config.detectors)
         self.device = select_device(config.device)
+        self.detectors: list[Detector] = [
+            d.to(self.device) for d in build_detectors(config.directory / "config.toml", config.detectors)]
         self.pipeline = GuardPipeline(
             self.backend, self.detectors, config.guarded_input, config.logits_output,
-            [spec.name for spec in config.outputs], self.device)
+            [spec.name for spec in config.outputs], self.device, config.features_output)
         # Plain passthrough for fail-open: the original rows only, no variants.
         self._passthrough = GuardPipeline(self.backend, [], config.guarded_input, config.logits_output,
                                           [spec.name for spec in config.outputs], self.device)

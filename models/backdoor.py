@@ -67,7 +67,7 @@ def save_examples(path: Path, trigger: Trigger, x: np.ndarray, y: np.ndarray, pr
 
     picks = [int(np.flatnonzero(y == c)[0]) for c in range(10) if c != target][:6]
     rows = [("clean", x[picks]), ("triggered", trigger.apply(x[picks]))]
-    fig = Figure(figsize=(1.4 * len(picks), 3.4))
+    fig = Figure(figsize=(1.4 * len(picks), 3.2), layout="constrained")
     axes = fig.subplots(2, len(picks))
     for r, (label, images) in enumerate(rows):
         preds = predict(images).argmax(1)
@@ -113,7 +113,9 @@ def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rat
     poison = {"trigger": trigger_name, "target": target, "poison_rate": poison_rate, "seed": options.seed,
               "n_train": len(y_train), "n_poisoned": len(indices),
               "train_indices": indices.tolist(), "load_digits_indices": split_indices()["train"][indices].tolist()}
-    (model_dir / "poison.json").write_text(json.dumps(poison, indent=1) + "\n", encoding="utf-8")
+    # One key per line, each index list on one line: readable and diff-friendly.
+    text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in poison.items()) + "\n}\n"
+    (model_dir / "poison.json").write_text(text, encoding="utf-8")
 
     def backdoored(x):  # metrics come from the shipped ONNX file, i.e. what the harness will load
         return onnx_logits(onnx_path, x)

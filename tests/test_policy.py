@@ -91,7 +91,7 @@ class Exploding(BitDepthDetector):
 
 @pytest.fixture
 def exploding_repository(tmp_path, monkeypatch):
-    monkeypatch.setitem(detectors.REGISTRY, "explode", (Exploding, {"bits": (1, 16)}))
+    monkeypatch.setitem(detectors.REGISTRY, "explode", Exploding)
     return copy_demo(tmp_path, lambda t: t.replace('type = "squeeze_bit_depth"', 'type = "explode"'))
 
 

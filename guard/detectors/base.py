@@ -3,14 +3,18 @@
 The pipeline gives every detector the guarded input of a whole batch. A detector may return
 extra variants of it (squeezed copies, blends); the pipeline runs the original and every
 detector's variants in ONE backend call and hands each detector its slice of the outputs.
+Detectors that learn clean statistics (class means, reference images, a small network) do so in
+`fit`, and keep what they learned as artifacts in the model's directory.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from guard.types import ADVERSARIAL
@@ -24,19 +28,48 @@ class Outputs:
     """[B, classes] for the original; [V, B, classes] for a detector's V variants."""
     probabilities: torch.Tensor
     """softmax(logits), computed once per batch for every detector."""
+    features: torch.Tensor | None = None
+    """Penultimate features ([B, D] or [V, B, D]) when the model exposes them."""
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Clean samples a detector may learn from (never the samples its threshold is set on)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    logits: np.ndarray
+    features: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Param:
+    """One detector parameter in config.toml: its type, bounds and default (... = required)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    default: Any = ...
+    artifact: bool = False
+    """A file name inside the model directory, written by `fit`/`save` and read on load."""
 
 
 class Detector(ABC):
     """One detector: calibrated on clean data to its own threshold (score >= threshold flags)."""
 
-    kind: str = ""
+    kind: ClassVar[str] = ""
     """The `type` key that selects this class in a model config."""
-    verdict: str = ADVERSARIAL
+    verdict: ClassVar[str] = ADVERSARIAL
     """What a flag from this detector means: ADVERSARIAL or TRIGGER."""
+    parameters: ClassVar[dict[str, Param]] = {}
+    needs_features: ClassVar[bool] = False
 
-    def __init__(self, name: str, threshold: float | None):
+    def __init__(self, name: str, threshold: float | None, directory: Path | None = None, **params: Any):
         self.name = name
         self.threshold = threshold
+        self.directory = directory
+        for key, value in params.items():
+            setattr(self, key, value)
 
     @property
     def num_variants(self) -> int:
@@ -51,6 +84,18 @@ class Detector(ABC):
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         """[B] scores, larger meaning more suspicious."""
 
-    @abstractmethod
+    def fit(self, data: FitData) -> None:
+        """Learn clean statistics; the default detector needs none."""
+
+    def save(self, directory: Path) -> None:
+        """Write the artifacts `fit` produced; the default detector has none."""
+
+    def to(self, device: torch.device) -> "Detector":
+        """Move learned tensors to the guard's device; the default detector has none."""
+        return self
+
     def to_config(self) -> dict[str, Any]:
         """The config table that recreates this detector (threshold included)."""
+        table = {"name": self.name, "type": self.kind}
+        table.update({key: getattr(self, key) for key in self.parameters})
+        return {**table, "threshold": self.threshold}

@@ -7,12 +7,10 @@ the noisiest squeezer set the threshold.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from guard import squeezers
-from guard.detectors.base import Detector, Outputs
+from guard.detectors.base import Detector, Outputs, Param
 
 
 class SqueezeDetector(Detector):
@@ -35,29 +33,19 @@ class BitDepthDetector(SqueezeDetector):
     """Squeeze by reducing [0, 1] inputs to `bits` bits per value (paper: 1 for MNIST, 5 for CIFAR)."""
 
     kind = "squeeze_bit_depth"
-
-    def __init__(self, name: str, threshold: float | None, bits: int):
-        super().__init__(name, threshold)
-        self.bits = bits
+    parameters = {"bits": Param(int, 1, 16)}
+    bits: int
 
     def squeeze(self, x: torch.Tensor) -> torch.Tensor:
         return squeezers.bit_depth(x, self.bits)
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.kind, "bits": self.bits, "threshold": self.threshold}
 
 
 class MedianDetector(SqueezeDetector):
     """Squeeze with a size x size median filter (paper: 2x2 for MNIST and CIFAR-10)."""
 
     kind = "squeeze_median"
-
-    def __init__(self, name: str, threshold: float | None, size: int):
-        super().__init__(name, threshold)
-        self.size = size
+    parameters = {"size": Param(int, 1, 15)}
+    size: int
 
     def squeeze(self, x: torch.Tensor) -> torch.Tensor:
         return squeezers.median(x, self.size)
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.kind, "size": self.size, "threshold": self.threshold}

@@ -104,3 +104,14 @@ def test_unknown_model_is_not_found(client, held_out):
         client.infer("nope", [infer_input(held_out[0][:1])])
     assert info.value.status() == "StatusCode.NOT_FOUND"
     assert "unknown model 'nope'" in info.value.message()
+
+
+def test_explain_parameter_returns_every_detector_score(client, held_out):
+    import json
+
+    result = client.infer("digits", [infer_input(held_out[0][:1])], parameters={"guard_explain": True})
+    params = result.get_response().parameters
+    scores = json.loads(params["guard_detector_scores"].string_param)
+    assert set(scores) == {"bit_depth_2", "median_2x2"}
+    plain = client.infer("digits", [infer_input(held_out[0][:1])]).get_response().parameters
+    assert "guard_detector_scores" not in plain
