@@ -39,7 +39,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
                              holdout_fraction=args.holdout_fraction, seed=args.seed,
                              value_range=tuple(args.range), policy=args.policy or "flag",
-                             detectors=squeezer_tables(args.bit_depth, args.median))
+                             detectors=squeezer_tables(args.bit_depth, args.median)
+                             + ([{"name": "mahalanobis", "type": "mahalanobis"}] if args.mahalanobis else [])
+                             + ([{"name": "strip", "type": "strip", "n": args.strip}] if args.strip else []),
+                             features=args.features)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
     cal.add_argument("--median", type=int, action="append", metavar="SIZE",
                      help="add a SIZExSIZE median-filter squeezer (repeatable)")
+    cal.add_argument("--mahalanobis", action="store_true",
+                     help="add the feature-space (Mahalanobis) detector; fitted on half of the clean samples")
+    cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends")
+    cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
     return parser

@@ -87,3 +87,23 @@ def test_calibrate_takes_the_squeezers_it_is_given(tmp_path):
     config = load_model_config(tmp_path / "repo" / "mine")
     assert [d["name"] for d in config.detectors] == ["bit_depth_3", "median_3x3", "median_2x2"]
     assert "holdout_accuracy" not in json.loads(result.stdout)  # no labels given
+
+
+def test_calibrate_adds_feature_and_trigger_detectors(tmp_path):
+    from models.digits_data import load_split
+
+    x, y = load_split("calibration")
+    data = tmp_path / "clean.npz"
+    np.savez(data, x=x, y=y)
+    result = subprocess.run(
+        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / "digits_fp32" / "model.onnx"),
+         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data), "--median", "2",
+         "--mahalanobis", "--strip", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    directory = tmp_path / "repo" / "mine"
+    config = load_model_config(directory)
+    assert config.features_output and [d["type"] for d in config.detectors] == ["squeeze_median", "mahalanobis", "strip"]
+    assert (directory / "mahalanobis.npz").is_file() and (directory / "strip_references.npy").is_file()
+    report = json.loads(result.stdout)
+    assert report["calibration_fpr"] <= 0.05 and set(report["thresholds"]) == {"median_2x2", "mahalanobis", "strip"}
