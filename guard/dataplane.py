@@ -66,6 +66,10 @@ class DataPlane:
             verdict = result.verdict
             verdict_name = verdict.verdict
             runtime.metrics.scores(verdict.scores, verdict.flagged_by)
+            if verdict.flagged:  # under shadow this line is the only trace a client never sees
+                log.log(logging.WARNING if self.policy_of(runtime) == "shadow" else logging.INFO,
+                        "flagged model=%s id=%s verdict=%s by=%s score=%.3f", runtime.config.name,
+                        request.id or "-", verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
             parameters = policy.apply(self.policy_of(runtime), verdict)
             if parameters and request.parameters.get(EXPLAIN) is True:
                 parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)

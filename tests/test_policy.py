@@ -110,3 +110,13 @@ def test_detector_failure_fails_open_when_configured(exploding_repository, held_
         result = infer(srv.grpc_url, held_out[0][:1])
     assert result.get_response().parameters["guard_verdict"].string_param == "unchecked"
     assert result.as_numpy("logits").shape == (1, 10)
+
+
+def test_shadow_logs_flagged_requests(flagging_repository, held_out, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="guard.dataplane"):
+        with running_gateway(flagging_repository, policy="shadow") as srv:
+            infer(srv.grpc_url, held_out[0][:1], request_id="watch-me")
+    lines = [r.getMessage() for r in caplog.records if r.name == "guard.dataplane"]
+    assert any("flagged model=digits id=watch-me verdict=adversarial" in line for line in lines)
