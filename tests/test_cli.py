@@ -40,16 +40,21 @@ def test_serve_logs_the_chosen_ports_and_stops_on_sigterm(held_out):
             process.kill()
 
 
+def calibrate(tmp_path, data, *extra, model="digits"):
+    """Run `guard calibrate` as a user would, into tmp_path/repo/mine."""
+    return subprocess.run(
+        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / model / "model.onnx"),
+         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_calibrate_brings_an_onnx_model_under_the_guard(tmp_path):
     from models.digits_data import load_split
 
     x, y = load_split("calibration")
     data = tmp_path / "clean.npz"
     np.savez(data, x=x, y=y)
-    result = subprocess.run(
-        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / "digits" / "model.onnx"),
-         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data), "--target-fpr", "0.1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = calibrate(tmp_path, data, "--target-fpr", "0.1")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["n_calibration"] + report["n_holdout"] == len(x)
@@ -65,10 +70,7 @@ def test_calibrate_brings_an_onnx_model_under_the_guard(tmp_path):
 def test_calibrate_rejects_data_of_the_wrong_shape(tmp_path):
     data = tmp_path / "clean.npz"
     np.savez(data, x=np.zeros((10, 1, 8, 8), np.float32))
-    result = subprocess.run(
-        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / "digits" / "model.onnx"),
-         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = calibrate(tmp_path, data)
     assert result.returncode == 2
     assert "samples of shape [N, 1, 16, 16]" in result.stderr
 
@@ -78,11 +80,7 @@ def test_calibrate_takes_the_squeezers_it_is_given(tmp_path):
 
     data = tmp_path / "clean.npz"
     np.savez(data, x=load_split("calibration")[0])
-    result = subprocess.run(
-        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / "digits" / "model.onnx"),
-         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data),
-         "--bit-depth", "3", "--median", "3", "--median", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = calibrate(tmp_path, data, "--bit-depth", "3", "--median", "3", "--median", "2")
     assert result.returncode == 0, result.stderr
     config = load_model_config(tmp_path / "repo" / "mine")
     assert [d["name"] for d in config.detectors] == ["bit_depth_3", "median_3x3", "median_2x2"]
@@ -95,11 +93,7 @@ def test_calibrate_adds_feature_and_trigger_detectors(tmp_path):
     x, y = load_split("calibration")
     data = tmp_path / "clean.npz"
     np.savez(data, x=x, y=y)
-    result = subprocess.run(
-        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / "digits_fp32" / "model.onnx"),
-         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data), "--median", "2",
-         "--mahalanobis", "--strip", "8"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = calibrate(tmp_path, data, "--median", "2", "--mahalanobis", "--strip", "8", model="digits_fp32")
     assert result.returncode == 0, result.stderr
     directory = tmp_path / "repo" / "mine"
     config = load_model_config(directory)
