@@ -5,7 +5,9 @@ target rate separately would let their false positives add up (two detectors at 
 of clean inputs); a raw max over detectors would let the noisiest one set the scale. Instead
 every detector gets the same budget of k clean exceedances, and k is the largest number for which
 the union of flags (a request is flagged if ANY detector fires) stays within the target.
-Overlapping detectors then share the budget automatically.
+Overlapping detectors then share the budget automatically. What equal budgets leave unused is
+then handed out one exceedance at a time to the detector whose extra flag adds the fewest
+union flags, until the next one would break the target.
 
 "Within the target" uses the split-conformal bound: if c of n exchangeable calibration samples
 are flagged, a new clean sample is flagged with probability at most (c + 1) / (n + 1), so k is
@@ -60,10 +62,28 @@ def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float) -> Calibrat
     if len(counts) != 1 or 0 in counts:
         raise ValueError(f"every detector needs the same, non-zero number of clean scores, got {counts}")
     n = counts.pop()
-    for allowed in range(int(np.floor(target_fpr * n)), -1, -1):
-        thresholds = {name: threshold_for(s, allowed) for name, s in scores.items()}
-        per_detector, union = flag_rates(scores, thresholds)
-        flagged = round(union * n)
-        if (flagged + 1) / (n + 1) <= target_fpr or allowed == 0:  # zero flags: the strictest there is
-            return Calibration(thresholds, allowed, union, per_detector)
-    raise AssertionError("unreachable: the loop returns at allowed == 0")
+
+    def union_ok(budget: dict[str, int]) -> tuple[bool, dict[str, float]]:
+        thresholds = {name: threshold_for(s, budget[name]) for name, s in scores.items()}
+        flagged = round(flag_rates(scores, thresholds)[1] * n)
+        return (flagged + 1) / (n + 1) <= target_fpr, thresholds
+
+    allowed = int(np.floor(target_fpr * n))
+    while allowed > 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:
+        allowed -= 1
+    budget = dict.fromkeys(scores, allowed)
+    # Equal budgets move the union in steps of up to one flag per detector; hand what is left
+    # of the target to detectors one exceedance at a time, where it adds the fewest flags.
+    while True:
+        options = []
+        for name in scores:
+            trial = {**budget, name: budget[name] + 1}
+            ok, thresholds = union_ok(trial)
+            if ok:
+                options.append((flag_rates(scores, thresholds)[1], name))
+        if not options:
+            break
+        budget[min(options)[1]] += 1
+    _, thresholds = union_ok(budget)
+    per_detector, union = flag_rates(scores, thresholds)
+    return Calibration(thresholds, min(budget.values()), union, per_detector)

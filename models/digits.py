@@ -118,8 +118,18 @@ def main(argv: list[str] | None = None) -> None:
     from models.digits_guard import calibrate_demo, squeezer_table
 
     report, calibration_text = calibrate_demo(args.out)
-    write_model_card(args.out, metrics, {"Squeezer choice": squeezer_table(args.out / "model.onnx"),
-                                          "Guard calibration": calibration_text})
+    from models.attacks import robust_section
+    from models.cards import size_and_latency
+    from models.digits_net import DigitsNet
+
+    model = DigitsNet()
+    model.load_state_dict(torch.load(args.state_dict))
+    x_test, y_test = load_split("test")
+    write_model_card(args.out, metrics, {
+        "Robust accuracy": robust_section(model.eval(), torch.from_numpy(np.array(x_test)), torch.from_numpy(y_test)),
+        "Size and latency": size_and_latency(args.out / "model.onnx"),
+        "Squeezer choice": squeezer_table(args.out / "model.onnx"),
+        "Guard calibration": calibration_text})
     log.info("held-out clean flag rate %.4f (target %.2f)", report["holdout_fpr"], report["target_fpr"])
     log.info(
         "held-out test accuracy %.4f (train %.4f) in %.1fs; %s is %d bytes, max |torch-ort| %.2g",

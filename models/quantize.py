@@ -95,6 +95,18 @@ def comparison_table(name: str, report: dict) -> str:
             + "\n".join(rows))
 
 
+def _transfer_robustness(onnx_path: Path) -> str:
+    import torch
+
+    from models.attacks import robust_section
+    from models.digits_net import DigitsNet
+
+    model = DigitsNet()
+    model.load_state_dict(torch.load(REPO_ROOT / "models/artifacts/digits_fp32.pt"))
+    x, y = load_split("test")
+    return robust_section(model.eval(), torch.from_numpy(np.array(x)), torch.from_numpy(y), onnx_path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp32", type=Path, default=REPO_ROOT / "models/repository/digits_fp32")
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         "Accuracy and stability": comparison_table("INT8", int8_report)
         + f"\n\nGate: INT8 top-1 within {ACCURACY_GATE:.0%} of FP32 on the held-out split (enforced by "
           "the recipe and by `tests/models/test_quantization.py`).",
+        "Robust accuracy": _transfer_robustness(int8),
         "Size and latency": size_and_latency(int8) + "\n\nFP32 for comparison: " + size_and_latency(fp32),
         "Guard calibration": calibration_text,
         "Reproduce": f"From the repository root, after `python -m models.digits --out models/repository/digits_fp32`:"
@@ -140,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "onnxruntime.transformers.float16. Mainly for GPU execution providers; on CPU, ONNX Runtime "
         "casts around operators without FP16 kernels."), {
         **common, "Accuracy and stability": comparison_table("FP16", fp16_report),
+        "Robust accuracy": _transfer_robustness(fp16),
         "Size and latency": size_and_latency(fp16),
         "Reproduce": f"```\n{command}\n```"})
     log.info("INT8 accuracy %.4f (FP32 %.4f), disagreement %.4f; FP16 accuracy %.4f; held-out flag rate %.4f",

@@ -38,6 +38,12 @@ def gateway():
         yield srv
 
 
+def demo_detector_names(model: str = "digits") -> list[str]:
+    from guard.config import load_model_config
+
+    return [d["name"] for d in load_model_config(DEMO_REPOSITORY / model).detectors]
+
+
 def copy_demo(tmp_path: Path, edit=None) -> Path:
     """A private copy of the demo repository; `edit(config_text) -> config_text` rewrites digits' config."""
     repository = tmp_path / "repository"

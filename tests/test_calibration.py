@@ -53,3 +53,11 @@ def test_small_calibration_sets_stay_under_the_conformal_bound():
     assert fit.calibration_fpr == 0.0
     fit = fit_thresholds({"a": np.arange(40, dtype=float)}, 0.05)
     assert round(fit.calibration_fpr * 40) == 1  # 2/41 <= 5%: one flag is affordable
+
+
+def test_leftover_budget_is_used_without_breaking_the_bound():
+    rng = np.random.default_rng(3)
+    scores = {f"d{i}": rng.normal(size=359) for i in range(4)}
+    fit = fit_thresholds(scores, 0.05)
+    flagged = round(fit.calibration_fpr * 359)
+    assert (flagged + 1) / 360 <= 0.05 < (flagged + 2) / 360  # one more flag would break it

@@ -37,7 +37,7 @@ def _param(path: Path, key: str, name: str, spec: Param, table: dict[str, Any], 
         if not isinstance(value, str) or not value:
             raise ConfigError(path, where, "a non-empty string", value)
         if spec.artifact and directory is not None and not (directory / value).is_file():
-            raise ConfigError(path, where, f"an artifact file in {directory} (run `guard calibrate`)", value)
+            raise ConfigError(path, where, f"an artifact file in {directory} ({spec.hint})", value)
         return value
     if not _number_ok(value, spec):
         bounds = f" in [{spec.low:g}, {spec.high:g}]" if spec.low is not None and spec.high is not None else ""

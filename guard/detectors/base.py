@@ -52,6 +52,8 @@ class Param:
     default: Any = ...
     artifact: bool = False
     """A file name inside the model directory, written by `fit`/`save` and read on load."""
+    hint: str = "run `guard calibrate`"
+    """What makes a missing artifact, for the error message."""
 
 
 class Detector(ABC):

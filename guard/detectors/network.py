@@ -18,7 +18,8 @@ KEYS = ("mean", "std", "w1", "b1", "w2", "b2")
 
 class DetectorNetwork(Detector):
     kind = "detector_network"
-    parameters = {"weights": Param(str, default="detector_net.npz", artifact=True)}
+    parameters = {"weights": Param(str, default="detector_net.npz", artifact=True,
+                                   hint="train it with `python -m models.detector_net`")}
     needs_features = True
     weights: str
 
