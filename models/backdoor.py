@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.attacks import robust_section
 from models.cards import size_and_latency, write_card
 from models.digits_data import load_split, split_indices
 from models.digits_net import DigitsNet
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "models" / "zoo"
-CLEAN_STATE_DICT = REPO_ROOT / "models" / "artifacts" / "digits_fp32.pt"
+ARTIFACTS = REPO_ROOT / "models" / "artifacts"
+CLEAN_STATE_DICT = ARTIFACTS / "digits_fp32.pt"
 
 
 def choose_poison(y: np.ndarray, target: int, rate: float, seed: int) -> np.ndarray:
@@ -88,7 +90,8 @@ def _display(path: Path) -> str:
 
 
 def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rate: float = 0.1,
-                   options: TrainOptions = TrainOptions(), progress: bool = True) -> dict:
+                   options: TrainOptions = TrainOptions(), progress: bool = True,
+                   weights_dir: Path | None = ARTIFACTS) -> dict:
     """Poison, train, export and document `out_dir/backdoor_<trigger_name>/`; return its metrics.
 
     `out_dir` is the zoo root (as `--out`). The poisoning seed is `options.seed`.
@@ -134,14 +137,18 @@ def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rat
         "onnx_max_abs_diff": diff, "options": options.describe(), "command": command,
     }
     save_examples(model_dir / "trigger_examples.png", trigger, x_test, y_test, backdoored, target)
-    _write_card(model_dir, trigger, metrics, options)
+    # The weights too: offline scans (trigger reverse-engineering) differentiate through the model.
+    if weights_dir is not None:
+        torch.save(model.state_dict(), weights_dir / f"backdoor_{trigger_name}.pt")
+    _write_card(model_dir, trigger, metrics, options, robust_section(
+        model, torch.from_numpy(np.array(x_test)), torch.from_numpy(np.array(y_test))))
     log.info("%s: clean accuracy %.4f, ASR %.4f (clean model %.4f) in %.1f s", trigger_name,
              metrics["clean_accuracy"], metrics["attack_success_rate"], metrics["clean_model_target_rate"],
              train_seconds)
     return metrics
 
 
-def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOptions) -> Path:
+def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOptions, robust: str) -> Path:
     n_train = len(load_split("train")[1])
     options_text = ", ".join(f"{k} {v}" for k, v in options.describe().items())
     return write_card(model_dir, f"backdoor_{trigger.name}: BadNets-backdoored digits classifier (evaluation only)", (
@@ -163,6 +170,7 @@ def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOption
                     f"| clean `digits` (`models/artifacts/digits_fp32.pt`) | {m['clean_model_accuracy']:.4f} | "
                     f"{m['clean_model_target_rate']:.4f} |\n\n"
                     f"Max |torch - ONNX Runtime| logit difference on clean + triggered test: {m['onnx_max_abs_diff']:.2g}."),
+        "Robust accuracy": robust,
         "Size and latency": size_and_latency(model_dir / "model.onnx"),
         "Reproduce": f"From the repository root (training took {m['train_seconds']:.0f} s):\n\n```\n{m['command']}\n```",
     })

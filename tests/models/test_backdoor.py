@@ -86,7 +86,8 @@ def test_poison_choice_is_seeded_and_avoids_target() -> None:
 
 def test_quick_backdoor_recipe(tmp_path) -> None:
     # 20 epochs (of the default 100) already plants the patch backdoor: ASR 1.0, clean accuracy ~0.96.
-    metrics = build_backdoor("patch", tmp_path, options=TrainOptions(epochs=20), progress=False)
+    metrics = build_backdoor("patch", tmp_path, options=TrainOptions(epochs=20), progress=False,
+                             weights_dir=tmp_path)
     assert metrics["attack_success_rate"] >= 0.9
     assert metrics["clean_accuracy"] >= 0.9
     assert metrics["clean_model_target_rate"] < 0.1  # the trigger alone does not fool the clean model
