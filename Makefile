@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# `guard evaluate` attacks with torchattacks, whose metadata pins requests~=2.25 (hence
+	# urllib3<1.27) against tritonclient's urllib3>=2; it imports neither, so skip its pins.
+	$(PY) -m pip install --quiet --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 
 serve: $(STAMP)  ## serve the shipped demo model on 127.0.0.1:8001 (gRPC) and :8002 (/metrics)
