@@ -22,7 +22,7 @@ import torch
 from models.attacks import robust_section
 from models.cards import size_and_latency, write_card
 from models.digits_data import load_split, split_indices
-from models.digits_net import DigitsNet
+from models.digits_net import DigitsNet, load_digits_net
 from models.onnx_export import export_onnx, onnx_logits, torch_logits, verify_onnx
 from models.training import TrainOptions, fit
 from models.triggers import TRIGGERS, Trigger
@@ -58,9 +58,7 @@ def target_rate(predict, trigger: Trigger, x: np.ndarray, y: np.ndarray, target:
 
 
 def load_clean_model(path: Path = CLEAN_STATE_DICT) -> DigitsNet:
-    model = DigitsNet()
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return load_digits_net(path)
 
 
 def save_examples(path: Path, trigger: Trigger, x: np.ndarray, y: np.ndarray, predict, target: int) -> Path:

@@ -29,7 +29,7 @@ from guard.detectors.network import KEYS
 from guard.onnx_features import expose_features
 from models.attacks import pgd
 from models.digits_data import load_split
-from models.digits_net import DigitsNet
+from models.digits_net import DigitsNet, load_digits_net
 from models.train_utils import single_thread
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,7 @@ def served_outputs(onnx_path: Path, x: np.ndarray, batch_size: int = 256) -> tup
 
 
 def load_surrogate(path: Path = SURROGATE) -> DigitsNet:
-    model = DigitsNet()
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return load_digits_net(path)
 
 
 def pgd_examples(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, copies: int = 1,

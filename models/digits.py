@@ -120,13 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     report, calibration_text = calibrate_demo(args.out)
     from models.attacks import robust_section
     from models.cards import size_and_latency
-    from models.digits_net import DigitsNet
+    from models.digits_net import load_digits_net
 
-    model = DigitsNet()
-    model.load_state_dict(torch.load(args.state_dict))
+    model = load_digits_net(args.state_dict)
     x_test, y_test = load_split("test")
     write_model_card(args.out, metrics, {
-        "Robust accuracy": robust_section(model.eval(), torch.from_numpy(np.array(x_test)), torch.from_numpy(y_test)),
+        "Robust accuracy": robust_section(model, torch.from_numpy(np.array(x_test)), torch.from_numpy(y_test)),
         "Size and latency": size_and_latency(args.out / "model.onnx"),
         "Squeezer choice": squeezer_table(args.out / "model.onnx"),
         "Guard calibration": calibration_text})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -32,3 +34,13 @@ class DigitsNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
+
+
+STANDARD_WEIGHTS = Path(__file__).resolve().parent / "artifacts" / "digits_fp32.pt"
+
+
+def load_digits_net(path: Path = STANDARD_WEIGHTS) -> DigitsNet:
+    """A DigitsNet in eval mode with saved weights (default: the standard FP32 model)."""
+    model = DigitsNet()
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    return model.eval()

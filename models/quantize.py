@@ -99,12 +99,11 @@ def _transfer_robustness(onnx_path: Path) -> str:
     import torch
 
     from models.attacks import robust_section
-    from models.digits_net import DigitsNet
+    from models.digits_net import load_digits_net
 
-    model = DigitsNet()
-    model.load_state_dict(torch.load(REPO_ROOT / "models/artifacts/digits_fp32.pt"))
+    model = load_digits_net()
     x, y = load_split("test")
-    return robust_section(model.eval(), torch.from_numpy(np.array(x)), torch.from_numpy(y), onnx_path)
+    return robust_section(model, torch.from_numpy(np.array(x)), torch.from_numpy(y), onnx_path)
 
 
 def main(argv: list[str] | None = None) -> None:
