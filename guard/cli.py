@@ -1,4 +1,4 @@
-"""The `guard` command line: serve, calibrate."""
+"""The `guard` command line: serve, calibrate, evaluate."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from guard.evaluation.run import main as evaluate_main  # lazy: torchattacks, matplotlib
+
+    return evaluate_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guard", description="Inference guard gateway (KServe v2 gRPC).")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -85,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
+
+    ev = commands.add_parser("evaluate", help="attack the guarded models through a live gateway and report "
+                             "detection rates (docs/evaluation.md)")
+    ev.add_argument("--samples", type=int, help="test-split images to attack (default all 360; 40 with --quick)")
+    ev.add_argument("--quick", action="store_true", help="few iterations per attack (smoke test, not results)")
+    ev.add_argument("--report-dir", type=Path, default=Path("reports/latest"),
+                    help="where results.json, results.md and roc_*.png go (default reports/latest)")
+    ev.add_argument("--workdir", type=Path, help="keep the evaluation repository here (default: a temp dir)")
+    ev.add_argument("--connect", metavar="HOST:PORT", help="use a running gateway (policy flag) that serves "
+                    "the evaluation repository in --workdir, instead of starting one")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

@@ -20,10 +20,12 @@ def bit_depth(x: torch.Tensor, bits: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _symmetric_index(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
     # Half-sample symmetric padding (d c b a | a b c d | d c b a), scipy.ndimage's "reflect".
-    # Cached: image sizes repeat, and building the index costs more than using it.
-    index = torch.arange(-before, length + after, device=device)
-    index = torch.where(index < 0, -index - 1, index)
-    return torch.where(index >= length, 2 * length - index - 1, index)
+    # Cached: image sizes repeat, and building the index costs more than using it. Built outside
+    # inference mode, so a cached index also serves autograd users (the adaptive attack).
+    with torch.inference_mode(False):
+        index = torch.arange(-before, length + after, device=device)
+        index = torch.where(index < 0, -index - 1, index)
+        return torch.where(index >= length, 2 * length - index - 1, index)
 
 
 def median(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -65,7 +65,8 @@ class GatewayClient:
         missing = list(models)
         while missing and time.monotonic() < deadline:
             try:
-                missing = [m for m in missing if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready]
+                missing = [m for m in missing
+                           if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready]
             except grpc.RpcError as exc:
                 log.debug("gateway %s not ready yet: %s", self.url, exc.code())
             if missing:

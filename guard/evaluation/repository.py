@@ -77,6 +77,12 @@ def _network_available() -> bool:
     return True
 
 
+def configured_thresholds(directory: Path) -> dict[str, float]:
+    from guard.config import load_model_config
+
+    return {d["name"]: d["threshold"] for d in load_model_config(directory).detectors}
+
+
 def is_built(repository: Path) -> bool:
     names = ["digits", *(b.name for b in backdoors())]
     return all((repository / n / "config.toml").is_file() for n in names)
