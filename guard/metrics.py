@@ -66,6 +66,7 @@ class ModelMetrics:
         self._depth = metrics.queue_depth.labels(model)
         self._batch = metrics.batch_size.labels(model)
         self._duration = metrics.request_duration.labels(model)
+        self._backend_rows = metrics.backend_rows.labels(model)
         self._stages: dict[str, object] = {}
         self._requests: dict[tuple[str, str], object] = {}
         self._scores: dict[str, object] = {}
@@ -79,6 +80,9 @@ class ModelMetrics:
 
     def batch(self, rows: int) -> None:
         self._batch.observe(rows)
+
+    def backend_rows(self, rows: int) -> None:
+        self._backend_rows.inc(rows)
 
     def stage(self, stage: str, seconds: float) -> None:
         child = self._stages.get(stage) or self._stages.setdefault(

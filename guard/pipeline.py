@@ -26,6 +26,8 @@ class BatchResult:
     """Each detector's [B] scores."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage (squeeze, backend, detect)."""
+    rows_sent: int = 0
+    """Rows the backend ran: the originals plus every detector variant."""
 
 
 class GuardPipeline:
@@ -72,7 +74,7 @@ class GuardPipeline:
         scores = self._score(torch.from_numpy(raw[self.logits_output]).to(self.device), batch,
                              None if features is None else torch.from_numpy(features).to(self.device))
         timings["detect"] = time.perf_counter() - start
-        return BatchResult(outputs, scores, timings)
+        return BatchResult(outputs, scores, timings, len(feeds[self.guarded_input]))
 
     def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         if not self.detectors:

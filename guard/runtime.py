@@ -72,12 +72,12 @@ class ModelRuntime:
         merged = {n: np.concatenate([r[n] for r in requests]) for n in names}
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, self._run, merged)
+            result = await loop.run_in_executor(self._executor, self._run, self.pipeline, merged)
         except DetectorError:
             if not self.config.fail_open:
                 raise
             log.exception("detectors failed; serving unchecked (fail_open)")
-            result = await loop.run_in_executor(self._executor, self._passthrough.run, merged)
+            result = await loop.run_in_executor(self._executor, self._run, self._passthrough, merged)
             result.scores = {}
         spans, start = [], 0
         for request in requests:
@@ -90,11 +90,11 @@ class ModelRuntime:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         for stage, seconds in result.timings.items():
             self.metrics.stage(stage, seconds)
-        self.metrics.m.backend_rows.labels(self.config.name).inc(
-            start * (1 + sum(d.num_variants for d in self.detectors)))
+        self.metrics.backend_rows(result.rows_sent)
         return [RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict)
                 for span, verdict in zip(spans, judged)]
 
-    def _run(self, merged: dict[str, np.ndarray]) -> BatchResult:
+    @staticmethod
+    def _run(pipeline: GuardPipeline, merged: dict[str, np.ndarray]) -> BatchResult:
         with torch.inference_mode():
-            return self.pipeline.run(merged)
+            return pipeline.run(merged)
