@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.calibration import fit_thresholds, flag_rates
+from guard.ensemble import METHODS, Fisher
 from guard.config import BackendConfig, load_model_config
 from guard.detectors import Detector, FitData, build_detectors, squeezer_tables
 from guard.device import select_device
@@ -58,15 +59,19 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
                     detectors: list[dict[str, Any]] | None = None, policy: str = "flag",
                     batching: dict[str, int] | None = None, backend: dict[str, Any] | None = None,
                     fit_data: tuple[np.ndarray, np.ndarray | None] | None = None,
-                    features: str | None = None) -> dict[str, Any]:
+                    features: str | None = None, ensemble: str = "union") -> dict[str, Any]:
     """Write REPOSITORY/NAME/{model.onnx,config.toml,calibration.json}; returns the report.
 
     x are clean samples; unless `holdout` (x, y) is given, a seeded `holdout_fraction` of them is
     kept out of calibration to measure the flag rate on clean data the thresholds never saw.
     Detectors that learn clean statistics fit on `fit_data` (x, y), or else on a seeded half of
     x, and thresholds are set on the rest. `features` names the tensor feature-space detectors
-    read (default: the input of the model's last Gemm/MatMul).
+    read (default: the input of the model's last Gemm/MatMul). `ensemble` is how the detectors
+    combine (guard.ensemble): "union" thresholds share the budget, "fisher" gets one threshold on
+    the combined statistic and each detector its own threshold at the target for attribution.
     """
+    if ensemble not in METHODS:
+        raise ConfigError(Path("(calibrate)"), "ensemble", "one of " + ", ".join(METHODS), ensemble)
     inputs, outputs = onnx_signature(onnx_path)
     if len(inputs) != 1:
         raise ConfigError(onnx_path, "(model inputs)", "exactly one input for `guard calibrate` "
@@ -122,8 +127,25 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
                              features_name)
     cal_scores, cal_logits = score_samples(pipeline, x, desc="calibration")
     hold_scores, hold_logits = score_samples(pipeline, x_hold, desc="held-out")
-    fit = fit_thresholds(cal_scores, target_fpr)
-    hold_per_detector, hold_union = flag_rates(hold_scores, fit.thresholds)
+    judges = {d.name for d in found if not d.monitor}
+    judged_cal = {k: v for k, v in cal_scores.items() if k in judges}
+    # Alone at the target: monitors (so their score/threshold reads like the others') and, under
+    # Fisher, every detector (its threshold then only names who fired).
+    alone = {d.name: fit_thresholds({d.name: cal_scores[d.name]}, target_fpr).thresholds[d.name] for d in found}
+    combiner, ensemble_table = None, {"method": ensemble}
+    if ensemble == "fisher":
+        combiner = Fisher.fit(judged_cal, target_fpr)
+        combiner.save(target / "ensemble.npz")
+        ensemble_table.update(references="ensemble.npz", threshold=combiner.threshold)
+        thresholds = alone
+        cal_union = float((combiner.ratio(judged_cal) >= 1.0).mean())
+        hold_union = float((combiner.ratio(hold_scores) >= 1.0).mean())
+    else:
+        fit = fit_thresholds(judged_cal, target_fpr)
+        thresholds = {**alone, **fit.thresholds}
+        cal_union = fit.calibration_fpr
+        _, hold_union = flag_rates({k: v for k, v in hold_scores.items() if k in judges}, fit.thresholds)
+    hold_per_detector, _ = flag_rates(hold_scores, thresholds)
 
     config = {
         "name": name, "version": "1", "platform": "onnxruntime_onnx", "model_file": model_file.name,
@@ -137,7 +159,8 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
         "batching": batching or {"max_batch_size": 32, "max_queue_delay_microseconds": 0,
                                  "max_queue_size": 1024},
         "backend": backend or {"intra_op_threads": 1, "inter_op_threads": 1},
-        "detectors": [{**d.to_config(), "threshold": fit.thresholds[d.name]} for d in found],
+        "detectors": [{**d.to_config(), "threshold": thresholds[d.name]} for d in found],
+        "ensemble": ensemble_table,
     }
     header = (f"# Written by `guard calibrate` from {len(x)} clean samples (target FPR {target_fpr}).\n"
               "# Thresholds: guard/calibration.py; regenerate rather than edit them by hand.\n")
@@ -146,8 +169,9 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
 
     report: dict[str, Any] = {
         "model": name, "target_fpr": target_fpr, "n_calibration": len(x), "n_holdout": len(x_hold),
-        "thresholds": fit.thresholds, "calibration_fpr": fit.calibration_fpr,
-        "calibration_fpr_per_detector": fit.detector_fpr,
+        "ensemble": ensemble_table, "thresholds": thresholds, "calibration_fpr": cal_union,
+        "calibration_fpr_per_detector": flag_rates(cal_scores, thresholds)[0],
+        "monitors": sorted(d.name for d in found if d.monitor),
         "holdout_fpr": hold_union, "holdout_fpr_per_detector": hold_per_detector,
     }
     if y is not None:

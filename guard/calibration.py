@@ -77,6 +77,8 @@ def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float) -> Calibrat
     while True:
         options = []
         for name in scores:
+            if budget[name] >= n:  # already allowed to flag every sample (scores under MIN_THRESHOLD flag none)
+                continue
             trial = {**budget, name: budget[name] + 1}
             ok, thresholds = union_ok(trial)
             if ok:

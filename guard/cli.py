@@ -41,8 +41,10 @@ def _calibrate(args: argparse.Namespace) -> int:
                              value_range=tuple(args.range), policy=args.policy or "flag",
                              detectors=squeezer_tables(args.bit_depth, args.median)
                              + ([{"name": "mahalanobis", "type": "mahalanobis"}] if args.mahalanobis else [])
+                             + ([{"name": "confidence_margin", "type": "confidence_margin"}]
+                                if args.confidence_margin else [])
                              + ([{"name": "strip", "type": "strip", "n": args.strip}] if args.strip else []),
-                             features=args.features)
+                             features=args.features, ensemble=args.ensemble)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
@@ -89,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add the feature-space (Mahalanobis) detector; fitted on half of the clean samples")
     cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends")
     cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
+    cal.add_argument("--confidence-margin", action="store_true",
+                     help="add the low-confidence detector (1 - gap between the top two probabilities)")
+    cal.add_argument("--ensemble", choices=("fisher", "union"), default="fisher",
+                     help="how detectors combine (docs/detection.md; default fisher)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
 
@@ -101,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", type=Path, help="keep the evaluation repository here (default: a temp dir)")
     ev.add_argument("--connect", metavar="HOST:PORT", help="use a running gateway (policy flag) that serves "
                     "the evaluation repository in --workdir, instead of starting one")
+    ev.add_argument("--ensemble", choices=("fisher", "union"), default="fisher",
+                    help="how the evaluation models' detectors combine (default fisher)")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
     return parser

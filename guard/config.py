@@ -45,6 +45,8 @@ class BatchingConfig:
     """Queue timeout for requests that set none (0 = none); a request may only lower it."""
     instances: int = 1
     """Batches that may run at the same time (each on its own worker thread)."""
+    inline_below_microseconds: int = 500
+    """With one instance, batches averaging less than this run on the event loop thread (0 = never)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ class BackendConfig:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    method: str = "union"
+    """How detectors combine: "union" (any detector over its threshold) or "fisher" (guard.ensemble)."""
+    references: str = "ensemble.npz"
+    """fisher: the detectors' clean calibration scores, a file in the model directory."""
+    threshold: float | None = None
+    """fisher: the threshold on Fisher's statistic."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     detectors: tuple[dict[str, Any], ...] = ()
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -178,6 +191,8 @@ def _batching(r: _Reader) -> BatchingConfig:
         max_queue_size=r.positive("max_queue_size", d.max_queue_size, allow_zero=True),
         default_timeout_microseconds=r.positive("default_timeout_microseconds", 0, allow_zero=True),
         instances=r.positive("instances", d.instances),
+        inline_below_microseconds=r.positive("inline_below_microseconds", d.inline_below_microseconds,
+                                             allow_zero=True),
     )
 
 
@@ -201,7 +216,22 @@ def _backend(r: _Reader) -> BackendConfig:
 TOP_LEVEL_KEYS = {
     "name", "version", "platform", "model_file", "policy", "target_fpr", "fail_open", "device",
     "guarded_input", "logits_output", "features_output", "inputs", "outputs", "batching", "backend", "detectors",
+    "ensemble",
 }
+
+
+def _ensemble(r: _Reader, directory: Path) -> EnsembleConfig:
+    r.unknown({"method", "references", "threshold"})
+    method = r.choice("method", ("union", "fisher"), "union")
+    if method == "union":
+        return EnsembleConfig()
+    references = r.get("references", str, "ensemble.npz")
+    if not (directory / references).is_file():
+        raise r.fail("references", f"a file in {directory} (run `guard calibrate`)", references)
+    threshold = r.get("threshold", float, expected="a calibrated threshold (run `guard calibrate`)")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise r.fail("threshold", "a positive finite number", threshold)
+    return EnsembleConfig(method, references, threshold)
 
 
 def load_model_config(directory: Path) -> ModelConfig:
@@ -245,4 +275,5 @@ def load_model_config(directory: Path) -> ModelConfig:
         target_fpr=target_fpr, fail_open=r.get("fail_open", bool, False),
         device=r.choice("device", DEVICES, "auto"), batching=_batching(r.sub("batching")),
         backend=_backend(r.sub("backend")), detectors=tuple(detectors),
+        ensemble=_ensemble(r.sub("ensemble"), directory),
     )

@@ -14,6 +14,7 @@ import torch
 
 from guard.backends.base import Backend
 from guard.detectors import Detector, Outputs
+from guard.ensemble import Fisher
 from guard.errors import GuardError, DetectorError
 from guard.types import ADVERSARIAL, CLEAN, TRIGGER, Verdict
 
@@ -47,6 +48,8 @@ class GuardPipeline:
 
     def run(self, inputs: dict[str, np.ndarray]) -> BatchResult:
         """Outputs and raw detector scores for one batch (rows along axis 0 of every input)."""
+        if not self.detectors:
+            return self._forward(inputs)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         x = torch.from_numpy(inputs[self.guarded_input]).to(self.device)
@@ -76,6 +79,13 @@ class GuardPipeline:
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, scores, timings, len(feeds[self.guarded_input]))
 
+    def _forward(self, inputs: dict[str, np.ndarray]) -> BatchResult:
+        """No detectors: the original rows only, and no tensor conversions."""
+        start = time.perf_counter()
+        raw = self.backend.infer(inputs, self.output_names)
+        rows = len(inputs[self.guarded_input])
+        return BatchResult(raw, timings={"backend": time.perf_counter() - start}, rows_sent=rows)
+
     def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
         if not self.detectors:
             return {}
@@ -101,19 +111,35 @@ class GuardPipeline:
         return {d.name: row for d, row in zip(self.detectors, table)}
 
 
-def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice]) -> list[Verdict]:
-    """One verdict per request (a slice of rows): the worst row decides, flags are unioned."""
+def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice],
+             combiner: "Fisher | None" = None) -> list[Verdict]:
+    """One verdict per request (a slice of rows): the worst row decides, flags are unioned.
+    Monitor detectors are reported with the others but never flag. Without a combiner the
+    detectors flag as a union (each against its threshold); with one, its statistic decides and
+    `flagged_by` names the detectors over their own thresholds (or the most unusual one)."""
     if not detectors:
         return [Verdict(CLEAN, 0.0) for _ in rows]
-    ratios = np.stack([scores[d.name] / d.threshold for d in detectors])  # [D, B]
+    judges = [d for d in detectors if not d.monitor]
+    ratios = np.stack([scores[d.name] / d.threshold for d in judges])  # [D, B]
+    if combiner is not None:
+        combined = combiner.ratio(scores)
+        p_values = combiner.p_values(scores)
     results = []
     for span in rows:
         worst = ratios[:, span].max(axis=1)
-        fired = [d for d, r in zip(detectors, worst) if r >= 1.0]
+        if combiner is None:
+            score = float(worst.max())
+            fired = [d for d, r in zip(judges, worst) if r >= 1.0]
+        else:
+            row = span.start + int(np.argmax(combined[span]))
+            score = float(combined[row])
+            fired = [d for d, r in zip(judges, worst) if r >= 1.0] if score >= 1.0 else []
+            if score >= 1.0 and not fired:
+                fired = [min(judges, key=lambda d: p_values[d.name][row])]
         kinds = {d.verdict for d in fired}
         verdict = TRIGGER if TRIGGER in kinds else ADVERSARIAL if kinds else CLEAN
         results.append(Verdict(
-            verdict, float(worst.max()), tuple(d.name for d in fired),
+            verdict, score, tuple(d.name for d in fired),
             {d.name: float(scores[d.name][span].max()) for d in detectors},
         ))
     return results

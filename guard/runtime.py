@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from guard.batching import DynamicBatcher
 from guard.config import ModelConfig
 from guard.detectors import Detector, build_detectors
 from guard.device import select_device
-from guard.errors import DetectorError
+from guard.ensemble import Fisher
+from guard.errors import ConfigError, DetectorError
 from guard.metrics import ModelMetrics
-from guard.pipeline import BatchResult, GuardPipeline, verdicts
+from guard.pipeline import GuardPipeline, verdicts
 from guard.types import UNCHECKED, Verdict
 
 log = logging.getLogger("guard.runtime")
@@ -30,6 +30,19 @@ class RowsResult:
 
     outputs: dict[str, np.ndarray]
     verdict: Verdict
+
+
+def load_combiner(config: ModelConfig, detectors: list[Detector]) -> Fisher | None:
+    """The model's Fisher combination, checked against its detectors; None for a union."""
+    if config.ensemble.method != "fisher":
+        return None
+    path = config.directory / "config.toml"
+    combiner = Fisher.load(config.directory / config.ensemble.references, config.ensemble.threshold)
+    judges = sorted(d.name for d in detectors if not d.monitor)
+    if sorted(combiner.references) != judges:
+        raise ConfigError(path, "ensemble.references", f"clean scores of exactly the detectors {judges} "
+                          "(re-run `guard calibrate`)", sorted(combiner.references))
+    return combiner
 
 
 class ModelRuntime:
@@ -47,7 +60,8 @@ class ModelRuntime:
         self._passthrough = GuardPipeline(self.backend, [], config.guarded_input, config.logits_output,
                                           [spec.name for spec in config.outputs], self.device)
         self._executor = ThreadPoolExecutor(config.batching.instances, thread_name_prefix=f"guard-{config.name}")
-        self.batcher = DynamicBatcher(self._execute, config.batching, metrics)
+        self.batcher = DynamicBatcher(self.execute, config.batching, metrics, self._executor)
+        self.combiner = load_combiner(config, self.detectors)
         for detector in self.detectors:
             metrics.m.detector_threshold.labels(config.name, detector.name).set(detector.threshold)
         metrics.m.queue_capacity.labels(config.name).set(config.batching.max_queue_size)
@@ -66,26 +80,27 @@ class ModelRuntime:
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None) -> RowsResult:
         return await self.batcher.submit(inputs, rows, deadline)
 
-    async def _execute(self, requests: list[dict[str, np.ndarray]]) -> list[RowsResult]:
+    def execute(self, requests: list[dict[str, np.ndarray]], deadline: float | None = None) -> list[RowsResult]:
+        """One batch, synchronously (on a worker thread or the loop thread; see DynamicBatcher)."""
         names = requests[0].keys()
         # A copy even for one request: decoded raw inputs are read-only views of the message.
         merged = {n: np.concatenate([r[n] for r in requests]) for n in names}
-        loop = asyncio.get_running_loop()
-        try:
-            result = await loop.run_in_executor(self._executor, self._run, self.pipeline, merged)
-        except DetectorError:
-            if not self.config.fail_open:
-                raise
-            log.exception("detectors failed; serving unchecked (fail_open)")
-            result = await loop.run_in_executor(self._executor, self._run, self._passthrough, merged)
-            result.scores = {}
+        with torch.inference_mode():
+            try:
+                result = self.pipeline.run(merged)
+            except DetectorError:
+                if not self.config.fail_open:
+                    raise
+                log.exception("detectors failed; serving unchecked (fail_open)")
+                result = self._passthrough.run(merged)
+                result.scores = {}
         spans, start = [], 0
         for request in requests:
             size = next(iter(request.values())).shape[0]
             spans.append(slice(start, start + size))
             start += size
         if result.scores or not self.detectors:
-            judged = verdicts(self.detectors, result.scores, spans)
+            judged = verdicts(self.detectors, result.scores, spans, self.combiner)
         else:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         for stage, seconds in result.timings.items():
@@ -93,8 +108,3 @@ class ModelRuntime:
         self.metrics.backend_rows(result.rows_sent)
         return [RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict)
                 for span, verdict in zip(spans, judged)]
-
-    @staticmethod
-    def _run(pipeline: GuardPipeline, merged: dict[str, np.ndarray]) -> BatchResult:
-        with torch.inference_mode():
-            return pipeline.run(merged)

@@ -19,7 +19,6 @@ from guard.proto import inference_pb2 as pb
 from guard.proto import inference_pb2_grpc as pb_grpc
 from guard.repository import load_repository
 from guard.runtime import ModelRuntime
-from guard.transport.interceptor import ErrorInterceptor
 from guard.transport.servicer import InferenceServicer
 
 log = logging.getLogger("guard.server")
@@ -62,7 +61,7 @@ class GuardServer:
 
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes)]
-        self._grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        self._grpc = grpc.aio.server(options=options)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

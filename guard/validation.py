@@ -26,14 +26,22 @@ def _check_tensor(spec: TensorSpec, array: np.ndarray, datatype: str) -> None:
         if want != -1 and want != got:
             raise InvalidInput(f"input '{spec.name}': expected shape {_shape_text(expected)}, "
                                f"got {list(array.shape)} (dimension {dim} is {got}, expected {want})")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInput(f"input '{spec.name}': expected finite values, got NaN or Inf")
     if spec.range is not None and array.size:
         low, high = spec.range
         lo, hi = array.min(), array.max()
-        if lo < low or hi > high:
+        # NaN fails both comparisons and Inf one of them, so finiteness is only checked on failure:
+        # one pass over the data fewer on the hot path.
+        if not (lo >= low and hi <= high):
+            _check_finite(spec, array)
             raise InvalidInput(f"input '{spec.name}': expected values in [{low:g}, {high:g}], "
                                f"got values in [{float(lo):g}, {float(hi):g}]")
+    else:
+        _check_finite(spec, array)
+
+
+def _check_finite(spec: TensorSpec, array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"input '{spec.name}': expected finite values, got NaN or Inf")
 
 
 def _shape_text(shape: tuple) -> str:

@@ -1,6 +1,8 @@
 """The dynamic batcher: batching window, size limit, full queue, deadlines and error fan-out."""
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -10,24 +12,30 @@ from guard.errors import DeadlineExceeded, InvalidInput, QueueFull
 
 
 class Recorder:
-    """An execute function that records each batch and can be held or made to fail."""
+    """An execute function that records each batch (and the thread and deadline it saw) and can be
+    held or made to fail. It runs on the batcher's worker thread."""
 
     def __init__(self):
         self.batches: list[list] = []
-        self.gate = asyncio.Event()
+        self.threads: list[str] = []
+        self.deadlines: list[float | None] = []
+        self.gate = threading.Event()
         self.gate.set()
         self.fail: Exception | None = None
 
-    async def __call__(self, payloads):
+    def __call__(self, payloads, deadline):
         self.batches.append(list(payloads))
-        await self.gate.wait()
+        self.threads.append(threading.current_thread().name)
+        self.deadlines.append(deadline)
+        assert self.gate.wait(10), "test gate never opened"
         if self.fail:
             raise self.fail
         return [p * 10 for p in payloads]
 
 
-async def started(config: BatchingConfig, recorder: Recorder) -> DynamicBatcher:
-    batcher = DynamicBatcher(recorder, config)
+async def started(config: BatchingConfig, recorder: Recorder, inline_below: int = 0) -> DynamicBatcher:
+    config = BatchingConfig(**{**config.__dict__, "inline_below_microseconds": inline_below})
+    batcher = DynamicBatcher(recorder, config, executor=ThreadPoolExecutor(config.instances, "batch"))
     batcher.start()
     return batcher
 
@@ -144,18 +152,60 @@ async def test_cancelled_request_frees_its_queue_slot():
 
 
 async def test_instances_bound_concurrent_batches():
-    active, peak = 0, 0
+    active, peak, lock = 0, 0, threading.Lock()
 
-    async def execute(payloads):
+    def execute(payloads, deadline):
         nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        await asyncio.sleep(0.02)
-        active -= 1
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        threading.Event().wait(0.02)
+        with lock:
+            active -= 1
         return payloads
 
-    batcher = DynamicBatcher(execute, BatchingConfig(max_batch_size=1, instances=2))
+    config = BatchingConfig(max_batch_size=1, instances=2)
+    batcher = DynamicBatcher(execute, config, executor=ThreadPoolExecutor(2))
     batcher.start()
     await asyncio.gather(*(batcher.submit(i, 1) for i in range(8)))
     assert peak == 2
+    await batcher.close()
+
+
+async def test_execute_sees_the_earliest_deadline_of_its_batch():
+    rec = Recorder()
+    batcher = await started(BatchingConfig(max_batch_size=8, max_queue_delay_microseconds=50_000), rec)
+    now = asyncio.get_running_loop().time()
+    await asyncio.gather(batcher.submit(1, 1, deadline=now + 30), batcher.submit(2, 1, deadline=now + 20),
+                         batcher.submit(3, 1))
+    assert rec.deadlines == [pytest.approx(now + 20)]
+    await batcher.close()
+
+
+async def test_fast_batches_move_onto_the_event_loop_thread_and_slow_ones_back():
+    rec = Recorder()
+    batcher = await started(BatchingConfig(max_batch_size=1), rec, inline_below=50_000)
+    loop_thread = threading.current_thread().name
+    for i in range(5):
+        assert await batcher.submit(i, 1) == i * 10
+    # The first batch is measured on a worker; once the mean is known to be fast, batches run inline.
+    assert rec.threads[0] != loop_thread
+    assert rec.threads[-1] == loop_thread and batcher.inline
+    batcher.mean_execute_seconds = 1.0  # as if batches had become slow
+    await batcher.submit(9, 1)
+    assert rec.threads[-1] != loop_thread
+    await batcher.close()
+
+
+async def test_inline_batches_keep_window_deadline_and_error_semantics():
+    rec = Recorder()
+    batcher = DynamicBatcher(rec, BatchingConfig(max_batch_size=8, max_queue_delay_microseconds=20_000))
+    batcher.start()  # no executor: every batch runs on the loop thread
+    assert await asyncio.gather(*(batcher.submit(i, 1) for i in range(3))) == [0, 10, 20]
+    assert rec.batches == [[0, 1, 2]]
+    rec.fail = RuntimeError("inline failure")
+    with pytest.raises(RuntimeError, match="inline failure"):
+        await batcher.submit(5, 1)
+    rec.fail = None
+    assert await batcher.submit(6, 1) == 60
     await batcher.close()

@@ -61,3 +61,28 @@ def test_leftover_budget_is_used_without_breaking_the_bound():
     fit = fit_thresholds(scores, 0.05)
     flagged = round(fit.calibration_fpr * 359)
     assert (flagged + 1) / 360 <= 0.05 < (flagged + 2) / 360  # one more flag would break it
+
+
+def test_monitors_get_their_own_threshold_outside_the_ensemble_budget(tmp_path):
+    from guard.calibrate import calibrate_model
+    from models.digits_data import load_split
+    from tests.conftest import DEMO_REPOSITORY
+
+    x, y = load_split("calibration")
+    tables = [{"name": "bd2", "type": "squeeze_bit_depth", "bits": 2},
+              {"name": "margin", "type": "confidence_margin"},
+              {"name": "bd1", "type": "squeeze_bit_depth", "bits": 1, "monitor": True}]
+    report = calibrate_model(DEMO_REPOSITORY / "digits_fp32" / "model.onnx", "m", tmp_path, np.array(x), y,
+                             detectors=tables, target_fpr=0.05)
+    assert report["monitors"] == ["bd1"]
+    per = report["calibration_fpr_per_detector"]
+    # The monitor alone uses (almost) the whole target; the two judges share it.
+    assert 0.03 <= per["bd1"] <= 0.05
+    assert report["calibration_fpr"] <= 0.05 and per["bd2"] < 0.05 and per["margin"] < 0.05
+    assert "monitor = true" in (tmp_path / "m" / "config.toml").read_text()
+
+
+def test_scores_below_the_threshold_floor_terminate():
+    # Near-constant clean scores (e.g. an untrained network's vanishing logits) must still calibrate.
+    fit = fit_thresholds({"a": np.zeros(40), "b": np.linspace(0, 1, 40)}, 0.05)
+    assert fit.calibration_fpr <= 0.05

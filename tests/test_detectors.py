@@ -9,9 +9,12 @@ import torch
 
 from guard.backends.base import Backend
 from guard.detectors import FitData, Outputs
+from guard.detectors import build_detectors
+from guard.detectors.confidence import ConfidenceMarginDetector
 from guard.detectors.mahalanobis import MahalanobisDetector
 from guard.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detectors.strip import StripDetector
+from guard.errors import ConfigError
 from guard.onnx_features import expose_features, find_feature_tensor
 from guard.pipeline import GuardPipeline, verdicts
 from tests.conftest import DEMO_REPOSITORY
@@ -120,3 +123,27 @@ def test_trigger_detector_sets_the_trigger_verdict():
     assert both.verdict == "trigger" and both.flagged_by == ("b", "s") and both.score == 2.0
     adv = verdicts(detectors, {"b": np.array([2.0]), "s": np.array([0.5])}, [slice(0, 1)])[0]
     assert adv.verdict == "adversarial" and adv.flagged_by == ("b",)
+
+
+def test_confidence_margin_is_one_minus_the_top_two_gap():
+    probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.1, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    score = ConfidenceMarginDetector("c", 0.5).score(Outputs(probabilities.log(), probabilities), None)
+    torch.testing.assert_close(score, torch.tensor([0.5, 0.9, 1.0]))
+
+
+def test_monitor_detectors_are_reported_but_never_flag():
+    detectors = [BitDepthDetector("b", 1.0, bits=2), MedianDetector("m", 1.0, monitor=True, size=2)]
+    judged = verdicts(detectors, {"b": np.array([0.5]), "m": np.array([9.0])}, [slice(0, 1)])[0]
+    assert judged.verdict == "clean" and judged.flagged_by == () and judged.score == 0.5
+    assert judged.scores == {"b": 0.5, "m": 9.0}  # still explained and exported
+
+
+def test_monitor_key_is_validated_and_round_trips(tmp_path):
+    path = tmp_path / "config.toml"
+    table = {"name": "m", "type": "squeeze_median", "size": 2, "threshold": 1.0, "monitor": True}
+    (built,) = [d for d in build_detectors(path, [table, {**table, "name": "b", "monitor": False}]) if d.monitor]
+    assert built.to_config()["monitor"] is True
+    with pytest.raises(ConfigError, match="monitor"):
+        build_detectors(path, [{**table, "monitor": "yes"}])
+    with pytest.raises(ConfigError, match="not a monitor"):
+        build_detectors(path, [table])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.detectors.base import Detector, FitData, Outputs, Param
+from guard.detectors.confidence import ConfidenceMarginDetector
 from guard.detectors.mahalanobis import MahalanobisDetector
 from guard.detectors.network import DetectorNetwork
 from guard.detectors.squeezing import BitDepthDetector, MedianDetector
@@ -15,7 +16,7 @@ from guard.errors import ConfigError
 
 REGISTRY: dict[str, type[Detector]] = {
     cls.kind: cls for cls in (BitDepthDetector, MedianDetector, MahalanobisDetector, StripDetector,
-                              DetectorNetwork)}
+                              DetectorNetwork, ConfidenceMarginDetector)}
 
 __all__ = ["REGISTRY", "Detector", "FitData", "Outputs", "Param", "build_detectors", "squeezer_tables"]
 
@@ -51,7 +52,7 @@ def _build(path: Path, key: str, table: dict[str, Any], require_threshold: bool,
     if kind not in REGISTRY:
         raise ConfigError(path, f"{key}.type", "one of " + ", ".join(REGISTRY), kind)
     cls = REGISTRY[kind]
-    extra = set(table) - {"name", "type", "threshold", *cls.parameters}
+    extra = set(table) - {"name", "type", "threshold", "monitor", *cls.parameters}
     if extra:
         raise ConfigError(path, f"{key}.{sorted(extra)[0]}", f"a parameter of {kind} ({', '.join(cls.parameters)})")
     name = table.get("name", kind)
@@ -59,13 +60,17 @@ def _build(path: Path, key: str, table: dict[str, Any], require_threshold: bool,
         raise ConfigError(path, f"{key}.name", "a non-empty string", name)
     params = {p: _param(path, key, p, spec, table, directory if require_threshold else None)
               for p, spec in cls.parameters.items()}
+    monitor = table.get("monitor", False)
+    if not isinstance(monitor, bool):
+        raise ConfigError(path, f"{key}.monitor", "true or false", monitor)
     threshold = table.get("threshold")
     if threshold is None and require_threshold:
         raise ConfigError(path, f"{key}.threshold", "a calibrated threshold (run `guard calibrate`)")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold) or threshold <= 0):
         raise ConfigError(path, f"{key}.threshold", "a positive finite number", threshold)
-    return cls(name=name, threshold=None if threshold is None else float(threshold), directory=directory, **params)
+    return cls(name=name, threshold=None if threshold is None else float(threshold), directory=directory,
+               monitor=monitor, **params)
 
 
 def build_detectors(path: Path, tables, require_threshold: bool = True) -> list[Detector]:
@@ -78,6 +83,8 @@ def build_detectors(path: Path, tables, require_threshold: bool = True) -> list[
     names = [d.name for d in detectors]
     if len(set(names)) != len(names):
         raise ConfigError(path, "detectors", "unique detector names", names)
+    if detectors and all(d.monitor for d in detectors):
+        raise ConfigError(path, "detectors", "at least one detector that is not a monitor", names)
     return detectors
 
 

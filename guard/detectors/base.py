@@ -66,10 +66,14 @@ class Detector(ABC):
     parameters: ClassVar[dict[str, Param]] = {}
     needs_features: ClassVar[bool] = False
 
-    def __init__(self, name: str, threshold: float | None, directory: Path | None = None, **params: Any):
+    def __init__(self, name: str, threshold: float | None, directory: Path | None = None,
+                 monitor: bool = False, **params: Any):
         self.name = name
         self.threshold = threshold
         self.directory = directory
+        self.monitor = monitor
+        """Scored, exported and explained, but never part of a verdict or the ensemble's budget:
+        how a new detector is tried on live traffic before it may block anything."""
         for key, value in params.items():
             setattr(self, key, value)
 
@@ -100,4 +104,6 @@ class Detector(ABC):
         """The config table that recreates this detector (threshold included)."""
         table = {"name": self.name, "type": self.kind}
         table.update({key: getattr(self, key) for key in self.parameters})
+        if self.monitor:
+            table["monitor"] = True
         return {**table, "threshold": self.threshold}

@@ -13,6 +13,9 @@ minimises
 
 i.e. misclassify with a logit margin while keeping every detector a MARGIN below its threshold
 (margins absorb the surrogate-to-INT8 transfer). KAPPA and MARGIN are fixed a priori, not tuned.
+Against a Fisher ensemble, whose p-values are step functions, threshold_d is the clean score at
+which every detector's p-value is exp(-T_threshold / 2K) for K detectors: below all of them,
+Fisher's statistic stays under its threshold, so the hinges describe a sufficient way through.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from guard import squeezers
 from guard.config import load_model_config
 from guard.detectors import Outputs, build_detectors
+from guard.ensemble import Fisher
 from guard.detectors.squeezing import BitDepthDetector, MedianDetector
 
 try:  # the learned detector may be absent from older checkouts
@@ -78,6 +82,11 @@ class GuardedSurrogate(nn.Module):
         cpu = torch.device("cpu")
         self.detectors = [d.to(cpu) for d in build_detectors(model_dir / "config.toml", config.detectors)]
         self.thresholds = {d.name: float(d.threshold) for d in self.detectors}
+        if config.ensemble.method == "fisher":
+            combiner = Fisher.load(model_dir / config.ensemble.references, config.ensemble.threshold)
+            p_each = float(np.exp(-combiner.threshold / (2 * len(combiner.references))))
+            for name, reference in combiner.references.items():
+                self.thresholds[name] = max(float(np.quantile(reference, 1.0 - p_each)), 1e-9)
 
     def _variants(self, detector, x: torch.Tensor) -> torch.Tensor:
         if isinstance(detector, BitDepthDetector):
@@ -116,6 +125,8 @@ class GuardedSurrogate(nn.Module):
         other = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
         loss = torch.relu(true - other + KAPPA)
         for d in self.detectors:
+            if d.monitor:  # never flags, so nothing to evade
+                continue
             limit = self.thresholds[d.name] * (1.0 - MARGIN)
             if isinstance(d, DetectorNetwork):  # see _network_logit
                 loss = loss + torch.relu(_network_logit(d, features) - float(np.log(limit / (1.0 - limit))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from guard.calibration import fit_thresholds
+from guard.ensemble import Fisher, Union
 
 FPRS = (0.01, 0.05)
 AUROC_FPR = 0.05
@@ -80,30 +80,44 @@ def roc_curve(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray,
 
 
 class Scorer:
-    """A union of detectors with thresholds fitted on calibration scores at each FPR in `fprs`."""
+    """Detectors combined as the gateway would ("union" or "fisher", guard.ensemble), refitted on
+    calibration scores at each FPR in `fprs`."""
 
-    def __init__(self, name: str, detectors: list[str], calibration: Scores, fprs=FPRS, auroc_fpr=AUROC_FPR):
-        self.name, self.detectors = name, list(detectors)
-        self.thresholds = {f: fit_thresholds({d: calibration[d] for d in detectors}, f).thresholds
-                           for f in sorted({*fprs, auroc_fpr})}
+    def __init__(self, name: str, detectors: list[str], calibration: Scores, fprs=FPRS, auroc_fpr=AUROC_FPR,
+                 method: str = "union"):
+        self.name, self.detectors, self.method = name, list(detectors), method
+        combine = {"union": Union, "fisher": Fisher}[method]
+        self.combiners = {f: combine.fit({d: calibration[d] for d in detectors}, f)
+                          for f in sorted({*fprs, auroc_fpr})}
         self.fprs, self.auroc_fpr = tuple(fprs), auroc_fpr
 
+    @property
+    def thresholds(self) -> dict[float, dict[str, float] | float]:
+        """Per FPR: the union's per-detector thresholds, or Fisher's one threshold."""
+        return {f: c.thresholds if isinstance(c, Union) else c.threshold for f, c in self.combiners.items()}
+
+    def flags(self, scores: Scores, fpr: float) -> np.ndarray:
+        return self.combiners[fpr].ratio(scores) >= 1.0
+
+    def _rate(self, scores: Scores, fpr: float) -> float | None:
+        flags = self.flags(scores, fpr)
+        return None if flags.size == 0 else float(flags.mean())
+
     def continuous(self, scores: Scores) -> np.ndarray:
-        return ratio_score(scores, self.thresholds[self.auroc_fpr])
+        return self.combiners[self.auroc_fpr].ratio(scores)
 
     def clean_fpr(self, clean: Scores) -> dict[str, float | None]:
         """The realised flag rate on clean samples (the test split) at each target FPR."""
-        return {f"{f:g}": detection_rate(clean, self.thresholds[f]) for f in self.fprs}
+        return {f"{f:g}": self._rate(clean, f) for f in self.fprs}
 
     def evaluate(self, clean: Scores, positives: Scores) -> dict[str, float | None]:
         """Detection of the positives at each FPR and AUROC against the clean scores."""
-        result: dict[str, float | None] = {f"det@{f:g}": detection_rate(positives, self.thresholds[f])
-                                           for f in self.fprs}
+        result: dict[str, float | None] = {f"det@{f:g}": self._rate(positives, f) for f in self.fprs}
         result["auroc"] = auroc(self.continuous(clean), self.continuous(positives))
         return result
 
     def describe(self) -> dict:
-        return {"detectors": self.detectors,
+        return {"detectors": self.detectors, "method": self.method,
                 "thresholds": {f"{f:g}": t for f, t in self.thresholds.items()}}
 
 
@@ -111,9 +125,11 @@ def subset(scores: Scores, mask: np.ndarray) -> Scores:
     return {name: np.asarray(s)[mask] for name, s in scores.items()}
 
 
-def build_scorers(detectors: list[str], calibration: Scores, baselines: dict[str, list[str]]) -> dict[str, Scorer]:
-    """The gateway's full ensemble, the named baselines (when all their detectors exist), each detector."""
-    scorers = {"ensemble": Scorer("ensemble", detectors, calibration)}
+def build_scorers(detectors: list[str], calibration: Scores, baselines: dict[str, list[str]],
+                  ensemble: list[str] | None = None, method: str = "union") -> dict[str, Scorer]:
+    """The gateway's ensemble (its non-monitor detectors, default all, combined by `method`), the
+    named baselines as unions (when all their detectors exist), each detector."""
+    scorers = {"ensemble": Scorer("ensemble", ensemble or detectors, calibration, method=method)}
     for name, members in baselines.items():
         if all(m in detectors for m in members):
             scorers[name] = Scorer(name, members, calibration)

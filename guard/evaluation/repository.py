@@ -51,13 +51,16 @@ def backdoors(zoo: Path = ZOO) -> list[Backdoor]:
 
 
 def detector_tables(network: bool) -> list[dict[str, Any]]:
-    """Every detector: the paper's MNIST squeezers (baseline), the shipped 2-bit squeezer,
-    Mahalanobis, STRIP with 16 references, and the detector network when its weights exist."""
+    """The ensemble: the shipped 2-bit and 2x2 median squeezers, Mahalanobis, the confidence
+    margin, STRIP with 16 references (trigger verdicts), and the detector network when its weights
+    exist. The paper's 1-bit squeezer is only a monitor: scored for the baseline, never in the
+    ensemble's budget."""
     tables: list[dict[str, Any]] = [
-        {"name": "bit_depth_1", "type": "squeeze_bit_depth", "bits": 1},
+        {"name": "bit_depth_1", "type": "squeeze_bit_depth", "bits": 1, "monitor": True},
         {"name": "median_2x2", "type": "squeeze_median", "size": 2},
         {"name": "bit_depth_2", "type": "squeeze_bit_depth", "bits": 2},
         {"name": "mahalanobis", "type": "mahalanobis"},
+        {"name": "confidence_margin", "type": "confidence_margin"},
         {"name": "strip", "type": "strip", "n": 16},
     ]
     if network:
@@ -80,7 +83,7 @@ def _network_available() -> bool:
 def configured_thresholds(directory: Path) -> dict[str, float]:
     from guard.config import load_model_config
 
-    return {d["name"]: d["threshold"] for d in load_model_config(directory).detectors}
+    return {d["name"]: d["threshold"] for d in load_model_config(directory).detectors if not d.get("monitor")}
 
 
 def is_built(repository: Path) -> bool:
@@ -88,7 +91,8 @@ def is_built(repository: Path) -> bool:
     return all((repository / n / "config.toml").is_file() for n in names)
 
 
-def build_repository(repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0) -> dict[str, dict]:
+def build_repository(repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0,
+                     ensemble: str = "fisher") -> dict[str, dict]:
     """Calibrate every model under test into `repository`; returns each model's calibration report."""
     from models.digits_data import load_split
 
@@ -107,5 +111,6 @@ def build_repository(repository: Path, target_fpr: float = TARGET_FPR, seed: int
         log.info("calibrating %s (%s) with %d detectors", name, onnx, len(detector_tables(with_network)))
         reports[name] = calibrate_model(
             onnx, name, repository, calibration[0], calibration[1], target_fpr=target_fpr,
-            holdout=test, fit_data=train, seed=seed, detectors=detector_tables(with_network), policy="flag")
+            holdout=test, fit_data=train, seed=seed, detectors=detector_tables(with_network), policy="flag",
+            ensemble=ensemble)
     return reports

@@ -19,6 +19,7 @@ import numpy as np
 from guard.evaluation import attacks as atk
 from guard.evaluation import metrics as m
 from guard.evaluation.client import GatewayClient, Served
+from guard.config import load_model_config
 from guard.evaluation.repository import (PAPER_SQUEEZERS, backdoors, build_repository, configured_thresholds,
                                          is_built)
 
@@ -43,6 +44,8 @@ class EvalOptions:
     workdir: Path | None = None
     connect: str | None = None
     seed: int = 0
+    ensemble: str = "fisher"
+    """How the evaluation models' detectors combine (guard.ensemble)."""
     attacks: tuple[str, ...] | None = None
     """Restrict the suite to these attack names (fgsm, pgd, ...); None runs all."""
     epsilons: tuple[float, ...] = atk.EPSILONS
@@ -66,14 +69,16 @@ def _gateway(options: EvalOptions, repository: Path):
 class _Model:
     """One served model's clean reference: calibration scores -> scorers, clean test answers."""
 
-    def __init__(self, name: str, client: GatewayClient, calibration: tuple, test: tuple):
+    def __init__(self, name: str, client: GatewayClient, calibration: tuple, test: tuple, judges: list[str],
+                 method: str):
         self.name = name
         cal = client.infer(name, calibration[0], desc=f"{name} calibration")
         self.test: Served = client.infer(name, test[0], desc=f"{name} clean test")
         self.detectors = sorted(cal.scores)
-        self.scorers = m.build_scorers(self.detectors, cal.scores, BASELINES)
+        self.scorers = m.build_scorers(self.detectors, cal.scores, BASELINES, judges, method)
         self.summary = {
-            "detectors": self.detectors, "n_calibration": len(calibration[0]), "n_test": len(test[0]),
+            "detectors": self.detectors, "ensemble": judges, "ensemble_method": method,
+            "n_calibration": len(calibration[0]), "n_test": len(test[0]),
             "clean_accuracy": float((self.test.predictions == test[1]).mean()),
             "clean_fpr": {s: sc.clean_fpr(self.test.scores) for s, sc in self.scorers.items()},
             "scorers": {s: sc.describe() for s, sc in self.scorers.items()},
@@ -87,7 +92,7 @@ class _Model:
         curves[key] = (title, {s: (sc.continuous(self.test.scores), sc.continuous(positives))
                                for s, sc in self.scorers.items()} if successful.any() else {})
         # Succeeded AND not flagged by the gateway's ensemble at 5%: what gets through under `enforce`.
-        unflagged = ~m.union_flags(served.scores, self.scorers["ensemble"].thresholds[m.AUROC_FPR])
+        unflagged = ~self.scorers["ensemble"].flags(served.scores, m.AUROC_FPR)
         return {"key": key, "attack": attack, "eps": eps, "kind": kind, "model": self.name, "n": len(served.logits),
                 "eligible": int(eligible.sum()), "successful": int(successful.sum()),
                 "asr": m.attack_success_rate(eligible, successful), "surrogate_asr": surrogate_asr,
@@ -98,9 +103,14 @@ class _Model:
 def _matches_config(directory: Path, model: _Model) -> bool:
     """Whether the ensemble's 5% thresholds, refitted on the gateway's calibration scores, are the
     thresholds in the model's config.toml (i.e. the gateway's own ensemble was measured)."""
-    configured, fitted = configured_thresholds(directory), model.scorers["ensemble"].thresholds[m.AUROC_FPR]
-    same = configured.keys() == fitted.keys() and all(
-        np.isclose(configured[k], fitted[k], rtol=1e-6) for k in fitted)
+    config = load_model_config(directory)
+    fitted = model.scorers["ensemble"].thresholds[m.AUROC_FPR]
+    if config.ensemble.method == "fisher":
+        same = bool(np.isclose(config.ensemble.threshold, fitted, rtol=1e-6))
+    else:
+        configured = configured_thresholds(directory)
+        same = configured.keys() == fitted.keys() and all(
+            np.isclose(configured[k], fitted[k], rtol=1e-6) for k in fitted)
     if not same:
         log.warning("%s: thresholds refitted from the gateway's scores differ from %s/config.toml",
                     model.name, directory)
@@ -124,7 +134,9 @@ def evaluate(client: GatewayClient, repository: Path, options: EvalOptions) -> t
     zoo = backdoors()
     client.wait_ready(["digits", *(b.name for b in zoo)])
     started = time.perf_counter()
-    models = {name: _Model(name, client, calibration, test) for name in ["digits", *(b.name for b in zoo)]}
+    models = {name: _Model(name, client, calibration, test, sorted(configured_thresholds(repository / name)),
+                           load_model_config(repository / name).ensemble.method)
+              for name in ["digits", *(b.name for b in zoo)]}
     log.info("clean calibration and test splits through the gateway: %.1f s", time.perf_counter() - started)
     for name, model in models.items():  # the 5% union must be the gateway's own configuration
         model.summary["matches_gateway_thresholds"] = _matches_config(repository / name, model)
@@ -186,7 +198,7 @@ def run_evaluation(options: EvalOptions) -> dict:
         if options.connect and is_built(repository):
             log.info("--connect: reusing %s for the adaptive attack's detector statistics", repository)
         else:
-            build_repository(repository, seed=options.seed)
+            build_repository(repository, seed=options.seed, ensemble=options.ensemble)
         url = stack.enter_context(_gateway(options, repository))
         client = stack.enter_context(GatewayClient(url))
         found, curves = evaluate(client, repository, options)
@@ -204,9 +216,10 @@ def main(args) -> int:
     """The `guard evaluate` entry point (args from guard.cli)."""
     flags = [f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
              f"--report-dir {shlex.quote(str(args.report_dir))}", f"--seed {args.seed}",
-             f"--connect {args.connect}" if args.connect else ""]
+             f"--connect {args.connect}" if args.connect else "",
+             f"--ensemble {args.ensemble}" if args.ensemble != "fisher" else ""]
     options = EvalOptions(samples=args.samples, quick=args.quick, report_dir=args.report_dir,
-                          workdir=args.workdir, connect=args.connect, seed=args.seed,
+                          workdir=args.workdir, connect=args.connect, seed=args.seed, ensemble=args.ensemble,
                           command=" ".join(["guard evaluate", *filter(None, flags)]))
     run_evaluation(options)
     return 0

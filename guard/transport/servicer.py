@@ -14,6 +14,7 @@ from guard.errors import GuardError
 from guard.proto import inference_pb2 as pb
 from guard.proto import inference_pb2_grpc as pb_grpc
 from guard.transport.codec import decode_request, encode_response
+from guard.transport.status import reports_errors
 
 log = logging.getLogger("guard.transport")
 
@@ -27,19 +28,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
+    @reports_errors
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
+    @reports_errors
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
+    @reports_errors
     async def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
+    @reports_errors
     async def ServerMetadata(self, request, context):
         name, version, extensions = self.dataplane.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
+    @reports_errors
     async def ModelMetadata(self, request, context):
         config = self.dataplane.model(request.name, request.version).config
 
@@ -50,6 +56,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(name=config.name, versions=[config.version], platform=config.platform,
                                         inputs=tensors(config.inputs), outputs=tensors(config.outputs))
 
+    @reports_errors
     async def ModelInfer(self, request, context):
         domain, datatypes = decode_request(request, _deadline(context))
         return encode_response(await self.dataplane.infer(domain, datatypes))

@@ -1,0 +1,95 @@
+"""How the detectors of a model combine into one decision, calibrated on clean scores.
+
+`union`: each detector has its own threshold and a row is flagged when ANY reaches it; the
+thresholds share the target false-positive budget (guard.calibration.fit_thresholds). Simple and
+explainable, but every detector added divides the budget, so a strong detector runs at a much
+stricter threshold inside the ensemble than alone.
+
+`fisher`: each detector's score becomes a conformal p-value against its clean calibration scores,
+p = (1 + #{clean >= s}) / (n + 1), and the row's statistic is Fisher's T = -2 * sum(log p). One
+threshold on T holds the false-positive rate. Evidence adds up: a row that is unusual to two
+detectors outranks one that is a little more unusual to only one, and a detector that sees nothing
+costs the others little. The threshold comes from the calibration rows' own T, each computed
+leave-one-out (its p-values against the other n - 1 rows), the same exchangeability argument as
+split-conformal calibration.
+
+Both give a per-row ratio, statistic / threshold, that is >= 1 exactly when the row is flagged:
+that ratio is the gateway's `guard_score`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.calibration import fit_thresholds, threshold_for
+
+METHODS = ("union", "fisher")
+
+
+def conformal_allowance(n: int, target_fpr: float) -> int:
+    """Most calibration exceedances k with (k + 1) / (n + 1) <= target_fpr."""
+    return max(int(np.floor(target_fpr * (n + 1) - 1 + 1e-9)), 0)
+
+
+@dataclass
+class Union:
+    thresholds: dict[str, float]
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float) -> "Union":
+        return cls(fit_thresholds(scores, target_fpr).thresholds)
+
+    def ratio(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        return np.max([np.asarray(scores[n], np.float64) / t for n, t in self.thresholds.items()], axis=0)
+
+
+@dataclass
+class Fisher:
+    references: dict[str, np.ndarray]
+    """Each detector's clean calibration scores, sorted ascending."""
+    threshold: float
+    """On T = -2 * sum(log p)."""
+
+    @staticmethod
+    def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return len(reference) - np.searchsorted(reference, values, side="left")
+
+    def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        total = 0.0
+        for name, reference in self.references.items():
+            n = len(reference)
+            p = (1.0 + self._count_at_least(reference, np.asarray(scores[name], np.float64))) / (n + 1.0)
+            total = total - 2.0 * np.log(p)
+        return np.asarray(total, np.float64)
+
+    def p_values(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: (1.0 + self._count_at_least(ref, np.asarray(scores[name], np.float64))) / (len(ref) + 1.0)
+                for name, ref in self.references.items()}
+
+    def ratio(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        return self.statistic(scores) / self.threshold
+
+    @classmethod
+    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float) -> "Fisher":
+        references = {name: np.sort(np.asarray(s, np.float64)) for name, s in scores.items()}
+        n = len(next(iter(references.values())))
+        if n < 2:
+            raise ValueError("Fisher combination needs at least 2 calibration scores per detector")
+        loo = np.zeros(n)
+        for name, reference in references.items():
+            own = np.asarray(scores[name], np.float64)
+            others_at_least = cls._count_at_least(reference, own) - 1  # the row itself is >= itself
+            loo -= 2.0 * np.log((1.0 + others_at_least) / n)
+        # threshold_for never returns 0, so a row typical to every detector (T = 0) never flags.
+        return cls(references, threshold_for(loo, conformal_allowance(n, target_fpr)))
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **self.references)
+
+    @classmethod
+    def load(cls, path: Path, threshold: float) -> "Fisher":
+        with np.load(path) as data:
+            return cls({name: np.sort(np.asarray(data[name], np.float64)) for name in data.files}, threshold)
