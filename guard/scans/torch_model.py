@@ -94,6 +94,36 @@ class OnnxClassifier(torch.nn.Module):
     def features(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return self.run(x, [name])[0].flatten(1)
 
+    def weight_names(self) -> list[str]:
+        """Initializers that are weights or biases of Conv/Gemm/MatMul, looking through a
+        DequantizeLinear to its integer tensor (scales and zero points are not weights)."""
+        producers = {out: node for node in self.nodes for out in node.output}
+        names = []
+        for node in self.nodes:
+            if node.op_type not in ("Conv", "Gemm", "MatMul"):
+                continue
+            for name in node.input[1:]:
+                source = producers.get(name)
+                while source is not None and source.op_type in ("DequantizeLinear", "Cast", "Identity"):
+                    name, source = source.input[0], producers.get(source.input[0])
+                if name in self._consts and name not in names:
+                    names.append(name)
+        return names
+
+    def perturbed(self, scale: float, gen: torch.Generator) -> "OnnxClassifier":
+        """A copy whose weights are multiplied by (1 + scale * N(0, 1)), element-wise. Quantized
+        weights are perturbed as stored integers and re-rounded/clamped to their range."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._consts = dict(self._consts)
+        for name in self.weight_names():
+            value = self._consts[name]
+            noisy = value * (1 + scale * torch.randn(value.shape, generator=gen))
+            if name in self._ranges:
+                noisy = noisy.round().clamp(*self._ranges[name])
+            copy._consts[name] = noisy
+        return copy
+
 
 def _topological(nodes: list, constants: set[str], graph_inputs: set[str], source: str) -> list:
     """Nodes in an order where every input is computed first (some exporters, e.g. the FP16
