@@ -99,3 +99,12 @@ def tiny_backdoor(tmp_path_factory) -> Trained:
 @pytest.fixture(scope="session")
 def tiny_clean(tmp_path_factory) -> Trained:
     return train_tiny(tmp_path_factory.mktemp("tiny_clean"), poison=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Scans are many small ops: one thread avoids oversubscription on a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
