@@ -46,6 +46,8 @@ def _accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _corruptions(x: torch.Tensor, low: float, high: float) -> dict[str, torch.Tensor] | None:
+    import warnings
+
     try:
         from torchvision.transforms.v2 import functional as TF
     except ImportError:
@@ -57,8 +59,10 @@ def _corruptions(x: torch.Tensor, low: float, high: float) -> dict[str, torch.Te
         "contrast_0.5": TF.adjust_contrast(unit.expand(-1, 3, -1, -1), 0.5)[:, :1] if unit.shape[1] == 1
         else TF.adjust_contrast(unit, 0.5),
         "brightness_1.5": TF.adjust_brightness(unit, 1.5),
-        "jpeg_quality_30": TF.jpeg(as_uint8, 30).float() / 255,
     }
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs; JPEG still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out["jpeg_quality_30"] = TF.jpeg(as_uint8, 30).float() / 255
     return {name: (v.clamp(0, 1) * (high - low) + low).float() for name, v in out.items()}
 
 

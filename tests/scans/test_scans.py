@@ -20,16 +20,16 @@ from guard.scans.torch_model import load_onnx_classifier
 from tests.scans.conftest import TARGET, stamp
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, BATCH = "300", "48"  # the CLI defaults are 400 x 64; fewer keeps the module fast
 
 
 @pytest.fixture(scope="module")
 def model_scans(tiny_backdoor, tiny_clean, tmp_path_factory):
-    """`guard scan-model` on both tiny models; their report directories."""
+    """`guard scan-model` with its defaults on both tiny models; their report directories. (Fewer
+    steps would be faster, but with 300 x 48 the clean tiny model's class 3 crossed index 2: the
+    verdicts are only as stable as the defaults make them, so the defaults are what is tested.)"""
     out = tmp_path_factory.mktemp("scans")
     for name, trained in (("backdoor", tiny_backdoor), ("clean", tiny_clean)):
-        assert main(["scan-model", "--model", str(trained.onnx), "--out", str(out / name), "--steps", STEPS,
-                     "--batch-size", BATCH, "--no-progress"]) == 0
+        assert main(["scan-model", "--model", str(trained.onnx), "--out", str(out / name), "--no-progress"]) == 0
     return out
 
 
@@ -44,7 +44,7 @@ def test_anomaly_index_is_mad_based():
 @pytest.mark.parametrize("path", ["models/repository/digits/model.onnx", "models/repository/digits_fp32/model.onnx",
                                   "models/zoo/digits_fp16/model.onnx"])
 def test_interpreter_matches_reference_onnx_semantics(path, held_out):
-    x = held_out[0][:64]
+    x = np.array(held_out[0][:64])
     options = ort.SessionOptions()
     # Unfused graph = the ONNX reference semantics (the fused INT8 kernels round differently).
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -150,7 +150,7 @@ def test_gate_refuses_a_flagged_model_naming_the_report(model_scans, tiny_backdo
         load_repository(repository)
     message = str(raised.value)
     assert str((repository / "tiny" / "scan.json").resolve()) in message
-    assert "scan.require_clean" in message and f"[{TARGET}]" in message
+    assert "scan.require_clean" in message and "flagged class(es) [" in message and str(TARGET) in message
 
 
 def test_gate_loads_a_clean_model(model_scans, tiny_clean, tmp_path):
