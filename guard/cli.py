@@ -56,6 +56,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from guard.scans.cli import run  # lazy: torch, matplotlib
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guard", description="Inference guard gateway (KServe v2 gRPC).")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -111,7 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how the evaluation models' detectors combine (default fisher)")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
+    _add_scan_commands(commands)
     return parser
+
+
+def _add_scan_commands(commands) -> None:
+    """scan-model, scan-data, audit: offline checks before a model is served (docs/scans.md)."""
+    helps = {"scan-model": "reverse-engineer backdoor triggers (Neural Cleanse); writes scan.json for the load gate",
+             "scan-data": "rank a labelled training set by how likely each sample is poisoned",
+             "audit": "accuracy under input noise, corruptions, PGD and weight noise"}
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--model", type=Path, required=True, help="a model directory or an .onnx file")
+        sub.add_argument("--data", type=Path, help=".npz with x (and y); default: a digits split for digits-input models")
+        sub.add_argument("--out", type=Path, help="report directory (default reports/scans/<model>)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--no-progress", action="store_true")
+        if name == "scan-model":
+            sub.add_argument("--steps", type=int, help="optimisation steps (default 400)")
+            sub.add_argument("--batch-size", type=int, help="clean samples per class per step (default 64)")
+        if name == "scan-data":
+            sub.add_argument("--poison-indices", type=Path, help="JSON list or poison.json of known poisoned indices")
+            sub.add_argument("--reference", type=Path, help="trusted clean labelled .npz (default: digits calibration)")
+            sub.add_argument("--no-reference", action="store_true", help="scan without a trusted clean set")
+            sub.add_argument("--poison-rate", type=float, default=0.1,
+                             help="assumed poison rate when the poisoned indices are unknown (sets the budget)")
+        sub.set_defaults(func=_scan, scan=name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,14 @@ class EnsembleConfig:
 
 
 @dataclass(frozen=True)
+class ScanGateConfig:
+    report: str = "scan.json"
+    """The model scan's JSON report (`guard scan-model` writes scan.json), relative to the model directory."""
+    require_clean: bool = False
+    """Refuse to load the model unless that report exists, is for this model file and is not flagged."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     directory: Path
@@ -100,6 +108,7 @@ class ModelConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     detectors: tuple[dict[str, Any], ...] = ()
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    scan: ScanGateConfig = field(default_factory=ScanGateConfig)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -216,7 +225,7 @@ def _backend(r: _Reader) -> BackendConfig:
 TOP_LEVEL_KEYS = {
     "name", "version", "platform", "model_file", "policy", "target_fpr", "fail_open", "device",
     "guarded_input", "logits_output", "features_output", "inputs", "outputs", "batching", "backend", "detectors",
-    "ensemble",
+    "ensemble", "scan",
 }
 
 
@@ -275,5 +284,10 @@ def load_model_config(directory: Path) -> ModelConfig:
         target_fpr=target_fpr, fail_open=r.get("fail_open", bool, False),
         device=r.choice("device", DEVICES, "auto"), batching=_batching(r.sub("batching")),
         backend=_backend(r.sub("backend")), detectors=tuple(detectors),
-        ensemble=_ensemble(r.sub("ensemble"), directory),
+        ensemble=_ensemble(r.sub("ensemble"), directory), scan=_scan_gate(r.sub("scan")),
     )
+
+
+def _scan_gate(r: _Reader) -> ScanGateConfig:
+    r.unknown(set(ScanGateConfig.__dataclass_fields__))
+    return ScanGateConfig(report=r.get("report", str, "scan.json"), require_clean=r.get("require_clean", bool, False))

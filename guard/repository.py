@@ -9,6 +9,7 @@ import onnx
 
 from guard.config import ModelConfig, TensorSpec, load_model_config
 from guard.errors import ConfigError
+from guard.scans.gate import check_scan_gate
 
 log = logging.getLogger("guard.repository")
 
@@ -73,6 +74,7 @@ def load_repository(root: Path) -> list[ModelConfig]:
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         config = load_model_config(directory)
         check_against_model(config)
+        check_scan_gate(config)
         configs.append(config)
     if not configs:
         raise ConfigError(root, "(repository)", "at least one model directory with a config.toml")
