@@ -176,7 +176,7 @@ def plot(results: dict, model: str, path: Path) -> Path:
         if floor:
             axis.axvline(floor["rows_per_s"], color="grey", linestyle="--", label="in-process ORT, batch 1")
         axis.set(title=f"{model}: {title} latency (filled: closed loop, hollow: Poisson)",
-                 xlabel="throughput (requests/s)", ylabel="ms", yscale="log")
+                 xlabel="throughput (requests/s)", ylabel="ms", xscale="log", yscale="log")
         axis.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     figure.tight_layout()
