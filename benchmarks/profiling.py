@@ -39,15 +39,23 @@ def finish_recording(process: subprocess.Popen | None, out: Path) -> dict | None
     return top_frames(out)
 
 
-def _frame(text: str) -> str:
-    # py-spy writes "function (path/to/file.py:LINE)"; the line changes within a function, drop it.
+# Frames that enclose every sample of the gateway's main thread: they say nothing about where time goes.
+_ENCLOSING = ("guard/__main__.py", "guard/cli.py")
+
+
+def _frame(text: str) -> tuple[str, bool]:
+    """("function (file)", whether it is the gateway's own code). py-spy writes
+    "function (path/to/file.py:LINE)"; the line changes within a function, so it is dropped."""
     function, _, where = text.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{function} ({'/'.join(Path(path).parts[-2:])})" if path else function
+    own = path.startswith("guard/") and path not in _ENCLOSING
+    return (f"{function} ({path if own else '/'.join(Path(path).parts[-2:])})" if path else function), own
 
 
 def top_frames(collapsed: Path, count: int = 12) -> dict:
-    """Share of samples per function: `self` (where the CPU was) and `inclusive` (on the stack)."""
+    """Share of samples per function: `self` (where the CPU was, any code) and `inclusive` (on the
+    stack; the gateway's own functions only, since the event loop and thread pool enclose everything).
+    Time in grpc.aio's compiled core shows as self time of asyncio's `Handle._run`."""
     own, inclusive, total = collections.Counter(), collections.Counter(), 0
     for line in collapsed.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
@@ -58,8 +66,8 @@ def top_frames(collapsed: Path, count: int = 12) -> dict:
             continue
         n = int(samples)
         total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
+        own[frames[-1][0]] += n
+        for frame in {name for name, ours in frames if ours}:
             inclusive[frame] += n
     share = (lambda counter: [[frame, n / total] for frame, n in counter.most_common(count)]) if total else (lambda c: [])
     return {"samples": total, "file": str(collapsed), "self": share(own), "inclusive": share(inclusive)}

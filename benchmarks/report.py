@@ -3,6 +3,7 @@ back), Markdown tables of absolute figures, and a latency-vs-throughput plot per
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 PIPELINE_WIDE = "outside the pipeline stages (gRPC, decoding, event loop)"
@@ -90,6 +91,10 @@ def _f(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _pct(share: float | None) -> str:
+    return "" if share is None else f"{share:.1%}"
+
+
 def _status(met) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
@@ -112,6 +117,11 @@ def markdown(results: dict) -> str:
         lines += ["", f"**{t['target']}** ({t['model']}, {t['configuration']} c={t['concurrency']}) is held back "
                   f"by {top[0]} ({top[1]:.3f} ms per request). Time per request: "
                   + "; ".join(f"{k} {v:.3f} ms" for k, v in t["time_per_request_ms"]) + "."]
+        profile = next((p for p in results["profiles"] if p["model"] == t["model"]
+                        and p["configuration"] == t["configuration"] and p.get("self")), None)
+        lines[-1] += (f" Its profile (below): hottest {profile['self'][0][0]} ({profile['self'][0][1]:.0%} self), "
+                      f"gateway code {', '.join(f'{n} {s:.0%}' for n, s in profile['inclusive'][:3])}."
+                      if profile else " Rerun with `--profile` for the gateway's py-spy profile.")
     for model in dict.fromkeys(p["model"] for p in results["points"]):
         lines += ["", f"## {model}", "", "In-process ONNX Runtime (the compute floor, no gRPC):", "",
                   "| batch | rows/s | calls/s | p50 ms | p99 ms | note |", "|---|---|---|---|---|---|"]
@@ -145,10 +155,11 @@ def markdown(results: dict) -> str:
             if "error" in p:
                 lines.append(f"profile failed: {p['error']}")
                 continue
-            lines += [f"{p['samples']} samples, collapsed stacks in `{p['file']}`.", "",
-                      "| self | function | | inclusive | function |", "|---|---|---|---|---|"]
-            for own, inclusive in zip(p["self"], p["inclusive"]):
-                lines.append(f"| {own[1]:.1%} | `{own[0]}` | | {inclusive[1]:.1%} | `{inclusive[0]}` |")
+            lines += [f"{p['samples']} samples, collapsed stacks in `{p['file']}`. Self: where the CPU was "
+                      "(grpc.aio's compiled core counts as `Handle._run`); inclusive: the gateway's own functions.",
+                      "", "| self | function | | inclusive | guard function |", "|---|---|---|---|---|"]
+            for own, inclusive in itertools.zip_longest(p["self"], p["inclusive"], fillvalue=("", None)):
+                lines.append(f"| {_pct(own[1])} | `{own[0]}` | | {_pct(inclusive[1])} | `{inclusive[0]}` |")
     return "\n".join(lines) + "\n"
 
 

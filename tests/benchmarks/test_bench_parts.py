@@ -33,12 +33,12 @@ def test_breakdown_differences_two_scrapes_for_one_model():
 
 def test_top_frames_counts_self_and_inclusive_shares(tmp_path):
     collapsed = tmp_path / "stacks.txt"
-    collapsed.write_text("main (a/run.py:1);infer (g/backend.py:10) 3\n"
-                         "main (a/run.py:2);decode (g/codec.py:5) 1\n")
+    collapsed.write_text("main (guard/cli.py:1);run (guard/runtime.py:3);infer (guard/backends/ort.py:10) 3\n"
+                         "main (guard/cli.py:2);Handle._run (asyncio/events.py:5) 1\n")
     summary = profiling.top_frames(collapsed)
     assert summary["samples"] == 4
-    assert summary["self"][0] == ["infer (g/backend.py)", 0.75]
-    assert summary["inclusive"][0] == ["main (a/run.py)", 1.0]
+    assert summary["self"] == [["infer (guard/backends/ort.py)", 0.75], ["Handle._run (asyncio/events.py)", 0.25]]
+    assert summary["inclusive"] == [["run (guard/runtime.py)", 0.75], ["infer (guard/backends/ort.py)", 0.75]]
 
 
 def _point(model, configuration, concurrency, rps, p50, p99):
