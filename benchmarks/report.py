@@ -126,7 +126,7 @@ def markdown(results: dict) -> str:
         lines += ["", f"## {model}", "", "In-process ONNX Runtime (the compute floor, no gRPC):", "",
                   "| batch | rows/s | calls/s | p50 ms | p99 ms | note |", "|---|---|---|---|---|---|"]
         for f in (f for f in results["floors"] if f["model"] == model):
-            note = (f"{f['original_batch']} rows x {f['guard_rows']} (original + variants)"
+            note = (f"{f['original_batch']} original rows x {f['guard_rows']} (the original + K variants each)"
                     if f["kind"] == "guard_rows" else "")
             lines.append(f"| {f['batch']} | {_f(f['rows_per_s'], 0)} | {_f(f['calls_per_s'], 0)} | "
                          f"{_f(f['p50_ms'], 3)} | {_f(f['p99_ms'], 3)} | {note} |")

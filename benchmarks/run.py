@@ -16,7 +16,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ class Plan:
     floor_batches: tuple[int, ...] = (1, 16)
     profile: bool = False
     mlserver: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def points(self) -> int:
         count = 0
