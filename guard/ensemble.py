@@ -5,9 +5,12 @@ thresholds share the target false-positive budget (guard.calibration.fit_thresho
 explainable, but every detector added divides the budget, so a strong detector runs at a much
 stricter threshold inside the ensemble than alone.
 
-`fisher`: each detector's score becomes a conformal p-value against its clean calibration scores,
+`fisher`: each detector's score becomes a p-value against its clean calibration scores,
 p = (1 + #{clean >= s}) / (n + 1), and the row's statistic is Fisher's T = -2 * sum(log p). One
-threshold on T holds the false-positive rate. Evidence adds up: a row that is unusual to two
+threshold on T holds the false-positive rate. Above the top decile of the clean scores the p-value
+follows an exponential tail fitted to that decile (peaks over threshold): an empirical p-value
+cannot go below 1 / (n + 1), which would cap what a detector that plainly sees an attack can
+contribute, while the detectors that see nothing keep adding their clean-looking share. Evidence adds up: a row that is unusual to two
 detectors outranks one that is a little more unusual to only one, and a detector that sees nothing
 costs the others little. The threshold comes from the calibration rows' own T, each computed
 leave-one-out (its p-values against the other n - 1 rows), the same exchangeability argument as
@@ -53,21 +56,38 @@ class Fisher:
     threshold: float
     """On T = -2 * sum(log p)."""
 
+    TAIL_FRACTION = 0.1
+    """Share of the clean scores the exponential tail is fitted to."""
+
     @staticmethod
     def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
         return len(reference) - np.searchsorted(reference, values, side="left")
 
-    def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        total = 0.0
-        for name, reference in self.references.items():
-            n = len(reference)
-            p = (1.0 + self._count_at_least(reference, np.asarray(scores[name], np.float64))) / (n + 1.0)
-            total = total - 2.0 * np.log(p)
-        return np.asarray(total, np.float64)
+    @classmethod
+    def _tail(cls, reference: np.ndarray) -> tuple[float, float, int]:
+        """(u, scale, m): an exponential tail over the m clean scores above u, the (m+1)-th largest."""
+        n = len(reference)
+        m = min(max(int(cls.TAIL_FRACTION * n), 1), n - 1)
+        u = float(reference[n - m - 1])
+        return u, max(float(np.mean(reference[n - m:] - u)), 1e-12), m
+
+    @classmethod
+    def _p(cls, reference: np.ndarray, values: np.ndarray, loo: bool = False) -> np.ndarray:
+        """p-values of `values` against `reference`; loo: the values are the reference's own rows,
+        each then judged against the other n - 1."""
+        n = len(reference)
+        others = n - 1 if loo else n
+        at_least = cls._count_at_least(reference, values) - (1 if loo else 0)
+        p = (1.0 + at_least) / (others + 1.0)
+        u, scale, m = cls._tail(reference)
+        tail = (m + 1.0) / (others + 1.0) * np.exp(-(values - u) / scale)
+        return np.where(values > u, np.minimum(p, tail), p)
 
     def p_values(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: (1.0 + self._count_at_least(ref, np.asarray(scores[name], np.float64))) / (len(ref) + 1.0)
-                for name, ref in self.references.items()}
+        return {name: self._p(ref, np.asarray(scores[name], np.float64)) for name, ref in self.references.items()}
+
+    def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        return -2.0 * np.sum([np.log(p) for p in self.p_values(scores).values()], axis=0)
 
     def ratio(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return self.statistic(scores) / self.threshold
@@ -78,11 +98,8 @@ class Fisher:
         n = len(next(iter(references.values())))
         if n < 2:
             raise ValueError("Fisher combination needs at least 2 calibration scores per detector")
-        loo = np.zeros(n)
-        for name, reference in references.items():
-            own = np.asarray(scores[name], np.float64)
-            others_at_least = cls._count_at_least(reference, own) - 1  # the row itself is >= itself
-            loo -= 2.0 * np.log((1.0 + others_at_least) / n)
+        loo = -2.0 * np.sum([np.log(cls._p(ref, np.asarray(scores[name], np.float64), loo=True))
+                             for name, ref in references.items()], axis=0)
         # threshold_for never returns 0, so a row typical to every detector (T = 0) never flags.
         return cls(references, threshold_for(loo, conformal_allowance(n, target_fpr)))
 

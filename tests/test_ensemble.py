@@ -21,8 +21,10 @@ def test_fisher_p_values_and_statistic_by_hand():
     fisher = Fisher({"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([0.0, 0.0, 0.0, 1.0])}, threshold=4.0)
     scores = {"a": np.array([0.5, 3.0, 9.0]), "b": np.array([0.0, 2.0, 2.0])}
     p = fisher.p_values(scores)
-    np.testing.assert_allclose(p["a"], [5 / 5, 3 / 5, 1 / 5])  # (1 + #{ref >= s}) / (n + 1)
-    np.testing.assert_allclose(p["b"], [5 / 5, 1 / 5, 1 / 5])
+    # (1 + #{ref >= s}) / (n + 1) up to the tail's start u (here the 2nd largest reference); above
+    # it, (m + 1) / (n + 1) * exp(-(s - u) / scale) with m = 1 and scale = mean excess = 1.
+    np.testing.assert_allclose(p["a"], [5 / 5, 3 / 5, 2 / 5 * np.exp(-6.0)])
+    np.testing.assert_allclose(p["b"], [5 / 5, 2 / 5 * np.exp(-2.0), 2 / 5 * np.exp(-2.0)])
     expected = -2 * (np.log(p["a"]) + np.log(p["b"]))
     np.testing.assert_allclose(fisher.statistic(scores), expected)
     np.testing.assert_allclose(fisher.ratio(scores), expected / 4.0)
