@@ -45,8 +45,9 @@ class GuardPipeline:
         self.output_names = output_names
         self.device = device
 
-    def run(self, inputs: dict[str, np.ndarray]) -> BatchResult:
-        """Outputs and raw detector scores for one batch (rows along axis 0 of every input)."""
+    def run(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> BatchResult:
+        """Outputs and raw detector scores for one batch (rows along axis 0 of every input);
+        `deadline` (time.monotonic) reaches the backend call."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         x = torch.from_numpy(inputs[self.guarded_input]).to(self.device)
@@ -65,7 +66,7 @@ class GuardPipeline:
         start = time.perf_counter()
         wanted = list(dict.fromkeys([*self.output_names, self.logits_output,
                                      *([self.features_output] if self.features_output else [])]))
-        raw = self.backend.infer(feeds, wanted)
+        raw = self.backend.infer(feeds, wanted, deadline)
         timings["backend"] = time.perf_counter() - start
 
         start = time.perf_counter()
