@@ -49,7 +49,7 @@ def check_signature(config: ModelConfig, inputs: list[TensorSpec], outputs: list
         for i, spec in enumerate(declared):
             found = by_name.get(spec.name)
             if found is None:
-                raise ConfigError(path, f"{key}[{i}].name", f"a {key[:-1]} of {source} "
+                raise ConfigError(path, f"{key}[{i}].name", f"an {key[:-1]} of {source} "
                                   f"({', '.join(by_name)})", spec.name)
             if found.datatype != spec.datatype:
                 raise ConfigError(path, f"{key}[{i}].datatype", f"{found.datatype} as in {source}", spec.datatype)

@@ -292,8 +292,9 @@ def decode_checked(where: str, message: pb.ModelInferResponse, outputs: list[str
     if missing:
         raise BackendError(f"{where} left out outputs {missing} (sent {sorted(decoded)})")
     if not layout.batched:
-        return {name: decoded[name][np.newaxis] for name in outputs}
+        return {name: np.require(decoded[name][np.newaxis], requirements="W") for name in outputs}
     short = [name for name in outputs if decoded[name].ndim == 0 or len(decoded[name]) < rows]
     if short:
         raise BackendError(f"{where} returned fewer than {rows} rows for {short}")
-    return {name: decoded[name][:rows] for name in outputs}
+    # Writable copies of the (small) outputs: views of the message are read-only, which torch warns about.
+    return {name: np.require(decoded[name][:rows], requirements="W") for name in outputs}

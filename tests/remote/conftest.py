@@ -1,0 +1,71 @@
+"""Fixtures for the remote backend: MLServer (in its own venv, built on first use) serving the demo
+model, and repositories whose `digits` runs through an upstream."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from tests.conftest import DEMO_REPOSITORY
+
+FEATURE_DETECTORS = ("mahalanobis", "detector_network")
+
+
+@pytest.fixture(scope="session")
+def mlserver_digits():
+    """MLServer serving the demo's model file (INT8, features exposed) as `digits`."""
+    from benchmarks.peers.mlserver import MLServerProcess
+
+    with MLServerProcess(DEMO_REPOSITORY / "digits" / "model.onnx", "digits") as peer:
+        yield peer
+
+
+def drop_detectors(text: str, types=FEATURE_DETECTORS) -> str:
+    """The config without the [[detectors]] tables of the given types."""
+    blocks = re.split(r"(?m)^(?=\[\[detectors\]\])", text)
+    return "".join(b for b in blocks if not any(f'type = "{t}"' in b for t in types))
+
+
+def remote_repository(tmp_path: Path, target: str, mode: str = "through", model: str = "digits",
+                      source: str = "digits", extra: str = "", edit=None) -> Path:
+    """A repository holding `source` as `digits`, backed by the upstream at `target`.
+    In mode `through` the local model file is removed: the upstream alone runs the model."""
+    repository = tmp_path / "front"
+    directory = repository / "digits"
+    shutil.copytree(DEMO_REPOSITORY / source, directory)
+    path = directory / "config.toml"
+    text = path.read_text().replace(f'name = "{source}"', 'name = "digits"', 1)
+    backend = f'[backend]\nkind = "remote"\ntarget = "{target}"\nmodel = "{model}"\nmode = "{mode}"\n{extra}'
+    text = text.replace("[backend]\n", backend, 1)
+    path.write_text(edit(text) if edit else text)
+    if mode == "through":
+        (directory / "model.onnx").unlink()
+    return repository
+
+
+def passthrough_repository(tmp_path: Path, source: str = "digits", name: str | None = None) -> Path:
+    """A guard repository serving `source` with no detectors: a plain v2 server for chaining."""
+    repository = tmp_path / "upstream"
+    directory = repository / (name or source)
+    shutil.copytree(DEMO_REPOSITORY / source, directory)
+    path = directory / "config.toml"
+    text = drop_detectors(path.read_text(), types=("squeeze_bit_depth", "squeeze_median", *FEATURE_DETECTORS))
+    path.write_text(text.replace(f'name = "{source}"', f'name = "{name or source}"', 1))
+    return repository
+
+
+def infer(client: triton.InferenceServerClient, x: np.ndarray, model: str = "digits", **kwargs):
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return client.infer(model, [tensor], **kwargs)
+
+
+def verdict_of(result) -> tuple[str, str, float]:
+    params = result.get_response().parameters
+    return (params["guard_verdict"].string_param, params["guard_flagged_by"].string_param,
+            params["guard_score"].double_param)
