@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+
+from guard.proto import inference_pb2 as pb
+from guard.proto import inference_pb2_grpc as pb_grpc
 
 from tests.conftest import DEMO_REPOSITORY
 
@@ -69,3 +73,29 @@ def verdict_of(result) -> tuple[str, str, float]:
     params = result.get_response().parameters
     return (params["guard_verdict"].string_param, params["guard_flagged_by"].string_param,
             params["guard_score"].double_param)
+
+
+class SlowUpstream(pb_grpc.GRPCInferenceServiceServicer):
+    """Answers like a digits server after `delay` seconds and records the grpc-timeout it got."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.remaining: list[float | None] = []
+
+    def ModelMetadata(self, request, context):
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake",
+                                        inputs=[tensor(name="input", datatype="FP32", shape=[-1, 1, 16, 16])],
+                                        outputs=[tensor(name="logits", datatype="FP32", shape=[-1, 10])])
+
+    def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=True)
+
+    def ModelInfer(self, request, context):
+        self.remaining.append(context.time_remaining())
+        time.sleep(self.delay)
+        rows = request.inputs[0].shape[0]
+        response = pb.ModelInferResponse(model_name=request.model_name, raw_output_contents=[
+            np.zeros((rows, 10), np.float32).tobytes()])
+        response.outputs.add(name="logits", datatype="FP32", shape=[rows, 10])
+        return response

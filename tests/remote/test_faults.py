@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from guard.proto import inference_pb2 as pb
 from guard.proto import inference_pb2_grpc as pb_grpc
 from tests.conftest import DEMO_REPOSITORY, running_gateway
-from tests.remote.conftest import drop_detectors, remote_repository
+from tests.remote.conftest import SlowUpstream, drop_detectors, remote_repository
 
 CLIENT_TIMEOUT = 5.0  # a request that takes this long counts as hung: the guard's own limit is 1 s
 
@@ -133,32 +133,6 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
               f"reported ready")
     finally:
         peer.close()
-
-
-class SlowUpstream(pb_grpc.GRPCInferenceServiceServicer):
-    """Answers like a digits server after `delay` seconds and records the grpc-timeout it got."""
-
-    def __init__(self, delay: float):
-        self.delay = delay
-        self.remaining: list[float | None] = []
-
-    def ModelMetadata(self, request, context):
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake",
-                                        inputs=[tensor(name="input", datatype="FP32", shape=[-1, 1, 16, 16])],
-                                        outputs=[tensor(name="logits", datatype="FP32", shape=[-1, 10])])
-
-    def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=True)
-
-    def ModelInfer(self, request, context):
-        self.remaining.append(context.time_remaining())
-        time.sleep(self.delay)
-        rows = request.inputs[0].shape[0]
-        response = pb.ModelInferResponse(model_name=request.model_name, raw_output_contents=[
-            np.zeros((rows, 10), np.float32).tobytes()])
-        response.outputs.add(name="logits", datatype="FP32", shape=[rows, 10])
-        return response
 
 
 @pytest.fixture
