@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def gateway(repository: Path, *args: str, timeout: float = 120.0):
                 raise RuntimeError("gateway exited before it was ready:\n" + "".join(lines))
             lines.append(line)
             if match := READY.search(line):
+                # Keep reading: a full stderr pipe would block the gateway's next log line.
+                threading.Thread(target=collections.deque, args=(process.stderr, 200), daemon=True).start()
                 yield f"{match.group(1)}:{match.group(2)}", f"http://{match.group(3)}:{match.group(4)}/metrics"
                 break
         else:
