@@ -9,7 +9,8 @@ closed-loop client (benchmarks/loadgen.py) at concurrency 1 and 16:
 - guard through -> mlserver: `guard serve` with the shipped detectors, every batch's originals
   and squeezed copies going to MLServer as one request (3 rows per original row);
 - guard forward_clean -> mlserver: the guard scores on its local copy, then forwards the requests
-  that pass (1 row per original row).
+  that pass (1 row per original row);
+- guard local: the same guard running the model in process, no upstream (the guard's own cost).
 Recovery: MLServer is killed and restarted under a steady trickle of requests through the guard;
 recovery is the time from MLServer answering again (polled directly every 5 ms) to the first
 request that succeeds through the guard.
@@ -51,6 +52,12 @@ def guard_repository(folder: Path, target: str, mode: str) -> Path:
     text = path.read_text().replace("[backend]\n", f'[backend]\nkind = "remote"\ntarget = "{target}"\n'
                                                    f'mode = "{mode}"\ntimeout_s = 2.0\n', 1)
     path.write_text(text.replace("max_queue_size = 1024\n", "max_queue_size = 1024\ninstances = 2\n", 1))
+    return directory.parent
+
+
+def local_repository(folder: Path) -> Path:
+    directory = folder / "local" / "digits"
+    shutil.copytree(REPOSITORY / "digits", directory, dirs_exist_ok=True)
     return directory.parent
 
 
@@ -131,6 +138,8 @@ def main() -> None:
     try:
         with MLServerProcess(REPOSITORY / "digits" / "model.onnx", "digits") as peer:
             results["mlserver"] = latency(peer.grpc_target, requests, args.duration)
+            with gateway(local_repository(folder)) as (target, _):
+                results["guard local (no upstream)"] = latency(target, requests, args.duration)
             for mode in ("through", "forward_clean"):
                 with gateway(guard_repository(folder, peer.grpc_target, mode)) as (target, _):
                     results[f"guard {mode} -> mlserver"] = latency(target, requests, args.duration)

@@ -60,6 +60,12 @@ class Layout:
     """The batch dimension has a fixed size: short chunks are padded up to max_rows."""
 
 
+def _raiser(error: Exception):
+    def outcome():
+        raise error
+    return outcome
+
+
 def _never_sent(error: grpc.RpcError) -> bool:
     return error.code() == grpc.StatusCode.UNAVAILABLE and any(
         text in (error.details() or "").lower() for text in _NOT_SENT)
@@ -153,11 +159,10 @@ class RemoteBackend(Backend):
         pending, attempt = dict(requests), 0
         while True:
             timeout = self._timeout(deadline)
-            futures = {i: self._stub.ModelInfer.future(r, timeout=timeout) for i, r in pending.items()}
             unsent, failure = {}, None
-            for i, future in futures.items():
+            for i, outcome in self._call_all(pending, timeout):
                 try:
-                    answers[i] = future.result()
+                    answers[i] = outcome()
                 except grpc.RpcError as exc:
                     if _never_sent(exc):
                         unsent[i] = pending[i]
@@ -176,6 +181,18 @@ class RemoteBackend(Backend):
                     pending = unsent
                     continue
             raise self._error(failure, timeout)
+
+    def _call_all(self, pending: dict[int, pb.ModelInferRequest], timeout: float):
+        """(chunk, a callable giving its answer or raising its error) for every chunk in flight at once."""
+        if len(pending) == 1:  # the common case: a blocking call, no future's thread hand-off
+            (i, request), = pending.items()
+            try:
+                answer = self._stub.ModelInfer(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                return [(i, _raiser(exc))]
+            return [(i, lambda: answer)]
+        futures = {i: self._stub.ModelInfer.future(r, timeout=timeout) for i, r in pending.items()}
+        return [(i, future.result) for i, future in futures.items()]
 
     def _connection_failed(self, error: grpc.RpcError) -> None:
         self.problem = f"unreachable: {error.details()}"
