@@ -35,9 +35,10 @@ log = logging.getLogger("guard.backends")
 # Details gRPC gives when no connection could be made: the call never left this process.
 _NOT_SENT = ("failed to connect to all addresses", "connection refused", "dns resolution failed",
              "name resolution", "no route to host", "connections to all backends failing")
-# Reconnect quickly once the upstream is back (gRPC's default backoff grows to two minutes).
+# Reconnect quickly once the upstream is back (gRPC's default backoff grows to two minutes), and
+# spread calls over every address a target resolves to (a headless Service's pods).
 _CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
-                    ("grpc.max_reconnect_backoff_ms", 250)]
+                    ("grpc.max_reconnect_backoff_ms", 250), ("grpc.lb_policy_name", "round_robin")]
 
 
 class UpstreamError(GuardError):

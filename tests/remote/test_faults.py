@@ -182,4 +182,4 @@ def test_timeout_s_bounds_a_request_without_a_deadline(tmp_path, slow_upstream, 
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "did not answer within 500 ms" in info.value.details()
         assert time.monotonic() - start < 2.0
-        assert fake.remaining[-1] <= 0.5
+        assert fake.remaining[-1] <= 0.5 + 0.01  # grpc-timeout travels rounded up to its unit
