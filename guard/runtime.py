@@ -18,7 +18,7 @@ from guard.batching import DynamicBatcher
 from guard.config import ModelConfig
 from guard.detectors import Detector, build_detectors
 from guard.device import select_device
-from guard.errors import DetectorError
+from guard.errors import DetectorError, GuardError
 from guard.metrics import ModelMetrics
 from guard.pipeline import BatchResult, GuardPipeline, verdicts
 from guard.types import UNCHECKED, Verdict
@@ -83,7 +83,10 @@ class ModelRuntime:
             self.upstream.close()
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None) -> RowsResult:
-        return await self.batcher.submit(_Request(inputs, deadline), rows, deadline)
+        result = await self.batcher.submit(_Request(inputs, deadline), rows, deadline)
+        if isinstance(result, GuardError):  # forward_clean: this request's upstream call failed
+            raise result
+        return result
 
     async def _execute(self, batch: list[_Request]) -> list[RowsResult]:
         # The batch is worth running until its last request's deadline (None: one waits forever).
@@ -123,16 +126,23 @@ class ModelRuntime:
                              results: list[RowsResult], deadline: float | None) -> None:
         """Requests that passed the local check go upstream in ONE call and take its outputs; the
         upstream never sees a flagged request, which keeps the local copy's outputs (under enforce
-        the data plane blocks it anyway)."""
+        the data plane blocks it anyway). When the upstream fails, only the forwarded requests
+        fail: flagged ones still get their verdicts."""
         passed = [i for i, r in enumerate(results) if not r.verdict.flagged]
         if not passed:
             return
         if len(passed) < len(requests):
             merged = {n: np.concatenate([requests[i][n] for i in passed]) for n in merged}
         start = time.perf_counter()
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.upstream.infer, merged, [s.name for s in self.config.outputs], deadline)
-        self.metrics.stage("upstream", time.perf_counter() - start)
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.upstream.infer, merged, [s.name for s in self.config.outputs], deadline)
+        except GuardError as exc:
+            for i in passed:
+                results[i] = exc
+            return
+        finally:
+            self.metrics.stage("upstream", time.perf_counter() - start)
         offset = 0
         for i in passed:
             size = next(iter(requests[i].values())).shape[0]

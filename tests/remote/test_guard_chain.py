@@ -8,7 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
+from benchmarks.peers.mlserver import free_port
 from guard.errors import ConfigError
 from tests.conftest import DEMO_REPOSITORY, running_gateway
 from tests.remote.conftest import drop_detectors, infer, passthrough_repository, remote_repository, verdict_of
@@ -69,3 +71,17 @@ def test_feature_detectors_fail_the_load_when_the_upstream_hides_features(tmp_pa
             pass
     message = str(info.value)
     assert "key 'features_output'" in message and "mahalanobis" in message and "detector_net" in message
+
+
+def test_forward_clean_with_the_upstream_down_still_blocks_flagged_requests(tmp_path, held_out):
+    """Only the forwarded requests fail (UNAVAILABLE); flagged ones get their verdict (enforce:
+    PERMISSION_DENIED), since they never needed the upstream."""
+    repository = remote_repository(tmp_path, f"127.0.0.1:{free_port()}", mode="forward_clean")
+    codes = set()
+    with running_gateway(repository, policy="enforce") as front, \
+            triton.InferenceServerClient(front.grpc_url) as client:
+        for row in held_out[0][:60]:
+            with pytest.raises(InferenceServerException) as info:
+                infer(client, row[np.newaxis], client_timeout=5)
+            codes.add(info.value.status())
+    assert codes == {"StatusCode.UNAVAILABLE", "StatusCode.PERMISSION_DENIED"}
