@@ -100,12 +100,15 @@ class GuardServer:
         self._grpc = None
 
     async def _follow_readiness(self, once: bool = False, period: float = 0.1) -> None:
-        """gRPC health (overall and per model) follows each model's readiness: a remote backend's
-        upstream can come and go. Overall is SERVING only when every model is ready."""
+        """gRPC health follows readiness, since a remote backend's upstream can come and go: each
+        model's name its own, the inference service's name every model's (like ServerReady). The
+        server's "" stays SERVING until shutdown: liveness probes ask it, and restarting the guard
+        would not bring an upstream back."""
         reported: dict[str, bool] = {}
         while True:
             states = {name: runtime.ready for name, runtime in self._runtimes.items()}
-            states[""] = states[SERVICE] = all(states.values())
+            states[SERVICE] = all(states.values())
+            states[""] = True
             for name, ready in states.items():
                 if reported.get(name) != ready:
                     await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ready

@@ -23,10 +23,10 @@ from tests.remote.conftest import SlowUpstream, drop_detectors, remote_repositor
 CLIENT_TIMEOUT = 5.0  # a request that takes this long counts as hung: the guard's own limit is 1 s
 
 
-def health(target: str) -> int:
+def health(target: str, service: str = "digits") -> int:
     with grpc.insecure_channel(target) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="digits"), timeout=2).status
+            health_pb2.HealthCheckRequest(service=service), timeout=2).status
 
 
 def ready(client: triton.InferenceServerClient) -> bool:
@@ -93,6 +93,8 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
         with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client:
             assert client.is_server_live() and not ready(client)
             assert health(front.grpc_url) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health(front.grpc_url, "inference.GRPCInferenceService") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert health(front.grpc_url, "") == health_pb2.HealthCheckResponse.SERVING  # alive: no restart
             stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(front.grpc_url))
             load = Load(front.grpc_url, x)
             for _ in range(20):  # with the circuit open each costs about a gRPC round trip
