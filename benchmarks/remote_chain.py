@@ -1,10 +1,12 @@
 """The guard as a sidecar in front of MLServer, on the demo `digits` model: the latency it adds, and
 how fast it recovers when the upstream restarts.
 
-    python -m benchmarks.remote_chain [--duration 5] [--restarts 3] [--out results/remote_chain.json]
+    python -m benchmarks.remote_chain [--duration 3] [--rounds 3] [--restarts 3] [--out results/remote_chain.json]
 
 Measured in one run on this machine, each server in its own process, 1-row requests from a
-closed-loop client (benchmarks/loadgen.py) at concurrency 1 and 16:
+closed-loop client (benchmarks/loadgen.py) at concurrency 1 and 16. Every path is measured once
+per round, the paths interleaved, and the table gives each figure's median over the rounds, so
+that load from elsewhere on a shared machine hits every path alike. Paths:
 - mlserver: the client straight to MLServer (the demo's model file through the minimal runtime);
 - guard through -> mlserver: `guard serve` with the shipped detectors, every batch's originals
   and squeezed copies going to MLServer as one request (3 rows per original row);
@@ -61,8 +63,17 @@ def local_repository(folder: Path) -> Path:
     return directory.parent
 
 
-def latency(target: str, requests: list[bytes], duration: float) -> dict[str, dict]:
-    return {f"c={c}": asyncio.run(closed_loop(target, requests, c, duration)).summary() for c in (1, 16)}
+def latencies(targets: dict[str, str], requests: list[bytes], duration: float, rounds: int) -> dict[str, dict]:
+    """{path: {"c=N": median summary over rounds, with every round's too}}, paths interleaved."""
+    runs: dict[str, dict[str, list[dict]]] = {path: {"c=1": [], "c=16": []} for path in targets}
+    for _ in range(rounds):
+        for concurrency in (1, 16):
+            for path, target in targets.items():
+                summary = asyncio.run(closed_loop(target, requests, concurrency, duration)).summary()
+                runs[path][f"c={concurrency}"].append(summary)
+    return {path: {c: {**{key: statistics.median(r[key] for r in rounds_) for key in
+                          ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")}, "rounds": rounds_}
+                   for c, rounds_ in by_c.items()} for path, by_c in runs.items()}
 
 
 class Poller:
@@ -127,7 +138,8 @@ def recovery(peer: MLServerProcess, guard_target: str, request: bytes, restarts:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per latency measurement")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per latency measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per path (interleaved)")
     parser.add_argument("--restarts", type=int, default=3, help="upstream restarts for the recovery time")
     parser.add_argument("--out", type=Path, default=Path("results/remote_chain.json"))
     args = parser.parse_args()
@@ -136,15 +148,14 @@ def main() -> None:
     results: dict[str, dict] = {}
     folder = Path(tempfile.mkdtemp(prefix="remote-chain-"))
     try:
-        with MLServerProcess(REPOSITORY / "digits" / "model.onnx", "digits") as peer:
-            results["mlserver"] = latency(peer.grpc_target, requests, args.duration)
-            with gateway(local_repository(folder)) as (target, _):
-                results["guard local (no upstream)"] = latency(target, requests, args.duration)
-            for mode in ("through", "forward_clean"):
-                with gateway(guard_repository(folder, peer.grpc_target, mode)) as (target, _):
-                    results[f"guard {mode} -> mlserver"] = latency(target, requests, args.duration)
-            with gateway(guard_repository(folder, peer.grpc_target, "through")) as (target, _):
-                results["recovery"] = recovery(peer, target, requests[0], args.restarts)
+        with MLServerProcess(REPOSITORY / "digits" / "model.onnx", "digits") as peer, \
+                gateway(local_repository(folder)) as (local, _), \
+                gateway(guard_repository(folder, peer.grpc_target, "through")) as (through, _), \
+                gateway(guard_repository(folder, peer.grpc_target, "forward_clean")) as (forward, _):
+            results.update(latencies({"mlserver": peer.grpc_target, "guard local (no upstream)": local,
+                                      "guard through -> mlserver": through,
+                                      "guard forward_clean -> mlserver": forward}, requests, args.duration, args.rounds))
+            results["recovery"] = recovery(peer, through, requests[0], args.restarts)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

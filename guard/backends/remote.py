@@ -33,8 +33,8 @@ from guard.transport.codec import decode_response, encode_request
 log = logging.getLogger("guard.backends")
 
 # Details gRPC gives when no connection could be made: the call never left this process.
-_NOT_SENT = ("failed to connect to all addresses", "connection refused", "dns resolution failed",
-             "name resolution", "no route to host", "connections to all backends failing")
+_NOT_SENT = ("failed to connect to all addresses", "connections to all backends failing", "connection refused",
+             "errors resolving", "dns resolution failed", "no route to host")
 # Reconnect quickly once the upstream is back (gRPC's default backoff grows to two minutes), and
 # spread calls over every address a target resolves to (a headless Service's pods).
 _CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
