@@ -88,7 +88,7 @@ class ModelRuntime:
             raise result
         return result
 
-    async def _execute(self, batch: list[_Request]) -> list[RowsResult]:
+    async def _execute(self, batch: list[_Request]) -> list[RowsResult | GuardError]:
         # The batch is worth running until its last request's deadline (None: one waits forever).
         deadline = None if any(r.deadline is None for r in batch) else max(r.deadline for r in batch)
         requests = [r.inputs for r in batch]
@@ -123,7 +123,7 @@ class ModelRuntime:
         return results
 
     async def _forward_clean(self, requests: list[dict[str, np.ndarray]], merged: dict[str, np.ndarray],
-                             results: list[RowsResult], deadline: float | None) -> None:
+                             results: list[RowsResult | GuardError], deadline: float | None) -> None:
         """Requests that passed the local check go upstream in ONE call and take its outputs; the
         upstream never sees a flagged request, which keeps the local copy's outputs (under enforce
         the data plane blocks it anyway). When the upstream fails, only the forwarded requests
