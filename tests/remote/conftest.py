@@ -3,11 +3,14 @@ model, and repositories whose `digits` runs through an upstream."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -75,27 +78,47 @@ def verdict_of(result) -> tuple[str, str, float]:
             params["guard_score"].double_param)
 
 
-class SlowUpstream(pb_grpc.GRPCInferenceServiceServicer):
-    """Answers like a digits server after `delay` seconds and records the grpc-timeout it got."""
+class FakeUpstream(pb_grpc.GRPCInferenceServiceServicer):
+    """A digits-shaped v2 server whose logits are each row's first ten pixels (so row order is
+    checkable). `batch`: -1 variable, k a fixed batch size, None no batch dimension. It answers
+    after `delay` seconds and records the grpc-timeout and the input shape of every call."""
 
-    def __init__(self, delay: float):
-        self.delay = delay
+    def __init__(self, delay: float = 0.0, batch: int | None = -1):
+        self.delay, self.batch = delay, batch
         self.remaining: list[float | None] = []
+        self.shapes: list[tuple[int, ...]] = []
 
     def ModelMetadata(self, request, context):
         tensor = pb.ModelMetadataResponse.TensorMetadata
+        lead = [] if self.batch is None else [self.batch]
         return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake",
-                                        inputs=[tensor(name="input", datatype="FP32", shape=[-1, 1, 16, 16])],
-                                        outputs=[tensor(name="logits", datatype="FP32", shape=[-1, 10])])
+                                        inputs=[tensor(name="input", datatype="FP32", shape=[*lead, 1, 16, 16])],
+                                        outputs=[tensor(name="logits", datatype="FP32", shape=[*lead, 10])])
 
     def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=True)
 
     def ModelInfer(self, request, context):
         self.remaining.append(context.time_remaining())
+        shape = tuple(request.inputs[0].shape)
+        self.shapes.append(shape)
         time.sleep(self.delay)
-        rows = request.inputs[0].shape[0]
-        response = pb.ModelInferResponse(model_name=request.model_name, raw_output_contents=[
-            np.zeros((rows, 10), np.float32).tobytes()])
-        response.outputs.add(name="logits", datatype="FP32", shape=[rows, 10])
+        x = np.frombuffer(request.raw_input_contents[0], np.float32)
+        logits = x.reshape(-1, 256)[:, :10] if self.batch is not None else x[:10]
+        response = pb.ModelInferResponse(model_name=request.model_name, raw_output_contents=[logits.tobytes()])
+        response.outputs.add(name="logits", datatype="FP32", shape=logits.shape)
         return response
+
+
+@contextlib.contextmanager
+def fake_upstream(delay: float = 0.0, batch: int | None = -1):
+    """(the fake, its target) on a free port."""
+    fake = FakeUpstream(delay, batch)
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield fake, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)

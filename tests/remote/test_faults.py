@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from concurrent import futures
 
 import grpc
 import numpy as np
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from guard.proto import inference_pb2 as pb
 from guard.proto import inference_pb2_grpc as pb_grpc
 from tests.conftest import DEMO_REPOSITORY, running_gateway
-from tests.remote.conftest import SlowUpstream, drop_detectors, remote_repository
+from tests.remote.conftest import drop_detectors, fake_upstream, remote_repository
 
 CLIENT_TIMEOUT = 5.0  # a request that takes this long counts as hung: the guard's own limit is 1 s
 
@@ -139,13 +138,8 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
 
 @pytest.fixture
 def slow_upstream():
-    fake = SlowUpstream(0.0)
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield fake, f"127.0.0.1:{port}"
-    server.stop(0)
+    with fake_upstream() as (fake, target):
+        yield fake, target
 
 
 def test_the_remaining_deadline_travels_upstream(tmp_path, slow_upstream, held_out):

@@ -11,7 +11,7 @@ import tritonclient.grpc as triton
 
 from guard.proto import inference_pb2_grpc as pb_grpc
 from tests.conftest import running_gateway
-from tests.remote.conftest import SlowUpstream, drop_detectors, infer, remote_repository
+from tests.remote.conftest import FakeUpstream, drop_detectors, infer, remote_repository
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def certificate(tmp_path):
 def test_mutual_tls_to_the_upstream(tmp_path, certificate, held_out):
     cert, key = certificate
     server = grpc.server(futures.ThreadPoolExecutor(2))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(SlowUpstream(0.0), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(FakeUpstream(), server)
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=cert, require_client_auth=True)
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
