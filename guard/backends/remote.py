@@ -16,19 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from guard.backends.base import Backend
 from guard.backends.circuit import HALF_OPEN, OPEN, CircuitBreaker
-from guard.config import ModelConfig, RemoteConfig, TensorSpec
+from guard.backends.layout import Layout, check_metadata, cut, decode_checked
+from guard.config import ModelConfig, RemoteConfig
 from guard.errors import BackendError, ConfigError, DeadlineExceeded, GuardError
 from guard.proto import inference_pb2 as pb
 from guard.proto import inference_pb2_grpc as pb_grpc
-from guard.repository import check_signature
-from guard.transport.codec import decode_response, encode_request
+from guard.transport.codec import encode_request
 
 log = logging.getLogger("guard.backends")
 
@@ -47,18 +46,6 @@ class UpstreamError(GuardError):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How batches must be cut for the upstream, learned from its metadata."""
-
-    batched: bool
-    """Whether the upstream's tensors carry a batch dimension (else one row per request)."""
-    max_rows: int
-    """Most rows per call (0 = any)."""
-    fixed: bool = False
-    """The batch dimension has a fixed size: short chunks are padded up to max_rows."""
 
 
 def _raiser(error: Exception):
@@ -120,7 +107,7 @@ class RemoteBackend(Backend):
             raise BackendError(f"{self.where} unavailable ({self.problem}); circuit open, next probe in "
                                f"{self.circuit.retry_in() * 1e3:.0f} ms")
         rows = len(next(iter(inputs.values())))
-        chunks = self._chunks(inputs, rows, layout)
+        chunks = cut(inputs, rows, layout)
         requests = {i: encode_request(self.remote.model, self.remote.version, chunk, outputs)
                     for i, (chunk, _) in enumerate(chunks)}
         answers = self._send(requests, deadline)
@@ -130,20 +117,6 @@ class RemoteBackend(Backend):
         return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
 
     # -- calls -------------------------------------------------------------------------------
-
-    def _chunks(self, inputs: dict[str, np.ndarray], rows: int, layout: Layout):
-        """(chunk inputs, real rows in it) cut to the upstream's batch limits."""
-        if not layout.batched:
-            return [({n: v[i] for n, v in inputs.items()}, 1) for i in range(rows)]
-        step = layout.max_rows or rows
-        chunks = []
-        for start in range(0, rows, step):
-            chunk = {n: v[start:start + step] for n, v in inputs.items()}
-            size = len(next(iter(chunk.values())))
-            if layout.fixed and size < step:  # a fixed batch dimension: pad with copies of the last row
-                chunk = {n: np.concatenate([v, np.repeat(v[-1:], step - size, axis=0)]) for n, v in chunk.items()}
-            chunks.append((chunk, size))
-        return chunks
 
     def _timeout(self, deadline: float | None) -> float:
         """The request's remaining time (not its original timeout), capped by timeout_s."""
@@ -240,8 +213,10 @@ class RemoteBackend(Backend):
         was = self._healthy
         try:
             if not was:
-                self.layout = self._check_metadata(self._stub.ModelMetadata(
-                    pb.ModelMetadataRequest(name=self.remote.model, version=self.remote.version), timeout=timeout))
+                metadata = self._stub.ModelMetadata(
+                    pb.ModelMetadataRequest(name=self.remote.model, version=self.remote.version), timeout=timeout)
+                self.layout = check_metadata(self.config, metadata, self.where, self.remote.max_batch,
+                                             self.feature_detectors)
             ready = self._stub.ModelReady(
                 pb.ModelReadyRequest(name=self.remote.model, version=self.remote.version), timeout=timeout).ready
             self.problem = "ok" if ready else "the upstream reports the model not ready"
@@ -257,32 +232,6 @@ class RemoteBackend(Backend):
             log.log(logging.INFO if ready else logging.WARNING, "%s %s", self.where,
                     "ready" if ready else f"not ready: {self.problem}")
 
-    def _check_metadata(self, metadata: pb.ModelMetadataResponse) -> Layout:
-        """The config's tensors against the upstream's; whether it takes a batch dimension."""
-        config, path = self.config, self.config.directory / "config.toml"
-        guarded = config.input(config.guarded_input)
-        upstream = {t.name: list(t.shape) for t in metadata.inputs}
-        shape = upstream.get(guarded.name)
-        batched = shape is None or len(shape) != len(guarded.shape)
-        first = shape[0] if shape and batched else -1
-
-        def specs(tensors) -> list[TensorSpec]:
-            return [TensorSpec(t.name, t.datatype, tuple(t.shape[1:] if batched and len(t.shape) else t.shape))
-                    for t in tensors]
-
-        outputs = specs(metadata.outputs)
-        check_signature(config, specs(metadata.inputs), outputs, self.where)
-        if self.feature_detectors and config.features_output not in {o.name for o in outputs}:
-            raise ConfigError(path, "features_output", f"an output of {self.where} "
-                              f"({', '.join(o.name for o in outputs)}), read by detectors "
-                              f"{list(self.feature_detectors)}: expose it upstream or remove those [[detectors]]",
-                              config.features_output)
-        if not batched:
-            return Layout(False, 1)
-        if first > 0:  # a fixed batch size
-            return Layout(True, min(first, self.remote.max_batch or first), fixed=first > 1)
-        return Layout(True, self.remote.max_batch)
-
     def _open_channel(self) -> grpc.Channel:
         options = [*_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
@@ -297,22 +246,3 @@ class RemoteBackend(Backend):
             options.append(("grpc.ssl_target_name_override", tls.server_name))
         return grpc.secure_channel(self.remote.target, credentials, options=options)
 
-
-def decode_checked(where: str, message: pb.ModelInferResponse, outputs: list[str], rows: int,
-                   layout: Layout) -> dict[str, np.ndarray]:
-    """The requested outputs of one chunk, with the batch dimension (restored when the upstream
-    has none) cut to the chunk's real rows."""
-    try:
-        decoded = decode_response(message)
-    except ValueError as exc:
-        raise BackendError(f"{where} sent a malformed response: {exc}") from None
-    missing = [name for name in outputs if name not in decoded]
-    if missing:
-        raise BackendError(f"{where} left out outputs {missing} (sent {sorted(decoded)})")
-    if not layout.batched:
-        return {name: np.require(decoded[name][np.newaxis], requirements="W") for name in outputs}
-    short = [name for name in outputs if decoded[name].ndim == 0 or len(decoded[name]) < rows]
-    if short:
-        raise BackendError(f"{where} returned fewer than {rows} rows for {short}")
-    # Writable copies of the (small) outputs: views of the message are read-only, which torch warns about.
-    return {name: np.require(decoded[name][:rows], requirements="W") for name in outputs}
