@@ -30,7 +30,7 @@ from guard.errors import BackendError, DeadlineExceeded, InvalidInput, QueueFull
 log = logging.getLogger("guard.batching")
 
 Execute = Callable[[list[Any], float | None], list[Any]]
-"""Runs one batch of payloads, given the earliest deadline among them; returns one result each."""
+"""Runs one batch of payloads, given the latest deadline among them; returns one result each."""
 
 
 class BatchObserver(Protocol):
@@ -76,6 +76,8 @@ class DynamicBatcher:
         self._closed = False
         self._inline_below = config.inline_below_microseconds / 1e6
         self.mean_execute_seconds: float | None = None
+        self._last_failure_log = -1e9
+        self._failures_unlogged = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -181,9 +183,10 @@ class DynamicBatcher:
         for item in batch:
             self._observer.queue_wait(now - item.enqueued)
         self._observer.batch(sum(item.rows for item in batch))
-        deadlines = [item.deadline for item in batch if item.deadline is not None]
         payloads = [item.payload for item in batch]
-        deadline = min(deadlines) if deadlines else None
+        # The batch is worth running while any of its requests still waits: its latest deadline,
+        # none if one request has none.
+        deadline = None if any(i.deadline is None for i in batch) else max(i.deadline for i in batch)
         self._running += 1
         self._idle.clear()
         if self.inline:
@@ -214,7 +217,7 @@ class DynamicBatcher:
         if exc is None and len(results) != len(batch):
             exc = BackendError(f"batch of {len(batch)} requests produced {len(results)} results")
         if exc is not None:  # every waiter of the batch learns of the failure
-            log.warning("batch of %d requests failed: %s", len(batch), exc)
+            self._log_failure(len(batch), exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
@@ -226,6 +229,18 @@ class DynamicBatcher:
             self._idle.set()
         if self._queue:
             self._schedule()
+
+    def _log_failure(self, size: int, exc: BaseException) -> None:
+        # At most one line a second: a dead upstream fails every batch, and each waiter already
+        # gets its own status; the log only needs to say that it is happening, and how often.
+        now = time.monotonic()
+        if now - self._last_failure_log >= 1.0:
+            more = f" ({self._failures_unlogged} more failed batches since the last report)" \
+                if self._failures_unlogged else ""
+            log.warning("batch of %d requests failed: %s%s", size, exc, more)
+            self._last_failure_log, self._failures_unlogged = now, 0
+        else:
+            self._failures_unlogged += 1
 
     async def close(self) -> None:
         """Stop taking work, fail what is still queued, and wait for running batches."""

@@ -19,6 +19,8 @@ from guard.tensors import DATATYPES
 POLICIES = ("enforce", "flag", "shadow")
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 DEVICES = ("auto", "cpu", "cuda")
+BACKEND_KINDS = ("onnxruntime", "remote")
+REMOTE_MODES = ("through", "forward_clean")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,50 @@ class TensorRTConfig:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    ca: Path | None = None
+    """PEM roots that sign the upstream's certificate (None = the system's roots)."""
+    cert: Path | None = None
+    """PEM client certificate for mutual TLS (with `key`)."""
+    key: Path | None = None
+    server_name: str = ""
+    """Overrides the name checked against the upstream's certificate ("" = the target's host)."""
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """A KServe v2 gRPC upstream (Triton, MLServer, KServe, another guard) that runs the model."""
+
+    target: str
+    """host:port of the upstream's gRPC endpoint (any gRPC target, e.g. dns:///svc:8001)."""
+    model: str
+    """The model's name upstream (default: this model's name)."""
+    version: str = ""
+    """The upstream model version ("" = the upstream's default)."""
+    mode: str = "through"
+    """through: original + detector variants go upstream as one batch; forward_clean: a local copy
+    (model_file) runs the detectors and only requests that pass are forwarded."""
+    timeout_s: float = 10.0
+    """Longest an upstream call may take; a request's own remaining deadline shortens it."""
+    max_batch: int = 0
+    """Most rows per upstream call (0 = no limit when the upstream takes a batch dimension)."""
+    connect_retries: int = 1
+    """Retries of a call that failed to connect (never sent); calls that may have run are never retried."""
+    circuit_failures: int = 3
+    """Consecutive connection failures that open the circuit breaker."""
+    circuit_reset_s: float = 0.25
+    """How long an open circuit fails calls at once before letting one probe call through."""
+    health_interval_s: float = 0.5
+    """Period of the upstream readiness probe (a third of it while the upstream is down)."""
+    tls: TLSConfig | None = None
+    """None = plaintext."""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
+    kind: str = "onnxruntime"
+    """onnxruntime (in process) or remote (an upstream server, see `remote`)."""
+    remote: RemoteConfig | None = None
     providers: tuple[str, ...] = PROVIDERS
     """Execution providers in order of preference; only those that load are used."""
     intra_op_threads: int = 1
@@ -109,6 +154,12 @@ class ModelConfig:
     detectors: tuple[dict[str, Any], ...] = ()
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     scan: ScanGateConfig = field(default_factory=ScanGateConfig)
+
+    @property
+    def runs_locally(self) -> bool:
+        """Whether model_file is loaded here (in process, or as forward_clean's local copy)."""
+        remote = self.backend.remote
+        return remote is None or remote.mode == "forward_clean"
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -205,8 +256,55 @@ def _batching(r: _Reader) -> BatchingConfig:
     )
 
 
-def _backend(r: _Reader) -> BackendConfig:
-    r.unknown({"providers", "intra_op_threads", "inter_op_threads", "tensorrt"})
+REMOTE_KEYS = {"target", "model", "version", "mode", "timeout_s", "max_batch", "connect_retries",
+               "circuit_failures", "circuit_reset_s", "health_interval_s", "tls"}
+
+
+def _positive_float(r: _Reader, name: str, default: float) -> float:
+    value = r.get(name, float, default)
+    if not (math.isfinite(value) and value > 0):
+        raise r.fail(name, "a positive number of seconds", value)
+    return value
+
+
+def _tls(r: _Reader, directory: Path) -> TLSConfig | None:
+    if not r.table:
+        return None
+    r.unknown({"ca", "cert", "key", "server_name"})
+    files = {}
+    for name in ("ca", "cert", "key"):
+        value = r.get(name, str, None)
+        if value is not None:
+            files[name] = directory / value
+            if not files[name].is_file():
+                raise r.fail(name, f"a PEM file (relative to {directory})", value)
+    if ("cert" in files) != ("key" in files):
+        raise r.fail("cert" if "key" in files else "key", "cert and key together (mutual TLS)")
+    return TLSConfig(files.get("ca"), files.get("cert"), files.get("key"), r.get("server_name", str, ""))
+
+
+def _remote(r: _Reader, model_name: str, directory: Path) -> RemoteConfig:
+    target = r.get("target", str, expected="the upstream's gRPC address, host:port")
+    if not target:
+        raise r.fail("target", "the upstream's gRPC address, host:port", target)
+    d = RemoteConfig(target, model_name)
+    return RemoteConfig(
+        target=target, model=r.get("model", str, model_name), version=r.get("version", str, ""),
+        mode=r.choice("mode", REMOTE_MODES, d.mode), timeout_s=_positive_float(r, "timeout_s", d.timeout_s),
+        max_batch=r.positive("max_batch", 0, allow_zero=True),
+        connect_retries=r.positive("connect_retries", d.connect_retries, allow_zero=True),
+        circuit_failures=r.positive("circuit_failures", d.circuit_failures),
+        circuit_reset_s=_positive_float(r, "circuit_reset_s", d.circuit_reset_s),
+        health_interval_s=_positive_float(r, "health_interval_s", d.health_interval_s),
+        tls=_tls(r.sub("tls"), directory),
+    )
+
+
+def _backend(r: _Reader, model_name: str, directory: Path) -> BackendConfig:
+    kind = r.choice("kind", BACKEND_KINDS, "onnxruntime")
+    local = {"providers", "intra_op_threads", "inter_op_threads", "tensorrt"}
+    # Remote keys under kind = "onnxruntime" would be ignored silently: reject them instead.
+    r.unknown({"kind", *local, *(REMOTE_KEYS if kind == "remote" else ())})
     providers = r.get("providers", list, list(PROVIDERS))
     for provider in providers:
         if provider not in PROVIDERS:
@@ -214,6 +312,7 @@ def _backend(r: _Reader) -> BackendConfig:
     trt = r.sub("tensorrt")
     trt.unknown({"fp16", "int8", "engine_cache_dir"})
     return BackendConfig(
+        kind=kind, remote=_remote(r, model_name, directory) if kind == "remote" else None,
         providers=tuple(providers),
         intra_op_threads=r.positive("intra_op_threads", 1, allow_zero=True),
         inter_op_threads=r.positive("inter_op_threads", 1, allow_zero=True),
@@ -257,8 +356,10 @@ def load_model_config(directory: Path) -> ModelConfig:
     name = r.get("name", str, directory.name)
     if name != directory.name:
         raise r.fail("name", f"the directory's name {directory.name!r}", name)
+    backend = _backend(r.sub("backend"), name, directory)
     model_file = directory / r.get("model_file", str, "model.onnx")
-    if not model_file.is_file():
+    # In remote `through` mode the upstream runs the model: no local copy is needed.
+    if not model_file.is_file() and (backend.remote is None or backend.remote.mode == "forward_clean"):
         raise r.fail("model_file", f"an existing file in {directory}", model_file.name)
     inputs, outputs = _tensors(r, "inputs"), _tensors(r, "outputs")
     guarded = r.get("guarded_input", str, inputs[0].name)
@@ -283,7 +384,7 @@ def load_model_config(directory: Path) -> ModelConfig:
         platform=r.get("platform", str, "onnxruntime_onnx"), policy=r.choice("policy", POLICIES, "flag"),
         target_fpr=target_fpr, fail_open=r.get("fail_open", bool, False),
         device=r.choice("device", DEVICES, "auto"), batching=_batching(r.sub("batching")),
-        backend=_backend(r.sub("backend")), detectors=tuple(detectors),
+        backend=backend, detectors=tuple(detectors),
         ensemble=_ensemble(r.sub("ensemble"), directory), scan=_scan_gate(r.sub("scan")),
     )
 

@@ -46,10 +46,11 @@ class GuardPipeline:
         self.output_names = output_names
         self.device = device
 
-    def run(self, inputs: dict[str, np.ndarray]) -> BatchResult:
-        """Outputs and raw detector scores for one batch (rows along axis 0 of every input)."""
+    def run(self, inputs: dict[str, np.ndarray], deadline: float | None = None) -> BatchResult:
+        """Outputs and raw detector scores for one batch (rows along axis 0 of every input);
+        `deadline` (time.monotonic) reaches the backend call."""
         if not self.detectors:
-            return self._forward(inputs)
+            return self._forward(inputs, deadline)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         x = torch.from_numpy(inputs[self.guarded_input]).to(self.device)
@@ -68,7 +69,7 @@ class GuardPipeline:
         start = time.perf_counter()
         wanted = list(dict.fromkeys([*self.output_names, self.logits_output,
                                      *([self.features_output] if self.features_output else [])]))
-        raw = self.backend.infer(feeds, wanted)
+        raw = self.backend.infer(feeds, wanted, deadline)
         timings["backend"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -79,10 +80,10 @@ class GuardPipeline:
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, scores, timings, len(feeds[self.guarded_input]))
 
-    def _forward(self, inputs: dict[str, np.ndarray]) -> BatchResult:
+    def _forward(self, inputs: dict[str, np.ndarray], deadline: float | None) -> BatchResult:
         """No detectors: the original rows only, and no tensor conversions."""
         start = time.perf_counter()
-        raw = self.backend.infer(inputs, self.output_names)
+        raw = self.backend.infer(inputs, self.output_names, deadline)
         rows = len(inputs[self.guarded_input])
         return BatchResult(raw, timings={"backend": time.perf_counter() - start}, rows_sent=rows)
 

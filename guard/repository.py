@@ -41,29 +41,38 @@ def onnx_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return specs(model.graph.input), specs(model.graph.output)
 
 
-def check_against_model(config: ModelConfig) -> None:
-    """Fail with file and key when the config's tensors disagree with the ONNX model's."""
+def check_signature(config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec], source: str) -> None:
+    """Fail with file and key when the config's tensors disagree with what `source` declares
+    (shapes exclude the batch dimension; -1 there matches any size)."""
     path = config.directory / "config.toml"
-    inputs, outputs = onnx_signature(config.model_file)
     for key, declared, actual in (("inputs", config.inputs, inputs), ("outputs", config.outputs, outputs)):
         by_name = {spec.name: spec for spec in actual}
         for i, spec in enumerate(declared):
             found = by_name.get(spec.name)
             if found is None:
-                raise ConfigError(path, f"{key}[{i}].name", f"a {key[:-1]} of {config.model_file.name} "
+                raise ConfigError(path, f"{key}[{i}].name", f"an {key[:-1]} of {source} "
                                   f"({', '.join(by_name)})", spec.name)
             if found.datatype != spec.datatype:
-                raise ConfigError(path, f"{key}[{i}].datatype", f"{found.datatype} as in the model", spec.datatype)
+                raise ConfigError(path, f"{key}[{i}].datatype", f"{found.datatype} as in {source}", spec.datatype)
             compatible = len(found.shape) == len(spec.shape) and all(
                 m == -1 or m == d for m, d in zip(found.shape, spec.shape))
             if not compatible:
                 raise ConfigError(path, f"{key}[{i}].shape",
-                                  f"a shape compatible with the model's {list(found.shape)}", list(spec.shape))
+                                  f"a shape compatible with {source} ({list(found.shape)})", list(spec.shape))
+    if key_missing := [s.name for s in inputs if s.name not in {d.name for d in config.inputs}]:
+        raise ConfigError(path, "inputs", f"every input of {source} declared (missing {key_missing})")
+
+
+def check_against_model(config: ModelConfig) -> None:
+    """Fail with file and key when the config's tensors disagree with the ONNX model's."""
+    if not config.runs_locally:
+        return  # the upstream's metadata is checked when the remote backend loads
+    path = config.directory / "config.toml"
+    inputs, outputs = onnx_signature(config.model_file)
+    check_signature(config, inputs, outputs, f"the model ({config.model_file.name})")
     if config.features_output is not None and config.features_output not in {s.name for s in outputs}:
         raise ConfigError(path, "features_output", f"an output of {config.model_file.name} "
                           f"({', '.join(s.name for s in outputs)})", config.features_output)
-    if key_missing := [s.name for s in inputs if s.name not in {d.name for d in config.inputs}]:
-        raise ConfigError(path, "inputs", f"every model input declared (missing {key_missing})")
 
 
 def load_repository(root: Path) -> list[ModelConfig]:

@@ -51,6 +51,7 @@ class GuardServer:
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._runtimes: dict[str, ModelRuntime] = {}
+        self._health_follower: asyncio.Task | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -76,9 +77,8 @@ class GuardServer:
         if s.metrics_port >= 0:
             self._http, _ = self.metrics.serve(s.host, s.metrics_port)
             self.metrics_port = self._http.server_port
-        serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ["", SERVICE, *self._runtimes]:  # per-model service names too
-            await self._health.set(name, serving)
+        await self._follow_readiness(once=True)
+        self._health_follower = asyncio.create_task(self._follow_readiness(), name="health")
         log.info("guard ready: grpc=%s:%d metrics=%s policy=%s models=%s", s.host, self.grpc_port,
                  f"{s.host}:{self.metrics_port}" if self.metrics_port else "off", s.policy or "per-model",
                  ",".join(self._runtimes))
@@ -86,6 +86,9 @@ class GuardServer:
     async def stop(self, grace: float = 2.0) -> None:
         if self._grpc is None:
             return
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            await asyncio.gather(self._health_follower, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
         await self._grpc.stop(grace)
         for runtime in self._runtimes.values():
@@ -94,6 +97,25 @@ class GuardServer:
             self._http.shutdown()
             self._http.server_close()
         self._grpc = None
+
+    async def _follow_readiness(self, once: bool = False, period: float = 0.1) -> None:
+        """gRPC health follows readiness, since a remote backend's upstream can come and go: each
+        model's name its own, the inference service's name every model's (like ServerReady). The
+        server's "" stays SERVING until shutdown: liveness probes ask it, and restarting the guard
+        would not bring an upstream back."""
+        reported: dict[str, bool] = {}
+        while True:
+            states = {name: runtime.ready for name, runtime in self._runtimes.items()}
+            states[SERVICE] = all(states.values())
+            states[""] = True
+            for name, ready in states.items():
+                if reported.get(name) != ready:
+                    await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ready
+                                           else health_pb2.HealthCheckResponse.NOT_SERVING)
+            reported = states
+            if once:
+                return
+            await asyncio.sleep(period)
 
     async def wait(self) -> None:
         if self._grpc is not None:

@@ -36,7 +36,8 @@ class OnnxRuntimeBackend(Backend):
     def description(self) -> str:
         return "onnxruntime:" + ",".join(self.session.get_providers())
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
+              deadline: float | None = None) -> dict[str, np.ndarray]:
         try:
             results = self.session.run(outputs, inputs)
         except Exception as exc:  # ORT raises its own exception types; all mean the batch failed

@@ -137,3 +137,46 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     for key, value in response.parameters.items():
         set_parameter(message.parameters[key], value)
     return message
+
+
+# The client side, for a remote backend: the guard's batches go upstream as raw tensors.
+
+def encode_request(model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                   request_id: str = "") -> pb.ModelInferRequest:
+    """A ModelInferRequest with every input in raw_input_contents (one entry per input, in order)."""
+    message = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, array in inputs.items():
+        message.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+        message.raw_input_contents.append(_raw(array))
+    for name in outputs:
+        message.outputs.add(name=name)
+    return message
+
+
+def decode_response(message: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Outputs by name from raw_output_contents or, from servers that send them, typed contents.
+    Raises ValueError when the message contradicts itself (the caller names the upstream)."""
+    raw = list(message.raw_output_contents)
+    if raw and len(raw) != len(message.outputs):
+        raise ValueError(f"{len(raw)} raw_output_contents for {len(message.outputs)} outputs")
+    results = {}
+    for i, tensor in enumerate(message.outputs):
+        dtype = NUMPY_DTYPES.get(tensor.datatype)
+        if dtype is None:
+            raise ValueError(f"output '{tensor.name}': unknown datatype '{tensor.datatype}'")
+        shape = tuple(tensor.shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        if tensor.datatype == "BYTES":
+            data = (_decode_bytes(tensor.name, raw[i], count) if raw
+                    else np.array(list(tensor.contents.bytes_contents), dtype=np.object_))
+        elif raw:
+            if len(raw[i]) != count * dtype.itemsize:
+                raise ValueError(f"output '{tensor.name}': {len(raw[i])} bytes for {tensor.datatype} {list(shape)}")
+            data = np.frombuffer(raw[i], dtype=dtype)
+        else:
+            data = np.asarray(getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")),
+                              dtype=dtype)
+        if data.size != count:
+            raise ValueError(f"output '{tensor.name}': {data.size} values for shape {list(shape)}")
+        results[tensor.name] = data.reshape(shape)
+    return results
