@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -15,6 +16,10 @@ from tests.conftest import DEMO_REPOSITORY, ROOT
 MODEL = DEMO_REPOSITORY / "digits" / "model.onnx"  # INT8 (QDQ)
 FP32_MODEL = DEMO_REPOSITORY / "digits_fp32" / "model.onnx"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# onnxruntime-gpu's CUDA provider, not merely a GPU (a CPU onnxruntime beside CUDA torch has none).
+cuda_ort = pytest.mark.skipif(not torch.cuda.is_available()
+                              or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
+                              reason="needs a CUDA device and onnxruntime-gpu")
 
 
 def test_cpu_host_gets_cpu_only_and_no_error_output():
@@ -39,7 +44,7 @@ def test_backend_runs_batches_and_reports_errors():
         backend.infer({"input": x.astype(np.float64)}, ["logits"])
 
 
-@cuda
+@cuda_ort
 def test_cuda_provider_is_chosen_and_matches_cpu():
     providers = select_providers(("cuda", "cpu"), TensorRTConfig())
     assert providers[0][0] == "CUDAExecutionProvider"

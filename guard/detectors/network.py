@@ -3,6 +3,7 @@
 The network is trained offline on one attack family (`python -m models.detector_net`), so it has
 no `fit`; its weights and the feature standardisation it was trained with live in one .npz in the
 model directory. Its threshold is still calibrated on clean data like every other detector's.
+The score is -log(1 - p) for the network's probability p of an attack.
 """
 
 from __future__ import annotations
@@ -50,5 +51,7 @@ class DetectorNetwork(Detector):
         z = (features - t["mean"]) / t["std"]
         hidden = torch.relu(z @ t["w1"].T + t["b1"])
         logit = (hidden @ t["w2"].T + t["b2"]).squeeze(-1)
-        # float32 sigmoid underflows to 0 for very clean rows; scores must stay positive.
-        return torch.sigmoid(logit).clamp_min(torch.finfo(torch.float32).tiny)
+        # softplus(logit) = -log(1 - sigmoid(logit)): the same order as the network's probability,
+        # but it keeps growing where the probability saturates at 1, so a combination of detectors
+        # can tell a plain attack from a borderline one. Floored: scores must stay positive.
+        return torch.nn.functional.softplus(logit).clamp_min(torch.finfo(torch.float32).tiny)

@@ -13,9 +13,10 @@ minimises
 
 i.e. misclassify with a logit margin while keeping every detector a MARGIN below its threshold
 (margins absorb the surrogate-to-INT8 transfer). KAPPA and MARGIN are fixed a priori, not tuned.
-Against a Fisher ensemble, whose p-values are step functions, threshold_d is the clean score at
-which every detector's p-value is exp(-T_threshold / 2K) for K detectors: below all of them,
-Fisher's statistic stays under its threshold, so the hinges describe a sufficient way through.
+Against a Fisher ensemble the detector hinges are replaced by one on the ensemble's own
+statistic, relu(T / T_threshold - 1 + MARGIN), with each p-value made differentiable: the
+empirical survival function is interpolated linearly between the sorted clean scores, and the
+exponential tail above them is guard.ensemble's own.
 """
 
 from __future__ import annotations
@@ -64,12 +65,29 @@ def _median(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _network_logit(detector, features: torch.Tensor) -> torch.Tensor:
-    """The detector network's pre-sigmoid output. Its score is sigmoid(logit), which saturates on
-    adversarial features (gradient ~1e-9): the hinge score / threshold - 1 + MARGIN > 0 is taken in
-    the equivalent form logit > logit(threshold * (1 - MARGIN)), whose gradient does not vanish."""
+    """The detector network's logit. Its score is softplus(logit), whose gradient vanishes on clean
+    features: the hinge score / threshold - 1 + MARGIN > 0 is taken in the equivalent form
+    logit > softplus^-1(threshold * (1 - MARGIN)) = log(expm1(...)), whose gradient does not."""
     t = detector.tensors
     hidden = torch.relu(((features - t["mean"]) / t["std"]) @ t["w1"].T + t["b1"])
     return (hidden @ t["w2"].T + t["b2"]).squeeze(-1)
+
+
+def _smooth_neg_log_p(fisher: Fisher, name: str, score: torch.Tensor) -> torch.Tensor:
+    """-log p of guard.ensemble.Fisher, differentiable in the score: linear between the sorted
+    clean scores (where the gateway's p is a step function), the same exponential tail above u."""
+    reference = torch.as_tensor(fisher.references[name], dtype=score.dtype)
+    n = reference.shape[0]
+    survival = (1.0 + n - torch.arange(n, dtype=score.dtype)) / (n + 1.0)  # p at each sorted clean score
+    s = score.clamp(float(reference[0]), float(reference[-1]))
+    upper = torch.searchsorted(reference, s.detach()).clamp(1, n - 1)
+    lo, hi = reference[upper - 1], reference[upper]
+    weight = (s - lo) / (hi - lo).clamp_min(1e-12)
+    body = survival[upper - 1] + weight * (survival[upper] - survival[upper - 1])
+    u, scale, m = Fisher._tail(fisher.references[name])
+    tail = (m + 1.0) / (n + 1.0) * torch.exp(-(score - u) / scale)
+    p = torch.where(score > u, torch.minimum(body, tail), body)
+    return -torch.log(p.clamp_min(1e-300))
 
 
 class GuardedSurrogate(nn.Module):
@@ -82,11 +100,9 @@ class GuardedSurrogate(nn.Module):
         cpu = torch.device("cpu")
         self.detectors = [d.to(cpu) for d in build_detectors(model_dir / "config.toml", config.detectors)]
         self.thresholds = {d.name: float(d.threshold) for d in self.detectors}
+        self.fisher = None
         if config.ensemble.method == "fisher":
-            combiner = Fisher.load(model_dir / config.ensemble.references, config.ensemble.threshold)
-            p_each = float(np.exp(-combiner.threshold / (2 * len(combiner.references))))
-            for name, reference in combiner.references.items():
-                self.thresholds[name] = max(float(np.quantile(reference, 1.0 - p_each)), 1e-9)
+            self.fisher = Fisher.load(model_dir / config.ensemble.references, config.ensemble.threshold)
 
     def _variants(self, detector, x: torch.Tensor) -> torch.Tensor:
         if isinstance(detector, BitDepthDetector):
@@ -124,12 +140,15 @@ class GuardedSurrogate(nn.Module):
         true = logits.gather(1, y[:, None]).squeeze(1)
         other = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
         loss = torch.relu(true - other + KAPPA)
+        if self.fisher is not None:
+            statistic = sum(2.0 * _smooth_neg_log_p(self.fisher, name, scores[name]) for name in self.fisher.references)
+            return loss + torch.relu(statistic / self.fisher.threshold - 1.0 + MARGIN)
         for d in self.detectors:
             if d.monitor:  # never flags, so nothing to evade
                 continue
             limit = self.thresholds[d.name] * (1.0 - MARGIN)
             if isinstance(d, DetectorNetwork):  # see _network_logit
-                loss = loss + torch.relu(_network_logit(d, features) - float(np.log(limit / (1.0 - limit))))
+                loss = loss + torch.relu(_network_logit(d, features) - float(np.log(np.expm1(limit))))
             else:
                 loss = loss + torch.relu(scores[d.name] / self.thresholds[d.name] - 1.0 + MARGIN)
         return loss
