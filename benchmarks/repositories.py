@@ -37,6 +37,21 @@ def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, p
     config["detectors"] = detectors
     if not any(REGISTRY[d["type"]].needs_features for d in detectors):
         config.pop("features_output", None)  # nothing reads the features: do not ask for them
+    ensemble = config.get("ensemble", {})
+    if ensemble.get("method") in ("fisher", "omnibus"):
+        if not detectors:
+            config.pop("ensemble")
+        else:  # the stored references are the calibration scores: refit the threshold on the kept ones
+            from guard.ensemble import Fisher
+
+            kept = [d["name"] for d in detectors if not d.get("monitor")]
+            stored = Fisher.load(full / ensemble["references"], ensemble["threshold"])
+            refit = Fisher.fit({k: stored.references[k] for k in kept}, config.get("target_fpr", 0.05),
+                               omnibus=ensemble["method"] == "omnibus")
+            refit.save(entry / ensemble["references"])
+            ensemble["threshold"] = refit.threshold
+            if refit.min_p_threshold is not None:
+                ensemble["min_p_threshold"] = refit.min_p_threshold
     if not detectors:
         config.pop("detectors")
     (entry / "config.toml").write_text(f"# Benchmark configuration {name!r}, derived from {full.name}.\n"

@@ -67,8 +67,9 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
     Detectors that learn clean statistics fit on `fit_data` (x, y), or else on a seeded half of
     x, and thresholds are set on the rest. `features` names the tensor feature-space detectors
     read (default: the input of the model's last Gemm/MatMul). `ensemble` is how the detectors
-    combine (guard.ensemble): "union" thresholds share the budget, "fisher" gets one threshold on
-    the combined statistic and each detector its own threshold at the target for attribution.
+    combine (guard.ensemble): "union" thresholds share the budget; "fisher" and "omnibus" get
+    thresholds on the combined statistics and each detector its own threshold at the target, for
+    attribution only.
     """
     if ensemble not in METHODS:
         raise ConfigError(Path("(calibrate)"), "ensemble", "one of " + ", ".join(METHODS), ensemble)
@@ -133,10 +134,12 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
     # Fisher, every detector (its threshold then only names who fired).
     alone = {d.name: fit_thresholds({d.name: cal_scores[d.name]}, target_fpr).thresholds[d.name] for d in found}
     combiner, ensemble_table = None, {"method": ensemble}
-    if ensemble == "fisher":
-        combiner = Fisher.fit(judged_cal, target_fpr)
+    if ensemble in ("fisher", "omnibus"):
+        combiner = Fisher.fit(judged_cal, target_fpr, omnibus=ensemble == "omnibus")
         combiner.save(target / "ensemble.npz")
         ensemble_table.update(references="ensemble.npz", threshold=combiner.threshold)
+        if combiner.min_p_threshold is not None:
+            ensemble_table["min_p_threshold"] = combiner.min_p_threshold
         thresholds = alone
         cal_union = float((combiner.ratio(judged_cal) >= 1.0).mean())
         hold_union = float((combiner.ratio(hold_scores) >= 1.0).mean())

@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
     cal.add_argument("--confidence-margin", action="store_true",
                      help="add the low-confidence detector (1 - gap between the top two probabilities)")
-    cal.add_argument("--ensemble", choices=("fisher", "union"), default="fisher",
-                     help="how detectors combine (docs/detection.md; default fisher)")
+    cal.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
+                     help="how detectors combine (docs/detection.md; default omnibus)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
 
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workdir", type=Path, help="keep the evaluation repository here (default: a temp dir)")
     ev.add_argument("--connect", metavar="HOST:PORT", help="use a running gateway (policy flag) that serves "
                     "the evaluation repository in --workdir, instead of starting one")
-    ev.add_argument("--ensemble", choices=("fisher", "union"), default="fisher",
-                    help="how the evaluation models' detectors combine (default fisher)")
+    ev.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
+                    help="how the evaluation models' detectors combine (default omnibus)")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
     _add_scan_commands(commands)

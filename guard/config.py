@@ -114,11 +114,14 @@ class BackendConfig:
 @dataclass(frozen=True)
 class EnsembleConfig:
     method: str = "union"
-    """How detectors combine: "union" (any detector over its threshold) or "fisher" (guard.ensemble)."""
+    """How detectors combine: "union" (any detector over its threshold), "fisher" or "omnibus"
+    (guard.ensemble)."""
     references: str = "ensemble.npz"
     """fisher: the detectors' clean calibration scores, a file in the model directory."""
     threshold: float | None = None
-    """fisher: the threshold on Fisher's statistic."""
+    """fisher, omnibus: the threshold on Fisher's statistic."""
+    min_p_threshold: float | None = None
+    """omnibus: the threshold on -log of the smallest p-value."""
 
 
 @dataclass(frozen=True)
@@ -329,17 +332,20 @@ TOP_LEVEL_KEYS = {
 
 
 def _ensemble(r: _Reader, directory: Path) -> EnsembleConfig:
-    r.unknown({"method", "references", "threshold"})
-    method = r.choice("method", ("union", "fisher"), "union")
+    r.unknown({"method", "references", "threshold", "min_p_threshold"})
+    method = r.choice("method", ("union", "fisher", "omnibus"), "union")
     if method == "union":
         return EnsembleConfig()
     references = r.get("references", str, "ensemble.npz")
     if not (directory / references).is_file():
         raise r.fail("references", f"a file in {directory} (run `guard calibrate`)", references)
-    threshold = r.get("threshold", float, expected="a calibrated threshold (run `guard calibrate`)")
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise r.fail("threshold", "a positive finite number", threshold)
-    return EnsembleConfig(method, references, threshold)
+    thresholds = {}
+    for key in ("threshold", "min_p_threshold") if method == "omnibus" else ("threshold",):
+        value = r.get(key, float, expected="a calibrated threshold (run `guard calibrate`)")
+        if not (math.isfinite(value) and value > 0):
+            raise r.fail(key, "a positive finite number", value)
+        thresholds[key] = value
+    return EnsembleConfig(method, references, thresholds["threshold"], thresholds.get("min_p_threshold"))
 
 
 def load_model_config(directory: Path) -> ModelConfig:

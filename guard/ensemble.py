@@ -16,8 +16,15 @@ costs the others little. The threshold comes from the calibration rows' own T, e
 leave-one-out (its p-values against the other n - 1 rows), the same exchangeability argument as
 split-conformal calibration.
 
-Both give a per-row ratio, statistic / threshold, that is >= 1 exactly when the row is flagged:
-that ratio is the gateway's `guard_score`.
+`omnibus`: Fisher's statistic OR the smallest p-value (Tippett's), each with its own threshold,
+the two thresholds sharing the budget exactly as the union's detectors do (on the calibration
+rows' leave-one-out values). Fisher alone dilutes a single plainly-firing detector among the
+others' noise (one detector seeing a trigger, or the detector network seeing PGD); the smallest
+p-value alone misses evidence spread over several detectors (CW, DeepFool at the decision
+boundary). Together they cover both at the price of splitting the budget two ways, not K ways.
+
+All give a per-row ratio, statistic / threshold (the larger of the two for omnibus), that is >= 1
+exactly when the row is flagged: that ratio is the gateway's `guard_score`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 
 from guard.calibration import fit_thresholds, threshold_for
 
-METHODS = ("union", "fisher")
+METHODS = ("union", "fisher", "omnibus")
 
 
 def conformal_allowance(n: int, target_fpr: float) -> int:
@@ -55,6 +62,8 @@ class Fisher:
     """Each detector's clean calibration scores, sorted ascending."""
     threshold: float
     """On T = -2 * sum(log p)."""
+    min_p_threshold: float | None = None
+    """omnibus: the threshold on -log(min p); None for Fisher alone."""
 
     TAIL_FRACTION = 0.1
     """Share of the clean scores the exponential tail is fitted to."""
@@ -86,27 +95,42 @@ class Fisher:
     def p_values(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: self._p(ref, np.asarray(scores[name], np.float64)) for name, ref in self.references.items()}
 
+    @staticmethod
+    def fisher_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
+        return -2.0 * np.sum([np.log(p) for p in p_values.values()], axis=0)
+
+    @staticmethod
+    def min_p_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
+        return -np.log(np.min(list(p_values.values()), axis=0))
+
     def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        return -2.0 * np.sum([np.log(p) for p in self.p_values(scores).values()], axis=0)
+        return self.fisher_statistic(self.p_values(scores))
 
     def ratio(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        return self.statistic(scores) / self.threshold
+        p = self.p_values(scores)
+        ratio = self.fisher_statistic(p) / self.threshold
+        if self.min_p_threshold is not None:
+            ratio = np.maximum(ratio, self.min_p_statistic(p) / self.min_p_threshold)
+        return ratio
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float) -> "Fisher":
+    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float, omnibus: bool = False) -> "Fisher":
         references = {name: np.sort(np.asarray(s, np.float64)) for name, s in scores.items()}
         n = len(next(iter(references.values())))
         if n < 2:
             raise ValueError("Fisher combination needs at least 2 calibration scores per detector")
-        loo = -2.0 * np.sum([np.log(cls._p(ref, np.asarray(scores[name], np.float64), loo=True))
-                             for name, ref in references.items()], axis=0)
+        loo = {name: cls._p(ref, np.asarray(scores[name], np.float64), loo=True) for name, ref in references.items()}
+        if omnibus:  # two statistics sharing the budget like two detectors of a union
+            fit = fit_thresholds({"fisher": cls.fisher_statistic(loo), "min_p": cls.min_p_statistic(loo)}, target_fpr)
+            return cls(references, fit.thresholds["fisher"], fit.thresholds["min_p"])
         # threshold_for never returns 0, so a row typical to every detector (T = 0) never flags.
-        return cls(references, threshold_for(loo, conformal_allowance(n, target_fpr)))
+        return cls(references, threshold_for(cls.fisher_statistic(loo), conformal_allowance(n, target_fpr)))
 
     def save(self, path: Path) -> None:
         np.savez(path, **self.references)
 
     @classmethod
-    def load(cls, path: Path, threshold: float) -> "Fisher":
+    def load(cls, path: Path, threshold: float, min_p_threshold: float | None = None) -> "Fisher":
         with np.load(path) as data:
-            return cls({name: np.sort(np.asarray(data[name], np.float64)) for name in data.files}, threshold)
+            return cls({name: np.sort(np.asarray(data[name], np.float64)) for name in data.files},
+                       threshold, min_p_threshold)

@@ -35,11 +35,12 @@ class RowsResult:
 
 
 def load_combiner(config: ModelConfig, detectors: list[Detector]) -> Fisher | None:
-    """The model's Fisher combination, checked against its detectors; None for a union."""
-    if config.ensemble.method != "fisher":
+    """The model's Fisher (or omnibus) combination, checked against its detectors; None for a union."""
+    if config.ensemble.method == "union":
         return None
     path = config.directory / "config.toml"
-    combiner = Fisher.load(config.directory / config.ensemble.references, config.ensemble.threshold)
+    combiner = Fisher.load(config.directory / config.ensemble.references, config.ensemble.threshold,
+                           config.ensemble.min_p_threshold)
     judges = sorted(d.name for d in detectors if not d.monitor)
     if sorted(combiner.references) != judges:
         raise ConfigError(path, "ensemble.references", f"clean scores of exactly the detectors {judges} "

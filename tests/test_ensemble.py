@@ -53,6 +53,22 @@ def test_fisher_beats_the_union_when_evidence_is_spread():
     assert (fisher.ratio(positives) >= 1).mean() > (union.ratio(positives) >= 1).mean() + 0.1
 
 
+def test_omnibus_keeps_a_single_plain_signal_that_fisher_dilutes():
+    # One detector fires plainly, five see nothing: Fisher's sum drowns it, the smallest p-value
+    # does not; spread evidence is still Fisher's. Omnibus catches both at the target.
+    rng = np.random.default_rng(3)
+    calibration = {f"d{i}": rng.normal(size=1000) for i in range(6)}
+    single = {f"d{i}": rng.normal(size=500) for i in range(6)}
+    single["d0"] = rng.normal(3.5, 0.5, size=500)
+    spread = {f"d{i}": rng.normal(1.2, 1.0, size=500) for i in range(6)}
+    fisher, omnibus = Fisher.fit(calibration, 0.05), Fisher.fit(calibration, 0.05, omnibus=True)
+    rate = lambda combiner, s: float((combiner.ratio(s) >= 1).mean())
+    assert rate(omnibus, single) > rate(fisher, single) + 0.2
+    assert rate(omnibus, spread) > rate(Union.fit(calibration, 0.05), spread)
+    clean = {f"d{i}": rng.normal(size=4000) for i in range(6)}
+    assert rate(omnibus, clean) <= 0.06
+
+
 def test_verdicts_under_fisher_name_who_fired_and_keep_the_trigger_verdict():
     detectors = [BitDepthDetector("b", 2.0, bits=2), StripDetector("s", 2.0, n=1, references="r.npy", seed=0)]
     fisher = Fisher({"b": np.arange(10.0), "s": np.arange(10.0)}, threshold=4.0)
@@ -70,7 +86,7 @@ def test_fisher_config_needs_its_references_and_threshold(tmp_path):
 
     model = tmp_path / "m"
     model.mkdir()
-    text = (DEMO_REPOSITORY / "digits_fp32" / "config.toml").read_text()
+    text = (DEMO_REPOSITORY / "digits_fp32" / "config.toml").read_text().split("\n[ensemble]")[0]
     (model / "model.onnx").write_bytes((DEMO_REPOSITORY / "digits_fp32" / "model.onnx").read_bytes())
     (model / "config.toml").write_text(text.replace('name = "digits_fp32"', 'name = "m"')
                                        + '\n[ensemble]\nmethod = "fisher"\nthreshold = 12.5\n')
@@ -78,3 +94,20 @@ def test_fisher_config_needs_its_references_and_threshold(tmp_path):
         load_model_config(model)
     np.savez(model / "ensemble.npz", a=np.zeros(3))
     assert load_model_config(model).ensemble.threshold == 12.5
+
+
+def test_adaptive_attack_p_values_match_the_gateway_and_have_gradients():
+    import torch
+
+    from guard.evaluation.adaptive import _smooth_neg_log_p
+
+    rng = np.random.default_rng(2)
+    fisher = Fisher.fit({"a": rng.gamma(2.0, size=200)}, 0.05)
+    reference = fisher.references["a"]
+    # At the clean scores themselves and in the tail, the smooth p is the gateway's p.
+    points = np.concatenate([reference[::17], reference[-1] + np.array([0.5, 2.0, 8.0])])
+    score = torch.tensor(points, requires_grad=True)
+    smooth = _smooth_neg_log_p(fisher, "a", score)
+    np.testing.assert_allclose(smooth.detach().numpy(), -np.log(fisher.p_values({"a": points})["a"]), rtol=1e-9)
+    smooth.sum().backward()
+    assert (score.grad[-3:] > 0).all()  # the attacker can descend it

@@ -13,8 +13,9 @@ minimises
 
 i.e. misclassify with a logit margin while keeping every detector a MARGIN below its threshold
 (margins absorb the surrogate-to-INT8 transfer). KAPPA and MARGIN are fixed a priori, not tuned.
-Against a Fisher ensemble the detector hinges are replaced by one on the ensemble's own
-statistic, relu(T / T_threshold - 1 + MARGIN), with each p-value made differentiable: the
+Against a Fisher or omnibus ensemble the detector hinges are replaced by hinges on the ensemble's
+own statistics, relu(T / T_threshold - 1 + MARGIN) (and the same on -log of the smallest p-value
+for omnibus), with each p-value made differentiable: the
 empirical survival function is interpolated linearly between the sorted clean scores, and the
 exponential tail above them is guard.ensemble's own.
 """
@@ -101,8 +102,9 @@ class GuardedSurrogate(nn.Module):
         self.detectors = [d.to(cpu) for d in build_detectors(model_dir / "config.toml", config.detectors)]
         self.thresholds = {d.name: float(d.threshold) for d in self.detectors}
         self.fisher = None
-        if config.ensemble.method == "fisher":
-            self.fisher = Fisher.load(model_dir / config.ensemble.references, config.ensemble.threshold)
+        if config.ensemble.method != "union":
+            self.fisher = Fisher.load(model_dir / config.ensemble.references, config.ensemble.threshold,
+                                      config.ensemble.min_p_threshold)
 
     def _variants(self, detector, x: torch.Tensor) -> torch.Tensor:
         if isinstance(detector, BitDepthDetector):
@@ -141,8 +143,11 @@ class GuardedSurrogate(nn.Module):
         other = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), -torch.inf).amax(1)
         loss = torch.relu(true - other + KAPPA)
         if self.fisher is not None:
-            statistic = sum(2.0 * _smooth_neg_log_p(self.fisher, name, scores[name]) for name in self.fisher.references)
-            return loss + torch.relu(statistic / self.fisher.threshold - 1.0 + MARGIN)
+            neg_log_p = torch.stack([_smooth_neg_log_p(self.fisher, name, scores[name]) for name in self.fisher.references])
+            loss = loss + torch.relu(2.0 * neg_log_p.sum(0) / self.fisher.threshold - 1.0 + MARGIN)
+            if self.fisher.min_p_threshold is not None:  # omnibus: the smallest p-value too
+                loss = loss + torch.relu(neg_log_p.amax(0) / self.fisher.min_p_threshold - 1.0 + MARGIN)
+            return loss
         for d in self.detectors:
             if d.monitor:  # never flags, so nothing to evade
                 continue

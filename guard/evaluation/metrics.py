@@ -80,21 +80,24 @@ def roc_curve(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray,
 
 
 class Scorer:
-    """Detectors combined as the gateway would ("union" or "fisher", guard.ensemble), refitted on
+    """Detectors combined as the gateway would ("union", "fisher", "omnibus": guard.ensemble), refitted on
     calibration scores at each FPR in `fprs`."""
 
     def __init__(self, name: str, detectors: list[str], calibration: Scores, fprs=FPRS, auroc_fpr=AUROC_FPR,
                  method: str = "union"):
         self.name, self.detectors, self.method = name, list(detectors), method
-        combine = {"union": Union, "fisher": Fisher}[method]
-        self.combiners = {f: combine.fit({d: calibration[d] for d in detectors}, f)
-                          for f in sorted({*fprs, auroc_fpr})}
+        def fit(target: float):
+            scores = {d: calibration[d] for d in detectors}
+            return Union.fit(scores, target) if method == "union" else Fisher.fit(scores, target, method == "omnibus")
+
+        self.combiners = {f: fit(f) for f in sorted({*fprs, auroc_fpr})}
         self.fprs, self.auroc_fpr = tuple(fprs), auroc_fpr
 
     @property
-    def thresholds(self) -> dict[float, dict[str, float] | float]:
-        """Per FPR: the union's per-detector thresholds, or Fisher's one threshold."""
-        return {f: c.thresholds if isinstance(c, Union) else c.threshold for f, c in self.combiners.items()}
+    def thresholds(self) -> dict[float, dict[str, float] | tuple[float, float | None]]:
+        """Per FPR: the union's per-detector thresholds, or Fisher's (and omnibus' min-p) threshold."""
+        return {f: c.thresholds if isinstance(c, Union) else (c.threshold, c.min_p_threshold)
+                for f, c in self.combiners.items()}
 
     def flags(self, scores: Scores, fpr: float) -> np.ndarray:
         return self.combiners[fpr].ratio(scores) >= 1.0

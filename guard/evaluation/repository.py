@@ -92,7 +92,7 @@ def is_built(repository: Path) -> bool:
 
 
 def build_repository(repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0,
-                     ensemble: str = "fisher") -> dict[str, dict]:
+                     ensemble: str = "omnibus") -> dict[str, dict]:
     """Calibrate every model under test into `repository`; returns each model's calibration report."""
     from models.digits_data import load_split
 

@@ -44,7 +44,7 @@ class EvalOptions:
     workdir: Path | None = None
     connect: str | None = None
     seed: int = 0
-    ensemble: str = "fisher"
+    ensemble: str = "omnibus"
     """How the evaluation models' detectors combine (guard.ensemble)."""
     attacks: tuple[str, ...] | None = None
     """Restrict the suite to these attack names (fgsm, pgd, ...); None runs all."""
@@ -105,8 +105,9 @@ def _matches_config(directory: Path, model: _Model) -> bool:
     thresholds in the model's config.toml (i.e. the gateway's own ensemble was measured)."""
     config = load_model_config(directory)
     fitted = model.scorers["ensemble"].thresholds[m.AUROC_FPR]
-    if config.ensemble.method == "fisher":
-        same = bool(np.isclose(config.ensemble.threshold, fitted, rtol=1e-6))
+    if config.ensemble.method != "union":
+        same = bool(np.isclose(config.ensemble.threshold, fitted[0], rtol=1e-6)) and (
+            fitted[1] is None or bool(np.isclose(config.ensemble.min_p_threshold, fitted[1], rtol=1e-6)))
     else:
         configured = configured_thresholds(directory)
         same = configured.keys() == fitted.keys() and all(
@@ -217,7 +218,7 @@ def main(args) -> int:
     flags = [f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
              f"--report-dir {shlex.quote(str(args.report_dir))}", f"--seed {args.seed}",
              f"--connect {args.connect}" if args.connect else "",
-             f"--ensemble {args.ensemble}" if args.ensemble != "fisher" else ""]
+             f"--ensemble {args.ensemble}" if args.ensemble != "omnibus" else ""]
     options = EvalOptions(samples=args.samples, quick=args.quick, report_dir=args.report_dir,
                           workdir=args.workdir, connect=args.connect, seed=args.seed, ensemble=args.ensemble,
                           command=" ".join(["guard evaluate", *filter(None, flags)]))
