@@ -9,7 +9,7 @@ import pytest
 from guard.calibrate import calibrate_model
 from guard.config import load_model_config
 from models.digits_data import load_split
-from models.digits_guard import demo_detectors
+from models.digits_guard import ENSEMBLE, demo_detectors
 from models.quantize import ACCURACY_GATE, calibration_images, compare, convert_fp16, logits, quantize_int8
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
@@ -34,16 +34,19 @@ def test_shipped_int8_is_qdq_with_a_dynamic_batch_axis():
 
 
 def test_shipped_thresholds_were_calibrated_on_the_int8_model(tmp_path):
-    shipped = {d["name"]: d["threshold"] for d in load_model_config(REPOSITORY / "digits").detectors}
+    config = load_model_config(REPOSITORY / "digits")
+    shipped = {d["name"]: d["threshold"] for d in config.detectors}
     x, y = load_split("calibration")
     import shutil
 
     (tmp_path / "digits").mkdir()
-    for artifact in (REPOSITORY / "digits").glob("*.npz"):  # trained offline, not by calibration
-        shutil.copy(artifact, tmp_path / "digits" / artifact.name)
+    shutil.copy(REPOSITORY / "digits" / "detector_net.npz", tmp_path / "digits")  # trained offline
     report = calibrate_model(INT8, "digits", tmp_path, x, y, holdout=load_split("test"),
-                             detectors=demo_detectors(REPOSITORY / "digits"), fit_data=load_split("train"))
+                             detectors=demo_detectors(REPOSITORY / "digits"), fit_data=load_split("train"),
+                             ensemble=ENSEMBLE)
     assert report["thresholds"] == pytest.approx(shipped, rel=1e-9)
+    assert report["ensemble"]["threshold"] == pytest.approx(config.ensemble.threshold, rel=1e-9)
+    assert report["ensemble"].get("min_p_threshold") == pytest.approx(config.ensemble.min_p_threshold, rel=1e-9)
 
 
 def test_quick_quantization_passes_the_gate(tmp_path):
