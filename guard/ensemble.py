@@ -81,19 +81,28 @@ class Fisher:
         return u, max(float(np.mean(reference[n - m:] - u)), 1e-12), m
 
     @classmethod
-    def _p(cls, reference: np.ndarray, values: np.ndarray, loo: bool = False) -> np.ndarray:
+    def _p(cls, reference: np.ndarray, values: np.ndarray, loo: bool = False,
+           tail: tuple[float, float, int] | None = None) -> np.ndarray:
         """p-values of `values` against `reference`; loo: the values are the reference's own rows,
         each then judged against the other n - 1."""
         n = len(reference)
         others = n - 1 if loo else n
         at_least = cls._count_at_least(reference, values) - (1 if loo else 0)
         p = (1.0 + at_least) / (others + 1.0)
-        u, scale, m = cls._tail(reference)
-        tail = (m + 1.0) / (others + 1.0) * np.exp(-(values - u) / scale)
-        return np.where(values > u, np.minimum(p, tail), p)
+        u, scale, m = tail or cls._tail(reference)
+        above = values > u
+        if above.any():
+            tail_p = (m + 1.0) / (others + 1.0) * np.exp(-(values[above] - u) / scale)
+            p[above] = np.minimum(p[above], tail_p)
+        return p
+
+    def __post_init__(self) -> None:
+        # Per-batch cost matters on the hot path: the tails depend on the references alone.
+        self._tails = {name: self._tail(ref) for name, ref in self.references.items()}
 
     def p_values(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: self._p(ref, np.asarray(scores[name], np.float64)) for name, ref in self.references.items()}
+        return {name: self._p(ref, np.asarray(scores[name], np.float64), tail=self._tails[name])
+                for name, ref in self.references.items()}
 
     @staticmethod
     def fisher_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
@@ -106,8 +115,8 @@ class Fisher:
     def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return self.fisher_statistic(self.p_values(scores))
 
-    def ratio(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        p = self.p_values(scores)
+    def ratio(self, scores: dict[str, np.ndarray], p_values: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        p = p_values if p_values is not None else self.p_values(scores)
         ratio = self.fisher_statistic(p) / self.threshold
         if self.min_p_threshold is not None:
             ratio = np.maximum(ratio, self.min_p_statistic(p) / self.min_p_threshold)

@@ -120,27 +120,37 @@ def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: lis
     `flagged_by` names the detectors over their own thresholds (or the most unusual one)."""
     if not detectors:
         return [Verdict(CLEAN, 0.0) for _ in rows]
-    judges = [d for d in detectors if not d.monitor]
-    ratios = np.stack([scores[d.name] / d.threshold for d in judges])  # [D, B]
-    if combiner is not None:
-        combined = combiner.ratio(scores)
+    names = [d.name for d in detectors]
+    judges = [i for i, d in enumerate(detectors) if not d.monitor]
+    table = np.stack([scores[n] for n in names])  # [D, B], every detector
+    ratios = table[judges] / np.array([[detectors[i].threshold] for i in judges])  # judges only
+    fired = ratios >= 1.0
+    if combiner is None:
+        row_score = ratios.max(axis=0)
+    else:
         p_values = combiner.p_values(scores)
+        row_score = combiner.ratio(scores, p_values)
+        flagged = row_score >= 1.0
+        fired &= flagged
+        # A flagged row on which no detector passes its own threshold names its most unusual one.
+        unnamed = flagged & ~fired.any(axis=0)
+        if unnamed.any():
+            smallest = np.argmin(np.stack([p_values[names[i]] for i in judges]), axis=0)
+            fired[smallest[unnamed], np.flatnonzero(unnamed)] = True
+    # Python lists once: the per-request loop below then costs no numpy calls for 1-row requests.
+    table_rows, fired_rows, score_rows = table.T.tolist(), fired.T.tolist(), row_score.tolist()
+    judge_names = [names[i] for i in judges]
+    trigger = [detectors[i].verdict == TRIGGER for i in judges]
     results = []
     for span in rows:
-        worst = ratios[:, span].max(axis=1)
-        if combiner is None:
-            score = float(worst.max())
-            fired = [d for d, r in zip(judges, worst) if r >= 1.0]
+        if span.stop - span.start == 1:
+            row = span.start
+            score, row_fired, row_scores = score_rows[row], fired_rows[row], table_rows[row]
         else:
-            row = span.start + int(np.argmax(combined[span]))
-            score = float(combined[row])
-            fired = [d for d, r in zip(judges, worst) if r >= 1.0] if score >= 1.0 else []
-            if score >= 1.0 and not fired:
-                fired = [min(judges, key=lambda d: p_values[d.name][row])]
-        kinds = {d.verdict for d in fired}
-        verdict = TRIGGER if TRIGGER in kinds else ADVERSARIAL if kinds else CLEAN
-        results.append(Verdict(
-            verdict, score, tuple(d.name for d in fired),
-            {d.name: float(scores[d.name][span].max()) for d in detectors},
-        ))
+            score = float(row_score[span].max())
+            row_fired = fired[:, span].any(axis=1).tolist()
+            row_scores = table[:, span].max(axis=1).tolist()
+        by = tuple(n for n, f in zip(judge_names, row_fired) if f)
+        verdict = (TRIGGER if any(t for t, f in zip(trigger, row_fired) if f) else ADVERSARIAL) if by else CLEAN
+        results.append(Verdict(verdict, float(score), by, dict(zip(names, row_scores))))
     return results
