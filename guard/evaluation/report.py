@@ -58,6 +58,7 @@ def markdown_table(results: dict) -> str:
 def markdown(results: dict) -> str:
     meta = results["meta"]
     fprs = " / ".join(f"{f:.0%}" for f in FPRS)
+    methods = ", ".join(sorted({f"`{m.get('ensemble_method', 'union')}`" for m in results.get("models", {}).values()}))
     return (
         f"# guard evaluate: detection results\n\n"
         f"Command: `{meta['command']}` (seed {meta['seed']}, {meta['samples']} test images, "
@@ -68,11 +69,12 @@ def markdown(results: dict) -> str:
         "counts as successful only if the SERVED model misclassifies it (triggers: classifies it as the "
         "target). ASR = successful / eligible (eligible: clean image classified correctly by the served model; "
         "triggers: label != target). Detection is measured on successful examples only. Thresholds are fitted on "
-        "the calibration split with the gateway's union rule (`fit_thresholds`); the first rows give the realised "
+        "the calibration split with the gateway's own rules (guard.ensemble: the ensemble by its configured "
+        f"method, {methods}; baselines and single detectors as unions); the first rows give the realised "
         "clean flag rate on the test split.\n\n"
-        f"Cells: detection at {fprs} target FPR / AUROC (clean test vs successful examples; ensembles score "
-        "max over detectors of score / threshold at 5%). A dash: no such detector for that model, or no "
-        "successful example.\n\n"
+        f"Cells: detection at {fprs} target FPR / AUROC (clean test vs successful examples; the ensemble and "
+        "the baselines are scored by their ratio to the 5% thresholds, the gateway's `guard_score`). A dash: "
+        "no such detector for that model, or no successful example.\n\n"
         + markdown_table(results)
         + "".join(f"\n{note}\n" for note in meta.get("notes", []))
     )
