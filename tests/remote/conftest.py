@@ -33,7 +33,9 @@ def mlserver_digits():
 
 
 def drop_detectors(text: str, types=FEATURE_DETECTORS) -> str:
-    """The config without the [[detectors]] tables of the given types."""
+    """The config without the [[detectors]] tables of the given types, and without its [ensemble]
+    table (whose clean scores name every detector): what is left combines as a union."""
+    text = re.sub(r"(?ms)^\[ensemble\]\n.*?(?=^\[|\Z)", "", text)
     blocks = re.split(r"(?m)^(?=\[\[detectors\]\])", text)
     return "".join(b for b in blocks if not any(f'type = "{t}"' in b for t in types))
 
@@ -61,7 +63,8 @@ def passthrough_repository(tmp_path: Path, source: str = "digits", name: str | N
     directory = repository / (name or source)
     shutil.copytree(DEMO_REPOSITORY / source, directory)
     path = directory / "config.toml"
-    text = drop_detectors(path.read_text(), types=("squeeze_bit_depth", "squeeze_median", *FEATURE_DETECTORS))
+    text = drop_detectors(path.read_text(), types=("squeeze_bit_depth", "squeeze_median", "confidence_margin",
+                                                   *FEATURE_DETECTORS))
     path.write_text(text.replace(f'name = "{source}"', f'name = "{name or source}"', 1))
     return repository
 
