@@ -10,9 +10,9 @@ p = (1 + #{clean >= s}) / (n + 1), and the row's statistic is Fisher's T = -2 * 
 threshold on T holds the false-positive rate. Above the top decile of the clean scores the p-value
 follows an exponential tail fitted to that decile (peaks over threshold): an empirical p-value
 cannot go below 1 / (n + 1), which would cap what a detector that plainly sees an attack can
-contribute, while the detectors that see nothing keep adding their clean-looking share. Evidence adds up: a row that is unusual to two
-detectors outranks one that is a little more unusual to only one, and a detector that sees nothing
-costs the others little. The threshold comes from the calibration rows' own T, each computed
+contribute, while the detectors that see nothing keep adding their clean-looking share. Evidence
+adds up: a row that is unusual to two detectors outranks one that is a little more unusual to only
+one, and a detector that sees nothing costs the others little. The threshold comes from the calibration rows' own T, each computed
 leave-one-out (its p-values against the other n - 1 rows), the same exchangeability argument as
 split-conformal calibration.
 

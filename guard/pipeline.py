@@ -113,7 +113,7 @@ class GuardPipeline:
 
 
 def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice],
-             combiner: "Fisher | None" = None) -> list[Verdict]:
+             combiner: Fisher | None = None) -> list[Verdict]:
     """One verdict per request (a slice of rows): the worst row decides, flags are unioned.
     Monitor detectors are reported with the others but never flag. Without a combiner the
     detectors flag as a union (each against its threshold); with one, its statistic decides and

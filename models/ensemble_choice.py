@@ -35,9 +35,9 @@ from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pgd_eps0.1", "pgd_eps0.3", "bim_eps0.3", "cw", "deepfool")
+# The other p-value combinations tried; fisher and omnibus are guard.ensemble's own.
 STATISTICS = {
-    "fisher": lambda p: -2 * np.sum([np.log(v) for v in p.values()], axis=0),
-    "tippett": lambda p: -np.log(np.min(list(p.values()), axis=0)),
+    "tippett": Fisher.min_p_statistic,
     "cauchy": lambda p: np.sum([np.tan((0.5 - v) * np.pi) for v in p.values()], axis=0),
     "hmp": lambda p: np.sum([1.0 / v for v in p.values()], axis=0),
 }
@@ -47,6 +47,7 @@ def rules(calibration: dict[str, np.ndarray], target: float) -> dict:
     """Each rule as a function scores -> flags, fitted on clean calibration scores."""
     fitted = {"union": lambda s, u=Union.fit(calibration, target): u.ratio(s) >= 1.0}
     reference = Fisher.fit(calibration, target)
+    fitted["fisher"] = lambda s: reference.ratio(s) >= 1.0
     n = len(next(iter(calibration.values())))
     loo = {k: Fisher._p(reference.references[k], np.asarray(v, np.float64), loo=True) for k, v in calibration.items()}
     for name, statistic in STATISTICS.items():

@@ -1,11 +1,10 @@
 """Evaluation metrics: attack success, detection at a clean false-positive rate, AUROC, ensembles.
 
-A "scorer" is a set of detectors flagging as a union (a row is flagged when ANY of them reaches its
-threshold), exactly as the gateway decides. A single detector is a scorer of one. Thresholds come
-from guard.calibration.fit_thresholds on the CALIBRATION split's scores (the same split-conformal
-rule the gateway is calibrated with); the test split only measures. For AUROC a scorer's
-continuous score is max over its detectors of score / threshold-at-5%, which is the gateway's own
-`guard_score` for the full ensemble.
+A "scorer" is a set of detectors combined as the gateway combines them (guard.ensemble: a union,
+or Fisher / omnibus over p-values); a single detector is a scorer of one. Thresholds are fitted
+with the gateway's own code on the CALIBRATION split's scores; the test split only measures. For
+AUROC a scorer's continuous score is its ratio to the 5% thresholds, which is the gateway's own
+`guard_score` for the ensemble.
 """
 
 from __future__ import annotations
@@ -36,21 +35,6 @@ def success(clean_pred: np.ndarray, adv_pred: np.ndarray, y: np.ndarray,
 def attack_success_rate(eligible: np.ndarray, successful: np.ndarray) -> float | None:
     n = int(np.sum(eligible))
     return None if n == 0 else float(np.sum(successful & eligible) / n)
-
-
-def union_flags(scores: Scores, thresholds: dict[str, float]) -> np.ndarray:
-    return np.logical_or.reduce([np.asarray(scores[n]) >= t for n, t in thresholds.items()])
-
-
-def ratio_score(scores: Scores, thresholds: dict[str, float]) -> np.ndarray:
-    """max over detectors of score / threshold (>= 1 means flagged at those thresholds)."""
-    return np.max([np.asarray(scores[n], np.float64) / t for n, t in thresholds.items()], axis=0)
-
-
-def detection_rate(scores: Scores, thresholds: dict[str, float]) -> float | None:
-    """Share of rows flagged by the union; None when there are no rows."""
-    flags = union_flags(scores, thresholds)
-    return None if flags.size == 0 else float(flags.mean())
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
