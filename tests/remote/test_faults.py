@@ -96,18 +96,17 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
             assert health(front.grpc_url, "") == health_pb2.HealthCheckResponse.SERVING  # alive: no restart
             stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(front.grpc_url))
             load = Load(front.grpc_url, x)
-            # The first request also pays the gateway's one-time work (torch's first ops, the
-            # channel's first connection attempt); the timed ones below are the steady state.
-            with pytest.raises(grpc.RpcError) as info:
-                stub.ModelInfer(load.request, timeout=CLIENT_TIMEOUT)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            seconds = []
             for _ in range(20):  # with the circuit open each costs about a gRPC round trip
                 start = time.monotonic()
                 with pytest.raises(grpc.RpcError) as info:
                     stub.ModelInfer(load.request, timeout=CLIENT_TIMEOUT)
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "upstream model 'digits'" in info.value.details()
-                assert time.monotonic() - start < 0.5
+                seconds.append(time.monotonic() - start)
+            # Failing fast, not waiting out the upstream timeout (1 s): every call well before it,
+            # the typical one far before (a single slow call on a busy 2-core host is scheduling).
+            assert max(seconds) < 0.9 and sorted(seconds)[len(seconds) // 2] < 0.1, seconds
             peer.start()
             wait_for(lambda: ready(client), timeout=3)
             wait_for(lambda: health(front.grpc_url) == health_pb2.HealthCheckResponse.SERVING, timeout=1)
