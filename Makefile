@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test proto proto-check models clean-venv
+.PHONY: serve test proto proto-check models mutation clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ models: $(STAMP)  ## rebuild every model in models/ from scratch (seeded; see ea
 	$(PY) -m models.adversarial
 	$(PY) -m models.pruning
 	$(PY) -m models.backdoor
+
+mutation: $(STAMP)  ## mutation score of the serving and detection core (slow: about an hour; scripts/mutation.py)
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) scripts/mutation.py $(ARGS)
 
 proto-check: $(STAMP)
 	$(PY) proto/generate.py --check

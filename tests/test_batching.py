@@ -152,14 +152,18 @@ async def test_cancelled_request_frees_its_queue_slot():
 
 
 async def test_instances_bound_concurrent_batches():
-    active, peak, lock = 0, 0, threading.Lock()
+    """Two instances: the first batch waits until a second runs beside it (so two do run at once,
+    however the threads are scheduled), and no third ever joins them."""
+    active, peak, lock, pair = 0, 0, threading.Lock(), threading.Event()
 
     def execute(payloads, deadline):
         nonlocal active, peak
         with lock:
             active += 1
             peak = max(peak, active)
-        threading.Event().wait(0.02)
+            if active == 2:
+                pair.set()
+        assert pair.wait(10), "a second batch never ran beside the first"
         with lock:
             active -= 1
         return payloads

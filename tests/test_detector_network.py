@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 
 from guard.calibrate import calibrate_model
 from guard.detectors import Outputs, build_detectors
@@ -74,3 +75,18 @@ def test_calibrates_on_the_demo_model(tmp_path):
     assert report["calibration_fpr"] <= 0.05
     assert report["thresholds"]["net"] > 0
     assert "features_output" in (tmp_path / "digits" / "config.toml").read_text()
+
+    # It detects: on PGD examples of test images (never trained or calibrated on), at the calibrated
+    # threshold, it flags far more often than a detector that cannot tell them from clean inputs,
+    # which flags at most the target rate: more than the 1-in-a-million upper quantile of that count.
+    x_test, y_test = load_split("test")
+    x_test, y_test = np.array(x_test[:128]), y_test[:128]
+    attacked, _, _ = pgd_examples(load_surrogate(), x_test, y_test, seed=1, progress=False)
+    (detector,) = build_detectors(tmp_path / "digits" / "config.toml", [{"name": "net", "type": "detector_network",
+                                                                          "threshold": report["thresholds"]["net"]}])
+    logits, features = served_outputs(DEMO_MODEL, attacked)
+    scores = detector.score(Outputs(torch.from_numpy(logits), torch.softmax(torch.from_numpy(logits), -1),
+                                    torch.from_numpy(features)), None)
+    flagged = int((scores.numpy() >= detector.threshold).sum())
+    chance = int(binom.isf(1e-6, len(attacked), 0.05))
+    assert flagged > chance, f"{flagged} of {len(attacked)} flagged; chance alone reaches {chance}"

@@ -113,8 +113,13 @@ def test_one_backend_call_per_batch_over_every_variant():
     assert backend.calls == [5 * (1 + 1 + 1 + 3)]
     np.testing.assert_array_equal(result.outputs["logits"], x.reshape(5, -1)[:, :3])  # the original's slice
     assert {k: v.shape for k, v in result.scores.items()} == {"b": (5,), "m": (5,), "s": (5,)}
-    judged = verdicts(detectors, result.scores, [slice(0, 2), slice(2, 5)])
-    assert [v.verdict in ("clean", "adversarial", "trigger") for v in judged] == [True, True]
+    spans = [slice(0, 2), slice(2, 5)]
+    judged = verdicts(detectors, result.scores, spans)
+    for span, got in zip(spans, judged):  # each request: the union over its rows, as the scores say
+        fired = tuple(d.name for d in detectors if (result.scores[d.name][span] >= d.threshold).any())
+        assert got.flagged_by == fired
+        assert got.verdict == ("trigger" if "s" in fired else "adversarial" if fired else "clean")
+        assert got.score == max(result.scores[d.name][span].max() / d.threshold for d in detectors)
 
 
 def test_trigger_detector_sets_the_trigger_verdict():

@@ -171,17 +171,25 @@ class RemoteBackend(Backend):
     def _connection_failed(self, error: grpc.RpcError) -> None:
         self.problem = f"unreachable: {error.details()}"
         self.circuit.failure()
+        self._mark_down_if_open(error.details())
+
+    def _mark_down_if_open(self, why: str) -> None:
         if self.circuit.state == OPEN and self._healthy:
             self._healthy = False  # readiness follows at once; the watcher confirms recovery
-            log.warning("%s down: %s", self.where, error.details())
+            log.warning("%s down: %s", self.where, why)
 
     def _error(self, failure: Exception, timeout: float) -> GuardError:
         if isinstance(failure, GuardError):
             return failure
         code, details = failure.code(), failure.details()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            if self.circuit.state == HALF_OPEN:
-                self.circuit.failure()  # the probe call got no answer: stay open
+            # No answer within the upstream's own limit (timeout_s) counts against it like a
+            # refused connection: a hung or blackholed upstream would otherwise hold every request
+            # for timeout_s. A request's own short deadline says nothing about the upstream.
+            if self.circuit.state == HALF_OPEN or timeout >= self.remote.timeout_s:
+                self.problem = f"no answer within {timeout * 1e3:.0f} ms"
+                self.circuit.failure()
+                self._mark_down_if_open(self.problem)
             return DeadlineExceeded(f"{self.where} did not answer within {timeout * 1e3:.0f} ms")
         if code == grpc.StatusCode.UNAVAILABLE:
             if _never_sent(failure):
@@ -223,8 +231,10 @@ class RemoteBackend(Backend):
         except grpc.RpcError as exc:
             ready = False
             self.problem = f"{exc.code().name}: {exc.details()}"
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                self.circuit.trip()  # requests fail at once instead of each finding out
+            # Unreachable, or reachable but silent (a hung process, a blackholed route): requests
+            # fail at once instead of each finding out.
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self.circuit.trip()
         if ready:
             self.circuit.close()
         self._healthy = ready

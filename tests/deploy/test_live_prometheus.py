@@ -33,8 +33,13 @@ from tests.deploy.helpers import (PROMETHEUS, RULES, dashboard_targets, load_rul
 pytestmark = pytest.mark.timeout(420)  # includes a first-time apt-get install of prometheus
 
 MODELS = ("digits", "digits_fp32")
-TRAFFIC_SECONDS = 4.0  # several 1 s scrapes while counters rise, so rates and quantiles are not empty
 WAIT_SECONDS = 20.0
+TRAFFIC_LIMIT_SECONDS = 90.0  # traffic runs until Prometheus has seen enough of it, at most this long
+# Rates and quantiles need two scrapes that saw a counter rise: traffic goes on until every
+# model's OK and INVALID_ARGUMENT counts have changed twice in Prometheus' eyes (a subquery at
+# the 1 s scrape interval), however slowly this host serves or scrapes.
+SEEN_RISING = ('count(changes((sum by (model, code) (guard_requests_total{job="guard"}))[1m:1s]) >= 2)'
+               f' >= {2 * len(MODELS)}')
 
 
 def first_threshold_hair_trigger(text: str) -> str:
@@ -116,18 +121,24 @@ def prometheus_process(binary: str, tmp_path, metrics_port: int):
         log.close()
 
 
-def drive_traffic(url: str, x: np.ndarray) -> int:
-    """Clean, noisy and invalid requests to both models for TRAFFIC_SECONDS; returns how many were sent."""
+def drive_traffic(url: str, x: np.ndarray, enough) -> int:
+    """Clean, noisy and invalid requests to both models until enough() (asked every half second);
+    returns how many were sent."""
     rng = np.random.default_rng(0)
     sent, i = 0, 0
-    deadline = time.monotonic() + TRAFFIC_SECONDS
+    began = next_check = time.monotonic()
     with triton.InferenceServerClient(url) as client:
         def infer(model, array):
             tensor = triton.InferInput("input", list(array.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32))
             return client.infer(model, [tensor])
 
-        while time.monotonic() < deadline:
+        while True:
+            if time.monotonic() >= next_check:
+                if enough():
+                    return sent
+                assert time.monotonic() - began < TRAFFIC_LIMIT_SECONDS, "prometheus never saw the traffic rise"
+                next_check = time.monotonic() + 0.5
             for model in MODELS:
                 rows = 1 + i % 2
                 start = (i * 2) % (len(x) - 2)
@@ -143,7 +154,6 @@ def drive_traffic(url: str, x: np.ndarray) -> int:
                         infer(model, bad)
                     sent += 1
             i += 1
-    return sent
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +164,7 @@ def live(prometheus_tools, tmp_path_factory, held_out):
             prometheus_process(prometheus_tools["prometheus"], tmp_path, gateway.server.metrics_port) as prom:
         # The gateway's gauges are scraped before any traffic, so rates start from a sample.
         assert prom.wait_for('up{job="guard"} == 1'), "prometheus never scraped the gateway"
-        sent = drive_traffic(gateway.grpc_url, held_out[0])
+        sent = drive_traffic(gateway.grpc_url, held_out[0], lambda: bool(prom.query(SEEN_RISING)))
         # Wait until a scrape has seen every request, then for the rules to evaluate on it.
         total = prom.wait_for('sum(guard_requests_total{job="guard"})',
                               lambda r: r and float(r[0]["value"][1]) == sent)

@@ -66,6 +66,19 @@ def inf_typed():
     return request(bad, raw=False)
 
 
+def duplicate_input():
+    message = request()
+    message.inputs.add(name="input", datatype="FP32", shape=[1, 1, 16, 16])
+    message.raw_input_contents.append(GOOD.tobytes())
+    return message
+
+
+def typed_overflow():
+    message = pb.ModelInferRequest(model_name="digits")
+    message.inputs.add(name="input", datatype="UINT8", shape=[1, 2]).contents.uint_contents.extend([7, 300])
+    return message
+
+
 def wrong_typed_field():
     message = request(raw=False)
     message.inputs[0].contents.ClearField("fp32_contents")
@@ -96,6 +109,9 @@ CASES = {
                           "datatype FP32 expects its values in contents.fp32_contents"),
     "mixed raw and typed": (mixed, grpc.StatusCode.INVALID_ARGUMENT, "typed contents and raw_input_contents are mixed"),
     "missing input": (missing_input, grpc.StatusCode.INVALID_ARGUMENT, "input 'input' is missing"),
+    "duplicate input": (duplicate_input, grpc.StatusCode.INVALID_ARGUMENT, "input 'input' appears more than once"),
+    "typed overflow": (typed_overflow, grpc.StatusCode.INVALID_ARGUMENT,
+                       "input 'input': contents.uint_contents holds values outside UINT8"),
     "extra input": (two_inputs, grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'extra'"),
     "wrong input name": (lambda: request(name="image"), grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'image'"),
     "NaN": (nan_input, grpc.StatusCode.INVALID_ARGUMENT, "expected finite values, got NaN or Inf"),

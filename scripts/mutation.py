@@ -1,0 +1,169 @@
+"""Mutation testing of the serving and detection core: does the suite fail when the code changes?
+
+    .venv/bin/python scripts/mutation.py [--modules policy,batching] [--jobs 2] [--out reports/mutation]
+
+For each core module, mutmut (2.x) makes small edits (an operator, a constant, a comparison, a
+string) one at a time and runs the tests that exercise that module; a mutant the tests still pass
+on "survived". The work happens in scratch copies of the working tree (tracked and untracked
+files), never in the checkout itself. Results: `results.json` and `results.md` (score per module,
+every survivor's diff), with survivors judged equivalent (no behaviour can tell them apart) listed
+in EQUIVALENT below and counted apart.
+
+Slow on purpose (about an hour on 2 cores): it is a tool for changes to the core, not a CI step.
+
+mutmut 2.x, not 3.x: 3.x loads the suite once in process and forks a child per mutant, and the
+suite starts gRPC servers and torch thread pools, which do not survive a fork; 2.x runs the test
+command as a fresh process per mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Module -> the tests that exercise it (unit tests first: `-x` stops at the first failure, so a
+# mutant the fast tests catch never starts a server).
+TARGETS: dict[str, tuple[str, ...]] = {
+    "guard/policy.py": ("tests/test_policy.py", "tests/serving/test_verdicts_live.py"),
+    "guard/dataplane.py": ("tests/serving", "tests/transport", "tests/test_policy.py"),
+    "guard/batching.py": ("tests/test_batching.py", "tests/serving/test_admission.py", "tests/transport"),
+    "guard/runtime.py": ("tests/serving", "tests/transport", "tests/test_policy.py"),
+    "guard/pipeline.py": ("tests/test_detectors.py", "tests/test_ensemble.py", "tests/serving",
+                          "tests/test_policy.py"),
+    "guard/ensemble.py": ("tests/test_ensemble.py", "tests/test_calibration.py", "tests/serving"),
+    "guard/calibration.py": ("tests/test_calibration.py", "tests/test_ensemble.py"),
+    "guard/validation.py": ("tests/transport", "tests/serving"),
+    "guard/transport/codec.py": ("tests/transport", "tests/serving", "tests/test_proto.py"),
+    "guard/backends/circuit.py": ("tests/remote/test_circuit.py", "tests/remote/test_faults.py",
+                                  "tests/remote/test_blackhole.py"),
+}
+
+# Survivors no test can kill because the program behaves the same: (module, the mutated line as
+# mutmut shows it after the edit, why). Matched on the module and the line's new text.
+EQUIVALENT: list[tuple[str, str, str]] = []
+
+STATUSES = {"ok_killed": "killed", "bad_timeout": "timeout", "ok_suspicious": "suspicious",
+            "bad_survived": "survived", "skipped": "skipped", "untested": "untested"}
+
+
+def scratch_copy(destination: Path) -> None:
+    """Tracked and untracked (not ignored) files of the checkout, as they are now."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def existing(tests: tuple[str, ...]) -> list[str]:
+    return [t for t in tests if (ROOT / t).exists()]
+
+
+def run_module(module: str, tests: tuple[str, ...], log_dir: Path) -> dict:
+    """mutmut over one module in its own scratch copy; returns counts and survivors."""
+    with tempfile.TemporaryDirectory(prefix="guard-mutation-") as scratch:
+        work = Path(scratch)
+        scratch_copy(work)
+        runner = (f"{sys.executable} -m pytest -x -q -p no:cacheprovider -p no:randomly "
+                  f"-o addopts='' {' '.join(existing(tests))}")
+        started = time.monotonic()
+        log = (log_dir / (module.replace("/", "_") + ".log")).open("w")
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", module, "--runner", runner,
+                        "--no-progress", "--simple-output"], cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.monotonic() - started
+        with sqlite3.connect(work / ".mutmut-cache") as db:
+            rows = db.execute("SELECT mutant.id, mutant.status, line.line_number FROM mutant "
+                              "JOIN line ON mutant.line = line.id").fetchall()
+        survivors = []
+        for mutant_id, status, number in rows:
+            if status in ("bad_survived", "ok_suspicious", "untested", "skipped"):
+                diff = subprocess.run([sys.executable, "-m", "mutmut", "show", str(mutant_id)], cwd=work,
+                                      capture_output=True, text=True).stdout.strip()
+                survivors.append({"id": mutant_id, "status": STATUSES[status], "line": number + 1,
+                                  "diff": diff, "equivalent": equivalence(module, diff)})
+        counts: dict[str, int] = {}
+        for _, status, _ in rows:
+            counts[STATUSES[status]] = counts.get(STATUSES[status], 0) + 1
+        return {"module": module, "tests": list(existing(tests)), "counts": counts, "seconds": round(seconds),
+                "survivors": survivors}
+
+
+def equivalence(module: str, diff: str) -> str | None:
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    for where, text, why in EQUIVALENT:
+        if where == module and any(text == line for line in added):
+            return why
+    return None
+
+
+def score(result: dict) -> tuple[int, int, int]:
+    """(detected, equivalent, total): timeouts count as detected (the suite did not pass)."""
+    counts = result["counts"]
+    total = sum(counts.values())
+    detected = counts.get("killed", 0) + counts.get("timeout", 0)
+    equivalent = sum(1 for s in result["survivors"] if s["equivalent"])
+    return detected, equivalent, total
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| module | mutants | killed | timeout | survived | equivalent | score "
+             "| score without equivalents | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+    all_detected = all_equivalent = all_total = 0
+    for r in results:
+        detected, equivalent, total = score(r)
+        all_detected += detected
+        all_equivalent += equivalent
+        all_total += total
+        c = r["counts"]
+        lines.append(f"| {r['module']} | {total} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
+                     f"{total - detected} | {equivalent} | {detected / max(total, 1):.1%} | "
+                     f"{detected / max(total - equivalent, 1):.1%} | {r['seconds'] / 60:.0f} |")
+    lines.append(f"| **all** | {all_total} | | | {all_total - all_detected} | {all_equivalent} | "
+                 f"**{all_detected / max(all_total, 1):.1%}** | "
+                 f"**{all_detected / max(all_total - all_equivalent, 1):.1%}** | |")
+    for r in results:
+        if not r["survivors"]:
+            continue
+        lines += ["", f"## {r['module']}: survivors", ""]
+        for s in r["survivors"]:
+            note = f" (equivalent: {s['equivalent']})" if s["equivalent"] else ""
+            lines += [f"mutant {s['id']}, line {s['line']}, {s['status']}{note}", "```diff", s["diff"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", help="comma-separated module stems or paths (default: every target)")
+    parser.add_argument("--jobs", type=int, default=2, help="modules mutated at the same time")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "mutation")
+    args = parser.parse_args(argv)
+    chosen = list(TARGETS)
+    if args.modules:
+        wanted = args.modules.split(",")
+        chosen = [m for m in TARGETS if m in wanted or Path(m).stem in wanted]
+        if not chosen:
+            parser.error(f"no target matches {wanted}; targets: {', '.join(TARGETS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda m: run_module(m, TARGETS[m], args.out), chosen))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
+    print(markdown(results).split("\n\n## ")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
