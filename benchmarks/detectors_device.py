@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guard.detectors import Outputs
-from guard.detectors.confidence import ConfidenceMarginDetector
-from guard.detectors.squeezing import BitDepthDetector, MedianDetector
+from guard.detection.detectors import Outputs
+from guard.detection.detectors.confidence import ConfidenceMarginDetector
+from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 
 SHAPES = {"digits 1x16x16": (1, 16, 16), "image 3x224x224": (3, 224, 224)}
 CLASSES = 10
 
 
 def guard_work(x_host: np.ndarray, device: torch.device, detectors, logits_host: np.ndarray) -> None:
-    """One batch's detector work as guard.pipeline does it, host arrays in and out."""
+    """One batch's detector work as guard.detection.pipeline does it, host arrays in and out."""
     x = torch.from_numpy(x_host).to(device)
     variants = torch.cat([x, *(d.variants(x) for d in detectors if d.num_variants)])
     variants.cpu()  # the pipeline hands the backend a host array

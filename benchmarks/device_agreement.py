@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from guard.config import load_model_config
-from guard.metrics import GuardMetrics
-from guard.runtime import ModelRuntime
+from guard.serving.metrics import GuardMetrics
+from guard.serving.model_config import load_model_config
+from guard.serving.runtime import ModelRuntime
 from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main() -> None:
     verdicts = {}
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         runtime = ModelRuntime(dataclasses.replace(config, device=device), GuardMetrics().for_model(config.name))
-        verdicts[device] = [runtime.execute([{config.guarded_input: x[i:i + 1]}])[0].verdict for i in range(len(x))]
+        verdicts[device] = [runtime.execute([{config.detection.guarded_input: x[i:i + 1]}])[0].verdict for i in range(len(x))]
         names = list(verdicts[device][0].scores)
         print(f"{device}: {sum(v.flagged for v in verdicts[device])} of {len(x)} flagged; by detector "
               + str({n: sum(n in v.flagged_by for v in verdicts[device]) for n in names}))

@@ -15,7 +15,7 @@ import sys
 import grpc
 import numpy as np
 
-from guard.proto import inference_pb2 as pb
+from guard.protocol.proto import inference_pb2 as pb
 
 
 def canned_response(output_shape: tuple[int, ...]) -> bytes:

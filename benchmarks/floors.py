@@ -8,13 +8,13 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from guard.config import ModelConfig
+from guard.serving.model_config import ModelConfig
 
 
 def session_for(config: ModelConfig) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.backend.intra_op_threads
-    options.inter_op_num_threads = config.backend.inter_op_threads
+    options.intra_op_num_threads = config.backend.settings.intra_op_threads
+    options.inter_op_num_threads = config.backend.settings.inter_op_threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(config.model_file), options, providers=["CPUExecutionProvider"])
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from guard.proto import inference_pb2 as pb
-from guard.proto import inference_pb2_grpc as pb_grpc
+from guard.protocol.proto import inference_pb2 as pb
 
 
 @dataclass

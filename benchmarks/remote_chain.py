@@ -36,8 +36,8 @@ import numpy as np
 from benchmarks.gateway_process import gateway
 from benchmarks.loadgen import closed_loop, infer_requests
 from benchmarks.peers.mlserver import MLServerProcess
-from guard.proto import inference_pb2 as pb
-from guard.proto import inference_pb2_grpc as pb_grpc
+from guard.protocol.proto import inference_pb2 as pb
+from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from models.digits_data import load_split
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
@@ -99,7 +99,7 @@ class Poller:
     def first_success_after(self, moment: float) -> float | None:
         return min((t for t in self.successes if t > moment), default=None)
 
-    def __enter__(self) -> "Poller":
+    def __enter__(self) -> Poller:
         self._thread.start()
         return self
 

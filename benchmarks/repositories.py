@@ -16,8 +16,9 @@ import shutil
 import tomllib
 from pathlib import Path
 
-from guard.detectors import REGISTRY, squeezer_tables
-from guard.toml_writer import dumps
+import tomli_w
+
+from guard.detection.detectors import REGISTRY, squeezer_tables
 
 log = logging.getLogger("benchmarks.repositories")
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, p
         if not detectors:
             config.pop("ensemble")
         else:  # the stored references are the calibration scores: refit the threshold on the kept ones
-            from guard.ensemble import Fisher
+            from guard.detection.ensemble import Fisher
 
             kept = [d["name"] for d in detectors if not d.get("monitor")]
             stored = Fisher.load(full / ensemble["references"], ensemble["threshold"])
@@ -55,7 +56,7 @@ def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, p
     if not detectors:
         config.pop("detectors")
     (entry / "config.toml").write_text(f"# Benchmark configuration {name!r}, derived from {full.name}.\n"
-                                       + dumps(config))
+                                       + tomli_w.dumps(config))
 
 
 def build(full: Path, target: Path) -> Path:
@@ -79,7 +80,7 @@ def calibrated_full(onnx_path: Path, cache: Path, samples: int) -> Path:
     import numpy as np
 
     from benchmarks.zoo import CLASSES, sample_crops
-    from guard.calibrate import calibrate_model
+    from guard.tools.calibrate import calibrate_model
 
     repository = cache / "calibrated"
     entry = repository / f"{onnx_path.stem}_n{samples}"

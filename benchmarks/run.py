@@ -25,8 +25,8 @@ from tqdm import tqdm
 from benchmarks import floors, profiling, report, subjects
 from benchmarks.echo_server import echo_server
 from benchmarks.gateway_process import start_gateway
-from benchmarks.loads import Target, measure
 from benchmarks.loadgen import infer_requests
+from benchmarks.loads import Target, measure
 from benchmarks.peers import mlserver
 
 log = logging.getLogger("benchmarks.run")
@@ -65,7 +65,7 @@ def plan_for(mode: str) -> Plan:
         return Plan(models={"digits": EVERYTHING, "mobilenet_v3_small_fp32": ("echo", "passthrough", "full_flag")},
                     concurrencies={"digits": (1, 16), "mobilenet_v3_small_fp32": (16,)}, duration=2.0,
                     open_fractions=(0.5,), open_configurations=("full_flag",), calibration_samples=32)
-    models = {name: EVERYTHING for name in subjects.MODELS}
+    models = dict.fromkeys(subjects.MODELS, EVERYTHING)
     return Plan(models=models, concurrencies=dict.fromkeys(models, (1, 4, 16, 64)), duration=8.0,
                 open_fractions=(0.5, 0.9), open_configurations=("echo", "passthrough", "full_flag", *PEERS),
                 calibration_samples=96)
@@ -111,12 +111,12 @@ def _mlserver_wanted(plan: Plan) -> bool:
 def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, results: dict) -> None:
     model, wanted = subject.name, plan.models[subject.name]
     session = floors.session_for(subject.config)
-    logits = subject.config.logits_output
+    logits = subject.config.detection.logits_output
     for batch in plan.floor_batches:
         results["floors"].append({"model": model, "kind": "model",
                                   **floors.ort_floor(session, logits, subject.inputs, batch, min(plan.duration, 3.0))})
     rows = [np.ascontiguousarray(subject.inputs[i:i + 1]) for i in range(len(subject.inputs))]
-    name = subject.config.guarded_input
+    name = subject.config.detection.guarded_input
 
     if "echo" in wanted:
         with echo_server(subject.output_shape) as grpc_target:

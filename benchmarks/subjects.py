@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from benchmarks import repositories, zoo
-from guard.config import ModelConfig, load_model_config
+from guard.serving.model_config import ModelConfig, load_model_config
 
 MODELS = ("digits", *(f"{a}_{p}" for a in zoo.ARCHITECTURES for p in zoo.PRECISIONS))
 
@@ -31,7 +31,7 @@ class Subject:
     def guard_rows(self) -> int:
         """Rows the full guard sends to the backend per original row (1 + K squeezed copies); the
         run prefers the gateway's own count (guard_backend_rows_total) when it has one."""
-        return 1 + sum(_variants(d) for d in self.config.detectors)
+        return 1 + sum(_variants(d) for d in self.config.detection.detectors)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

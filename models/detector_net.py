@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from guard.detectors.network import KEYS
-from guard.onnx_features import expose_features
+from guard.backends.onnx_graph import expose_features
+from guard.detection.detectors.network import KEYS
 from models.attacks import pgd
 from models.digits_data import load_split
 from models.digits_net import DigitsNet, load_digits_net

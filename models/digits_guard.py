@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from guard import squeezers
-from guard.calibrate import calibrate_model
+from guard.detection import squeezers
+from guard.tools.calibrate import calibrate_model
 from models.digits_data import load_split
 
 DEMO_SQUEEZERS = [

@@ -9,11 +9,11 @@ train images (the same torchattacks settings as `guard evaluate`), then prints, 
 target false-positive rates, the detection rate of each combination rule and of each detector
 alone. Every rule's threshold is fitted on the clean calibration scores only:
 
-- union: any detector over its threshold, thresholds sharing the budget (guard.calibration);
-- fisher: -2 sum log p (guard.ensemble.Fisher, p-values with the exponential tail);
+- union: any detector over its threshold, thresholds sharing the budget (guard.detection.thresholds);
+- fisher: -2 sum log p (guard.detection.ensemble.Fisher, p-values with the exponential tail);
 - tippett: the smallest p-value; cauchy: sum tan((1/2 - p) pi); hmp: sum 1/p (the same p-values,
   a leave-one-out threshold on the calibration rows as Fisher's);
-- omnibus: fisher OR tippett, the two thresholds sharing the budget (guard.ensemble, shipped).
+- omnibus: fisher OR tippett, the two thresholds sharing the budget (guard.detection.ensemble, shipped).
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from guard.backends.onnxruntime import OnnxRuntimeBackend
-from guard.calibrate import score_samples
-from guard.calibration import threshold_for
-from guard.config import load_model_config
-from guard.detectors import build_detectors
-from guard.ensemble import Fisher, Union, conformal_allowance
-from guard.pipeline import GuardPipeline
+from guard.detection.detectors import build_detectors
+from guard.detection.ensemble import Fisher, Union, conformal_allowance
+from guard.detection.pipeline import GuardPipeline
+from guard.detection.thresholds import threshold_for
+from guard.serving.model_config import load_model_config
+from guard.tools.calibrate import score_samples
 from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("pgd_eps0.1", "pgd_eps0.3", "bim_eps0.3", "cw", "deepfool")
-# The other p-value combinations tried; fisher and omnibus are guard.ensemble's own.
+# The other p-value combinations tried; fisher and omnibus are guard.detection.ensemble's own.
 STATISTICS = {
     "tippett": Fisher.min_p_statistic,
     "cauchy": lambda p: np.sum([np.tan((0.5 - v) * np.pi) for v in p.values()], axis=0),
@@ -49,7 +49,7 @@ def rules(calibration: dict[str, np.ndarray], target: float) -> dict:
     reference = Fisher.fit(calibration, target)
     fitted["fisher"] = lambda s: reference.ratio(s) >= 1.0
     n = len(next(iter(calibration.values())))
-    loo = {k: Fisher._p(reference.references[k], np.asarray(v, np.float64), loo=True) for k, v in calibration.items()}
+    loo = {k: Fisher.empirical_p(reference.references[k], np.asarray(v, np.float64), loo=True) for k, v in calibration.items()}
     for name, statistic in STATISTICS.items():
         threshold = threshold_for(statistic(loo), conformal_allowance(n, target))
         fitted[name] = lambda s, f=statistic, t=threshold: f(reference.p_values(s)) >= t
@@ -62,7 +62,7 @@ def rules(calibration: dict[str, np.ndarray], target: float) -> dict:
 
 
 def main() -> None:
-    from guard.evaluation import attacks as atk
+    from guard.tools.evaluation import attacks as atk
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models/repository/digits")
@@ -70,10 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_model_config(args.model)
-    detectors = build_detectors(args.model / "config.toml", config.detectors)
-    pipeline = GuardPipeline(OnnxRuntimeBackend(config.model_file), detectors, config.guarded_input,
-                             config.logits_output, [s.name for s in config.outputs], torch.device("cpu"),
-                             config.features_output)
+    detectors = build_detectors(config.path, config.detection.detectors)
+    d = config.detection
+    pipeline = GuardPipeline(OnnxRuntimeBackend.open(config.model_file), detectors, guarded_input=d.guarded_input,
+                             logits_output=d.logits_output, output_names=[s.name for s in config.outputs],
+                             device=torch.device("cpu"), features_output=d.features_output)
     judges = [d.name for d in detectors if not d.monitor]
     x_cal, _ = load_split("calibration")
     scores, _ = score_samples(pipeline, np.array(x_cal), desc="clean calibration")

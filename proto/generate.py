@@ -1,6 +1,6 @@
-"""Generate guard/proto/ from proto/inference.proto, or check that the committed code is current.
+"""Generate guard/protocol/proto/ from proto/inference.proto, or check that the committed code is current.
 
-    python proto/generate.py           # rewrite guard/proto/inference_pb2{.py,.pyi,_grpc.py}
+    python proto/generate.py           # rewrite guard/protocol/proto/inference_pb2{.py,.pyi,_grpc.py}
     python proto/generate.py --check   # exit 1 if the committed files differ from a fresh build
 
 The generated messages are registered in a private descriptor pool instead of protobuf's default
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = ROOT / "proto" / "inference.proto"
-PACKAGE_DIR = ROOT / "guard" / "proto"
+PACKAGE_DIR = ROOT / "guard" / "protocol" / "proto"
 OUTPUTS = ("inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py")
 # grpcio-tools 1.81.x is the last line whose generated code runs on protobuf 6, which
 # tritonclient[grpc] still requires (protobuf<7).
@@ -36,8 +35,8 @@ _PRIVATE_POOL = (
 
 def generate(out_dir: Path) -> dict[str, str]:
     """Run protoc into out_dir and return the post-processed files by name."""
-    from grpc_tools import protoc  # a dev dependency: only needed to regenerate
     import grpc_tools
+    from grpc_tools import protoc  # a dev dependency: only needed to regenerate
 
     version = getattr(grpc_tools, "__version__", None) or _tools_version()
     if not version.startswith(TOOLS_LINE):
@@ -46,16 +45,17 @@ def generate(out_dir: Path) -> dict[str, str]:
     args = [
         "protoc",
         f"-I{include}",
-        # Maps the file to guard/proto/ so generated imports read `from guard.proto import ...`.
-        f"-Iguard/proto={PROTO.parent}",
+        # Maps the file to guard/protocol/proto/ so generated imports read
+        # `from guard.protocol.proto import ...`.
+        f"-Iguard/protocol/proto={PROTO.parent}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        f"guard/proto/{PROTO.name}",
+        f"guard/protocol/proto/{PROTO.name}",
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    files = {name: (out_dir / "guard" / "proto" / name).read_text() for name in OUTPUTS}
+    files = {name: (out_dir / "guard" / "protocol" / "proto" / name).read_text() for name in OUTPUTS}
     pb2 = files["inference_pb2.py"]
     if pb2.count(_DEFAULT_POOL) != 1:
         raise SystemExit("unexpected protoc output: default-pool registration not found")
@@ -91,9 +91,9 @@ def main() -> int:
         diffs = check()
         if diffs:
             print("\n".join(diffs[:200]))
-            print("guard/proto is stale: run `python proto/generate.py`", file=sys.stderr)
+            print("guard/protocol/proto is stale: run `python proto/generate.py`", file=sys.stderr)
             return 1
-        print("guard/proto is current")
+        print("guard/protocol/proto is current")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guard.background import BackgroundServer
-from guard.server import ServerSettings
+from guard.serving.background import BackgroundServer
+from guard.serving.server import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_REPOSITORY = ROOT / "models" / "repository"
@@ -39,9 +39,9 @@ def gateway():
 
 
 def demo_detector_names(model: str = "digits") -> list[str]:
-    from guard.config import load_model_config
+    from guard.serving.model_config import load_model_config
 
-    return [d["name"] for d in load_model_config(DEMO_REPOSITORY / model).detectors]
+    return [d["name"] for d in load_model_config(DEMO_REPOSITORY / model).detection.detectors]
 
 
 def copy_demo(tmp_path: Path, edit=None) -> Path:

@@ -1,24 +1,52 @@
-"""Backends behind one interface (base.Backend): ONNX Runtime in process, or a KServe v2 upstream."""
+"""Layer 2, backends: what runs the protected model, behind guard.backends.base.Backend.
+
+The registry maps a model config's `[backend] kind` to its class; each class reads its own
+settings from that table. A new backend is one file plus one line in REGISTRY.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from guard.backends.base import Backend
-from guard.config import ModelConfig
+from guard.backends.onnxruntime import OnnxRuntimeBackend
+from guard.backends.remote.backend import RemoteBackend
+from guard.protocol.settings import TableReader
+from guard.protocol.spec import ModelSpec
+
+REGISTRY: dict[str, type[Backend]] = {cls.kind: cls for cls in (OnnxRuntimeBackend, RemoteBackend)}
 
 
-def build_backends(config: ModelConfig, feature_detectors: tuple[str, ...] = ()) -> tuple[Backend, Backend | None]:
-    """(the backend the guard pipeline calls, the upstream that clean requests are forwarded to).
+@dataclass(frozen=True)
+class BackendSettings:
+    """A model's [backend] table, read by the class its `kind` names."""
 
-    onnxruntime:           (ONNX Runtime, None)
-    remote, through:       (the upstream, None): variants and originals go upstream together
-    remote, forward_clean: (ONNX Runtime on the local copy, the upstream)
-    """
-    from guard.backends.onnxruntime import OnnxRuntimeBackend
-    from guard.backends.remote import RemoteBackend
+    kind: str
+    settings: Any
 
-    remote = config.backend.remote
-    if remote is None:
-        return OnnxRuntimeBackend(config.model_file, config.backend), None
-    if remote.mode == "through":
-        return RemoteBackend(config, remote, feature_detectors), None
-    return OnnxRuntimeBackend(config.model_file, config.backend), RemoteBackend(config, remote)
+    @property
+    def backend_class(self) -> type[Backend]:
+        return REGISTRY[self.kind]
+
+    @property
+    def model_files(self) -> tuple:
+        return self.backend_class.model_files(self.settings)
+
+
+def read_backend_settings(reader: TableReader, model_name: str) -> BackendSettings:
+    kind = reader.choice("kind", tuple(REGISTRY), "onnxruntime")
+    return BackendSettings(kind, REGISTRY[kind].read_settings(reader, model_name))
+
+
+def build_backend(spec: ModelSpec, backend: BackendSettings, feature_readers: tuple[str, ...] = ()) -> Backend:
+    """The backend the guard pipeline calls, loaded (its forward_to, if any, loaded too)."""
+    built = backend.backend_class.create(spec, backend.settings, feature_readers)
+    built.load()
+    if built.forward_to is not None:
+        try:
+            built.forward_to.load()
+        except BaseException:
+            built.close()
+            raise
+    return built

@@ -1,36 +1,92 @@
-"""In-process ONNX Runtime backend."""
+"""In-process ONNX Runtime backend: the model file in the model directory, on the execution
+providers that load on this host (TensorRT -> CUDA -> CPU, guard.backends.providers)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from guard.backends.base import Backend
-from guard.backends.providers import select_providers
-from guard.config import BackendConfig
-from guard.errors import BackendError
+from guard.backends.onnx_graph import onnx_signature
+from guard.backends.providers import PROVIDERS, TensorRTConfig, select_providers
+from guard.protocol.errors import BackendError
+from guard.protocol.settings import TableReader
+from guard.protocol.spec import ModelSpec, TensorSpec
 
 log = logging.getLogger("guard.backends")
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeSettings:
+    model_file: Path
+    providers: tuple[str, ...] = PROVIDERS
+    """Execution providers in order of preference; only those that load are used."""
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, model: Path | bytes, config: BackendConfig = BackendConfig()):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
-        options.log_severity_level = 3
-        providers = select_providers(config.providers, config.tensorrt)
-        source = str(model) if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(
-            source, options, providers=[name for name, _ in providers],
-            provider_options=[opts for _, opts in providers],
+    kind = "onnxruntime"
+    keys = ("model_file", "providers", "intra_op_threads", "inter_op_threads", "tensorrt")
+
+    @classmethod
+    def read_settings(cls, reader: TableReader, model_name: str) -> OnnxRuntimeSettings:
+        reader.unknown({"kind", *cls.keys})
+        return cls.read_keys(reader)
+
+    @staticmethod
+    def read_keys(reader: TableReader) -> OnnxRuntimeSettings:
+        """Its keys of a [backend] table that may hold others (a remote backend's local copy)."""
+        providers = reader.get("providers", list, list(PROVIDERS))
+        for provider in providers:
+            if provider not in PROVIDERS:
+                raise reader.fail("providers", "a list drawn from " + ", ".join(PROVIDERS), providers)
+        trt = reader.sub("tensorrt")
+        trt.unknown({"fp16", "int8", "engine_cache_dir"})
+        return OnnxRuntimeSettings(
+            model_file=reader.file("model_file", "model.onnx", "the model's ONNX file"),
+            providers=tuple(providers),
+            intra_op_threads=reader.positive("intra_op_threads", 1, allow_zero=True),
+            inter_op_threads=reader.positive("inter_op_threads", 1, allow_zero=True),
+            tensorrt=TensorRTConfig(trt.get("fp16", bool, False), trt.get("int8", bool, False),
+                                    trt.get("engine_cache_dir", str, "")),
         )
+
+    @staticmethod
+    def model_files(settings: OnnxRuntimeSettings) -> tuple[Path, ...]:
+        return (settings.model_file,)
+
+    @classmethod
+    def open(cls, model_file: Path, **settings) -> OnnxRuntimeBackend:
+        """A loaded session outside any repository (calibration, scans, tests); keyword arguments
+        are OnnxRuntimeSettings fields."""
+        model_file = Path(model_file)
+        backend = cls(ModelSpec(model_file.stem, "1", model_file.parent, (), ()),
+                      OnnxRuntimeSettings(model_file, **settings))
+        backend.load()
+        return backend
+
+    def load(self) -> None:
+        s = self.settings
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = s.intra_op_threads
+        options.inter_op_num_threads = s.inter_op_threads
+        options.log_severity_level = 3
+        providers = select_providers(s.providers, s.tensorrt)
+        self.session = ort.InferenceSession(
+            str(s.model_file), options, providers=[name for name, _ in providers],
+            provider_options=[opts for _, opts in providers])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("onnxruntime session on %s", ", ".join(self.session.get_providers()))
+
+    def signature(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        return onnx_signature(self.settings.model_file)
 
     @property
     def description(self) -> str:

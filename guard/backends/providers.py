@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from guard.config import TensorRTConfig
-
 log = logging.getLogger("guard.backends")
+
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    fp16: bool = False
+    int8: bool = False
+    engine_cache_dir: str = ""
+    """Where built engines are cached across restarts ("" = no cache)."""
+
 
 ORT_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",

@@ -27,8 +27,15 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import copy_demo, running_gateway
-from tests.deploy.helpers import (PROMETHEUS, RULES, dashboard_targets, load_rules, recording_rules, substitute,
-                                  template_variables)
+from tests.deploy.helpers import (
+    PROMETHEUS,
+    RULES,
+    dashboard_targets,
+    load_rules,
+    recording_rules,
+    substitute,
+    template_variables,
+)
 
 pytestmark = pytest.mark.timeout(420)  # includes a first-time apt-get install of prometheus
 

@@ -13,10 +13,25 @@ import tomllib
 import pytest
 import yaml
 
-from tests.deploy.helpers import (DASHBOARD, DEPLOY, DOCKER, K8S, PROMETHEUS, ROOT, RULE_TESTS, RULES,
-                                  alerting_rules, check_expr, container, contract, dashboard_targets,
-                                  load_dashboard, pod_spec, recording_rules, render_kustomization,
-                                  strategic_merge, template_variables)
+from tests.deploy.helpers import (
+    DOCKER,
+    K8S,
+    PROMETHEUS,
+    ROOT,
+    RULE_TESTS,
+    RULES,
+    alerting_rules,
+    check_expr,
+    container,
+    contract,
+    dashboard_targets,
+    load_dashboard,
+    pod_spec,
+    recording_rules,
+    render_kustomization,
+    strategic_merge,
+    template_variables,
+)
 
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]
 OVERLAYS = [K8S / "base", K8S / "overlays" / "gpu"]
@@ -197,7 +212,7 @@ def test_hpa_scales_on_a_contracted_metric_the_adapter_serves():
 
 
 def test_configmap_is_the_shipped_digits_config_and_loads(tmp_path):
-    from guard.repository import load_repository
+    from guard.serving.repository import load_repository
 
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (source,) = [f.split("=", 1)[1] for g in base["configMapGenerator"] for f in g["files"]]

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from guard.calibrate import calibrate_model
-from guard.config import load_model_config
+from guard.serving.model_config import load_model_config
+from guard.tools.calibrate import calibrate_model
 from models.digits_data import load_split
 from models.digits_guard import ENSEMBLE, demo_detectors
 from models.quantize import ACCURACY_GATE, calibration_images, compare, convert_fp16, logits, quantize_int8
@@ -35,7 +35,7 @@ def test_shipped_int8_is_qdq_with_a_dynamic_batch_axis():
 
 def test_shipped_thresholds_were_calibrated_on_the_int8_model(tmp_path):
     config = load_model_config(REPOSITORY / "digits")
-    shipped = {d["name"]: d["threshold"] for d in config.detectors}
+    shipped = {d["name"]: d["threshold"] for d in config.detection.detectors}
     x, y = load_split("calibration")
     import shutil
 

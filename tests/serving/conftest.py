@@ -2,7 +2,7 @@
 
 import pytest
 
-from guard import detectors
+from guard.detection import detectors
 from tests.serving.helpers import Gate, GateDetector
 
 

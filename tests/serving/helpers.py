@@ -16,7 +16,7 @@ import numpy as np
 import tomli_w
 import tritonclient.grpc as triton
 
-from guard.detectors.squeezing import BitDepthDetector
+from guard.detection.detectors.squeezing import BitDepthDetector
 from tests.conftest import copy_demo
 
 
@@ -81,7 +81,7 @@ class Gate:
     def open(self) -> None:
         self.released.set()
 
-    def __enter__(self) -> "Gate":
+    def __enter__(self) -> Gate:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,7 +27,7 @@ class ServeProcess:
         self.grpc_url = self.metrics_url = ""
         self._ready = threading.Event()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         self.process = subprocess.Popen(self.command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         threading.Thread(target=self._read, daemon=True).start()

@@ -12,8 +12,8 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
-from guard import detectors
-from guard.detectors.squeezing import BitDepthDetector
+from guard.detection import detectors
+from guard.detection.detectors.squeezing import BitDepthDetector
 from tests.conftest import copy_demo, running_gateway
 from tests.serving.helpers import edit_config, infer_input, verdict
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import grpc
 
-from guard.proto import inference_pb2 as pb
-from guard.proto import inference_pb2_grpc as pb_grpc
-from guard.repository import onnx_signature
+from guard.backends.onnx_graph import onnx_signature
+from guard.protocol.proto import inference_pb2 as pb
+from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNTIME = Path(__file__).with_name("onnx_runtime.py")
@@ -104,7 +104,7 @@ class MLServerProcess:
         self.log_path = log_path or self._tmp / "mlserver.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "MLServerProcess":
+    def start(self) -> MLServerProcess:
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PYTHONPATH", None)  # the guard's path must not leak into MLServer's interpreter
@@ -149,7 +149,7 @@ class MLServerProcess:
         self.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "MLServerProcess":
+    def __enter__(self) -> MLServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

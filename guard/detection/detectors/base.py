@@ -1,0 +1,110 @@
+"""The detector interface: what a detector asks the backend to run, and how it scores the result.
+
+The pipeline gives every detector the guarded input of a whole batch. A detector may return
+extra variants of it (squeezed copies, blends); the pipeline runs the original and every
+detector's variants in ONE backend call and hands each detector its slice of the outputs.
+Detectors that learn clean statistics (class means, reference images, a small network) do so in
+`fit`, and keep what they learned as artifacts in the model's directory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from guard.protocol.settings import Param
+from guard.protocol.types import ADVERSARIAL
+
+IMAGE, TENSOR = "image", "tensor"
+"""Input kinds: IMAGE is a float [C, H, W] tensor with values in [0, 1] (what squeezers and blends
+assume); TENSOR is any numeric tensor. guard.detection.settings tells which a model's guarded input is."""
+CLASSIFICATION = "classification"
+"""Output kinds: CLASSIFICATION is [classes] logits per row."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Backend outputs for one group of rows, as torch tensors on the guard's device."""
+
+    logits: torch.Tensor
+    """[B, classes] for the original; [V, B, classes] for a detector's V variants."""
+    probabilities: torch.Tensor
+    """softmax(logits), computed once per batch for every detector."""
+    features: torch.Tensor | None = None
+    """Penultimate features ([B, D] or [V, B, D]) when the model exposes them."""
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Clean samples a detector may learn from (never the samples its threshold is set on)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    logits: np.ndarray
+    features: np.ndarray | None
+
+
+class Detector(ABC):
+    """One detector: calibrated on clean data to its own threshold (score >= threshold flags)."""
+
+    kind: ClassVar[str] = ""
+    """The `type` key that selects this class in a model config."""
+    verdict: ClassVar[str] = ADVERSARIAL
+    """What a flag from this detector means: ADVERSARIAL or TRIGGER."""
+    parameters: ClassVar[dict[str, Param]] = {}
+    needs_features: ClassVar[bool] = False
+    input_kinds: ClassVar[tuple[str, ...]] = (IMAGE, TENSOR)
+    """The guarded input kinds it can examine; checked when a model's detectors are built."""
+    output_kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
+
+    def __init__(self, name: str, threshold: float | None, directory: Path | None = None,
+                 monitor: bool = False, **params: Any):
+        self.name = name
+        self.threshold = threshold
+        self.directory = directory
+        self.monitor = monitor
+        """Scored, exported and explained, but never part of a verdict or the ensemble's budget:
+        how a new detector is tried on live traffic before it may block anything."""
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    @property
+    def num_variants(self) -> int:
+        """How many variants of each input this detector needs the backend to run."""
+        return 0
+
+    def variants(self, x: torch.Tensor) -> torch.Tensor:
+        """[V*B, ...] variants of the batch x ([B, ...]), variant-major; empty when V is 0."""
+        return x[:0]
+
+    def differentiable_variants(self, x: torch.Tensor) -> torch.Tensor:
+        """The variants as an attacker differentiates through them (guard.tools.evaluation.adaptive):
+        the same values, with a straight-through gradient where the true one is zero almost everywhere."""
+        return self.variants(x)
+
+    @abstractmethod
+    def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
+        """[B] scores, larger meaning more suspicious."""
+
+    def fit(self, data: FitData) -> None:
+        """Learn clean statistics; the default detector needs none."""
+
+    def save(self, directory: Path) -> None:
+        """Write the artifacts `fit` produced; the default detector has none."""
+
+    def to(self, device: torch.device) -> Detector:
+        """Move learned tensors to the guard's device; the default detector has none."""
+        return self
+
+    def to_config(self) -> dict[str, Any]:
+        """The config table that recreates this detector (threshold included)."""
+        table = {"name": self.name, "type": self.kind}
+        table.update({key: getattr(self, key) for key in self.parameters})
+        if self.monitor:
+            table["monitor"] = True
+        return {**table, "threshold": self.threshold}

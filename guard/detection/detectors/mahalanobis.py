@@ -1,0 +1,64 @@
+"""Feature-space detector: Mahalanobis distance of the penultimate features to the predicted class.
+
+Class-conditional Gaussians with one shared covariance, fitted on clean features (Lee et al.
+2018). Adversarial inputs and inputs carrying a backdoor trigger land in a class while their
+features stay unlike that class's clean features, so their distance to it is large.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from guard.detection.detectors.base import Detector, FitData, Outputs, Param
+
+# Ridge added to the covariance's diagonal, relative to its mean variance: dead ReLU units make
+# the covariance singular.
+RIDGE = 1e-3
+
+
+class MahalanobisDetector(Detector):
+    kind = "mahalanobis"
+    parameters = {"statistics": Param(str, default="mahalanobis.npz", artifact=True)}
+    needs_features = True
+    statistics: str
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.means = self.precision = None
+        if self.directory is not None and (self.directory / self.statistics).is_file():
+            with np.load(self.directory / self.statistics) as data:
+                self._set(data["means"], data["precision"])
+
+    def _set(self, means: np.ndarray, precision: np.ndarray) -> None:
+        self.means = torch.from_numpy(np.asarray(means, np.float32))
+        self.precision = torch.from_numpy(np.asarray(precision, np.float32))
+
+    def fit(self, data: FitData) -> None:
+        features = np.asarray(data.features, np.float64)
+        labels = data.y if data.y is not None else data.logits.argmax(1)
+        classes = data.logits.shape[1]
+        means = np.zeros((classes, features.shape[1]))
+        for c in range(classes):
+            members = features[labels == c]
+            if len(members) == 0:
+                raise ValueError(f"mahalanobis: no clean sample of class {c} to fit its mean")
+            means[c] = members.mean(0)
+        centred = features - means[labels]
+        covariance = centred.T @ centred / len(features)
+        covariance += RIDGE * max(np.trace(covariance) / len(covariance), 1e-12) * np.eye(len(covariance))
+        self._set(means, np.linalg.inv(covariance))
+
+    def save(self, directory: Path) -> None:
+        np.savez(directory / self.statistics, means=self.means.numpy(), precision=self.precision.numpy())
+
+    def to(self, device: torch.device) -> MahalanobisDetector:
+        if self.means is not None:
+            self.means, self.precision = self.means.to(device), self.precision.to(device)
+        return self
+
+    def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
+        diff = original.features.float() - self.means[original.logits.argmax(-1)]
+        return ((diff @ self.precision) * diff).sum(-1).clamp_min(0.0).sqrt()

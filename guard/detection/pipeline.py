@@ -1,0 +1,166 @@
+"""The guard pipeline, run once per batch: preprocess -> variants -> ONE backend call -> detector scores.
+
+The model's outputs for the original rows come from the same backend call as the detectors'
+variants, so a clean request costs no forward pass beyond the guard's own variants. With a torch
+backend the batch stays on the guard's device from the variants to the scores; with ONNX Runtime
+it crosses to the host once each way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from guard.backends.base import Backend
+from guard.detection.detectors import Detector, Outputs
+from guard.detection.preprocess import Preprocessor
+from guard.protocol.errors import DetectorError, GuardError
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]
+    """The model's outputs for the original rows only."""
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each detector's [B] scores."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage (preprocess, squeeze, backend, detect)."""
+    rows_sent: int = 0
+    """Rows the backend ran: the originals plus every detector variant."""
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+class GuardPipeline:
+    def __init__(self, backend: Backend, detectors: list[Detector], *, guarded_input: str, logits_output: str,
+                 output_names: list[str], device: torch.device, features_output: str | None = None,
+                 preprocessor: Preprocessor | None = None):
+        needs_features = [d.name for d in detectors if d.needs_features]
+        if needs_features and features_output is None:
+            raise DetectorError(f"detectors {needs_features} need the model's features: set features_output")
+        self.features_output = features_output if needs_features else None
+        self.backend = backend
+        self.detectors = detectors
+        self.guarded_input = guarded_input
+        self.logits_output = logits_output
+        self.output_names = output_names
+        self.device = device
+        self.preprocessor = preprocessor
+        self.torch_io = backend.io == "torch"
+
+    # -- building a batch -------------------------------------------------------------------
+
+    def shape_key(self, inputs: dict[str, np.ndarray]) -> tuple:
+        """Requests with equal keys can share a batch: the same shape on every input, except the
+        one a preprocessor resizes anyway."""
+        skip = self.preprocessor.source.name if self.preprocessor else None
+        return tuple((name, array.shape[1:]) for name, array in inputs.items() if name != skip)
+
+    def batch(self, requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        """One batch's inputs from requests of equal shape_key: the preprocessed guarded tensor (on
+        the guard's device) and every other input concatenated. Always a copy: decoded raw inputs
+        are read-only views of the request message."""
+        merged: dict[str, Any] = {}
+        source = self.preprocessor.source.name if self.preprocessor else None
+        for name in requests[0]:
+            if name != source:
+                merged[name] = np.concatenate([r[name] for r in requests])
+        if self.preprocessor is not None:
+            merged[self.preprocessor.output] = self.preprocessor.prepare([r[source] for r in requests], self.device)
+        return merged
+
+    # -- running it ---------------------------------------------------------------------------
+
+    def run(self, inputs: dict[str, Any], deadline: float | None = None) -> BatchResult:
+        """Outputs and raw detector scores for one batch (rows along axis 0 of every input, as
+        `batch` builds them); `deadline` (time.monotonic) reaches the backend call."""
+        if not self.detectors and self.preprocessor is None and not self.torch_io:
+            return self._forward(inputs, deadline)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        x = self._on_device(inputs[self.guarded_input])
+        batch = x.shape[0]
+        try:
+            extra = [d.variants(x) for d in self.detectors]
+        except Exception as exc:
+            raise DetectorError(f"building detector variants failed: {exc}") from exc
+        copies = 1 + sum(d.num_variants for d in self.detectors)
+        guarded = torch.cat([x, *extra]) if copies > 1 else x
+        if self.preprocessor is not None:
+            guarded = self.preprocessor.finish(guarded)
+        feeds = {name: self._repeat(value, copies) for name, value in inputs.items() if name != self.guarded_input}
+        feeds[self.guarded_input] = guarded if self.torch_io else np.ascontiguousarray(guarded.cpu().numpy())
+        timings["squeeze"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        wanted = list(dict.fromkeys([*self.output_names, self.logits_output,
+                                     *([self.features_output] if self.features_output else [])]))
+        raw = self.backend.infer(feeds, wanted, deadline)
+        timings["backend"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        outputs = {name: to_numpy(raw[name][:batch]) for name in self.output_names}
+        scores = {}
+        if self.detectors:
+            features = raw.get(self.features_output) if self.features_output else None
+            scores = self._score(self._on_device(raw[self.logits_output]), batch,
+                                 None if features is None else self._on_device(features))
+        timings["detect"] = time.perf_counter() - start
+        return BatchResult(outputs, scores, timings, len(guarded))
+
+    def _on_device(self, value: Any) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device)
+        return torch.from_numpy(value).to(self.device)
+
+    def _repeat(self, value: Any, copies: int) -> Any:
+        """A pass-through input once per variant group, in the backend's kind of array."""
+        if self.torch_io:
+            value = self._on_device(value)
+            return value.repeat(copies, *[1] * (value.dim() - 1)) if copies > 1 else value
+        value = to_numpy(value)
+        return np.concatenate([value] * copies) if copies > 1 else value
+
+    def _forward(self, inputs: dict[str, np.ndarray], deadline: float | None) -> BatchResult:
+        """No detectors and nothing to convert: the original rows only, no tensor conversions."""
+        start = time.perf_counter()
+        raw = self.backend.infer(inputs, self.output_names, deadline)
+        rows = len(inputs[self.guarded_input])
+        return BatchResult(raw, timings={"backend": time.perf_counter() - start}, rows_sent=rows)
+
+    def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+        scores = detector_scores(self.detectors, logits, batch, features)
+        table = torch.stack(list(scores.values())).double().cpu().numpy()  # one host copy for all, [D, B]
+        return dict(zip(scores, table))
+
+
+def detector_scores(detectors: list[Detector], logits: torch.Tensor, batch: int,
+                    features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Each detector's [B] scores from one backend call's outputs over the original rows and every
+    variant; differentiable when the outputs are (the adaptive attack calls it under autograd).
+    A detector that fails raises DetectorError naming it."""
+    # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
+    # Views only; softmax is computed once for every detector.
+    grouped = logits.view(-1, batch, logits.shape[-1])
+    probabilities = torch.softmax(grouped.float(), dim=-1)
+    feats = None if features is None else features.reshape(grouped.shape[0], batch, -1).float()
+    original = Outputs(grouped[0], probabilities[0], None if feats is None else feats[0])
+    offset, scores = 1, {}
+    for detector in detectors:
+        count = detector.num_variants
+        own = Outputs(grouped[offset:offset + count], probabilities[offset:offset + count],
+                      None if feats is None else feats[offset:offset + count]) if count else None
+        offset += count
+        try:
+            scores[detector.name] = detector.score(original, own)
+        except GuardError:
+            raise
+        except Exception as exc:
+            raise DetectorError(f"detector {detector.name} failed: {exc}") from exc
+    return scores

@@ -1,0 +1,58 @@
+"""Preprocessors: what clients send (the [[inputs]] contract) turned into what the model takes,
+inside the batch and before the detectors' variants are made. Registry: [preprocess] kind ->
+class; a new input kind is one file plus one line in REGISTRY."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from guard.detection.preprocess.base import Preprocessor
+from guard.detection.preprocess.frames import FramesPreprocessor
+from guard.protocol.errors import ConfigError
+from guard.protocol.settings import TableReader, read_params
+from guard.protocol.spec import TensorSpec
+
+REGISTRY: dict[str, type[Preprocessor]] = {cls.kind: cls for cls in (FramesPreprocessor,)}
+
+__all__ = ["REGISTRY", "Preprocessor", "PreprocessSettings", "read_preprocess_settings"]
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    kind: str
+    input: str
+    """The client input it reads."""
+    output: str
+    """The model input it produces."""
+    params: dict[str, Any]
+
+    def build(self, source: TensorSpec) -> Preprocessor:
+        return REGISTRY[self.kind](source, self.output, **self.params)
+
+
+def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> PreprocessSettings | None:
+    """The [preprocess] table, checked against the client's [[inputs]]; None when absent."""
+    if not r.table:
+        return None
+    kind = r.choice("kind", tuple(REGISTRY))
+    cls = REGISTRY[kind]
+    r.unknown({"kind", "input", "output", *cls.parameters})
+    source = r.get("input", str, inputs[0].name)
+    spec = next((s for s in inputs if s.name == source), None)
+    if spec is None:
+        raise r.fail("input", "the name of one of [[inputs]]", source)
+    if spec.datatype not in cls.datatypes:
+        raise r.fail("input", f"an input of datatype {' or '.join(cls.datatypes)} ({kind} reads those; "
+                     f"'{source}' is {spec.datatype})", source)
+    if len(spec.shape) != cls.rank:
+        raise r.fail("input", f"an input of rank {cls.rank} per row ({cls.layout})", list(spec.shape))
+    output = r.get("output", str, "input")
+    if output in {s.name for s in inputs if s.name != source}:
+        raise r.fail("output", "a model input name no client input uses", output)
+    settings = PreprocessSettings(kind, source, output, read_params(r, cls.parameters))
+    try:
+        settings.build(spec)
+    except ValueError as exc:  # a combination of keys the preprocessor cannot use
+        raise ConfigError(r.path, "preprocess", "settings the preprocessor accepts", str(exc)) from None
+    return settings

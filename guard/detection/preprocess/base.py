@@ -1,0 +1,51 @@
+"""The preprocessor interface.
+
+`prepare` turns each request's client tensor into rows of the guarded tensor (the space the
+detectors examine: for images, float [C, H, W] in [0, 1]) and stacks the batch, on the guard's
+device. `finish` maps the guarded rows, originals and variants alike, to what the model takes
+(e.g. mean/std normalisation): squeezers and blends must work on [0, 1] pixels, not on
+normalised values. Calibration and evaluation call the same two steps as the server.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from guard.protocol.settings import Param
+from guard.protocol.spec import TensorSpec
+
+
+class Preprocessor(ABC):
+    kind: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, Param]] = {}
+    datatypes: ClassVar[tuple[str, ...]] = ()
+    """Client datatypes it reads."""
+    rank: ClassVar[int] = 0
+    """Dimensions of one client row."""
+    layout: ClassVar[str] = ""
+
+    def __init__(self, source: TensorSpec, output: str, **params: Any):
+        self.source = source
+        self.output = output
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    @abstractmethod
+    def guarded_spec(self) -> TensorSpec:
+        """The guarded tensor's spec (named `output`): what detectors examine, per row."""
+
+    def model_spec(self) -> TensorSpec:
+        """What the model takes, per row (default: the guarded tensor as it is)."""
+        return self.guarded_spec()
+
+    @abstractmethod
+    def prepare(self, arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """The guarded rows of a batch: each request's client array ([n_i, ...]), in order."""
+
+    def finish(self, guarded: torch.Tensor) -> torch.Tensor:
+        """Guarded rows -> model input rows (default: unchanged)."""
+        return guarded

@@ -1,0 +1,259 @@
+"""Per-model dynamic batcher: a bounded queue, a time window, and one result future per request.
+
+Requests join a queue that rejects at once when full. When a batch slot is free (at most
+`instances` batches run at the same time), the queued requests are gathered until the batch is
+full or the first request has waited `max_queue_delay_microseconds`, and handed to `execute` as
+one batch. A request whose deadline passes while it is queued fails with DEADLINE_EXCEEDED and
+never runs. An error raised by `execute` reaches every request of that batch. Times are the event
+loop's monotonic clock.
+
+Scheduling is callback-driven rather than a worker task: every wake-up of a task costs an event
+loop iteration, and a gateway in front of a sub-millisecond model spends most of its time on
+those. `execute` is synchronous. It runs on a worker thread, or, for a single-instance model whose
+batches take less than `inline_below_microseconds` on average, on the event loop thread itself:
+two thread hops cost more than such a batch, and the loop was going to wait for it anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from guard.protocol.errors import BackendError, DeadlineExceeded, InvalidInput, QueueFull
+from guard.serving.model_config import BatchingConfig
+
+log = logging.getLogger("guard.serving.batching")
+
+Execute = Callable[[list[Any], float | None], list[Any]]
+"""Runs one batch of payloads, given the latest deadline among them; returns one result each."""
+
+
+class BatchObserver(Protocol):
+    def queue_depth(self, requests: int) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def batch(self, rows: int) -> None: ...
+
+
+class _NullObserver:
+    def queue_depth(self, requests: int) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def batch(self, rows: int) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    payload: Any
+    rows: int
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    timer: asyncio.TimerHandle | None = None
+
+
+class DynamicBatcher:
+    # Weight of the newest batch in the running mean of execution times (inline or thread).
+    SMOOTHING = 0.1
+
+    def __init__(self, execute: Execute, config: BatchingConfig, observer: BatchObserver | None = None,
+                 executor: Executor | None = None):
+        self._execute = execute
+        self._config = config
+        self._observer = observer or _NullObserver()
+        self._executor = executor
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._rows = 0
+        self._running = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_scheduled = False
+        self._window: asyncio.TimerHandle | None = None
+        self._window_end = 0.0
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+        self._inline_below = config.inline_below_microseconds / 1e6
+        self.mean_execute_seconds: float | None = None
+        self._last_failure_log = -1e9
+        self._failures_unlogged = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inline(self) -> bool:
+        """Whether the next batch runs on the event loop thread."""
+        if self._executor is None:
+            return True
+        if self._config.instances > 1 or self.mean_execute_seconds is None:
+            return False  # measure on a worker first: a slow first batch must not block the loop
+        return self.mean_execute_seconds < self._inline_below
+
+    async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
+        """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based)."""
+        if rows > self._config.max_batch_size:  # could never be scheduled
+            raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self._config.max_batch_size}")
+        if self._closed:
+            raise QueueFull("server is shutting down")
+        if self._config.max_queue_size and len(self._queue) >= self._config.max_queue_size:
+            raise QueueFull(f"Exceeds maximum queue size ({self._config.max_queue_size} requests)")
+        loop = self._loop
+        now = loop.time()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        item = _Pending(payload, rows, loop.create_future(), now, deadline)
+        if deadline is not None:
+            item.timer = loop.call_at(deadline, self._expire, item)
+        self._queue.append(item)
+        self._rows += rows
+        self._observer.queue_depth(len(self._queue))
+        self._schedule()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._remove(item)  # the caller gave up: free its place in the queue
+            raise
+
+    def _schedule(self) -> None:
+        # One dispatch after the callbacks already ready have run, so requests that arrive in the
+        # same loop iteration share a batch even with no batching window.
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def _remove(self, item: _Pending) -> bool:
+        if item.timer:
+            item.timer.cancel()
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return False
+        self._rows -= item.rows
+        self._observer.queue_depth(len(self._queue))
+        return True
+
+    def _expire(self, item: _Pending) -> None:
+        if self._remove(item) and not item.future.done():
+            item.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        limit = self._config.max_batch_size
+        delay = self._config.max_queue_delay_microseconds / 1e6
+        while self._queue and self._running < self._config.instances and not self._closed:
+            window_end = self._queue[0].enqueued + delay
+            if self._rows < limit and self._loop.time() < window_end:
+                self._wait_for_window(window_end)
+                return
+            batch = self._take(limit)
+            if batch:
+                self._start(batch)
+
+    def _wait_for_window(self, end: float) -> None:
+        if self._window is not None:
+            if self._window_end == end:
+                return
+            self._window.cancel()
+        self._window_end = end
+        self._window = self._loop.call_at(end, self._window_closed)
+
+    def _window_closed(self) -> None:
+        self._window = None
+        self._dispatch()
+
+    def _take(self, limit: int) -> list[_Pending]:
+        batch, rows = [], 0
+        while self._queue and rows + self._queue[0].rows <= limit:
+            item = self._queue.popleft()
+            self._rows -= item.rows
+            if item.timer:
+                item.timer.cancel()
+            if not item.future.done():
+                batch.append(item)
+                rows += item.rows
+        self._observer.queue_depth(len(self._queue))
+        return batch
+
+    def _start(self, batch: list[_Pending]) -> None:
+        now = self._loop.time()
+        for item in batch:
+            self._observer.queue_wait(now - item.enqueued)
+        self._observer.batch(sum(item.rows for item in batch))
+        payloads = [item.payload for item in batch]
+        # The batch is worth running while any of its requests still waits: its latest deadline,
+        # none if one request has none.
+        deadline = None if any(i.deadline is None for i in batch) else max(i.deadline for i in batch)
+        self._running += 1
+        self._idle.clear()
+        if self.inline:
+            try:
+                results = self._timed(payloads, deadline)
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiter below
+                self._finish(batch, None, exc)
+            else:
+                self._finish(batch, results, None)
+            return
+        future = self._executor.submit(self._timed, payloads, deadline)
+        future.add_done_callback(lambda done: self._loop.call_soon_threadsafe(self._finished, batch, done))
+
+    def _timed(self, payloads: list[Any], deadline: float | None) -> list[Any]:
+        start = time.perf_counter()
+        results = self._execute(payloads, deadline)
+        seconds = time.perf_counter() - start
+        mean = self.mean_execute_seconds
+        self.mean_execute_seconds = seconds if mean is None else mean + self.SMOOTHING * (seconds - mean)
+        return results
+
+    def _finished(self, batch: list[_Pending], done: Future) -> None:
+        exc = done.exception()
+        self._finish(batch, None if exc else done.result(), exc)
+
+    def _finish(self, batch: list[_Pending], results: list[Any] | None, exc: BaseException | None) -> None:
+        self._running -= 1
+        if exc is None and len(results) != len(batch):
+            exc = BackendError(f"batch of {len(batch)} requests produced {len(results)} results")
+        if exc is not None:  # every waiter of the batch learns of the failure
+            self._log_failure(len(batch), exc)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        else:
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+        if self._running == 0:
+            self._idle.set()
+        if self._queue:
+            self._schedule()
+
+    def _log_failure(self, size: int, exc: BaseException) -> None:
+        # At most one line a second: a dead upstream fails every batch, and each waiter already
+        # gets its own status; the log only needs to say that it is happening, and how often.
+        now = time.monotonic()
+        if now - self._last_failure_log >= 1.0:
+            more = f" ({self._failures_unlogged} more failed batches since the last report)" \
+                if self._failures_unlogged else ""
+            log.warning("batch of %d requests failed: %s%s", size, exc, more)
+            self._last_failure_log, self._failures_unlogged = now, 0
+        else:
+            self._failures_unlogged += 1
+
+    async def close(self) -> None:
+        """Stop taking work, fail what is still queued, and wait for running batches."""
+        self._closed = True
+        if self._window is not None:
+            self._window.cancel()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.timer:
+                item.timer.cancel()
+            if not item.future.done():
+                item.future.set_exception(QueueFull("server is shutting down"))
+        self._rows = 0
+        if self._idle is not None:
+            await self._idle.wait()

@@ -1,0 +1,107 @@
+"""Prometheus metrics on a registry the server owns, served on their own HTTP port.
+
+Names and labels are a contract with dashboards and alerts (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Sub-millisecond resolution at the bottom: a pass-through request costs well under 1 ms.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Scores are raw detector scores (L1 distances lie in [0, 2]; others grow without bound).
+SCORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
+                 2.0, 5.0, 10.0, 100.0)
+
+
+class GuardMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("guard_requests_total", "Inference requests by verdict and status code.",
+                                ["model", "verdict", "code"], registry=r)
+        self.request_duration = Histogram("guard_request_duration_seconds",
+                                          "End-to-end request latency inside the gateway.", ["model"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_duration = Histogram("guard_stage_duration_seconds",
+                                        "Time per pipeline stage (queue, squeeze, backend, detect).",
+                                        ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("guard_batch_size", "Rows of original inputs per backend batch.",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("guard_queue_depth", "Requests waiting in the model's queue.",
+                                 ["model"], registry=r)
+        self.queue_capacity = Gauge("guard_queue_capacity", "The model's max_queue_size (0 = unbounded).",
+                                    ["model"], registry=r)
+        self.detector_score = Histogram("guard_detector_score", "Raw detector scores per request.",
+                                        ["model", "detector"], buckets=SCORE_BUCKETS, registry=r)
+        self.detector_threshold = Gauge("guard_detector_threshold", "Calibrated threshold per detector.",
+                                        ["model", "detector"], registry=r)
+        self.flagged = Counter("guard_flagged_total", "Requests flagged, by the detector that fired.",
+                               ["model", "detector"], registry=r)
+        self.backend_rows = Counter("guard_backend_rows_total",
+                                    "Rows sent to the backend, originals and detector variants.",
+                                    ["model"], registry=r)
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
+
+    def serve(self, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+        """Start /metrics on host:port (0 picks a free port; read it from server.server_port)."""
+        return start_http_server(port, addr=host, registry=self.registry)
+
+
+class ModelMetrics:
+    """The metrics of one model, pre-labelled; also the batcher's observer.
+
+    Labelled children are looked up once and cached: `labels()` costs more than the update.
+    """
+
+    def __init__(self, metrics: GuardMetrics, model: str):
+        self.m, self.model = metrics, model
+        self._depth = metrics.queue_depth.labels(model)
+        self._batch = metrics.batch_size.labels(model)
+        self._duration = metrics.request_duration.labels(model)
+        self._backend_rows = metrics.backend_rows.labels(model)
+        self._stages: dict[str, object] = {}
+        self._requests: dict[tuple[str, str], object] = {}
+        self._scores: dict[str, object] = {}
+        self._flagged: dict[str, object] = {}
+
+    def queue_depth(self, requests: int) -> None:
+        self._depth.set(requests)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.stage("queue", seconds)
+
+    def batch(self, rows: int) -> None:
+        self._batch.observe(rows)
+
+    def backend_rows(self, rows: int) -> None:
+        self._backend_rows.inc(rows)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        child = self._stages.get(stage) or self._stages.setdefault(
+            stage, self.m.stage_duration.labels(self.model, stage))
+        child.observe(seconds)
+
+    def request(self, verdict: str, code: str, seconds: float) -> None:
+        key = (verdict, code)
+        child = self._requests.get(key) or self._requests.setdefault(
+            key, self.m.requests.labels(self.model, verdict, code))
+        child.inc()
+        self._duration.observe(seconds)
+
+    def scores(self, scores: dict[str, float], flagged_by: tuple[str, ...]) -> None:
+        for detector, value in scores.items():
+            child = self._scores.get(detector) or self._scores.setdefault(
+                detector, self.m.detector_score.labels(self.model, detector))
+            child.observe(value)
+        for detector in flagged_by:
+            child = self._flagged.get(detector) or self._flagged.setdefault(
+                detector, self.m.flagged.labels(self.model, detector))
+            child.inc()

@@ -1,0 +1,162 @@
+"""The `guard` command line: serve, calibrate, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from guard.protocol.errors import GuardError
+from guard.protocol.limits import MAX_MESSAGE_BYTES
+
+# The checkout's demo repository, relative to where `guard serve` runs (the repository root in
+# `make serve`); an installed wheel carries no demo, so elsewhere --repository is needed.
+DEFAULT_REPOSITORY = Path("models") / "repository"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from guard.serving.server import ServerSettings, serve_forever
+
+    if not args.access_log:
+        logging.getLogger("guard.access").setLevel(logging.WARNING)
+    settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
+                              metrics_port=args.metrics_port, policy=args.policy,
+                              max_message_bytes=args.max_message_bytes, torch_threads=args.torch_threads)
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from guard.detection.detectors import squeezer_tables
+    from guard.tools.calibrate import calibrate_model
+
+    with np.load(args.data) as data:
+        if "x" not in data:
+            raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
+        x, y = data["x"], data["y"] if "y" in data else None
+    report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
+                             holdout_fraction=args.holdout_fraction, seed=args.seed,
+                             value_range=tuple(args.range), policy=args.policy or "flag",
+                             detectors=squeezer_tables(args.bit_depth, args.median)
+                             + ([{"name": "mahalanobis", "type": "mahalanobis"}] if args.mahalanobis else [])
+                             + ([{"name": "confidence_margin", "type": "confidence_margin"}]
+                                if args.confidence_margin else [])
+                             + ([{"name": "strip", "type": "strip", "n": args.strip}] if args.strip else []),
+                             features=args.features, ensemble=args.ensemble)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from guard.tools.evaluation.run import main as evaluate_main  # lazy: torchattacks, matplotlib
+
+    return evaluate_main(args)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from guard.tools.scans.commands import run  # lazy: torch, matplotlib
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guard", description="Inference guard gateway (KServe v2 gRPC).")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC")
+    serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
+                       help="model repository (default: the shipped demo, models/repository)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (logged)")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port; -1 disables")
+    serve.add_argument("--policy", choices=("enforce", "flag", "shadow"), help="override every model's policy")
+    serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
+    serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
+    serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.set_defaults(func=_serve)
+
+    cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
+    cal.add_argument("--onnx", type=Path, required=True, help="the classifier (outputs logits first)")
+    cal.add_argument("--name", required=True, help="model name (directory under the repository)")
+    cal.add_argument("--repository", type=Path, required=True)
+    cal.add_argument("--data", type=Path, required=True, help=".npz with clean samples 'x' (optional labels 'y')")
+    cal.add_argument("--target-fpr", type=float, default=0.05)
+    cal.add_argument("--holdout-fraction", type=float, default=0.3,
+                     help="share of the samples kept out of calibration to report the clean flag rate")
+    cal.add_argument("--range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
+    cal.add_argument("--policy", choices=("enforce", "flag", "shadow"))
+    cal.add_argument("--bit-depth", type=int, action="append", metavar="BITS",
+                     help="add a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
+    cal.add_argument("--median", type=int, action="append", metavar="SIZE",
+                     help="add a SIZExSIZE median-filter squeezer (repeatable)")
+    cal.add_argument("--mahalanobis", action="store_true",
+                     help="add the feature-space (Mahalanobis) detector; fitted on half of the clean samples")
+    cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends")
+    cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
+    cal.add_argument("--confidence-margin", action="store_true",
+                     help="add the low-confidence detector (1 - gap between the top two probabilities)")
+    cal.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
+                     help="how detectors combine (docs/detection.md; default omnibus)")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=_calibrate)
+
+    ev = commands.add_parser("evaluate", help="attack the guarded models through a live gateway and report "
+                             "detection rates (docs/evaluation.md)")
+    ev.add_argument("--samples", type=int, help="test-split images to attack (default all 360; 40 with --quick)")
+    ev.add_argument("--quick", action="store_true", help="few iterations per attack (smoke test, not results)")
+    ev.add_argument("--report-dir", type=Path, default=Path("reports/latest"),
+                    help="where results.json, results.md and roc_*.png go (default reports/latest)")
+    ev.add_argument("--workdir", type=Path, help="keep the evaluation repository here (default: a temp dir)")
+    ev.add_argument("--connect", metavar="HOST:PORT", help="use a running gateway (policy flag) that serves "
+                    "the evaluation repository in --workdir, instead of starting one")
+    ev.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
+                    help="how the evaluation models' detectors combine (default omnibus)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_evaluate)
+    _add_scan_commands(commands)
+    return parser
+
+
+def _add_scan_commands(commands) -> None:
+    """scan-model, scan-data, audit: offline checks before a model is served (docs/scans.md)."""
+    helps = {"scan-model": "reverse-engineer backdoor triggers (Neural Cleanse); writes scan.json for the load gate",
+             "scan-data": "rank a labelled training set by how likely each sample is poisoned",
+             "audit": "accuracy under input noise, corruptions, PGD and weight noise"}
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--model", type=Path, required=True, help="a model directory or an .onnx file")
+        sub.add_argument("--data", type=Path, help=".npz with x (and y); default: a digits split for digits-input models")
+        sub.add_argument("--out", type=Path, help="report directory (default reports/scans/<model>)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--no-progress", action="store_true")
+        if name == "scan-model":
+            sub.add_argument("--steps", type=int, help="optimisation steps (default 400)")
+            sub.add_argument("--batch-size", type=int, help="clean samples per class per step (default 64)")
+        if name == "scan-data":
+            sub.add_argument("--poison-indices", type=Path, help="JSON list or poison.json of known poisoned indices")
+            sub.add_argument("--reference", type=Path, help="trusted clean labelled .npz (default: digits calibration)")
+            sub.add_argument("--no-reference", action="store_true", help="scan without a trusted clean set")
+            sub.add_argument("--poison-rate", type=float, default=0.1,
+                             help="assumed poison rate when the poisoned indices are unknown (sets the budget)")
+        sub.set_defaults(func=_scan, scan=name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except GuardError as exc:
+        logging.getLogger("guard").error("%s", exc.message)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

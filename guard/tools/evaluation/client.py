@@ -1,0 +1,120 @@
+"""Send images through a live gateway over gRPC and collect what it answered.
+
+Every image goes as its OWN request (one row), with `guard_explain: true`: the gateway gives one
+verdict per request (its worst row), so one row per request is the only way to read per-image
+detector scores off the wire. Requests are pipelined (a window of futures) and the gateway's
+dynamic batcher merges them, so this is fast as well as faithful to what a client sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tqdm import tqdm
+
+from guard.protocol.limits import MAX_MESSAGE_BYTES
+from guard.protocol.proto import inference_pb2 as pb
+from guard.protocol.proto import inference_pb2_grpc as pb_grpc
+from guard.serving.dataplane import DETECTOR_SCORES, EXPLAIN
+
+log = logging.getLogger("guard.tools.evaluation.client")
+
+
+@dataclass
+class Served:
+    """What the gateway returned for N images of one model."""
+
+    logits: np.ndarray
+    """[N, classes] from the served model."""
+    scores: dict[str, np.ndarray]
+    """Each detector's raw [N] scores, as the gateway computed them."""
+    verdicts: np.ndarray
+    """[N] guard_verdict strings (clean, adversarial, trigger)."""
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(1)
+
+
+class GatewayClient:
+    def __init__(self, url: str, window: int = 64, timeout: float = 60.0):
+        self.url = url
+        self.window = window
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._inputs: dict[str, tuple[str, str]] = {}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, models: list[str], timeout: float = 60.0) -> None:
+        """Block until every model answers ModelReady, or raise naming the ones that do not."""
+        deadline = time.monotonic() + timeout
+        missing = list(models)
+        while missing and time.monotonic() < deadline:
+            try:
+                missing = [m for m in missing
+                           if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready]
+            except grpc.RpcError as exc:
+                log.debug("gateway %s not ready yet: %s", self.url, exc.code())
+            if missing:
+                time.sleep(0.2)
+        if missing:
+            raise RuntimeError(f"gateway {self.url} does not serve {missing} (serve an evaluation repository "
+                               "built by `guard evaluate --workdir DIR`, policy flag)")
+
+    def _input_of(self, model: str) -> tuple[str, str]:
+        if model not in self._inputs:
+            meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
+            self._inputs[model] = (meta.inputs[0].name, meta.inputs[0].datatype)
+        return self._inputs[model]
+
+    def _request(self, model: str, row: np.ndarray, index: int) -> pb.ModelInferRequest:
+        name, datatype = self._input_of(model)
+        request = pb.ModelInferRequest(model_name=model, id=str(index),
+                                       raw_input_contents=[np.ascontiguousarray(row[None], np.float32).tobytes()])
+        request.inputs.add(name=name, datatype=datatype, shape=[1, *row.shape])
+        request.parameters[EXPLAIN].bool_param = True
+        return request
+
+    def infer(self, model: str, x: np.ndarray, desc: str | None = None) -> Served:
+        """Send every row of x ([N, ...]) to `model` as its own request; answers in row order."""
+        x = np.asarray(x, np.float32)
+        logits: list[np.ndarray | None] = [None] * len(x)
+        scores: list[dict[str, float] | None] = [None] * len(x)
+        verdicts = [""] * len(x)
+        pending: deque = deque()
+
+        def collect() -> None:
+            index, future = pending.popleft()
+            response = future.result()
+            params = response.parameters
+            if DETECTOR_SCORES not in params:
+                raise RuntimeError(f"model {model}: response carries no {DETECTOR_SCORES}; the gateway must "
+                                   "serve it under policy flag or enforce, and know guard_explain")
+            scores[index] = json.loads(params[DETECTOR_SCORES].string_param)
+            verdicts[index] = params["guard_verdict"].string_param
+            logits[index] = np.frombuffer(response.raw_output_contents[0], np.float32)
+
+        for i in tqdm(range(len(x)), desc=desc or model, unit="req", leave=False, mininterval=1.0):
+            pending.append((i, self.stub.ModelInfer.future(self._request(model, x[i], i), timeout=self.timeout)))
+            if len(pending) >= self.window:
+                collect()
+        while pending:
+            collect()
+        names = sorted(scores[0]) if len(x) else []
+        return Served(np.stack(logits) if len(x) else np.zeros((0, 0), np.float32),
+                      {n: np.array([s[n] for s in scores], np.float64) for n in names}, np.array(verdicts))

@@ -1,0 +1,231 @@
+"""`guard evaluate`: build the evaluation repository, serve it, attack, measure, report.
+
+Everything is measured on what a live gateway answers over gRPC: the calibration split (to set
+thresholds), the clean test split (realised FPR, AUROC negatives), and every attack and trigger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.serving.model_config import load_model_config
+from guard.tools.evaluation import attacks as atk
+from guard.tools.evaluation import rates as m
+from guard.tools.evaluation.client import GatewayClient, Served
+from guard.tools.evaluation.subjects import (
+    PAPER_SQUEEZERS,
+    backdoors,
+    build_repository,
+    configured_thresholds,
+    is_built,
+)
+
+log = logging.getLogger("guard.tools.evaluation")
+
+BASELINES = {"fs_paper": list(PAPER_SQUEEZERS)}
+NOTES = [
+    "Surrogate transfer: attacks are computed on the FP32 torch DigitsNet (models/artifacts/digits_fp32.pt); the "
+    "gateway serves its INT8 quantization, so the ASR is that of a white-box-surrogate transfer attack. Square "
+    "(score-based black box) queries the surrogate, not the gateway.",
+    "The detector network is trained on PGD only: FGSM, MI-FGSM, BIM, CW, DeepFool and Square measure how it "
+    "generalises. The adaptive rows attack the whole guarded pipeline (guard/evaluation/adaptive.py).",
+]
+
+
+@dataclass
+class EvalOptions:
+    samples: int | None = None
+    """Test-split images to attack (default: all 360; 40 in quick mode)."""
+    quick: bool = False
+    report_dir: Path = Path("reports/latest")
+    workdir: Path | None = None
+    connect: str | None = None
+    seed: int = 0
+    ensemble: str = "omnibus"
+    """How the evaluation models' detectors combine (guard.detection.ensemble)."""
+    attacks: tuple[str, ...] | None = None
+    """Restrict the suite to these attack names (fgsm, pgd, ...); None runs all."""
+    epsilons: tuple[float, ...] = atk.EPSILONS
+    adaptive_steps: int | None = None
+    command: str = ""
+
+
+@contextlib.contextmanager
+def _gateway(options: EvalOptions, repository: Path):
+    if options.connect:
+        yield options.connect
+        return
+    from guard.serving.background import BackgroundServer
+    from guard.serving.server import ServerSettings
+
+    settings = ServerSettings(repository=repository, grpc_port=0, metrics_port=-1, policy="flag")
+    with BackgroundServer(settings) as server:
+        yield server.grpc_url
+
+
+class _Model:
+    """One served model's clean reference: calibration scores -> scorers, clean test answers."""
+
+    def __init__(self, name: str, client: GatewayClient, calibration: tuple, test: tuple, judges: list[str],
+                 method: str):
+        self.name = name
+        cal = client.infer(name, calibration[0], desc=f"{name} calibration")
+        self.test: Served = client.infer(name, test[0], desc=f"{name} clean test")
+        self.detectors = sorted(cal.scores)
+        self.scorers = m.build_scorers(self.detectors, cal.scores, BASELINES, judges, method)
+        self.summary = {
+            "detectors": self.detectors, "ensemble": judges, "ensemble_method": method,
+            "n_calibration": len(calibration[0]), "n_test": len(test[0]),
+            "clean_accuracy": float((self.test.predictions == test[1]).mean()),
+            "clean_fpr": {s: sc.clean_fpr(self.test.scores) for s, sc in self.scorers.items()},
+            "scorers": {s: sc.describe() for s, sc in self.scorers.items()},
+        }
+
+    def row(self, attack: str, eps, kind: str, served: Served, eligible, successful,
+            surrogate_asr: float | None, curves: dict) -> dict:
+        positives = m.subset(served.scores, successful)
+        key = f"{attack}" if eps is None else f"{attack}_eps{eps:g}"
+        title = f"{attack}{'' if eps is None else f' eps {eps:g}'} on {self.name}: {int(successful.sum())} successful"
+        curves[key] = (title, {s: (sc.continuous(self.test.scores), sc.continuous(positives))
+                               for s, sc in self.scorers.items()} if successful.any() else {})
+        # Succeeded AND not flagged by the gateway's ensemble at 5%: what gets through under `enforce`.
+        unflagged = ~self.scorers["ensemble"].flags(served.scores, m.AUROC_FPR)
+        return {"key": key, "attack": attack, "eps": eps, "kind": kind, "model": self.name, "n": len(served.logits),
+                "eligible": int(eligible.sum()), "successful": int(successful.sum()),
+                "asr": m.attack_success_rate(eligible, successful), "surrogate_asr": surrogate_asr,
+                "evasion_rate@0.05": m.attack_success_rate(eligible, successful & unflagged),
+                "scorers": {s: sc.evaluate(self.test.scores, positives) for s, sc in self.scorers.items()}}
+
+
+def _matches_config(directory: Path, model: _Model) -> bool:
+    """Whether the ensemble's 5% thresholds, refitted on the gateway's calibration scores, are the
+    thresholds in the model's config.toml (i.e. the gateway's own ensemble was measured)."""
+    ensemble = load_model_config(directory).detection.ensemble
+    fitted = model.scorers["ensemble"].thresholds[m.AUROC_FPR]
+    if ensemble.method != "union":
+        same = bool(np.isclose(ensemble.threshold, fitted[0], rtol=1e-6)) and (
+            fitted[1] is None or bool(np.isclose(ensemble.min_p_threshold, fitted[1], rtol=1e-6)))
+    else:
+        configured = configured_thresholds(directory)
+        same = configured.keys() == fitted.keys() and all(
+            np.isclose(configured[k], fitted[k], rtol=1e-6) for k in fitted)
+    if not same:
+        log.warning("%s: thresholds refitted from the gateway's scores differ from %s/config.toml",
+                    model.name, directory)
+    return same
+
+
+def _surrogate_asr(net, adv: np.ndarray, y: np.ndarray, clean_ok: np.ndarray) -> float | None:
+    """The same attack's success rate on the surrogate itself (white-box), for comparison."""
+    return m.attack_success_rate(clean_ok, clean_ok & (atk.predict(net, adv) != y))
+
+
+def evaluate(client: GatewayClient, repository: Path, options: EvalOptions) -> tuple[dict, dict]:
+    """All rows and per-model summaries, plus ROC inputs per row."""
+    from guard.tools.evaluation.adaptive import KAPPA, MARGIN, GuardedSurrogate, adaptive_pgd
+    from models.digits_data import load_split
+
+    calibration, test = load_split("calibration"), load_split("test")
+    n = min(options.samples or (40 if options.quick else len(test[1])), len(test[1]))
+    pick = np.sort(np.random.default_rng(options.seed).choice(len(test[1]), n, replace=False))
+    x, y = np.array(test[0][pick]), np.array(test[1][pick])
+    zoo = backdoors()
+    client.wait_ready(["digits", *(b.name for b in zoo)])
+    started = time.perf_counter()
+    models = {name: _Model(name, client, calibration, test, sorted(configured_thresholds(repository / name)),
+                           load_model_config(repository / name).detection.ensemble.method)
+              for name in ["digits", *(b.name for b in zoo)]}
+    log.info("clean calibration and test splits through the gateway: %.1f s", time.perf_counter() - started)
+    for name, model in models.items():  # the 5% union must be the gateway's own configuration
+        model.summary["matches_gateway_thresholds"] = _matches_config(repository / name, model)
+    digits, rows, curves = models["digits"], [], {}
+    clean_pred = digits.test.predictions[pick]
+
+    net = atk.load_surrogate()
+    clean_ok_surrogate = atk.predict(net, x) == y
+    suite = [s for s in atk.attack_suite(options.quick, options.epsilons)
+             if options.attacks is None or s.name in options.attacks]
+    for spec in suite:
+        start = time.perf_counter()
+        adv = atk.run_attack(spec, net, x, y, seed=options.seed)
+        served = client.infer("digits", adv, desc=f"send {spec.key}")
+        eligible, successful = m.success(clean_pred, served.predictions, y)
+        rows.append(digits.row(spec.name, spec.eps, "transfer", served, eligible, successful,
+                               _surrogate_asr(net, adv, y, clean_ok_surrogate), curves))
+        rows[-1]["params"] = spec.params
+        log.info("%s: ASR %s, ensemble %s (%.1f s)", spec.key, rows[-1]["asr"], rows[-1]["scorers"]["ensemble"],
+                 time.perf_counter() - start)
+
+    guarded = GuardedSurrogate(net.with_features(), repository / "digits")
+    steps = options.adaptive_steps or (10 if options.quick else 50)
+    for eps in options.epsilons:
+        alpha = 2.5 * eps / steps  # Madry et al.'s rule: the walk can cross the ball 2.5 times
+        adv = adaptive_pgd(guarded, x, y, eps, steps=steps, alpha=alpha, seed=options.seed)
+        served = client.infer("digits", adv, desc=f"send adaptive eps {eps:g}")
+        eligible, successful = m.success(clean_pred, served.predictions, y)
+        rows.append(digits.row("adaptive_pgd", eps, "adaptive", served, eligible, successful,
+                               _surrogate_asr(net, adv, y, clean_ok_surrogate), curves))
+        rows[-1]["params"] = {"steps": steps, "alpha": alpha, "random_start": True, "kappa": KAPPA, "margin": MARGIN}
+        log.info("adaptive eps %g: ASR %s, ensemble %s", eps, rows[-1]["asr"], rows[-1]["scorers"]["ensemble"])
+
+    for b in zoo:
+        keep = y != b.target
+        served = client.infer(b.name, atk.apply_trigger(b.trigger, x[keep]), desc=f"send trigger {b.name}")
+        eligible, successful = m.success(None, served.predictions, y[keep], target=b.target)
+        row = models[b.name].row(f"trigger_{b.name.removeprefix('backdoor_')}", None, "trigger", served,
+                                 eligible, successful, None, curves)
+        row["target"] = b.target
+        rows.append(row)
+        log.info("%s: ASR %s, ensemble %s", b.name, row["asr"], row["scorers"]["ensemble"])
+    summaries = {name: model.summary for name, model in models.items()}
+    return {"samples": n, "sample_indices": pick.tolist(), "models": summaries, "rows": rows}, curves
+
+
+def run_evaluation(options: EvalOptions) -> dict:
+    """Build (or, with --connect, reuse) the repository, evaluate through the gateway, write reports."""
+    from guard.tools.evaluation.tables import write_report
+
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        for name in ("guard.access", "guard.serving.dataplane"):  # a line per request / per flagged request
+            logger = logging.getLogger(name)
+            stack.callback(logger.setLevel, logger.level)
+            logger.setLevel(logging.WARNING)
+        workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="guard-eval-")))
+        repository = workdir / "repository"
+        if options.connect and is_built(repository):
+            log.info("--connect: reusing %s for the adaptive attack's detector statistics", repository)
+        else:
+            build_repository(repository, seed=options.seed, ensemble=options.ensemble)
+        url = stack.enter_context(_gateway(options, repository))
+        client = stack.enter_context(GatewayClient(url))
+        found, curves = evaluate(client, repository, options)
+    results = {"meta": {"command": options.command or "guard evaluate", "seed": options.seed,
+                        "samples": found.pop("samples"), "quick": options.quick, "gateway": url,
+                        "connected": bool(options.connect), "target_fpr": 0.05, "fprs": list(m.FPRS),
+                        "wall_seconds": time.perf_counter() - started, "notes": NOTES}, **found}
+    written = write_report(options.report_dir, results, curves)
+    log.info("wrote %s (%.0f s)", ", ".join(str(p) for p in written.values() if p.suffix != ".png"),
+             results["meta"]["wall_seconds"])
+    return results
+
+
+def main(args) -> int:
+    """The `guard evaluate` entry point (args from guard.tools.cli)."""
+    flags = [f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
+             f"--report-dir {shlex.quote(str(args.report_dir))}", f"--seed {args.seed}",
+             f"--connect {args.connect}" if args.connect else "",
+             f"--ensemble {args.ensemble}" if args.ensemble != "omnibus" else ""]
+    options = EvalOptions(samples=args.samples, quick=args.quick, report_dir=args.report_dir,
+                          workdir=args.workdir, connect=args.connect, seed=args.seed, ensemble=args.ensemble,
+                          command=" ".join(["guard evaluate", *filter(None, flags)]))
+    run_evaluation(options)
+    return 0

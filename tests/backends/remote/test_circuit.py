@@ -1,0 +1,42 @@
+"""The circuit breaker on a fake clock."""
+
+from guard.backends.remote.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_consecutive_failures_and_probes_after_the_reset_interval():
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, reset_s=0.25, clock=clock)
+    breaker.failure()
+    breaker.failure()
+    breaker.success()  # a success in between resets the count
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == CLOSED and breaker.allow()
+    breaker.failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.retry_in() == 0.25
+    clock.now = 0.3
+    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not breaker.allow()  # one probe at a time
+    breaker.failure()  # the probe failed: open again at once
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now = 0.6
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == CLOSED and breaker.allow()
+
+
+def test_trip_and_close_from_the_health_watcher():
+    breaker = CircuitBreaker(failures=3, reset_s=10.0, clock=Clock())
+    breaker.trip()
+    assert breaker.state == OPEN and not breaker.allow()
+    breaker.close()
+    assert breaker.state == CLOSED and breaker.allow()

@@ -1,0 +1,111 @@
+"""Combining detectors: Fisher's p-value combination against the union, on small known inputs."""
+
+import numpy as np
+import pytest
+
+from guard.detection.detectors.squeezing import BitDepthDetector
+from guard.detection.detectors.strip import StripDetector
+from guard.detection.ensemble import Fisher, Union, conformal_allowance
+from guard.detection.verdicts import verdicts
+from guard.protocol.errors import ConfigError
+from guard.serving.model_config import load_model_config
+
+
+def test_conformal_allowance_is_the_split_conformal_bound():
+    assert conformal_allowance(99, 0.05) == 4      # (4 + 1) / 100 = 0.05
+    assert conformal_allowance(359, 0.05) == 17    # (17 + 1) / 360 = 0.05
+    assert conformal_allowance(10, 0.05) == 0
+
+
+def test_fisher_p_values_and_statistic_by_hand():
+    fisher = Fisher({"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([0.0, 0.0, 0.0, 1.0])}, threshold=4.0)
+    scores = {"a": np.array([0.5, 3.0, 9.0]), "b": np.array([0.0, 2.0, 2.0])}
+    p = fisher.p_values(scores)
+    # (1 + #{ref >= s}) / (n + 1) up to the tail's start u (here the 2nd largest reference); above
+    # it, (m + 1) / (n + 1) * exp(-(s - u) / scale) with m = 1 and scale = mean excess = 1.
+    np.testing.assert_allclose(p["a"], [5 / 5, 3 / 5, 2 / 5 * np.exp(-6.0)])
+    np.testing.assert_allclose(p["b"], [5 / 5, 2 / 5 * np.exp(-2.0), 2 / 5 * np.exp(-2.0)])
+    expected = -2 * (np.log(p["a"]) + np.log(p["b"]))
+    np.testing.assert_allclose(fisher.statistic(scores), expected)
+    np.testing.assert_allclose(fisher.ratio(scores), expected / 4.0)
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.1])
+def test_fisher_holds_the_target_on_fresh_clean_scores(target):
+    rng = np.random.default_rng(0)
+
+    def clean(n):  # three correlated detectors, as squeezers of one model are
+        shared = rng.normal(size=n)
+        return {f"d{i}": shared + rng.normal(size=n) for i in range(3)}
+
+    fisher = Fisher.fit(clean(400), target)
+    rates = [float((fisher.ratio(clean(2000)) >= 1).mean()) for _ in range(5)]
+    assert np.mean(rates) <= target * 1.3 + 0.003
+
+
+def test_fisher_beats_the_union_when_evidence_is_spread():
+    # Each positive is moderately unusual to all detectors, never extreme to one: the union,
+    # which splits its budget, misses what the combined evidence finds.
+    rng = np.random.default_rng(1)
+    calibration = {f"d{i}": rng.normal(size=1000) for i in range(4)}
+    positives = {f"d{i}": rng.normal(1.5, 1.0, size=500) for i in range(4)}
+    fisher, union = Fisher.fit(calibration, 0.05), Union.fit(calibration, 0.05)
+    assert (fisher.ratio(positives) >= 1).mean() > (union.ratio(positives) >= 1).mean() + 0.1
+
+
+def test_omnibus_keeps_a_single_plain_signal_that_fisher_dilutes():
+    # One detector fires plainly, five see nothing: Fisher's sum drowns it, the smallest p-value
+    # does not; spread evidence is still Fisher's. Omnibus catches both at the target.
+    rng = np.random.default_rng(3)
+    calibration = {f"d{i}": rng.normal(size=1000) for i in range(6)}
+    single = {f"d{i}": rng.normal(size=500) for i in range(6)}
+    single["d0"] = rng.normal(3.5, 0.5, size=500)
+    spread = {f"d{i}": rng.normal(1.2, 1.0, size=500) for i in range(6)}
+    fisher, omnibus = Fisher.fit(calibration, 0.05), Fisher.fit(calibration, 0.05, omnibus=True)
+    rate = lambda combiner, s: float((combiner.ratio(s) >= 1).mean())
+    assert rate(omnibus, single) > rate(fisher, single) + 0.2
+    assert rate(omnibus, spread) > rate(Union.fit(calibration, 0.05), spread)
+    clean = {f"d{i}": rng.normal(size=4000) for i in range(6)}
+    assert rate(omnibus, clean) <= 0.06
+
+
+def test_verdicts_under_fisher_name_who_fired_and_keep_the_trigger_verdict():
+    detectors = [BitDepthDetector("b", 2.0, bits=2), StripDetector("s", 2.0, n=1, references="r.npy", seed=0)]
+    fisher = Fisher({"b": np.arange(10.0), "s": np.arange(10.0)}, threshold=4.0)
+    scores = {"b": np.array([0.0, 9.5, 9.5, 1.5]), "s": np.array([0.0, 9.5, 1.0, 1.5])}
+    clean, both, one, spread = verdicts(detectors, scores, [slice(i, i + 1) for i in range(4)], fisher)
+    assert clean.verdict == "clean" and clean.score == 0.0
+    assert both.verdict == "trigger" and both.flagged_by == ("b", "s")
+    assert one.flagged_by == ("b",) and one.verdict == "adversarial" and one.score >= 1
+    # Nobody over their own threshold but p-values 9/11 each: T below the threshold, not flagged.
+    assert spread.verdict == "clean" and spread.score < 1
+
+
+def test_fisher_config_needs_its_references_and_threshold(tmp_path):
+    from tests.conftest import DEMO_REPOSITORY
+
+    model = tmp_path / "m"
+    model.mkdir()
+    text = (DEMO_REPOSITORY / "digits_fp32" / "config.toml").read_text().split("\n[ensemble]")[0]
+    (model / "model.onnx").write_bytes((DEMO_REPOSITORY / "digits_fp32" / "model.onnx").read_bytes())
+    (model / "config.toml").write_text(text.replace('name = "digits_fp32"', 'name = "m"')
+                                       + '\n[ensemble]\nmethod = "fisher"\nthreshold = 12.5\n')
+    with pytest.raises(ConfigError, match="ensemble.references"):
+        load_model_config(model)
+    np.savez(model / "ensemble.npz", a=np.zeros(3))
+    assert load_model_config(model).detection.ensemble.threshold == 12.5
+
+
+def test_adaptive_attack_p_values_match_the_gateway_and_have_gradients():
+    import torch
+
+    rng = np.random.default_rng(2)
+    fisher = Fisher.fit({"a": rng.gamma(2.0, size=200)}, 0.05)
+    reference = fisher.references["a"]
+    # At the clean scores themselves and in the tail, the smooth p is the gateway's p.
+    points = np.concatenate([reference[::17], reference[-1] + np.array([0.5, 2.0, 8.0])])
+    score = torch.tensor(points, requires_grad=True)
+    smooth = fisher.neg_log_p("a", score)
+    np.testing.assert_allclose(smooth.detach().numpy(), -np.log(fisher.p_values({"a": points})["a"]), rtol=1e-9)
+    smooth.sum().backward()
+    assert (score.grad[-3:] > 0).all()  # the attacker can descend it

@@ -1,0 +1,88 @@
+"""Threshold fitting with false-positive control over the ensemble."""
+
+import numpy as np
+import pytest
+
+from guard.detection.thresholds import fit_thresholds, flag_rates, threshold_for
+
+
+def test_threshold_allows_exactly_the_budget():
+    scores = np.arange(100, dtype=float)
+    t = threshold_for(scores, 5)
+    assert (scores >= t).sum() == 5
+    assert (scores >= threshold_for(scores, 0)).sum() == 0
+
+
+def test_threshold_with_ties_never_exceeds_budget():
+    scores = np.array([0.0] * 90 + [1.0] * 10)
+    assert (scores >= threshold_for(scores, 5)).sum() <= 5
+
+
+@pytest.mark.parametrize("correlation", [0.0, 0.5, 1.0])
+def test_union_meets_target_whatever_the_overlap(correlation):
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=2000)
+    scores = {f"d{i}": correlation * shared + (1 - correlation) * rng.normal(size=2000) for i in range(3)}
+    fit = fit_thresholds(scores, 0.05)
+    _, union = flag_rates(scores, fit.thresholds)
+    assert union == fit.calibration_fpr <= 0.05
+    # The budget is used, not wasted: close to the target, never over it.
+    assert union > 0.04
+    if correlation == 1.0:  # identical detectors each get the whole budget
+        assert all(abs(r - 0.05) <= 0.001 for r in fit.detector_fpr.values())
+
+
+def test_held_out_rate_near_target():
+    rng = np.random.default_rng(2)
+    calibration = {"a": rng.exponential(size=5000), "b": rng.exponential(size=5000)}
+    held_out = {"a": rng.exponential(size=5000), "b": rng.exponential(size=5000)}
+    fit = fit_thresholds(calibration, 0.05)
+    _, union = flag_rates(held_out, fit.thresholds)
+    assert abs(union - 0.05) < 0.015
+
+
+def test_rejects_mismatched_sample_counts():
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        fit_thresholds({"a": np.zeros(3), "b": np.zeros(4)}, 0.05)
+
+
+def test_small_calibration_sets_stay_under_the_conformal_bound():
+    # With 20 samples a plain 5% quantile allows 1 flag, but then a new clean sample is flagged
+    # with probability 2/21 (~9.5%); the conformal bound allows none.
+    fit = fit_thresholds({"a": np.arange(20, dtype=float)}, 0.05)
+    assert fit.calibration_fpr == 0.0
+    fit = fit_thresholds({"a": np.arange(40, dtype=float)}, 0.05)
+    assert round(fit.calibration_fpr * 40) == 1  # 2/41 <= 5%: one flag is affordable
+
+
+def test_leftover_budget_is_used_without_breaking_the_bound():
+    rng = np.random.default_rng(3)
+    scores = {f"d{i}": rng.normal(size=359) for i in range(4)}
+    fit = fit_thresholds(scores, 0.05)
+    flagged = round(fit.calibration_fpr * 359)
+    assert (flagged + 1) / 360 <= 0.05 < (flagged + 2) / 360  # one more flag would break it
+
+
+def test_monitors_get_their_own_threshold_outside_the_ensemble_budget(tmp_path):
+    from guard.tools.calibrate import calibrate_model
+    from models.digits_data import load_split
+    from tests.conftest import DEMO_REPOSITORY
+
+    x, y = load_split("calibration")
+    tables = [{"name": "bd2", "type": "squeeze_bit_depth", "bits": 2},
+              {"name": "margin", "type": "confidence_margin"},
+              {"name": "bd1", "type": "squeeze_bit_depth", "bits": 1, "monitor": True}]
+    report = calibrate_model(DEMO_REPOSITORY / "digits_fp32" / "model.onnx", "m", tmp_path, np.array(x), y,
+                             detectors=tables, target_fpr=0.05)
+    assert report["monitors"] == ["bd1"]
+    per = report["calibration_fpr_per_detector"]
+    # The monitor alone uses (almost) the whole target; the two judges share it.
+    assert 0.03 <= per["bd1"] <= 0.05
+    assert report["calibration_fpr"] <= 0.05 and per["bd2"] < 0.05 and per["margin"] < 0.05
+    assert "monitor = true" in (tmp_path / "m" / "config.toml").read_text()
+
+
+def test_scores_below_the_threshold_floor_terminate():
+    # Near-constant clean scores (e.g. an untrained network's vanishing logits) must still calibrate.
+    fit = fit_thresholds({"a": np.zeros(40), "b": np.linspace(0, 1, 40)}, 0.05)
+    assert fit.calibration_fpr <= 0.05
