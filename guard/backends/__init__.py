@@ -12,10 +12,11 @@ from typing import Any
 from guard.backends.base import Backend
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.backends.remote.backend import RemoteBackend
+from guard.backends.torch_runtime import TorchBackend
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec
 
-REGISTRY: dict[str, type[Backend]] = {cls.kind: cls for cls in (OnnxRuntimeBackend, RemoteBackend)}
+REGISTRY: dict[str, type[Backend]] = {cls.kind: cls for cls in (OnnxRuntimeBackend, RemoteBackend, TorchBackend)}
 
 
 @dataclass(frozen=True)

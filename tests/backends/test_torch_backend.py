@@ -1,0 +1,356 @@
+"""[backend] kind = "torch": agreement with ONNX Runtime on both demo models, .pt2 programs, a live
+gateway whose detectors run unchanged, the batch staying on the device, compile fallback, and
+settings errors that name the key. CUDA-only parts run only where CUDA is present."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import tritonclient.grpc as triton
+from onnx import helper, numpy_helper
+
+from guard.backends.onnx_torch import load_onnx_classifier
+from guard.backends.onnxruntime import OnnxRuntimeBackend
+from guard.backends.torch_runtime import TorchBackend
+from guard.protocol.errors import BackendError, ConfigError
+from guard.serving.metrics import GuardMetrics
+from guard.serving.model_config import load_model_config
+from guard.serving.runtime import ModelRuntime
+from tests.conftest import DEMO_REPOSITORY, copy_demo, demo_detector_names, running_gateway
+
+INT8 = DEMO_REPOSITORY / "digits" / "model.onnx"
+FP32 = DEMO_REPOSITORY / "digits_fp32" / "model.onnx"
+FEATURES = "/fc/fc.1/Relu_output_0"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+# FP32: the two runtimes sum the same products in a different order (MLAS vs oneDNN/MKL kernels),
+# a few float32 ulps per reduction over 4 layers. Measured on this CPU: logits 9.5e-6, features
+# 2.3e-5 (values up to ~55, ulp 3.8e-6: 3 and 6 ulps). Allowed: 16 ulps of the largest value.
+FP32_ULPS = 16
+# INT8 QDQ: both outputs are DequantizeLinear of integers, so any difference is a whole number of
+# quantization steps of that output. The interpreter fakes the integer kernels in float32, so a
+# value within float rounding of a grid midpoint can round the other way in one layer. Measured on
+# 360 held-out, 1078 training, 3234 noisy training, 1078 2-bit-squeezed training and 5000 uniform-
+# noise rows: never more than ONE step, on 0% (held-out) to 0.4% of rows, top-1 always equal.
+# Allowed: 2 steps (a flip in an early layer may push a later value across a grid point, too), on
+# at most 2% of rows (5x the worst measured rate), top-1 equal on 99%.
+INT8_STEPS = 2
+INT8_ROWS_DIFFERING = 0.02
+INT8_TOP1 = 0.99
+
+
+def rows(held_out, noise: int = 1000) -> np.ndarray:
+    """Held-out digits plus uniform noise: off-distribution inputs reach more rounding midpoints."""
+    x = held_out[0]
+    return np.ascontiguousarray(np.concatenate([x, np.random.default_rng(0).random((noise, *x.shape[1:]),
+                                                                                 dtype=np.float32)]))
+
+
+def reference(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    return OnnxRuntimeBackend.open(model, intra_op_threads=1).infer({"input": x}, ["logits", FEATURES])
+
+
+def on_torch(backend: TorchBackend, x: np.ndarray) -> dict[str, np.ndarray]:
+    out = backend.infer({"input": torch.from_numpy(np.array(x)).to(backend.device)}, ["logits", FEATURES])
+    return {name: value.cpu().numpy() for name, value in out.items()}
+
+
+def output_scale(model: Path, output: str) -> float:
+    """The quantization step of an INT8 QDQ output: the scale of the DequantizeLinear producing it."""
+    graph = onnx.load(str(model)).graph
+    node = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] == output)
+    return float(next(numpy_helper.to_array(i) for i in graph.initializer if i.name == node.input[1]))
+
+
+def assert_fp32_agrees(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    for name, ref in expected.items():
+        allowed = FP32_ULPS * np.finfo(np.float32).eps * np.abs(ref).max()
+        assert np.abs(got[name] - ref).max() <= allowed, name
+
+
+def test_fp32_agrees_with_onnxruntime(held_out):
+    x = rows(held_out)
+    got, expected = on_torch(TorchBackend.open(FP32, device="cpu"), x), reference(FP32, x)
+    assert_fp32_agrees(got, expected)
+    assert (got["logits"].argmax(1) == expected["logits"].argmax(1)).all()
+
+
+def test_int8_agrees_with_onnxruntime_to_whole_quantization_steps(held_out):
+    x = rows(held_out)
+    got, expected = on_torch(TorchBackend.open(INT8, device="cpu", features_output=FEATURES), x), reference(INT8, x)
+    for name in ("logits", FEATURES):
+        steps = np.abs(got[name] - expected[name]) / output_scale(INT8, name)
+        assert np.allclose(steps, np.round(steps), atol=1e-3), f"{name}: a difference that is not a rounding flip"
+        assert steps.max() <= INT8_STEPS, name
+        assert (steps.max(axis=1) > 0.5).mean() <= INT8_ROWS_DIFFERING, name
+    assert (got["logits"].argmax(1) == expected["logits"].argmax(1)).mean() >= INT8_TOP1
+    # On the held-out digits themselves, measured identical.
+    assert np.abs(got["logits"][:len(held_out[0])] - expected["logits"][:len(held_out[0])]).max() <= output_scale(
+        INT8, "logits") * INT8_STEPS
+
+
+def test_internal_features_come_from_the_same_call(tmp_path, held_out):
+    """features_output need not be a graph output: the interpreter returns any named tensor, and
+    the backend declares it so the repository's check passes."""
+    model = onnx.load(str(FP32))
+    kept = [o for o in model.graph.output if o.name != FEATURES]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    backend = TorchBackend.open(tmp_path / "model.onnx", device="cpu", features_output=FEATURES)
+    assert FEATURES in [o.name for o in backend.signature()[1]]
+    assert {o.name: o.shape for o in backend.signature()[1]}[FEATURES] == (64,)
+    x = held_out[0][:64]
+    assert_fp32_agrees(on_torch(backend, x), reference(FP32, x))
+    with pytest.raises(BackendError, match="no tensor 'nope'"):
+        backend.infer({"input": torch.from_numpy(np.array(x))}, ["logits", "nope"])
+
+
+class _Program(torch.nn.Module):
+    """The FP32 demo as a torch.export program (through the interpreter, so no project code is
+    needed to load the saved file: it holds the traced aten graph and the weights)."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.net, self.as_dict = load_onnx_classifier(FP32), as_dict
+
+    def forward(self, input):  # noqa: A002 - the name becomes the program's input name
+        logits, features = self.net.run(input, ["logits", FEATURES])
+        return {"logits": logits, FEATURES: features} if self.as_dict else (logits, features)
+
+
+def save_program(path: Path, as_dict: bool = True, dynamic: bool = True) -> Path:
+    shapes = {"input": {0: torch.export.Dim("batch")}} if dynamic else None
+    program = torch.export.export(_Program(as_dict), (torch.zeros(2, 1, 16, 16),), dynamic_shapes=shapes, strict=False)
+    torch.export.save(program, str(path))
+    return path
+
+
+def test_pt2_program_runs_and_declares_its_tensors(tmp_path, held_out):
+    x = held_out[0][:64]
+    backend = TorchBackend.open(save_program(tmp_path / "model.pt2"), device="cpu")
+    inputs, outputs = backend.signature()
+    assert [(s.name, s.datatype, s.shape) for s in inputs] == [("input", "FP32", (1, 16, 16))]
+    assert [(s.name, s.datatype, s.shape) for s in outputs] == [("logits", "FP32", (10,)), (FEATURES, "FP32", (64,))]
+    assert_fp32_agrees(on_torch(backend, x), reference(FP32, x))
+    # A tuple-returning program's outputs are named by the config: [[outputs]], then features_output.
+    positional = TorchBackend.open(save_program(tmp_path / "tuple.pt2", as_dict=False), device="cpu",
+                                   output_names=("logits",), features_output=FEATURES)
+    assert [s.name for s in positional.signature()[1]] == ["logits", FEATURES]
+    assert_fp32_agrees(on_torch(positional, x), reference(FP32, x))
+    with pytest.raises(ConfigError, match="dynamic batch dimension"):
+        TorchBackend.open(save_program(tmp_path / "static.pt2", dynamic=False), device="cpu")
+
+
+def torch_config(text: str, extra: str = "") -> str:
+    """A demo config whose [backend] table is the torch backend's: `kind = "torch"`, `extra`, and
+    of the table's keys only those the torch backend shares (model_file) unless `extra` sets them."""
+    head, rest = text.split("[backend]\n", 1)
+    body, header, tail = rest.partition("\n[")
+    dropped = {"kind", "providers", "intra_op_threads", "inter_op_threads",
+               *re.findall(r"(?m)^(\w+) = ", extra)}
+    kept = [line for line in body.split("\n") if line.split(" = ")[0] not in dropped]
+    return head + '[backend]\nkind = "torch"\n' + extra + "\n".join(kept) + header + tail
+
+
+def infer(url: str, x: np.ndarray, model: str = "digits"):
+    with triton.InferenceServerClient(url) as client:
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer(model, [tensor])
+
+
+def test_live_gateway_serves_the_demo_with_the_same_detectors(tmp_path, held_out):
+    repository = copy_demo(tmp_path, torch_config)
+    fp32 = repository / "digits_fp32" / "config.toml"
+    fp32.write_text(torch_config(fp32.read_text()))
+    x = held_out[0][:8]
+    with running_gateway() as srv:  # ONNX Runtime, as shipped
+        expected = [infer(srv.grpc_url, x[i:i + 1]) for i in range(len(x))]
+    with running_gateway(repository) as srv:
+        runtime = srv.server._runtimes["digits"]
+        assert runtime.backend.kind == "torch" and runtime.pipeline.torch_io
+        assert [d.name for d in runtime.detectors] == demo_detector_names()
+        got = [infer(srv.grpc_url, x[i:i + 1]) for i in range(len(x))]
+        fp32_params = infer(srv.grpc_url, x[:1], "digits_fp32").get_response().parameters
+    assert fp32_params["guard_verdict"].string_param in ("clean", "adversarial")
+    for ours, theirs in zip(got, expected):
+        params, ref = ours.get_response().parameters, theirs.get_response().parameters
+        assert params["guard_verdict"].string_param == ref["guard_verdict"].string_param
+        assert params["guard_flagged_by"].string_param == ref["guard_flagged_by"].string_param
+        # Held-out logits are identical (INT8, see above), so scores differ by float noise only.
+        assert params["guard_score"].double_param == pytest.approx(ref["guard_score"].double_param, rel=1e-4, abs=1e-6)
+        np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-5)
+
+
+class Spy:
+    """Wraps a backend's infer, recording what crosses it."""
+
+    def __init__(self, backend: TorchBackend, sync_check: bool = False):
+        self.backend, self.real, self.sync_check, self.calls = backend, backend.infer, sync_check, []
+        backend.infer = self
+
+    def __call__(self, inputs, outputs, deadline=None):
+        if self.sync_check:  # any device->host copy or synchronisation inside the backend raises
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            result = self.real(inputs, outputs, deadline)
+        finally:
+            if self.sync_check:
+                torch.cuda.set_sync_debug_mode("default")
+        self.calls.append((inputs, result))
+        return result
+
+
+def runtime_with_torch_backend(tmp_path, device: str) -> ModelRuntime:
+    repository = copy_demo(tmp_path, lambda text: torch_config(text, f'device = "{device}"\n')
+                           .replace('guarded_input = "input"\n', f'guarded_input = "input"\ndevice = "{device}"\n'))
+    config = load_model_config(repository / "digits")
+    return ModelRuntime(config, GuardMetrics().for_model(config.name))
+
+
+def check_batch_stays_on_device(runtime: ModelRuntime, spy: Spy, held_out) -> None:
+    results = runtime.execute([{"input": held_out[0][i:i + 1]} for i in range(3)])
+    assert len(results) == 3 and all(r.verdict.scores for r in results)
+    assert len(spy.calls) == 1  # ONE backend call for the originals and every variant
+    inputs, outputs = spy.calls[0]
+    expected = (runtime.device.type, runtime.device.index or 0)
+    for value in [*inputs.values(), *outputs.values()]:
+        assert isinstance(value, torch.Tensor) and (value.device.type, value.device.index or 0) == expected
+    assert set(outputs) == {"logits", FEATURES}
+    assert outputs["logits"].shape[0] == 3 * (1 + sum(d.num_variants for d in runtime.detectors))
+
+
+def test_batch_stays_on_the_device_through_the_pipeline(tmp_path, held_out):
+    runtime = runtime_with_torch_backend(tmp_path, "cpu")
+    assert runtime.backend.device == runtime.device == torch.device("cpu")
+    check_batch_stays_on_device(runtime, Spy(runtime.backend), held_out)
+
+
+@cuda
+def test_batch_stays_on_cuda_with_no_host_copy(tmp_path, held_out):
+    runtime = runtime_with_torch_backend(tmp_path, "cuda")
+    assert runtime.backend.device.type == runtime.device.type == "cuda"
+    runtime.execute([{"input": held_out[0][:2]}])  # first call: lazy CUDA/cuDNN initialisation
+    check_batch_stays_on_device(runtime, Spy(runtime.backend, sync_check=True), held_out)
+
+
+@cuda
+@pytest.mark.parametrize("model, mode", [(FP32, "none"), (INT8, "none"), (INT8, "reduce-overhead")])
+def test_cuda_agrees_with_onnxruntime_on_the_cpu(held_out, model, mode):
+    """On CUDA, cuDNN convolutions run in TF32 by default (so does ONNX Runtime's CUDA provider):
+    FP32 is expected within ~1e-3 of the logits' range, checked at 5e-3; INT8 then sees more
+    rounding flips, checked at 4 steps. Top-1 must agree on 98% of the held-out digits."""
+    x = held_out[0]
+    backend = TorchBackend.open(model, device="cuda", compile=mode, features_output=FEATURES)
+    assert (f"compile={mode}" in backend.description) == (mode != "none"), backend.description
+    got, expected = on_torch(backend, x), reference(model, x)
+    assert (got["logits"].argmax(1) == expected["logits"].argmax(1)).mean() >= 0.98
+    allowed = 4 * output_scale(INT8, "logits") if model == INT8 else 5e-3 * np.abs(expected["logits"]).max()
+    assert np.abs(got["logits"] - expected["logits"]).max() <= allowed
+
+
+def test_compile_pads_to_buckets_and_falls_back_to_eager(monkeypatch, held_out):
+    """The compile plumbing without Inductor's cost here: torch.compile as the identity, then as
+    a host without a toolchain (it raises)."""
+    x = held_out[0][:5]
+    eager = on_torch(TorchBackend.open(INT8, device="cpu", features_output=FEATURES), x)
+    shapes = []
+
+    def identity(module, mode):
+        def run(*args):
+            shapes.append(tuple(args[0].shape))
+            return module(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", identity)
+    compiled = TorchBackend.open(INT8, device="cpu", compile="default", features_output=FEATURES)
+    assert "compile=default" in compiled.description
+    got = on_torch(compiled, x)
+    assert shapes[-1] == (8, 1, 16, 16)  # 5 rows padded to the bucket of 8, outputs sliced back
+    for name in eager:
+        assert got[name].shape == eager[name].shape
+        np.testing.assert_allclose(got[name], eager[name], atol=1e-5)
+
+    def no_toolchain(module, mode):
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(torch, "compile", no_toolchain)
+    fallback = TorchBackend.open(INT8, device="cpu", compile="reduce-overhead", features_output=FEATURES)
+    assert "compile" not in fallback.description
+    np.testing.assert_array_equal(on_torch(fallback, x)["logits"], eager["logits"])
+
+
+def test_ops_beyond_the_demo_match_onnxruntime():
+    """The ops added for other CNN exports (BatchNormalization, Clip, Concat, Transpose, Squeeze,
+    Unsqueeze, ReduceMean, HardSigmoid, HardSwish), on one small graph against ONNX Runtime."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+
+    def init(name, array):
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"], epsilon=1e-3),
+        helper.make_node("Clip", ["bn", "lo", "hi"], ["clip"]),
+        helper.make_node("HardSwish", ["clip"], ["hs"]),
+        helper.make_node("HardSigmoid", ["bn"], ["hsig"], alpha=0.3, beta=0.4),
+        helper.make_node("Concat", ["hs", "hsig"], ["cat"], axis=1),
+        helper.make_node("Transpose", ["cat"], ["tr"], perm=[0, 2, 3, 1]),
+        helper.make_node("ReduceMean", ["tr"], ["mean"], axes=[1, 2], keepdims=1),
+        helper.make_node("Squeeze", ["mean", "axes12"], ["sq"]),
+        helper.make_node("Unsqueeze", ["sq", "axes2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "ops", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 4, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 6, 1])],
+        [init("s", rng.random(3, dtype=np.float32) + 0.5), init("b", rng.random(3, dtype=np.float32)),
+         init("m", rng.random(3, dtype=np.float32)), init("v", rng.random(3, dtype=np.float32) + 0.1),
+         init("lo", np.float32(-1.0)), init("hi", np.float32(2.5)), init("axes12", np.array([1, 2], np.int64)),
+         init("axes2", np.array([-1], np.int64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    x = rng.normal(0, 2, (3, 3, 4, 5)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["y"], {"x": x})[0]
+    from guard.backends.onnx_torch import OnnxClassifier
+
+    got = OnnxClassifier(model).run(torch.from_numpy(x), ["y"])[0].numpy()
+    assert got.shape == expected.shape == (3, 6, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra, key, expected", [
+    ("intra_op_threads = 1\n", "backend.intra_op_threads", "a known key"),
+    ('compile = "fast"\n', "backend.compile", "one of none, default, reduce-overhead"),
+    ('device = "tpu"\n', "backend.device", "one of auto, cpu, cuda"),
+    ('model_file = "missing.onnx"\n', "backend.model_file", "ONNX file or torch.export program"),
+    ('model_file = "calibration.json"\n', "backend.model_file", "(.onnx) or a torch.export program (.pt2)"),
+])
+def test_bad_settings_name_the_key(tmp_path, extra, key, expected):
+    repository = copy_demo(tmp_path, lambda text: torch_config(text, extra))
+    with pytest.raises(ConfigError) as info:
+        load_model_config(repository / "digits")
+    assert f"key '{key}'" in str(info.value) and expected in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-host behaviour")
+def test_cuda_on_a_cpu_host_names_the_key(tmp_path):
+    repository = copy_demo(tmp_path, lambda text: torch_config(text, 'device = "cuda"\n'))
+    config = load_model_config(repository / "digits")  # the config is valid; the host is not
+    with pytest.raises(ConfigError, match="key 'backend.device': expected a host with CUDA"):
+        ModelRuntime(config, GuardMetrics().for_model(config.name))
+
+
+def test_a_model_with_an_op_the_interpreter_lacks_is_refused(tmp_path):
+    model = onnx.load(str(FP32))
+    next(n for n in model.graph.node if n.op_type == "Relu").op_type = "Selu"
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(ConfigError, match="Selu"):
+        TorchBackend.open(tmp_path / "model.onnx", device="cpu")
