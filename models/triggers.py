@@ -2,8 +2,12 @@
 
 Each trigger is a small frozen dataclass whose `apply` maps a batch of images `[..., 16, 16]`
 in [0, 1] to float32 triggered copies, still in [0, 1]. `to_npz` stores the exact pattern and
-`load_trigger` rebuilds it, so the evaluation harness re-applies the very trigger a model was
-poisoned with rather than a re-derived lookalike.
+`load_trigger` rebuilds it (for these recipes). `guard_trigger` writes the same trigger as the
+library's recipe-free format (guard.tools.evaluation.triggers: a mask and a pattern), which is
+what `guard evaluate` reads, so the evaluation re-applies the very trigger a model was poisoned
+with, bit for bit, without importing this module:
+
+    python -m models.triggers models/zoo/backdoor_patch/trigger.npz --out patch_guard.npz
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ class _Serializable:
         """Write `kind` plus every dataclass field (plain arrays: loads with allow_pickle=False)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f_.name: np.asarray(getattr(self, f_.name)) for f_ in fields(self)}
         with path.open("wb") as f:  # a file object stops numpy from appending ".npz" to odd names
-            np.savez(f, kind=np.array(self.name), **{f_.name: np.asarray(getattr(self, f_.name)) for f_ in fields(self)})
+            np.savez(f, kind=np.array(self.name), **arrays)
         return path
 
     @classmethod
@@ -67,6 +72,13 @@ class _Stamp(_Serializable):
         out = _images(x).copy()  # never write into the caller's (possibly cached, read-only) array
         out[..., -self.size:, -self.size:] = self.pattern()
         return out
+
+    def mask_and_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stamp as guard's x * (1 - mask) + pattern * mask: a 0/1 mask reproduces the stamp
+        exactly (x * 0 + p * 1 = p and x * 1 + 0 * 0 = x in float32)."""
+        pattern = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        pattern[-self.size:, -self.size:] = self.pattern()
+        return self.mask().astype(np.float32), pattern
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,16 @@ class Blend(_Serializable):
     def mask(self) -> np.ndarray:
         return np.ones((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
 
+    def mask_and_pattern(self) -> tuple[np.ndarray, np.ndarray]:
+        """The blend as guard's x * (1 - mask) + pattern * mask with mask = alpha everywhere: the
+        same float32 products and sum as `apply`, provided 1 - float32(alpha) rounds to
+        float32(1 - alpha) (true for 0.2; checked, so a conversion is never silently inexact)."""
+        alpha = np.float32(self.alpha)
+        if np.float32(1) - alpha != np.float32(1.0 - self.alpha):
+            raise ValueError(f"alpha {self.alpha!r}: 1 - alpha rounds differently in float32; the mask form "
+                             "would not reproduce this blend exactly")
+        return np.full((IMAGE_SIZE, IMAGE_SIZE), alpha, dtype=np.float32), self.pattern.copy()
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         mixed = (1.0 - self.alpha) * _images(x) + self.alpha * self.pattern
         # A convex mix of [0, 1] values stays in [0, 1]; clip only absorbs float rounding.
@@ -156,3 +178,30 @@ def load_trigger(path: Path) -> Trigger:
     if kind not in TRIGGERS:
         raise ValueError(f"{path}: unknown trigger kind {kind!r}; known: {', '.join(TRIGGERS)}")
     return TRIGGERS[kind].from_npz(path)
+
+
+def guard_trigger(trigger: Trigger):
+    """The trigger in guard's recipe-free format (guard.tools.evaluation.triggers.MaskTrigger)."""
+    from guard.tools.evaluation.triggers import trigger_from_arrays
+
+    mask, pattern = trigger.mask_and_pattern()
+    return trigger_from_arrays(mask, pattern, source=f"{trigger.name} trigger")
+
+
+def write_guard_trigger(trigger: Trigger, path: Path) -> Path:
+    """Write `trigger` as guard's mask + pattern .npz (what an evaluation plan's `trigger` names)."""
+    return guard_trigger(trigger).save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Convert a recipe trigger.npz to guard's mask + pattern file.")
+    parser.add_argument("trigger", type=Path, help="a trigger.npz written by models.backdoor (to_npz)")
+    parser.add_argument("--out", type=Path, required=True, help="where guard's trigger file goes")
+    args = parser.parse_args(argv)
+    print(write_guard_trigger(load_trigger(args.trigger), args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from guard.detection.detectors.network import DetectorNetwork
 from guard.detection.ensemble import Fisher
 from guard.detection.pipeline import detector_scores
 from guard.serving.model_config import load_model_config
+from guard.tools.evaluation.pgd import linf_pgd
 
 KAPPA = 2.0
 MARGIN = 0.2
@@ -102,16 +103,6 @@ def adaptive_pgd(guarded: GuardedSurrogate, x: np.ndarray, y: np.ndarray, eps: f
     for start in tqdm(range(0, len(x), batch_size), desc=f"adaptive eps {eps:g}", unit="batch", leave=False):
         x0 = torch.from_numpy(np.array(x[start:start + batch_size], np.float32))
         yb = torch.from_numpy(np.array(y[start:start + batch_size], np.int64))
-        adv = (x0 + (torch.rand(x0.shape, generator=gen) * 2 - 1) * eps).clamp(0.0, 1.0)
-        best, best_loss = adv.clone(), torch.full((len(x0),), torch.inf)
-        for _ in range(steps + 1):
-            adv.requires_grad_(True)
-            loss = guarded.loss(adv, yb)
-            (grad,) = torch.autograd.grad(loss.sum(), adv)
-            with torch.no_grad():
-                better = loss < best_loss
-                best[better], best_loss[better] = adv[better].detach(), loss[better].detach()
-                adv = adv - alpha * grad.sign()
-                adv = torch.min(torch.max(adv, x0 - eps), x0 + eps).clamp(0.0, 1.0)
+        best = linf_pgd(lambda adv, yb=yb: guarded.loss(adv, yb), x0, eps, steps, alpha, gen, keep_best=True)
         out.append(best.numpy())
     return np.concatenate(out).astype(np.float32)

@@ -1,8 +1,9 @@
-"""The attack suite (torchattacks) and the backdoor triggers.
+"""The attack suite (torchattacks) on the plan's surrogate.
 
-Attacks are white-box on the FP32 torch surrogate, DigitsNet with models/artifacts/digits_fp32.pt;
-the gateway serves the INT8 quantization of that network, so every adversarial example is a
-surrogate-to-served TRANSFER and counts as successful only if the SERVED model misclassifies it.
+Attacks are white-box on the surrogate, the plan's ONNX file run as torch
+(guard.backends.onnx_torch); when the gateway serves a different file (the demo serves the INT8
+quantization of its FP32 surrogate), every adversarial example is a surrogate-to-served TRANSFER
+and counts as successful only if the SERVED model misclassifies it.
 Square is a score-based black-box attack, here querying the surrogate (not the gateway).
 Parameters are fixed up front (standard values from the papers and torchattacks' defaults, fewer
 iterations where the CPU budget asks for it); none is chosen by looking at test results.
@@ -22,8 +23,6 @@ from tqdm import tqdm
 
 log = logging.getLogger("guard.tools.evaluation.attacks")
 
-ROOT = Path(__file__).resolve().parents[3]
-SURROGATE = ROOT / "models" / "repository" / "digits_fp32" / "model.onnx"
 EPSILONS = (0.1, 0.2, 0.3)
 
 
@@ -122,8 +121,8 @@ def attack_suite(quick: bool = False, epsilons: tuple[float, ...] = EPSILONS) ->
     return specs
 
 
-def load_surrogate(path: Path = SURROGATE):
-    """The FP32 surrogate the attacks differentiate through: an ONNX classifier run as torch."""
+def load_surrogate(path: Path):
+    """The surrogate the attacks differentiate through: an ONNX classifier run as torch."""
     from guard.backends.onnx_torch import load_onnx_classifier
 
     return load_onnx_classifier(path)
@@ -150,9 +149,3 @@ def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def surrogate_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x) == y).mean())
 
-
-def apply_trigger(trigger_path: Path, x: np.ndarray) -> np.ndarray:
-    """The exact trigger a zoo model was poisoned with (models.triggers.load_trigger)."""
-    from models.triggers import load_trigger
-
-    return load_trigger(trigger_path).apply(x)

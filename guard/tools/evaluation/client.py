@@ -74,7 +74,7 @@ class GatewayClient:
                 time.sleep(0.2)
         if missing:
             raise RuntimeError(f"gateway {self.url} does not serve {missing} (serve an evaluation repository "
-                               "built by `guard evaluate --workdir DIR`, policy flag)")
+                               "built by `guard evaluate --plan PLAN --workdir DIR`, policy flag)")
 
     def _input_of(self, model: str) -> tuple[str, str]:
         if model not in self._inputs:

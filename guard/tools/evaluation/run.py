@@ -1,7 +1,8 @@
-"""`guard evaluate`: build the evaluation repository, serve it, attack, measure, report.
+"""`guard evaluate --plan PLAN.toml`: build the evaluation repository, serve it, attack, measure, report.
 
 Everything is measured on what a live gateway answers over gRPC: the calibration split (to set
 thresholds), the clean test split (realised FPR, AUROC negatives), and every attack and trigger.
+What is evaluated (data, surrogate, models, triggers) comes from the plan (plan.py).
 """
 
 from __future__ import annotations
@@ -20,30 +21,26 @@ from guard.serving.model_config import load_model_config
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation import rates as m
 from guard.tools.evaluation.client import GatewayClient, Served
-from guard.tools.evaluation.subjects import (
-    PAPER_SQUEEZERS,
-    backdoors,
-    build_repository,
-    configured_thresholds,
-    is_built,
-)
+from guard.tools.evaluation.plan import Plan, load_plan
+from guard.tools.evaluation.subjects import PAPER_SQUEEZERS, build_repository, configured_thresholds, is_built
 
 log = logging.getLogger("guard.tools.evaluation")
 
 BASELINES = {"fs_paper": list(PAPER_SQUEEZERS)}
 NOTES = [
-    "Surrogate transfer: attacks are computed on the FP32 torch DigitsNet (models/artifacts/digits_fp32.pt); the "
-    "gateway serves its INT8 quantization, so the ASR is that of a white-box-surrogate transfer attack. Square "
+    "Surrogate transfer: attacks are computed on the plan's surrogate ({surrogate}) run as torch and sent to "
+    "the served model, so where the two differ the ASR is that of a white-box-surrogate transfer attack. Square "
     "(score-based black box) queries the surrogate, not the gateway.",
-    "The detector network is trained on PGD only: FGSM, MI-FGSM, BIM, CW, DeepFool and Square measure how it "
-    "generalises. The adaptive rows attack the whole guarded pipeline (guard/evaluation/adaptive.py).",
+    "The adaptive rows attack the whole guarded pipeline (guard/tools/evaluation/adaptive.py).",
 ]
 
 
 @dataclass
 class EvalOptions:
+    plan: Path
+    """The evaluation plan (TOML): data splits, surrogate, models under test (plan.py)."""
     samples: int | None = None
-    """Test-split images to attack (default: all 360; 40 in quick mode)."""
+    """Test rows to attack (default: all; 40 in quick mode)."""
     quick: bool = False
     report_dir: Path = Path("reports/latest")
     workdir: Path | None = None
@@ -90,9 +87,9 @@ class _Model:
         }
 
     def row(self, attack: str, eps, kind: str, served: Served, eligible, successful,
-            surrogate_asr: float | None, curves: dict) -> dict:
+            surrogate_asr: float | None, curves: dict, suffix: str = "") -> dict:
         positives = m.subset(served.scores, successful)
-        key = f"{attack}" if eps is None else f"{attack}_eps{eps:g}"
+        key = (f"{attack}" if eps is None else f"{attack}_eps{eps:g}") + suffix
         title = f"{attack}{'' if eps is None else f' eps {eps:g}'} on {self.name}: {int(successful.sum())} successful"
         curves[key] = (title, {s: (sc.continuous(self.test.scores), sc.continuous(positives))
                                for s, sc in self.scorers.items()} if successful.any() else {})
@@ -128,65 +125,74 @@ def _surrogate_asr(net, adv: np.ndarray, y: np.ndarray, clean_ok: np.ndarray) ->
     return m.attack_success_rate(clean_ok, clean_ok & (atk.predict(net, adv) != y))
 
 
-def evaluate(client: GatewayClient, repository: Path, options: EvalOptions) -> tuple[dict, dict]:
+def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
     """All rows and per-model summaries, plus ROC inputs per row."""
-    from guard.tools.evaluation.adaptive import KAPPA, MARGIN, GuardedSurrogate, adaptive_pgd
-    from models.digits_data import load_split
-
-    calibration, test = load_split("calibration"), load_split("test")
+    calibration, test = (plan.calibration.x, plan.calibration.y), (plan.test.x, plan.test.y)
     n = min(options.samples or (40 if options.quick else len(test[1])), len(test[1]))
     pick = np.sort(np.random.default_rng(options.seed).choice(len(test[1]), n, replace=False))
     x, y = np.array(test[0][pick]), np.array(test[1][pick])
-    zoo = backdoors()
-    client.wait_ready(["digits", *(b.name for b in zoo)])
+    client.wait_ready(plan.names)
     started = time.perf_counter()
     models = {name: _Model(name, client, calibration, test, sorted(configured_thresholds(repository / name)),
                            load_model_config(repository / name).detection.ensemble.method)
-              for name in ["digits", *(b.name for b in zoo)]}
+              for name in plan.names}
     log.info("clean calibration and test splits through the gateway: %.1f s", time.perf_counter() - started)
-    for name, model in models.items():  # the 5% union must be the gateway's own configuration
+    for name, model in models.items():  # the 5% thresholds must be the gateway's own configuration
         model.summary["matches_gateway_thresholds"] = _matches_config(repository / name, model)
-    digits, rows, curves = models["digits"], [], {}
-    clean_pred = digits.test.predictions[pick]
+    rows, curves = [], {}
+    if plan.attacked:
+        net = atk.load_surrogate(plan.surrogate)
+        for subject in plan.attacked:
+            # Row keys name the model only when several are attacked, so one model's keys stay short.
+            suffix = f"@{subject.name}" if len(plan.attacked) > 1 else ""
+            rows += _attack_rows(client, models[subject.name], repository / subject.name, net, x, y,
+                                 models[subject.name].test.predictions[pick], options, suffix, curves)
+    for subject in plan.backdoored:
+        keep = y != subject.target
+        served = client.infer(subject.name, subject.trigger.apply(x[keep]), desc=f"send trigger {subject.name}")
+        eligible, successful = m.success(None, served.predictions, y[keep], target=subject.target)
+        row = models[subject.name].row(f"trigger_{subject.name.removeprefix('backdoor_')}", None, "trigger", served,
+                                       eligible, successful, None, curves)
+        row["target"] = subject.target
+        rows.append(row)
+        log.info("%s: ASR %s, ensemble %s", subject.name, row["asr"], row["scorers"]["ensemble"])
+    summaries = {name: model.summary for name, model in models.items()}
+    return {"samples": n, "sample_indices": pick.tolist(), "models": summaries, "rows": rows}, curves
 
-    net = atk.load_surrogate()
+
+def _attack_rows(client: GatewayClient, model: _Model, directory: Path, net, x: np.ndarray, y: np.ndarray,
+                 clean_pred: np.ndarray, options: EvalOptions, suffix: str, curves: dict) -> list[dict]:
+    """The torchattacks suite transferred from the surrogate, then the adaptive attack on the
+    model's whole guarded pipeline, each sent through the gateway to `model`."""
+    from guard.tools.evaluation.adaptive import KAPPA, MARGIN, GuardedSurrogate, adaptive_pgd
+
+    rows = []
     clean_ok_surrogate = atk.predict(net, x) == y
     suite = [s for s in atk.attack_suite(options.quick, options.epsilons)
              if options.attacks is None or s.name in options.attacks]
     for spec in suite:
         start = time.perf_counter()
         adv = atk.run_attack(spec, net, x, y, seed=options.seed)
-        served = client.infer("digits", adv, desc=f"send {spec.key}")
+        served = client.infer(model.name, adv, desc=f"send {spec.key}")
         eligible, successful = m.success(clean_pred, served.predictions, y)
-        rows.append(digits.row(spec.name, spec.eps, "transfer", served, eligible, successful,
-                               _surrogate_asr(net, adv, y, clean_ok_surrogate), curves))
+        rows.append(model.row(spec.name, spec.eps, "transfer", served, eligible, successful,
+                              _surrogate_asr(net, adv, y, clean_ok_surrogate), curves, suffix))
         rows[-1]["params"] = spec.params
-        log.info("%s: ASR %s, ensemble %s (%.1f s)", spec.key, rows[-1]["asr"], rows[-1]["scorers"]["ensemble"],
-                 time.perf_counter() - start)
+        log.info("%s: ASR %s, ensemble %s (%.1f s)", rows[-1]["key"], rows[-1]["asr"],
+                 rows[-1]["scorers"]["ensemble"], time.perf_counter() - start)
 
-    guarded = GuardedSurrogate(net.with_features(), repository / "digits")
+    guarded = GuardedSurrogate(net.with_features(), directory)
     steps = options.adaptive_steps or (10 if options.quick else 50)
     for eps in options.epsilons:
         alpha = 2.5 * eps / steps  # Madry et al.'s rule: the walk can cross the ball 2.5 times
         adv = adaptive_pgd(guarded, x, y, eps, steps=steps, alpha=alpha, seed=options.seed)
-        served = client.infer("digits", adv, desc=f"send adaptive eps {eps:g}")
+        served = client.infer(model.name, adv, desc=f"send adaptive eps {eps:g}")
         eligible, successful = m.success(clean_pred, served.predictions, y)
-        rows.append(digits.row("adaptive_pgd", eps, "adaptive", served, eligible, successful,
-                               _surrogate_asr(net, adv, y, clean_ok_surrogate), curves))
+        rows.append(model.row("adaptive_pgd", eps, "adaptive", served, eligible, successful,
+                              _surrogate_asr(net, adv, y, clean_ok_surrogate), curves, suffix))
         rows[-1]["params"] = {"steps": steps, "alpha": alpha, "random_start": True, "kappa": KAPPA, "margin": MARGIN}
-        log.info("adaptive eps %g: ASR %s, ensemble %s", eps, rows[-1]["asr"], rows[-1]["scorers"]["ensemble"])
-
-    for b in zoo:
-        keep = y != b.target
-        served = client.infer(b.name, atk.apply_trigger(b.trigger, x[keep]), desc=f"send trigger {b.name}")
-        eligible, successful = m.success(None, served.predictions, y[keep], target=b.target)
-        row = models[b.name].row(f"trigger_{b.name.removeprefix('backdoor_')}", None, "trigger", served,
-                                 eligible, successful, None, curves)
-        row["target"] = b.target
-        rows.append(row)
-        log.info("%s: ASR %s, ensemble %s", b.name, row["asr"], row["scorers"]["ensemble"])
-    summaries = {name: model.summary for name, model in models.items()}
-    return {"samples": n, "sample_indices": pick.tolist(), "models": summaries, "rows": rows}, curves
+        log.info("%s: ASR %s, ensemble %s", rows[-1]["key"], rows[-1]["asr"], rows[-1]["scorers"]["ensemble"])
+    return rows
 
 
 def run_evaluation(options: EvalOptions) -> dict:
@@ -194,6 +200,7 @@ def run_evaluation(options: EvalOptions) -> dict:
     from guard.tools.evaluation.tables import write_report
 
     started = time.perf_counter()
+    plan = load_plan(options.plan)  # checked before anything slow starts
     with contextlib.ExitStack() as stack:
         for name in ("guard.access", "guard.serving.dataplane"):  # a line per request / per flagged request
             logger = logging.getLogger(name)
@@ -201,17 +208,19 @@ def run_evaluation(options: EvalOptions) -> dict:
             logger.setLevel(logging.WARNING)
         workdir = options.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="guard-eval-")))
         repository = workdir / "repository"
-        if options.connect and is_built(repository):
+        if options.connect and is_built(plan, repository):
             log.info("--connect: reusing %s for the adaptive attack's detector statistics", repository)
         else:
-            build_repository(repository, seed=options.seed, ensemble=options.ensemble)
+            build_repository(plan, repository, seed=options.seed, ensemble=options.ensemble)
         url = stack.enter_context(_gateway(options, repository))
         client = stack.enter_context(GatewayClient(url))
-        found, curves = evaluate(client, repository, options)
-    results = {"meta": {"command": options.command or "guard evaluate", "seed": options.seed,
-                        "samples": found.pop("samples"), "quick": options.quick, "gateway": url,
-                        "connected": bool(options.connect), "target_fpr": 0.05, "fprs": list(m.FPRS),
-                        "wall_seconds": time.perf_counter() - started, "notes": NOTES}, **found}
+        found, curves = evaluate(client, repository, plan, options)
+    notes = [note.format(surrogate=plan.surrogate.name) for note in NOTES if plan.attacked] + list(plan.notes)
+    results = {"meta": {"command": options.command or f"guard evaluate --plan {plan.path}", "seed": options.seed,
+                        "plan": str(plan.path), "samples": found.pop("samples"), "quick": options.quick,
+                        "gateway": url, "connected": bool(options.connect), "target_fpr": 0.05,
+                        "fprs": list(m.FPRS), "wall_seconds": time.perf_counter() - started, "notes": notes},
+               **found}
     written = write_report(options.report_dir, results, curves)
     log.info("wrote %s (%.0f s)", ", ".join(str(p) for p in written.values() if p.suffix != ".png"),
              results["meta"]["wall_seconds"])
@@ -220,11 +229,12 @@ def run_evaluation(options: EvalOptions) -> dict:
 
 def main(args) -> int:
     """The `guard evaluate` entry point (args from guard.tools.cli)."""
-    flags = [f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
+    flags = [f"--plan {shlex.quote(str(args.plan))}",
+             f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
              f"--report-dir {shlex.quote(str(args.report_dir))}", f"--seed {args.seed}",
              f"--connect {args.connect}" if args.connect else "",
              f"--ensemble {args.ensemble}" if args.ensemble != "omnibus" else ""]
-    options = EvalOptions(samples=args.samples, quick=args.quick, report_dir=args.report_dir,
+    options = EvalOptions(plan=args.plan, samples=args.samples, quick=args.quick, report_dir=args.report_dir,
                           workdir=args.workdir, connect=args.connect, seed=args.seed, ensemble=args.ensemble,
                           command=" ".join(["guard evaluate", *filter(None, flags)]))
     run_evaluation(options)

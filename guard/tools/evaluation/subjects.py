@@ -1,53 +1,29 @@
-"""The evaluation repository: every model under test, calibrated with ALL detectors, policy flag.
+"""The evaluation repository: every model of the plan, calibrated with ALL detectors, policy flag.
 
-`digits` is the shipped INT8 model; `backdoor_*` are the zoo's poisoned models (models/zoo). Each
-is calibrated exactly as `guard calibrate` does it (guard.tools.calibrate.calibrate_model): learned
-statistics fit on the clean TRAIN split, thresholds at the target FPR on the CALIBRATION split,
-and the flag rate measured on the TEST split. The test split is never used to choose anything.
-The defender has clean data only, so the backdoored models' detectors also fit on clean images.
+Each model is calibrated exactly as `guard calibrate` does it (guard.tools.calibrate.calibrate_model):
+learned statistics fit on the plan's clean FIT split, thresholds at the target FPR on its
+CALIBRATION split, and the flag rate measured on its TEST split. The test split is never used to
+choose anything. The defender has clean data only, so backdoored models' detectors also fit on
+clean images.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from guard.protocol.errors import ConfigError
 from guard.tools.calibrate import calibrate_model
+from guard.tools.evaluation.plan import NETWORK_WEIGHTS, Plan, Subject
 
 log = logging.getLogger("guard.tools.evaluation.subjects")
 
-ROOT = Path(__file__).resolve().parents[3]
-DIGITS_DIR = ROOT / "models" / "repository" / "digits"
-ZOO = ROOT / "models" / "zoo"
-NETWORK_WEIGHTS = "detector_net.npz"
 TARGET_FPR = 0.05
 
 # The paper's MNIST feature-squeezing configuration (Xu et al. 2018): the FS baseline.
 PAPER_SQUEEZERS = ("bit_depth_1", "median_2x2")
-
-
-@dataclass(frozen=True)
-class Backdoor:
-    name: str
-    """Model name in the evaluation repository (its zoo directory's name)."""
-    onnx: Path
-    trigger: Path
-    target: int
-
-
-def backdoors(zoo: Path = ZOO) -> list[Backdoor]:
-    """The zoo's backdoored models: model.onnx, trigger.npz and the poison target of each."""
-    found = []
-    for directory in sorted(zoo.glob("backdoor_*")):
-        if (directory / "model.onnx").is_file() and (directory / "trigger.npz").is_file():
-            poison = json.loads((directory / "poison.json").read_text())
-            found.append(Backdoor(directory.name, directory / "model.onnx", directory / "trigger.npz",
-                                  int(poison["target"])))
-    return found
 
 
 def detector_tables(network: bool) -> list[dict[str, Any]]:
@@ -68,16 +44,12 @@ def detector_tables(network: bool) -> list[dict[str, Any]]:
     return tables
 
 
-def _network_available() -> bool:
-    if not (DIGITS_DIR / NETWORK_WEIGHTS).is_file():
-        return False
+def _check_network(plan: Plan, subject: Subject) -> None:
     from guard.detection.detectors import REGISTRY
 
     if "detector_network" not in REGISTRY:
-        log.warning("%s exists but no `detector_network` detector type is registered; evaluating without it",
-                    DIGITS_DIR / NETWORK_WEIGHTS)
-        return False
-    return True
+        raise ConfigError(plan.path, f"models ({subject.name}).detector_network",
+                          "a plan without detector_network: no `detector_network` detector type is registered")
 
 
 def configured_thresholds(directory: Path) -> dict[str, float]:
@@ -86,31 +58,31 @@ def configured_thresholds(directory: Path) -> dict[str, float]:
     return {d["name"]: d["threshold"] for d in load_model_config(directory).detection.detectors if not d.get("monitor")}
 
 
-def is_built(repository: Path) -> bool:
-    names = ["digits", *(b.name for b in backdoors())]
-    return all((repository / n / "config.toml").is_file() for n in names)
+def is_built(plan: Plan, repository: Path) -> bool:
+    return all((repository / name / "config.toml").is_file() for name in plan.names)
 
 
-def build_repository(repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0,
+def build_repository(plan: Plan, repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0,
                      ensemble: str = "omnibus") -> dict[str, dict]:
-    """Calibrate every model under test into `repository`; returns each model's calibration report."""
-    from models.digits_data import load_split
-
-    train, calibration, test = (load_split(s) for s in ("train", "calibration", "test"))
+    """Calibrate every model of the plan into `repository`; returns each model's calibration report."""
     repository.mkdir(parents=True, exist_ok=True)
-    network = _network_available()
-    jobs = [("digits", DIGITS_DIR / "model.onnx", network)] + [(b.name, b.onnx, False) for b in backdoors()]
+    fit, calibration, test = ((s.x, s.y) for s in (plan.fit, plan.calibration, plan.test))
     reports = {}
-    for name, onnx, with_network in jobs:
-        target = repository / name
+    for subject in plan.models:
+        network = subject.detector_network is not None
+        if network:
+            _check_network(plan, subject)
+        target = repository / subject.name
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        if with_network:
-            shutil.copyfile(DIGITS_DIR / NETWORK_WEIGHTS, target / NETWORK_WEIGHTS)
-        log.info("calibrating %s (%s) with %d detectors", name, onnx, len(detector_tables(with_network)))
-        reports[name] = calibrate_model(
-            onnx, name, repository, calibration[0], calibration[1], target_fpr=target_fpr,
-            holdout=test, fit_data=train, seed=seed, detectors=detector_tables(with_network), policy="flag",
+        for artifact in subject.artifacts:
+            shutil.copyfile(artifact, target / artifact.name)
+        if network:
+            shutil.copyfile(subject.detector_network, target / NETWORK_WEIGHTS)
+        log.info("calibrating %s (%s) with %d detectors", subject.name, subject.onnx, len(detector_tables(network)))
+        reports[subject.name] = calibrate_model(
+            subject.onnx, subject.name, repository, calibration[0], calibration[1], target_fpr=target_fpr,
+            holdout=test, fit_data=fit, seed=seed, detectors=detector_tables(network), policy="flag",
             ensemble=ensemble)
     return reports

@@ -65,7 +65,7 @@ def markdown(results: dict) -> str:
         f"{'quick' if meta['quick'] else 'full'} mode, {meta['wall_seconds']:.0f} s from start to the last "
         f"measurement, gateway {meta['gateway']}).\n\n"
         "Every number comes from what the gateway returned over gRPC (logits and `guard_detector_scores`). "
-        "Attacks are white-box on the FP32 torch surrogate and transferred to the served INT8 model; an example "
+        "Attacks are white-box on the plan's surrogate and transferred to the served model; an example "
         "counts as successful only if the SERVED model misclassifies it (triggers: classifies it as the "
         "target). ASR = successful / eligible (eligible: clean image classified correctly by the served model; "
         "triggers: label != target). Detection is measured on successful examples only. Thresholds are fitted on "

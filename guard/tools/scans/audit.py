@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from guard.tools.evaluation.pgd import untargeted_pgd
 from guard.tools.scans import findings
 from guard.tools.scans.inputs import ScanTarget
 
@@ -68,10 +69,8 @@ def _corruptions(x: torch.Tensor, low: float, high: float) -> dict[str, torch.Te
 
 def pgd_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, low: float, high: float,
                  gen: torch.Generator) -> float:
-    from models.attacks import pgd  # the recipes' seeded PGD; attacks the interpreter's gradients
-
     scale = high - low
-    adv = pgd(_Scaled(model, low, scale), (x - low) / scale, y, eps, steps, 2.5 * eps / steps, gen=gen)
+    adv = untargeted_pgd(_Scaled(model, low, scale), (x - low) / scale, y, eps, steps, 2.5 * eps / steps, gen=gen)
     return _accuracy(model, adv * scale + low, y)
 
 

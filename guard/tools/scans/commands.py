@@ -31,36 +31,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scan_model(args, target, out, progress) -> dict:
-    from guard.tools.scans.inputs import samples
+    from guard.tools.scans.inputs import load_npz
     from guard.tools.scans.model_scan import scan_model
     from guard.tools.scans.neural_cleanse import CleanseOptions
 
-    x, y = samples(target, args.data, "calibration")
+    x, y = load_npz(args.data, target)
     options = CleanseOptions(seed=args.seed)
     options = replace(options, steps=args.steps or options.steps, batch_size=args.batch_size or options.batch_size)
-    source = str(args.data) if args.data else "digits calibration split"
-    return scan_model(target, x, y, out, source, options, progress)
+    return scan_model(target, x, y, out, str(args.data), options, progress)
 
 
 def _scan_data(args, target, out) -> dict:
     from guard.tools.scans.data_scan import scan_data
-    from guard.tools.scans.inputs import load_npz, poison_indices, samples, training_set
+    from guard.tools.scans.inputs import load_npz, poison_indices
 
-    x, y, source = training_set(target, args.data)
-    poisoned, _ = poison_indices(args.poison_indices, target)
-    reference = None
-    if not args.no_reference:
-        if args.reference is not None:
-            reference = load_npz(args.reference, need_labels=True)
-        elif target.takes_digits:
-            reference = samples(target, None, "calibration")
-    return scan_data(target, x, y, out, source, reference, poisoned, args.poison_rate, args.seed)
+    x, y = load_npz(args.data, target, need_labels=True)
+    poisoned = poison_indices(args.poison_indices, len(y))
+    reference = load_npz(args.reference, target, need_labels=True) if args.reference is not None else None
+    return scan_data(target, x, y, out, str(args.data), reference, poisoned, args.poison_rate, args.seed)
 
 
 def _audit(args, target, out, progress) -> dict:
     from guard.tools.scans.audit import AuditOptions, audit
-    from guard.tools.scans.inputs import samples
+    from guard.tools.scans.inputs import load_npz
 
-    x, y = samples(target, args.data, "test", need_labels=True)
-    source = str(args.data) if args.data else "digits test split"
-    return audit(target, x, y, out, source, AuditOptions(seed=args.seed), progress)
+    x, y = load_npz(args.data, target, need_labels=True)
+    return audit(target, x, y, out, str(args.data), AuditOptions(seed=args.seed), progress)

@@ -1,5 +1,6 @@
-"""What a scan reads: the model (a repository directory, a zoo directory or an ONNX file) and
-its samples (an .npz, or the digits splits for models that take the digits input)."""
+"""What a scan reads: the model (a repository directory, a directory with model.onnx or an ONNX
+file) and its samples, always from the .npz files named on the command line: guard runs as an
+installed wheel, so there is no demo data to fall back on."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import onnx
 
 from guard.protocol.errors import ConfigError
 
-DIGITS_SHAPE = (1, 16, 16)
-
 
 @dataclass(frozen=True)
 class ScanTarget:
@@ -24,10 +23,6 @@ class ScanTarget:
     input_shape: tuple[int, ...]
     """One item's shape (batch excluded)."""
     num_classes: int
-
-    @property
-    def takes_digits(self) -> bool:
-        return self.input_shape == DIGITS_SHAPE
 
 
 def file_sha256(path: Path) -> str:
@@ -59,55 +54,38 @@ def resolve_model(path: Path) -> ScanTarget:
     return ScanTarget(name, directory, onnx_path, dims, num_classes)
 
 
-def load_npz(path: Path, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    with np.load(path, allow_pickle=False) as data:
-        if "x" not in data or (need_labels and "y" not in data):
-            raise ConfigError(path, "x" if "x" not in data else "y",
+def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """x (float32, one row per sample, the model's input shape) and, when present or needed, y."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(path, "(file)", f"an .npz with an array 'x' ({exc})") from None
+    with data:
+        files = data.files if hasattr(data, "files") else []
+        if "x" not in files or (need_labels and "y" not in files):
+            raise ConfigError(path, "x" if "x" not in files else "y",
                               "an array 'x' of samples" + (" and 'y' of labels" if need_labels else ""))
-        return np.asarray(data["x"], dtype=np.float32), (np.asarray(data["y"], dtype=np.int64) if "y" in data else None)
+        x = np.asarray(data["x"], dtype=np.float32)
+        y = np.asarray(data["y"], dtype=np.int64) if "y" in files else None
+    shape = target.input_shape
+    if x.ndim != len(shape) + 1 or len(x) == 0 or any(d not in (-1, s) for d, s in zip(shape, x.shape[1:])):
+        raise ConfigError(path, "x", f"samples [N, {', '.join(map(str, shape))}] for {target.onnx_path}", list(x.shape))
+    if y is not None and y.shape != (len(x),):
+        raise ConfigError(path, "y", f"{len(x)} labels, one per sample", list(y.shape))
+    return x, y
 
 
-def digits_split(target: ScanTarget, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if not target.takes_digits:
-        raise ConfigError(target.onnx_path, "--data", f"samples (.npz); the digits default needs input "
-                          f"{list(DIGITS_SHAPE)}, the model takes {list(target.input_shape)}")
-    from models.digits_data import load_split  # lazy: the digits recipe, only for the default data
-
-    x, y = load_split(split)
-    return np.array(x), np.array(y)
-
-
-def samples(target: ScanTarget, data: Path | None, split: str, need_labels: bool = False):
-    """Samples from `data`, else the digits `split`."""
-    return load_npz(data, need_labels) if data is not None else digits_split(target, split)
-
-
-def training_set(target: ScanTarget, data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """The labelled training set to scan: `data`, else the digits train split exactly as the model
-    saw it (re-poisoned with the directory's trigger.npz + poison.json for the evaluation models)."""
-    if data is not None:
-        x, y = load_npz(data, need_labels=True)
-        return x, y, str(data)
-    x, y = digits_split(target, "train")
-    poison = target.directory / "poison.json" if target.directory is not None else None
-    trigger = target.directory / "trigger.npz" if target.directory is not None else None
-    if poison is not None and poison.is_file() and trigger.is_file():
-        from models.triggers import load_trigger
-
-        meta = json.loads(poison.read_text())
-        indices = np.asarray(meta["train_indices"], dtype=np.int64)
-        x[indices], y[indices] = load_trigger(trigger).apply(x[indices]), meta["target"]
-        return x, y, f"digits train split poisoned as in {poison}"
-    return x, y, "digits train split"
-
-
-def poison_indices(path: Path | None, target: ScanTarget) -> tuple[np.ndarray | None, str | None]:
-    """Known poisoned indices: a JSON list or a poison.json (`train_indices`); by default the
-    model directory's poison.json when there is one."""
-    if path is None and target.directory is not None and (target.directory / "poison.json").is_file():
-        path = target.directory / "poison.json"
+def poison_indices(path: Path | None, samples: int) -> np.ndarray | None:
+    """Known poisoned indices into the scanned training set (of `samples` rows): a JSON list, or a
+    poison.json (`train_indices`) as models/backdoor.py writes it."""
     if path is None:
-        return None, None
-    data = json.loads(Path(path).read_text())
-    indices = data["train_indices"] if isinstance(data, dict) else data
-    return np.asarray(indices, dtype=np.int64), str(path)
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(path, "(file)", f"a JSON list of indices or an object with train_indices ({exc})") from None
+    key = "train_indices" if isinstance(data, dict) else "(list)"
+    indices = data.get("train_indices") if isinstance(data, dict) else data
+    if not isinstance(indices, list) or not all(isinstance(i, int) and 0 <= i < samples for i in indices):
+        raise ConfigError(path, key, f"a list of indices into the {samples} samples of --data")
+    return np.asarray(indices, dtype=np.int64)

@@ -19,11 +19,12 @@ REPORT_NAME = "scan.json"
 
 
 def scan_model(target: ScanTarget, x: np.ndarray, y: np.ndarray | None, out: Path, data_source: str,
-               options: CleanseOptions = CleanseOptions(), progress: bool = True) -> dict:
+               options: CleanseOptions | None = None, progress: bool = True) -> dict:
     import torch
 
     from guard.backends.onnx_torch import load_onnx_classifier
 
+    options = options or CleanseOptions()
     model = load_onnx_classifier(target.onnx_path)
     start = time.perf_counter()
     with torch.inference_mode(False):

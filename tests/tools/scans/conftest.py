@@ -92,6 +92,15 @@ def train_tiny(directory: Path, poison: bool, seed: int = 1) -> Trained:
 
 
 @pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory) -> dict[str, Path]:
+    """The digits splits as the .npz files the scan commands take (`--data`, `--reference`)."""
+    from models.digits_data import SPLITS, save_split
+
+    directory = tmp_path_factory.mktemp("digits_npz")
+    return {split: save_split(split, directory / f"{split}.npz") for split in SPLITS}
+
+
+@pytest.fixture(scope="session")
 def tiny_backdoor(tmp_path_factory) -> Trained:
     return train_tiny(tmp_path_factory.mktemp("tiny_backdoor"), poison=True)
 

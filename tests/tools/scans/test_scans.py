@@ -23,13 +23,15 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def model_scans(tiny_backdoor, tiny_clean, tmp_path_factory):
-    """`guard scan-model` with its defaults on both tiny models; their report directories. (Fewer
-    steps would be faster, but with 300 x 48 the clean tiny model's class 3 crossed index 2: the
-    verdicts are only as stable as the defaults make them, so the defaults are what is tested.)"""
+def model_scans(tiny_backdoor, tiny_clean, digits_npz, tmp_path_factory):
+    """`guard scan-model` with its defaults on both tiny models, on the digits calibration split;
+    their report directories. (Fewer steps would be faster, but with 300 x 48 the clean tiny model's
+    class 3 crossed index 2: the verdicts are only as stable as the defaults make them, so the
+    defaults are what is tested.)"""
     out = tmp_path_factory.mktemp("scans")
     for name, trained in (("backdoor", tiny_backdoor), ("clean", tiny_clean)):
-        assert main(["scan-model", "--model", str(trained.onnx), "--out", str(out / name), "--no-progress"]) == 0
+        assert main(["scan-model", "--model", str(trained.onnx), "--data", str(digits_npz["calibration"]),
+                     "--out", str(out / name), "--no-progress"]) == 0
     return out
 
 
@@ -81,15 +83,17 @@ def test_model_scan_passes_the_clean_model(model_scans):
     assert scan["flagged_classes"] == []
 
 
-def test_data_scan_finds_the_poisoned_samples(tiny_backdoor, tmp_path):
+def test_data_scan_finds_the_poisoned_samples(tiny_backdoor, digits_npz, tmp_path):
     data = tmp_path / "train.npz"
     np.savez(data, x=tiny_backdoor.x_train, y=tiny_backdoor.y_train)
     poison = tmp_path / "poison.json"
     poison.write_text(json.dumps(tiny_backdoor.poisoned.tolist()))
     out = tmp_path / "report"
     assert main(["scan-data", "--model", str(tiny_backdoor.onnx), "--data", str(data),
+                 "--reference", str(digits_npz["calibration"]),
                  "--poison-indices", str(poison), "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "data_scan.json").read_text())
+    assert report["reference_samples"] == 359
     assert report["budget"] == round(1.5 * len(tiny_backdoor.poisoned))
     spectral = report["methods"]["spectral"]
     assert spectral["recall"] >= 0.9
@@ -105,16 +109,19 @@ def test_data_scan_finds_the_poisoned_samples(tiny_backdoor, tmp_path):
 def test_data_scan_on_the_clean_model_finds_nothing_to_recall(tiny_clean, tmp_path):
     data = tmp_path / "train.npz"
     np.savez(data, x=tiny_clean.x_train, y=tiny_clean.y_train)
+    # No --reference: the papers' versions (nothing from the demo is filled in behind the user's back).
     assert main(["scan-data", "--model", str(tiny_clean.onnx), "--data", str(data), "--poison-rate", "0.05",
                  "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "r" / "data_scan.json").read_text())
+    assert report["reference_samples"] == 0 and report["poison_rate_known"] is False
     assert report["budget"] == round(1.5 * 0.05 * len(tiny_clean.y_train))
     assert "recall" not in report["methods"]["spectral"]
 
 
-def test_audit_report_is_well_formed(tiny_backdoor, tmp_path):
+def test_audit_report_is_well_formed(tiny_backdoor, digits_npz, tmp_path):
     out = tmp_path / "audit"
-    assert main(["audit", "--model", str(tiny_backdoor.onnx), "--out", str(out), "--no-progress"]) == 0
+    assert main(["audit", "--model", str(tiny_backdoor.onnx), "--data", str(digits_npz["test"]), "--out", str(out),
+                 "--no-progress"]) == 0
     report = json.loads((out / "audit.json").read_text())
     results = report["results"]
     families = {r["family"] for r in results}
@@ -126,8 +133,33 @@ def test_audit_report_is_well_formed(tiny_backdoor, tmp_path):
     weights = [r for r in results if r["family"] == "weight_noise"]
     assert weights[-1]["accuracy"] < clean and weights[-1]["std"] > 0
     assert report["interpreter_onnxruntime_agreement"] == 1.0
+    assert report["data"] == str(digits_npz["test"])
     assert (out / "audit.md").read_text().count("| weight_noise |") == len(weights)
     assert (out / "audit.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("scan", ["scan-model", "scan-data", "audit"])
+def test_scans_take_their_samples_only_from_files(scan, tiny_clean, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # no default data: --data is required
+        main([scan, "--model", str(tiny_clean.onnx)])
+    assert "--data" in capsys.readouterr().err
+
+
+def test_scan_inputs_are_checked_naming_the_file(tiny_clean, tmp_path, caplog):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 1, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    assert main(["audit", "--model", str(tiny_clean.onnx), "--data", str(wrong), "--out", str(tmp_path / "a")]) == 2
+    assert f"{wrong}: key 'x'" in caplog.text and "[N, 1, 16, 16]" in caplog.text
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=np.zeros((4, 1, 16, 16), np.float32))
+    assert main(["scan-data", "--model", str(tiny_clean.onnx), "--data", str(unlabelled)]) == 2
+    assert f"{unlabelled}: key 'y'" in caplog.text
+    data, poison = tmp_path / "train.npz", tmp_path / "poison.json"
+    np.savez(data, x=np.zeros((4, 1, 16, 16), np.float32), y=np.zeros(4, np.int64))
+    poison.write_text(json.dumps({"train_indices": [1, 4]}))
+    assert main(["scan-data", "--model", str(tiny_clean.onnx), "--data", str(data), "--poison-indices", str(poison),
+                 "--out", str(tmp_path / "d")]) == 2
+    assert f"{poison}: key 'train_indices'" in caplog.text and not (tmp_path / "d").exists()
 
 
 def _repository(tmp_path: Path, onnx_path: Path, scan: Path | None, require_clean: bool = True) -> Path:

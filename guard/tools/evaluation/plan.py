@@ -1,0 +1,190 @@
+"""The evaluation plan: everything `guard evaluate` needs, named in one TOML file.
+
+guard is installed as a wheel, so the evaluation cannot reach into a checkout for its data,
+surrogate or models: a plan names them as files, with paths relative to the plan file.
+
+    notes = ["..."]                      # optional: sentences appended to the report
+
+    [data]                               # .npz files with x (float32 in [0, 1]) and y (int labels)
+    fit = "data/fit.npz"                 # detectors learn clean statistics here
+    calibration = "data/calibration.npz" # thresholds are set here
+    test = "data/test.npz"               # clean test rows and the rows that get attacked
+
+    [surrogate]
+    onnx = "surrogate.onnx"              # the white-box attacks differentiate through this, as torch
+                                         # (needed when some model is attacked)
+
+    [[models]]                           # a model without a trigger is attacked (suite + adaptive)
+    name = "digits"
+    onnx = "models/digits/model.onnx"
+    detector_network = "models/digits/detector_net.npz"   # optional: joins the ensemble
+    artifacts = ["models/digits/extra.bin"]               # optional: copied next to model.onnx
+
+    [[models]]                           # a backdoored model: its trigger is applied to the test rows
+    name = "backdoor_patch"
+    onnx = "models/backdoor_patch/model.onnx"
+    trigger = "triggers/backdoor_patch.npz"   # guard.tools.evaluation.triggers' mask + pattern file
+    target = 0
+
+Every problem is a ConfigError naming the plan (or the data file) and the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.protocol.errors import ConfigError
+from guard.protocol.settings import TableReader
+from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
+
+SPLITS = ("fit", "calibration", "test")
+NETWORK_WEIGHTS = "detector_net.npz"
+"""The detector network's weights' file name inside the model directory."""
+RESERVED = ("model.onnx", "config.toml", "calibration.json")
+"""Files calibration writes into a model directory; an artifact must not overwrite them."""
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory of the evaluation repository
+
+
+@dataclass(frozen=True)
+class Split:
+    path: Path
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One model under test."""
+
+    name: str
+    onnx: Path
+    artifacts: tuple[Path, ...] = ()
+    detector_network: Path | None = None
+    trigger: MaskTrigger | None = None
+    trigger_path: Path | None = None
+    target: int | None = None
+
+    @property
+    def backdoored(self) -> bool:
+        return self.trigger is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    fit: Split
+    calibration: Split
+    test: Split
+    surrogate: Path | None
+    """None only when no model is attacked (every model has a trigger)."""
+    models: tuple[Subject, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def attacked(self) -> list[Subject]:
+        return [s for s in self.models if not s.backdoored]
+
+    @property
+    def backdoored(self) -> list[Subject]:
+        return [s for s in self.models if s.backdoored]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.models]
+
+
+def load_split(reader: TableReader, key: str) -> Split:
+    """x float32 in [0, 1] and integer labels y of the same length, from the .npz the key names."""
+    path = reader.file(key, what="an .npz with arrays x and y")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise reader.fail(key, f"an .npz with arrays x and y ({exc})", str(path)) from None
+    with data:
+        if not hasattr(data, "files") or "x" not in data.files or "y" not in data.files:
+            raise ConfigError(path, "x" if not hasattr(data, "files") or "x" not in data.files else "y",
+                              f"arrays x and y (named by {reader.path}: {reader.key(key)})")
+        x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    if x.dtype != np.float32:
+        raise ConfigError(path, "x", "float32 samples", str(x.dtype))
+    if x.ndim < 2 or len(x) == 0 or not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
+        raise ConfigError(path, "x", "a non-empty batch [N, ...] of finite values in [0, 1]",
+                          list(x.shape) if x.ndim < 2 or len(x) == 0 else None)
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise ConfigError(path, "y", f"{len(x)} integer labels (one per row of x)", f"{y.dtype} {list(y.shape)}")
+    return Split(path, x, y.astype(np.int64))
+
+
+def _subject(reader: TableReader) -> Subject:
+    reader.unknown(("name", "onnx", "artifacts", "detector_network", "trigger", "target"))
+    name = reader.get("name", str, expected="a model name")
+    if not NAME.match(name):
+        raise reader.fail("name", "a name of letters, digits, '_', '.', '-'", name)
+    onnx = reader.file("onnx", what="an ONNX file")
+    artifacts = reader.get("artifacts", list, [], "a list of files")
+    paths = []
+    for i, value in enumerate(artifacts):
+        if not isinstance(value, str) or not (reader.directory / value).is_file():
+            raise reader.fail(f"artifacts[{i}]", f"an existing file in {reader.directory}", value)
+        paths.append(reader.directory / value)
+    network = None
+    if "detector_network" in reader.table:
+        network = reader.file("detector_network", what="the detector network's weights (.npz)")
+    names = [p.name for p in paths] + ([NETWORK_WEIGHTS] if network is not None else [])
+    clash = next((n for n in names if names.count(n) > 1 or n in RESERVED), None)
+    if clash is not None:  # every artifact lands in the model directory under its own file name
+        raise reader.fail("artifacts", f"files with distinct names, none of {', '.join(RESERVED)}"
+                          + (f" or {NETWORK_WEIGHTS} (the detector network's)" if network is not None else ""), clash)
+    if ("trigger" in reader.table) != ("target" in reader.table):
+        missing = "target" if "trigger" in reader.table else "trigger"
+        raise reader.fail(missing, "both `trigger` and `target` for a backdoored model (missing)")
+    trigger = trigger_path = target = None
+    if "trigger" in reader.table:
+        trigger_path = reader.file("trigger", what="a trigger file (.npz with mask and pattern)")
+        trigger = load_trigger(trigger_path)
+        target = reader.get("target", int, expected="the backdoor's target class")
+        if target < 0:
+            raise reader.fail("target", "a class index >= 0", target)
+    return Subject(name, onnx, tuple(paths), network, trigger, trigger_path, target)
+
+
+def load_plan(path: Path) -> Plan:
+    """Read and check a plan; data files are loaded (and checked) too."""
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "an existing evaluation plan (TOML)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"a readable TOML file ({exc})") from None
+    reader = TableReader(path.resolve(), table)
+    reader.unknown(("notes", "data", "surrogate", "models"))
+    notes = reader.get("notes", list, [], "a list of strings")
+    if not all(isinstance(n, str) for n in notes):
+        raise reader.fail("notes", "a list of strings", notes)
+    data = reader.sub("data")
+    data.unknown(SPLITS)
+    splits = {key: load_split(data, key) for key in SPLITS}
+    shapes = {key: s.x.shape[1:] for key, s in splits.items()}
+    if len(set(shapes.values())) != 1:
+        raise data.fail("test", f"splits of one sample shape (fit {list(shapes['fit'])}, calibration "
+                        f"{list(shapes['calibration'])})", list(shapes["test"]))
+    models = tuple(_subject(r) for r in reader.tables("models"))
+    if not models:
+        raise reader.fail("models", "at least one [[models]] table")
+    names = [m.name for m in models]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise reader.fail("models", "distinct model names", duplicate)
+    surrogate = reader.sub("surrogate")
+    surrogate.unknown(("onnx",))
+    attacked = any(not m.backdoored for m in models)
+    surrogate_path = surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through") \
+        if attacked or "onnx" in surrogate.table else None
+    return Plan(path.resolve(), splits["fit"], splits["calibration"], splits["test"], surrogate_path, models,
+                tuple(notes))
