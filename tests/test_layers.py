@@ -1,0 +1,29 @@
+"""The package's layering and lint, checked by their own tools on every run: import-linter against
+the contracts in pyproject.toml (guard.protocol < guard.backends < guard.detection < guard.serving
+< guard.tools; the library never imports models/, benchmarks/ or tests/), and ruff."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args: str) -> subprocess.CompletedProcess:
+    executable = BIN / tool if (BIN / tool).exists() else shutil.which(tool)
+    assert executable, f"{tool} is not installed (pip install -e '.[dev]')"
+    return subprocess.run([str(executable), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_are_kept():
+    result = run("lint-imports", "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
+
+
+def test_ruff_is_clean():
+    result = run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
