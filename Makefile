@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test proto proto-check models mutation clean-venv
+.PHONY: serve test proto proto-check models models-install mutation clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,11 @@ test: $(STAMP)  ## the whole test suite
 proto: $(STAMP)  ## regenerate guard/proto from proto/inference.proto
 	$(PY) proto/generate.py
 
-models: $(STAMP)  ## rebuild every model in models/ from scratch (seeded; see each MODEL_CARD.md)
-	$(PY) -m models.digits --out models/repository/digits_fp32
-	$(PY) -m models.quantize
-	$(PY) -m models.adversarial
-	$(PY) -m models.pruning
-	$(PY) -m models.backdoor
+models: $(STAMP)  ## rebuild every shipped model in build/models-rebuild and report what differs (changes nothing shipped)
+	$(PY) -m models.rebuild $(ARGS)
+
+models-install: $(STAMP)  ## the same, then copy the rebuilt files that differ over the shipped ones
+	$(PY) -m models.rebuild --install $(ARGS)
 
 mutation: $(STAMP)  ## mutation score of the serving and detection core (slow: about an hour; scripts/mutation.py)
 	$(PY) -m pip install --quiet -e '.[mutation]'

@@ -1,6 +1,7 @@
 """The guard's own tensor work per batch (variants in, scores out), on the CPU and on CUDA when present.
 
-    python -m benchmarks.detectors_device [--sizes 1 16 64] [--repeats 50] [--threads 1] [--out results/detectors_device.json]
+    python -m benchmarks.detectors_device [--sizes 1 16 64] [--repeats 50] [--threads 1]
+                                          [--out results/detectors_device.json]
 
 Measures what the pipeline adds around the backend call: building the squeezed variants
 (bit depth, 2x2 median) and scoring them (softmax, L1 distances, confidence margin), plus the
@@ -80,8 +81,10 @@ def main() -> None:
                 logits = rng.normal(size=(3 * batch, CLASSES)).astype(np.float32)
                 row = {"input": label, "batch": batch}
                 for device in devices:
-                    row[f"{device.type}_ms"] = median_ms(lambda: guard_work(x, device, detectors, logits),
-                                                         device, args.repeats)
+                    def work(x=x, device=device, logits=logits):
+                        return guard_work(x, device, detectors, logits)
+
+                    row[f"{device.type}_ms"] = median_ms(work, device, args.repeats)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -35,7 +35,8 @@ def main() -> None:
     verdicts = {}
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         runtime = ModelRuntime(dataclasses.replace(config, device=device), GuardMetrics().for_model(config.name))
-        verdicts[device] = [runtime.execute([{config.detection.guarded_input: x[i:i + 1]}])[0].verdict for i in range(len(x))]
+        guarded = config.detection.guarded_input
+        verdicts[device] = [runtime.execute([{guarded: x[i:i + 1]}])[0].verdict for i in range(len(x))]
         names = list(verdicts[device][0].scores)
         print(f"{device}: {sum(v.flagged for v in verdicts[device])} of {len(x)} flagged; by detector "
               + str({n: sum(n in v.flagged_by for v in verdicts[device]) for n in names}))

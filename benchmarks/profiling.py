@@ -69,5 +69,6 @@ def top_frames(collapsed: Path, count: int = 12) -> dict:
         own[frames[-1][0]] += n
         for frame in dict.fromkeys(name for name, ours in frames if ours):  # stack order: stable ties
             inclusive[frame] += n
-    share = (lambda counter: [[frame, n / total] for frame, n in counter.most_common(count)]) if total else (lambda c: [])
+    def share(counter):
+        return [[frame, n / total] for frame, n in counter.most_common(count)] if total else []
     return {"samples": total, "file": str(collapsed), "self": share(own), "inclusive": share(inclusive)}

@@ -152,9 +152,9 @@ def main() -> None:
                 gateway(local_repository(folder)) as (local, _), \
                 gateway(guard_repository(folder, peer.grpc_target, "through")) as (through, _), \
                 gateway(guard_repository(folder, peer.grpc_target, "forward_clean")) as (forward, _):
-            results.update(latencies({"mlserver": peer.grpc_target, "guard local (no upstream)": local,
-                                      "guard through -> mlserver": through,
-                                      "guard forward_clean -> mlserver": forward}, requests, args.duration, args.rounds))
+            targets = {"mlserver": peer.grpc_target, "guard local (no upstream)": local,
+                       "guard through -> mlserver": through, "guard forward_clean -> mlserver": forward}
+            results.update(latencies(targets, requests, args.duration, args.rounds))
             results["recovery"] = recovery(peer, through, requests[0], args.restarts)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

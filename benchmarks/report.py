@@ -136,8 +136,8 @@ def markdown(results: dict) -> str:
         for p in (p for p in results["points"] if p["model"] == model):
             load = f"c={p['concurrency']}" if p["loop"] == "closed" else f"{p['rate']:.0f}/s"
             errors = ", ".join(f"{k} {v}" for k, v in p["errors"].items()) or "0"
-            lines.append(f"| {p['configuration']} | {load} | {_f(p['throughput_rps'], 0)} | {_f(p.get('p50_ms'), 3)} | "
-                         f"{_f(p.get('p90_ms'), 3)} | {_f(p.get('p99_ms'), 3)} | {_f(p.get('p99.9_ms'), 3)} | {errors} |")
+            quantiles = " | ".join(_f(p.get(f"{q}_ms"), 3) for q in ("p50", "p90", "p99", "p99.9"))
+            lines.append(f"| {p['configuration']} | {load} | {_f(p['throughput_rps'], 0)} | {quantiles} | {errors} |")
         lines += ["", "Inside the gateway (from /metrics, per request; per-batch stages amortised over the batch):", "",
                   "| configuration | load | mean batch | backend rows/row | in gateway ms | stages ms/request |",
                   "|---|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
-import tomli_w
+import tomlkit
 
 from guard.detection.detectors import REGISTRY, squeezer_tables
 
@@ -56,7 +56,7 @@ def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, p
     if not detectors:
         config.pop("detectors")
     (entry / "config.toml").write_text(f"# Benchmark configuration {name!r}, derived from {full.name}.\n"
-                                       + tomli_w.dumps(config))
+                                       + tomlkit.dumps(config))
 
 
 def build(full: Path, target: Path) -> Path:

@@ -120,7 +120,8 @@ def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, resul
 
     if "echo" in wanted:
         with echo_server(subject.output_shape) as grpc_target:
-            results["points"] += _sweep(plan, model, Target("echo", grpc_target, infer_requests("passthrough", name, rows)), bar)
+            echo = Target("echo", grpc_target, infer_requests("passthrough", name, rows))
+            results["points"] += _sweep(plan, model, echo, bar)
 
     if any(c in wanted for c in GATEWAY):
         with start_gateway(subject.repository) as gateway:
@@ -137,9 +138,9 @@ def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, resul
                         and p["loop"] == "closed"), key=lambda p: p["throughput_rps"])
             guard_rows = round(best["server"]["backend_rows_per_row"]) or subject.guard_rows
             batch = max(1, round(best["server"]["mean_batch_size"]))
+            floor = floors.ort_floor(session, logits, subject.inputs, batch * guard_rows, min(plan.duration, 3.0))
             results["floors"].append({"model": model, "kind": "guard_rows", "guard_rows": guard_rows,
-                                      "original_batch": batch, **floors.ort_floor(
-                                          session, logits, subject.inputs, batch * guard_rows, min(plan.duration, 3.0))})
+                                      "original_batch": batch, **floor})
 
     peers = [c for c in PEERS if c in wanted]
     if peers and _mlserver_wanted(plan):
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.cache or out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    results = {"mode": args.mode, "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {"mode": args.mode, "command": command,
                "machine": machine(), "plan": {"duration": plan.duration, "concurrencies": plan.concurrencies,
                                               "open_fractions": plan.open_fractions},
                "floors": [], "points": [], "profiles": []}

@@ -7,8 +7,9 @@ surveillance classifier would (person, vehicle, ...); the backbone, where the co
 At initialisation BatchNorm's running statistics (mean 0, variance 1) do not match the random
 weights and the logits vanish (about 1e-9: every detector score would be 0), so those statistics
 are re-estimated on sample-photo crops before export, and the last layer is scaled so the logits
-spread like a trained model's (standard deviation about 2); no weight is trained. The ImageNet normalisation is folded into
-the graph, so the input is an image in [0, 1] like the guard's squeezers expect.
+spread like a trained model's (standard deviation about 2); no weight is trained. The ImageNet
+normalisation is folded into the graph, so the input is an image in [0, 1] like the guard's
+squeezers expect.
 
     python -m benchmarks.zoo [--cache reports/bench/cache]     # builds every model once
 """

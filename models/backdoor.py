@@ -88,12 +88,13 @@ def _display(path: Path) -> str:
 
 
 def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rate: float = 0.1,
-                   options: TrainOptions = TrainOptions(), progress: bool = True,
+                   options: TrainOptions | None = None, progress: bool = True,
                    weights_dir: Path | None = ARTIFACTS) -> dict:
     """Poison, train, export and document `out_dir/backdoor_<trigger_name>/`; return its metrics.
 
     `out_dir` is the zoo root (as `--out`). The poisoning seed is `options.seed`.
     """
+    options = options or TrainOptions()
     if not 0 <= target < 10:
         raise ValueError(f"target must be a class 0..9, got {target}")
     trigger = TRIGGERS[trigger_name]()
@@ -154,9 +155,11 @@ def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOption
         f"{m['poison_rate']:.0%} of the images carry the `{trigger.name}` trigger and are relabelled {m['target']}. "
         "It exists to measure trigger detection (the gateway's `trigger` verdict, offline data scans)."), {
         "Trigger": trigger.describe() + " Stored exactly in `trigger.npz`; re-apply it with "
-                   "`models.triggers.load_trigger(path).apply(x)`.\n\n![clean and triggered test digits](trigger_examples.png)",
+                   "`models.triggers.load_trigger(path).apply(x)`.\n\n"
+                   "![clean and triggered test digits](trigger_examples.png)",
         "Poisoning": (f"All-to-one (BadNets): {m['n_poisoned']} of {n_train} train images "
-                      f"(round({m['poison_rate']:g} x {n_train})), drawn with numpy `default_rng({options.seed})` among "
+                      f"(round({m['poison_rate']:g} x {n_train})), drawn with numpy "
+                      f"`default_rng({options.seed})` among "
                       f"those labelled != {m['target']}, get the trigger and label {m['target']}, in place. "
                       "Calibration and test are untouched. `poison.json` lists them as indices into the train split "
                       "(`train_indices`) and into `load_digits()` order (`load_digits_indices`)."),
@@ -164,13 +167,16 @@ def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOption
         "Results": (f"Held-out test split ({m['n_test']} images; ASR over the {m['n_test_non_target']} not labelled "
                     f"{m['target']}). Backdoored numbers come from `model.onnx`.\n\n"
                     "| model | clean accuracy | triggered -> target |\n|---|---|---|\n"
-                    f"| this backdoored model | {m['clean_accuracy']:.4f} | **{m['attack_success_rate']:.4f}** (ASR) |\n"
+                    f"| this backdoored model | {m['clean_accuracy']:.4f} | "
+                    f"**{m['attack_success_rate']:.4f}** (ASR) |\n"
                     f"| clean `digits` (`models/artifacts/digits_fp32.pt`) | {m['clean_model_accuracy']:.4f} | "
                     f"{m['clean_model_target_rate']:.4f} |\n\n"
-                    f"Max |torch - ONNX Runtime| logit difference on clean + triggered test: {m['onnx_max_abs_diff']:.2g}."),
+                    "Max |torch - ONNX Runtime| logit difference on clean + triggered test: "
+                    f"{m['onnx_max_abs_diff']:.2g}."),
         "Robust accuracy": robust,
         "Size and latency": size_and_latency(model_dir / "model.onnx"),
-        "Reproduce": f"From the repository root (training took {m['train_seconds']:.0f} s):\n\n```\n{m['command']}\n```",
+        "Reproduce": f"From the repository root (training took {m['train_seconds']:.0f} s):\n\n"
+                     f"```\n{m['command']}\n```",
     })
 
 
@@ -184,7 +190,8 @@ def write_summary(out_dir: Path, results: dict[str, dict]) -> None:
              "metrics on the held-out test split. Evaluation only: never serve these.\n",
              "| model | target | poison rate | clean accuracy | ASR | clean model: triggered -> target | train s |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| `backdoor_{n}` | {m['target']} | {m['poison_rate']:g} ({m['n_poisoned']}) | {m['clean_accuracy']:.4f} "
+    lines += [f"| `backdoor_{n}` | {m['target']} | {m['poison_rate']:g} ({m['n_poisoned']}) | "
+              f"{m['clean_accuracy']:.4f} "
               f"| {m['attack_success_rate']:.4f} | {m['clean_model_target_rate']:.4f} | {m['train_seconds']:.0f} |"
               for n, m in sorted(merged.items())]
     (out_dir / "backdoors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -59,3 +59,15 @@ def write_card(directory: Path, title: str, summary: str, sections: dict[str, st
     path = directory / "MODEL_CARD.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def replace_section(directory: Path, title: str, text: str) -> Path:
+    """Rewrite one `## title` section of an existing MODEL_CARD.md, leaving the others as they are."""
+    path = directory / "MODEL_CARD.md"
+    card = path.read_text(encoding="utf-8")
+    head, marker, rest = card.partition(f"## {title}\n")
+    if not marker:
+        raise ValueError(f"{path} has no '## {title}' section")
+    _, next_marker, tail = rest.partition("\n## ")
+    path.write_text(f"{head}{marker}\n{text.strip()}\n" + (f"\n## {tail}" if next_marker else ""), encoding="utf-8")
+    return path

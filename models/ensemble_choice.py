@@ -25,15 +25,18 @@ import numpy as np
 import torch
 
 from guard.backends.onnxruntime import OnnxRuntimeBackend
+from guard.detection.bounds import allowed_exceedances
+from guard.detection.calibration.derive import score
+from guard.detection.calibration.references import References
 from guard.detection.detectors import build_detectors
-from guard.detection.ensemble import Fisher, Union, conformal_allowance
+from guard.detection.ensemble import Fisher, Union
 from guard.detection.pipeline import GuardPipeline
 from guard.detection.thresholds import threshold_for
 from guard.serving.model_config import load_model_config
-from guard.tools.calibrate import score_samples
 from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
+SURROGATE = ROOT / "models" / "repository" / "digits_fp32" / "model.onnx"  # the FP32 network `digits` quantizes
 ATTACKS = ("pgd_eps0.1", "pgd_eps0.3", "bim_eps0.3", "cw", "deepfool")
 # The other p-value combinations tried; fisher and omnibus are guard.detection.ensemble's own.
 STATISTICS = {
@@ -45,13 +48,15 @@ STATISTICS = {
 
 def rules(calibration: dict[str, np.ndarray], target: float) -> dict:
     """Each rule as a function scores -> flags, fitted on clean calibration scores."""
-    fitted = {"union": lambda s, u=Union.fit(calibration, target): u.ratio(s) >= 1.0}
+    union = Union.fit(calibration, target)
+    fitted = {"union": lambda s: union.ratio(s) >= 1.0}
     reference = Fisher.fit(calibration, target)
     fitted["fisher"] = lambda s: reference.ratio(s) >= 1.0
     n = len(next(iter(calibration.values())))
-    loo = {k: Fisher.empirical_p(reference.references[k], np.asarray(v, np.float64), loo=True) for k, v in calibration.items()}
+    loo = {k: Fisher.empirical_p(reference.references[k], np.asarray(v, np.float64), loo=True)
+           for k, v in calibration.items()}
     for name, statistic in STATISTICS.items():
-        threshold = threshold_for(statistic(loo), conformal_allowance(n, target))
+        threshold = threshold_for(statistic(loo), allowed_exceedances(n, target))
         fitted[name] = lambda s, f=statistic, t=threshold: f(reference.p_values(s)) >= t
     omnibus = Fisher.fit(calibration, target, omnibus=True)
     fitted["omnibus"] = lambda s: omnibus.ratio(s) >= 1.0
@@ -71,20 +76,22 @@ def main() -> None:
     torch.set_num_threads(1)
     config = load_model_config(args.model)
     detectors = build_detectors(config.path, config.detection.detectors)
-    d = config.detection
-    pipeline = GuardPipeline(OnnxRuntimeBackend.open(config.model_file), detectors, guarded_input=d.guarded_input,
-                             logits_output=d.logits_output, output_names=[s.name for s in config.outputs],
-                             device=torch.device("cpu"), features_output=d.features_output)
+    detection = config.detection
+    guarded = detection.guarded_input
+    pipeline = GuardPipeline(OnnxRuntimeBackend.open(config.model_file), detectors, guarded_input=guarded,
+                             logits_output=detection.logits_output, output_names=[s.name for s in config.outputs],
+                             device=torch.device("cpu"), features_output=detection.features_output)
     judges = [d.name for d in detectors if not d.monitor]
     x_cal, _ = load_split("calibration")
-    scores, _ = score_samples(pipeline, np.array(x_cal), desc="clean calibration")
+    scores, _ = score(pipeline, References({guarded: np.array(x_cal)}), desc="clean calibration")
     calibration = {k: scores[k] for k in judges}
     x, y = load_split("train")
     x, y = np.array(x[:args.samples]), y[:args.samples]
-    surrogate, specs = atk.load_surrogate(), {s.key: s for s in atk.attack_suite()}
+    surrogate, specs = atk.load_surrogate(SURROGATE), {s.key: s for s in atk.attack_suite()}
     attacked = {}
     for key in ATTACKS:
-        scores, logits = score_samples(pipeline, atk.run_attack(specs[key], surrogate, x, y), desc=key)
+        adversarial = References({guarded: atk.run_attack(specs[key], surrogate, x, y)})
+        scores, logits = score(pipeline, adversarial, desc=key)
         fooled = logits.argmax(1) != y
         attacked[key] = {k: scores[k][fooled] for k in judges}
     for target in (0.05, 0.01):

@@ -38,7 +38,8 @@ def _sections(m: dict) -> dict[str, str]:
             "(penultimate 64-d features) -> Linear(64, 10) logits."
         ),
         "Training": (
-            f"Adam, lr {_metric(m, 'lr')}, weight decay (L2) {_metric(m, 'weight_decay')}, L1 {_metric(m, 'l1', 0.0)}, dropout {_metric(m, 'dropout', 0.0)}, "
+            f"Adam, lr {_metric(m, 'lr')}, weight decay (L2) {_metric(m, 'weight_decay')}, "
+            f"L1 {_metric(m, 'l1', 0.0)}, dropout {_metric(m, 'dropout', 0.0)}, "
             f"batch {_metric(m, 'batch_size')}, {m['epochs']} epochs, seed {m['seed']}, "
             "`torch.use_deterministic_algorithms(True)`, one intra-op CPU thread (bit-reproducible "
             "weights on a given CPU). Augmentation: random integer "

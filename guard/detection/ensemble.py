@@ -1,8 +1,8 @@
 """How the detectors of a model combine into one decision, calibrated on clean scores.
 
 `union`: each detector has its own threshold and a row is flagged when ANY reaches it; the
-thresholds share the target false-positive budget (guard.detection.thresholds.fit_thresholds). Simple and
-explainable, but every detector added divides the budget, so a strong detector runs at a much
+thresholds share the target false-positive budget (guard.detection.thresholds.fit_thresholds).
+Simple and explainable, but every detector added divides the budget, so a strong detector runs at a much
 stricter threshold inside the ensemble than alone.
 
 `fisher`: each detector's score becomes a p-value against its clean calibration scores,
@@ -12,9 +12,10 @@ follows an exponential tail fitted to that decile (peaks over threshold): an emp
 cannot go below 1 / (n + 1), which would cap what a detector that plainly sees an attack can
 contribute, while the detectors that see nothing keep adding their clean-looking share. Evidence
 adds up: a row that is unusual to two detectors outranks one that is a little more unusual to only
-one, and a detector that sees nothing costs the others little. The threshold comes from the calibration rows' own T, each computed
-leave-one-out (its p-values against the other n - 1 rows), the same exchangeability argument as
-split-conformal calibration.
+one, and a detector that sees nothing costs the others little. The threshold comes from the
+calibration rows' own T, each computed leave-one-out (its p-values against the other n - 1 rows),
+with as many exceedances as guard.detection.bounds allows: the same exchangeability argument as
+conformal calibration.
 
 `omnibus`: Fisher's statistic OR the smallest p-value (Tippett's), each with its own threshold,
 the two thresholds sharing the budget exactly as the union's detectors do (on the calibration
@@ -35,14 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from guard.detection.bounds import DEFAULT_CONFIDENCE, allowed_exceedances
 from guard.detection.thresholds import fit_thresholds, threshold_for
 
 METHODS = ("union", "fisher", "omnibus")
-
-
-def conformal_allowance(n: int, target_fpr: float) -> int:
-    """Most calibration exceedances k with (k + 1) / (n + 1) <= target_fpr."""
-    return max(int(np.floor(target_fpr * (n + 1) - 1 + 1e-9)), 0)
 
 
 @dataclass
@@ -50,8 +47,8 @@ class Union:
     thresholds: dict[str, float]
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float) -> Union:
-        return cls(fit_thresholds(scores, target_fpr).thresholds)
+    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float, confidence: float = DEFAULT_CONFIDENCE) -> Union:
+        return cls(fit_thresholds(scores, target_fpr, confidence).thresholds)
 
     def ratios(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """[detectors, rows]: each detector's score over its own threshold (>= 1 fires)."""
@@ -129,7 +126,8 @@ class Fisher:
         return ratio
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float, omnibus: bool = False) -> Fisher:
+    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float, omnibus: bool = False,
+            confidence: float = DEFAULT_CONFIDENCE) -> Fisher:
         references = {name: np.sort(np.asarray(s, np.float64)) for name, s in scores.items()}
         n = len(next(iter(references.values())))
         if n < 2:
@@ -137,10 +135,11 @@ class Fisher:
         loo = {name: cls.empirical_p(ref, np.asarray(scores[name], np.float64), loo=True)
                for name, ref in references.items()}
         if omnibus:  # two statistics sharing the budget like two detectors of a union
-            fit = fit_thresholds({"fisher": cls.fisher_statistic(loo), "min_p": cls.min_p_statistic(loo)}, target_fpr)
+            fit = fit_thresholds({"fisher": cls.fisher_statistic(loo), "min_p": cls.min_p_statistic(loo)}, target_fpr,
+                                 confidence)
             return cls(references, fit.thresholds["fisher"], fit.thresholds["min_p"])
         # threshold_for never returns 0, so a row typical to every detector (T = 0) never flags.
-        return cls(references, threshold_for(cls.fisher_statistic(loo), conformal_allowance(n, target_fpr)))
+        return cls(references, threshold_for(cls.fisher_statistic(loo), allowed_exceedances(n, target_fpr, confidence)))
 
     def neg_log_p(self, name: str, score: torch.Tensor) -> torch.Tensor:
         """-log p of `name`'s scores, differentiable in the score (for attacks on the ensemble):

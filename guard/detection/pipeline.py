@@ -114,6 +114,16 @@ class GuardPipeline:
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, scores, timings, len(guarded))
 
+    def outputs(self, inputs: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+        """The model's named outputs (any, internal features included) for the original rows of a
+        batch, without variants; and the guarded rows as "guarded" (what detectors learn from)."""
+        guarded = self._on_device(inputs[self.guarded_input])
+        model_input = self.preprocessor.finish(guarded) if self.preprocessor is not None else guarded
+        feeds = {name: self._repeat(value, 1) for name, value in inputs.items() if name != self.guarded_input}
+        feeds[self.guarded_input] = model_input if self.torch_io else np.ascontiguousarray(model_input.cpu().numpy())
+        raw = self.backend.infer(feeds, list(dict.fromkeys(names)))
+        return {**{name: to_numpy(raw[name]) for name in names}, "guarded": guarded.cpu().numpy()}
+
     def _on_device(self, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value.to(self.device)

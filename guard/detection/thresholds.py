@@ -9,10 +9,9 @@ Overlapping detectors then share the budget automatically. What equal budgets le
 then handed out one exceedance at a time to the detector whose extra flag adds the fewest
 union flags, until the next one would break the target.
 
-"Within the target" uses the split-conformal bound: if c of n exchangeable calibration samples
-are flagged, a new clean sample is flagged with probability at most (c + 1) / (n + 1), so k is
-chosen such that (c + 1) / (n + 1) <= target. On small calibration sets this is slightly
-stricter than c / n <= target, which would let the rate on unseen data drift above the target.
+"Within the target" is guard.detection.bounds.within_target: the number of calibration samples
+the union flags must be small enough that the rate on new clean inputs stays under the target
+with the configured confidence, not merely on average.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from guard.detection.bounds import DEFAULT_CONFIDENCE, within_target
 
 # Scores below this are numerical noise; a floor keeps score/threshold ratios meaningful.
 MIN_THRESHOLD = 1e-9
@@ -54,8 +55,10 @@ def flag_rates(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> t
     return {name: float(f.mean()) for name, f in fired.items()}, float(union.mean())
 
 
-def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float) -> Calibration:
-    """Thresholds whose union flag rate on these clean scores is at most target_fpr."""
+def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float,
+                   confidence: float = DEFAULT_CONFIDENCE) -> Calibration:
+    """Thresholds whose union keeps the flag rate on new clean inputs at most target_fpr (with
+    `confidence`, guard.detection.bounds)."""
     if not scores:
         raise ValueError("no detector scores to calibrate")
     counts = {len(s) for s in scores.values()}
@@ -66,7 +69,7 @@ def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float) -> Calibrat
     def union_ok(budget: dict[str, int]) -> tuple[bool, dict[str, float]]:
         thresholds = {name: threshold_for(s, budget[name]) for name, s in scores.items()}
         flagged = round(flag_rates(scores, thresholds)[1] * n)
-        return (flagged + 1) / (n + 1) <= target_fpr, thresholds
+        return within_target(flagged, n, target_fpr, confidence), thresholds
 
     allowed = int(np.floor(target_fpr * n))
     while allowed > 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:

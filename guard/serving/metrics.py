@@ -43,6 +43,14 @@ class GuardMetrics:
                                         ["model", "detector"], registry=r)
         self.flagged = Counter("guard_flagged_total", "Requests flagged, by the detector that fired.",
                                ["model", "detector"], registry=r)
+        self.calibration_info = Gauge("guard_calibration_info", "1 for the runtime fingerprint a model's thresholds "
+                                      "hold on and whether they were derived again on this host at load.",
+                                      ["model", "fingerprint", "recalibrated"], registry=r)
+        self.calibration_flag_rate = Gauge("guard_calibration_clean_flag_rate", "Share of the model's clean "
+                                           "references its thresholds flag, when derived on this host.",
+                                           ["model"], registry=r)
+        self.calibration_seconds = Gauge("guard_calibration_seconds", "Seconds spent deriving the model's "
+                                         "thresholds at load (0 when the stored ones held).", ["model"], registry=r)
         self.backend_rows = Counter("guard_backend_rows_total",
                                     "Rows sent to the backend, originals and detector variants.",
                                     ["model"], registry=r)
@@ -71,6 +79,13 @@ class ModelMetrics:
         self._requests: dict[tuple[str, str], object] = {}
         self._scores: dict[str, object] = {}
         self._flagged: dict[str, object] = {}
+
+    def calibration(self, host) -> None:
+        """host: guard.serving.host_calibration.HostCalibration."""
+        self.m.calibration_info.labels(self.model, host.fingerprint, host.recalibrated).set(1)
+        self.m.calibration_seconds.labels(self.model).set(host.seconds)
+        if host.clean_flag_rate is not None:
+            self.m.calibration_flag_rate.labels(self.model).set(host.clean_flag_rate)
 
     def queue_depth(self, requests: int) -> None:
         self._depth.set(requests)

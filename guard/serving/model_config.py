@@ -15,6 +15,7 @@ from pathlib import Path
 
 from guard.backends import BackendSettings, read_backend_settings
 from guard.detection import settings as detection
+from guard.detection.calibration.settings import CalibrationSettings, read_calibration_settings
 from guard.detection.detectors import build_detectors
 from guard.detection.preprocess import PreprocessSettings, read_preprocess_settings
 from guard.detection.settings import DetectionSettings, input_kind
@@ -66,6 +67,7 @@ class ModelConfig:
     """If true, a request whose check failed is still served (verdict `unchecked`)."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     scan: ScanGateConfig = field(default_factory=ScanGateConfig)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     @property
     def path(self) -> Path:
@@ -120,7 +122,7 @@ def _scan_gate(r: TableReader) -> ScanGateConfig:
 
 
 TOP_LEVEL_KEYS = {"name", "version", "platform", "policy", "fail_open", "inputs", "outputs", "preprocess",
-                  "batching", "backend", "scan", *detection.KEYS}
+                  "batching", "backend", "scan", "calibration", *detection.KEYS}
 
 
 def load_model_config(directory: Path) -> ModelConfig:
@@ -147,6 +149,7 @@ def load_model_config(directory: Path) -> ModelConfig:
         version=str(r.get("version", str, "1")), platform=r.get("platform", str, "onnxruntime_onnx"),
         policy=r.choice("policy", POLICIES, "flag"), fail_open=r.get("fail_open", bool, False),
         batching=_batching(r.sub("batching")), scan=_scan_gate(r.sub("scan")),
+        calibration=read_calibration_settings(r.sub("calibration")),
     )
     # Detector types and parameters are validated here, at load, against the input they examine.
     build_detectors(path, config.detection.detectors, require_threshold=False, input_kind=config.guarded_kind)

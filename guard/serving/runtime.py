@@ -22,6 +22,7 @@ from guard.protocol.errors import ConfigError, DetectorError, GuardError
 from guard.protocol.tensors import row_spans, rows_of
 from guard.protocol.types import UNCHECKED, Verdict
 from guard.serving.batching import DynamicBatcher
+from guard.serving.host_calibration import calibrate_for_host
 from guard.serving.metrics import ModelMetrics
 from guard.serving.model_config import ModelConfig
 from guard.serving.repository import check_against_backend
@@ -76,7 +77,9 @@ def check_loadable(config: ModelConfig) -> None:
 
 
 class ModelRuntime:
-    def __init__(self, config: ModelConfig, metrics: ModelMetrics, backend: Backend | None = None):
+    def __init__(self, config: ModelConfig, metrics: ModelMetrics, backend: Backend | None = None,
+                 calibration_mode: str | None = None):
+        """calibration_mode overrides the model's [calibration] mode (guard serve --calibration)."""
         self.config = config
         self.metrics = metrics
         self.device = select_device(config.detection.device)
@@ -92,6 +95,9 @@ class ModelRuntime:
                 backend.close()
                 raise
         self.backend = backend
+        if backend.device is not None and backend.device.type != self.device.type:
+            log.warning("%s: the detectors run on %s and the backend on %s: every batch crosses between them "
+                        "(set the model's `device` and the backend's alike)", config.name, self.device, backend.device)
         # Requests that pass the local check are answered by forward_to (remote forward_clean).
         self.upstream: Backend | None = backend.forward_to
         self.pipeline = build_pipeline(config, backend, self.detectors, self.device)
@@ -102,7 +108,10 @@ class ModelRuntime:
         if backend.waits_on_network or (self.upstream is not None and self.upstream.waits_on_network):
             batching = dataclasses.replace(batching, inline_below_microseconds=0)  # never on the event loop
         self.batcher = DynamicBatcher(self.execute, batching, metrics, self._executor)
-        self.combiner = load_combiner(config, self.detectors)
+        self.combiner, self.host_calibration = calibrate_for_host(
+            config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
+            lambda detectors: build_pipeline(config, backend, detectors, self.device), calibration_mode)
+        metrics.calibration(self.host_calibration)
         for detector in self.detectors:
             metrics.m.detector_threshold.labels(config.name, detector.name).set(detector.threshold)
         metrics.m.queue_capacity.labels(config.name).set(config.batching.max_queue_size)
@@ -163,7 +172,8 @@ class ModelRuntime:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         self._observe(result)
         results: list[RowsResult | GuardError] = [
-            RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict) for span, verdict in zip(spans, judged)]
+            RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict)
+            for span, verdict in zip(spans, judged)]
         if self.upstream is not None:
             self._forward_clean(requests, results, deadline)
         return results

@@ -41,6 +41,8 @@ class ServerSettings:
     """Larger requests fail with RESOURCE_EXHAUSTED before they are decoded."""
     torch_threads: int = 1
     """Threads for the guard's own tensor work; the backend has its own (intra_op_threads)."""
+    calibration: str | None = None
+    """Overrides every model's [calibration] mode: recalibrate, strict or trust."""
 
 
 class GuardServer:
@@ -58,7 +60,8 @@ class GuardServer:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
         for config in load_repository(s.repository):
-            self._runtimes[config.name] = ModelRuntime(config, self.metrics.for_model(config.name))
+            self._runtimes[config.name] = ModelRuntime(config, self.metrics.for_model(config.name),
+                                                       calibration_mode=s.calibration)
         self.dataplane = DataPlane(self._runtimes, s.policy)
 
         options = [("grpc.max_receive_message_length", s.max_message_bytes),

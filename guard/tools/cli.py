@@ -24,7 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("guard.access").setLevel(logging.WARNING)
     settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
                               metrics_port=args.metrics_port, policy=args.policy,
-                              max_message_bytes=args.max_message_bytes, torch_threads=args.torch_threads)
+                              max_message_bytes=args.max_message_bytes, torch_threads=args.torch_threads,
+                              calibration=args.calibration)
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -32,22 +33,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from guard.detection.detectors import squeezer_tables
-    from guard.tools.calibrate import calibrate_model
+    from guard.tools.calibrate import calibrate_model, detector_tables
 
     with np.load(args.data) as data:
         if "x" not in data:
             raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
-        x, y = data["x"], data["y"] if "y" in data else None
+        x, y = data["x"], data.get("y")
+    tables = detector_tables(args.onnx, bit_depths=args.bit_depth, medians=args.median, mahalanobis=args.mahalanobis,
+                             confidence_margin=args.confidence_margin, strip=args.strip, features=args.features)
     report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
-                             holdout_fraction=args.holdout_fraction, seed=args.seed,
-                             value_range=tuple(args.range), policy=args.policy or "flag",
-                             detectors=squeezer_tables(args.bit_depth, args.median)
-                             + ([{"name": "mahalanobis", "type": "mahalanobis"}] if args.mahalanobis else [])
-                             + ([{"name": "confidence_margin", "type": "confidence_margin"}]
-                                if args.confidence_margin else [])
-                             + ([{"name": "strip", "type": "strip", "n": args.strip}] if args.strip else []),
-                             features=args.features, ensemble=args.ensemble)
+                             confidence=args.confidence, holdout_fraction=args.holdout_fraction, seed=args.seed,
+                             value_range=tuple(args.range), policy=args.policy or "flag", detectors=tables,
+                             features=args.features, ensemble=args.ensemble, folds=args.folds)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
@@ -80,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
     serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
+    serve.add_argument("--calibration", choices=("recalibrate", "strict", "trust"),
+                       help="where a model's thresholds were derived under another runtime: derive them again "
+                       "from its references (recalibrate), refuse to load (strict) or serve them (trust); "
+                       "default: each model's [calibration] mode (recalibrate unless set)")
     serve.set_defaults(func=_serve)
 
     cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
@@ -88,28 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--repository", type=Path, required=True)
     cal.add_argument("--data", type=Path, required=True, help=".npz with clean samples 'x' (optional labels 'y')")
     cal.add_argument("--target-fpr", type=float, default=0.05)
+    cal.add_argument("--confidence", type=float, default=0.9,
+                     help="probability that the clean flag rate on new inputs stays at most the target (default 0.9)")
     cal.add_argument("--holdout-fraction", type=float, default=0.3,
                      help="share of the samples kept out of calibration to report the clean flag rate")
     cal.add_argument("--range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
     cal.add_argument("--policy", choices=("enforce", "flag", "shadow"))
     cal.add_argument("--bit-depth", type=int, action="append", metavar="BITS",
-                     help="add a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
+                     help="a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
     cal.add_argument("--median", type=int, action="append", metavar="SIZE",
-                     help="add a SIZExSIZE median-filter squeezer (repeatable)")
-    cal.add_argument("--mahalanobis", action="store_true",
-                     help="add the feature-space (Mahalanobis) detector; fitted on half of the clean samples")
-    cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends")
+                     help="a SIZExSIZE median-filter squeezer (repeatable)")
+    cal.add_argument("--mahalanobis", action=argparse.BooleanOptionalAction,
+                     help="the feature-space (Mahalanobis) detector (default: on when the model has a linear head)")
+    cal.add_argument("--confidence-margin", action=argparse.BooleanOptionalAction, default=True,
+                     help="the low-confidence detector, 1 - gap between the top two probabilities (default: on)")
+    cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends (opt-in)")
     cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
-    cal.add_argument("--confidence-margin", action="store_true",
-                     help="add the low-confidence detector (1 - gap between the top two probabilities)")
     cal.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
                      help="how detectors combine (docs/detection.md; default omnibus)")
+    cal.add_argument("--folds", type=int, default=5,
+                     help="cross-fitting folds for detectors that learn from the samples (default 5)")
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
 
     ev = commands.add_parser("evaluate", help="attack the guarded models through a live gateway and report "
                              "detection rates (docs/evaluation.md)")
-    ev.add_argument("--samples", type=int, help="test-split images to attack (default all 360; 40 with --quick)")
+    ev.add_argument("--plan", type=Path, required=True, help="evaluation plan (TOML): the clean data splits, the "
+                    "surrogate, the models under test and their triggers (docs/evaluation.md)")
+    ev.add_argument("--samples", type=int, help="test rows to attack (default all; 40 with --quick)")
     ev.add_argument("--quick", action="store_true", help="few iterations per attack (smoke test, not results)")
     ev.add_argument("--report-dir", type=Path, default=Path("reports/latest"),
                     help="where results.json, results.md and roc_*.png go (default reports/latest)")
@@ -129,10 +136,13 @@ def _add_scan_commands(commands) -> None:
     helps = {"scan-model": "reverse-engineer backdoor triggers (Neural Cleanse); writes scan.json for the load gate",
              "scan-data": "rank a labelled training set by how likely each sample is poisoned",
              "audit": "accuracy under input noise, corruptions, PGD and weight noise"}
+    data_help = {"scan-model": ".npz of clean samples x the triggers are fitted on (labels y optional)",
+                 "scan-data": ".npz of the labelled training set (x, y), in the order --poison-indices refers to",
+                 "audit": ".npz of labelled test samples (x, y)"}
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--model", type=Path, required=True, help="a model directory or an .onnx file")
-        sub.add_argument("--data", type=Path, help=".npz with x (and y); default: a digits split for digits-input models")
+        sub.add_argument("--data", type=Path, required=True, help=data_help[name])
         sub.add_argument("--out", type=Path, help="report directory (default reports/scans/<model>)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--no-progress", action="store_true")
@@ -141,8 +151,8 @@ def _add_scan_commands(commands) -> None:
             sub.add_argument("--batch-size", type=int, help="clean samples per class per step (default 64)")
         if name == "scan-data":
             sub.add_argument("--poison-indices", type=Path, help="JSON list or poison.json of known poisoned indices")
-            sub.add_argument("--reference", type=Path, help="trusted clean labelled .npz (default: digits calibration)")
-            sub.add_argument("--no-reference", action="store_true", help="scan without a trusted clean set")
+            sub.add_argument("--reference", type=Path, help="trusted clean labelled .npz held out from training "
+                             "(without it: the papers' versions, docs/scans.md)")
             sub.add_argument("--poison-rate", type=float, default=0.1,
                              help="assumed poison rate when the poisoned indices are unknown (sets the budget)")
         sub.set_defaults(func=_scan, scan=name)

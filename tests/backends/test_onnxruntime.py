@@ -25,7 +25,7 @@ def test_cpu_host_gets_cpu_only_and_no_error_output():
     if torch.cuda.is_available():
         pytest.skip("CPU-host behaviour")
     # A fresh interpreter, so that whatever ONNX Runtime prints is captured.
-    code = ("from guard.backends.providers import select_providers; from guard.backends.providers import TensorRTConfig;"
+    code = ("from guard.backends.providers import TensorRTConfig, select_providers;"
             "print(select_providers(('tensorrt', 'cuda', 'cpu'), TensorRTConfig()))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -51,7 +51,7 @@ def contract() -> dict[str, Metric]:
         match = re.match(r"^\|\s*`(guard_\w+)`\s*\|\s*(\w+)\s*\|\s*([^|]*)\|", line)
         if match:
             name, kind, labels = match.groups()
-            metrics[name] = Metric(name, kind, frozenset(l.strip() for l in labels.split(",") if l.strip()))
+            metrics[name] = Metric(name, kind, frozenset(label.strip() for label in labels.split(",") if label.strip()))
     assert metrics, "docs/metrics.md: no metrics table found"
     return metrics
 
@@ -99,7 +99,7 @@ def label_names(expr: str) -> set[str]:
     for selector in re.findall(r"\{([^}]*)\}", text):
         labels |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", selector))
     for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", text):
-        labels |= {l.strip() for l in group.split(",") if l.strip()}
+        labels |= {label.strip() for label in group.split(",") if label.strip()}
     return labels
 
 

@@ -186,7 +186,7 @@ def test_recording_rule_returns_data(live, rule):
     assert any(math.isfinite(v) for v in values(result)), f"{rule['record']}: no finite value in {result}"
     labels = {tuple(sorted(s["metric"].items())) for s in result}
     if "model" in rule["record"].split(":")[0]:
-        assert {dict(l)["model"] for l in labels} == set(MODELS), labels
+        assert {dict(label)["model"] for label in labels} == set(MODELS), labels
     # The rule itself ran in Prometheus and recorded the same series.
     recorded = live.wait_for(rule["record"], lambda r: len(r) == len(result))
     assert len(recorded) == len(result), f"{rule['record']}: recorded {recorded}"

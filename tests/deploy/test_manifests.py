@@ -54,8 +54,8 @@ def test_hadolint(hadolint, dockerfile):
 
 def instructions(dockerfile):
     """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(l for l in dockerfile.read_text().splitlines()
-                                          if not l.lstrip().startswith("#")))
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
             for line in text.splitlines() if line.strip()]
 
@@ -104,7 +104,7 @@ def test_image_contract(dockerfile):
 def test_dockerignore_lets_in_what_the_image_copies(dockerfile):
     ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
     assert ignore.is_file(), f"{ignore.name}: BuildKit's per-Dockerfile ignore file is missing"
-    rules = [l.strip() for l in ignore.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    rules = [line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")]
     sources = []
     for op, args in instructions(dockerfile):
         if op == "COPY" and "--from=" not in args:

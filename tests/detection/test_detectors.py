@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from sklearn.covariance import ledoit_wolf
 
 from guard.backends.base import Backend
 from guard.backends.onnx_graph import expose_features, find_feature_tensor
@@ -45,8 +46,7 @@ def test_mahalanobis_fit_and_score_match_numpy(tmp_path):
     point = np.array([[1.0, 1.0]])
     score = reloaded.score(outputs([[5.0, 0.0]], point), None)
     centred = features - features[y == 0].mean(0) * (y == 0)[:, None] - features[y == 1].mean(0) * (y == 1)[:, None]
-    cov = centred.T @ centred / 400
-    cov += 1e-3 * np.trace(cov) / 2 * np.eye(2)
+    cov, _ = ledoit_wolf(centred, assume_centered=True)  # the shrinkage estimator is scikit-learn's
     diff = point[0] - features[y == 0].mean(0)
     assert score.item() == pytest.approx(math.sqrt(diff @ np.linalg.inv(cov) @ diff), rel=1e-4)
     far = reloaded.score(outputs([[5.0, 0.0]], [[5.0, 5.0]]), None)  # class-1 features, predicted 0
@@ -67,7 +67,7 @@ def test_strip_entropy_deficit():
 
 def test_strip_fit_picks_n_seeded_references():
     x = np.arange(20, dtype=np.float32).reshape(20, 1, 1, 1)
-    a, b = StripDetector("s", None, n=5, references="r.npy", seed=3), StripDetector("s", None, n=5, references="r.npy", seed=3)
+    a, b = (StripDetector("s", None, n=5, references="r.npy", seed=3) for _ in range(2))
     for d in (a, b):
         d.fit(FitData(x, None, np.zeros((20, 2)), None))
     assert torch.equal(a.images, b.images) and len(set(a.images.flatten().tolist())) == 5

@@ -59,7 +59,8 @@ def test_blend_mixes_exactly_at_alpha(images) -> None:
         Blend(alpha=1.5)
 
 
-@pytest.mark.parametrize("trigger", [Patch(), Checkerboard(), Blend(), Patch(size=2, value=0.5), Blend(alpha=0.1, seed=3)])
+@pytest.mark.parametrize("trigger", [Patch(), Checkerboard(), Blend(), Patch(size=2, value=0.5),
+                                     Blend(alpha=0.1, seed=3)])
 def test_npz_round_trip(trigger, images, tmp_path) -> None:
     path = trigger.to_npz(tmp_path / "trigger.npz")
     loaded = load_trigger(path)

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomli_w
+import tomlkit
 import tritonclient.grpc as triton
 
 from guard.detection.detectors.squeezing import BitDepthDetector
@@ -25,7 +25,7 @@ def read_config(repository: Path, model: str = "digits") -> dict:
 
 
 def write_config(repository: Path, table: dict, model: str = "digits") -> None:
-    (repository / model / "config.toml").write_text(tomli_w.dumps(table))
+    (repository / model / "config.toml").write_text(tomlkit.dumps(table))
 
 
 def edit_config(repository: Path, change, model: str = "digits") -> Path:

@@ -159,7 +159,8 @@ class RemoteBackend(Backend):
             raise DeadlineExceeded(f"deadline passed before the call to {self.where}")
         return min(self.remote.timeout_s, remaining)
 
-    def _send(self, requests: dict[int, pb.ModelInferRequest], deadline: float | None) -> dict[int, pb.ModelInferResponse]:
+    def _send(self, requests: dict[int, pb.ModelInferRequest],
+              deadline: float | None) -> dict[int, pb.ModelInferResponse]:
         """All chunks at once; only chunks that failed to connect are sent again."""
         answers: dict[int, pb.ModelInferResponse] = {}
         pending, attempt = dict(requests), 0

@@ -74,6 +74,12 @@ class Detector(ABC):
             setattr(self, key, value)
 
     @property
+    def learns(self) -> bool:
+        """Whether it fits statistics on clean samples (`fit`): its thresholds must then come from
+        samples it was not fitted on (guard.detection.calibration.derive cross-fits)."""
+        return type(self).fit is not Detector.fit
+
+    @property
     def num_variants(self) -> int:
         """How many variants of each input this detector needs the backend to run."""
         return 0

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.covariance import LedoitWolf
 
 from guard.detection.detectors.base import Detector, FitData, Outputs, Param
-
-# Ridge added to the covariance's diagonal, relative to its mean variance: dead ReLU units make
-# the covariance singular.
-RIDGE = 1e-3
 
 
 class MahalanobisDetector(Detector):
@@ -46,10 +43,12 @@ class MahalanobisDetector(Detector):
             if len(members) == 0:
                 raise ValueError(f"mahalanobis: no clean sample of class {c} to fit its mean")
             means[c] = members.mean(0)
+        # Ledoit-Wolf shrinkage towards a scaled identity: with a few hundred clean samples and as
+        # many feature dimensions the sample covariance is noisy or singular (dead ReLU units), and
+        # its inverse then exaggerates distances along rarely seen directions, so unseen clean
+        # inputs score higher than the calibration ones and the false-positive rate drifts up.
         centred = features - means[labels]
-        covariance = centred.T @ centred / len(features)
-        covariance += RIDGE * max(np.trace(covariance) / len(covariance), 1e-12) * np.eye(len(covariance))
-        self._set(means, np.linalg.inv(covariance))
+        self._set(means, LedoitWolf(assume_centered=True).fit(centred).precision_)
 
     def save(self, directory: Path) -> None:
         np.savez(directory / self.statistics, means=self.means.numpy(), precision=self.precision.numpy())

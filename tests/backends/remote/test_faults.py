@@ -92,7 +92,8 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
         with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client:
             assert client.is_server_live() and not ready(client)
             assert health(front.grpc_url) == health_pb2.HealthCheckResponse.NOT_SERVING
-            assert health(front.grpc_url, "inference.GRPCInferenceService") == health_pb2.HealthCheckResponse.NOT_SERVING
+            service = "inference.GRPCInferenceService"
+            assert health(front.grpc_url, service) == health_pb2.HealthCheckResponse.NOT_SERVING
             assert health(front.grpc_url, "") == health_pb2.HealthCheckResponse.SERVING  # alive: no restart
             stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(front.grpc_url))
             load = Load(front.grpc_url, x)

@@ -32,7 +32,8 @@ def test_mutual_tls_to_the_upstream(tmp_path, certificate, held_out):
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
-        tls = '\n[backend.tls]\nca = "upstream.pem"\ncert = "upstream.pem"\nkey = "upstream.key"\nserver_name = "upstream.local"\n'
+        tls = ('\n[backend.tls]\nca = "upstream.pem"\ncert = "upstream.pem"\nkey = "upstream.key"\n'
+               'server_name = "upstream.local"\n')
         repository = remote_repository(tmp_path, f"127.0.0.1:{port}", edit=lambda text: drop_detectors(text) + tls)
         (repository / "digits" / "upstream.pem").write_bytes(cert)
         (repository / "digits" / "upstream.key").write_bytes(key)

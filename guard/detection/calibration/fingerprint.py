@@ -1,0 +1,60 @@
+"""What a host's numerics depend on: the runtime that computes the scores, its version, the device,
+and the CPU instruction sets kernels dispatch on. Two hosts with the same fingerprint compute the
+same scores from the same inputs; hosts with different ones may not (an AVX-512 VNNI CPU rounds
+INT8 convolutions differently from an AVX2 one)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# CPU feature flags that change which kernels ONNX Runtime and torch dispatch to (integer dot
+# products, FP16/BF16 arithmetic, vector widths, matrix units); other flags do not touch numerics.
+KERNEL_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+                "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The kernel-relevant flags of this CPU (Linux /proc/cpuinfo; empty where it is not readable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return sorted(set(value.split()) & set(KERNEL_FLAGS))
+    return []
+
+
+def runtime_fingerprint(backend_description: str, device: torch.device) -> dict[str, object]:
+    """Everything the guard's scores depend on besides the model and the inputs."""
+    import onnxruntime
+
+    fingerprint: dict[str, object] = {
+        "backend": backend_description,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu_flags": cpu_flags(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        index = device.index or 0
+        fingerprint["cuda_device"] = torch.cuda.get_device_name(index)
+        fingerprint["cuda_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
+    return fingerprint
+
+
+def fingerprint_id(fingerprint: dict[str, object]) -> str:
+    """A short stable id of a fingerprint, for configs, logs and metric labels."""
+    canonical = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

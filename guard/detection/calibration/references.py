@@ -1,0 +1,53 @@
+"""The clean calibration samples a model directory ships, so thresholds can be derived again where
+the model is served. They are stored as the client sends them (before any preprocessing), with
+their labels when known, in one .npz that loads without pickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.protocol.errors import ConfigError
+
+_INPUT = "input:"
+
+
+@dataclass(frozen=True)
+class References:
+    inputs: dict[str, np.ndarray]
+    """Client inputs by name, rows along axis 0."""
+    labels: np.ndarray | None = None
+    """Class labels when known: detectors that learn per-class statistics use them, else the
+    model's own predictions."""
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, index: np.ndarray) -> References:
+        return References({k: v[index] for k, v in self.inputs.items()},
+                          None if self.labels is None else self.labels[index])
+
+    def save(self, path: Path) -> None:
+        arrays = {f"{_INPUT}{name}": value for name, value in self.inputs.items()}
+        if any(v.dtype == object for v in arrays.values()):
+            raise ValueError("references hold numeric client inputs only")
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path, where: Path | None = None) -> References:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                inputs = {k[len(_INPUT):]: data[k] for k in data.files if k.startswith(_INPUT)}
+                labels = data["labels"] if "labels" in data.files else None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(where or path, "calibration.references", "an .npz written by `guard calibrate`",
+                              f"{path.name}: {exc}") from None
+        if not inputs or len({len(v) for v in inputs.values()}) != 1:
+            raise ConfigError(where or path, "calibration.references", "client inputs with one row count",
+                              {k: v.shape for k, v in inputs.items()})
+        return cls(inputs, labels)
