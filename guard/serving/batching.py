@@ -94,6 +94,11 @@ class DynamicBatcher:
             return False  # measure on a worker first: a slow first batch must not block the loop
         return self.mean_execute_seconds < self._inline_below
 
+    def has_room(self) -> bool:
+        """Whether one more request would be queued rather than rejected as a full queue: callers
+        may decide this before doing any per-request work."""
+        return not self._closed and not (self._config.max_queue_size and len(self._queue) >= self._config.max_queue_size)
+
     async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
         """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based)."""
         if rows > self._config.max_batch_size:  # could never be scheduled

@@ -34,8 +34,10 @@ class BatchingConfig:
     """How long the first queued request may wait for others to join its batch."""
     max_queue_size: int = 1024
     """Queued requests beyond this are rejected with UNAVAILABLE at once (0 = unbounded)."""
-    default_timeout_microseconds: int = 0
-    """Queue timeout for requests that set none (0 = none); a request may only lower it."""
+    default_timeout_microseconds: int = 5_000_000
+    """Queue timeout for requests that set none (0 = none); a request may only lower it. The
+    default, 5 s, bounds how long an overloaded model lets requests wait: an answer later than
+    that is useless to a camera at 10 frames/s and only holds memory."""
     instances: int = 1
     """Batches that may run at the same time (each on its own worker thread)."""
     inline_below_microseconds: int = 500
@@ -109,7 +111,8 @@ def _batching(r: TableReader) -> BatchingConfig:
         max_batch_size=r.positive("max_batch_size", d.max_batch_size),
         max_queue_delay_microseconds=r.positive("max_queue_delay_microseconds", 0, allow_zero=True),
         max_queue_size=r.positive("max_queue_size", d.max_queue_size, allow_zero=True),
-        default_timeout_microseconds=r.positive("default_timeout_microseconds", 0, allow_zero=True),
+        default_timeout_microseconds=r.positive("default_timeout_microseconds", d.default_timeout_microseconds,
+                                                allow_zero=True),
         instances=r.positive("instances", d.instances),
         inline_below_microseconds=r.positive("inline_below_microseconds", d.inline_below_microseconds,
                                              allow_zero=True),
