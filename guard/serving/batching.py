@@ -97,7 +97,8 @@ class DynamicBatcher:
     def has_room(self) -> bool:
         """Whether one more request would be queued rather than rejected as a full queue: callers
         may decide this before doing any per-request work."""
-        return not self._closed and not (self._config.max_queue_size and len(self._queue) >= self._config.max_queue_size)
+        limit = self._config.max_queue_size
+        return not self._closed and not (limit and len(self._queue) >= limit)
 
     async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
         """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based)."""
