@@ -13,7 +13,7 @@ import onnxruntime as ort
 from guard.backends.base import Backend
 from guard.backends.onnx_graph import onnx_signature
 from guard.backends.providers import PROVIDERS, TensorRTConfig, select_providers
-from guard.protocol.errors import BackendError
+from guard.protocol.errors import BackendError, ConfigError
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec, TensorSpec
 
@@ -78,9 +78,13 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = s.inter_op_threads
         options.log_severity_level = 3
         providers = select_providers(s.providers, s.tensorrt)
-        self.session = ort.InferenceSession(
-            str(s.model_file), options, providers=[name for name, _ in providers],
-            provider_options=[opts for _, opts in providers])
+        try:
+            self.session = ort.InferenceSession(
+                str(s.model_file), options, providers=[name for name, _ in providers],
+                provider_options=[opts for _, opts in providers])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable or invalid models
+            raise ConfigError(self.spec.config_path, "backend.model_file", "an ONNX model ONNX Runtime can load",
+                              f"{s.model_file.name}: {str(exc).splitlines()[0][:200]}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("onnxruntime session on %s", ", ".join(self.session.get_providers()))

@@ -31,6 +31,13 @@ class QueueFull(GuardError):
     status = "UNAVAILABLE"
 
 
+class Overloaded(GuardError):
+    """The gateway holds as many requests as it may (`guard serve --max-concurrency`): refused
+    before any work, so the client may retry here later or elsewhere now."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class DeadlineExceeded(GuardError):
     status = "DEADLINE_EXCEEDED"
 

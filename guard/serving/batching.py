@@ -7,6 +7,12 @@ one batch. A request whose deadline passes while it is queued fails with DEADLIN
 never runs. An error raised by `execute` reaches every request of that batch. Times are the event
 loop's monotonic clock.
 
+Closing drains: a closed batcher takes no new request, but runs what is already queued (without
+waiting for a batching window nobody can join any more) until the queue is empty or the close's
+timeout passes. Only what is still waiting then fails, with UNAVAILABLE: a request a client
+already handed over is answered, not dropped, whenever there is time to run it (server shutdown,
+and the old copy of a model that a reload replaced).
+
 Scheduling is callback-driven rather than a worker task: every wake-up of a task costs an event
 loop iteration, and a gateway in front of a sub-millisecond model spends most of its time on
 those. `execute` is synchronous. It runs on a worker thread, or, for a single-instance model whose
@@ -74,6 +80,7 @@ class DynamicBatcher:
         self._window: asyncio.TimerHandle | None = None
         self._window_end = 0.0
         self._idle: asyncio.Event | None = None
+        self._batches: list[list[_Pending]] = []  # running, so that abort() can answer their requests
         self._closed = False
         self._inline_below = config.inline_below_microseconds / 1e6
         self.mean_execute_seconds: float | None = None
@@ -151,9 +158,10 @@ class DynamicBatcher:
         self._dispatch_scheduled = False
         limit = self._config.max_batch_size
         delay = self._config.max_queue_delay_microseconds / 1e6
-        while self._queue and self._running < self._config.instances and not self._closed:
+        while self._queue and self._running < self._config.instances:
             window_end = self._queue[0].enqueued + delay
-            if self._rows < limit and self._loop.time() < window_end:
+            # Once closed, nothing can join the batch: waiting for the window would only delay it.
+            if self._rows < limit and not self._closed and self._loop.time() < window_end:
                 self._wait_for_window(window_end)
                 return
             batch = self._take(limit)
@@ -195,6 +203,7 @@ class DynamicBatcher:
         # none if one request has none.
         deadline = None if any(i.deadline is None for i in batch) else max(i.deadline for i in batch)
         self._running += 1
+        self._batches.append(batch)
         self._idle.clear()
         if self.inline:
             try:
@@ -221,6 +230,7 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[_Pending], results: list[Any] | None, exc: BaseException | None) -> None:
         self._running -= 1
+        self._batches.remove(batch)
         if exc is None and len(results) != len(batch):
             exc = BackendError(f"batch of {len(batch)} requests produced {len(results)} results")
         if exc is not None:  # every waiter of the batch learns of the failure
@@ -249,17 +259,49 @@ class DynamicBatcher:
         else:
             self._failures_unlogged += 1
 
-    async def close(self) -> None:
-        """Stop taking work, fail what is still queued, and wait for running batches."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Stop taking work and drain: what is queued still runs, batch by batch, until nothing is
+        queued or running, or `timeout` seconds pass (None: no limit). Then whatever still waits
+        fails (see abort). Returns whether nothing was left running (False: a batch's thread
+        still runs, and its executor must not be joined)."""
         self._closed = True
-        if self._window is not None:
+        if self._window is not None:  # the queue's head need not wait for its window any more
             self._window.cancel()
+            self._window = None
+        if self._loop is not None and self._queue:
+            self._schedule()
+        if self._idle is None or not (self._queue or self._running):
+            return True
+        try:
+            await asyncio.wait_for(self._drained(), timeout)
+        except TimeoutError:
+            self.abort("server is shutting down: the request was still waiting when the drain ended")
+        return self._running == 0
+
+    async def _drained(self) -> None:
+        while self._queue or self._running:
+            await self._idle.wait()
+            if self._queue:  # a dispatch is scheduled; let it start the next batch
+                await asyncio.sleep(0)
+
+    def abort(self, reason: str = "server is shutting down") -> int:
+        """Fail every request that still waits, queued or in a running batch, with UNAVAILABLE, now
+        (the exit timeout passed, or a second signal). A running batch's thread cannot be stopped;
+        its results are discarded when it ends. Returns how many requests were failed."""
+        self._closed = True
+        failed = 0
         while self._queue:
             item = self._queue.popleft()
             if item.timer:
                 item.timer.cancel()
             if not item.future.done():
-                item.future.set_exception(QueueFull("server is shutting down"))
+                item.future.set_exception(QueueFull(reason))
+                failed += 1
         self._rows = 0
-        if self._idle is not None:
-            await self._idle.wait()
+        self._observer.queue_depth(0)
+        for batch in self._batches:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(QueueFull(reason))
+                    failed += 1
+        return failed

@@ -1,20 +1,33 @@
-"""The data plane: routing, validation, deadlines, policy and responses. It knows no transport."""
+"""The data plane: routing, validation, deadlines, policy and responses. It knows no transport.
+
+It also keeps the books a graceful stop and a model reload need: how many requests are inside,
+when the last one arrived, and which copy of a model each one runs on (`ModelRuntime.enter`), so
+that a replaced copy closes only once its own requests are answered.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
 from guard import __version__
-from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound
+from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound, QueueFull
+from guard.protocol.limits import echo
 from guard.protocol.types import InferRequest, InferResponse
 from guard.serving import policy
+from guard.serving.logs import FailureLog, loggable
 from guard.serving.runtime import ModelRuntime
-from guard.serving.validation import validate
+from guard.serving.validation import EncodedInputs, validate
 
 log = logging.getLogger("guard.serving.dataplane")
 access = logging.getLogger("guard.access")
+
+# gRPC cancels a handler when the client's deadline passes, and our copy of that deadline is
+# computed from `time_remaining()` a moment after gRPC's own: a cancellation this close to it is
+# the deadline's, not the client's.
+DEADLINE_SLACK = 0.01
 
 SERVER_NAME = "guard"
 # A request parameter asking for every detector's raw score (evaluation, debugging); the answer
@@ -27,13 +40,40 @@ EXTENSIONS = ("guard_verdict",)
 class DataPlane:
     def __init__(self, models: dict[str, ModelRuntime], policy_override: str | None = None):
         self.models = models
+        """Served models by name; a reload replaces an entry (guard.serving.reload)."""
         self.policy_override = policy_override
+        self.control = None
+        """The repository's ModelManager (guard.serving.reload), for the repository RPCs."""
+        self.draining = False
+        """Set when shutdown begins: readiness turns false, requests are still served."""
+        self.active = 0
+        """Requests inside `infer` that are being served (not parked)."""
+        self.parked = 0
+        self.last_arrival = 0.0
+        """time.monotonic() when the latest request arrived, served or not."""
+        self._refusing = False
+        self._released: asyncio.Event | None = None
+        self._unexpected = FailureLog(log, "requests failed with an unexpected error")
 
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        return all(m.ready for m in self.models.values())
+        return not self.draining and all(m.ready for m in self.models.values())
+
+    def stop_accepting(self) -> None:
+        """New requests are no longer served: each waits (parked) until `release_refused`, then fails
+        with UNAVAILABLE. Why wait rather than answer at once: a client that sends again as soon as
+        it has its answer keeps new calls arriving, and gRPC cancels (CANCELLED, not UNAVAILABLE) every
+        call it has received but not yet handed to the server when it stops. Parked, such a client
+        sends nothing more, so the server can stop with no call left in between."""
+        self._released = asyncio.Event()
+        self._refusing = True
+
+    def release_refused(self) -> None:
+        """Answer the parked requests (UNAVAILABLE), and any later one at once."""
+        if self._released is not None:
+            self._released.set()
 
     def model(self, name: str, version: str = "") -> ModelRuntime:
         runtime = self.models.get(name)
@@ -46,9 +86,26 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            return self.model(name, version).ready
+            return not self.draining and self.model(name, version).ready
         except ModelNotFound:
             return False
+
+    def repository_index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every model in the repository (RepositoryIndex)."""
+        return self._manager().index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict[str, object]) -> None:
+        """Load or reload one model from the repository, beside the copy serving now (RepositoryModelLoad)."""
+        await self._manager().load_requested(name, parameters)
+
+    async def unload_model(self, name: str, parameters: dict[str, object]) -> None:
+        """Stop serving one model once its requests are answered (RepositoryModelUnload)."""
+        await self._manager().unload_requested(name, parameters)
+
+    def _manager(self):
+        if self.control is None:
+            raise GuardError("this server has no model repository to control")
+        return self.control
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return SERVER_NAME, __version__, EXTENSIONS
@@ -56,12 +113,29 @@ class DataPlane:
     def policy_of(self, runtime: ModelRuntime) -> str:
         return self.policy_override or runtime.config.policy
 
-    async def infer(self, request: InferRequest, datatypes: dict[str, str]) -> InferResponse:
-        """Run one request through its model's batcher and guard; raises GuardError subclasses."""
-        start = time.monotonic()
+    async def infer(self, request: InferRequest, datatypes: dict[str, str],
+                    encoded: EncodedInputs | None = None) -> InferResponse:
+        """Run one request through its model's batcher and guard; raises GuardError subclasses.
+        `encoded`: a transport's tensors, not decoded yet (request.inputs and request.outputs are
+        empty until then); they are decoded only once the model has room for the request and their
+        names and headers meet its contract, so refusing a request costs no decoding."""
+        start = self.last_arrival = time.monotonic()
         runtime, verdict_name, code = None, "none", "OK"
+        entered = False
         try:
+            if self._refusing:
+                runtime = self.models.get(request.model_name)  # for its metrics only
+                await self._refuse()
             runtime = self.model(request.model_name, request.model_version)
+            # Counted on this copy of the model until answered: a reload closes the copy it replaced
+            # only when its count is zero. Nothing awaits between the lookup and this line.
+            runtime.enter()
+            entered = True
+            self.active += 1
+            if not runtime.batcher.has_room():  # before any per-request work: refusing must stay cheap
+                raise QueueFull(f"Exceeds maximum queue size ({runtime.config.batching.max_queue_size} requests)")
+            if encoded is not None:
+                request.inputs, request.outputs, datatypes = await encoded.decode(runtime.config)
             rows = validate(runtime.config, request, datatypes)
             result = await runtime.infer(request.inputs, rows, self._deadline(request, runtime, start))
             verdict = result.verdict
@@ -70,7 +144,7 @@ class DataPlane:
             if verdict.flagged:  # under shadow this line is the only trace a client never sees
                 log.log(logging.WARNING if self.policy_of(runtime) == "shadow" else logging.INFO,
                         "flagged model=%s id=%s verdict=%s by=%s score=%.3f", runtime.config.name,
-                        request.id or "-", verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
+                        loggable(request.id), verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
             parameters = policy.apply(self.policy_of(runtime), verdict)
             if parameters and request.parameters.get(EXPLAIN) is True:
                 parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)
@@ -80,15 +154,36 @@ class DataPlane:
         except GuardError as exc:
             code = exc.status
             raise
-        except Exception:
-            code = "INTERNAL"
+        except asyncio.CancelledError:
+            # Not an Exception: without this branch a request the client gave up on (or whose
+            # gRPC deadline passed) would be counted as OK.
+            expired = request.deadline is not None and time.monotonic() >= request.deadline - DEADLINE_SLACK
+            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
+        except Exception as exc:
+            # A bug, not a client's or the model's fault: logged once with its traceback and then
+            # counted (guard.serving.logs), and answered INTERNAL like any other GuardError.
+            code = "INTERNAL"
+            self._unexpected(exc)
+            raise GuardError(f"internal error: {exc}") from exc
         finally:
             elapsed = time.monotonic() - start
+            if entered:
+                self.active -= 1
+                runtime.leave()
             if runtime is not None:
                 runtime.metrics.request(verdict_name, code, elapsed)
-            access.info("model=%s id=%s verdict=%s code=%s ms=%.3f", request.model_name,
-                        request.id or "-", verdict_name, code, elapsed * 1e3)
+            if access.isEnabledFor(logging.INFO):
+                access.info("model=%s id=%s verdict=%s code=%s ms=%.3f", loggable(request.model_name),
+                            loggable(request.id), verdict_name, code, elapsed * 1e3)
+
+    async def _refuse(self) -> None:
+        self.parked += 1
+        try:
+            await self._released.wait()
+        finally:
+            self.parked -= 1
+        raise QueueFull("server is shutting down: send the request to another replica")
 
     @staticmethod
     def _deadline(request: InferRequest, runtime: ModelRuntime, start: float) -> float | None:
@@ -98,7 +193,7 @@ class DataPlane:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
                 raise InvalidInput(f"parameter 'timeout': expected microseconds as a non-negative integer, "
-                                   f"got {timeout!r}")
+                                   f"got {echo(repr(timeout))}")
             if timeout:
                 candidates.append(start + timeout / 1e6)
         default = runtime.config.batching.default_timeout_microseconds

@@ -54,6 +54,9 @@ class GuardMetrics:
         self.backend_rows = Counter("guard_backend_rows_total",
                                     "Rows sent to the backend, originals and detector variants.",
                                     ["model"], registry=r)
+        self.model_loads = Counter("guard_model_loads_total", "Model loads at startup and reloads (SIGHUP, "
+                                   "RepositoryModelLoad), by result: success or failure (the old copy kept serving).",
+                                   ["model", "result"], registry=r)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)

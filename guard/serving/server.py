@@ -1,10 +1,27 @@
-"""The gateway process: loads the repository, then serves gRPC (v2 inference, health, reflection)
-and /metrics on its own port."""
+"""The gateway process: loads the repository, then serves gRPC (v2 inference, health, reflection,
+the repository RPCs) and /metrics on its own port, until a graceful stop.
+
+A stop (SIGTERM, SIGINT) answers every request a client already sent, in four steps:
+1. Health goes NOT_SERVING on every service name ("", the inference service, each model) and
+   ServerReady/ModelReady turn false, while requests are still served...
+2. ...for the drain period (`--drain-seconds`), so that load balancers, Kubernetes endpoints and
+   clients that watch health stop sending here before anything is refused.
+3. New requests are parked until no more arrive, then gRPC stops accepting calls (GOAWAY) and the
+   parked ones fail with UNAVAILABLE: a client retries those elsewhere. (Stopping gRPC while calls
+   keep arriving would make gRPC itself cancel the ones it had not yet handed over: CANCELLED, which
+   a client cannot tell from its own cancellation. See DataPlane.stop_accepting.)
+4. In-flight and queued requests finish. What is still waiting at the exit timeout
+   (`--exit-timeout-seconds`, counted from the signal, drain included) fails with UNAVAILABLE, and
+   the process exits. A second SIGTERM or SIGINT skips to that end at once.
+SIGHUP re-reads the repository (guard.serving.reload).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,18 +30,29 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from guard.protocol.limits import MAX_MESSAGE_BYTES
+from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.protocol.proto import inference_pb2 as pb
-from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from guard.serving.dataplane import DataPlane
 from guard.serving.metrics import GuardMetrics
-from guard.serving.repository import load_repository
+from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime
+from guard.serving.transport.service import add_inference_service
 from guard.serving.transport.servicer import InferenceServicer
 
 log = logging.getLogger("guard.serving.server")
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Step 3 of a stop: gRPC stops accepting once no request has arrived for QUIET seconds (every
+# client that kept sending is then parked), or after QUIET_LIMIT seconds with clients that send
+# regardless of answers (open loop); the latter may see CANCELLED for calls caught in between.
+QUIET = 0.2
+QUIET_LIMIT = 2.0
+# Step 4: once no request waits, calls still open are streams and health watches with nothing in
+# flight; they are cancelled after SETTLE seconds rather than held until the exit timeout.
+SETTLE = 0.1
+# At the exit timeout, what still waits fails with UNAVAILABLE; this long later, gRPC cancels
+# whatever call is left.
+ABORT_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +67,24 @@ class ServerSettings:
     """Overrides every model's configured policy when set."""
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Larger requests fail with RESOURCE_EXHAUSTED before they are decoded."""
+    max_concurrency: int = MAX_CONCURRENCY
+    """Inference requests in flight at once (unary calls and stream requests); more are refused with
+    RESOURCE_EXHAUSTED and a retry hint before they are parsed (guard.serving.transport.admission)."""
     torch_threads: int = 1
     """Threads for the guard's own tensor work; the backend has its own (intra_op_threads)."""
     calibration: str | None = None
     """Overrides every model's [calibration] mode: recalibrate, strict or trust."""
+    drain_seconds: float = 5.0
+    """After SIGTERM, how long health reports NOT_SERVING while requests are still served. 5 s covers
+    the usual propagation of a terminating pod's removal from Kubernetes endpoints (kube-proxy,
+    ingress and client-side resolvers, typically 1-3 s) and one interval of a health-checking
+    balancer or client that polls every few seconds."""
+    exit_timeout_seconds: float = 30.0
+    """The most a graceful stop takes, from the signal, the drain period included (Triton's
+    --exit-timeout-secs default; keep it below a supervisor's kill deadline, e.g. Kubernetes'
+    terminationGracePeriodSeconds minus any preStop hook)."""
+    model_control: bool = False
+    """Allow the repository RPCs to load and unload models (index: always)."""
 
 
 class GuardServer:
@@ -54,20 +96,28 @@ class GuardServer:
         self._grpc: grpc.aio.Server | None = None
         self._http = None
         self._runtimes: dict[str, ModelRuntime] = {}
+        """Served models by name: the same dict as dataplane.models, which a reload changes."""
         self._health_follower: asyncio.Task | None = None
+        self._reloads: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
-        for config in load_repository(s.repository):
-            self._runtimes[config.name] = ModelRuntime(config, self.metrics.for_model(config.name),
-                                                       calibration_mode=s.calibration)
+        self.models = ModelManager(s.repository, self._runtimes, self.metrics, s.calibration, s.model_control)
+        self.models.load_all()
         self.dataplane = DataPlane(self._runtimes, s.policy)
+        self.dataplane.control = self.models
 
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
-                   ("grpc.max_send_message_length", s.max_message_bytes)]
+                   ("grpc.max_send_message_length", s.max_message_bytes),
+                   # Calls gRPC has received but the event loop has not yet taken (it takes one per
+                   # turn): past 1000 by default gRPC itself cancels them, a bare CANCELLED the client
+                   # cannot tell from its own. Sized from the concurrency limit, so that the gateway's
+                   # own refusal (RESOURCE_EXHAUSTED with a retry hint) answers them instead.
+                   ("grpc.server.max_pending_requests", 4 * s.max_concurrency),
+                   ("grpc.server.max_pending_requests_hard_limit", 8 * s.max_concurrency)]
         self._grpc = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self._grpc)
+        add_inference_service(InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency), self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
@@ -87,31 +137,118 @@ class GuardServer:
                  f"{s.host}:{self.metrics_port}" if self.metrics_port else "off", s.policy or "per-model",
                  ",".join(self._runtimes))
 
+    def reload(self) -> asyncio.Task | None:
+        """Re-read the repository in the background (SIGHUP); None once stopping."""
+        if self._grpc is None or self.dataplane.draining:
+            return None
+        task = asyncio.create_task(self.models.reload_changed(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return task
+
     async def stop(self, grace: float = 2.0) -> None:
+        """Stop without a drain period: `grace` seconds for what is in flight (tests and tools, whose
+        clients know the server is going away)."""
+        await self.shutdown(drain_seconds=0.0, exit_timeout=grace)
+
+    async def shutdown(self, drain_seconds: float | None = None, exit_timeout: float | None = None,
+                       force: asyncio.Event | None = None) -> None:
+        """The graceful stop of the module docstring; `force` set (a second signal) ends it at once.
+        Defaults from the settings."""
         if self._grpc is None:
             return
+        s = self.settings
+        timeout = s.exit_timeout_seconds if exit_timeout is None else exit_timeout
+        drain = min(s.drain_seconds if drain_seconds is None else drain_seconds, timeout)
+        force = force or asyncio.Event()
+        start = time.monotonic()
+        deadline = start + timeout
+        served = self._requests_total()
+
+        # 1. Not serving, while still serving.
+        self.dataplane.draining = True
+        for task in self._reloads:
+            task.cancel()
         if self._health_follower is not None:
             self._health_follower.cancel()
             await asyncio.gather(self._health_follower, return_exceptions=True)
+        for name in ["", SERVICE, *self._runtimes]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.enter_graceful_shutdown()
-        await self._grpc.stop(grace)
-        for runtime in self._runtimes.values():
-            await runtime.close()
+        if drain > 0:
+            log.info("stopping: health NOT_SERVING; serving new requests for %.1f s more (exit timeout %.1f s)",
+                     drain, timeout)
+        # 2. The drain period.
+        await _until(start + drain, force)
+        # 3. Stop accepting: park new requests until none arrive, then GOAWAY, then answer them.
+        self.dataplane.stop_accepting()
+        quiet_by = min(time.monotonic() + QUIET_LIMIT, deadline)
+        while not force.is_set() and time.monotonic() < quiet_by:
+            quiet_at = self.dataplane.last_arrival + QUIET  # moves while requests keep arriving
+            if time.monotonic() >= quiet_at:
+                break
+            await _until(min(quiet_at, quiet_by), force)
+        stopping = asyncio.create_task(self._grpc.stop(max(0.0, deadline - time.monotonic()) + ABORT_GRACE))
+        await asyncio.sleep(0)  # the task has run up to its first await: gRPC's shutdown has begun
+        self.dataplane.release_refused()
+        log.info("no longer accepting calls; %d requests in flight, %d refused", self.dataplane.active,
+                 self.dataplane.parked)
+        # 4. Let what is inside finish.
+        settled_at = None
+        while not stopping.done() and not force.is_set() and time.monotonic() < deadline:
+            if self._idle():
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= SETTLE:
+                    break
+            else:
+                settled_at = None
+            await asyncio.wait([stopping], timeout=0.01)
+        aborted = 0
+        if not stopping.done():
+            if not self._idle():
+                aborted = self._abort("forced by a second signal" if force.is_set() else
+                                      f"the exit timeout ({timeout:.0f} s) passed")
+                # A moment for the failed requests' answers to go out before gRPC cancels the rest.
+                await _poll(lambda: self.dataplane.active == 0, 0.1 if force.is_set() else ABORT_GRACE)
+            await self._grpc.stop(None)  # cancels what is left: streams, health watches, stuck batches
+        await stopping
+        await self.models.close(timeout=0)
+        for runtime in list(self._runtimes.values()):
+            await runtime.close(timeout=0)
         if self._http is not None:
-            self._http.shutdown()
+            await asyncio.to_thread(self._http.shutdown)  # waits out its poll interval (0.5 s): not on the loop
             self._http.server_close()
         self._grpc = None
+        log.info("stopped after %.2f s: %d requests answered since the signal%s", time.monotonic() - start,
+                 self._requests_total() - served, f", {aborted} failed UNAVAILABLE unfinished" if aborted else "")
+
+    def _idle(self) -> bool:
+        """No request is inside the gateway: none parked, routed, queued or in a running batch."""
+        return self.dataplane.active == 0 and self.dataplane.parked == 0
+
+    def _abort(self, why: str) -> int:
+        log.warning("stopping now (%s): failing what still waits with UNAVAILABLE", why)
+        failed = sum(runtime.batcher.abort(f"server is shutting down: {why}")
+                     for runtime in [*self._runtimes.values(), *self.models.retiring])
+        self.dataplane.release_refused()
+        return failed
+
+    def _requests_total(self) -> float:
+        return sum(sample.value for family in self.metrics.requests.collect() for sample in family.samples
+                   if sample.name == "guard_requests_total")
 
     async def _follow_readiness(self, once: bool = False, period: float = 0.1) -> None:
         """gRPC health follows readiness, since a remote backend's upstream can come and go: each
         model's name its own, the inference service's name every model's (like ServerReady). The
         server's "" stays SERVING until shutdown: liveness probes ask it, and restarting the guard
-        would not bring an upstream back."""
+        would not bring an upstream back. A model that a reload removed reports NOT_SERVING."""
         reported: dict[str, bool] = {}
         while True:
             states = {name: runtime.ready for name, runtime in self._runtimes.items()}
             states[SERVICE] = all(states.values())
             states[""] = True
+            for name in reported:
+                states.setdefault(name, False)
             for name, ready in states.items():
                 if reported.get(name) != ready:
                     await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ready
@@ -126,16 +263,46 @@ class GuardServer:
             await self._grpc.wait_for_termination()
 
 
+async def _until(when: float, force: asyncio.Event) -> None:
+    """Wait until time.monotonic() reaches `when` or `force` is set."""
+    remaining = when - time.monotonic()
+    if remaining > 0 and not force.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(force.wait(), remaining)
+
+
+async def _poll(condition, timeout: float, period: float = 0.005) -> bool:
+    """Wait until `condition()` holds, at most `timeout` seconds; returns whether it held."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= end:
+            return False
+        await asyncio.sleep(period)
+    return True
+
+
 async def serve_forever(settings: ServerSettings) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight requests and stop."""
+    """Run until SIGTERM/SIGINT, then stop gracefully (a second one: at once); SIGHUP re-reads the
+    repository."""
     import signal
 
     server = GuardServer(settings)
-    await server.start()
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: stopping now", sig.name)
+            force.set()
+        else:
+            log.info("%s: stopping gracefully (drain %.1f s, exit timeout %.1f s; send it again to stop now)",
+                     sig.name, settings.drain_seconds, settings.exit_timeout_seconds)
+            stop.set()
+
+    # Before start(): its "guard ready" line tells supervisors and tests they may signal now.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.start()
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    await server.shutdown(force=force)

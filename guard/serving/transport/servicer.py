@@ -1,32 +1,48 @@
-"""inference.GRPCInferenceService: converts messages and delegates every decision to the data plane."""
+"""inference.GRPCInferenceService: parses messages, admits requests and delegates every decision
+to the data plane.
+
+Requests arrive as bytes (service.py registers the handlers that way): the registration parses
+them for the methods below, except those marked `takes_bytes`, which parse their own, so that a
+message that is not a protobuf is an INVALID_ARGUMENT like any other bad input. Inference
+requests (unary calls and stream requests) pass the server's concurrency limit first
+(admission.py), before their message is parsed; the metadata RPCs never wait on anything and are
+not limited, so readiness checks keep answering under any load.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
-import grpc
-
-from guard.protocol.codec import decode_request, encode_response
-from guard.protocol.errors import GuardError
+from guard.protocol.codec import check_name, encode_response, read_head
+from guard.protocol.errors import Overloaded
+from guard.protocol.limits import MAX_CONCURRENCY, MAX_NAME_CHARS, STREAM_HELD_BYTES, STREAM_IN_FLIGHT
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from guard.serving.dataplane import DataPlane
+from guard.serving.transport.admission import Admission
+from guard.serving.transport.faults import FaultLog
+from guard.serving.transport.requests import EncodedRequest
+from guard.serving.transport.service import parse, takes_bytes
 from guard.serving.transport.status import reports_errors
+from guard.serving.transport.streams import StreamSession, deadline_of
 
 log = logging.getLogger("guard.serving.transport")
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane):
+    def __init__(self, dataplane: DataPlane, max_concurrency: int = MAX_CONCURRENCY,
+                 stream_in_flight: int = STREAM_IN_FLIGHT, stream_held_bytes: int = STREAM_HELD_BYTES):
         self.dataplane = dataplane
+        self.admission = Admission(max_concurrency)
+        self.faults = FaultLog(log)
+        self.stream_in_flight = stream_in_flight
+        self.stream_held_bytes = stream_held_bytes
+
+    def overload_message(self) -> str:
+        return (f"the gateway holds {self.admission.in_flight} requests, its limit (--max-concurrency "
+                f"{self.admission.limit})")
 
     @reports_errors
     async def ServerLive(self, request, context):
@@ -38,6 +54,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @reports_errors
     async def ModelReady(self, request, context):
+        if len(request.name) > MAX_NAME_CHARS or len(request.version) > MAX_NAME_CHARS:
+            return pb.ModelReadyResponse(ready=False)  # no model has such a name
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
     @reports_errors
@@ -47,6 +65,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @reports_errors
     async def ModelMetadata(self, request, context):
+        check_name("name", request.name)
+        check_name("version", request.version)
         config = self.dataplane.model(request.name, request.version).config
 
         def tensors(specs):
@@ -56,44 +76,66 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(name=config.name, versions=[config.version], platform=config.platform,
                                         inputs=tensors(config.inputs), outputs=tensors(config.outputs))
 
+    @takes_bytes
     @reports_errors
-    async def ModelInfer(self, request, context):
-        domain, datatypes = decode_request(request, _deadline(context))
-        return encode_response(await self.dataplane.infer(domain, datatypes))
-
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests of a stream run concurrently (so they batch together); each answer carries
-        its request's id, and a failed request becomes an error_message while the stream stays open."""
-        answers: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
-
-        async def one(message: pb.ModelInferRequest) -> None:
-            try:
-                domain, datatypes = decode_request(message, _deadline(context))
-                response = encode_response(await self.dataplane.infer(domain, datatypes))
-                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
-            except GuardError as exc:
-                await answers.put(pb.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id)))
-            except Exception as exc:  # noqa: BLE001 - reported to the client, stream stays open
-                log.exception("stream request failed")
-                await answers.put(pb.ModelStreamInferResponse(error_message=f"internal error: {exc}"))
-
-        async def read() -> None:
-            async for message in request_iterator:
-                task = asyncio.create_task(one(message))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            await asyncio.gather(*list(pending))
-            await answers.put(None)
-
-        reader = asyncio.create_task(read())
+    async def ModelInfer(self, data, context):
+        if not self.admission.try_enter():  # before anything else: a refusal must cost nothing
+            raise Overloaded(self.overload_message())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-            await reader
+            message = parse(pb.ModelInferRequest, data, "ModelInfer")
+            request = read_head(message, deadline_of(context))
+            return encode_response(await self.dataplane.infer(request, {}, EncodedRequest(message, len(data))))
         finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+            self.admission.leave()
+
+    # -- the model repository extension (guard.serving.reload) ----------------------------------
+
+    @reports_errors
+    async def RepositoryIndex(self, request, context):
+        request = self._repository_message(pb.RepositoryIndexRequest, request)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            entry(name=name, version=version, state=state, reason=reason)
+            for name, version, state, reason in self.dataplane.repository_index(request.ready)])
+
+    @reports_errors
+    async def RepositoryModelLoad(self, request, context):
+        request = self._repository_message(pb.RepositoryModelLoadRequest, request)
+        await self.dataplane.load_model(request.model_name, self._repository_parameters(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @reports_errors
+    async def RepositoryModelUnload(self, request, context):
+        request = self._repository_message(pb.RepositoryModelUnloadRequest, request)
+        await self.dataplane.unload_model(request.model_name, self._repository_parameters(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+
+    @staticmethod
+    def _repository_message(message_type, request):
+        """The request as a message: handlers registered with a raw-bytes deserializer get bytes."""
+        # Imported here to keep this extension's change to the servicer to its own methods.
+        from google.protobuf.message import DecodeError
+
+        from guard.protocol.errors import InvalidInput
+
+        if isinstance(request, message_type):
+            return request
+        try:
+            return message_type.FromString(request)
+        except DecodeError:
+            raise InvalidInput(f"{len(request)} bytes that are not a valid {message_type.DESCRIPTOR.full_name} "
+                               "message") from None
+
+    @staticmethod
+    def _repository_parameters(parameters) -> dict[str, object]:
+        return {key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
+                for key, value in parameters.items()}
+
+    @takes_bytes
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """See streams.py: concurrent requests, answers with their ids, error answers for bad
+        frames, backpressure at `stream_in_flight` unanswered requests."""
+        session = StreamSession(self, request_iterator, context, self.stream_in_flight, self.stream_held_bytes)
+        async with contextlib.aclosing(session.answers()) as answers:  # its cleanup runs when the stream ends
+            async for answer in answers:
+                yield answer

@@ -3,26 +3,45 @@
 A decorator on each servicer method rather than a server interceptor: grpc.aio runs an
 interceptor as an extra coroutine and builds a new method handler for every call, which costs
 more than a small model's whole forward pass.
+
+Refusals for load (UNAVAILABLE: the model's queue is full; RESOURCE_EXHAUSTED: the gateway's
+concurrency limit) carry a retry hint, both as the gRPC retry pushback in the trailing metadata and
+in the message, so no client is left to guess. Every failure is counted in the servicer's FaultLog
+(one log line per interval), never logged per request.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
 import grpc
 
-from guard.protocol.errors import GuardError
+from guard.protocol.errors import GuardError, Overloaded, QueueFull
+from guard.protocol.limits import echo
 
-log = logging.getLogger("guard.serving.transport")
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+"""Trailing metadata key gRPC clients read as "retry after this many milliseconds" (gRFC A6)."""
 
 
 def status_code(error: GuardError) -> grpc.StatusCode:
     return grpc.StatusCode[error.status]
 
 
+def retry_hint(error: GuardError, admission) -> int | None:
+    """Milliseconds to wait before retrying, for refusals caused by load; None otherwise."""
+    if isinstance(error, (QueueFull, Overloaded)):
+        return admission.retry_after_ms()
+    return None
+
+
+def with_hint(message: str, retry_ms: int | None) -> str:
+    return message if retry_ms is None else f"{message}; retry in {retry_ms} ms"
+
+
 def reports_errors(method):
-    """Turn GuardError into its status and anything else into INTERNAL, never a traceback."""
+    """Turn GuardError into its status (with a retry hint for load) and anything else into INTERNAL,
+    never a traceback. The servicer provides `admission` (retry hints) and `faults` (counts)."""
+    rpc = method.__name__
 
     @functools.wraps(method)
     async def guarded(self, request, context):
@@ -31,9 +50,13 @@ def reports_errors(method):
         except grpc.aio.AbortError:
             raise
         except GuardError as exc:
-            await context.abort(status_code(exc), exc.message)
+            retry_ms = retry_hint(exc, self.admission)
+            message = with_hint(exc.message, retry_ms)
+            self.faults.failed(rpc, exc.status, message)
+            metadata = () if retry_ms is None else ((RETRY_PUSHBACK, str(retry_ms)),)
+            await context.abort(status_code(exc), message, metadata)
         except Exception as exc:  # noqa: BLE001 - never leak a raw traceback to clients
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            self.faults.server_fault(rpc, exc)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {echo(str(exc))}")
 
     return guarded

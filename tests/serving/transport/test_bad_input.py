@@ -110,8 +110,10 @@ CASES = {
     "mixed raw and typed": (mixed, grpc.StatusCode.INVALID_ARGUMENT, "typed contents and raw_input_contents are mixed"),
     "missing input": (missing_input, grpc.StatusCode.INVALID_ARGUMENT, "input 'input' is missing"),
     "duplicate input": (duplicate_input, grpc.StatusCode.INVALID_ARGUMENT, "input 'input' appears more than once"),
+    # The datatype is checked against the model before any contents are decoded (the overflow
+    # itself: tests/serving/transport/test_codec_limits.py).
     "typed overflow": (typed_overflow, grpc.StatusCode.INVALID_ARGUMENT,
-                       "input 'input': contents.uint_contents holds values outside UINT8"),
+                       "input 'input': expected datatype FP32, got UINT8"),
     "extra input": (two_inputs, grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'extra'"),
     "wrong input name": (lambda: request(name="image"), grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'image'"),
     "NaN": (nan_input, grpc.StatusCode.INVALID_ARGUMENT, "expected finite values, got NaN or Inf"),
