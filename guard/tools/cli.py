@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from guard.protocol.errors import GuardError
-from guard.protocol.limits import MAX_MESSAGE_BYTES
+from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 
 # The checkout's demo repository, relative to where `guard serve` runs (the repository root in
 # `make serve`); an installed wheel carries no demo, so elsewhere --repository is needed.
@@ -24,8 +24,10 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("guard.access").setLevel(logging.WARNING)
     settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
                               metrics_port=args.metrics_port, policy=args.policy,
-                              max_message_bytes=args.max_message_bytes, torch_threads=args.torch_threads,
-                              calibration=args.calibration)
+                              max_message_bytes=args.max_message_bytes, max_concurrency=args.max_concurrency,
+                              torch_threads=args.torch_threads,
+                              calibration=args.calibration, drain_seconds=args.drain_seconds,
+                              exit_timeout_seconds=args.exit_timeout_seconds, model_control=args.model_control)
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -33,18 +35,31 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from guard.tools.calibrate import calibrate_model, detector_tables
+    if args.model is not None:  # a model directory whose config says what it is (camera models)
+        from guard.serving.model_config import load_model_config
+        from guard.tools.calibrate_dir import calibrate_directory
+        from guard.tools.clean_data import load_references
 
-    with np.load(args.data) as data:
-        if "x" not in data:
-            raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
-        x, y = data["x"], data.get("y")
-    tables = detector_tables(args.onnx, bit_depths=args.bit_depth, medians=args.median, mahalanobis=args.mahalanobis,
-                             confidence_margin=args.confidence_margin, strip=args.strip, features=args.features)
-    report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
-                             confidence=args.confidence, holdout_fraction=args.holdout_fraction, seed=args.seed,
-                             value_range=tuple(args.range), policy=args.policy or "flag", detectors=tables,
-                             features=args.features, ensemble=args.ensemble, folds=args.folds)
+        samples = load_references(args.data, load_model_config(args.model, calibrated=False).inputs,
+                                  stride=args.stride, limit=args.frames)
+        report = calibrate_directory(args.model, samples, holdout_fraction=args.holdout_fraction, folds=args.folds,
+                                     seed=args.seed, confidence=args.confidence)
+    else:
+        from guard.tools.calibrate import calibrate_model, detector_tables
+
+        if args.onnx is None or args.name is None or args.repository is None:
+            raise SystemExit("guard calibrate: --onnx, --name and --repository (or --model DIR)")
+        with np.load(args.data) as data:
+            if "x" not in data:
+                raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
+            x, y = data["x"], data.get("y")
+        tables = detector_tables(args.onnx, bit_depths=args.bit_depth, medians=args.median,
+                                 mahalanobis=args.mahalanobis, confidence_margin=args.confidence_margin,
+                                 strip=args.strip, features=args.features)
+        report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
+                                 confidence=args.confidence, holdout_fraction=args.holdout_fraction, seed=args.seed,
+                                 value_range=tuple(args.range), policy=args.policy or "flag", detectors=tables,
+                                 features=args.features, ensemble=args.ensemble, folds=args.folds)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
@@ -62,6 +77,13 @@ def _scan(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guard", description="Inference guard gateway (KServe v2 gRPC).")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -75,19 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port; -1 disables")
     serve.add_argument("--policy", choices=("enforce", "flag", "shadow"), help="override every model's policy")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
+    serve.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY, metavar="N",
+                       help="inference requests in flight at once (unary calls and stream requests); more are "
+                       f"refused with RESOURCE_EXHAUSTED and a retry hint (default {MAX_CONCURRENCY})")
     serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
     serve.add_argument("--calibration", choices=("recalibrate", "strict", "trust"),
                        help="where a model's thresholds were derived under another runtime: derive them again "
                        "from its references (recalibrate), refuse to load (strict) or serve them (trust); "
                        "default: each model's [calibration] mode (recalibrate unless set)")
+    serve.add_argument("--drain-seconds", type=_seconds, default=5.0,
+                       help="after SIGTERM/SIGINT: health says NOT_SERVING while requests are still served for this "
+                       "long, so load balancers stop sending first (default 5: a few seconds of endpoint propagation "
+                       "plus one health-check interval)")
+    serve.add_argument("--exit-timeout-seconds", type=_seconds, default=30.0,
+                       help="the longest a graceful stop takes from the signal, drain included; requests still "
+                       "waiting then fail with UNAVAILABLE (default 30, as Triton's). A second signal stops at once")
+    serve.add_argument("--model-control", action="store_true",
+                       help="allow the repository RPCs (tritonclient load_model/unload_model) to change what is "
+                       "served; SIGHUP re-reads the repository either way")
     serve.set_defaults(func=_serve)
 
     cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
-    cal.add_argument("--onnx", type=Path, required=True, help="the classifier (outputs logits first)")
-    cal.add_argument("--name", required=True, help="model name (directory under the repository)")
-    cal.add_argument("--repository", type=Path, required=True)
-    cal.add_argument("--data", type=Path, required=True, help=".npz with clean samples 'x' (optional labels 'y')")
+    cal.add_argument("--onnx", type=Path, help="a classifier to bring in (outputs logits first)")
+    cal.add_argument("--name", help="model name (directory under the repository)")
+    cal.add_argument("--repository", type=Path)
+    cal.add_argument("--model", type=Path, help="instead: calibrate this model directory as its config.toml describes "
+                     "it (any input and output kind)")
+    cal.add_argument("--data", type=Path, required=True, help="clean samples: .npz ('x', optional labels 'y'; with "
+                     "--model, one array per input), or with --model a folder of images or a video file")
+    cal.add_argument("--frames", type=int, help="with a video or an image folder: use at most this many")
+    cal.add_argument("--stride", type=int, default=1, help="with a video: keep every STRIDE-th frame")
     cal.add_argument("--target-fpr", type=float, default=0.05)
     cal.add_argument("--confidence", type=float, default=0.9,
                      help="probability that the clean flag rate on new inputs stays at most the target (default 0.9)")
@@ -128,7 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
     _add_scan_commands(commands)
+    _add_replay_command(commands)
     return parser
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from guard.tools.replay import main as replay_main  # lazy: tritonclient, PyAV
+
+    return replay_main(args)
+
+
+def _add_replay_command(commands) -> None:
+    replay = commands.add_parser("replay", help="stream a video as N cameras into a running guard: latency, "
+                                 "verdicts, an annotated video (guard/tools/replay.py)")
+    replay.add_argument("video", type=Path)
+    replay.add_argument("--target", required=True, help="the guard's gRPC address, HOST:PORT")
+    replay.add_argument("--model", required=True)
+    replay.add_argument("--cameras", type=int, default=4)
+    replay.add_argument("--fps", type=float, default=10.0)
+    replay.add_argument("--frames", type=int, default=100, help="frames of the video each camera sends")
+    replay.add_argument("--boxes", choices=("yolo",), help="draw the model's detections in this format")
+    replay.add_argument("--labels", type=Path, help="class names, one per line")
+    replay.add_argument("--out", type=Path, default=Path("reports/replay"))
+    replay.set_defaults(func=_replay)
 
 
 def _add_scan_commands(commands) -> None:

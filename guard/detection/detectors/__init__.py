@@ -7,10 +7,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from guard.detection.detectors.base import CLASSIFICATION, IMAGE, TENSOR, Detector, FitData, Outputs
+from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TENSOR, Detector, FitData, Outputs
+from guard.detection.detectors.box_consistency import BoxConsistencyDetector
 from guard.detection.detectors.confidence import ConfidenceMarginDetector
+from guard.detection.detectors.feature_gaussian import FeatureGaussianDetector
 from guard.detection.detectors.mahalanobis import MahalanobisDetector
 from guard.detection.detectors.network import DetectorNetwork
+from guard.detection.detectors.patch_occlusion import PatchOcclusionDetector
 from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
 from guard.protocol.errors import ConfigError
@@ -18,10 +21,11 @@ from guard.protocol.settings import TableReader, read_params
 
 REGISTRY: dict[str, type[Detector]] = {
     cls.kind: cls for cls in (BitDepthDetector, MedianDetector, MahalanobisDetector, StripDetector,
-                              DetectorNetwork, ConfidenceMarginDetector)}
+                              DetectorNetwork, ConfidenceMarginDetector, BoxConsistencyDetector,
+                              FeatureGaussianDetector, PatchOcclusionDetector)}
 
-__all__ = ["CLASSIFICATION", "IMAGE", "REGISTRY", "TENSOR", "Detector", "FitData", "Outputs", "build_detectors",
-           "squeezer_tables"]
+__all__ = ["CLASSIFICATION", "DETECTION", "IMAGE", "REGISTRY", "TENSOR", "Detector", "FitData", "Outputs",
+           "build_detectors", "squeezer_tables"]
 
 
 def _build(reader: TableReader, require_threshold: bool, input_kind: str | None, output_kind: str) -> Detector:
@@ -50,8 +54,25 @@ def _build(reader: TableReader, require_threshold: bool, input_kind: str | None,
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold) or threshold <= 0):
         raise reader.fail("threshold", "a positive finite number", threshold)
-    return cls(name=name, threshold=None if threshold is None else float(threshold), directory=reader.directory,
-               monitor=monitor, **params)
+    try:
+        return cls(name=name, threshold=None if threshold is None else float(threshold), directory=reader.directory,
+                   monitor=monitor, **params)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (zip, pickle, missing array)
+        raise _artifact_error(reader, cls, params, exc) from exc
+
+
+def _artifact_error(reader: TableReader, cls: type[Detector], params: dict[str, Any], exc: Exception) -> ConfigError:
+    """A detector whose construction failed: its artifact file is truncated, not an .npz, or lacks
+    an array. The error names the config key that points at the file (detectors[2].statistics),
+    the file and the cause, instead of a bare zipfile or numpy error at startup."""
+    artifacts = [key for key, spec in cls.parameters.items() if spec.artifact]
+    cause = f"{type(exc).__name__}: {exc}"
+    if not artifacts:
+        return ConfigError(reader.path, reader.prefix.rstrip("."), f"a {cls.kind} detector that loads ({cause})")
+    key = artifacts[0]
+    hint = cls.parameters[key].hint
+    return reader.fail(key, f"a readable {cls.kind} artifact {reader.directory / params[key]} ({cause}; {hint})",
+                       params[key])
 
 
 def build_detectors(path: Path, tables, require_threshold: bool = True, input_kind: str | None = None,

@@ -17,14 +17,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from guard.detection.boxes import BoxSettings
 from guard.protocol.settings import Param
 from guard.protocol.types import ADVERSARIAL
 
 IMAGE, TENSOR = "image", "tensor"
 """Input kinds: IMAGE is a float [C, H, W] tensor with values in [0, 1] (what squeezers and blends
 assume); TENSOR is any numeric tensor. guard.detection.settings tells which a model's guarded input is."""
-CLASSIFICATION = "classification"
-"""Output kinds: CLASSIFICATION is [classes] logits per row."""
+CLASSIFICATION, DETECTION = "classification", "detection"
+"""Output kinds: CLASSIFICATION is [classes] logits per row; DETECTION is raw boxes per row in a
+declared format (guard.detection.boxes)."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,15 @@ class Outputs:
     """Backend outputs for one group of rows, as torch tensors on the guard's device."""
 
     logits: torch.Tensor
-    """[B, classes] for the original; [V, B, classes] for a detector's V variants."""
-    probabilities: torch.Tensor
-    """softmax(logits), computed once per batch for every detector."""
+    """The model's output the detectors read: [B, classes] logits for the original and [V, B,
+    classes] for a detector's V variants; for a detection model its raw boxes ([B, A, 5 + C]...)."""
+    probabilities: torch.Tensor | None
+    """softmax(logits), computed once per batch for every detector; None for detection models."""
     features: torch.Tensor | None = None
-    """Penultimate features ([B, D] or [V, B, D]) when the model exposes them."""
+    """Features ([B, D...] or [V, B, D...]) when the model exposes them: penultimate for a
+    classifier, a backbone map for a detector."""
+    boxes: BoxSettings | None = None
+    """A detection model's box format and thresholds (guard.detection.boxes)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Detector(ABC):
         self.monitor = monitor
         """Scored, exported and explained, but never part of a verdict or the ensemble's budget:
         how a new detector is tried on live traffic before it may block anything."""
+        for key, spec in self.parameters.items():  # built directly (not from a config): defaults apply
+            if key not in params and spec.default is not ...:
+                params[key] = spec.default
         for key, value in params.items():
             setattr(self, key, value)
 

@@ -34,15 +34,15 @@ class MahalanobisDetector(Detector):
         self.precision = torch.from_numpy(np.asarray(precision, np.float32))
 
     def fit(self, data: FitData) -> None:
-        features = np.asarray(data.features, np.float64)
+        features = np.asarray(data.features, np.float64).reshape(len(data.features), -1)
         labels = data.y if data.y is not None else data.logits.argmax(1)
         classes = data.logits.shape[1]
-        means = np.zeros((classes, features.shape[1]))
-        for c in range(classes):
-            members = features[labels == c]
-            if len(members) == 0:
-                raise ValueError(f"mahalanobis: no clean sample of class {c} to fit its mean")
-            means[c] = members.mean(0)
+        # A class no clean sample fell in (a camera never sees most of ImageNet's 1000) gets the
+        # mean of all clean features: an input predicted as it is scored by how unlike clean
+        # inputs its features are, which is what matters where that class never shows up.
+        means = np.tile(features.mean(0), (classes, 1))
+        for c in np.unique(labels):
+            means[c] = features[labels == c].mean(0)
         # Ledoit-Wolf shrinkage towards a scaled identity: with a few hundred clean samples and as
         # many feature dimensions the sample covariance is noisy or singular (dead ReLU units), and
         # its inverse then exaggerates distances along rarely seen directions, so unseen clean
@@ -59,5 +59,5 @@ class MahalanobisDetector(Detector):
         return self
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
-        diff = original.features.float() - self.means[original.logits.argmax(-1)]
+        diff = original.features.flatten(1).float() - self.means[original.logits.argmax(-1)]
         return ((diff @ self.precision) * diff).sum(-1).clamp_min(0.0).sqrt()

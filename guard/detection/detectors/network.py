@@ -51,7 +51,7 @@ class DetectorNetwork(Detector):
         saturates at 1, so a combination of detectors can tell a plain attack from a borderline
         one (floored in `score`: scores stay positive)."""
         t = self.tensors
-        features = features.float()
+        features = features.flatten(1).float() if features.dim() > 2 else features.float()
         if features.shape[-1] != t["mean"].shape[0]:
             raise RuntimeError(f"{self.kind} {self.name}: trained on {t['mean'].shape[0]} features, "
                                f"the model gives {features.shape[-1]}")

@@ -9,11 +9,12 @@ from typing import Any
 
 from guard.detection.preprocess.base import Preprocessor
 from guard.detection.preprocess.frames import FramesPreprocessor
+from guard.detection.preprocess.images import ImagesPreprocessor
 from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader, read_params
 from guard.protocol.spec import TensorSpec
 
-REGISTRY: dict[str, type[Preprocessor]] = {cls.kind: cls for cls in (FramesPreprocessor,)}
+REGISTRY: dict[str, type[Preprocessor]] = {cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor)}
 
 __all__ = ["REGISTRY", "Preprocessor", "PreprocessSettings", "read_preprocess_settings"]
 
@@ -45,8 +46,9 @@ def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> 
     if spec.datatype not in cls.datatypes:
         raise r.fail("input", f"an input of datatype {' or '.join(cls.datatypes)} ({kind} reads those; "
                      f"'{source}' is {spec.datatype})", source)
-    if len(spec.shape) != cls.rank:
-        raise r.fail("input", f"an input of rank {cls.rank} per row ({cls.layout})", list(spec.shape))
+    if len(spec.shape) not in cls.ranks:
+        raise r.fail("input", f"an input of rank {' or '.join(map(str, cls.ranks))} per row ({cls.layout})",
+                     list(spec.shape))
     output = r.get("output", str, "input")
     if output in {s.name for s in inputs if s.name != source}:
         raise r.fail("output", "a model input name no client input uses", output)

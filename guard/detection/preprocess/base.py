@@ -10,6 +10,7 @@ normalised values. Calibration and evaluation call the same two steps as the ser
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,13 +20,23 @@ from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 
 
+@dataclass
+class Prepared:
+    """A batch's guarded rows, and the requests that could not be prepared (by their index in the
+    batch, with what was wrong): those fail alone with INVALID_ARGUMENT, the rest are served."""
+
+    rows: torch.Tensor | None
+    """The good requests' rows, in order; None when every request failed."""
+    failed: dict[int, str] = field(default_factory=dict)
+
+
 class Preprocessor(ABC):
     kind: ClassVar[str] = ""
     parameters: ClassVar[dict[str, Param]] = {}
     datatypes: ClassVar[tuple[str, ...]] = ()
     """Client datatypes it reads."""
-    rank: ClassVar[int] = 0
-    """Dimensions of one client row."""
+    ranks: ClassVar[tuple[int, ...]] = ()
+    """Dimensions of one client row it accepts."""
     layout: ClassVar[str] = ""
 
     def __init__(self, source: TensorSpec, output: str, **params: Any):
@@ -43,8 +54,8 @@ class Preprocessor(ABC):
         return self.guarded_spec()
 
     @abstractmethod
-    def prepare(self, arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
-        """The guarded rows of a batch: each request's client array ([n_i, ...]), in order."""
+    def prepare(self, arrays: list[np.ndarray], device: torch.device) -> Prepared:
+        """The guarded rows of a batch from each request's client array ([n_i, ...]), in order."""
 
     def finish(self, guarded: torch.Tensor) -> torch.Tensor:
         """Guarded rows -> model input rows (default: unchanged)."""

@@ -1,0 +1,60 @@
+"""Feature-space outlier score for any model: distance of its features to ONE Gaussian fitted on
+clean features (Ledoit-Wolf shrinkage covariance).
+
+Mahalanobis' class-conditional Gaussians need a class per input; a detector of objects has none,
+and a patch or perturbation aimed at it still moves the backbone's features away from where clean
+frames put them. Feature maps ([C, H, W]) are average-pooled over space first: the statistic is
+about what the frame contains, wherever it is, and C stays small enough to estimate a covariance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+
+from guard.detection.detectors.base import CLASSIFICATION, DETECTION, Detector, FitData, Outputs
+from guard.protocol.settings import Param
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W...] -> [B, C] by spatial mean; [B, D] unchanged."""
+    return features.flatten(2).mean(-1) if features.dim() > 2 else features
+
+
+class FeatureGaussianDetector(Detector):
+    kind = "feature_gaussian"
+    output_kinds = (CLASSIFICATION, DETECTION)  # it reads features only
+    parameters = {"statistics": Param(str, default="feature_gaussian.npz", artifact=True)}
+    needs_features = True
+    statistics: str
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mean = self.precision = None
+        if self.directory is not None and (self.directory / self.statistics).is_file():
+            with np.load(self.directory / self.statistics) as data:
+                self._set(data["mean"], data["precision"])
+
+    def _set(self, mean: np.ndarray, precision: np.ndarray) -> None:
+        self.mean = torch.from_numpy(np.asarray(mean, np.float32))
+        self.precision = torch.from_numpy(np.asarray(precision, np.float32))
+
+    def fit(self, data: FitData) -> None:
+        features = pooled(torch.from_numpy(np.asarray(data.features, np.float32))).double().numpy()
+        mean = features.mean(0)
+        self._set(mean, LedoitWolf(assume_centered=True).fit(features - mean).precision_)
+
+    def save(self, directory: Path) -> None:
+        np.savez(directory / self.statistics, mean=self.mean.numpy(), precision=self.precision.numpy())
+
+    def to(self, device: torch.device) -> FeatureGaussianDetector:
+        if self.mean is not None:
+            self.mean, self.precision = self.mean.to(device), self.precision.to(device)
+        return self
+
+    def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
+        diff = pooled(original.features).float() - self.mean
+        return ((diff @ self.precision) * diff).sum(-1).clamp_min(0.0).sqrt()

@@ -1,0 +1,50 @@
+"""What image preprocessors share: a fixed height x width, the [0, 1] guarded image the detectors
+examine, and per-channel mean/std normalisation applied afterwards to every row the model runs
+(squeezers and blends must see pixels, not normalised values)."""
+
+from __future__ import annotations
+
+import torch
+
+from guard.detection.preprocess.base import Preprocessor
+from guard.protocol.settings import Param
+from guard.protocol.spec import TensorSpec
+
+
+class NormalisedImages(Preprocessor):
+    parameters = {
+        "height": Param(int, 1, 8192),
+        "width": Param(int, 1, 8192),
+        "mean": Param(list, default=[0.0]),
+        "std": Param(list, default=[1.0]),
+    }
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+    channels: int = 3
+
+    def __init__(self, source: TensorSpec, output: str, **params):
+        super().__init__(source, output, **params)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.channels):
+                raise ValueError(f"preprocess.{name}: one value or one per channel ({self.channels}), "
+                                 f"got {len(values)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"preprocess.std: positive values, got {self.std}")
+        self._scale: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def guarded_spec(self) -> TensorSpec:
+        return TensorSpec(self.output, "FP32", (self.channels, self.height, self.width), (0.0, 1.0), "NCHW")
+
+    def model_spec(self) -> TensorSpec:
+        return TensorSpec(self.output, "FP32", (self.channels, self.height, self.width), None, "NCHW")
+
+    def finish(self, guarded: torch.Tensor) -> torch.Tensor:
+        if guarded.device not in self._scale:
+            shape = (1, -1, 1, 1)
+            self._scale[guarded.device] = (torch.tensor(self.mean, device=guarded.device).view(shape),
+                                           torch.tensor(self.std, device=guarded.device).view(shape))
+        mean, std = self._scale[guarded.device]
+        return (guarded - mean) / std

@@ -1,0 +1,110 @@
+"""`guard calibrate --model DIR`: calibrate a model directory whose config.toml already says what
+the model is (any input kind, preprocessing, output kind, backend, detectors), from clean samples
+as its clients send them (guard.tools.clean_data: an .npz, a folder of images, a video).
+
+This is how camera models come under the guard: their recipe writes the contract, the
+`[preprocess]` step and the detectors; calibration fits the detectors that learn, derives every
+threshold with the code the server runs (guard.detection.calibration), and writes them back into
+the same config.toml (its layout and comments kept), with the references and the fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomlkit
+
+from guard.backends import build_backend
+from guard.backends.device import select_device
+from guard.detection.bounds import DEFAULT_CONFIDENCE, upper_bound
+from guard.detection.calibration.derive import DecisionSettings, derive, fit_data, fit_learners, score
+from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
+from guard.detection.calibration.references import References
+from guard.detection.detectors import build_detectors
+from guard.serving.model_config import load_model_config
+from guard.serving.repository import check_against_backend
+from guard.serving.runtime import build_pipeline, check_loadable
+
+log = logging.getLogger("guard.tools.calibrate")
+
+
+def _split(references: References, holdout_fraction: float, seed: int) -> tuple[References, References | None]:
+    if holdout_fraction <= 0:
+        return references, None
+    order = np.random.default_rng(seed).permutation(references.rows)
+    cut = references.rows - int(round(references.rows * holdout_fraction))
+    return references.take(np.sort(order[:cut])), references.take(np.sort(order[cut:]))
+
+
+def calibrate_directory(directory: Path, samples: References, *, holdout_fraction: float = 0.3,
+                        holdout: References | None = None, fit_samples: References | None = None,
+                        folds: int = 5, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Derive and write DIRECTORY's thresholds from clean `samples`; returns the report."""
+    config = load_model_config(directory, calibrated=False)
+    if holdout is None:
+        samples, holdout = _split(samples, holdout_fraction, seed)
+    device = select_device(config.detection.device)
+    detectors = [d.to(device) for d in build_detectors(config.path, config.detection.detectors, require_threshold=False,
+                                                        input_kind=config.guarded_kind,
+                                                        output_kind=config.detection.output_kind)]
+    backend = build_backend(config.spec, config.backend, tuple(d.name for d in detectors if d.needs_features))
+    try:
+        check_against_backend(config, backend.signature(), f"the model ({backend.description})")
+
+        def pipeline_for(chosen):
+            return build_pipeline(config, backend, chosen, device)
+
+        if any(d.learns for d in detectors):
+            fit_learners(detectors, fit_data(pipeline_for([d for d in detectors if d.learns]), fit_samples or samples))
+            folds = 0 if fit_samples is not None else folds
+        detection = config.detection
+        decision = derive(pipeline_for, detectors, samples,
+                          DecisionSettings(detection.ensemble.method, detection.target_fpr, confidence, folds, seed))
+        held = None
+        if holdout is not None and holdout.rows:
+            judges = [d.name for d in detectors if not d.monitor]
+            scores, _ = score(pipeline_for(detectors), holdout, desc="held-out")
+            held = int(decision.flags(scores, judges).sum())
+        fingerprint = runtime_fingerprint(backend.description, device)
+    finally:
+        backend.close()
+    for detector in detectors:
+        detector.threshold = decision.thresholds[detector.name]
+        detector.save(directory)
+    samples.save(directory / "references.npz")
+    _write_config(config.path, decision, fingerprint_id(fingerprint), folds, seed, confidence)
+    check_loadable(load_model_config(directory))
+    report: dict[str, Any] = {
+        "model": config.name, "target_fpr": config.detection.target_fpr, "confidence": confidence,
+        "n_calibration": samples.rows, "cross_fit_folds": folds, "thresholds": decision.thresholds,
+        "ensemble": config.detection.ensemble.method, "calibration_fpr": decision.calibration_fpr,
+        "fingerprint": fingerprint_id(fingerprint), "runtime": fingerprint,
+    }
+    if held is not None:
+        report.update(n_holdout=holdout.rows, holdout_fpr=held / holdout.rows,
+                      holdout_fpr_upper_95=upper_bound(held, holdout.rows))
+    (directory / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("calibrated %s from %d clean samples: %s", config.name, samples.rows,
+             f"held-out clean flag rate {report['holdout_fpr']:.3f}" if held is not None else "no held-out samples")
+    return report
+
+
+def _write_config(path: Path, decision, fingerprint: str, folds: int, seed: int, confidence: float) -> None:
+    document = tomlkit.parse(path.read_text())
+    for table in document.get("detectors", []):
+        table["threshold"] = decision.thresholds[table.get("name", table["type"])]
+    if decision.combiner is not None:
+        decision.combiner.save(path.parent / "ensemble.npz")
+        ensemble = document["ensemble"]
+        ensemble["references"] = "ensemble.npz"
+        ensemble["threshold"] = decision.combiner.threshold
+        if decision.combiner.min_p_threshold is not None:
+            ensemble["min_p_threshold"] = decision.combiner.min_p_threshold
+    mode = document.get("calibration", {}).get("mode", "recalibrate")
+    document["calibration"] = {"mode": mode, "references": "references.npz", "fingerprint": fingerprint,
+                               "folds": folds, "seed": seed, "confidence": confidence}
+    path.write_text(tomlkit.dumps(document))

