@@ -59,6 +59,7 @@ class _Pending:
     future: asyncio.Future
     enqueued: float
     deadline: float | None
+    flow: str | None = None
     timer: asyncio.TimerHandle | None = None
 
 
@@ -67,12 +68,15 @@ class DynamicBatcher:
     SMOOTHING = 0.1
 
     def __init__(self, execute: Execute, config: BatchingConfig, observer: BatchObserver | None = None,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, flow_limit: int = 0):
+        """flow_limit: most requests one flow (a camera) may have queued (0 = no limit of its own)."""
         self._execute = execute
         self._config = config
         self._observer = observer or _NullObserver()
         self._executor = executor
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._flow_limit = flow_limit
+        self._flows: collections.Counter[str] = collections.Counter()  # queued requests per flow
         self._rows = 0
         self._running = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,28 +105,44 @@ class DynamicBatcher:
             return False  # measure on a worker first: a slow first batch must not block the loop
         return self.mean_execute_seconds < self._inline_below
 
-    def has_room(self) -> bool:
-        """Whether one more request would be queued rather than rejected as a full queue: callers
-        may decide this before doing any per-request work."""
-        limit = self._config.max_queue_size
-        return not self._closed and not (limit and len(self._queue) >= limit)
+    def has_room(self, flow: str | None = None) -> bool:
+        """Whether one more request (of `flow`) would be queued rather than rejected as a full queue:
+        callers may decide this before doing any per-request work."""
+        return not self._closed and self._full(flow) is None
 
-    async def submit(self, payload: Any, rows: int, deadline: float | None = None) -> Any:
-        """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based)."""
+    def full_reason(self, flow: str | None = None) -> str:
+        """Why has_room(flow) is false."""
+        return "server is shutting down" if self._closed else (self._full(flow) or "queue full")
+
+    def _full(self, flow: str | None) -> str | None:
+        limit = self._config.max_queue_size
+        if limit and len(self._queue) >= limit:
+            return f"Exceeds maximum queue size ({limit} requests)"
+        if flow is not None and self._flow_limit and self._flows[flow] >= self._flow_limit:
+            return f"camera '{flow}' has {self._flow_limit} requests queued already (its share of the queue)"
+        return None
+
+    async def submit(self, payload: Any, rows: int, deadline: float | None = None, flow: str | None = None) -> Any:
+        """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based).
+        `flow` (a camera): batches take requests from every flow in turn, and one flow may hold at
+        most flow_limit places in the queue, so a flooding camera delays only itself."""
         if rows > self._config.max_batch_size:  # could never be scheduled
             raise InvalidInput(f"batch of {rows} rows exceeds max_batch_size {self._config.max_batch_size}")
         if self._closed:
             raise QueueFull("server is shutting down")
-        if self._config.max_queue_size and len(self._queue) >= self._config.max_queue_size:
-            raise QueueFull(f"Exceeds maximum queue size ({self._config.max_queue_size} requests)")
+        full = self._full(flow)
+        if full is not None:
+            raise QueueFull(full)
         loop = self._loop
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
-        item = _Pending(payload, rows, loop.create_future(), now, deadline)
+        item = _Pending(payload, rows, loop.create_future(), now, deadline, flow)
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
         self._queue.append(item)
+        if flow is not None:
+            self._flows[flow] += 1
         self._rows += rows
         self._observer.queue_depth(len(self._queue))
         self._schedule()
@@ -146,7 +166,7 @@ class DynamicBatcher:
             self._queue.remove(item)
         except ValueError:
             return False
-        self._rows -= item.rows
+        self._left_queue(item)
         self._observer.queue_depth(len(self._queue))
         return True
 
@@ -180,18 +200,51 @@ class DynamicBatcher:
         self._window = None
         self._dispatch()
 
+    def _left_queue(self, item: _Pending) -> None:
+        self._rows -= item.rows
+        if item.flow is not None:
+            self._flows[item.flow] -= 1
+            if not self._flows[item.flow]:
+                del self._flows[item.flow]
+
     def _take(self, limit: int) -> list[_Pending]:
+        """Up to `limit` rows: in arrival order when no request names a flow; otherwise each flow's
+        oldest request in turn, then each one's next, and so on (requests without a flow form one
+        flow of their own), so a camera with a backlog cannot fill a batch while others wait."""
+        if self._flows:
+            return self._take_fairly(limit)
         batch, rows = [], 0
         while self._queue and rows + self._queue[0].rows <= limit:
             item = self._queue.popleft()
-            self._rows -= item.rows
-            if item.timer:
-                item.timer.cancel()
-            if not item.future.done():
-                batch.append(item)
+            if self._started_from_queue(item, batch):
                 rows += item.rows
         self._observer.queue_depth(len(self._queue))
         return batch
+
+    def _take_fairly(self, limit: int) -> list[_Pending]:
+        lanes: dict[str | None, list[_Pending]] = {}
+        for item in self._queue:
+            lanes.setdefault(item.flow, []).append(item)
+        turns = [lane[i] for i in range(max(map(len, lanes.values()))) for lane in lanes.values() if i < len(lane)]
+        batch, rows, taken = [], 0, set()
+        for item in turns:
+            if rows + item.rows <= limit:
+                taken.add(id(item))
+                if self._started_from_queue(item, batch):
+                    rows += item.rows
+        self._queue = collections.deque(item for item in self._queue if id(item) not in taken)
+        self._observer.queue_depth(len(self._queue))
+        return batch
+
+    def _started_from_queue(self, item: _Pending, batch: list[_Pending]) -> bool:
+        """Out of the queue; into the batch unless its caller already gave up."""
+        self._left_queue(item)
+        if item.timer:
+            item.timer.cancel()
+        if item.future.done():
+            return False
+        batch.append(item)
+        return True
 
     def _start(self, batch: list[_Pending]) -> None:
         now = self._loop.time()
@@ -298,6 +351,7 @@ class DynamicBatcher:
                 item.future.set_exception(QueueFull(reason))
                 failed += 1
         self._rows = 0
+        self._flows.clear()
         self._observer.queue_depth(0)
         for batch in self._batches:
             for item in batch:

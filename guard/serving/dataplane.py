@@ -17,6 +17,8 @@ from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound, Queue
 from guard.protocol.limits import echo
 from guard.protocol.types import InferRequest, InferResponse
 from guard.serving import policy
+from guard.serving.cameras import ALERT as CAMERA_ALERT
+from guard.serving.cameras import camera_of
 from guard.serving.logs import FailureLog, loggable
 from guard.serving.runtime import ModelRuntime
 from guard.serving.validation import EncodedInputs, validate
@@ -132,12 +134,13 @@ class DataPlane:
             runtime.enter()
             entered = True
             self.active += 1
-            if not runtime.batcher.has_room():  # before any per-request work: refusing must stay cheap
-                raise QueueFull(f"Exceeds maximum queue size ({runtime.config.batching.max_queue_size} requests)")
+            camera = camera_of(request.parameters)
+            if not runtime.batcher.has_room(camera):  # before any per-request work: refusing must stay cheap
+                raise QueueFull(runtime.batcher.full_reason(camera))
             if encoded is not None:
                 request.inputs, request.outputs, datatypes = await encoded.decode(runtime.config)
             rows = validate(runtime.config, request, datatypes)
-            result = await runtime.infer(request.inputs, rows, self._deadline(request, runtime, start))
+            result = await runtime.infer(request.inputs, rows, self._deadline(request, runtime, start), camera)
             verdict = result.verdict
             verdict_name = verdict.verdict
             runtime.metrics.scores(verdict.scores, verdict.flagged_by)
@@ -145,7 +148,10 @@ class DataPlane:
                 log.log(logging.WARNING if self.policy_of(runtime) == "shadow" else logging.INFO,
                         "flagged model=%s id=%s verdict=%s by=%s score=%.3f", runtime.config.name,
                         loggable(request.id), verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
+            alert = None if camera is None else self._observe_camera(runtime, camera, verdict.flagged)
             parameters = policy.apply(self.policy_of(runtime), verdict)
+            if parameters and alert is not None:
+                parameters[CAMERA_ALERT] = alert
             if parameters and request.parameters.get(EXPLAIN) is True:
                 parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)
             wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
@@ -176,6 +182,17 @@ class DataPlane:
             if access.isEnabledFor(logging.INFO):
                 access.info("model=%s id=%s verdict=%s code=%s ms=%.3f", loggable(request.model_name),
                             loggable(request.id), verdict_name, code, elapsed * 1e3)
+
+    @staticmethod
+    def _observe_camera(runtime: ModelRuntime, camera: str, flagged: bool) -> bool:
+        """Whether the camera is in alert after this verdict (guard.serving.cameras)."""
+        alert, entered = runtime.cameras.observe(camera, flagged)
+        settings = runtime.config.cameras
+        runtime.metrics.camera(camera, flagged, settings.per_camera_metrics, entered, runtime.cameras.in_alert)
+        if entered:
+            log.warning("camera in alert model=%s camera=%s: %d of its last %d frames flagged", runtime.config.name,
+                        loggable(camera), settings.alert_flags, settings.alert_window)
+        return alert
 
     async def _refuse(self) -> None:
         self.parked += 1

@@ -5,6 +5,7 @@ Names and labels are a contract with dashboards and alerts (see docs/metrics.md)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from wsgiref.simple_server import WSGIServer
 
@@ -58,6 +59,15 @@ class GuardMetrics:
                                    "RepositoryModelLoad), by result: success or failure (the old copy kept serving).",
                                    ["model", "result"], registry=r)
 
+        self.camera_alerts = Counter("guard_camera_alerts_total", "Times a camera entered alert: [cameras] "
+                                     "alert_flags of its last alert_window verdicts flagged.", ["model"], registry=r)
+        self.cameras_in_alert = Gauge("guard_cameras_in_alert", "Cameras in alert now.", ["model"], registry=r)
+        # Opt-in ([cameras] per_camera_metrics): label values come from clients.
+        self.camera_requests = Counter("guard_camera_requests_total", "Checked requests per camera.",
+                                       ["model", "camera"], registry=r)
+        self.camera_flagged = Counter("guard_camera_flagged_total", "Flagged requests per camera.",
+                                      ["model", "camera"], registry=r)
+
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)
 
@@ -82,6 +92,21 @@ class ModelMetrics:
         self._requests: dict[tuple[str, str], object] = {}
         self._scores: dict[str, object] = {}
         self._flagged: dict[str, object] = {}
+
+    def camera(self, camera: str, flagged: bool, per_camera: bool, entered_alert: bool, in_alert: int) -> None:
+        if entered_alert:
+            self.m.camera_alerts.labels(self.model).inc()
+        self.m.cameras_in_alert.labels(self.model).set(in_alert)
+        if per_camera:
+            self.m.camera_requests.labels(self.model, camera).inc()
+            if flagged:
+                self.m.camera_flagged.labels(self.model, camera).inc()
+
+    def forget_camera(self, camera: str) -> None:
+        """Drop a camera's series once it is no longer tracked, so they stay bounded."""
+        for family in (self.m.camera_requests, self.m.camera_flagged):
+            with contextlib.suppress(KeyError):  # never had a series: per-camera metrics off, or never flagged
+                family.remove(self.model, camera)
 
     def calibration(self, host) -> None:
         """host: guard.serving.host_calibration.HostCalibration."""

@@ -22,6 +22,7 @@ from guard.detection.settings import DetectionSettings, input_kind
 from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec, TensorSpec, read_tensors
+from guard.serving.cameras import CameraSettings, read_camera_settings
 
 POLICIES = ("enforce", "flag", "shadow")
 
@@ -70,6 +71,7 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     scan: ScanGateConfig = field(default_factory=ScanGateConfig)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    cameras: CameraSettings = field(default_factory=CameraSettings)
 
     @property
     def path(self) -> Path:
@@ -125,7 +127,7 @@ def _scan_gate(r: TableReader) -> ScanGateConfig:
 
 
 TOP_LEVEL_KEYS = {"name", "version", "platform", "policy", "fail_open", "inputs", "outputs", "preprocess",
-                  "batching", "backend", "scan", "calibration", *detection.KEYS}
+                  "batching", "backend", "scan", "calibration", "cameras", *detection.KEYS}
 
 
 def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
@@ -155,7 +157,7 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         version=str(r.get("version", str, "1")), platform=r.get("platform", str, "onnxruntime_onnx"),
         policy=r.choice("policy", POLICIES, "flag"), fail_open=r.get("fail_open", bool, False),
         batching=_batching(r.sub("batching")), scan=_scan_gate(r.sub("scan")),
-        calibration=read_calibration_settings(r.sub("calibration")),
+        calibration=read_calibration_settings(r.sub("calibration")), cameras=read_camera_settings(r.sub("cameras")),
     )
     # Detector types and parameters are validated here, at load, against the input they examine.
     build_detectors(path, config.detection.detectors, require_threshold=False, input_kind=config.guarded_kind,

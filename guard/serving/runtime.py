@@ -23,6 +23,7 @@ from guard.protocol.errors import ConfigError, DetectorError, GuardError, Invali
 from guard.protocol.tensors import row_spans, rows_of
 from guard.protocol.types import UNCHECKED, Verdict
 from guard.serving.batching import DynamicBatcher
+from guard.serving.cameras import CameraTracker
 from guard.serving.host_calibration import calibrate_for_host
 from guard.serving.logs import FailureLog
 from guard.serving.metrics import ModelMetrics
@@ -116,7 +117,9 @@ class ModelRuntime:
         batching = config.batching
         if backend.waits_on_network or (self.upstream is not None and self.upstream.waits_on_network):
             batching = dataclasses.replace(batching, inline_below_microseconds=0)  # never on the event loop
-        self.batcher = DynamicBatcher(self.execute, batching, metrics, self._executor)
+        self.batcher = DynamicBatcher(self.execute, batching, metrics, self._executor,
+                                      flow_limit=config.cameras.max_queued)
+        self.cameras = CameraTracker(config.cameras, forget=metrics.forget_camera)
         try:
             self.combiner, self.host_calibration = calibrate_for_host(
                 config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
@@ -199,8 +202,9 @@ class ModelRuntime:
         if self.upstream is not None:
             self.upstream.close()
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None) -> RowsResult:
-        result = await self.batcher.submit(inputs, rows, deadline)
+    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
+                    camera: str | None = None) -> RowsResult:
+        result = await self.batcher.submit(inputs, rows, deadline, flow=camera)
         if isinstance(result, GuardError):  # forward_clean: this request's upstream call failed
             raise result
         return result

@@ -19,6 +19,11 @@ Three things keep one stream from hurting anyone else:
   limit like unary calls; over it, the request gets a RESOURCE_EXHAUSTED error answer (with its id:
   a stream request is parsed before that check, since answers come in any order).
 
+Answers come back as requests finish, in any order, except that requests naming the same camera
+(the `camera_id` parameter, guard.serving.cameras) are answered in the order they were sent: a
+camera's frames are a sequence, and a client tracking objects across them must not see frame 7's
+answer before frame 6's. A frame that finishes early waits for its camera's earlier ones only.
+
 Error answers carry `error_message` (with a retry hint for load), the request's model, version and
 id when the frame parsed, and the status name as the response parameter `guard_status`.
 """
@@ -26,6 +31,7 @@ id when the frame parsed, and the status name as the response parameter `guard_s
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +42,7 @@ from guard.protocol.codec import encode_response, read_head
 from guard.protocol.errors import GuardError, Overloaded
 from guard.protocol.limits import MAX_NAME_CHARS, echo
 from guard.protocol.proto import inference_pb2 as pb
+from guard.serving.cameras import CAMERA_ID
 from guard.serving.transport.requests import EncodedRequest
 from guard.serving.transport.service import parse
 from guard.serving.transport.status import RETRY_PUSHBACK, retry_hint, status_code, with_hint
@@ -90,6 +97,8 @@ class StreamSession:
         self._answers: asyncio.Queue = asyncio.Queue()  # bounded by the window: each item holds a place
         self._pending: set[asyncio.Task] = set()
         self._failure: BaseException | None = None
+        # Per camera, its requests in the order they were read: [answer or None, cost] each.
+        self._lanes: dict[str, collections.deque[list]] = {}
 
     async def answers(self) -> AsyncIterator[pb.ModelStreamInferResponse]:
         reader = asyncio.create_task(self._read(), name="stream-reader")
@@ -128,11 +137,15 @@ class StreamSession:
 
     async def _one(self, data: bytes) -> None:
         servicer = self.servicer
-        message = None
+        message = slot = None
+        answer = None
         try:
             # Parsed before the concurrency check, unlike a unary call's: answers on a stream come in
             # any order, and a refusal is no use to the client without the id of what it refuses.
             message = parse(pb.ModelInferRequest, data, RPC)
+            # Before the first await: tasks start in the order their frames were read, so slots
+            # are taken in that order too.
+            slot = self._take_slot(message)
             if not servicer.admission.try_enter():
                 raise Overloaded(servicer.overload_message())
             try:
@@ -146,7 +159,34 @@ class StreamSession:
         except Exception as exc:  # noqa: BLE001 - reported to the client, the stream stays open
             servicer.faults.server_fault(RPC, exc)
             answer = self._error_answer(GuardError(f"internal error: {echo(str(exc))}"), message)
-        self._answers.put_nowait((answer, len(data)))
+        finally:
+            if slot is None:
+                if answer is not None:
+                    self._answers.put_nowait((answer, len(data)))
+            else:  # cancelled (the stream is ending) leaves answer None: later frames are not held for it
+                self._fill(slot, answer, len(data))
+
+    def _take_slot(self, message: pb.ModelInferRequest) -> tuple[str, list] | None:
+        parameter = message.parameters.get(CAMERA_ID)
+        if parameter is None or parameter.WhichOneof("parameter_choice") != "string_param":
+            return None  # no camera (or a malformed id, which the data plane refuses): any order
+        camera = parameter.string_param
+        entry = [None, 0, False]
+        self._lanes.setdefault(camera, collections.deque()).append(entry)
+        return camera, entry
+
+    def _fill(self, slot: tuple[str, list], answer, cost: int) -> None:
+        camera, entry = slot
+        entry[:] = answer, cost, True
+        lane = self._lanes[camera]
+        while lane and lane[0][2]:
+            answer, cost, _ = lane.popleft()
+            if answer is not None:
+                self._answers.put_nowait((answer, cost))
+            else:
+                self.window.give_back(cost)  # never answered (cancelled): its place is free again
+        if not lane:
+            del self._lanes[camera]
 
     def _error_answer(self, error: GuardError, message: pb.ModelInferRequest | None) -> pb.ModelStreamInferResponse:
         text = with_hint(error.message, retry_hint(error, self.servicer.admission))
