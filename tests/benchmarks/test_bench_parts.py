@@ -56,3 +56,27 @@ def test_targets_are_ratios_and_say_when_unmeasured():
     added = found["pass-through vs echo: added p50 at c=1"]
     assert added["value"] == pytest.approx(1.9) and added["met"] is False
     assert found["full guard vs MLServer's best: throughput at c=16"]["met"] is None
+
+
+def test_camera_frames_take_their_id_and_camera_from_the_appended_tail():
+    """benchmarks.cameras serialises each frame once and appends id and camera per send: the
+    gateway must read the merged message as one request with both."""
+    from benchmarks import cameras
+    from guard.protocol.proto import inference_pb2 as pb
+
+    base = cameras.frame_requests("guard", [b"\xff\xd8jpeg"])[0]
+    merged = pb.ModelInferRequest.FromString(base + cameras._tail("camera-3:7", "camera-3"))
+    assert (merged.model_name, merged.id) == ("guard", "camera-3:7")
+    assert merged.parameters["camera_id"].string_param == "camera-3"
+    assert merged.raw_input_contents[0] == (6).to_bytes(4, "little") + b"\xff\xd8jpeg"
+    assert "camera_id" not in pb.ModelInferRequest.FromString(base + cameras._tail("x:1", None)).parameters
+
+
+def test_camera_summary_counts_late_answers_against_one_frame_interval():
+    from benchmarks.cameras import CameraRun, summarize
+
+    runs = {"a": CameraRun(offered=4, latencies=[0.01, 0.03, 0.05, 0.2]), "b": CameraRun(offered=2)}
+    runs["b"].errors["DEADLINE_EXCEEDED"] = 2
+    s = summarize(runs, duration=2.0, fps=25)  # one frame: 40 ms
+    assert s["offered_fps"] == 3.0 and s["answered_fps"] == 2.0
+    assert s["late_share"] == 0.5 and s["errors"] == {"DEADLINE_EXCEEDED": 2}

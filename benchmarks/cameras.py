@@ -1,0 +1,278 @@
+"""Cameras: real JPEG frames from many streams into one guarded camera model, and one camera that
+floods while others keep their pace.
+
+    python -m benchmarks.cameras [--cameras 1 4 16] [--fps 25] [--duration 8] [--out reports/cameras]
+
+Needs the camera repository (`make camera-models && python -m models.camera_guard`); it serves
+MobileNetV2 (one JPEG per request, decoded and resized inside the guard). Frames are bikes.mp4 as
+a camera would send them (JPEG, quality 90, full size). One `guard serve` process serves two
+entries: `guard` (the calibrated detectors, policy flag) and `passthrough` (no detectors).
+
+Each camera is one ModelStreamInfer stream with its `camera_id`, sending frame k at k / fps
+seconds whatever came back (open loop); latency counts from that scheduled time, so a camera held
+back by flow control shows it. Printed, all from this run:
+
+1. In-process floors: frames/s of the same entries run in this process without gRPC (decode,
+   resize, model and detectors at batch 16).
+2. Per camera count at `--fps`: frames offered and answered per second, p50/p99 latency, answers
+   later than one frame interval, errors by status, guard and passthrough side by side.
+3. Fairness: the guard's capacity C is measured first (one stream as fast as its window lets it);
+   then 7 cameras at C/10 each, alone; with an 8th camera flooding at ten times their rate; and
+   the same with no camera_id on any request (one first-come queue). The normal cameras' p99 in
+   each, as ratios to their p99 alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmarks.gateway_process import start_gateway
+from benchmarks.repositories import _derive
+from guard.protocol.proto import inference_pb2 as pb
+from guard.tools.clean_data import encode_jpeg
+
+log = logging.getLogger("benchmarks.cameras")
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "build" / "camera-repository" / "mobilenet_v2"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+NORMAL_CAMERAS = 7
+# Normal cameras at C / 10 each (7 of them: 70% of capacity); the flood at ten times that, i.e. the
+# whole capacity on its own: together 1.7 C, overloaded by the flood alone.
+NORMAL_SHARE = 10
+FLOOD_FACTOR = 10
+
+
+@dataclass
+class CameraRun:
+    offered: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: collections.Counter = field(default_factory=collections.Counter)
+
+
+def frame_requests(model: str, jpegs: list[bytes]) -> list[bytes]:
+    """Serialised requests, one per frame, without id or camera: those are appended per send
+    (protobuf merges concatenated messages; a map entry or field given later wins)."""
+    out = []
+    for data in jpegs:
+        message = pb.ModelInferRequest(model_name=model)
+        message.inputs.add(name="image", datatype="BYTES", shape=[1])
+        message.raw_input_contents.append(len(data).to_bytes(4, "little") + data)
+        out.append(message.SerializeToString())
+    return out
+
+
+def _tail(request_id: str, camera: str | None) -> bytes:
+    message = pb.ModelInferRequest(id=request_id)
+    if camera is not None:
+        message.parameters["camera_id"].string_param = camera
+    return message.SerializeToString()
+
+
+async def play(channel: grpc.aio.Channel, frames: list[bytes], camera: str, fps: float, start: float,
+               duration: float, name_camera: bool, offset: int = 0) -> CameraRun:
+    """One camera, one stream: frame k at start + k / fps until `duration` has passed."""
+    run = CameraRun()
+    scheduled: dict[str, float] = {}
+    call = channel.stream_stream(STREAM, request_serializer=lambda b: b,
+                                 response_deserializer=pb.ModelStreamInferResponse.FromString)(timeout=duration + 120)
+
+    async def read() -> None:
+        async for answer in call:
+            response = answer.infer_response
+            at = scheduled.pop(response.id, None)
+            if answer.error_message:
+                run.errors[response.parameters["guard_status"].string_param or "UNKNOWN"] += 1
+            elif at is not None:
+                run.latencies.append(time.perf_counter() - at)
+
+    reader = asyncio.create_task(read())
+    k = 0
+    while (at := start + k / fps) < start + duration:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        request_id = f"{camera}:{k}"
+        scheduled[request_id] = at
+        await call.write(frames[(offset + k) % len(frames)] + _tail(request_id, camera if name_camera else None))
+        k += 1
+    run.offered = k
+    await call.done_writing()
+    try:
+        await reader
+    except grpc.aio.AioRpcError as exc:
+        run.errors[exc.code().name] += len(scheduled)
+    return run
+
+
+async def cameras_at(target: str, frames: list[bytes], rates: dict[str, float], duration: float,
+                     name_cameras: bool = True) -> dict[str, CameraRun]:
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        start = time.perf_counter() + 0.5
+        runs = await asyncio.gather(*(play(channel, frames, camera, fps, start, duration, name_cameras, offset=i * 7)
+                                      for i, (camera, fps) in enumerate(rates.items())))
+    return dict(zip(rates, runs))
+
+
+async def capacity(target: str, frames: list[bytes], duration: float) -> float:
+    """Frames/s one stream gets answered when it keeps 64 frames in flight (its window)."""
+    answered = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream(STREAM, request_serializer=lambda b: b,
+                                     response_deserializer=pb.ModelStreamInferResponse.FromString)(
+            timeout=duration + 120)
+        stop = time.perf_counter() + duration
+        in_flight = asyncio.Semaphore(64)
+
+        async def write() -> None:
+            k = 0
+            while time.perf_counter() < stop:
+                await in_flight.acquire()
+                await call.write(frames[k % len(frames)] + _tail(f"c:{k}", "capacity"))
+                k += 1
+            await call.done_writing()
+
+        writer = asyncio.create_task(write())
+        started = time.perf_counter()
+        async for answer in call:
+            in_flight.release()
+            answered += not answer.error_message
+        await writer
+        return answered / (time.perf_counter() - started)
+
+
+def summarize(runs: dict[str, CameraRun], duration: float, fps: float | None = None) -> dict:
+    latencies = np.concatenate([np.asarray(r.latencies) for r in runs.values()]) * 1e3
+    errors = collections.Counter()
+    for r in runs.values():
+        errors.update(r.errors)
+    out = {"cameras": len(runs), "offered_fps": sum(r.offered for r in runs.values()) / duration,
+           "answered_fps": len(latencies) / duration, "errors": dict(errors)}
+    if len(latencies):
+        out.update(p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)))
+        if fps:
+            out["late_share"] = float(np.mean(latencies > 1e3 / fps))
+    return out
+
+
+def floors(repository: Path, jpegs: list[bytes], batch: int = 16, rounds: int = 4) -> dict[str, float]:
+    """Frames/s of each entry run in this process, no gRPC and no batcher: the work itself."""
+    from guard.serving.metrics import GuardMetrics
+    from guard.serving.model_config import load_model_config
+    from guard.serving.runtime import ModelRuntime
+
+    # As `guard serve` runs them (--torch-threads 1): torch's own pool beside ONNX Runtime's
+    # oversubscribes the cores, and a busy host makes every small torch op wait for a thread.
+    torch.set_num_threads(1)
+    out = {}
+    for name in ("passthrough", "guard"):
+        runtime = ModelRuntime(load_model_config(repository / name), GuardMetrics().for_model(name))
+        requests = [{"image": np.array([jpegs[i % len(jpegs)]], dtype=object)} for i in range(batch)]
+        runtime.execute(requests)  # warm-up
+        start = time.perf_counter()
+        for _ in range(rounds):
+            runtime.execute(requests)
+        out[name] = batch * rounds / (time.perf_counter() - start)
+        runtime.backend.close()
+    return out
+
+
+def build_repository(target: Path) -> Path:
+    if not (SOURCE / "config.toml").exists():
+        raise SystemExit(f"{SOURCE} is missing: run `make camera-models && python -m models.camera_guard` first")
+    _derive(SOURCE, target, "guard", None, "flag")
+    _derive(SOURCE, target, "passthrough", (), "flag")
+    return target
+
+
+def _row(label: str, s: dict) -> str:
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items())) or "-"
+    late = f"{s['late_share']:.1%}" if "late_share" in s else "-"
+    return (f"| {label} | {s['offered_fps']:.1f} | {s['answered_fps']:.1f} | {s.get('p50_ms', float('nan')):.1f} | "
+            f"{s.get('p99_ms', float('nan')):.1f} | {late} | {errors} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per load point")
+    parser.add_argument("--frames", type=int, default=48, help="distinct video frames sent in turn")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cameras")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from models.footage import video_frames
+
+    jpegs = [encode_jpeg(frame) for frame in video_frames("bikes", limit=args.frames)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"fps": args.fps, "duration_s": args.duration,
+                     "frame_bytes_mean": float(np.mean([len(j) for j in jpegs]))}
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = build_repository(Path(tmp) / "repository")
+        results["floor_fps"] = floors(repository, jpegs)
+        points = [(config, n) for n in args.cameras for config in ("guard", "passthrough")]
+        with start_gateway(repository) as gateway:
+            frames = {config: frame_requests(config, jpegs) for config in ("guard", "passthrough")}
+            results["streams"] = []
+            for config, n in tqdm(points, desc="camera counts", unit="point"):
+                runs = asyncio.run(cameras_at(gateway.target, frames[config],
+                                              {f"camera-{i}": args.fps for i in range(n)}, args.duration))
+                results["streams"].append({"config": config, **summarize(runs, args.duration, args.fps)})
+            c = asyncio.run(capacity(gateway.target, frames["guard"], args.duration))
+            rate = c / NORMAL_SHARE
+            normal = {f"camera-{i}": rate for i in range(NORMAL_CAMERAS)}
+            fairness = {"capacity_fps": c, "normal_fps": rate, "flood_fps": rate * FLOOD_FACTOR}
+            for label, rates, named in tqdm([("alone", normal, True),
+                                             ("with_flood", {**normal, "flood": rate * FLOOD_FACTOR}, True),
+                                             ("with_flood_no_camera_id", {**normal, "flood": rate * FLOOD_FACTOR},
+                                              False)], desc="fairness", unit="scenario"):
+                runs = asyncio.run(cameras_at(gateway.target, frames["guard"], rates, args.duration, named))
+                fairness[label] = {"normal": summarize({k: v for k, v in runs.items() if k != "flood"}, args.duration),
+                                   **({"flood": summarize({"flood": runs["flood"]}, args.duration)}
+                                      if "flood" in runs else {})}
+            results["fairness"] = fairness
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    text = report(results)
+    (args.out / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+def report(r: dict) -> str:
+    kib = r["frame_bytes_mean"] / 1024
+    lines = [f"# Cameras: MobileNetV2 under the guard, JPEG frames of bikes.mp4 (mean {kib:.0f} KiB)",
+             "", "In-process floor (no gRPC, batch 16): "
+             + ", ".join(f"{k} {v:.1f} frames/s" for k, v in r["floor_fps"].items()), "",
+             f"## Cameras at {r['fps']:g} fps, {r['duration_s']:g} s each", "",
+             "| entry, cameras | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame | errors |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [_row(f"{s['config']}, {s['cameras']}", s) for s in r["streams"]]
+    f = r["fairness"]
+    alone = f["alone"]["normal"].get("p99_ms")
+    lines += ["", f"## One camera flooding (guard capacity {f['capacity_fps']:.1f} frames/s; {NORMAL_CAMERAS} cameras "
+              f"at {f['normal_fps']:.2f} fps, the flood at {f['flood_fps']:.2f} fps)", "",
+              "| scenario | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame | errors |",
+              "|---|---|---|---|---|---|---|"]
+    for label in ("alone", "with_flood", "with_flood_no_camera_id"):
+        lines.append(_row(f"{label}: {NORMAL_CAMERAS} normal cameras", f[label]["normal"]))
+        if "flood" in f[label]:
+            lines.append(_row(f"{label}: the flooding camera", f[label]["flood"]))
+    for label in ("with_flood", "with_flood_no_camera_id"):
+        p99 = f[label]["normal"].get("p99_ms")
+        if alone and p99:
+            lines.append(f"\nNormal cameras' p99 {label.replace('_', ' ')} / alone: {p99 / alone:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
