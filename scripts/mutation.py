@@ -55,7 +55,22 @@ TARGETS: dict[str, tuple[str, ...]] = {
 
 # Survivors no test can kill because the program behaves the same: (module, the mutated line as
 # mutmut shows it after the edit, why). Matched on the module and the line's new text.
-EQUIVALENT: list[tuple[str, str, str]] = []
+_CIRCUIT = "guard/backends/remote/circuit.py"
+_NAMES = "state names are only compared with each other, never shown or stored"
+_DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures and circuit_reset_s)"
+EQUIVALENT: list[tuple[str, str, str]] = [
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "XXclosedXX", "open", "half_open"', _NAMES),
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "XXopenXX", "half_open"', _NAMES),
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "open", "XXhalf_openXX"', _NAMES),
+    (_CIRCUIT, "def __init__(self, failures: int = 4, reset_s: float = 0.25, clock=time.monotonic):", _DEFAULTS),
+    (_CIRCUIT, "def __init__(self, failures: int = 3, reset_s: float = 1.25, clock=time.monotonic):", _DEFAULTS),
+    (_CIRCUIT, "self._opened_at = 1.0", "read only while open, and opening sets it first"),
+    (_CIRCUIT, "self._opened_at = None", "read only while open, and opening sets it first"),
+    (_CIRCUIT, "state = None  # the common case without the lock: a closed circuit",
+     "a fast path: the locked path below gives the same answer"),
+    (_CIRCUIT, "if self._state != CLOSED and not self._failures:",
+     "a fast path: open and half-open always have failures counted, and the locked path resets the same"),
+]
 
 STATUSES = {"ok_killed": "killed", "bad_timeout": "timeout", "ok_suspicious": "suspicious",
             "bad_survived": "survived", "skipped": "skipped", "untested": "untested"}

@@ -40,3 +40,23 @@ def test_trip_and_close_from_the_health_watcher():
     assert breaker.state == OPEN and not breaker.allow()
     breaker.close()
     assert breaker.state == CLOSED and breaker.allow()
+
+
+def test_a_new_breaker_is_closed_and_opens_only_at_the_threshold():
+    breaker = CircuitBreaker(failures=3, reset_s=10.0, clock=Clock())
+    assert breaker.state == CLOSED and breaker.allow() and breaker.retry_in() == 0.0
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state == CLOSED and breaker.allow()  # two of three: still closed
+    breaker.failure()
+    assert breaker.state == OPEN
+
+
+def test_an_open_circuit_probes_exactly_at_the_reset_interval():
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, reset_s=0.25, clock=clock)
+    breaker.failure()
+    clock.now = 0.125
+    assert breaker.retry_in() == 0.125 and not breaker.allow()
+    clock.now = 0.25
+    assert breaker.retry_in() == 0.0 and breaker.allow() and breaker.state == HALF_OPEN
