@@ -1,0 +1,210 @@
+"""The camera evaluation's side of a live gateway: frames go as JPEG bytes, one per request, with
+`guard_explain: true` (guard's evaluation client, taught to send encoded images), and what comes
+back is reduced to what the evaluation judges (top-1, or boxes in frame pixels) plus every
+detector's score and the verdict. `Reference` holds one model's clean answers: the negatives of every
+ROC curve and the evaluation operating points.
+
+Kept apart from models.camera_evaluation so the measuring rules can be read on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from guard.detection.bounds import upper_bound
+from guard.detection.ensemble import Fisher, Union
+from guard.detection.preprocess.images import letterbox_geometry
+from guard.protocol.proto import inference_pb2 as pb
+from guard.serving.dataplane import EXPLAIN
+from guard.serving.model_config import load_model_config
+from guard.tools.evaluation import rates
+from guard.tools.evaluation.client import GatewayClient
+from models import yolo
+
+FPRS = rates.FPRS
+PERSON = 0  # COCO's person class
+PERSON_SCORE = 0.25
+CHUNK = 32  # frames per client call: a YOLO answer is 860 KB, only its boxes are kept
+
+log = logging.getLogger("models.camera_evaluation")
+
+
+class JpegClient(GatewayClient):
+    """guard's evaluation client (one row per request, `guard_explain: true`, pipelined) sending
+    encoded images as BYTES [1] tensors, as a camera's client does."""
+
+    _items: list[bytes] = []
+
+    def _request(self, model: str, row: np.ndarray, index: int) -> pb.ModelInferRequest:
+        name, datatype = self._input_of(model)
+        if datatype != "BYTES":
+            raise ValueError(f"model {model} takes {datatype}, not encoded images")
+        request = pb.ModelInferRequest(model_name=model, id=str(index))
+        request.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(self._items[index])
+        request.parameters[EXPLAIN].bool_param = True
+        return request
+
+    def infer_encoded(self, model: str, items: list[bytes], desc: str):
+        self._items = items  # GatewayClient.infer hands each row's index to _request
+        try:
+            return self.infer(model, np.zeros((len(items), 1), np.float32), desc)
+        finally:
+            self._items = []
+
+
+@dataclass
+class Answers:
+    """What the gateway answered for N frames of one model (reduced: top-1, or boxes in frame pixels)."""
+
+    scores: dict[str, np.ndarray]
+    verdicts: np.ndarray
+    seconds: float
+    top1: np.ndarray | None = None
+    detections: list[list[yolo.Detection]] | None = None
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.verdicts != "clean"
+
+    def subset(self, rows: list[int]) -> Answers:
+        return Answers({d: s[rows] for d, s in self.scores.items()}, self.verdicts[rows],
+                       self.seconds * len(rows) / max(len(self.verdicts), 1),
+                       None if self.top1 is None else self.top1[rows],
+                       None if self.detections is None else [self.detections[i] for i in rows])
+
+    def persons(self, i: int) -> np.ndarray:
+        boxes = [d.box for d in self.detections[i] if d.label == PERSON]
+        return np.array(boxes, np.float32).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    directory: Path
+    detection: bool
+    size: tuple[int, int]
+    window: int
+
+    @classmethod
+    def load(cls, directory: Path) -> ServedModel:
+        config = tomllib.loads((directory / "config.toml").read_text())
+        detection = config.get("output_kind") == "detection"
+        size = (config["preprocess"]["height"], config["preprocess"]["width"])
+        # The model's 5 s queue timeout: a detection frame costs ~0.1-0.4 s here, so fewer in flight.
+        return cls(directory.name, directory, detection, size, 4 if detection else 8)
+
+    def serve(self, client: JpegClient, items: list[bytes], sizes: list[tuple[int, int]], desc: str) -> Answers:
+        """Every item as its own request, in chunks (a YOLO answer is 860 KB; only boxes are kept)."""
+        scores, verdicts, top1, detections = [], [], [], []
+        window, client.window = client.window, self.window
+        started = time.perf_counter()
+        try:
+            for i in range(0, len(items), CHUNK):
+                try:
+                    served = client.infer_encoded(self.name, items[i:i + CHUNK], desc)
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                        raise
+                    log.warning("%s: %s with %d requests in flight; this chunk again, one at a time", self.name,
+                                exc.code().name, client.window)
+                    client.window = 1
+                    try:
+                        served = client.infer_encoded(self.name, items[i:i + CHUNK], desc)
+                    finally:
+                        client.window = self.window
+                scores.append(served.scores)
+                verdicts.append(served.verdicts)
+                if self.detection:
+                    raw = served.logits.reshape(len(served.logits), -1, 85)
+                    detections += [self._to_frame(yolo.postprocess(d, PERSON_SCORE), s) for d, s in zip(raw, sizes[i:])]
+                else:
+                    top1.append(served.predictions)
+        finally:
+            client.window = window
+        names = sorted(scores[0]) if scores else []
+        return Answers({n: np.concatenate([s[n] for s in scores]) for n in names},
+                       np.concatenate(verdicts) if verdicts else np.array([], str), time.perf_counter() - started,
+                       None if self.detection else np.concatenate(top1), detections if self.detection else None)
+
+    def _to_frame(self, found: list[yolo.Detection], size: tuple[int, int]) -> list[yolo.Detection]:
+        h, w = size
+        new_h, new_w, top, left = letterbox_geometry(h, w, *self.size)
+        scale = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
+        offset = np.array([left, top, left, top], np.float32)
+        return [yolo.Detection(tuple(float(v) for v in (np.array(d.box) - offset) / scale), d.score, d.label)
+                for d in found]
+
+
+def served_combiner(directory: Path) -> Union | Fisher:
+    """The served model's ensemble (config.toml and ensemble.npz, as guard.serving.runtime loads it):
+    its `ratio` is the gateway's guard_score."""
+    config = load_model_config(directory)
+    ensemble = config.detection.ensemble
+    if ensemble.method == "union":
+        return Union({d["name"]: d["threshold"] for d in config.detection.detectors if not d.get("monitor")})
+    return Fisher.load(directory / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
+
+
+def operating_threshold(clean: np.ndarray, fpr: float) -> float:
+    """The threshold ("flag when score > t") that flags at most floor(fpr * n) of the clean scores."""
+    ranked = np.sort(np.asarray(clean, np.float64))[::-1]
+    k = int(np.floor(fpr * len(ranked) + 1e-9))
+    return float(ranked[k]) if k < len(ranked) else -np.inf
+
+
+class Reference:
+    """One model's clean frames (item 1) as the gateway scored them: the ROC negatives and the
+    evaluation operating points of every scorer (the served ensemble's guard_score, each detector)."""
+
+    def __init__(self, model: ServedModel, clean: Answers, sources: list[str]):
+        self.model, self.clean, self.sources = model, clean, np.array(sources)
+        self.combiner = served_combiner(model.directory)
+        self.detectors = sorted(clean.scores)
+        self.negatives = self.continuous(clean.scores)
+        self.thresholds = {s: {f: operating_threshold(v, f) for f in FPRS} for s, v in self.negatives.items()}
+
+    def continuous(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"ensemble": self.combiner.ratio(scores), **{d: np.asarray(scores[d]) for d in self.detectors}}
+
+    def agreement(self, answers: Answers) -> float:
+        """Share of frames where the offline ensemble (ratio >= 1) agrees with the gateway's verdict."""
+        return float(np.mean((self.combiner.ratio(answers.scores) >= 1.0) == answers.flagged))
+
+    def evaluate(self, answers: Answers, positives: np.ndarray, matched: Answers | None = None) -> tuple[dict, dict]:
+        """Detection of the positive frames at each operating point, AUROC against the clean frames
+        (and, with `matched`, the same frames unattacked, row for row: against those exact frames),
+        the gateway's own flags; and the ROC inputs."""
+        values = {s: v[positives] for s, v in self.continuous(answers.scores).items()}
+        twins = {s: v[positives] for s, v in self.continuous(matched.scores).items()} if matched is not None else {}
+        n = int(positives.sum())
+        scorers = {}
+        for s, v in values.items():
+            scorers[s] = {**{f"det@{f:g}": float((v > self.thresholds[s][f]).mean()) if n else None for f in FPRS},
+                          "auroc": rates.auroc(self.negatives[s], v)}
+            if matched is not None:
+                scorers[s]["auroc_matched"] = rates.auroc(twins[s], v)
+        return {"positives": n, "gateway": float(answers.flagged[positives].mean()) if n else None,
+                "scorers": scorers}, {s: (self.negatives[s], v) for s, v in values.items()} if n else {}
+
+    def summary(self) -> dict:
+        flagged, n = int(self.clean.flagged.sum()), len(self.clean.verdicts)
+        by_source = {}
+        for source in dict.fromkeys(self.sources):
+            mask = self.sources == source
+            k = int(self.clean.flagged[mask].sum())
+            by_source[source] = {"n": int(mask.sum()), "flagged": k, "rate": k / int(mask.sum()),
+                                 "upper_95": upper_bound(k, int(mask.sum()))}
+        return {"n": n, "flagged": flagged, "flag_rate": flagged / n if n else None,
+                "flag_rate_upper_95": upper_bound(flagged, n), "by_source": by_source,
+                "detectors": self.detectors, "ensemble_method": load_model_config(self.model.directory)
+                .detection.ensemble.method, "verdict_agreement": self.agreement(self.clean),
+                "seconds_per_frame": self.clean.seconds / n if n else None,
+                "operating_points": {s: {f"{f:g}": {"threshold": t, "clean_rate": float((self.negatives[s] > t).mean())}
+                                         for f, t in th.items()} for s, th in self.thresholds.items()}}
