@@ -32,6 +32,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -74,6 +75,62 @@ def frame_requests(model: str, jpegs: list[bytes]) -> list[bytes]:
     return out
 
 
+class InlineFrames:
+    """Each frame's JPEG inside its request."""
+
+    def __init__(self, requests: list[bytes], offset: int):
+        self.requests, self.offset = requests, offset
+
+    async def request(self, k: int) -> bytes:
+        return self.requests[(self.offset + k) % len(self.requests)]
+
+    def answered(self, k: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SharedMemoryFrames:
+    """Each frame's JPEG written into a slot of the camera's own shared-memory region (a ring of
+    SLOTS slots); the request names the slot. A slot is reused only once its frame is answered, so
+    the gateway never reads a frame the camera has overwritten (it copies at decode)."""
+
+    SLOTS = 128
+
+    def __init__(self, model: str, jpegs: list[bytes], offset: int, name: str):
+        self.model, self.jpegs, self.offset, self.name = model, jpegs, offset, name
+        self.slot_bytes = 4 + max(map(len, jpegs))
+        self.memory = shared_memory.SharedMemory(create=True, size=self.SLOTS * self.slot_bytes)
+        self.free = asyncio.Semaphore(self.SLOTS)
+
+    async def register(self, channel: grpc.aio.Channel) -> None:
+        call = channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+                                   request_serializer=pb.SystemSharedMemoryRegisterRequest.SerializeToString,
+                                   response_deserializer=pb.SystemSharedMemoryRegisterResponse.FromString)
+        await call(pb.SystemSharedMemoryRegisterRequest(name=self.name, key=f"/{self.memory.name}",
+                                                        byte_size=self.memory.size))
+
+    async def request(self, k: int) -> bytes:
+        await self.free.acquire()  # a camera that is this far behind waits: its frames are late
+        data = self.jpegs[(self.offset + k) % len(self.jpegs)]
+        start = (k % self.SLOTS) * self.slot_bytes
+        self.memory.buf[start:start + 4 + len(data)] = len(data).to_bytes(4, "little") + data
+        message = pb.ModelInferRequest(model_name=self.model)
+        tensor = message.inputs.add(name="image", datatype="BYTES", shape=[1])
+        tensor.parameters["shared_memory_region"].string_param = self.name
+        tensor.parameters["shared_memory_offset"].int64_param = start
+        tensor.parameters["shared_memory_byte_size"].int64_param = 4 + len(data)
+        return message.SerializeToString()
+
+    def answered(self, k: int) -> None:
+        self.free.release()
+
+    def close(self) -> None:
+        self.memory.close()
+        self.memory.unlink()
+
+
 def _tail(request_id: str, camera: str | None) -> bytes:
     message = pb.ModelInferRequest(id=request_id)
     if camera is not None:
@@ -81,8 +138,8 @@ def _tail(request_id: str, camera: str | None) -> bytes:
     return message.SerializeToString()
 
 
-async def play(channel: grpc.aio.Channel, frames: list[bytes], camera: str, fps: float, start: float,
-               duration: float, name_camera: bool, offset: int = 0) -> CameraRun:
+async def play(channel: grpc.aio.Channel, frames: InlineFrames | SharedMemoryFrames, camera: str, fps: float,
+               start: float, duration: float, name_camera: bool) -> CameraRun:
     """One camera, one stream: frame k at start + k / fps until `duration` has passed."""
     run = CameraRun()
     scheduled: dict[str, float] = {}
@@ -93,6 +150,7 @@ async def play(channel: grpc.aio.Channel, frames: list[bytes], camera: str, fps:
         async for answer in call:
             response = answer.infer_response
             at = scheduled.pop(response.id, None)
+            frames.answered(int(response.id.rsplit(":", 1)[1]) if ":" in response.id else -1)
             if answer.error_message:
                 run.errors[response.parameters["guard_status"].string_param or "UNKNOWN"] += 1
             elif at is not None:
@@ -104,7 +162,7 @@ async def play(channel: grpc.aio.Channel, frames: list[bytes], camera: str, fps:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         request_id = f"{camera}:{k}"
         scheduled[request_id] = at
-        await call.write(frames[(offset + k) % len(frames)] + _tail(request_id, camera if name_camera else None))
+        await call.write(await frames.request(k) + _tail(request_id, camera if name_camera else None))
         k += 1
     run.offered = k
     await call.done_writing()
@@ -115,12 +173,30 @@ async def play(channel: grpc.aio.Channel, frames: list[bytes], camera: str, fps:
     return run
 
 
-async def cameras_at(target: str, frames: list[bytes], rates: dict[str, float], duration: float,
-                     name_cameras: bool = True) -> dict[str, CameraRun]:
+async def cameras_at(target: str, model: str, jpegs: list[bytes], rates: dict[str, float], duration: float,
+                     name_cameras: bool = True, transport: str = "jpeg") -> dict[str, CameraRun]:
+    """Each camera of `rates` (name -> frames/s) on its own stream, all starting together."""
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
-        start = time.perf_counter() + 0.5
-        runs = await asyncio.gather(*(play(channel, frames, camera, fps, start, duration, name_cameras, offset=i * 7)
-                                      for i, (camera, fps) in enumerate(rates.items())))
+        if transport == "shm":
+            sources = [SharedMemoryFrames(model, jpegs, i * 7, f"{model}-{camera}") for i, camera in enumerate(rates)]
+            for source in sources:
+                await source.register(channel)
+        else:
+            requests = frame_requests(model, jpegs)
+            sources = [InlineFrames(requests, i * 7) for i in range(len(rates))]
+        try:
+            start = time.perf_counter() + 0.5
+            runs = await asyncio.gather(*(play(channel, source, camera, fps, start, duration, name_cameras)
+                                          for source, (camera, fps) in zip(sources, rates.items())))
+        finally:
+            if transport == "shm":
+                await channel.unary_unary(
+                    "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
+                    request_serializer=pb.SystemSharedMemoryUnregisterRequest.SerializeToString,
+                    response_deserializer=pb.SystemSharedMemoryUnregisterResponse.FromString)(
+                    pb.SystemSharedMemoryUnregisterRequest())
+            for source in sources:
+                source.close()
     return dict(zip(rates, runs))
 
 
@@ -208,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load point")
     parser.add_argument("--frames", type=int, default=48, help="distinct video frames sent in turn")
+    parser.add_argument("--transports", nargs="+", choices=("jpeg", "shm"), default=["jpeg", "shm"],
+                        help="JPEG inside each request, or written into the camera's shared-memory region")
+    parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cameras")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -220,15 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp) / "repository")
         results["floor_fps"] = floors(repository, jpegs)
-        points = [(config, n) for n in args.cameras for config in ("guard", "passthrough")]
-        with start_gateway(repository) as gateway:
-            frames = {config: frame_requests(config, jpegs) for config in ("guard", "passthrough")}
+        points = [(transport, config, n) for n in args.cameras for transport in args.transports
+                  for config in ("guard", "passthrough")]
+        with start_gateway(repository, "--shared-memory") as gateway:
             results["streams"] = []
-            for config, n in tqdm(points, desc="camera counts", unit="point"):
-                runs = asyncio.run(cameras_at(gateway.target, frames[config],
-                                              {f"camera-{i}": args.fps for i in range(n)}, args.duration))
-                results["streams"].append({"config": config, **summarize(runs, args.duration, args.fps)})
-            c = asyncio.run(capacity(gateway.target, frames["guard"], args.duration))
+            for transport, config, n in tqdm(points, desc="camera counts", unit="point"):
+                rates = {f"camera-{i}": args.fps for i in range(n)}
+                runs = asyncio.run(cameras_at(gateway.target, config, jpegs, rates, args.duration, transport=transport))
+                results["streams"].append({"config": config, "transport": transport,
+                                           **summarize(runs, args.duration, args.fps)})
+            if args.skip_fairness:
+                return _write(args.out, results)
+            c = asyncio.run(capacity(gateway.target, frame_requests("guard", jpegs), args.duration))
             rate = c / NORMAL_SHARE
             normal = {f"camera-{i}": rate for i in range(NORMAL_CAMERAS)}
             fairness = {"capacity_fps": c, "normal_fps": rate, "flood_fps": rate * FLOOD_FACTOR}
@@ -236,14 +318,18 @@ def main(argv: list[str] | None = None) -> int:
                                              ("with_flood", {**normal, "flood": rate * FLOOD_FACTOR}, True),
                                              ("with_flood_no_camera_id", {**normal, "flood": rate * FLOOD_FACTOR},
                                               False)], desc="fairness", unit="scenario"):
-                runs = asyncio.run(cameras_at(gateway.target, frames["guard"], rates, args.duration, named))
+                runs = asyncio.run(cameras_at(gateway.target, "guard", jpegs, rates, args.duration, named))
                 fairness[label] = {"normal": summarize({k: v for k, v in runs.items() if k != "flood"}, args.duration),
                                    **({"flood": summarize({"flood": runs["flood"]}, args.duration)}
                                       if "flood" in runs else {})}
             results["fairness"] = fairness
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return _write(args.out, results)
+
+
+def _write(out: Path, results: dict) -> int:
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     text = report(results)
-    (args.out / "results.md").write_text(text)
+    (out / "results.md").write_text(text)
     print(text)
     return 0
 
@@ -254,9 +340,12 @@ def report(r: dict) -> str:
              "", "In-process floor (no gRPC, batch 16): "
              + ", ".join(f"{k} {v:.1f} frames/s" for k, v in r["floor_fps"].items()), "",
              f"## Cameras at {r['fps']:g} fps, {r['duration_s']:g} s each", "",
-             "| entry, cameras | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame | errors |",
+             "| entry, transport, cameras | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame "
+             "| errors |",
              "|---|---|---|---|---|---|---|"]
-    lines += [_row(f"{s['config']}, {s['cameras']}", s) for s in r["streams"]]
+    lines += [_row(f"{s['config']}, {s['transport']}, {s['cameras']}", s) for s in r["streams"]]
+    if "fairness" not in r:
+        return "\n".join(lines) + "\n"
     f = r["fairness"]
     alone = f["alone"]["normal"].get("p99_ms")
     lines += ["", f"## One camera flooding (guard capacity {f['capacity_fps']:.1f} frames/s; {NORMAL_CAMERAS} cameras "

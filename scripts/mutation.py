@@ -38,6 +38,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "guard/serving/dataplane.py": ("tests/serving", "tests/serving/transport"),
     "guard/serving/batching.py": ("tests/serving/test_batching.py", "tests/serving/test_admission.py",
                                   "tests/serving/transport"),
+    "guard/serving/queueing.py": ("tests/serving/test_batching.py", "tests/serving/test_cameras.py",
+                                  "tests/serving/test_admission.py"),
     "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport"),
     "guard/serving/validation.py": ("tests/serving/transport", "tests/serving"),
     "guard/serving/host_calibration.py": ("tests/serving/test_host_calibration.py",

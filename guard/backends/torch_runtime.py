@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch.utils import _pytree as pytree
@@ -44,6 +43,16 @@ from guard.backends.base import Backend
 from guard.backends.device import select_device
 from guard.backends.onnx_graph import onnx_signature
 from guard.backends.onnx_torch import OnnxClassifier, load_onnx_classifier
+from guard.backends.torch_tensors import (
+    FLOATS,
+    TORCH_DTYPES,
+    NamedOutputs,
+    inferred_shape,
+    on_device,
+    ordered,
+    spec_of,
+    the_input,
+)
 from guard.protocol.errors import BackendError, ConfigError
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec, TensorSpec
@@ -56,12 +65,6 @@ SUFFIXES = (".onnx", ".pt2")
 WARM_ROWS = 128
 """Compiled models are warmed up at load on every power-of-two batch up to this many rows."""
 
-# torch dtypes -> v2 datatypes, for a .pt2 program's signature (and back, for declared outputs).
-_DATATYPES = {torch.float32: "FP32", torch.float16: "FP16", torch.float64: "FP64", torch.uint8: "UINT8",
-              torch.int8: "INT8", torch.int16: "INT16", torch.int32: "INT32", torch.int64: "INT64",
-              torch.bool: "BOOL"}
-_TORCH_DTYPES = {name: dtype for dtype, name in _DATATYPES.items()}
-_FLOATS = ("FP16", "FP32", "FP64")
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ class TorchBackend(Backend):
         if features is not None and features not in {o.name for o in self._outputs} \
                 and features in self._net.tensor_names:
             # An internal activation: the interpreter returns it, so declare it.
-            self._outputs = [*self._outputs, TensorSpec(features, "FP32", _inferred_shape(model, features))]
+            self._outputs = [*self._outputs, TensorSpec(features, "FP32", inferred_shape(model, features))]
         self._tensor_names = self._net.tensor_names
         self._what = "onnx interpreter"
 
@@ -181,8 +184,8 @@ class TorchBackend(Backend):
                 f"output_{i}" for i in range(len(declared), len(output_values))]
         self._input_names = names
         self._output_names = output_names
-        self._inputs = [_spec_of(name, value) for name, value in zip(names, values)]
-        self._outputs = [_spec_of(name, value) for name, value in zip(output_names, output_values)]
+        self._inputs = [spec_of(name, value) for name, value in zip(names, values)]
+        self._outputs = [spec_of(name, value) for name, value in zip(output_names, output_values)]
         self._module = program.module()
         self._net = None
         self._tensor_names = set(output_names)
@@ -198,8 +201,8 @@ class TorchBackend(Backend):
                                  f"item shapes ({[list(s) for s in shapes]})")
             if self._net is not None:
                 names = [o.name for o in self._outputs]
-                wrapper = _NamedOutputs(self._net, names)
-                example = torch.zeros((2, *shapes[0]), dtype=_TORCH_DTYPES.get(self._inputs[0].datatype,
+                wrapper = NamedOutputs(self._net, names)
+                example = torch.zeros((2, *shapes[0]), dtype=TORCH_DTYPES.get(self._inputs[0].datatype,
                                                                               torch.float32), device=self._device)
                 program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},),
                                               strict=False)
@@ -215,7 +218,7 @@ class TorchBackend(Backend):
             # batches. Few graphs result: size 1 is specialised, the rest share symbolic batch sizes.
             for rows in [1 << i for i in range(WARM_ROWS.bit_length())] * (2 if mode == "reduce-overhead" else 1):
                 example = {spec.name: torch.zeros((rows, *spec.shape), device=self._device,
-                                                  dtype=_TORCH_DTYPES.get(spec.datatype, torch.float32))
+                                                  dtype=TORCH_DTYPES.get(spec.datatype, torch.float32))
                            for spec in self._inputs}
                 self._run_compiled(example, self._compiled_names[:1])
         except Exception as exc:  # noqa: BLE001 - no toolchain, an op Inductor lacks, a failed trace: eager
@@ -243,7 +246,7 @@ class TorchBackend(Backend):
         unknown = [name for name in outputs if name not in self._tensor_names]
         if unknown:
             raise BackendError(f"model has no tensor {unknown[0]!r} to return")
-        feeds = {name: _on(value, self._device) for name, value in inputs.items()}
+        feeds = {name: on_device(value, self._device) for name, value in inputs.items()}
         try:
             if self._compiled is not None and set(outputs) <= set(self._compiled_names):
                 try:
@@ -265,17 +268,17 @@ class TorchBackend(Backend):
     def _run_eager(self, feeds: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
         with torch.no_grad():
             if self._net is not None:
-                values = self._net.run(_the_input(feeds, self._net.input_name), outputs)
+                values = self._net.run(the_input(feeds, self._net.input_name), outputs)
             else:
                 by_name = dict(zip(self._output_names,
-                                   pytree.tree_leaves(self._module(*_ordered(feeds, self._input_names)))))
+                                   pytree.tree_leaves(self._module(*ordered(feeds, self._input_names)))))
                 values = [by_name[name] for name in outputs]
         return [self._declared_dtype(name, value) for name, value in zip(outputs, values)]
 
     def _run_compiled(self, feeds: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
         """One call of the compiled model on the batch padded to its bucket; outputs sliced back
         and cloned out of CUDA graphs' static buffers (a later replay overwrites them)."""
-        args = _ordered(feeds, self._compiled_inputs)
+        args = ordered(feeds, self._compiled_inputs)
         rows = args[0].shape[0]
         bucket = 1 << max(rows - 1, 0).bit_length()
         with self._lock, torch.inference_mode():
@@ -298,55 +301,6 @@ class TorchBackend(Backend):
         """Graph outputs in the dtype the model declares (FP16 outputs of an FP16 ONNX model come
         back half, as from ONNX Runtime); the interpreter computes everything in float32."""
         declared = next((o.datatype for o in self._outputs if o.name == name), None)
-        if declared in _FLOATS and value.is_floating_point() and value.dtype != _TORCH_DTYPES[declared]:
-            return value.to(_TORCH_DTYPES[declared])
+        if declared in FLOATS and value.is_floating_point() and value.dtype != TORCH_DTYPES[declared]:
+            return value.to(TORCH_DTYPES[declared])
         return value
-
-
-class _NamedOutputs(torch.nn.Module):
-    """The interpreter returning a fixed set of named tensors, as torch.export traces it."""
-
-    def __init__(self, net: OnnxClassifier, names: list[str]):
-        super().__init__()
-        self.net, self.names = net, names
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.net.run(x, self.names)))
-
-
-def _on(value: Any, device: torch.device) -> torch.Tensor:
-    """A feed on the backend's device: a no-op for a tensor already there (the pipeline's case)."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    array = np.ascontiguousarray(value)
-    if not array.flags.writeable:  # decoded requests are read-only views; torch wants to own writable memory
-        array = array.copy()
-    return torch.from_numpy(array).to(device)
-
-
-def _the_input(feeds: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in feeds:
-        raise BackendError(f"missing input {name!r} (got {sorted(feeds)})")
-    return feeds[name]
-
-
-def _ordered(feeds: dict[str, torch.Tensor], names: list[str]) -> list[torch.Tensor]:
-    return [_the_input(feeds, name) for name in names]
-
-
-def _spec_of(name: str, value: Any) -> TensorSpec:
-    dims = [d if isinstance(d, int) else -1 for d in value.shape[1:]]
-    return TensorSpec(name, _DATATYPES.get(value.dtype, "UNKNOWN"), tuple(dims))
-
-
-def _inferred_shape(model: onnx.ModelProto, name: str) -> tuple[int, ...]:
-    """An internal tensor's item shape from ONNX shape inference (() when it cannot tell)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - best effort: the features' shape is informational
-        return ()
-    for value in inferred.graph.value_info:
-        if value.name == name:
-            dims = value.type.tensor_type.shape.dim
-            return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
-    return ()

@@ -8,32 +8,44 @@ early), `read_headers` (each input's name, datatype and shape, checked against t
 guard.protocol.limits before any array exists) and `decode_inputs` (the contents, each length
 checked against its shape before anything is allocated). `decode_request` runs them all, for
 callers that have no model to check against.
+
+Shared memory (Triton's system shared-memory extension, docs/shared-memory.md): a tensor whose
+parameters name a `shared_memory_region` has no contents in the message; its bytes are read through
+a callable the caller passes (the server's region registry: this layer knows no registry), and
+raw_input_contents hold entries for the other inputs only, in order.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from guard.protocol.contents import CONTENTS_FIELD, decode_bytes, decode_typed, raw_bytes
 from guard.protocol.errors import InvalidInput
 from guard.protocol.limits import MAX_ELEMENTS, MAX_NAME_CHARS, MAX_PARAMETERS, MAX_RANK, echo
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.tensors import DATATYPES, NUMPY_DTYPES, datatype_of
 from guard.protocol.types import InferRequest, InferResponse, Parameter
 
-# Which typed-contents field carries each datatype (FP16 has none: raw only).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
-# Fixed-width typed fields: serialized (packed) they are the little-endian array itself.
-_PACKED_FIXED = {"fp32_contents": 6, "fp64_contents": 7}
+SHM_REGION, SHM_OFFSET, SHM_BYTE_SIZE = "shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMemoryRef:
+    """Where a tensor's bytes lie: `byte_size` bytes at `offset` in a registered region."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+ReadRegion = Callable[[SharedMemoryRef, str], bytes]
+"""(where, tensor name) -> the bytes, copied out; raises InvalidInput for an unknown region or a
+range outside it."""
+WriteRegion = Callable[[SharedMemoryRef, str, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,8 @@ class TensorHeader:
     shape: tuple[int, ...]
     typed: bool = False
     """Whether the contents come as typed contents rather than raw_input_contents."""
+    shared_memory: SharedMemoryRef | None = None
+    """Where the contents lie when they come from a shared-memory region (then typed is False)."""
 
 
 def parameter_value(param: pb.InferParameter) -> Parameter:
@@ -84,6 +98,43 @@ def read_head(message: pb.ModelInferRequest, deadline: float | None) -> InferReq
                         deadline=deadline)
 
 
+def shared_memory_of(tensor: pb.ModelInferRequest.InferInputTensor
+                     | pb.ModelInferRequest.InferRequestedOutputTensor) -> SharedMemoryRef | None:
+    """The tensor's shared-memory parameters, checked as Triton checks them: a string region, an
+    int64 byte size (required with a region), an optional int64 offset, neither without a region."""
+    params = tensor.parameters
+    if SHM_REGION not in params:
+        for key in (SHM_OFFSET, SHM_BYTE_SIZE):
+            if key in params:
+                raise InvalidInput(f"tensor {echo(tensor.name)}: '{key}' given without '{SHM_REGION}'")
+        return None
+    region = params[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInput(f"tensor {echo(tensor.name)}: '{SHM_REGION}' must be a string_param")
+    if SHM_BYTE_SIZE not in params:
+        raise InvalidInput(f"tensor {echo(tensor.name)}: '{SHM_BYTE_SIZE}' must be given with '{SHM_REGION}'")
+    sizes = []
+    for key in (SHM_OFFSET, SHM_BYTE_SIZE):
+        param = params.get(key)
+        if param is None:
+            sizes.append(0)
+        elif param.WhichOneof("parameter_choice") != "int64_param" or param.int64_param < 0:
+            raise InvalidInput(f"tensor {echo(tensor.name)}: '{key}' must be a non-negative int64_param")
+        else:
+            sizes.append(param.int64_param)
+    return SharedMemoryRef(region.string_param, *sizes)
+
+
+def output_placements(message: pb.ModelInferRequest) -> dict[str, SharedMemoryRef]:
+    """The requested outputs to be written into shared memory, by name (callers check the output
+    names and count first: this reads every requested output's parameters)."""
+    placed = {}
+    for output in message.outputs:
+        if output.parameters and (where := shared_memory_of(output)) is not None:
+            placed[output.name] = where
+    return placed
+
+
 def input_names(message: pb.ModelInferRequest) -> Iterator[str]:
     """Lazily: a check that stops after a few names never touches the rest."""
     return (tensor.name for tensor in message.inputs)
@@ -106,17 +157,20 @@ def read_headers(message: pb.ModelInferRequest) -> list[TensorHeader]:
     guard.protocol.limits; no contents are touched. Callers that know the model check the input
     count first (validation.check_input_names): this is one step per input."""
     raw = message.raw_input_contents
-    if len(raw) and len(raw) != len(message.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs: "
-                           "expected one entry per input, in order")
-    headers, seen = [], set()
+    headers, seen, in_memory = [], set(), 0
     for tensor in message.inputs:
         name, datatype = tensor.name, tensor.datatype
         if name in seen:
             raise InvalidInput(f"input {echo(name)} appears more than once")
         seen.add(name)
         typed = bool(tensor.contents.ListFields())
-        if typed and len(raw):
+        where = shared_memory_of(tensor) if tensor.parameters else None
+        if where is not None:
+            in_memory += 1
+            if typed:
+                raise InvalidInput(f"input {echo(name)}: contents given for an input read from shared memory "
+                                   f"region {echo(where.region)}")
+        elif typed and len(raw):
             raise InvalidInput(f"input {echo(name)}: typed contents and raw_input_contents are mixed in one "
                                "request; send all inputs one way")
         if datatype not in NUMPY_DTYPES:
@@ -127,94 +181,44 @@ def read_headers(message: pb.ModelInferRequest) -> list[TensorHeader]:
                                f"at most {MAX_RANK} are supported")
         shape = tuple(tensor.shape)
         _check_shape(name, shape)
-        headers.append(TensorHeader(name, datatype, shape, typed=not len(raw)))
+        headers.append(TensorHeader(name, datatype, shape, typed=where is None and not len(raw), shared_memory=where))
+    if len(raw) and len(raw) != len(message.inputs) - in_memory:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs) - in_memory} inputs "
+                           "not in shared memory: expected one entry per such input, in order")
     return headers
 
 
-def _decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
-    # Every element needs a 4-byte length: a count the contents cannot hold fails before the loop.
-    if count * 4 > len(raw):
-        raise InvalidInput(f"input {echo(name)}: {len(raw)} bytes of BYTES contents cannot hold {count} elements "
-                           "(each takes a 4-byte length)")
-    items, offset = [], 0
-    for _ in range(count):
-        if offset + 4 > len(raw):
-            raise InvalidInput(f"input {echo(name)}: BYTES contents end before element {len(items)} of {count}")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidInput(f"input {echo(name)}: BYTES element {len(items)} claims {length} bytes, "
-                               f"{len(raw) - offset} remain")
-        items.append(raw[offset:offset + length])
-        offset += length
-    if offset != len(raw):
-        raise InvalidInput(f"input {echo(name)}: {len(raw) - offset} bytes left after {count} BYTES elements")
-    array = np.empty(count, dtype=np.object_)
-    array[:] = items
-    return array
+def _from_region(header: TensorHeader, count: int, read_region: ReadRegion | None) -> bytes:
+    where = header.shared_memory
+    if read_region is None:
+        raise InvalidInput(f"input {echo(header.name)}: names shared memory region {echo(where.region)}, "
+                           "but shared memory is not accepted here")
+    if header.datatype != "BYTES":  # the size is known from the shape: checked before reading
+        expected = count * NUMPY_DTYPES[header.datatype].itemsize
+        if where.byte_size != expected:
+            raise InvalidInput(f"input {echo(header.name)}: shared_memory_byte_size {where.byte_size} does not match "
+                               f"{header.datatype} shape {list(header.shape)} ({expected} bytes)")
+    return read_region(where, header.name)
 
 
-def _varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    for end in range(offset, min(offset + 10, len(data))):
-        value |= (data[end] & 0x7F) << shift
-        shift += 7
-        if data[end] < 0x80:
-            return value, end + 1
-    return -1, offset
-
-
-def _packed(contents: pb.InferTensorContents, field: str, dtype: np.dtype, count: int) -> np.ndarray | None:
-    """fp32/fp64 contents as an array at memory speed: serialized, a packed fixed-width field is
-    one tag, one length and the little-endian values (converting element by element costs
-    ~100 ns each). None when the bytes hold anything else (unknown fields): the slow path."""
-    payload = contents.SerializeToString()
-    size = count * dtype.itemsize
-    length, start = _varint(payload, 1)
-    if not payload or payload[0] != (_PACKED_FIXED[field] << 3 | 2) or length != size or start + size != len(payload):
-        return None
-    return np.frombuffer(payload, dtype=dtype.newbyteorder("<"), offset=start).astype(dtype, copy=False)
-
-
-def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, header: TensorHeader, count: int) -> np.ndarray:
-    name, datatype = header.name, header.datatype
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidInput(f"input {echo(name)}: datatype {datatype} must be sent in raw_input_contents")
-    used = [f.name for f, _ in tensor.contents.ListFields()]
-    if any(f != field for f in used):
-        raise InvalidInput(f"input {echo(name)}: datatype {datatype} expects its values in contents.{field}, "
-                           f"got contents.{', contents.'.join(used)}")
-    values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise InvalidInput(f"input {echo(name)}: shape {list(header.shape)} needs {count} values, "
-                           f"contents.{field} has {len(values)}")
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array
-    dtype = NUMPY_DTYPES[datatype]
-    if field in _PACKED_FIXED and count and (array := _packed(tensor.contents, field, dtype, count)) is not None:
-        return array
-    try:
-        return np.fromiter(values, dtype=dtype, count=count)
-    except OverflowError:
-        raise InvalidInput(f"input {echo(name)}: contents.{field} holds values outside {datatype}") from None
-
-
-def decode_inputs(message: pb.ModelInferRequest, headers: list[TensorHeader]) -> dict[str, np.ndarray]:
+def decode_inputs(message: pb.ModelInferRequest, headers: list[TensorHeader],
+                  read_region: ReadRegion | None = None) -> dict[str, np.ndarray]:
     """The inputs' contents as arrays, in `headers` order (read_headers of the same message). Each
-    content length is checked against its shape before anything is allocated."""
-    raw = message.raw_input_contents
+    content length is checked against its shape before anything is allocated. Inputs in shared
+    memory are read with `read_region`; without one they are refused."""
+    raw = iter(message.raw_input_contents)  # entries for the inputs not in shared memory, in order
     inputs = {}
-    for i, (tensor, header) in enumerate(zip(message.inputs, headers)):
+    for tensor, header in zip(message.inputs, headers):
         count = math.prod(header.shape)
         if header.typed:
-            flat = _decode_typed(tensor, header, count)
-        elif header.datatype == "BYTES":
-            flat = _decode_bytes(header.name, raw[i], count)
+            flat = decode_typed(tensor, header.name, header.datatype, header.shape, count)
+            inputs[header.name] = flat.reshape(header.shape)
+            continue
+        data = next(raw) if header.shared_memory is None else _from_region(header, count, read_region)
+        if header.datatype == "BYTES":
+            flat = decode_bytes(header.name, data, count)
         else:
-            data, itemsize = raw[i], NUMPY_DTYPES[header.datatype].itemsize
+            itemsize = NUMPY_DTYPES[header.datatype].itemsize
             if len(data) != count * itemsize:
                 raise InvalidInput(f"input {echo(header.name)}: expected {count * itemsize} bytes of raw contents "
                                    f"for {header.datatype} shape {list(header.shape)}, got {len(data)}")
@@ -233,23 +237,21 @@ def decode_request(message: pb.ModelInferRequest, deadline: float | None) -> tup
     return request, {h.name: h.datatype for h in headers}
 
 
-def _raw(array: np.ndarray) -> bytes:
-    if array.dtype.kind in "OSU":
-        parts = []
-        for item in array.reshape(-1):
-            data = item.encode() if isinstance(item, str) else bytes(item)
-            parts.append(struct.pack("<I", len(data)) + data)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
-
-
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    """Outputs go in raw_output_contents: tritonclient decodes only raw (or BYTES) contents."""
+def encode_response(response: InferResponse, placed: Mapping[str, SharedMemoryRef] | None = None,
+                    write_region: WriteRegion | None = None) -> pb.ModelInferResponse:
+    """Outputs go in raw_output_contents: tritonclient decodes only raw (or BYTES) contents. An
+    output `placed` in shared memory is written there with `write_region` and its raw entry left
+    empty, as Triton does (one entry per output, so the others keep their positions)."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                     id=response.id)
     for name, array in response.outputs:
         message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        message.raw_output_contents.append(_raw(array))
+        where = placed.get(name) if placed else None
+        if where is None:
+            message.raw_output_contents.append(raw_bytes(array))
+        else:
+            write_region(where, name, raw_bytes(array))
+            message.raw_output_contents.append(b"")
     for key, value in response.parameters.items():
         set_parameter(message.parameters[key], value)
     return message
@@ -263,7 +265,7 @@ def encode_request(model: str, version: str, inputs: dict[str, np.ndarray], outp
     message = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for name, array in inputs.items():
         message.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-        message.raw_input_contents.append(_raw(array))
+        message.raw_input_contents.append(raw_bytes(array))
     for name in outputs:
         message.outputs.add(name=name)
     return message
@@ -283,7 +285,7 @@ def decode_response(message: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         shape = tuple(tensor.shape)
         count = int(np.prod(shape, dtype=np.int64))
         if tensor.datatype == "BYTES":
-            data = (_decode_bytes(tensor.name, raw[i], count) if raw
+            data = (decode_bytes(tensor.name, raw[i], count) if raw
                     else np.array(list(tensor.contents.bytes_contents), dtype=np.object_))
         elif raw:
             if len(raw[i]) != count * dtype.itemsize:

@@ -23,7 +23,6 @@ two thread hops cost more than such a batch, and the loop was going to wait for 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 from guard.protocol.errors import BackendError, DeadlineExceeded, InvalidInput, QueueFull
 from guard.serving.model_config import BatchingConfig
+from guard.serving.queueing import WaitingQueue
 
 log = logging.getLogger("guard.serving.batching")
 
@@ -74,10 +74,7 @@ class DynamicBatcher:
         self._config = config
         self._observer = observer or _NullObserver()
         self._executor = executor
-        self._queue: collections.deque[_Pending] = collections.deque()
-        self._flow_limit = flow_limit
-        self._flows: collections.Counter[str] = collections.Counter()  # queued requests per flow
-        self._rows = 0
+        self._queue = WaitingQueue(flow_limit)
         self._running = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch_scheduled = False
@@ -115,12 +112,7 @@ class DynamicBatcher:
         return "server is shutting down" if self._closed else (self._full(flow) or "queue full")
 
     def _full(self, flow: str | None) -> str | None:
-        limit = self._config.max_queue_size
-        if limit and len(self._queue) >= limit:
-            return f"Exceeds maximum queue size ({limit} requests)"
-        if flow is not None and self._flow_limit and self._flows[flow] >= self._flow_limit:
-            return f"camera '{flow}' has {self._flow_limit} requests queued already (its share of the queue)"
-        return None
+        return self._queue.full(self._config.max_queue_size, flow)
 
     async def submit(self, payload: Any, rows: int, deadline: float | None = None, flow: str | None = None) -> Any:
         """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based).
@@ -140,10 +132,7 @@ class DynamicBatcher:
         item = _Pending(payload, rows, loop.create_future(), now, deadline, flow)
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
-        self._queue.append(item)
-        if flow is not None:
-            self._flows[flow] += 1
-        self._rows += rows
+        self._queue.add(item)
         self._observer.queue_depth(len(self._queue))
         self._schedule()
         try:
@@ -162,11 +151,8 @@ class DynamicBatcher:
     def _remove(self, item: _Pending) -> bool:
         if item.timer:
             item.timer.cancel()
-        try:
-            self._queue.remove(item)
-        except ValueError:
+        if not self._queue.remove(item):
             return False
-        self._left_queue(item)
         self._observer.queue_depth(len(self._queue))
         return True
 
@@ -179,9 +165,9 @@ class DynamicBatcher:
         limit = self._config.max_batch_size
         delay = self._config.max_queue_delay_microseconds / 1e6
         while self._queue and self._running < self._config.instances:
-            window_end = self._queue[0].enqueued + delay
+            window_end = self._queue.head.enqueued + delay
             # Once closed, nothing can join the batch: waiting for the window would only delay it.
-            if self._rows < limit and not self._closed and self._loop.time() < window_end:
+            if self._queue.rows < limit and not self._closed and self._loop.time() < window_end:
                 self._wait_for_window(window_end)
                 return
             batch = self._take(limit)
@@ -200,51 +186,17 @@ class DynamicBatcher:
         self._window = None
         self._dispatch()
 
-    def _left_queue(self, item: _Pending) -> None:
-        self._rows -= item.rows
-        if item.flow is not None:
-            self._flows[item.flow] -= 1
-            if not self._flows[item.flow]:
-                del self._flows[item.flow]
-
     def _take(self, limit: int) -> list[_Pending]:
-        """Up to `limit` rows: in arrival order when no request names a flow; otherwise each flow's
-        oldest request in turn, then each one's next, and so on (requests without a flow form one
-        flow of their own), so a camera with a backlog cannot fill a batch while others wait."""
-        if self._flows:
-            return self._take_fairly(limit)
-        batch, rows = [], 0
-        while self._queue and rows + self._queue[0].rows <= limit:
-            item = self._queue.popleft()
-            if self._started_from_queue(item, batch):
-                rows += item.rows
+        batch = self._queue.take(limit, self._leaves_queue)
         self._observer.queue_depth(len(self._queue))
         return batch
 
-    def _take_fairly(self, limit: int) -> list[_Pending]:
-        lanes: dict[str | None, list[_Pending]] = {}
-        for item in self._queue:
-            lanes.setdefault(item.flow, []).append(item)
-        turns = [lane[i] for i in range(max(map(len, lanes.values()))) for lane in lanes.values() if i < len(lane)]
-        batch, rows, taken = [], 0, set()
-        for item in turns:
-            if rows + item.rows <= limit:
-                taken.add(id(item))
-                if self._started_from_queue(item, batch):
-                    rows += item.rows
-        self._queue = collections.deque(item for item in self._queue if id(item) not in taken)
-        self._observer.queue_depth(len(self._queue))
-        return batch
-
-    def _started_from_queue(self, item: _Pending, batch: list[_Pending]) -> bool:
-        """Out of the queue; into the batch unless its caller already gave up."""
-        self._left_queue(item)
+    @staticmethod
+    def _leaves_queue(item: _Pending) -> bool:
+        """Whether a request taken out of the queue still runs (its caller may have given up)."""
         if item.timer:
             item.timer.cancel()
-        if item.future.done():
-            return False
-        batch.append(item)
-        return True
+        return not item.future.done()
 
     def _start(self, batch: list[_Pending]) -> None:
         now = self._loop.time()
@@ -343,15 +295,12 @@ class DynamicBatcher:
         its results are discarded when it ends. Returns how many requests were failed."""
         self._closed = True
         failed = 0
-        while self._queue:
-            item = self._queue.popleft()
+        for item in self._queue.clear():
             if item.timer:
                 item.timer.cancel()
             if not item.future.done():
                 item.future.set_exception(QueueFull(reason))
                 failed += 1
-        self._rows = 0
-        self._flows.clear()
         self._observer.queue_depth(0)
         for batch in self._batches:
             for item in batch:

@@ -56,6 +56,8 @@ class DataPlane:
         self._refusing = False
         self._released: asyncio.Event | None = None
         self._unexpected = FailureLog(log, "requests failed with an unexpected error")
+        self.extensions: tuple[str, ...] = EXTENSIONS
+        """What ServerMetadata lists; the server adds the transport's (system_shared_memory)."""
 
     def live(self) -> bool:
         return True
@@ -110,7 +112,7 @@ class DataPlane:
         return self.control
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
-        return SERVER_NAME, __version__, EXTENSIONS
+        return SERVER_NAME, __version__, self.extensions
 
     def policy_of(self, runtime: ModelRuntime) -> str:
         return self.policy_override or runtime.config.policy

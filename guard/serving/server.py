@@ -32,10 +32,11 @@ from grpc_reflection.v1alpha import reflection
 
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.protocol.proto import inference_pb2 as pb
-from guard.serving.dataplane import DataPlane
+from guard.serving.dataplane import EXTENSIONS, DataPlane
 from guard.serving.metrics import GuardMetrics
 from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime
+from guard.serving.shared_memory import SYSTEM_SHARED_MEMORY, SharedMemoryRegistry
 from guard.serving.transport.service import add_inference_service
 from guard.serving.transport.servicer import InferenceServicer
 
@@ -68,6 +69,10 @@ class ServerSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     """Larger requests fail with RESOURCE_EXHAUSTED before they are decoded."""
     max_concurrency: int = MAX_CONCURRENCY
+    shared_memory: bool = False
+    """Accept Triton's system shared-memory extension. Off by default: any client that reaches the
+    port could then make the gateway read, and write outputs into, the shared-memory objects its
+    user may open (docs/shared-memory.md)."""
     """Inference requests in flight at once (unary calls and stream requests); more are refused with
     RESOURCE_EXHAUSTED and a retry hint before they are parsed (guard.serving.transport.admission)."""
     torch_threads: int = 1
@@ -99,6 +104,7 @@ class GuardServer:
         """Served models by name: the same dict as dataplane.models, which a reload changes."""
         self._health_follower: asyncio.Task | None = None
         self._reloads: set[asyncio.Task] = set()
+        self.shared_memory: SharedMemoryRegistry | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -117,7 +123,10 @@ class GuardServer:
                    ("grpc.server.max_pending_requests", 4 * s.max_concurrency),
                    ("grpc.server.max_pending_requests_hard_limit", 8 * s.max_concurrency)]
         self._grpc = grpc.aio.server(options=options)
-        add_inference_service(InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency), self._grpc)
+        self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
+        self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
+        add_inference_service(InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency,
+                                                shared_memory=self.shared_memory), self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
@@ -212,6 +221,8 @@ class GuardServer:
                 await _poll(lambda: self.dataplane.active == 0, 0.1 if force.is_set() else ABORT_GRACE)
             await self._grpc.stop(None)  # cancels what is left: streams, health watches, stuck batches
         await stopping
+        if self.shared_memory is not None:
+            self.shared_memory.close()
         await self.models.close(timeout=0)
         for runtime in list(self._runtimes.values()):
             await runtime.close(timeout=0)

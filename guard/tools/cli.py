@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
                               metrics_port=args.metrics_port, policy=args.policy,
                               max_message_bytes=args.max_message_bytes, max_concurrency=args.max_concurrency,
-                              torch_threads=args.torch_threads,
+                              torch_threads=args.torch_threads, shared_memory=args.shared_memory,
                               calibration=args.calibration, drain_seconds=args.drain_seconds,
                               exit_timeout_seconds=args.exit_timeout_seconds, model_control=args.model_control)
     asyncio.run(serve_forever(settings))
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY, metavar="N",
                        help="inference requests in flight at once (unary calls and stream requests); more are "
                        f"refused with RESOURCE_EXHAUSTED and a retry hint (default {MAX_CONCURRENCY})")
+    serve.add_argument("--shared-memory", action="store_true",
+                       help="accept Triton's system shared-memory extension: clients on this host pass tensors "
+                       "through /dev/shm (off by default: see docs/shared-memory.md)")
     serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
     serve.add_argument("--calibration", choices=("recalibrate", "strict", "trust"),

@@ -15,12 +15,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from guard.protocol.codec import check_name, encode_response, read_head
-from guard.protocol.errors import Overloaded
-from guard.protocol.limits import MAX_CONCURRENCY, MAX_NAME_CHARS, STREAM_HELD_BYTES, STREAM_IN_FLIGHT
+from guard.protocol.codec import check_name, read_head
+from guard.protocol.errors import GuardError, Overloaded
+from guard.protocol.limits import MAX_CONCURRENCY, MAX_NAME_CHARS, STREAM_HELD_BYTES, STREAM_IN_FLIGHT, echo
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from guard.serving.dataplane import DataPlane
+from guard.serving.shared_memory import SharedMemoryRegistry
 from guard.serving.transport.admission import Admission
 from guard.serving.transport.faults import FaultLog
 from guard.serving.transport.requests import EncodedRequest
@@ -33,8 +34,13 @@ log = logging.getLogger("guard.serving.transport")
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane, max_concurrency: int = MAX_CONCURRENCY,
-                 stream_in_flight: int = STREAM_IN_FLIGHT, stream_held_bytes: int = STREAM_HELD_BYTES):
+                 stream_in_flight: int = STREAM_IN_FLIGHT, stream_held_bytes: int = STREAM_HELD_BYTES,
+                 shared_memory: SharedMemoryRegistry | None = None):
         self.dataplane = dataplane
+        self.shared_memory = shared_memory
+        """The system shared-memory regions clients registered (guard.serving.shared_memory); None
+        when the extension is off (guard serve --shared-memory turns it on)."""
+        self._no_regions = SharedMemoryRegistry(max_regions=0)
         self.admission = Admission(max_concurrency)
         self.faults = FaultLog(log)
         self.stream_in_flight = stream_in_flight
@@ -84,7 +90,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             message = parse(pb.ModelInferRequest, data, "ModelInfer")
             request = read_head(message, deadline_of(context))
-            return encode_response(await self.dataplane.infer(request, {}, EncodedRequest(message, len(data))))
+            encoded = EncodedRequest(message, len(data), self.shared_memory)
+            return encoded.encode(await self.dataplane.infer(request, {}, encoded))
         finally:
             self.admission.leave()
 
@@ -131,6 +138,52 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return {key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
                 for key, value in parameters.items()}
 
+    # -- the shared-memory extensions (guard.serving.shared_memory, docs/shared-memory.md) ---------
+
+    @reports_errors
+    async def SystemSharedMemoryRegister(self, request, context):
+        if self.shared_memory is None:
+            raise SharedMemoryOff("system shared memory is off on this server (guard serve --shared-memory "
+                                  "turns it on)")
+        self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @reports_errors
+    async def SystemSharedMemoryStatus(self, request, context):
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={
+            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            for r in self._regions().status(request.name)})
+
+    @reports_errors
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self._regions().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def _regions(self) -> SharedMemoryRegistry:
+        # Off, status and unregister answer as for an empty table, as Triton's do.
+        return self.shared_memory if self.shared_memory is not None else self._no_regions
+
+    # CUDA IPC handles need a CUDA context in the gateway process and a backend that reads device
+    # memory; the guard's batches start on the host. No region is ever registered, so status and
+    # unregister answer as Triton does for an empty table.
+
+    @reports_errors
+    async def CudaSharedMemoryRegister(self, request, context):
+        raise CudaUnsupported("CUDA shared memory is not supported by this server: register system shared "
+                              "memory (SystemSharedMemoryRegister) instead")
+
+    @reports_errors
+    async def CudaSharedMemoryStatus(self, request, context):
+        if request.name:
+            raise CudaRegionNotFound(f"no CUDA shared memory region named {echo(request.name)} is registered: "
+                                     "this server supports none")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @reports_errors
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     @takes_bytes
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """See streams.py: concurrent requests, answers with their ids, error answers for bad
@@ -139,3 +192,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with contextlib.aclosing(session.answers()) as answers:  # its cleanup runs when the stream ends
             async for answer in answers:
                 yield answer
+
+
+class CudaUnsupported(GuardError):
+    """FAILED_PRECONDITION: the request may be well formed, but this server lacks what it needs, and
+    retrying will not help. Not UNAVAILABLE (clients and gRPC retry policies treat that as
+    transient and would retry), not UNIMPLEMENTED (what gRPC answers for an unknown method: the
+    extension's other RPCs do work), not INVALID_ARGUMENT (Triton's answer without GPUs; the
+    arguments may well be valid)."""
+
+    status = "FAILED_PRECONDITION"
+
+
+class SharedMemoryOff(CudaUnsupported):
+    """FAILED_PRECONDITION, for the reasons CudaUnsupported gives."""
+
+
+class CudaRegionNotFound(GuardError):
+    status = "NOT_FOUND"

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from guard.protocol.codec import encode_response, read_head
+from guard.protocol.codec import read_head, shared_memory_of
 from guard.protocol.errors import GuardError, Overloaded
 from guard.protocol.limits import MAX_NAME_CHARS, echo
 from guard.protocol.proto import inference_pb2 as pb
@@ -79,6 +79,10 @@ class Window:
 
     def take(self, cost: int) -> None:
         self.count += 1
+        self.bytes += cost
+
+    def charge(self, cost: int) -> None:
+        """More bytes for a request already taken (known once it is parsed)."""
         self.bytes += cost
 
     def give_back(self, cost: int) -> None:
@@ -127,6 +131,9 @@ class StreamSession:
                 task = asyncio.create_task(self._one(data))
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
+                # Let it run up to its first wait: it parses the frame and charges the bytes its inputs
+                # in shared memory will take, before the window is checked for the next frame.
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - ends the stream with a status once the due answers are out
@@ -139,6 +146,7 @@ class StreamSession:
         servicer = self.servicer
         message = slot = None
         answer = None
+        held = len(data)
         try:
             # Parsed before the concurrency check, unlike a unary call's: answers on a stream come in
             # any order, and a refusal is no use to the client without the id of what it refuses.
@@ -146,12 +154,18 @@ class StreamSession:
             # Before the first await: tasks start in the order their frames were read, so slots
             # are taken in that order too.
             slot = self._take_slot(message)
+            # Inputs in shared memory are copied into the gateway when decoded: they count against
+            # the stream's held bytes like inline ones (checked before the next frame is read).
+            shared = sum(ref.byte_size for tensor in message.inputs if (ref := shared_memory_of(tensor)))
+            self.window.charge(shared)
+            held += shared
             if not servicer.admission.try_enter():
                 raise Overloaded(servicer.overload_message())
             try:
                 request = read_head(message, deadline_of(self.context))
-                response = await servicer.dataplane.infer(request, {}, EncodedRequest(message, len(data)))
-                answer = pb.ModelStreamInferResponse(infer_response=encode_response(response))
+                encoded = EncodedRequest(message, len(data), servicer.shared_memory)
+                response = await servicer.dataplane.infer(request, {}, encoded)
+                answer = pb.ModelStreamInferResponse(infer_response=encoded.encode(response))
             finally:
                 servicer.admission.leave()
         except GuardError as exc:
@@ -162,9 +176,9 @@ class StreamSession:
         finally:
             if slot is None:
                 if answer is not None:
-                    self._answers.put_nowait((answer, len(data)))
+                    self._answers.put_nowait((answer, held))
             else:  # cancelled (the stream is ending) leaves answer None: later frames are not held for it
-                self._fill(slot, answer, len(data))
+                self._fill(slot, answer, held)
 
     def _take_slot(self, message: pb.ModelInferRequest) -> tuple[str, list] | None:
         parameter = message.parameters.get(CAMERA_ID)
