@@ -3,13 +3,16 @@ per-flow counts, and the order batches take them in.
 
 Without flows a batch takes requests in arrival order. When requests name flows (cameras,
 guard.serving.cameras), a batch takes each flow's oldest request in turn, then each one's next,
-and so on (requests without a flow form one flow of their own): a flow with a backlog cannot fill
-a batch while others wait, and one flow may hold at most `flow_limit` places.
+and so on (requests without a flow form one flow of their own), and while several flows wait each
+takes at most its share of the batch (max_batch_size over the flows waiting, rounded up): a flow
+with a backlog can neither fill a batch nor lengthen it while others wait. One flow may hold at
+most `flow_limit` places in the queue.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -72,22 +75,35 @@ class WaitingQueue:
                     batch.append(item)
                     rows += item.rows
             return batch
-        taken = set()
-        for item in self._fair_order():
-            if rows + item.rows <= limit:
+        # While several flows wait, each takes at most its share of the batch: a batch's duration
+        # grows with its rows, so rows a flooding flow adds would delay every other flow's requests
+        # in it. Alone, a flow may fill the batch.
+        lanes = self._fair_order()
+        share = -(-limit // len(lanes))
+        taken, per_lane = set(), collections.Counter()
+        for turn in itertools.zip_longest(*lanes.values()):
+            for flow, item in zip(lanes, turn):
+                if item is None or rows + item.rows > limit:
+                    continue
+                # A flow's first request is always within its share: one of more rows than the
+                # share must not wait forever.
+                if per_lane[flow] and per_lane[flow] + item.rows > share:
+                    continue
                 taken.add(id(item))
                 self._left(item)
                 if accept(item):
                     batch.append(item)
                     rows += item.rows
+                    per_lane[flow] += item.rows
         self._items = collections.deque(item for item in self._items if id(item) not in taken)
         return batch
 
-    def _fair_order(self) -> list:
+    def _fair_order(self) -> dict[str | None, list]:
+        """Each flow's waiting requests, oldest first (requests without a flow form one flow)."""
         lanes: dict[str | None, list] = {}
         for item in self._items:
             lanes.setdefault(item.flow, []).append(item)
-        return [lane[i] for i in range(max(map(len, lanes.values()))) for lane in lanes.values() if i < len(lane)]
+        return lanes
 
     def clear(self) -> list:
         """Every waiting request, out of the queue."""

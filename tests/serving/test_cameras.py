@@ -272,3 +272,39 @@ def test_a_stream_answers_each_cameras_frames_in_the_order_sent():
         return got
 
     assert asyncio.run(run()) == ["b0", "n0", "a0", "a1", "a2"]
+
+
+async def test_while_others_wait_a_flooding_camera_takes_only_its_share_of_a_batch():
+    """max_batch_size 16, eight cameras waiting: the flood's share is 2 rows, so the next batch is the
+    seven others' requests and two of the flood's (not 7 + 9: a longer batch delays all of them).
+    Once the others are served, the flood alone fills batches again."""
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = await started(BatchingConfig(max_batch_size=16, max_queue_delay_microseconds=0, instances=1), rec)
+    blocker = asyncio.ensure_future(batcher.submit("blocker", 1, flow="flood"))
+    while not rec.batches:
+        await asyncio.sleep(0.001)
+    flood = [asyncio.ensure_future(batcher.submit(f"f{i}", 1, flow="flood")) for i in range(40)]
+    others = [asyncio.ensure_future(batcher.submit(f"c{i}", 1, flow=f"cam-{i}")) for i in range(7)]
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    await asyncio.gather(blocker, *flood, *others)
+    assert sorted(rec.batches[1]) == sorted(["f0", "f1", *(f"c{i}" for i in range(7))])
+    assert rec.batches[2] == [f"f{i}" for i in range(2, 18)]  # alone: a full batch
+    await batcher.close()
+
+
+async def test_a_request_larger_than_its_share_still_runs():
+    rec = Recorder()
+    rec.gate.clear()
+    batcher = await started(BatchingConfig(max_batch_size=4, max_queue_delay_microseconds=0, instances=1), rec)
+    blocker = asyncio.ensure_future(batcher.submit("blocker", 1, flow="a"))
+    while not rec.batches:
+        await asyncio.sleep(0.001)
+    big = asyncio.ensure_future(batcher.submit("big", 3, flow="a"))  # share: 4 // 2 cameras = 2 rows
+    small = asyncio.ensure_future(batcher.submit("small", 1, flow="b"))
+    await asyncio.sleep(0.01)
+    rec.gate.set()
+    await asyncio.gather(blocker, big, small)
+    assert sorted(rec.batches[1]) == ["big", "small"]
+    await batcher.close()
