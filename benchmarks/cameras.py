@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transports", nargs="+", choices=("jpeg", "shm"), default=["jpeg", "shm"],
                         help="JPEG inside each request, or written into the camera's shared-memory region")
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--skip-cameras", action="store_true", help="only the fairness part")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cameras")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -307,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp) / "repository")
         results["floor_fps"] = floors(repository, jpegs)
-        points = [(transport, config, n) for n in args.cameras for transport in args.transports
-                  for config in ("guard", "passthrough")]
+        points = [] if args.skip_cameras else [(transport, config, n) for n in args.cameras
+                                               for transport in args.transports for config in ("guard", "passthrough")]
         with start_gateway(repository, "--shared-memory") as gateway:
             results["streams"] = []
             for transport, config, n in tqdm(points, desc="camera counts", unit="point"):

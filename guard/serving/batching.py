@@ -187,7 +187,7 @@ class DynamicBatcher:
         self._dispatch()
 
     def _take(self, limit: int) -> list[_Pending]:
-        batch = self._queue.take(limit, self._leaves_queue)
+        batch = self._queue.take(limit, self._leaves_queue, self._loop.time())
         self._observer.queue_depth(len(self._queue))
         return batch
 

@@ -3,10 +3,12 @@ per-flow counts, and the order batches take them in.
 
 Without flows a batch takes requests in arrival order. When requests name flows (cameras,
 guard.serving.cameras), a batch takes each flow's oldest request in turn, then each one's next,
-and so on (requests without a flow form one flow of their own), and while several flows wait each
-takes at most its share of the batch (max_batch_size over the flows waiting, rounded up): a flow
-with a backlog can neither fill a batch nor lengthen it while others wait. One flow may hold at
-most `flow_limit` places in the queue.
+and so on (requests without a flow form one flow of their own), and each takes at most its share
+of the batch: max_batch_size over the flows active in the last `active_seconds` (or waiting now),
+rounded up. A batch takes longer the more rows it holds, and a frame that arrives while one runs
+waits for it: a flooding flow allowed to fill or lengthen batches would delay every other flow's
+frames, even in the moments when it is the only one waiting. A flow alone fills batches. One flow
+may hold at most `flow_limit` places in the queue.
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+ACTIVE_SECONDS = 1.0
+"""A flow counts towards the shares for this long after its latest request: longer than the gap
+between a camera's frames at any usual rate."""
+
 
 class Waiter(Protocol):
     rows: int
     flow: str | None
+    enqueued: float
 
 
 class WaitingQueue:
-    def __init__(self, flow_limit: int = 0):
-        """flow_limit: most requests one flow may have queued (0 = no limit of its own)."""
+    def __init__(self, flow_limit: int = 0, active_seconds: float = ACTIVE_SECONDS):
+        """flow_limit: most requests one flow may have queued (0 = no limit of its own).
+        active_seconds: a flow that sent a request this recently counts as active."""
         self._items: collections.deque = collections.deque()
         self._flow_limit = flow_limit
         self._flows: collections.Counter[str] = collections.Counter()
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()  # flow -> latest arrival
+        self._active_seconds = active_seconds
         self.rows = 0
 
     def __len__(self) -> int:
@@ -53,6 +63,8 @@ class WaitingQueue:
         self.rows += item.rows
         if item.flow is not None:
             self._flows[item.flow] += 1
+            self._seen[item.flow] = item.enqueued
+            self._seen.move_to_end(item.flow)
 
     def remove(self, item: Waiter) -> bool:
         try:
@@ -62,7 +74,7 @@ class WaitingQueue:
         self._left(item)
         return True
 
-    def take(self, limit: int, accept: Callable[[Waiter], bool]) -> list:
+    def take(self, limit: int, accept: Callable[[Waiter], bool], now: float = 0.0) -> list:
         """Requests for one batch of at most `limit` rows, out of the queue. Each one considered
         leaves the queue; `accept` says whether it still wants to run (its caller may have given
         up), and only those count towards the rows and are returned."""
@@ -75,11 +87,8 @@ class WaitingQueue:
                     batch.append(item)
                     rows += item.rows
             return batch
-        # While several flows wait, each takes at most its share of the batch: a batch's duration
-        # grows with its rows, so rows a flooding flow adds would delay every other flow's requests
-        # in it. Alone, a flow may fill the batch.
         lanes = self._fair_order()
-        share = -(-limit // len(lanes))
+        share = -(-limit // max(len(lanes), self._active(now)))
         taken, per_lane = set(), collections.Counter()
         for turn in itertools.zip_longest(*lanes.values()):
             for flow, item in zip(lanes, turn):
@@ -97,6 +106,12 @@ class WaitingQueue:
                     per_lane[flow] += item.rows
         self._items = collections.deque(item for item in self._items if id(item) not in taken)
         return batch
+
+    def _active(self, now: float) -> int:
+        """Flows that sent a request within active_seconds of `now`."""
+        while self._seen and next(iter(self._seen.values())) < now - self._active_seconds:
+            self._seen.popitem(last=False)
+        return len(self._seen)
 
     def _fair_order(self) -> dict[str | None, list]:
         """Each flow's waiting requests, oldest first (requests without a flow form one flow)."""

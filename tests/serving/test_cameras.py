@@ -24,6 +24,7 @@ from guard.serving.batching import DynamicBatcher
 from guard.serving.cameras import ALERT, CameraSettings, CameraTracker, camera_of, read_camera_settings
 from guard.serving.metrics import GuardMetrics
 from guard.serving.model_config import BatchingConfig
+from guard.serving.queueing import WaitingQueue
 from guard.serving.transport.servicer import InferenceServicer
 from tests.conftest import copy_demo, running_gateway
 from tests.serving.helpers import edit_config, gated_repository, infer_input, noise_rows, queue_depth, verdict
@@ -276,8 +277,7 @@ def test_a_stream_answers_each_cameras_frames_in_the_order_sent():
 
 async def test_while_others_wait_a_flooding_camera_takes_only_its_share_of_a_batch():
     """max_batch_size 16, eight cameras waiting: the flood's share is 2 rows, so the next batch is the
-    seven others' requests and two of the flood's (not 7 + 9: a longer batch delays all of them).
-    Once the others are served, the flood alone fills batches again."""
+    seven others' requests and two of the flood's (not 7 + 9: a longer batch delays all of them)."""
     rec = Recorder()
     rec.gate.clear()
     batcher = await started(BatchingConfig(max_batch_size=16, max_queue_delay_microseconds=0, instances=1), rec)
@@ -290,8 +290,26 @@ async def test_while_others_wait_a_flooding_camera_takes_only_its_share_of_a_bat
     rec.gate.set()
     await asyncio.gather(blocker, *flood, *others)
     assert sorted(rec.batches[1]) == sorted(["f0", "f1", *(f"c{i}" for i in range(7))])
-    assert rec.batches[2] == [f"f{i}" for i in range(2, 18)]  # alone: a full batch
+    # The others were active within the last second: the flood keeps to its share while alone.
+    assert rec.batches[2] == ["f2", "f3"]
     await batcher.close()
+
+
+class _Waiting:
+    def __init__(self, name: str, flow: str, at: float):
+        self.name, self.flow, self.enqueued, self.rows = name, flow, at, 1
+
+
+def test_a_flow_alone_fills_batches_once_the_others_have_been_quiet_for_a_while():
+    queue = WaitingQueue(active_seconds=1.0)
+    for i in range(3):
+        queue.add(_Waiting(f"c{i}", f"cam-{i}", at=0.0))
+    for i in range(10):
+        queue.add(_Waiting(f"f{i}", "flood", at=0.5))
+    taken = [w.name for w in queue.take(8, lambda w: True, now=0.5)]
+    assert sorted(taken) == ["c0", "c1", "c2", "f0", "f1"]  # 4 active flows: a share of 2 rows
+    assert [w.name for w in queue.take(8, lambda w: True, now=0.9)] == ["f2", "f3"]
+    assert [w.name for w in queue.take(8, lambda w: True, now=1.6)] == [f"f{i}" for i in range(4, 10)]
 
 
 async def test_a_request_larger_than_its_share_still_runs():
