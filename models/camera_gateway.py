@@ -1,5 +1,5 @@
 """The camera evaluation's side of a live gateway: frames go as JPEG bytes, one per request, with
-`guard_explain: true` (guard's evaluation client, taught to send encoded images), and what comes
+`guard_explain: true` (guard's evaluation client, `GatewayClient.infer_encoded`), and what comes
 back is reduced to what the evaluation judges (top-1, or boxes in frame pixels) plus every
 detector's score and the verdict. `Reference` holds one model's clean answers: the negatives of every
 ROC curve and the evaluation operating points.
@@ -21,8 +21,6 @@ import numpy as np
 from guard.detection.bounds import upper_bound
 from guard.detection.ensemble import Fisher, Union
 from guard.detection.preprocess.images import letterbox_geometry
-from guard.protocol.proto import inference_pb2 as pb
-from guard.serving.dataplane import EXPLAIN
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation import rates
 from guard.tools.evaluation.client import GatewayClient
@@ -34,29 +32,6 @@ PERSON_SCORE = 0.25
 CHUNK = 32  # frames per client call: a YOLO answer is 860 KB, only its boxes are kept
 
 log = logging.getLogger("models.camera_evaluation")
-
-
-class JpegClient(GatewayClient):
-    """guard's evaluation client (one row per request, `guard_explain: true`, pipelined) sending
-    encoded images as BYTES [1] tensors, as a camera's client does."""
-
-    _items: list[bytes] = []
-
-    def _request(self, model: str, row: np.ndarray, index: int) -> pb.ModelInferRequest:
-        name, datatype = self._input_of(model)
-        if datatype != "BYTES":
-            raise ValueError(f"model {model} takes {datatype}, not encoded images")
-        request = pb.ModelInferRequest(model_name=model, id=str(index))
-        request.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(self._items[index])
-        request.parameters[EXPLAIN].bool_param = True
-        return request
-
-    def infer_encoded(self, model: str, items: list[bytes], desc: str):
-        self._items = items  # GatewayClient.infer hands each row's index to _request
-        try:
-            return self.infer(model, np.zeros((len(items), 1), np.float32), desc)
-        finally:
-            self._items = []
 
 
 @dataclass
@@ -73,7 +48,8 @@ class Answers:
     def flagged(self) -> np.ndarray:
         return self.verdicts != "clean"
 
-    def subset(self, rows: list[int]) -> Answers:
+    def subset(self, rows: list[int] | range) -> Answers:
+        rows = list(rows)
         return Answers({d: s[rows] for d, s in self.scores.items()}, self.verdicts[rows],
                        self.seconds * len(rows) / max(len(self.verdicts), 1),
                        None if self.top1 is None else self.top1[rows],
@@ -100,7 +76,7 @@ class ServedModel:
         # The model's 5 s queue timeout: a detection frame costs ~0.1-0.4 s here, so fewer in flight.
         return cls(directory.name, directory, detection, size, 4 if detection else 8)
 
-    def serve(self, client: JpegClient, items: list[bytes], sizes: list[tuple[int, int]], desc: str) -> Answers:
+    def serve(self, client: GatewayClient, items: list[bytes], sizes: list[tuple[int, int]], desc: str) -> Answers:
         """Every item as its own request, in chunks (a YOLO answer is 860 KB; only boxes are kept)."""
         scores, verdicts, top1, detections = [], [], [], []
         window, client.window = client.window, self.window
@@ -194,17 +170,23 @@ class Reference:
                 "scorers": scorers}, {s: (self.negatives[s], v) for s, v in values.items()} if n else {}
 
     def summary(self) -> dict:
-        flagged, n = int(self.clean.flagged.sum()), len(self.clean.verdicts)
-        by_source = {}
-        for source in dict.fromkeys(self.sources):
-            mask = self.sources == source
-            k = int(self.clean.flagged[mask].sum())
-            by_source[source] = {"n": int(mask.sum()), "flagged": k, "rate": k / int(mask.sum()),
-                                 "upper_95": upper_bound(k, int(mask.sum()))}
-        return {"n": n, "flagged": flagged, "flag_rate": flagged / n if n else None,
-                "flag_rate_upper_95": upper_bound(flagged, n), "by_source": by_source,
-                "detectors": self.detectors, "ensemble_method": load_model_config(self.model.directory)
-                .detection.ensemble.method, "verdict_agreement": self.agreement(self.clean),
-                "seconds_per_frame": self.clean.seconds / n if n else None,
+        method = load_model_config(self.model.directory).detection.ensemble.method
+        return {**flag_counts(self.clean, self.sources), "detectors": self.detectors, "ensemble_method": method,
+                "verdict_agreement": self.agreement(self.clean),
                 "operating_points": {s: {f"{f:g}": {"threshold": t, "clean_rate": float((self.negatives[s] > t).mean())}
                                          for f, t in th.items()} for s, th in self.thresholds.items()}}
+
+
+def flag_counts(answers: Answers, sources: list[str] | np.ndarray) -> dict:
+    """Clean frames flagged at the SERVED thresholds (verdict != clean), in all and per source, each
+    with its one-sided 95% Clopper-Pearson upper bound."""
+    sources = np.asarray(sources)
+    flagged, n = int(answers.flagged.sum()), len(answers.verdicts)
+    by_source = {}
+    for source in dict.fromkeys(sources.tolist()):
+        mask = sources == source
+        k, m = int(answers.flagged[mask].sum()), int(mask.sum())
+        by_source[source] = {"n": m, "flagged": k, "rate": k / m, "upper_95": upper_bound(k, m)}
+    return {"n": n, "flagged": flagged, "flag_rate": flagged / n if n else None,
+            "flag_rate_upper_95": upper_bound(flagged, n), "by_source": by_source,
+            "seconds_per_frame": answers.seconds / n if n else None}

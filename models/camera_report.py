@@ -1,6 +1,7 @@
-"""models.camera_evaluation's report: results.json, results.md (tables), one ROC plot per row
-(guard's own plot, guard.tools.evaluation.tables.roc_png), the trained patch and a figure of clean
-and patched frames with the served model's boxes, framed in the colour of the gateway's verdict.
+"""models.camera_evaluation's report: results.json, results.md (the tables of each protocol, A
+first, then B), one ROC plot per row (guard's own plot, guard.tools.evaluation.tables.roc_png), the
+trained patch and, per protocol, a figure of clean and patched frames with the served model's boxes,
+framed in the colour of the gateway's verdict.
 
 Kept apart from the evaluation so the numbers and their presentation can be read separately.
 """
@@ -18,24 +19,31 @@ from guard.tools.evaluation.tables import roc_png
 
 VERDICT_COLOURS = {"clean": "#2e9d3a", "adversarial": "#d62728", "trigger": "#ff7f0e"}
 NOTES = [
-    "Served thresholds: the gateway's own, calibrated on bikes.mp4 (models/camera_guard.py) for a 5% clean flag "
-    "rate; `verdict != clean` is what a client sees.",
-    "Operating points at 1% / 5%: thresholds re-fitted on the clean frames of the first table (the largest "
-    "threshold that flags at most that share of them), per scorer. They are evaluation operating points, not the "
-    "served thresholds, and are fitted in-sample on those clean frames: new footage would scatter around them. "
-    "The ensemble is scored by the served ensemble's own statistic (guard_score: its ratio to the served "
-    "threshold); a detector by its raw score.",
-    "AUROC: the clean frames of the first table against the successful examples (controls: against all their "
-    "frames; 0.5 means indistinguishable from clean footage). The second AUROC table pairs each successful example "
-    "with the same frame unattacked (MobileNetV2: the 224x224 quality-95 frame; YOLOv3-tiny: the frame as the "
-    "camera sent it): whether the detectors react to the attack itself rather than to the scene.",
-    "Ties: box_consistency and patch score 1.0 whenever one copy has boxes and the other none; more than 5% of "
-    "the clean frames score exactly that, so their 1% and 5% operating points sit at 1.0 and flag nothing at "
-    "1.0 (an operating point never flags more clean frames than its rate).",
+    "Served thresholds: the gateway's own, calibrated by models/camera_guard.py for a 5% clean flag rate "
+    "(protocol A: on bikes.mp4; protocol B: on the first half of each clip); `verdict != clean` is what a client "
+    "sees. The calibration line of each protocol is calibrate_directory's own check: a random 30% of the "
+    "calibration frames held out of fitting, so neighbouring frames sit on both sides of it (optimistic).",
+    "Operating points at 1% / 5%: thresholds re-fitted on the protocol's clean frames (A: the other clips and the "
+    "photos; B: the evaluation halves only), the largest threshold that flags at most that share of them, per "
+    "scorer. They are evaluation operating points, not the served thresholds, and are fitted in-sample on those "
+    "clean frames: new footage would scatter around them. The ensemble is scored by the served ensemble's own "
+    "statistic (guard_score: its ratio to the served threshold); a detector by its raw score.",
+    "AUROC: the protocol's clean frames against the successful examples (controls: against all their frames; 0.5 "
+    "means indistinguishable from clean footage). The second AUROC table pairs each successful example with the "
+    "same frame unattacked (MobileNetV2: the 224x224 quality-95 frame; YOLOv3-tiny: the frame as the camera sent "
+    "it): whether the detectors react to the attack itself rather than to the scene.",
+    "Scopes (protocol B): `scenes` rows are frames of the evaluation halves, the camera's own scenes; `photos` rows "
+    "are attacked photos, unseen scenes, still measured against the evaluation halves' clean frames, so their "
+    "operating-point detection and first AUROC include the scene shift: compare their gateway flags with the clean "
+    "photos' flag rate (unseen table) and read their AUROC against the same photos unattacked. The goals are "
+    "judged on the `scenes` rows.",
+    "Ties: box_consistency and patch score 1.0 whenever one copy has boxes and the other none; when more than 1% "
+    "(5%) of the clean frames score exactly that, their operating point sits at 1.0 and flags nothing at 1.0 (an "
+    "operating point never flags more clean frames than its rate).",
     "Success is judged on what the SERVED model answered: MobileNetV2's top-1 changed from its answer on the "
     "same frame unattacked; YOLOv3-tiny no longer finds a person (score >= 0.25) it found on the clean frame "
     "(no person box at IoU >= 0.5). Detection counts successful examples only (patch: frames with a person "
-    "hidden).",
+    "hidden). The patch is never pasted on bikes.mp4, the clip it was trained on.",
     "Time per frame: wall time of the requests through the gateway divided by frames (one frame per request, a "
     "few requests in flight), on this host's shared CPU; it includes the guard's variants and JPEG decoding.",
 ]
@@ -51,23 +59,28 @@ def _cell(metrics: dict) -> str:
     return " / ".join([_num(metrics.get("det@0.01")), _num(metrics.get("det@0.05")), _num(metrics.get("auroc"), 3)])
 
 
-def clean_table(results: dict) -> str:
-    sources = list(results["meta"]["sources"])
-    lines = ["| model | frames | flagged (served thresholds) | flag rate | 95% upper bound | "
-             + " | ".join(sources) + " | guard s/frame | offline ensemble = verdict |",
-             "|" + "---|" * (7 + len(sources))]
-    for name, clean in results["clean"].items():
-        per = [f"{_num(s['rate'])} ({s['flagged']}/{s['n']})" if (s := clean["by_source"].get(src)) else "—"
-               for src in sources]
-        lines.append(f"| {name} | {clean['n']} | {clean['flagged']} | {_num(clean['flag_rate'], 3)} | "
-                     f"{_num(clean['flag_rate_upper_95'], 3)} | " + " | ".join(per)
-                     + f" | {_num(clean['seconds_per_frame'], 3)} | {_num(clean['verdict_agreement'], 3)} |")
+def _flags(s: dict | None) -> str:
+    return f"{_num(s['rate'])} ({s['flagged']}/{s['n']}; <= {_num(s['upper_95'])})" if s else "—"
+
+
+def clean_table(summaries: dict, sources: list[str], extra: bool = True) -> str:
+    """Flag rate at the served thresholds per model, in all and per source (rate (flagged/n; upper bound))."""
+    tail = ["guard s/frame", "offline ensemble = verdict"] if extra else ["guard s/frame"]
+    head = ["model", "frames", "flagged (served thresholds)", "flag rate", "95% upper bound", *sources, *tail]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, clean in summaries.items():
+        cells = [name, str(clean["n"]), str(clean["flagged"]), _num(clean["flag_rate"], 3),
+                 _num(clean["flag_rate_upper_95"], 3), *(_flags(clean["by_source"].get(src)) for src in sources),
+                 _num(clean["seconds_per_frame"], 3)]
+        if extra:
+            cells.append(_num(clean["verdict_agreement"], 3))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def operating_table(results: dict) -> str:
+def operating_table(protocol: dict) -> str:
     lines = ["| model | scorer | threshold at 1% (clean rate) | threshold at 5% (clean rate) |", "|---|---|---|---|"]
-    for name, clean in results["clean"].items():
+    for name, clean in protocol["clean"].items():
         for scorer, points in clean["operating_points"].items():
             cells = [f"{_num(p['threshold'], 4)} ({_num(p['clean_rate'], 3)})" for p in points.values()]
             lines.append(f"| {name} | {scorer} | " + " | ".join(cells) + " |")
@@ -87,60 +100,112 @@ def _other_measures(row: dict) -> str:
     return "—"
 
 
-def attack_table(results: dict, model: str) -> str:
-    rows = [r for r in results["rows"] if r["model"] == model]
+def _scoped(rows: list[dict]) -> bool:
+    return any(r.get("scope", "all") != "all" for r in rows)
+
+
+def attack_table(protocol: dict, model: str) -> str:
+    rows = [r for r in protocol["rows"] if r["model"] == model]
     if not rows:
         return ""
     scorers = list(rows[0]["scorers"])
+    scoped = _scoped(rows)
+    label = (lambda r: f"{r['key']} ({r['scope']})") if scoped else (lambda r: r["key"])
     head = ["row", "kind", "ASR (succ/elig)", "by source", "other success measures", "positives",
             "gateway flags (served thresholds)", *(f"{s} 1% / 5% / AUROC" for s in scorers), "guard s/frame"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         asr = "—" if r["kind"] == "control" and r["unit"] == "frames" else \
             f"{_num(r['asr'])} ({r['successful']}/{r['eligible']} {r['unit']})"
-        lines.append(f"| {r['key']} | {r['kind']} | {asr} | {_sources(r.get('asr_by_source'))} | "
+        lines.append(f"| {label(r)} | {r['kind']} | {asr} | {_sources(r.get('asr_by_source'))} | "
                      f"{_other_measures(r)} | {r['positives']} | {_num(r['gateway'])} | "
                      + " | ".join(_cell(r["scorers"][s]) for s in scorers) + f" | {_num(r['seconds_per_frame'], 3)} |")
     matched = [r for r in rows if "auroc_matched" in r["scorers"]["ensemble"]]
     if matched:
         lines += ["", "AUROC against the same frames unattacked (row for row; not the clean frames above):", "",
                   "| row | " + " | ".join(scorers) + " |", "|" + "---|" * (len(scorers) + 1)]
-        lines += [f"| {r['key']} | " + " | ".join(_num(r["scorers"][s]["auroc_matched"], 3) for s in scorers) + " |"
+        lines += [f"| {label(r)} | " + " | ".join(_num(r["scorers"][s]["auroc_matched"], 3) for s in scorers) + " |"
                   for r in matched]
     return "\n".join(lines) + "\n"
 
 
-def goals_table(results: dict) -> str:
-    lines = ["| model | attack | goal (at 5% clean flags) | ensemble at 5% | best single detector at 5% | "
-             "gateway (served thresholds) | positives | met (ensemble) |", "|---|---|---|---|---|---|---|---|"]
-    for g in results["goals"]:
+def goals_table(protocol: dict) -> str:
+    lines = ["| model | attack | scope | goal (at 5% clean flags) | ensemble at 5% | best single detector at 5% | "
+             "gateway (served thresholds) | positives | met (ensemble) |", "|---|---|---|---|---|---|---|---|---|"]
+    for g in protocol["goals"]:
         met = "—" if g["met"] is None else ("**met**" if g["met"] else "**missed**")
-        lines.append(f"| {g['model']} | {g['attack']} | >= {g['goal']:.0%} | {_num(g['detected_at_5pct'])} | "
-                     f"{g['best_single']} {_num(g['best_single_at_5pct'])} | {_num(g['gateway'])} | {g['positives']} "
-                     f"| {met} |")
+        lines.append(f"| {g['model']} | {g['attack']} | {g.get('scope', 'all')} | >= {g['goal']:.0%} | "
+                     f"{_num(g['detected_at_5pct'])} | {g['best_single']} {_num(g['best_single_at_5pct'])} | "
+                     f"{_num(g['gateway'])} | {g['positives']} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _calibration_line(protocol: dict) -> str:
+    parts = [f"{name} {c['n_calibration']} frames fitted, held-out clean flag rate {_num(c.get('holdout_fpr'), 3)} "
+             f"({c.get('n_holdout')} frames, upper {_num(c.get('holdout_fpr_upper_95'), 3)})"
+             for name, c in protocol.get("calibration", {}).items()]
+    return "; ".join(parts) or "not recorded"
+
+
+def _span(indices: list[int]) -> str:
+    return f"{indices[0]}-{indices[-1]}" if indices else "—"
+
+
+def split_table(protocol: dict) -> str:
+    lines = ["| clip | frames | calibration half | frames calibrated on | gap | evaluation half | frames evaluated |",
+             "|---|---|---|---|---|---|---|"]
+    for s in protocol["split"]:
+        (c0, c1), (e0, e1) = s["calibration_half"], s["evaluation_half"]
+        lines.append(f"| {s['clip']} | {s['frames']} | {c0}-{c1 - 1} | {len(s['calibration'])} "
+                     f"({_span(s['calibration'])}) | {s['gap']} | {e0}-{e1 - 1} | {len(s['evaluation'])} "
+                     f"({_span(s['evaluation'])}) |")
+    return "\n".join(lines) + "\n"
+
+
+def protocol_section(protocol: dict, meta: dict) -> str:
+    per_frame = protocol["gateway_seconds"] / max(protocol["frames_through_gateway"], 1)
+    text = (f"## Protocol {protocol['label']} ({protocol['key']}): {protocol['title']}\n\n"
+            f"Repository: `{protocol['repository']}`; {protocol['gateway_seconds']:.0f} s through its gateway for "
+            f"{protocol['frames_through_gateway']} frames ({per_frame:.3f} s per frame). Calibration: "
+            f"{_calibration_line(protocol)}.\n\n")
+    if "split" in protocol:
+        text += ("Each clip is split by time: the first half calibrates (one repository for all three), the second "
+                 f"half after a gap of {meta['gap']} frames (near-identical neighbours never straddle the split) is "
+                 "the clean set.\n\n" + split_table(protocol))
+        text += (f"\n### Clean frames of the calibrated scenes (evaluation halves)\n\nJPEG quality "
+                 f"{meta['camera_quality']}, native size. Per clip: flag rate at the served thresholds "
+                 "(flagged/frames; one-sided 95% Clopper-Pearson upper bound).\n\n")
+    else:
+        text += (f"### Clean frames the guard was not calibrated on\n\nJPEG quality {meta['camera_quality']}, native "
+                 "size. Per source: flag rate at the served thresholds (flagged/frames; one-sided 95% "
+                 "Clopper-Pearson upper bound).\n\n")
+    text += clean_table(protocol["clean"], list(protocol["sources"]))
+    if "unseen" in protocol:
+        text += ("\n### Unseen scenes: the photos (served, not part of this protocol's clean set)\n\n"
+                 + clean_table(protocol["unseen"], list(protocol["unseen_sources"]), extra=False))
+    text += ("\nEvaluation operating points (re-fitted on the clean frames above; not the served thresholds):\n\n"
+             + operating_table(protocol))
+    for model in protocol["clean"]:
+        text += f"\n### Attacks on {model}\n\nCells: detection at 1% / 5% clean-frame flag rate / AUROC.\n\n"
+        text += attack_table(protocol, model)
+    return text + f"\n### Goals (protocol {protocol['label']})\n\n" + goals_table(protocol) + "\n"
 
 
 def markdown(results: dict) -> str:
     meta, patch = results["meta"], results["patch"]
     per_frame = meta["gateway_seconds"] / max(meta["frames_through_gateway"], 1)
+    protocols = list(results["protocols"].values())
     text = (
         "# Camera guard under attack: real footage through a live gateway\n\n"
         f"Command: `{meta['command']}` (seed {meta['seed']}, {'quick' if meta['quick'] else 'full'} mode, "
         f"{meta['wall_seconds']:.0f} s in all, {meta['gateway_seconds']:.0f} s of it through the gateway for "
         f"{meta['frames_through_gateway']} frames, {per_frame:.3f} s per frame; torch on {meta['torch_threads']} "
-        "threads). Repository: "
-        f"`{meta['repository']}`, policy flag, one JPEG per request with `guard_explain: true`.\n\n"
-        f"## Clean frames the guard was not calibrated on\n\nJPEG quality {meta['camera_quality']}, native size. "
-        "Per source: flag rate (flagged/frames).\n\n" + clean_table(results)
-        + "\nEvaluation operating points (re-fitted on these clean frames; not the served thresholds):\n\n"
-        + operating_table(results)
+        "threads). Protocols: " + ", ".join(f"{p['label']} ({p['key']})" for p in protocols)
+        + "; each served by its own gateway, policy flag, one JPEG per request with `guard_explain: true`.\n\n"
     )
-    for model in results["clean"]:
-        text += f"\n## Attacks on {model}\n\nCells: detection at 1% / 5% clean-frame flag rate / AUROC.\n\n"
-        text += attack_table(results, model)
-    text += "\n## Goals\n\n" + goals_table(results)
-    text += (f"\n## The patch\n\n{patch['side']}x{patch['side']} pixels (`patch.png`), {patch['steps']} Adam steps "
+    text += "".join(protocol_section(p, meta) for p in protocols)
+    text += (f"## The patch\n\n{patch['side']}x{patch['side']} pixels (`patch.png`), trained once for every "
+             f"protocol, {patch['steps']} Adam steps "
              f"(lr {patch['lr']}, TV weight {patch['tv_weight']}) at {patch['input_size']}x{patch['input_size']} on "
              f"{len(patch['training_frames'])} frames of {patch['training_clip']} "
              f"({', '.join(patch['training_frames'])}), "
@@ -201,9 +266,12 @@ def patch_png(path: Path, patch: torch.Tensor, scale: int = 4) -> Path:
     return path
 
 
-def write_report(out: Path, results: dict, curves: dict, examples: list[dict], patch: torch.Tensor) -> dict[str, Path]:
+def write_report(out: Path, results: dict, curves: dict, examples: dict[str, list[dict]],
+                 patch: torch.Tensor) -> dict[str, Path]:
+    """results.json, results.md, roc_<protocol>_<model>_<row>[_<scope>].png, patch.png and
+    examples_<protocol>.png (one per protocol with a patched person)."""
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("roc_*.png"):
+    for old in [*out.glob("roc_*.png"), *out.glob("examples*.png")]:
         old.unlink()
     written = {"json": out / "results.json", "markdown": out / "results.md"}
     written["json"].write_text(json.dumps(results, indent=1) + "\n")
@@ -211,6 +279,7 @@ def write_report(out: Path, results: dict, curves: dict, examples: list[dict], p
     for key, (title, row_curves) in curves.items():
         written[key] = roc_png(out / f"roc_{key}.png", title, row_curves)
     written["patch"] = patch_png(out / "patch.png", patch)
-    if (figure := examples_png(out / "examples.png", examples)) is not None:
-        written["examples"] = figure
+    for slug, chosen in examples.items():
+        if (figure := examples_png(out / f"examples_{slug}.png", chosen)) is not None:
+            written[f"examples_{slug}"] = figure
     return written

