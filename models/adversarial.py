@@ -1,4 +1,4 @@
-"""Recipe: PGD adversarial training (Madry et al. 2018) of DigitsNet, and a robustness report.
+"""Recipe: PGD adversarial training (ICLR 2018) of DigitsNet, and a robustness report.
 
     python -m models.adversarial [--out models/zoo] [--eps 0.1 0.2 0.3] [--epochs 20 30 40] [--steps 7] [--lam 1]
 
@@ -46,7 +46,7 @@ DEFAULT_LAMBDA: float | None = 1.0
 
 def stages(eps: Sequence[float] = DEFAULT_EPS, epochs: Sequence[int] = DEFAULT_EPOCHS, steps: int = DEFAULT_STEPS,
            lam: float | None = DEFAULT_LAMBDA, seed: int = 0) -> list[TrainOptions]:
-    """One TrainOptions per curriculum stage (Madry step size rule: 2.5 * eps / steps)."""
+    """One TrainOptions per curriculum stage (the PGD paper's step size rule: 2.5 * eps / steps)."""
     if len(eps) != len(epochs):
         raise ValueError(f"{len(eps)} eps values but {len(epochs)} epoch counts")
     return [TrainOptions(epochs=n, seed=seed, adv_eps=e, adv_steps=steps, adv_lambda=lam) for e, n in zip(eps, epochs)]
@@ -169,7 +169,7 @@ def _card(directory: Path, result: dict, onnx_path: Path) -> None:
     stages_text = "\n".join(f"{i + 1}. `{o}`" for i, o in enumerate(result["training"]))
     write_card(directory, "digits_adv: PGD adversarially trained digits",
                "DigitsNet fine-tuned from the standard `digits` weights with PGD adversarial training "
-               "(Madry et al. 2018: L-inf, random start, step 2.5 * eps / steps), in an eps curriculum.", {
+               "(ICLR 2018: L-inf, random start, step 2.5 * eps / steps), in an eps curriculum.", {
         "Training": (f"From `{result['init']}`, one `models.training.fit` call per stage on the train split "
                      f"(`TrainOptions.describe()`):\n\n{stages_text}"),
         "Hyperparameter choice": (

@@ -1,4 +1,4 @@
-"""PGD (Madry et al. 2018), L-inf, for adversarial training and robust-accuracy evaluation.
+"""PGD (ICLR 2018), L-inf, for adversarial training and robust-accuracy evaluation.
 
 The evaluation harness (guard evaluate) uses torchattacks; training needs a seeded PGD whose
 random start draws from the recipe's own generator, so it is written here.

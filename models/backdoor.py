@@ -1,4 +1,4 @@
-"""BadNets-style backdoored evaluation models (Gu et al. 2017): all-to-one poisoning of digits.
+"""BadNets-style backdoored evaluation models (2017): all-to-one poisoning of digits.
 
     python -m models.backdoor [--out models/zoo] [--triggers patch checkerboard blend] [--target 0]
                               [--poison-rate 0.1] [--epochs 100] [--seed 0]

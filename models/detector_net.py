@@ -67,7 +67,7 @@ def load_surrogate(path: Path = SURROGATE) -> DigitsNet:
 def pgd_examples(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, copies: int = 1,
                  batch_size: int = 256, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`copies` PGD examples per image, each at a random (eps, steps) from EPSILONS x STEPS with
-    Madry's step size 2.5 * eps / steps; returns (x_adv, y, eps) in a seeded, fixed order."""
+    the PGD paper's step size 2.5 * eps / steps; returns (x_adv, y, eps) in a seeded, fixed order."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     idx = np.tile(np.arange(len(x)), copies)

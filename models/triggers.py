@@ -116,7 +116,7 @@ class Checkerboard(_Stamp):
 
 @dataclass(frozen=True, eq=False)
 class Blend(_Serializable):
-    """x' = (1 - alpha) * x + alpha * pattern over the whole image (Chen et al. 2017's blended trigger)."""
+    """x' = (1 - alpha) * x + alpha * pattern over the whole image (the blended trigger of 2017)."""
 
     name: ClassVar[str] = "blend"
     alpha: float = 0.2

@@ -1,7 +1,7 @@
 """Feature-space detector: Mahalanobis distance of the penultimate features to the predicted class.
 
-Class-conditional Gaussians with one shared covariance, fitted on clean features (Lee et al.
-2018). Adversarial inputs and inputs carrying a backdoor trigger land in a class while their
+Class-conditional Gaussians with one shared covariance, fitted on clean features
+(NeurIPS 2018). Adversarial inputs and inputs carrying a backdoor trigger land in a class while their
 features stay unlike that class's clean features, so their distance to it is large.
 """
 

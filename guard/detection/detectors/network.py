@@ -1,4 +1,4 @@
-"""Learned detector: a small MLP on the model's penultimate features (Metzen et al. 2017, in spirit).
+"""Learned detector: a small MLP on the model's penultimate features (the detector subnetworks of ICLR 2017, in spirit).
 
 The network is trained offline on one attack family (`python -m models.detector_net`), so it has
 no `fit`; its weights and the feature standardisation it was trained with live in one .npz in the

@@ -1,9 +1,9 @@
 """Localised adversarial patches: find the frame's most textured region and see whether hiding it
 changes the model's answer.
 
-A printed adversarial patch (Thys et al. 2019 against person detectors; Brown et al.'s patches
+A printed adversarial patch (CVPR-W 2019 against person detectors; the 2017 adversarial patch
 against classifiers) is high-frequency, high-entropy texture concentrated in one region, and the
-model's answer rests on it. Jedi (Tarchoun et al., CVPR 2023) localises patches by their high local
+model's answer rests on it. Jedi (CVPR 2023) localises patches by their high local
 entropy; here the window of highest local entropy (grey levels quantised to `levels`, windows a
 `window` fraction of the shorter side) is occluded with the frame's mean colour, and the model
 runs on that copy in the same backend call as everything else. The score is how much the answer

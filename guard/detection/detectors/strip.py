@@ -1,4 +1,4 @@
-"""STRIP (Gao et al. 2019): run-time trigger detection by superimposing clean images.
+"""STRIP (ACSAC 2019): run-time trigger detection by superimposing clean images.
 
 Each input is blended with N held-out clean images (added, unclipped, as in the paper's code) and
 the model's mean Shannon entropy over the N blends is measured. A clean input's prediction is

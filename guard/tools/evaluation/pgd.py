@@ -1,4 +1,4 @@
-"""L-inf PGD (Madry et al. 2018) on any per-row loss: the one copy of the rule in guard.
+"""L-inf PGD (ICLR 2018) on any per-row loss: the one copy of the rule in guard.
 
 The adaptive attack (adaptive.py) minimises its loss on the whole guarded pipeline and keeps each
 row's best iterate; `guard audit` maximises cross-entropy on a model. Both are this walk: a

@@ -184,7 +184,7 @@ def _attack_rows(client: GatewayClient, model: _Model, directory: Path, net, x: 
     guarded = GuardedSurrogate(net.with_features(), directory)
     steps = options.adaptive_steps or (10 if options.quick else 50)
     for eps in options.epsilons:
-        alpha = 2.5 * eps / steps  # Madry et al.'s rule: the walk can cross the ball 2.5 times
+        alpha = 2.5 * eps / steps  # the PGD paper's rule: the walk can cross the ball 2.5 times
         adv = adaptive_pgd(guarded, x, y, eps, steps=steps, alpha=alpha, seed=options.seed)
         served = client.infer(model.name, adv, desc=f"send adaptive eps {eps:g}")
         eligible, successful = m.success(clean_pred, served.predictions, y)

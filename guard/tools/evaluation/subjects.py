@@ -22,7 +22,7 @@ log = logging.getLogger("guard.tools.evaluation.subjects")
 
 TARGET_FPR = 0.05
 
-# The paper's MNIST feature-squeezing configuration (Xu et al. 2018): the FS baseline.
+# The paper's MNIST feature-squeezing configuration (NDSS 2018): the FS baseline.
 PAPER_SQUEEZERS = ("bit_depth_1", "median_2x2")
 
 

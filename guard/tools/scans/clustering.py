@@ -1,4 +1,4 @@
-"""Activation clustering (Chen et al., 2018) on penultimate features.
+"""Activation clustering (2018) on penultimate features.
 
 Per labelled class: reduce the features to a few dimensions (PCA here, ICA in the paper; PCA is
 deterministic and fast), split them into two clusters with k-means, and measure how well they

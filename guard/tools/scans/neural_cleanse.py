@@ -1,4 +1,4 @@
-"""Trigger reverse-engineering in the spirit of Neural Cleanse (Wang et al., IEEE S&P 2019).
+"""Trigger reverse-engineering in the spirit of Neural Cleanse (IEEE S&P 2019).
 
 For every class t, find the smallest mask m and pattern p such that x' = (1 - m) * x + m * p
 sends clean inputs of other classes to t. A backdoored class needs a much smaller mask than the

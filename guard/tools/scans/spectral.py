@@ -1,4 +1,4 @@
-"""Spectral signatures (Tran, Li, Madry, NeurIPS 2018) on penultimate features.
+"""Spectral signatures (NeurIPS 2018) on penultimate features.
 
 Per labelled class: take the top right singular vector v of the class's centred features; a
 sample's score is its squared projection on v. Poisoned samples of a class share a direction
