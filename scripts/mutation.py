@@ -106,7 +106,10 @@ def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tup
     with tempfile.TemporaryDirectory(prefix="guard-mutation-") as scratch:
         work = Path(scratch)
         scratch_copy(work)
-        runner = (f"{sys.executable} -m pytest -x -q -p no:cacheprovider -p no:randomly -o addopts='' "
+        # mutmut 2.x counts only exit code 1 as failing tests: a mutant that breaks an import
+        # (pytest exits 2 or 4 at collection) would be reported as a survivor. Any failure -> 1.
+        runner = (f"{sys.executable} -c 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)' "
+                  "-x -q -p no:cacheprovider -p no:randomly -o addopts= "
                   + "".join(f"--deselect {test} " for test in deselect) + " ".join(existing(tests)))
         started = time.monotonic()
         log = (log_dir / (module.replace("/", "_") + ".log")).open("w")

@@ -147,7 +147,7 @@ class DataPlane:
             verdict_name = verdict.verdict
             runtime.metrics.scores(verdict.scores, verdict.flagged_by)
             if verdict.flagged:  # under shadow this line is the only trace a client never sees
-                log.log(logging.WARNING if self.policy_of(runtime) == "shadow" else logging.INFO,
+                log.log(logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
                         "flagged model=%s id=%s verdict=%s by=%s score=%.3f", runtime.config.name,
                         loggable(request.id), verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
             alert = None if camera is None else self._observe_camera(runtime, camera, verdict.flagged)

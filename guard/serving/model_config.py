@@ -23,8 +23,7 @@ from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec, TensorSpec, read_tensors
 from guard.serving.cameras import CameraSettings, read_camera_settings
-
-POLICIES = ("enforce", "flag", "shadow")
+from guard.serving.policy import POLICIES
 
 
 @dataclass(frozen=True)

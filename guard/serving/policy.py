@@ -6,6 +6,7 @@ from guard.protocol.errors import Blocked
 from guard.protocol.types import Parameter, Verdict
 
 ENFORCE, FLAG, SHADOW = "enforce", "flag", "shadow"
+POLICIES = (ENFORCE, FLAG, SHADOW)  # the one list: model configs and the command line take it
 
 
 def apply(policy: str, verdict: Verdict) -> dict[str, Parameter]:

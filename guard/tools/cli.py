@@ -11,6 +11,7 @@ from pathlib import Path
 
 from guard.protocol.errors import GuardError
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
+from guard.serving.policy import POLICIES
 
 # The checkout's demo repository, relative to where `guard serve` runs (the repository root in
 # `make serve`); an installed wheel carries no demo, so elsewhere --repository is needed.
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (logged)")
     serve.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port; -1 disables")
-    serve.add_argument("--policy", choices=("enforce", "flag", "shadow"), help="override every model's policy")
+    serve.add_argument("--policy", choices=POLICIES, help="override every model's policy")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
     serve.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY, metavar="N",
                        help="inference requests in flight at once (unary calls and stream requests); more are "
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--holdout-fraction", type=float, default=0.3,
                      help="share of the samples kept out of calibration to report the clean flag rate")
     cal.add_argument("--range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
-    cal.add_argument("--policy", choices=("enforce", "flag", "shadow"))
+    cal.add_argument("--policy", choices=POLICIES)
     cal.add_argument("--bit-depth", type=int, action="append", metavar="BITS",
                      help="a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
     cal.add_argument("--median", type=int, action="append", metavar="SIZE",
