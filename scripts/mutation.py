@@ -67,7 +67,10 @@ TARGETS: dict[str, tuple[str, ...]] = {
 _CIRCUIT = "guard/backends/remote/circuit.py"
 _NAMES = "state names are only compared with each other, never shown or stored"
 _DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures and circuit_reset_s)"
+_VERDICTS = "guard/detection/verdicts.py"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (_VERDICTS, "if span.stop + span.start == 1:",
+     "a fast path for 1-row requests: the general path gives the same verdict for every span"),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "XXclosedXX", "open", "half_open"', _NAMES),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "XXopenXX", "half_open"', _NAMES),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "open", "XXhalf_openXX"', _NAMES),

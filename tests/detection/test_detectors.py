@@ -140,6 +140,20 @@ def test_trigger_detector_sets_the_trigger_verdict():
     assert adv.verdict == "adversarial" and adv.flagged_by == ("b",)
 
 
+def test_a_two_row_request_is_judged_by_its_worse_row_whichever_comes_first():
+    detectors = [BitDepthDetector("b", 1.0, bits=2)]
+    scores = {"b": np.array([0.5, 2.0, 2.0, 0.5])}
+    second_worse, first_worse = verdicts(detectors, scores, [slice(0, 2), slice(2, 4)])
+    for judged in (second_worse, first_worse):
+        assert judged.verdict == "adversarial" and judged.score == 2.0 and judged.flagged_by == ("b",)
+        assert judged.scores == {"b": 2.0}
+
+
+def test_a_model_without_detectors_answers_clean_with_score_zero():
+    assert [(v.verdict, v.score, v.flagged_by) for v in verdicts([], {}, [slice(0, 1), slice(1, 3)])] == [
+        ("clean", 0.0, ()), ("clean", 0.0, ())]
+
+
 def test_confidence_margin_is_one_minus_the_top_two_gap():
     probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.1, 0.5], [1 / 3, 1 / 3, 1 / 3]])
     score = ConfidenceMarginDetector("c", 0.5).score(Outputs(probabilities.log(), probabilities), None)

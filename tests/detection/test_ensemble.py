@@ -78,6 +78,28 @@ def test_verdicts_under_fisher_name_who_fired_and_keep_the_trigger_verdict():
     assert spread.verdict == "clean" and spread.score < 1
 
 
+def test_a_row_only_the_ensemble_flags_names_its_most_unusual_detector():
+    """Moderate evidence in two detectors adds up under Fisher while neither passes its own
+    threshold: the row is flagged, and `flagged_by` names the detector with the smaller p-value."""
+    detectors = [BitDepthDetector("b", 20.0, bits=2), BitDepthDetector("s", 20.0, bits=2)]
+    references = {"b": np.arange(10.0), "s": np.arange(10.0)}
+    scores = {"b": np.array([8.5, 7.5, 0.0]), "s": np.array([7.5, 8.5, 0.0])}
+    fisher = Fisher(references, threshold=6.0)
+    b_unusual, s_unusual, clean = verdicts(detectors, scores, [slice(i, i + 1) for i in range(3)], fisher)
+    assert b_unusual.flagged_by == ("b",) and b_unusual.verdict == "adversarial" and b_unusual.score > 1
+    assert s_unusual.flagged_by == ("s",) and s_unusual.verdict == "adversarial"
+    assert clean.flagged_by == () and clean.verdict == "clean" and clean.score < 1
+
+
+def test_a_row_whose_ensemble_statistic_equals_its_threshold_is_flagged():
+    detectors = [BitDepthDetector("b", 20.0, bits=2), BitDepthDetector("s", 20.0, bits=2)]
+    references = {"b": np.arange(10.0), "s": np.arange(10.0)}
+    scores = {"b": np.array([8.5]), "s": np.array([7.5])}
+    at_threshold = float(Fisher(references, threshold=1.0).statistic(scores)[0])
+    (judged,) = verdicts(detectors, scores, [slice(0, 1)], Fisher(references, threshold=at_threshold))
+    assert judged.score == 1.0 and judged.verdict == "adversarial"
+
+
 def test_fisher_config_needs_its_references_and_threshold(tmp_path):
     from tests.conftest import DEMO_REPOSITORY
 
