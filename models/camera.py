@@ -189,6 +189,20 @@ def source_section(distribution: str, files: list[str], extra: str = "") -> str:
             + extra).strip()
 
 
+def recipe_arguments(doc: str, argv: list[str] | None,
+                     more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line every camera recipe shares (`--out DIR`, plus what `more` adds); logs at
+    INFO and creates the output directory."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    if more is not None:
+        more(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)

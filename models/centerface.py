@@ -17,7 +17,6 @@ the guard's face-detection post-processing must produce.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -313,12 +312,7 @@ def build(out: Path, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    build(args.out)
+    build(camera.recipe_arguments(__doc__, argv).out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ on the 20 labelled ones, and is kept only if it loses at most `INT8_GATE` of the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from pathlib import Path
@@ -267,12 +266,7 @@ def build(out: Path, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    build(args.out)
+    build(camera.recipe_arguments(__doc__, argv).out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ to the card, for whoever decides that later.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import tempfile
@@ -298,12 +297,8 @@ def build(out: Path, progress: bool = True, study_int8: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--int8-study", action="store_true", help="measure an INT8 export against FP32 (not written)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = camera.recipe_arguments(__doc__, argv, lambda parser: parser.add_argument(
+        "--int8-study", action="store_true", help="measure an INT8 export against FP32 (not written)"))
     build(args.out, study_int8=args.int8_study)
 
 
