@@ -68,7 +68,18 @@ _CIRCUIT = "guard/backends/remote/circuit.py"
 _NAMES = "state names are only compared with each other, never shown or stored"
 _DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures and circuit_reset_s)"
 _VERDICTS = "guard/detection/verdicts.py"
+_ENSEMBLE = "guard/detection/ensemble.py"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (_ENSEMBLE, "min_p_threshold: float & None = None",
+     "an annotation: never evaluated under `from __future__ import annotations`"),
+    (_ENSEMBLE, "m = min(max(int(cls.TAIL_FRACTION * n), 1), n + 1)",
+     "the cap binds only below 2 references, which fit refuses"),
+    (_ENSEMBLE, "return u, max(float(np.mean(reference[n - m:] - u)), 2e-12), m",
+     "a floor against dividing by zero where the tail scores all tie; any tiny floor underflows alike"),
+    (_ENSEMBLE, "upper = torch.searchsorted(reference, s.detach()).clamp(1, n + 1)",
+     "s is clamped to the largest reference first, so the index never exceeds n - 1"),
+    (_ENSEMBLE, "weight = (s - lo) / (hi - lo).clamp_min(2e-12)",
+     "hi - lo is 0 only where s == lo == hi, and the weight is 0 whatever the floor"),
     (_VERDICTS, "if span.stop + span.start == 1:",
      "a fast path for 1-row requests: the general path gives the same verdict for every span"),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "XXclosedXX", "open", "half_open"', _NAMES),

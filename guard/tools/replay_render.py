@@ -25,7 +25,7 @@ def _annotate(frame: np.ndarray, answer, boxes: str | None, labels: list[str] | 
     colour = COLOURS.get(answer.verdict, (0, 0, 0))
     if boxes == "yolo" and answer.outputs:
         raw = next(iter(answer.outputs.values()))
-        (found,) = decode(torch.from_numpy(np.asarray(raw, np.float32)), BoxSettings())
+        (found,) = decode(torch.from_numpy(np.array(raw, np.float32)), BoxSettings())  # a writable copy for torch
         # Detections are in the model's letterboxed square input; map them back onto the frame.
         side = 416
         new_h, new_w, top, left = letterbox_geometry(frame.shape[0], frame.shape[1], side, side)

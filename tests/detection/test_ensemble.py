@@ -122,9 +122,57 @@ def test_adaptive_attack_p_values_match_the_gateway_and_have_gradients():
     fisher = Fisher.fit({"a": rng.gamma(2.0, size=200)}, 0.05)
     reference = fisher.references["a"]
     # At the clean scores themselves and in the tail, the smooth p is the gateway's p.
-    points = np.concatenate([reference[::17], reference[-1] + np.array([0.5, 2.0, 8.0])])
+    points = np.concatenate([reference, reference[-1] + np.array([0.5, 2.0, 8.0])])
     score = torch.tensor(points, requires_grad=True)
     smooth = fisher.neg_log_p("a", score)
     np.testing.assert_allclose(smooth.detach().numpy(), -np.log(fisher.p_values({"a": points})["a"]), rtol=1e-9)
     smooth.sum().backward()
     assert (score.grad[-3:] > 0).all()  # the attacker can descend it
+
+
+def test_p_values_count_the_clean_scores_at_least_as_large_and_leave_one_out_drops_the_row_itself():
+    reference = np.arange(10.0)
+    # Below the tail (it starts above the 9th score): plain counts.
+    assert Fisher.empirical_p(reference, np.array([4.0]))[0] == (1 + 6) / 11
+    assert Fisher.empirical_p(reference, np.array([4.0]), loo=True)[0] == (1 + 6 - 1) / 10
+
+
+def test_the_tail_is_fitted_to_the_top_tenth_of_the_clean_scores():
+    u, scale, m = Fisher.tail(np.arange(100.0))
+    assert (u, scale, m) == (89.0, 5.5, 10)  # the 10 scores above the 11th largest, mean excess 5.5
+    u, scale, m = Fisher.tail(np.array([0.0, 1.0]))  # the smallest reference: one score in the tail
+    assert (u, scale, m) == (0.0, 1.0, 1)
+
+
+def test_fisher_needs_two_calibration_scores_and_works_with_two():
+    with pytest.raises(ValueError, match="^Fisher combination needs at least 2 calibration scores per detector$"):
+        Fisher.fit({"a": np.array([1.0])}, 0.05)
+    fisher = Fisher.fit({"a": np.array([1.0, 2.0]), "b": np.array([0.5, 3.0])}, 0.05)
+    assert np.isfinite(fisher.ratio({"a": np.array([1.5, 9.0]), "b": np.array([1.0, 9.0])})).all()
+
+
+def test_fisher_thresholds_come_from_leave_one_out_p_values():
+    """The calibration rows are judged against the other n - 1 rows, as a new input would be:
+    judged against all n (themselves included) they look more typical and the threshold drops."""
+    from guard.detection.bounds import allowed_exceedances
+    from guard.detection.thresholds import threshold_for
+
+    scores = np.random.default_rng(0).gamma(2.0, size=60)
+    reference = np.sort(scores)
+    loo = Fisher.fisher_statistic({"a": Fisher.empirical_p(reference, scores, loo=True)})
+    in_sample = Fisher.fisher_statistic({"a": Fisher.empirical_p(reference, scores)})
+    k = allowed_exceedances(60, 0.05)
+    assert Fisher.fit({"a": scores}, 0.05).threshold == threshold_for(loo, k) != threshold_for(in_sample, k)
+
+
+def test_the_smooth_p_value_is_linear_between_the_two_largest_clean_scores():
+    """Where the step function's body is below the fitted tail (a far outlier among the clean
+    scores stretches the tail), the attack surface interpolates between neighbouring scores."""
+    import torch
+
+    reference = np.concatenate([np.arange(90) / 10, 9.0 + np.arange(1, 10) / 100, [30.0]])  # n = 100
+    fisher = Fisher({"a": reference}, threshold=1.0)
+    between = reference[-2] + 0.05 * (reference[-1] - reference[-2])
+    got = float(fisher.neg_log_p("a", torch.tensor([between], dtype=torch.float64))[0])
+    # survival 3/101 at the second largest score, 2/101 at the largest, 5% of the way between
+    assert got == pytest.approx(-np.log((3 - 0.05) / 101), rel=1e-9)
