@@ -72,6 +72,9 @@ _ENSEMBLE = "guard/detection/ensemble.py"
 EQUIVALENT: list[tuple[str, str, str]] = [
     (_ENSEMBLE, "min_p_threshold: float & None = None",
      "an annotation: never evaluated under `from __future__ import annotations`"),
+    (_ENSEMBLE, "deleted: @staticmethod / "
+     "def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:",
+     "_count_at_least is only called through the class, where a plain function takes the same arguments"),
     (_ENSEMBLE, "m = min(max(int(cls.TAIL_FRACTION * n), 1), n + 1)",
      "the cap binds only below 2 references, which fit refuses"),
     (_ENSEMBLE, "return u, max(float(np.mean(reference[n - m:] - u)), 2e-12), m",
@@ -148,7 +151,13 @@ def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tup
 
 
 def equivalence(module: str, diff: str) -> str | None:
-    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    """Why the mutant in `diff` is equivalent, if EQUIVALENT lists it: by the line it adds, or, for
+    a mutant that only deletes a line, by "deleted: LINE / THE LINE AFTER IT"."""
+    lines = diff.splitlines()
+    added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+    if not added:  # named with the line after it: "@staticmethod" alone could be any of several
+        added = [f"deleted: {line[1:].strip()} / {after.strip()}" for line, after in zip(lines, lines[1:] + [""])
+                 if line.startswith("-") and not line.startswith("---")]
     for where, text, why in EQUIVALENT:
         if where == module and any(text == line for line in added):
             return why
