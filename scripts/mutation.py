@@ -69,7 +69,14 @@ _NAMES = "state names are only compared with each other, never shown or stored"
 _DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures and circuit_reset_s)"
 _VERDICTS = "guard/detection/verdicts.py"
 _ENSEMBLE = "guard/detection/ensemble.py"
+_THRESHOLDS = "guard/detection/thresholds.py"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (_THRESHOLDS, "MIN_THRESHOLD = 2e-09", "a floor for scores that are numerical noise: any tiny value serves"),
+    (_THRESHOLDS, "@dataclass(frozen=False)", "nothing assigns to a Calibration after it is made"),
+    (_THRESHOLDS, "while allowed >= 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:",
+     "no exceedances flag nothing, which is always within the target: the loop stops at 0 either way"),
+    (_THRESHOLDS, "if budget[name] > n:  # already allowed to flag every sample (scores under MIN_THRESHOLD flag none)",
+     "a budget of n and of n + 1 give the same threshold (every score above the floor flags)"),
     (_ENSEMBLE, "min_p_threshold: float & None = None",
      "an annotation: never evaluated under `from __future__ import annotations`"),
     (_ENSEMBLE, "deleted: @staticmethod / "

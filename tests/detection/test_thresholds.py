@@ -85,3 +85,44 @@ def test_scores_below_the_threshold_floor_terminate():
     # Near-constant clean scores (e.g. an untrained network's vanishing logits) must still calibrate.
     fit = fit_thresholds({"a": np.zeros(40), "b": np.linspace(0, 1, 40)}, 0.05)
     assert fit.calibration_fpr <= 0.05
+
+
+def test_a_budget_of_every_score_flags_every_score_above_the_floor():
+    from guard.detection.thresholds import MIN_THRESHOLD
+
+    assert threshold_for(np.array([1.0, 2.0, 3.0]), 3) == MIN_THRESHOLD
+    assert threshold_for(np.array([1.0, 2.0, 3.0]), 2) == np.nextafter(1.0, np.inf)
+
+
+def test_a_score_equal_to_its_threshold_flags():
+    from guard.detection.thresholds import flags
+
+    assert flags({"a": np.array([1.0, 2.0, 3.0])}, {"a": 2.0})["a"].tolist() == [False, True, True]
+
+
+def test_fit_thresholds_says_what_is_wrong_with_its_scores():
+    with pytest.raises(ValueError, match="^no detector scores to calibrate$"):
+        fit_thresholds({}, 0.05)
+    wrong = r"^every detector needs the same, non-zero number of clean scores, got \{0\}$"
+    with pytest.raises(ValueError, match=wrong):
+        fit_thresholds({"a": np.zeros(0)}, 0.05)
+    assert fit_thresholds({"a": np.array([0.5])}, 0.05).calibration_fpr == 0.0  # one score is enough to run
+
+
+def test_no_detector_can_take_one_more_exceedance_after_the_hand_out():
+    """The leftover budget is handed out until every detector's next exceedance would break the
+    bound, also when a detector whose scores sit under the floor (it can never flag) comes first."""
+    from guard.detection.bounds import within_target
+
+    b = np.arange(200.0)
+    c = b.copy()
+    c[196] = 193.5  # c's top rows: 199, 198, 197, 195, 194; b's: 199, 198, 197, 196, 195
+    scores = {"a": np.zeros(200), "b": b, "c": c}
+    fit = fit_thresholds(scores, 0.05)
+    # Four each flag five rows; b's fifth (row 195) is already flagged by c, so b may take it.
+    assert int((b >= fit.thresholds["b"]).sum()) == 5
+    for name in ("b", "c"):
+        taken = int((scores[name] >= fit.thresholds[name]).sum())
+        trial = {**fit.thresholds, name: threshold_for(scores[name], taken + 1)}
+        flagged = int(np.logical_or.reduce([scores[n] >= trial[n] for n in scores]).sum())
+        assert not within_target(flagged, 200, 0.05), name
