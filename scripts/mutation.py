@@ -70,7 +70,14 @@ _DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures an
 _VERDICTS = "guard/detection/verdicts.py"
 _ENSEMBLE = "guard/detection/ensemble.py"
 _THRESHOLDS = "guard/detection/thresholds.py"
+_BOUNDS = "guard/detection/bounds.py"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (_BOUNDS, "deleted: @functools.cache / def allowed_exceedances(n: int, target: float, confidence: float = "
+     "DEFAULT_CONFIDENCE) -> int:", "a cache: the same answers, computed again"),
+    (_BOUNDS, "if beta.cdf(target, c + 1, n - c) <= confidence:",
+     "a continuous distribution function equals the confidence exactly on no count that occurs"),
+    (_BOUNDS, "continue", "the Beta probability falls as c grows: after the first count that fails, every later "
+     "one fails too, so looking on changes nothing"),
     (_THRESHOLDS, "MIN_THRESHOLD = 2e-09", "a floor for scores that are numerical noise: any tiny value serves"),
     (_THRESHOLDS, "@dataclass(frozen=False)", "nothing assigns to a Calibration after it is made"),
     (_THRESHOLDS, "while allowed >= 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:",

@@ -34,3 +34,11 @@ def test_over_many_calibration_sets_the_target_holds_with_the_stated_confidence(
 def test_upper_bound_is_clopper_pearson():
     assert upper_bound(0, 300) == pytest.approx(1 - 0.05 ** (1 / 300))
     assert upper_bound(15, 300) > 15 / 300 and upper_bound(300, 300) == 1.0
+
+
+def test_the_upper_bound_is_the_rate_at_which_seeing_so_few_flags_has_five_percent_chance():
+    from scipy.stats import binom
+
+    for flagged, n in ((3, 100), (0, 1), (12, 360)):
+        assert binom.cdf(flagged, n, upper_bound(flagged, n)) == pytest.approx(0.05, abs=1e-9)
+    assert upper_bound(0, 0) == 1.0 and upper_bound(5, 5) == 1.0  # nothing observed / everything flagged
