@@ -60,3 +60,12 @@ def test_an_open_circuit_probes_exactly_at_the_reset_interval():
     assert breaker.retry_in() == 0.125 and not breaker.allow()
     clock.now = 0.25
     assert breaker.retry_in() == 0.0 and breaker.allow() and breaker.state == HALF_OPEN
+
+
+def test_retry_in_counts_from_when_the_circuit_opened():
+    clock = Clock()
+    clock.now = 10.0
+    breaker = CircuitBreaker(failures=1, reset_s=0.25, clock=clock)
+    breaker.failure()
+    clock.now = 10.125
+    assert breaker.retry_in() == 0.125
