@@ -47,9 +47,11 @@ TARGETS: dict[str, tuple[str, ...]] = {
     # The detection modules run against the serving tests that reach them, not all of
     # tests/serving: a survivor runs every listed test, and the whole serving suite made one
     # module take hours.
-    "guard/detection/pipeline.py": ("tests/detection", "tests/serving/test_verdicts_live.py",
-                                    "tests/serving/test_policy.py", "tests/serving/test_failures.py",
-                                    "tests/serving/test_image_ingest.py", "tests/serving/test_host_calibration.py"),
+    "guard/detection/pipeline.py": ("tests/detection", "tests/serving/test_image_ingest.py",
+                                    "tests/serving/test_metrics.py", "tests/serving/test_shapes.py",
+                                    "tests/tools/test_calibrate_dir.py", "tests/serving/test_verdicts_live.py",
+                                    "tests/serving/test_failures.py", "tests/serving/test_host_calibration.py",
+                                    "tests/backends/test_torch_backend.py"),
     "guard/detection/verdicts.py": ("tests/detection", "tests/serving/test_verdicts_live.py",
                                     "tests/serving/test_policy.py", "tests/serving/test_failures.py"),
     "guard/detection/ensemble.py": ("tests/detection", "tests/serving/test_verdicts_live.py",
