@@ -39,8 +39,6 @@ import torch
 from guard.detection.bounds import DEFAULT_CONFIDENCE, allowed_exceedances
 from guard.detection.thresholds import fit_thresholds, threshold_for
 
-METHODS = ("union", "fisher", "omnibus")
-
 
 @dataclass
 class Union:

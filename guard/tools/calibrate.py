@@ -34,8 +34,8 @@ from guard.detection.calibration.derive import (
 from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
 from guard.detection.calibration.references import References
 from guard.detection.detectors import Detector, build_detectors, squeezer_tables
-from guard.detection.ensemble import METHODS
 from guard.detection.pipeline import GuardPipeline
+from guard.detection.settings import METHODS
 from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.serving.runtime import check_loadable
