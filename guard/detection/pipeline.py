@@ -26,12 +26,12 @@ from guard.protocol.errors import DetectorError, GuardError, InvalidInput
 class BatchResult:
     outputs: dict[str, np.ndarray]
     """The model's outputs for the original rows only."""
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    """Each detector's [B] scores."""
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float]
     """Seconds spent per stage (preprocess, squeeze, backend, detect)."""
-    rows_sent: int = 0
+    rows_sent: int
     """Rows the backend ran: the originals plus every detector variant."""
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each detector's [B] scores; none without detectors."""
 
 
 @dataclass
@@ -140,7 +140,7 @@ class GuardPipeline:
             scores = self._score(self._on_device(raw[self.logits_output]), batch,
                                  None if features is None else self._on_device(features))
         timings["detect"] = time.perf_counter() - start
-        return BatchResult(outputs, scores, timings, len(guarded))
+        return BatchResult(outputs, timings, len(guarded), scores)
 
     def outputs(self, inputs: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """The model's named outputs (any, internal features included) for the original rows of a
