@@ -73,7 +73,12 @@ _VERDICTS = "guard/detection/verdicts.py"
 _ENSEMBLE = "guard/detection/ensemble.py"
 _THRESHOLDS = "guard/detection/thresholds.py"
 _BOUNDS = "guard/detection/bounds.py"
+_PIPELINE = "guard/detection/pipeline.py"
+_ONE_COPY = "with one copy, concatenating or repeating it gives the same values (only a copy more)"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (_PIPELINE, "guarded = torch.cat([x, *extra]) if copies >= 1 else x", _ONE_COPY),
+    (_PIPELINE, "return value.repeat(copies, *[1] * (value.dim() - 1)) if copies >= 1 else value", _ONE_COPY),
+    (_PIPELINE, "return np.concatenate([value] * copies) if copies >= 1 else value", _ONE_COPY),
     (_BOUNDS, "deleted: @functools.cache / def allowed_exceedances(n: int, target: float, confidence: float = "
      "DEFAULT_CONFIDENCE) -> int:", "a cache: the same answers, computed again"),
     (_BOUNDS, "if beta.cdf(target, c + 1, n - c) <= confidence:",

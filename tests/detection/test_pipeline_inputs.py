@@ -136,3 +136,23 @@ def test_a_detector_whose_variants_fail_is_named_in_the_error():
 
     with pytest.raises(DetectorError, match="^building detector variants failed: no memory$"):
         pipeline(OffsetBackend(), [Broken("b", 0.5, bits=2)]).run(batch())
+
+
+@pytest.mark.parametrize("kind", [OffsetBackend, TorchOffsetBackend])
+def test_one_detector_with_one_variant_doubles_every_input(kind):
+    backend = kind()
+    inputs = batch()
+    result = pipeline(backend, [BitDepthDetector("b", 0.5, bits=2)]).run(inputs)
+    (feeds,) = backend.feeds
+    assert result.rows_sent == 2 * ROWS == len(feeds["input"]) == len(feeds["offset"])
+    np.testing.assert_array_equal(as_numpy(feeds["offset"]), np.tile(inputs["offset"], (2, 1)))
+    np.testing.assert_allclose(as_numpy(result.outputs["logits"]), expected_logits(inputs), rtol=1e-6)
+
+
+def test_a_detector_whose_score_fails_is_named_in_the_error():
+    class Broken(BitDepthDetector):
+        def score(self, original, variants):
+            raise RuntimeError("bad shape")
+
+    with pytest.raises(DetectorError, match="^detector b failed: bad shape$"):
+        pipeline(OffsetBackend(), [Broken("b", 0.5, bits=2)]).run(batch())
