@@ -8,7 +8,6 @@ import pytest
 import torch
 from sklearn.covariance import ledoit_wolf
 
-from guard.backends.base import Backend
 from guard.backends.onnx_graph import expose_features, find_feature_tensor
 from guard.detection.detectors import FitData, Outputs, build_detectors
 from guard.detection.detectors.confidence import ConfidenceMarginDetector
@@ -19,6 +18,7 @@ from guard.detection.pipeline import GuardPipeline
 from guard.detection.verdicts import verdicts
 from guard.protocol.errors import ConfigError
 from tests.conftest import DEMO_REPOSITORY
+from tests.detection.helpers import StubBackend
 
 
 def outputs(logits, features=None):
@@ -87,22 +87,11 @@ def test_feature_tensor_is_the_heads_input(tmp_path):
         assert feats.shape == (3, 64)
 
 
-class CountingBackend(Backend):
+class CountingBackend(StubBackend):
     """Logits and features are slices of each row's pixels, so which rows a call held shows in its outputs."""
 
     def __init__(self):
         self.calls = []
-
-    @classmethod
-    def read_settings(cls, reader, model_name):
-        return None
-
-    def signature(self):
-        return None
-
-    @property
-    def description(self):
-        return "counting"
 
     def infer(self, inputs, outputs, deadline=None):
         x = inputs["input"]

@@ -6,30 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from guard.backends.base import Backend
 from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.pipeline import GuardPipeline
 from guard.protocol.errors import DetectorError
+from tests.detection.helpers import StubBackend
 
 ROWS = 5
 
 
-class OffsetBackend(Backend):
+class OffsetBackend(StubBackend):
     """logits = the first three pixels of each row + that row's `offset` input."""
 
     def __init__(self):
         self.feeds = []
-
-    @classmethod
-    def read_settings(cls, reader, model_name):
-        return None
-
-    def signature(self):
-        return None
-
-    @property
-    def description(self):
-        return "offset"
 
     def infer(self, inputs, outputs, deadline=None):
         self.feeds.append(inputs)
