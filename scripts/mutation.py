@@ -1,6 +1,7 @@
 """Mutation testing of the serving and detection core: does the suite fail when the code changes?
 
     .venv/bin/python scripts/mutation.py [--modules policy,batching] [--jobs 2] [--out reports/mutation]
+    .venv/bin/python scripts/mutation.py --recheck reports/mutation/results.json --out reports/mutation
 
 For each core module, mutmut (2.x) makes small edits (an operator, a constant, a comparison, a
 string) one at a time and runs the tests that exercise that module; a mutant the tests still pass
@@ -139,6 +140,12 @@ def existing(tests: tuple[str, ...]) -> list[str]:
     return [t for t in tests if (ROOT / t).exists()]
 
 
+def pytest_arguments(tests: tuple[str, ...], deselect: tuple[str, ...] = ()) -> list[str]:
+    """Stop at the first failure, in file order, with no random order and no cache."""
+    return ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-o", "addopts=",
+            *[part for test in deselect for part in ("--deselect", test)], *existing(tests)]
+
+
 def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tuple[str, ...] = ()) -> dict:
     """mutmut over one module in its own scratch copy; returns counts and survivors."""
     with tempfile.TemporaryDirectory(prefix="guard-mutation-") as scratch:
@@ -147,8 +154,7 @@ def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tup
         # mutmut 2.x counts only exit code 1 as failing tests: a mutant that breaks an import
         # (pytest exits 2 or 4 at collection) would be reported as a survivor. Any failure -> 1.
         runner = (f"{sys.executable} -c 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)' "
-                  "-x -q -p no:cacheprovider -p no:randomly -o addopts= "
-                  + "".join(f"--deselect {test} " for test in deselect) + " ".join(existing(tests)))
+                  + " ".join(pytest_arguments(tests, deselect)))
         started = time.monotonic()
         log = (log_dir / (module.replace("/", "_") + ".log")).open("w")
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", module, "--runner", runner,
@@ -220,6 +226,67 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mutated(text: str, survivor: dict) -> str | None:
+    """`text` with the survivor's edit applied near its line; None when the code it edits is gone."""
+    lines = survivor["diff"].splitlines()
+    old = [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")]
+    new = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+    source = text.splitlines(keepends=True)
+    for i in sorted(range(len(source)), key=lambda j: abs(j - (survivor["line"] - 1))):
+        if source[i].rstrip("\n") == old[0]:
+            source[i:i + len(old)] = [line + "\n" for line in new]
+            return "".join(source)
+    return None
+
+
+def recheck_module(result: dict, deselect: tuple[str, ...]) -> dict:
+    """Run each survivor of an earlier pass again against the tests as they are now, in a scratch
+    copy: after tests are added, which of them do the tests kill now? Equivalence is judged again
+    with EQUIVALENT as it is now."""
+    module, tests = result["module"], TARGETS[result["module"]]
+    outcome = {"module": module, "killed": [], "surviving": [], "equivalent": [], "gone": []}
+    with tempfile.TemporaryDirectory(prefix="guard-recheck-") as scratch:
+        work = Path(scratch)
+        scratch_copy(work)
+        path = work / module
+        original = path.read_text()
+        for survivor in result["survivors"]:
+            if equivalence(module, survivor["diff"]):
+                outcome["equivalent"].append(survivor["id"])
+                continue
+            text = mutated(original, survivor)
+            if text is None:
+                outcome["gone"].append(survivor["id"])
+                continue
+            path.write_text(text)
+            failed = subprocess.run([sys.executable, "-m", "pytest", *pytest_arguments(tests, deselect)], cwd=work,
+                                    capture_output=True).returncode != 0
+            outcome["killed" if failed else "surviving"].append(survivor["id"])
+            path.write_text(original)
+    counts = result["counts"]
+    total = sum(counts.values()) - len(outcome["gone"])
+    detected = counts.get("killed", 0) + counts.get("timeout", 0) + len(outcome["killed"])
+    outcome.update(mutants=total, detected=detected, score=detected / max(total, 1),
+                   score_without_equivalents=detected / max(total - len(outcome["equivalent"]), 1))
+    return outcome
+
+
+def recheck_markdown(outcomes: list[dict]) -> str:
+    lines = ["| module | mutants | killed | equivalent | surviving | score | without equivalents |",
+             "|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        lines.append(f"| {o['module']} | {o['mutants']} | {o['detected']} | {len(o['equivalent'])} | "
+                     f"{len(o['surviving'])} (ids {', '.join(map(str, o['surviving'])) or '-'}) | {o['score']:.1%} | "
+                     f"{o['score_without_equivalents']:.1%} |")
+    total = sum(o["mutants"] for o in outcomes)
+    detected = sum(o["detected"] for o in outcomes)
+    equivalent = sum(len(o["equivalent"]) for o in outcomes)
+    lines.append(f"| **all** | {total} | {detected} | {equivalent} | "
+                 f"{sum(len(o['surviving']) for o in outcomes)} | **{detected / max(total, 1):.1%}** | "
+                 f"**{detected / max(total - equivalent, 1):.1%}** |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", help="comma-separated module stems or paths (default: every target)")
@@ -228,7 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deselect", action="append", default=[], metavar="TEST_ID",
                         help="leave out a test whose unmutated run fails on this host "
                         "(mutmut needs a passing baseline)")
+    parser.add_argument("--recheck", type=Path, metavar="RESULTS_JSON",
+                        help="instead of mutating: run the survivors of an earlier pass's results.json again "
+                             "against the tests as they are now (writes recheck.json and recheck.md in --out)")
     args = parser.parse_args(argv)
+    if args.recheck:
+        earlier = [r for r in json.loads(args.recheck.read_text()) if r["module"] in TARGETS]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            outcomes = list(pool.map(lambda r: recheck_module(r, tuple(args.deselect)), earlier))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "recheck.json").write_text(json.dumps(outcomes, indent=2) + "\n")
+        (args.out / "recheck.md").write_text(recheck_markdown(outcomes))
+        print(recheck_markdown(outcomes))
+        return 0
     chosen = list(TARGETS)
     if args.modules:
         wanted = args.modules.split(",")
