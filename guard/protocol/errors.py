@@ -21,6 +21,12 @@ class ModelNotFound(GuardError):
     status = "NOT_FOUND"
 
 
+class ModelUnavailable(GuardError):
+    """The model is in the repository but not served (its load failed); a later load may serve it."""
+
+    status = "UNAVAILABLE"
+
+
 class InvalidInput(GuardError):
     """The request breaks the model's declared contract (names the tensor and the expectation)."""
 

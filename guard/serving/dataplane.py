@@ -13,7 +13,7 @@ import logging
 import time
 
 from guard import __version__
-from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound, QueueFull
+from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound, ModelUnavailable, QueueFull
 from guard.protocol.limits import echo
 from guard.protocol.types import InferRequest, InferResponse
 from guard.serving import policy
@@ -82,6 +82,9 @@ class DataPlane:
     def model(self, name: str, version: str = "") -> ModelRuntime:
         runtime = self.models.get(name)
         if runtime is None:
+            reason = self.control.failure(name) if self.control is not None else None
+            if reason is not None:  # in the repository, but its load failed: say why, and that it may come back
+                raise ModelUnavailable(f"model '{name}' is not served: its load failed: {reason}")
             raise ModelNotFound(f"unknown model '{name}': serving {sorted(self.models)}")
         if version and version != runtime.config.version:
             raise ModelNotFound(f"model '{name}' has no version '{version}': serving version "
@@ -91,7 +94,7 @@ class DataPlane:
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
             return not self.draining and self.model(name, version).ready
-        except ModelNotFound:
+        except (ModelNotFound, ModelUnavailable):
             return False
 
     def repository_index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:

@@ -3,6 +3,11 @@ fingerprint it was derived under (guard.detection.calibration.fingerprint). Wher
 differs, the model's calibration mode decides: `recalibrate` derives thresholds and the ensemble's
 statistics again from the shipped clean references, with the code `guard calibrate` ran, before
 the model reports ready; `strict` refuses to load; `trust` serves the stored ones, and says so.
+
+What a host's numerics decide fails one model, never the server: a recalibration that raises, or a
+strict refusal, fails that model's load (HostBound; guard.serving.reload logs it, counts it and
+names it in the repository index) and every other model serves. A model without detectors has
+no thresholds, so nothing about it depends on the host.
 """
 
 from __future__ import annotations
@@ -15,14 +20,29 @@ import torch
 
 from guard.backends.base import Backend
 from guard.detection.calibration.derive import DecisionSettings, PipelineFor, derive
-from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
+from guard.detection.calibration.fingerprint import fingerprint_id, foreign_host, runtime_fingerprint, same_runtime
 from guard.detection.calibration.references import References
 from guard.detection.detectors import Detector
 from guard.detection.ensemble import Fisher
-from guard.protocol.errors import ConfigError
+from guard.protocol.errors import ConfigError, GuardError
 from guard.serving.model_config import ModelConfig
 
 log = logging.getLogger("guard.serving")
+
+
+class HostBound(Exception):
+    """A failure this host's runtime caused: it fails the model's load, not the server's start."""
+
+
+class RecalibrationFailed(GuardError, HostBound):
+    """Deriving the thresholds on this host raised: the model cannot be checked here, so it is not
+    served (a request the guard could not check is not forwarded)."""
+
+    status = "UNAVAILABLE"
+
+
+class ForeignRuntimeRefused(ConfigError, HostBound):
+    """Calibration mode strict, and the thresholds were derived under another runtime."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +65,15 @@ def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[De
     settings = config.calibration
     mode = mode or settings.mode
     host = fingerprint_id(runtime_fingerprint(backend.description, device))
-    if settings.fingerprint == host:
+    if not detectors or same_runtime(settings.fingerprint, host):
         return combiner, HostCalibration(host, "false")
     stored = settings.fingerprint or "unknown"
+    if foreign_host():
+        log.info("%s: every stored fingerprint counts as foreign (GUARD_FOREIGN_HOST)", config.name)
     if mode == "strict":
-        raise ConfigError(config.path, "calibration.fingerprint", f"thresholds derived under this host's runtime "
-                          f"{host} (calibration mode strict; run `guard calibrate` here, or serve with "
-                          "--calibration recalibrate)", stored)
+        raise ForeignRuntimeRefused(config.path, "calibration.fingerprint", "thresholds derived under this host's "
+                                    f"runtime {host} (calibration mode strict; run `guard calibrate` here, or serve "
+                                    "with --calibration recalibrate)", stored)
     if mode == "trust" or settings.references is None:
         why = "calibration mode trust" if mode == "trust" else "the model ships no references to derive them from"
         log.warning("%s: serving thresholds derived under runtime %s on runtime %s (%s); the clean flag rate "
@@ -62,11 +84,17 @@ def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[De
                     config.name, stored)
         return combiner, HostCalibration(host, "skipped")
     start = time.perf_counter()
-    references = References.load(config.directory / settings.references, config.path)
     detection = config.detection
-    decision = derive(pipeline_for, detectors, references,
-                      DecisionSettings(detection.ensemble.method, detection.target_fpr, settings.confidence,
-                                       settings.folds, settings.seed))
+    try:
+        references = References.load(config.directory / settings.references, config.path)
+        decision = derive(pipeline_for, detectors, references,
+                          DecisionSettings(detection.ensemble.method, detection.target_fpr, settings.confidence,
+                                           settings.folds, settings.seed))
+    except Exception as exc:  # noqa: BLE001 - whatever it was, this model cannot be checked here
+        cause = exc.message if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
+        raise RecalibrationFailed(f"{config.path}: recalibrating on runtime {host} (stored thresholds derived "
+                                  f"under {stored}) failed: {cause}; the model is not served (`guard serve "
+                                  "--calibration trust` serves the stored thresholds instead)") from exc
     seconds = time.perf_counter() - start
     for detector in detectors:
         old, detector.threshold = detector.threshold, decision.thresholds[detector.name]

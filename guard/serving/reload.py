@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound
+from guard.serving.host_calibration import HostBound
 from guard.serving.logs import loggable
 from guard.serving.metrics import GuardMetrics
 from guard.serving.model_config import ModelConfig, load_model_config
@@ -78,6 +79,8 @@ class _Entry:
     fingerprint: tuple = ()
     """Of the directory the serving copy was loaded from (empty when nothing serves)."""
     reason: str = ""
+    failed: bool = False
+    """The last load failed (reason says why); an unloaded model has a reason but did not fail."""
     """Why the last load failed or the model is not served; empty once a load succeeds."""
 
 
@@ -97,13 +100,33 @@ class ModelManager:
     # -- startup ---------------------------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Every model of the repository, before the server starts (a failure stops the server:
-        nothing serves yet, and a partial repository would look healthy)."""
+        """Every model of the repository, before the server starts. A mistake in the repository
+        (a config, a model file, an artifact) stops the server: nothing serves yet, and it is the
+        operator's to fix. What this host's runtime decides (a recalibration that fails, a strict
+        refusal: guard.serving.host_calibration.HostBound) fails only that model, which the index
+        then lists UNAVAILABLE with the reason; the others serve. If none can, the start fails."""
+        failures: list[Exception] = []
         for config in load_repository(self.root):
             stamp = fingerprint(config.directory)
-            self.models[config.name] = self._build(config)
-            self._entries[config.name] = _Entry(stamp)
+            entry = self._entries[config.name] = _Entry(stamp)
+            try:
+                self.models[config.name] = self._build(config)
+            except HostBound as exc:
+                failures.append(exc)
+                self._failed(config.name, entry, None, exc)
+                continue
             self.metrics.model_loads.labels(config.name, "success").inc()
+        if not self.models and failures:
+            raise failures[0]
+
+    def unserved(self) -> list[str]:
+        """Models of the repository whose last load failed and that have no serving copy."""
+        return sorted(name for name, entry in self._entries.items() if entry.failed and name not in self.models)
+
+    def failure(self, name: str) -> str | None:
+        """Why `name` is not served, when its last load failed and no copy serves."""
+        entry = self._entries.get(name)
+        return entry.reason if entry is not None and entry.failed and name not in self.models else None
 
     def _build(self, config: ModelConfig) -> ModelRuntime:
         return ModelRuntime(config, self.metrics.for_model(config.name), calibration_mode=self.calibration_mode)
@@ -144,7 +167,7 @@ class ModelManager:
             raise self._failed(name, entry, old, exc) from exc
         self.models[name] = runtime  # the swap: from this line on, new requests run on the new copy
         self._forget_series(name, old, runtime)
-        entry.fingerprint, entry.reason = stamp, ""
+        entry.fingerprint, entry.reason, entry.failed = stamp, "", False
         self.metrics.model_loads.labels(name, "success").inc()
         log.info("%s: %s version %s from %s in %.2f s (%s)%s", name, "reloaded" if old else "loaded",
                  config.version, directory, time.monotonic() - start, why,
@@ -168,7 +191,7 @@ class ModelManager:
     def _failed(self, name: str, entry: _Entry, old: ModelRuntime | None, exc: Exception) -> GuardError:
         error = exc if isinstance(exc, GuardError) else LoadFailed(
             f"{self.root / name}: failed to load: {type(exc).__name__}: {exc}")
-        entry.reason = error.message
+        entry.reason, entry.failed = error.message, True
         self.metrics.model_loads.labels(name, "failure").inc()
         log.error("%s: load failed, %s: %s", name, "the loaded copy keeps serving" if old is not None
                   else "not serving", loggable(error.message, 2000, token=False))
@@ -201,7 +224,7 @@ class ModelManager:
         if old is None:
             return False
         entry = self._entries.setdefault(name, _Entry())
-        entry.fingerprint, entry.reason = (), "unloaded"
+        entry.fingerprint, entry.reason, entry.failed = (), "unloaded", False
         self._forget_series(name, old, None)
         log.info("%s: unloaded (%s)%s", name, why, f"; {old.active} requests in flight finish first"
                  if old.active else "")

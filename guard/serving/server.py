@@ -257,6 +257,8 @@ class GuardServer:
         while True:
             states = {name: runtime.ready for name, runtime in self._runtimes.items()}
             states[SERVICE] = all(states.values())
+            for name in self.models.unserved():  # failed to load: NOT_SERVING, not an unknown name
+                states[name] = False
             states[""] = True
             for name in reported:
                 states.setdefault(name, False)

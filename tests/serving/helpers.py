@@ -36,6 +36,14 @@ def edit_config(repository: Path, change, model: str = "digits") -> Path:
     return repository
 
 
+def thresholds_as_written(table: dict) -> None:
+    """Serve the config's thresholds as they are (calibration mode `trust`): for tests that set
+    thresholds from scores measured in the test, or whose detectors fail on purpose. Under the
+    default mode a foreign host (GUARD_FOREIGN_HOST=1 makes every host one) re-derives them at load,
+    replacing what the test set, or fails the load when a detector fails."""
+    table["calibration"]["mode"] = "trust"
+
+
 def as_union(table: dict, thresholds: dict[str, float] | None = None) -> None:
     """The detectors combine as a union (each against its own threshold); thresholds by name."""
     table.pop("ensemble", None)
@@ -101,10 +109,14 @@ class GateDetector(BitDepthDetector):
 
 def gated_repository(tmp_path: Path, **batching) -> Path:
     """The demo with its first detector holding batches (see Gate), one batch at a time, and the
-    given [batching] keys."""
+    given [batching] keys.
+
+    Thresholds as written: these tests are about queues, and recalibrating at load on a foreign host
+    would run the gate's `variants` before the test opens it."""
     def change(table):
         table["detectors"][0]["type"] = GateDetector.kind
         table["batching"].update({"max_batch_size": 1, "instances": 1, **batching})
+        thresholds_as_written(table)
     return edit_config(copy_demo(tmp_path), change)
 
 

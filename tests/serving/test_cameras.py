@@ -92,7 +92,7 @@ async def test_a_camera_may_hold_only_its_share_of_the_queue():
 
 # --- the camera id and settings ---
 
-@pytest.mark.parametrize("value", [7, "", "x" * 129, "cam\n1", True])
+@pytest.mark.parametrize("value", [7, "", "x" * 129, "cam\n1", "cam\r1", "cam\u20281", True])
 def test_a_bad_camera_id_is_invalid_input_naming_the_parameter(value):
     with pytest.raises(InvalidInput, match="parameter 'camera_id'"):
         camera_of({"camera_id": value})
@@ -183,6 +183,17 @@ def test_answers_carry_each_cameras_alert_and_metrics_count_it(tmp_path):
             client.infer("digits", [infer_input(attacked[:1])], parameters={"camera_id": "x" * 200})
         assert bad.value.status() == "StatusCode.INVALID_ARGUMENT" and "camera_id" in bad.value.message()
         assert client.is_server_live()
+
+
+def test_a_camera_id_with_a_control_or_line_separator_is_refused_naming_the_parameter(gateway):
+    """Camera ids go into logs and metric labels: a carriage return, NUL, escape or Unicode line or
+    paragraph separator could split or forge a line there as a newline could."""
+    client = triton.InferenceServerClient(gateway.grpc_url)
+    for char in ("\n", "\r", "\x00", "\u2028", "\u2029", "\x1b"):
+        with pytest.raises(InferenceServerException) as bad:
+            client.infer("digits", [infer_input(noise_rows(1))], parameters={"camera_id": f"gate{char}1"})
+        assert bad.value.status() == "StatusCode.INVALID_ARGUMENT" and "camera_id" in bad.value.message(), repr(char)
+    client.infer("digits", [infer_input(noise_rows(1))], parameters={"camera_id": "gate 1"})  # a space is fine
 
 
 def test_per_camera_series_are_off_unless_asked_for(tmp_path):
@@ -310,6 +321,16 @@ def test_a_flow_alone_fills_batches_once_the_others_have_been_quiet_for_a_while(
     assert sorted(taken) == ["c0", "c1", "c2", "f0", "f1"]  # 4 active flows: a share of 2 rows
     assert [w.name for w in queue.take(8, lambda w: True, now=0.9)] == ["f2", "f3"]
     assert [w.name for w in queue.take(8, lambda w: True, now=1.6)] == [f"f{i}" for i in range(4, 10)]
+
+
+def test_a_share_that_does_not_divide_the_batch_is_rounded_up():
+    """max_batch_size 5, two cameras waiting: each may take 3 rows (5 / 2 rounded up), so the batch is
+    full rather than 2 + 2 with a row left empty."""
+    queue = WaitingQueue()
+    for i in range(4):
+        queue.add(_Waiting(f"a{i}", "a", at=0.0))
+        queue.add(_Waiting(f"b{i}", "b", at=0.0))
+    assert [w.name for w in queue.take(5, lambda w: True, now=0.0)] == ["a0", "b0", "a1", "b1", "a2"]
 
 
 async def test_a_request_larger_than_its_share_still_runs():

@@ -159,3 +159,28 @@ def test_at_the_exit_timeout_waiting_requests_fail_unavailable_not_cancelled(tmp
     for tag, error in errors.items():
         assert error is not None and error.status() == "StatusCode.UNAVAILABLE", (tag, error)
         assert "shutting down" in error.message(), (tag, error.message())
+
+
+def test_server_and_model_ready_turn_false_when_the_drain_begins_while_requests_are_still_served(held_out):
+    """Clients and probes that ask ServerReady / ModelReady rather than gRPC health must see the drain
+    too, or they keep sending until the gateway stops accepting. A long drain, ended by `force`."""
+    with running_gateway() as srv, triton.InferenceServerClient(srv.grpc_url) as client:
+        assert client.is_server_ready() and client.is_model_ready("digits")
+
+        async def begin():
+            force = asyncio.Event()
+            stopping = asyncio.ensure_future(srv.server.shutdown(drain_seconds=600, exit_timeout=600, force=force))
+            await asyncio.sleep(0)  # the shutdown has run to its first await: it is draining
+            return force, stopping
+
+        force, stopping = srv.call(begin(), 10)
+        assert not client.is_server_ready()
+        assert not client.is_model_ready("digits")
+        result = client.infer("digits", [infer_input(held_out[0][:1])])
+        assert result.get_response().model_name == "digits" and not stopping.done()
+
+        async def end():
+            force.set()
+            await stopping
+
+        srv.call(end(), 30)

@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 from guard.detection import detectors
 from guard.detection.detectors.squeezing import BitDepthDetector
 from tests.conftest import copy_demo, running_gateway
-from tests.serving.helpers import edit_config, infer_input, verdict
+from tests.serving.helpers import edit_config, infer_input, thresholds_as_written, verdict
 
 
 class FailsInVariants(BitDepthDetector):
@@ -34,6 +34,7 @@ def with_failing_detector(tmp_path, fail_open: bool):
     def change(table):
         table["detectors"][0]["type"] = FailsInVariants.kind
         table["fail_open"] = fail_open
+        thresholds_as_written(table)  # the detector fails on purpose, at load too if it recalibrated
     return edit_config(copy_demo(tmp_path), change)
 
 

@@ -7,7 +7,7 @@ from tritonclient.utils import InferenceServerException
 
 from guard.detection import detectors
 from guard.detection.detectors.squeezing import BitDepthDetector
-from tests.conftest import copy_demo, demo_detector_names, running_gateway
+from tests.conftest import copy_demo, demo_detector_names, running_gateway, set_key
 from tests.serving.helpers import noise_rows
 
 # With thresholds this small every input is flagged, which makes the policy visible.
@@ -15,9 +15,15 @@ HAIR_TRIGGER = 1e-9
 
 
 def hair_trigger(text: str) -> str:
+    """Every threshold so low that any row flags, served as written (see trusted)."""
     import re
 
-    return re.sub(r"^threshold = .*$", f"threshold = {HAIR_TRIGGER}", text, flags=re.M)
+    return trusted(re.sub(r"^threshold = .*$", f"threshold = {HAIR_TRIGGER}", text, flags=re.M))
+
+
+def trusted(text: str) -> str:
+    """Calibration mode trust (tests.serving.helpers.thresholds_as_written, on the config's text)."""
+    return set_key(text, "mode", '"trust"')
 
 
 def infer(url, x, **kwargs):
@@ -102,7 +108,7 @@ class Exploding(BitDepthDetector):
 @pytest.fixture
 def exploding_repository(tmp_path, monkeypatch):
     monkeypatch.setitem(detectors.REGISTRY, "explode", Exploding)
-    return copy_demo(tmp_path, lambda t: t.replace('type = "squeeze_bit_depth"', 'type = "explode"'))
+    return copy_demo(tmp_path, lambda t: trusted(t.replace('type = "squeeze_bit_depth"', 'type = "explode"')))
 
 
 def test_detector_failure_fails_closed(exploding_repository, held_out):

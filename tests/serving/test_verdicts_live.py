@@ -20,7 +20,16 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import copy_demo, running_gateway
-from tests.serving.helpers import as_union, infer_input, noise_rows, raw_scores, read_config, verdict, write_config
+from tests.serving.helpers import (
+    as_union,
+    infer_input,
+    noise_rows,
+    raw_scores,
+    read_config,
+    thresholds_as_written,
+    verdict,
+    write_config,
+)
 
 NEVER = 1e9  # a threshold no score of these rows reaches
 STRIP_REFERENCES = slice(200, 216)  # held-out rows blended by STRIP (none of the rows judged below)
@@ -39,6 +48,7 @@ def template(tmp_path_factory, held_out):
     np.save(repository / "digits" / "strip_references.npy", held_out[0][STRIP_REFERENCES])
     table = read_config(repository)
     as_union(table)
+    thresholds_as_written(table)  # every variant's thresholds are set below from scores measured here
     table["detectors"].append({"name": "strip", "type": "strip", "n": 16, "references": "strip_references.npy",
                                "threshold": 1.0})
     write_config(repository, table)

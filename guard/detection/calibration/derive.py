@@ -128,6 +128,8 @@ def decide(scores: dict[str, np.ndarray], detectors: list[Detector], settings: D
     # Alone at the target: monitors (so their score/threshold reads like the others') and, under an
     # ensemble, every detector (its threshold then only names who fired).
     alone = {d.name: fit_thresholds({d.name: scores[d.name]}, t, c).thresholds[d.name] for d in detectors}
+    if not judges:  # monitors only: they report, nothing decides, so nothing is flagged
+        return Decision(alone, None, 0.0, scores)
     if settings.method in ("fisher", "omnibus"):
         combiner = Fisher.fit(judges, t, omnibus=settings.method == "omnibus", confidence=c)
         return Decision(alone, combiner, float((combiner.ratio(judges) >= 1.0).mean()), scores)
