@@ -46,3 +46,10 @@ def upper_bound(flagged: int, n: int, confidence: float = 0.95) -> float:
     if flagged >= n:
         return 1.0
     return float(beta.ppf(confidence, flagged + 1, n - flagged))
+
+
+def lower_bound(flagged: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower confidence bound on a rate observed as flagged / n."""
+    if n == 0 or flagged <= 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, flagged, n - flagged + 1))

@@ -10,6 +10,9 @@ the `camera_id` request parameter.
   camera lasts. Each camera keeps its last `alert_window` verdicts, and when `alert_flags` of them
   are flagged the camera is in alert: answers carry `guard_camera_alert = true` and
   guard_camera_alerts_total counts the transitions into alert.
+- Baselines ([cameras.baseline], guard.detection.baselines): each camera's scores are judged
+  against its own scene after a warm-up, adapting slowly within bounds; its clean-flag-rate
+  estimate and drift are metrics.
 - Metrics per camera (a `camera` label) are opt-in (`per_camera_metrics`): label values come from
   clients, and a gateway in front of thousands of cameras must not grow its series without bound.
   At most `max_cameras` cameras are tracked (least recently seen dropped first).
@@ -21,6 +24,7 @@ import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from guard.detection.baselines import BaselineSettings, Factory
 from guard.protocol.errors import InvalidInput
 from guard.protocol.limits import echo
 from guard.protocol.settings import TableReader
@@ -40,16 +44,59 @@ class CameraSettings:
     """Most requests one camera may have in the model's queue."""
     per_camera_metrics: bool = False
     max_cameras: int = 4096
+    baseline: BaselineSettings | None = None
+    """Per-camera baselines ([cameras.baseline]); None: every camera is judged as calibrated."""
+    factory: Factory | None = None
+    """[cameras.baseline.factory]: each detector's clean [location, spread], written by calibration."""
+
+
+BASELINE_KEYS = {"warmup_frames": "warmup", "adapt_rate": "adapt_rate", "max_drift_per_hour": "max_drift_per_hour",
+                 "min_scale": "min_scale", "max_offset": "max_offset", "rate_window": "rate_window",
+                 "calibration_draws": "calibration_draws"}
+
+
+def read_baseline(r: TableReader) -> tuple[BaselineSettings | None, Factory | None]:
+    if not r.table:
+        return None, None
+    r.unknown({*BASELINE_KEYS, "factory", "detectors"})
+    d = BaselineSettings()
+    settings = BaselineSettings(
+        warmup=r.positive("warmup_frames", d.warmup), adapt_rate=r.positive_float("adapt_rate", d.adapt_rate),
+        max_drift_per_hour=r.positive_float("max_drift_per_hour", d.max_drift_per_hour),
+        min_scale=r.positive_float("min_scale", d.min_scale), max_offset=r.positive_float("max_offset", d.max_offset),
+        rate_window=r.positive("rate_window", d.rate_window),
+        calibration_draws=r.positive("calibration_draws", d.calibration_draws),
+        detectors=_names(r, "detectors"))
+    if settings.adapt_rate > 1:
+        raise r.fail("adapt_rate", "a share of the gap, in (0, 1]", settings.adapt_rate)
+    factory = None
+    if "factory" in r.table:
+        f = r.sub("factory")
+        for name, value in f.table.items():
+            if not (isinstance(value, list) and len(value) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[1] > 0):
+                raise f.fail(name, "[location, spread] of the detector's clean scores, spread > 0 (run `guard "
+                                   "calibrate`)", value)
+        factory = Factory.from_table(f.table)
+    return settings, factory
+
+
+def _names(r: TableReader, key: str) -> tuple[str, ...] | None:
+    value = r.get(key, list, None, "a list of detector names")
+    if value is not None and not all(isinstance(v, str) for v in value):
+        raise r.fail(key, "a list of detector names", value)
+    return None if value is None else tuple(value)
 
 
 def read_camera_settings(r: TableReader) -> CameraSettings:
-    r.unknown(set(CameraSettings.__dataclass_fields__))
+    r.unknown(set(CameraSettings.__dataclass_fields__) - {"factory"})
     d = CameraSettings()
+    baseline, factory = read_baseline(r.sub("baseline"))
     settings = CameraSettings(
         alert_window=r.positive("alert_window", d.alert_window), alert_flags=r.positive("alert_flags", d.alert_flags),
         max_queued=r.positive("max_queued", d.max_queued, allow_zero=True),
         per_camera_metrics=r.get("per_camera_metrics", bool, d.per_camera_metrics),
-        max_cameras=r.positive("max_cameras", d.max_cameras))
+        max_cameras=r.positive("max_cameras", d.max_cameras), baseline=baseline, factory=factory)
     if settings.alert_flags > settings.alert_window:
         raise r.fail("alert_flags", f"at most alert_window ({settings.alert_window})", settings.alert_flags)
     return settings

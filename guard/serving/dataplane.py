@@ -194,6 +194,11 @@ class DataPlane:
         alert, entered = runtime.cameras.observe(camera, flagged)
         settings = runtime.config.cameras
         runtime.metrics.camera(camera, flagged, settings.per_camera_metrics, entered, runtime.cameras.in_alert)
+        if runtime.baselines is not None:
+            baseline = runtime.baselines.camera(camera)
+            if baseline is not None:
+                runtime.metrics.baseline(camera, baseline.flag_rate(), baseline.drift(), runtime.baselines.warm,
+                                         runtime.baselines.over_target, settings.per_camera_metrics)
         if entered:
             log.warning("camera in alert model=%s camera=%s: %d of its last %d frames flagged", runtime.config.name,
                         loggable(camera), settings.alert_flags, settings.alert_window)

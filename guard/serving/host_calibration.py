@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from guard.backends.base import Backend
+from guard.detection.baselines import Factory
 from guard.detection.calibration.derive import DecisionSettings, PipelineFor, derive
 from guard.detection.calibration.fingerprint import fingerprint_id, foreign_host, runtime_fingerprint, same_runtime
 from guard.detection.calibration.references import References
@@ -56,6 +57,8 @@ class HostCalibration:
     clean_flag_rate: float | None = None
     """Share of the references the decision flags, when derived here."""
     seconds: float = 0.0
+    factory: Factory | None = None
+    """Per-camera baselines' factory statistics, when derived here (else the config's hold)."""
 
 
 def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[Detector], combiner: Fisher | None,
@@ -89,7 +92,7 @@ def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[De
         references = References.load(config.directory / settings.references, config.path)
         decision = derive(pipeline_for, detectors, references,
                           DecisionSettings(detection.ensemble.method, detection.target_fpr, settings.confidence,
-                                           settings.folds, settings.seed))
+                                           settings.folds, settings.seed, config.cameras.baseline))
     except Exception as exc:  # noqa: BLE001 - whatever it was, this model cannot be checked here
         cause = exc.message if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
         raise RecalibrationFailed(f"{config.path}: recalibrating on runtime {host} (stored thresholds derived "
@@ -104,4 +107,4 @@ def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[De
     log.info("%s: recalibrated on runtime %s (calibrated under %s) from %d references in %.2f s; clean flag rate "
              "on them %.4f (target %.4f)", config.name, host, stored, references.rows, seconds,
              decision.calibration_fpr, detection.target_fpr)
-    return decision.combiner, HostCalibration(host, "true", decision.calibration_fpr, seconds)
+    return decision.combiner, HostCalibration(host, "true", decision.calibration_fpr, seconds, decision.factory)

@@ -67,6 +67,17 @@ class GuardMetrics:
                                        ["model", "camera"], registry=r)
         self.camera_flagged = Counter("guard_camera_flagged_total", "Flagged requests per camera.",
                                       ["model", "camera"], registry=r)
+        # Per-camera baselines ([cameras.baseline]): counts without a camera label, always bounded...
+        self.cameras_warm = Gauge("guard_cameras_baseline_warm", "Cameras past their baseline's warm-up.",
+                                  ["model"], registry=r)
+        self.cameras_over_target = Gauge("guard_cameras_over_target", "Cameras whose clean-flag-rate estimate is "
+                                         "significantly above the model's target (95% lower bound above it).",
+                                         ["model"], registry=r)
+        # ...and per camera, opt-in like the counters above.
+        self.camera_flag_rate = Gauge("guard_camera_flag_rate", "A camera's share of flagged frames over its last "
+                                      "[cameras.baseline] rate_window frames.", ["model", "camera"], registry=r)
+        self.camera_drift = Gauge("guard_camera_baseline_drift", "How far a camera's baseline moved since its "
+                                  "warm-up, in its own spreads (largest detector).", ["model", "camera"], registry=r)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)
@@ -102,9 +113,17 @@ class ModelMetrics:
             if flagged:
                 self.m.camera_flagged.labels(self.model, camera).inc()
 
+    def baseline(self, camera: str, flag_rate: float, drift: float, warm: int, over_target: int,
+                 per_camera: bool) -> None:
+        self.m.cameras_warm.labels(self.model).set(warm)
+        self.m.cameras_over_target.labels(self.model).set(over_target)
+        if per_camera:
+            self.m.camera_flag_rate.labels(self.model, camera).set(flag_rate)
+            self.m.camera_drift.labels(self.model, camera).set(drift)
+
     def forget_camera(self, camera: str) -> None:
         """Drop a camera's series once it is no longer tracked, so they stay bounded."""
-        for family in (self.m.camera_requests, self.m.camera_flagged):
+        for family in (self.m.camera_requests, self.m.camera_flagged, self.m.camera_flag_rate, self.m.camera_drift):
             with contextlib.suppress(KeyError):  # never had a series: per-camera metrics off, or never flagged
                 family.remove(self.model, camera)
 

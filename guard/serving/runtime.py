@@ -15,6 +15,8 @@ import torch
 from guard.backends import build_backend
 from guard.backends.base import Backend
 from guard.backends.device import select_device
+from guard.detection.baselines import Baselines, Factory
+from guard.detection.calibration.derive import per_camera
 from guard.detection.detectors import Detector, build_detectors
 from guard.detection.ensemble import Fisher
 from guard.detection.pipeline import BatchResult, GuardPipeline
@@ -85,6 +87,24 @@ def check_loadable(config: ModelConfig) -> None:
         backend.close()
 
 
+def camera_baselines(config: ModelConfig, detectors: list[Detector], derived: Factory | None) -> Baselines | None:
+    """The model's per-camera baselines ([cameras.baseline]), on the factory statistics derived at
+    load when the host recalibrated, else the config's."""
+    cameras = config.cameras
+    if cameras.baseline is None:
+        return None
+    factory = derived or cameras.factory
+    key = "cameras.baseline.factory"
+    if factory is None:
+        raise ConfigError(config.path, key, "each detector's clean [location, spread] (run `guard calibrate` "
+                          "with the model's cameras)")
+    missing = sorted(set(per_camera(detectors, cameras.baseline)) - set(factory.location))
+    if missing:
+        raise ConfigError(config.path, key, f"an entry for every detector (missing {missing}; run `guard calibrate`)",
+                          sorted(factory.location))
+    return Baselines(cameras.baseline, factory, cameras.max_cameras, target=config.detection.target_fpr)
+
+
 class ModelRuntime:
     def __init__(self, config: ModelConfig, metrics: ModelMetrics, backend: Backend | None = None,
                  calibration_mode: str | None = None):
@@ -117,13 +137,14 @@ class ModelRuntime:
         batching = config.batching
         if backend.waits_on_network or (self.upstream is not None and self.upstream.waits_on_network):
             batching = dataclasses.replace(batching, inline_below_microseconds=0)  # never on the event loop
-        self.batcher = DynamicBatcher(self.execute, batching, metrics, self._executor,
+        self.batcher = DynamicBatcher(self._execute_submitted, batching, metrics, self._executor,
                                       flow_limit=config.cameras.max_queued)
         self.cameras = CameraTracker(config.cameras, forget=metrics.forget_camera)
         try:
             self.combiner, self.host_calibration = calibrate_for_host(
                 config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
                 lambda detectors: build_pipeline(config, backend, detectors, self.device), calibration_mode)
+            self.baselines = camera_baselines(config, self.detectors, self.host_calibration.factory)
         except BaseException:
             # A reload that fails leaves the old copy serving and may be retried: each failed try
             # must not keep a backend session and its threads.
@@ -159,6 +180,10 @@ class ModelRuntime:
         for detector in self.detectors:
             m.m.detector_threshold.labels(name, detector.name).set(detector.threshold)
         m.m.queue_capacity.labels(name).set(self.config.batching.max_queue_size)
+        # Every model has the camera counts (0 without baselines), so dashboards and alerts on
+        # them see each model, not only those with per-camera baselines.
+        m.m.cameras_warm.labels(name).set(0 if self.baselines is None else self.baselines.warm)
+        m.m.cameras_over_target.labels(name).set(0 if self.baselines is None else self.baselines.over_target)
 
     def enter(self) -> None:
         """One request more on this copy (the data plane calls it right after routing)."""
@@ -204,27 +229,34 @@ class ModelRuntime:
 
     async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
                     camera: str | None = None) -> RowsResult:
-        result = await self.batcher.submit(inputs, rows, deadline, flow=camera)
+        result = await self.batcher.submit((inputs, camera), rows, deadline, flow=camera)
         if isinstance(result, GuardError):  # forward_clean: this request's upstream call failed
             raise result
         return result
 
-    def execute(self, requests: list[dict[str, np.ndarray]], deadline: float | None = None
-                ) -> list[RowsResult | GuardError]:
+    def _execute_submitted(self, submitted: list[tuple[dict[str, np.ndarray], str | None]],
+                           deadline: float | None = None) -> list[RowsResult | GuardError]:
+        return self.execute([inputs for inputs, _ in submitted], deadline, [camera for _, camera in submitted])
+
+    def execute(self, requests: list[dict[str, np.ndarray]], deadline: float | None = None,
+                cameras: list[str | None] | None = None) -> list[RowsResult | GuardError]:
         """One batch, synchronously (on a worker thread or the loop thread; see DynamicBatcher).
         `deadline` is the batch's latest: the call is worth finishing while any request waits.
+        `cameras`: each request's camera_id (or None), for per-camera baselines.
         Requests whose shapes differ on a variable dimension run as separate groups."""
+        cameras = cameras or [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(self.pipeline.shape_key(request), []).append(i)
         results: list[RowsResult | GuardError | None] = [None] * len(requests)
         for members in groups.values():
-            for i, result in zip(members, self._execute_group([requests[i] for i in members], deadline)):
+            for i, result in zip(members, self._execute_group([requests[i] for i in members], deadline,
+                                                              [cameras[i] for i in members])):
                 results[i] = result
         return results
 
-    def _execute_group(self, requests: list[dict[str, np.ndarray]], deadline: float | None
-                       ) -> list[RowsResult | GuardError]:
+    def _execute_group(self, requests: list[dict[str, np.ndarray]], deadline: float | None,
+                       cameras: list[str | None]) -> list[RowsResult | GuardError]:
         with torch.inference_mode():
             prepared = self.pipeline.prepare(requests)
             results: list[RowsResult | GuardError | None] = [
@@ -241,8 +273,9 @@ class ModelRuntime:
                 result = self._passthrough.run(self._passthrough.prepare(kept).inputs, deadline)
                 result.scores = {}
         spans = row_spans([rows_of(r) for r in kept])
+        flows = [cameras[i] for i in prepared.kept]
         if result.scores or not self.detectors:
-            judged = verdicts(self.detectors, result.scores, spans, self.combiner)
+            judged = self._judge(result.scores, spans, flows)
         else:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         self._observe(result)
@@ -254,6 +287,18 @@ class ModelRuntime:
         for i, answer in zip(prepared.kept, served):
             results[i] = answer
         return results
+
+    def _judge(self, scores: dict[str, np.ndarray], spans: list[slice], flows: list[str | None]) -> list[Verdict]:
+        """Verdicts; with per-camera baselines, each camera's rows are judged against its baseline,
+        which then takes the frame in (guard.detection.baselines)."""
+        if self.baselines is None or not scores or not any(flows):
+            return verdicts(self.detectors, scores, spans, self.combiner)
+        judged = verdicts(self.detectors, self.baselines.normalise(flows, spans, scores), spans, self.combiner)
+        for camera, span, verdict in zip(flows, spans, judged):
+            if camera is not None:  # the request's worst row, raw: what the baseline is made of
+                self.baselines.observe(camera, {n: float(np.max(v[span])) for n, v in scores.items()},
+                                       verdict.flagged)
+        return judged
 
     def _observe(self, result: BatchResult) -> None:
         for stage, seconds in result.timings.items():

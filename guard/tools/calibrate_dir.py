@@ -20,11 +20,13 @@ import tomlkit
 
 from guard.backends import build_backend
 from guard.backends.device import select_device
+from guard.detection.baselines import BaselineSettings, simulate
 from guard.detection.bounds import DEFAULT_CONFIDENCE, upper_bound
 from guard.detection.calibration.derive import DecisionSettings, derive, fit_data, fit_learners, score
 from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
 from guard.detection.calibration.references import References
 from guard.detection.detectors import build_detectors
+from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.serving.repository import check_against_backend
 from guard.serving.runtime import build_pipeline, check_loadable
@@ -40,13 +42,50 @@ def _split(references: References, holdout_fraction: float, seed: int) -> tuple[
     return references.take(np.sort(order[:cut])), references.take(np.sort(order[cut:]))
 
 
+def _split_in_time(references: References, holdout_fraction: float) -> tuple[References, References | None]:
+    """Per camera: its first frames calibrate, its last `holdout_fraction` are held out (later
+    frames of the same camera, as a deployment meets them; a random split would put neighbours of
+    every held-out frame into calibration)."""
+    if holdout_fraction <= 0:
+        return references, None
+    cameras = references.cameras
+    first, last = [], []
+    for camera in dict.fromkeys(cameras.tolist()):
+        rows = np.flatnonzero(cameras == camera)
+        cut = len(rows) - int(round(len(rows) * holdout_fraction))
+        first.append(rows[:cut])
+        last.append(rows[cut:])
+    return references.take(np.concatenate(first)), references.take(np.concatenate(last))
+
+
+def _held_out_flags(decision, holdout_scores: dict[str, np.ndarray], samples: References, holdout: References,
+                    judges: list[str], baseline: BaselineSettings) -> np.ndarray:
+    """Held-out frames judged as the server judges them: each against its camera's baseline from
+    that camera's warm-up frames (the first of its calibration frames)."""
+    flags = []
+    for camera in dict.fromkeys(holdout.cameras.tolist()):
+        warm = np.flatnonzero(samples.cameras == camera)[:baseline.warmup]
+        held = np.flatnonzero(holdout.cameras == camera)
+        if len(warm) < baseline.warmup:
+            continue  # never warmed up: its frames would be judged against the factory
+        joined = {n: np.concatenate([decision.unmapped[n][warm], holdout_scores[n][held]]) for n in judges}
+        mapped, _, _ = simulate(joined, np.zeros(len(warm) + len(held)), baseline, decision.factory)
+        flags.append(decision.flags(mapped, judges))
+    return np.concatenate(flags) if flags else np.zeros(0, bool)
+
+
 def calibrate_directory(directory: Path, samples: References, *, holdout_fraction: float = 0.3,
                         holdout: References | None = None, fit_samples: References | None = None,
                         folds: int = 5, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Derive and write DIRECTORY's thresholds from clean `samples`; returns the report."""
     config = load_model_config(directory, calibrated=False)
+    baseline = config.cameras.baseline
+    if baseline is not None and samples.cameras is None:
+        raise ConfigError(config.path, "cameras.baseline", "clean samples that say which camera each comes from "
+                          "(`guard calibrate --data` with one video or folder per camera)")
     if holdout is None:
-        samples, holdout = _split(samples, holdout_fraction, seed)
+        samples, holdout = _split_in_time(samples, holdout_fraction) if baseline else _split(
+            samples, holdout_fraction, seed)
     device = select_device(config.detection.device)
     detectors = [d.to(device) for d in build_detectors(config.path, config.detection.detectors, require_threshold=False,
                                                         input_kind=config.guarded_kind,
@@ -63,12 +102,17 @@ def calibrate_directory(directory: Path, samples: References, *, holdout_fractio
             folds = 0 if fit_samples is not None else folds
         detection = config.detection
         decision = derive(pipeline_for, detectors, samples,
-                          DecisionSettings(detection.ensemble.method, detection.target_fpr, confidence, folds, seed))
+                          DecisionSettings(detection.ensemble.method, detection.target_fpr, confidence, folds, seed,
+                                           baseline))
         held = None
         if holdout is not None and holdout.rows:
             judges = [d.name for d in detectors if not d.monitor]
             scores, _ = score(pipeline_for(detectors), holdout, desc="held-out")
-            held = int(decision.flags(scores, judges).sum())
+            if baseline is None:
+                flagged = decision.flags(scores, judges)
+            else:
+                flagged = _held_out_flags(decision, scores, samples, holdout, judges, baseline)
+            held, held_rows = int(flagged.sum()), len(flagged)
         fingerprint = runtime_fingerprint(backend.description, device)
     finally:
         backend.close()
@@ -84,12 +128,15 @@ def calibrate_directory(directory: Path, samples: References, *, holdout_fractio
         "ensemble": config.detection.ensemble.method, "calibration_fpr": decision.calibration_fpr,
         "fingerprint": fingerprint_id(fingerprint), "runtime": fingerprint,
     }
-    if held is not None:
-        report.update(n_holdout=holdout.rows, holdout_fpr=held / holdout.rows,
-                      holdout_fpr_upper_95=upper_bound(held, holdout.rows))
+    if held is not None and held_rows:
+        report.update(n_holdout=held_rows, holdout_fpr=held / held_rows,
+                      holdout_fpr_upper_95=upper_bound(held, held_rows))
+    if baseline is not None:
+        report["cameras"] = len(set(samples.cameras.tolist()))
     (directory / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("calibrated %s from %d clean samples: %s", config.name, samples.rows,
-             f"held-out clean flag rate {report['holdout_fpr']:.3f}" if held is not None else "no held-out samples")
+             f"held-out clean flag rate {report['holdout_fpr']:.3f}" if "holdout_fpr" in report
+             else "no held-out samples")
     return report
 
 
@@ -104,6 +151,8 @@ def _write_config(path: Path, decision, fingerprint: str, folds: int, seed: int,
         ensemble["threshold"] = decision.combiner.threshold
         if decision.combiner.min_p_threshold is not None:
             ensemble["min_p_threshold"] = decision.combiner.min_p_threshold
+    if decision.factory is not None:  # per-camera baselines: the factory they are measured against
+        document["cameras"]["baseline"]["factory"] = decision.factory.as_table()
     mode = document.get("calibration", {}).get("mode", "recalibrate")
     document["calibration"] = {"mode": mode, "references": "references.npz", "fingerprint": fingerprint,
                                "folds": folds, "seed": seed, "confidence": confidence}

@@ -85,3 +85,37 @@ def load_references(path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1,
         frames = video_frames(path, stride, limit)
         return References({inputs[0].name: _as_client_rows(frames, None, inputs[0], path)})
     raise ConfigError(path, "--data", "an .npz, a folder of images or a video file", path.name)
+
+
+def load_cameras(paths: list[Path], inputs: tuple[TensorSpec, ...], stride: int = 1,
+                 limit: int | None = None) -> References:
+    """Clean samples from several sources, each one camera (a video, an image folder, or an .npz
+    with an optional `cameras` array): rows keep their order, and `cameras` says whose each is."""
+    parts = [load_references(Path(p), inputs, stride, limit) for p in paths]
+    names: list[np.ndarray] = []
+    for path, part in zip(paths, parts):
+        own = _npz_cameras(Path(path))
+        names.append(own if own is not None else np.full(part.rows, Path(path).stem or str(path)))
+    if len(paths) > 1 and len({n for array in names for n in set(array.tolist())}) < len(paths):
+        names = [np.char.add(f"{i}:", array.astype(str)) for i, array in enumerate(names)]  # same stem twice
+    inputs_ = {name: _concatenate([part.inputs[name] for part in parts]) for name in parts[0].inputs}
+    labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+    return References(inputs_, labels, np.concatenate(names).astype(str))
+
+
+def _npz_cameras(path: Path) -> np.ndarray | None:
+    if path.suffix != ".npz":
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return data["cameras"].astype(str) if "cameras" in data.files else None
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    if arrays[0].dtype == object:  # encoded images: keep one bytes object per element
+        joined = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=object)
+        start = 0
+        for a in arrays:
+            joined[start:start + len(a)] = a
+            start += len(a)
+        return joined
+    return np.concatenate(arrays)

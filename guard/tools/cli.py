@@ -36,13 +36,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    missing = [str(p) for p in args.data if not p.exists()]
+    if missing:
+        raise SystemExit(f"guard calibrate: --data {missing[0]}: no such file or directory")
+    if len(args.data) > 1 and args.model is None:
+        raise SystemExit("guard calibrate: several --data sources (one per camera) need --model DIR")
     if args.model is not None:  # a model directory whose config says what it is (camera models)
         from guard.serving.model_config import load_model_config
         from guard.tools.calibrate_dir import calibrate_directory
-        from guard.tools.clean_data import load_references
+        from guard.tools.clean_data import load_cameras
 
-        samples = load_references(args.data, load_model_config(args.model, calibrated=False).inputs,
-                                  stride=args.stride, limit=args.frames)
+        samples = load_cameras(args.data, load_model_config(args.model, calibrated=False).inputs,
+                               stride=args.stride, limit=args.frames)
         report = calibrate_directory(args.model, samples, holdout_fraction=args.holdout_fraction, folds=args.folds,
                                      seed=args.seed, confidence=args.confidence)
     else:
@@ -50,9 +55,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         if args.onnx is None or args.name is None or args.repository is None:
             raise SystemExit("guard calibrate: --onnx, --name and --repository (or --model DIR)")
-        with np.load(args.data) as data:
+        with np.load(args.data[0]) as data:
             if "x" not in data:
-                raise SystemExit(f"{args.data}: expected an array named 'x' (and optionally 'y')")
+                raise SystemExit(f"{args.data[0]}: expected an array named 'x' (and optionally 'y')")
             x, y = data["x"], data.get("y")
         tables = detector_tables(args.onnx, bit_depths=args.bit_depth, medians=args.median,
                                  mahalanobis=args.mahalanobis, confidence_margin=args.confidence_margin,
@@ -128,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--repository", type=Path)
     cal.add_argument("--model", type=Path, help="instead: calibrate this model directory as its config.toml describes "
                      "it (any input and output kind)")
-    cal.add_argument("--data", type=Path, required=True, help="clean samples: .npz ('x', optional labels 'y'; with "
-                     "--model, one array per input), or with --model a folder of images or a video file")
+    cal.add_argument("--data", type=Path, nargs="+", required=True, help="clean samples: .npz ('x', optional labels "
+                     "'y'; with --model, one array per input), or with --model a folder of images or a video file; "
+                     "with --model, several: one per camera (per-camera baselines warm up on each)")
     cal.add_argument("--frames", type=int, help="with a video or an image folder: use at most this many")
     cal.add_argument("--stride", type=int, default=1, help="with a video: keep every STRIDE-th frame")
     cal.add_argument("--target-fpr", type=float, default=0.05)

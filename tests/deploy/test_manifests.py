@@ -316,7 +316,8 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
             for check in case.get("alert_rule_test", []):
                 (fired if check["exp_alerts"] else quiet).add(check["alertname"])
     alerts = {r["alert"] for r in alerting_rules()}
-    assert alerts == {"GuardFlaggedRatioSpike", "GuardLatencyP99High", "GuardQueueNearFull", "GuardDown"}
+    assert alerts == {"GuardFlaggedRatioSpike", "GuardLatencyP99High", "GuardQueueNearFull", "GuardDown",
+                      "GuardCameraFlagRateAboveTarget"}
     assert alerts - fired == set(), "alerts never tested firing"
     assert alerts - quiet == set(), "alerts never tested not firing"
 

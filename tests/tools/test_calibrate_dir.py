@@ -12,6 +12,7 @@ import tomllib
 import numpy as np
 import tritonclient.grpc as triton
 
+from guard.detection.calibration.fingerprint import foreign_host
 from guard.detection.calibration.references import References
 from guard.protocol.spec import TensorSpec
 from guard.serving.model_config import load_model_config
@@ -60,7 +61,9 @@ def test_calibrating_a_model_directory_from_a_folder_of_images(tmp_path):
     with running_gateway(tmp_path / "repository") as srv, triton.InferenceServerClient(srv.grpc_url) as client:
         result = client.infer("cam", [bytes_input([encode(photo(64, 64, 999))])])
         assert result.get_response().parameters["guard_verdict"].string_param in ("clean", "adversarial")
-        assert srv.server._runtimes["cam"].host_calibration.recalibrated == "false"  # calibrated right here
+        # Calibrated right here: the stored thresholds hold, unless the suite runs as a foreign host.
+        expected = "true" if foreign_host() else "false"
+        assert srv.server._runtimes["cam"].host_calibration.recalibrated == expected
     assert config.preprocess.kind == "images"
 
 
@@ -82,3 +85,38 @@ def test_a_video_file_feeds_calibration_as_jpeg_frames(tmp_path):
     assert references.rows == 20 and references.inputs["image"][0][:2] == b"\xff\xd8"  # JPEG frames
     frames = load_references(video, (TensorSpec("frames", "UINT8", (-1, -1, 3)),), limit=5)
     assert frames.inputs["frames"].shape == (5, 48, 64, 3) and frames.inputs["frames"].dtype == np.uint8
+
+
+def test_several_sources_are_several_cameras_for_per_camera_baselines(tmp_path):
+    """`--data A B`: each folder is one camera; with [cameras.baseline] the warm-ups and the held-out
+    frames are per camera, in time order, and the factory statistics land in the config."""
+    directory = skeleton(tmp_path / "repository")
+    table = tomllib.loads((directory / "config.toml").read_text())
+    table["cameras"] = {"baseline": {"warmup_frames": 10, "detectors": ["bit_depth_5", "patch"]}}
+    write_config(tmp_path / "repository", table, "cam")
+    sources = []
+    for camera, (height, width) in enumerate([(40, 60), (70, 50)]):
+        folder = tmp_path / f"camera{camera}"
+        folder.mkdir()
+        for i in range(40):
+            (folder / f"{i:03d}.jpg").write_bytes(encode(photo(height, width, 100 * camera + i)))
+        sources.append(str(folder))
+    command = [sys.executable, "-m", "guard", "calibrate", "--model", str(directory), "--data", *sources]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["cameras"] == 2 and report["n_calibration"] == 2 * 28  # each camera's last 30% held out
+    assert report["n_holdout"] == 2 * 12 and report["holdout_fpr"] <= report["holdout_fpr_upper_95"]
+    factory = tomllib.loads((directory / "config.toml").read_text())["cameras"]["baseline"]["factory"]
+    assert set(factory) == {"bit_depth_5", "patch"} and all(spread > 0 for _, spread in factory.values())
+    references = References.load(directory / "references.npz")
+    assert list(dict.fromkeys(references.cameras.tolist())) == ["camera0", "camera1"]
+    with running_gateway(tmp_path / "repository") as srv:
+        assert srv.server._runtimes["cam"].baselines is not None
+
+
+def test_a_missing_data_source_is_one_line_naming_it(tmp_path):
+    command = [sys.executable, "-m", "guard", "calibrate", "--model", str(tmp_path), "--data", str(tmp_path / "no.npz")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"guard calibrate: --data {tmp_path / 'no.npz'}: no such file or directory"

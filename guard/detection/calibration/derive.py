@@ -5,7 +5,10 @@
    learn clean statistics on the references themselves (Mahalanobis, STRIP's blend images) must
    not be judged on the samples they learned from: their scores are cross-fitted, each fold
    scored by a copy fitted on the other folds (the detectors that serve are fitted on all).
-2. Fit the decision on those scores: a union sharing the false-positive budget, or a Fisher /
+2. With per-camera baselines, re-express each camera's scores after its warm-up against that
+   warm-up, exactly as the server will (guard.detection.baselines.simulate): the decision is fitted
+   on what it will judge.
+3. Fit the decision on those scores: a union sharing the false-positive budget, or a Fisher /
    omnibus ensemble whose clean references are the scores themselves; each detector also gets
    its threshold at the target alone (monitors, and attribution under an ensemble).
 """
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from guard.detection.baselines import BaselineSettings, Factory, simulate
 from guard.detection.bounds import DEFAULT_CONFIDENCE
 from guard.detection.calibration.references import References
 from guard.detection.detectors import Detector, FitData
@@ -40,6 +44,8 @@ class DecisionSettings:
     folds: int = 5
     """Cross-fitting folds for detectors that learn from the references (0: they learned elsewhere)."""
     seed: int = 0
+    baseline: BaselineSettings | None = None
+    """Per-camera baselines: the references' `cameras` say which rows warm up which camera."""
 
 
 @dataclass
@@ -52,6 +58,11 @@ class Decision:
     """Share of the references the model's decision flags (within the bound by construction)."""
     scores: dict[str, np.ndarray]
     """Every detector's scores on the references (cross-fitted where they learn from them)."""
+    factory: Factory | None = None
+    """With per-camera baselines: every detector's clean location and spread, over all cameras."""
+    unmapped: dict[str, np.ndarray] | None = None
+    """With per-camera baselines: every reference row's scores before mapping (`scores` holds the
+    mapped rows after each camera's warm-up, what the decision was fitted on)."""
 
     def flags(self, scores: dict[str, np.ndarray], judges: list[str]) -> np.ndarray:
         """Whether the decision flags each row of `scores`."""
@@ -137,11 +148,29 @@ def decide(scores: dict[str, np.ndarray], detectors: list[Detector], settings: D
     return Decision({**alone, **fit.thresholds}, None, fit.calibration_fpr, scores)
 
 
+def per_camera(detectors: list[Detector], settings: BaselineSettings) -> list[str]:
+    """The detectors judged per camera: the configured ones, else those that read features."""
+    if settings.detectors is not None:
+        return [d.name for d in detectors if d.name in settings.detectors]
+    return [d.name for d in detectors if d.needs_features]
+
+
 def derive(pipeline_for: PipelineFor, detectors: list[Detector], references: References,
            settings: DecisionSettings) -> Decision:
     """Scores (cross-fitted where needed) then the decision: what calibration and recalibration share."""
     scores = cross_fitted_scores(pipeline_for, detectors, references, settings.folds, settings.seed)
-    return decide(scores, detectors, settings)
+    if settings.baseline is None:
+        return decide(scores, detectors, settings)
+    if references.cameras is None:
+        raise ValueError("per-camera baselines need references that say which camera each row comes from "
+                         "(`guard calibrate --data` with one video or folder per camera)")
+    chosen = per_camera(detectors, settings.baseline)
+    factory = Factory.fit({name: scores[name] for name in chosen})
+    mapped, _, factory = simulate(scores, references.cameras, settings.baseline, factory,
+                                  draws=settings.baseline.calibration_draws)
+    decision = decide(mapped, detectors, settings)
+    decision.factory, decision.unmapped = factory, scores
+    return decision
 
 
 def per_detector_rates(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> dict[str, float]:

@@ -36,6 +36,11 @@ def same_runtime(stored: str | None, host: str) -> bool:
     """Whether thresholds stored under fingerprint id `stored` hold on this host's `host`."""
     return stored == host and not foreign_host()
 
+# Environment variables that steer oneDNN's and MKL's kernel choice (torch's convolutions and
+# matrix products go through them): each changes torch's float results on the same CPU, so a set
+# one is part of the fingerprint. (ATEN_CPU_CAPABILITY shows in torch_cpu_capability.)
+KERNEL_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     """The kernel-relevant flags of this CPU (Linux /proc/cpuinfo; empty where it is not readable)."""
@@ -64,6 +69,9 @@ def runtime_fingerprint(backend_description: str, device: torch.device) -> dict[
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": device.type,
     }
+    steering = {name: os.environ[name] for name in KERNEL_ENV if os.environ.get(name)}
+    if steering:  # only when set, so that the fingerprints of unsteered hosts stay as they were
+        fingerprint["kernel_env"] = steering
     if device.type == "cuda":
         index = device.index or 0
         fingerprint["cuda_device"] = torch.cuda.get_device_name(index)

@@ -24,6 +24,9 @@ class References:
     labels: np.ndarray | None = None
     """Class labels when known: detectors that learn per-class statistics use them, else the
     model's own predictions."""
+    cameras: np.ndarray | None = None
+    """Which camera each row comes from (strings), rows of a camera in time order: what per-camera
+    baselines calibrate on (guard.detection.baselines.simulate)."""
 
     @property
     def rows(self) -> int:
@@ -31,7 +34,8 @@ class References:
 
     def take(self, index: np.ndarray) -> References:
         return References({k: v[index] for k, v in self.inputs.items()},
-                          None if self.labels is None else self.labels[index])
+                          None if self.labels is None else self.labels[index],
+                          None if self.cameras is None else self.cameras[index])
 
     def save(self, path: Path) -> None:
         arrays = {}
@@ -45,6 +49,8 @@ class References:
                 arrays[f"{_INPUT}{name}"] = value
         if self.labels is not None:
             arrays["labels"] = self.labels
+        if self.cameras is not None:
+            arrays["cameras"] = np.asarray(self.cameras, dtype=str)
         np.savez_compressed(path, **arrays)
 
     @classmethod
@@ -60,10 +66,11 @@ class References:
                     items = [buffer[a:b] for a, b in zip(starts, ends.reshape(-1))]
                     inputs[name] = np.array(items + [None], dtype=object)[:-1].reshape(ends.shape)
                 labels = data["labels"] if "labels" in data.files else None
+                cameras = data["cameras"] if "cameras" in data.files else None
         except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:  # missing, truncated, foreign
             raise ConfigError(where or path, "calibration.references", "an .npz written by `guard calibrate`",
                               f"{path.name}: {exc}") from None
         if not inputs or len({len(v) for v in inputs.values()}) != 1:
             raise ConfigError(where or path, "calibration.references", "client inputs with one row count",
                               {k: v.shape for k, v in inputs.items()})
-        return cls(inputs, labels)
+        return cls(inputs, labels, cameras)
