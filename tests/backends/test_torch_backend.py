@@ -4,7 +4,12 @@ settings errors that name the key. CUDA-only parts run only where CUDA is presen
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ from onnx import helper, numpy_helper
 from guard.backends.onnx_torch import load_onnx_classifier
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.backends.torch_runtime import TorchBackend
+from guard.detection.calibration.fingerprint import cpu_flags, fingerprint_id, runtime_fingerprint
 from guard.protocol.errors import BackendError, ConfigError
 from guard.serving.metrics import GuardMetrics
 from guard.serving.model_config import load_model_config
@@ -33,22 +39,49 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # 2.3e-5 (values up to ~55, ulp 3.8e-6: 3 and 6 ulps). Allowed: 16 ulps of the largest value.
 FP32_ULPS = 16
 # INT8 QDQ: both outputs are DequantizeLinear of integers, so any difference is a whole number of
-# quantization steps of that output. The interpreter fakes the integer kernels in float32, so a
-# value within float rounding of a grid midpoint can round the other way in one layer. Measured on
-# 360 held-out, 1078 training, 3234 noisy training, 1078 2-bit-squeezed training and 5000 uniform-
-# noise rows: never more than ONE step, on 0% (held-out) to 0.4% of rows, top-1 always equal.
-# Allowed: 2 steps (a flip in an early layer may push a later value across a grid point, too), on
-# at most 2% of rows (5x the worst measured rate), top-1 equal on 99%.
+# quantization steps of that output. The interpreter does exact integer arithmetic (faked in
+# float32), so a value within float rounding of a grid midpoint can round the other way in one
+# layer. Measured against ONNX Runtime where its kernels are exact too (the 7-bit model below on
+# any host; the shipped model on a VNNI host), on the rows() below: never more than ONE step, on
+# at most 0.4% of rows (none of the inverted or on-midpoint ones), top-1 always equal. Allowed: 2
+# steps (a flip in an early layer may push a later value across a grid point, too), on at most 2%
+# of rows (5x the worst measured rate), top-1 equal on 99%.
 INT8_STEPS = 2
 INT8_ROWS_DIFFERING = 0.02
 INT8_TOP1 = 0.99
+# ONNX Runtime's INT8 is exact integer arithmetic only where its U8S8 kernels cannot saturate. On
+# x86-64 without VNNI, MLAS multiplies u8 activations by s8 weights with VPMADDUBSW, which adds
+# each pair of products into a SATURATING int16 (255 * 127 * 2 > 32767); with VNNI (avx512_vnni,
+# avx_vnni) they accumulate exactly in int32. Quantizing weights to 7 bits (reduce_range=True,
+# |w| <= 64: 255 * 64 * 2 <= 32767) avoids the saturation on every host; the shipped INT8 model has
+# full 8-bit weights. A numpy model of the saturating kernel puts the shipped model's held-out
+# logits up to 22 steps from exact arithmetic (as seen on an AVX2 host) and flips top-1 on 5 of
+# 360 held-out digits (98.6%; it also reproduces the accuracy in digits/quantization.json, 0.9722,
+# against 0.9806 from exact kernels). So across hosts the shipped model is checked on top-1 at
+# 98%, and on the step bounds only where the host has VNNI.
+SHIPPED_INT8_TOP1 = 0.98
+VNNI = bool({"avx512_vnni", "avx_vnni"} & set(cpu_flags()))
 
 
-def rows(held_out, noise: int = 1000) -> np.ndarray:
-    """Held-out digits plus uniform noise: off-distribution inputs reach more rounding midpoints."""
+def rows(held_out, grid: Path = INT8, noise: int = 1000) -> np.ndarray:
+    """Held-out digits first, then inputs that reach what the digits do not: uniform noise (more
+    rounding midpoints); the digits inverted (bright backgrounds drive activations past the ranges
+    calibrated on dark ones, where only the clamp to the grid's top is right); and the digits moved
+    onto midpoints of `grid`'s input quantization grid (ties, where only round-half-to-even, as in
+    ONNX QuantizeLinear and MLAS, is right; other inputs never hit one)."""
     x = held_out[0]
-    return np.ascontiguousarray(np.concatenate([x, np.random.default_rng(0).random((noise, *x.shape[1:]),
-                                                                                 dtype=np.float32)]))
+    scale = input_scale(grid)
+    midpoints = ((np.arange(255) + 0.5) * np.float64(scale)).astype(np.float32)
+    midpoints = midpoints[midpoints / scale == np.arange(255) + 0.5]  # exact ties in float32 only
+    on_ties = midpoints[np.minimum(np.searchsorted(midpoints, x), len(midpoints) - 1)]
+    uniform = np.random.default_rng(0).random((noise, *x.shape[1:]), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate([x, uniform, 1 - x, on_ties]))
+
+
+def input_scale(model: Path) -> np.float32:
+    graph = onnx.load(str(model)).graph
+    node = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return np.float32(next(numpy_helper.to_array(i) for i in graph.initializer if i.name == node.input[1]))
 
 
 def reference(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -80,18 +113,108 @@ def test_fp32_agrees_with_onnxruntime(held_out):
     assert (got["logits"].argmax(1) == expected["logits"].argmax(1)).all()
 
 
-def test_int8_agrees_with_onnxruntime_to_whole_quantization_steps(held_out):
-    x = rows(held_out)
-    got, expected = on_torch(TorchBackend.open(INT8, device="cpu", features_output=FEATURES), x), reference(INT8, x)
+@pytest.fixture(scope="module")
+def int8_7bit(tmp_path_factory) -> Path:
+    """The FP32 demo quantized as models/quantize.py quantizes the shipped INT8 model (QDQ,
+    per-channel INT8 weights, UINT8 activations, ranges from its 320 seeded training digits), but
+    with 7-bit weights (reduce_range), so ONNX Runtime's integer kernels are exact on every host."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from models.quantize import calibration_images
+
+    class Images(CalibrationDataReader):
+        def __init__(self, x: np.ndarray):
+            self.batches = iter([{"input": np.ascontiguousarray(x[i:i + 64])} for i in range(0, len(x), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    folder = tmp_path_factory.mktemp("int8_7bit")
+    quant_pre_process(str(FP32), str(folder / "prepared.onnx"), skip_symbolic_shape=True)
+    quantize_static(str(folder / "prepared.onnx"), str(folder / "model.onnx"), Images(calibration_images(320)),
+                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, reduce_range=True)
+    return folder / "model.onnx"
+
+
+def assert_int8_agrees(model: Path, got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
     for name in ("logits", FEATURES):
-        steps = np.abs(got[name] - expected[name]) / output_scale(INT8, name)
+        steps = np.abs(got[name] - expected[name]) / output_scale(model, name)
         assert np.allclose(steps, np.round(steps), atol=1e-3), f"{name}: a difference that is not a rounding flip"
         assert steps.max() <= INT8_STEPS, name
         assert (steps.max(axis=1) > 0.5).mean() <= INT8_ROWS_DIFFERING, name
     assert (got["logits"].argmax(1) == expected["logits"].argmax(1)).mean() >= INT8_TOP1
-    # On the held-out digits themselves, measured identical.
-    assert np.abs(got["logits"][:len(held_out[0])] - expected["logits"][:len(held_out[0])]).max() <= output_scale(
-        INT8, "logits") * INT8_STEPS
+
+
+def test_int8_agrees_with_onnxruntime_to_whole_quantization_steps(held_out, int8_7bit):
+    # The premise: no u8 * s8 pair sum can leave int16, so ORT is exact here whatever the CPU.
+    weights = [a for a in map(numpy_helper.to_array, onnx.load(str(int8_7bit)).graph.initializer) if a.dtype == np.int8]
+    assert weights and max(np.abs(w.astype(np.int32)).max() for w in weights) <= 64
+    x = rows(held_out, int8_7bit)
+    got = on_torch(TorchBackend.open(int8_7bit, device="cpu", features_output=FEATURES), x)
+    assert_int8_agrees(int8_7bit, got, reference(int8_7bit, x))
+
+
+def test_shipped_int8_agrees_with_onnxruntime_on_top1(held_out):
+    """The shipped 8-bit model, checked on what holds on every CPU (see SHIPPED_INT8_TOP1); on a
+    host with VNNI, ORT is exact and the step bounds hold too."""
+    x = rows(held_out)
+    got, expected = on_torch(TorchBackend.open(INT8, device="cpu", features_output=FEATURES), x), reference(INT8, x)
+    for name in ("logits", FEATURES):  # however ORT sums, both sides dequantize integers
+        steps = np.abs(got[name] - expected[name]) / output_scale(INT8, name)
+        assert np.allclose(steps, np.round(steps), atol=1e-3), f"{name}: a difference that is not a rounding flip"
+    digits = slice(len(held_out[0]))
+    assert (got["logits"][digits].argmax(1) == expected["logits"][digits].argmax(1)).mean() >= SHIPPED_INT8_TOP1
+    if VNNI:
+        assert_int8_agrees(INT8, got, expected)
+
+
+# torch picks its vector kernels from ATEN_CPU_CAPABILITY, read once at import; convolutions and
+# matrix products go to oneDNN and MKL, which pick theirs from their own variables, so a forced
+# capability sets those too on x86 (alone, it left every output bit-identical on an AVX-512 host).
+# Only capabilities below this host's can be forced.
+_KERNELS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+            "default": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+_LOWER = ["avx2", "default"] if _CAPABILITY == "AVX512" else [] if _CAPABILITY == "DEFAULT" else ["default"]
+_FORCED_RUN = """
+import json, sys
+import numpy as np, torch
+from guard.backends.torch_runtime import TorchBackend
+from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
+x, outputs, features = torch.from_numpy(np.load(sys.argv[1])), {}, sys.argv[4]
+for tag, model in (("fp32", sys.argv[2]), ("int8", sys.argv[3])):
+    backend = TorchBackend.open(model, device="cpu", features_output=features)
+    for name, value in backend.infer({"input": x}, ["logits", features]).items():
+        outputs[tag + ":" + name] = value.numpy()
+np.savez(sys.argv[1] + ".out.npz", **outputs)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "description": backend.description,
+                  "fingerprint": fingerprint_id(runtime_fingerprint(backend.description, torch.device("cpu")))}))
+"""
+
+
+@pytest.mark.parametrize("forced", _LOWER or [pytest.param("", marks=pytest.mark.skip(
+    reason="no torch CPU capability below this host's to force"))])
+def test_other_cpu_kernels_agree_and_fingerprint_differently(tmp_path, held_out, int8_7bit, forced):
+    """The torch paths on the kernels of a lesser CPU, in a subprocess (the capability is read when
+    torch is imported): the runtime fingerprint must tell the hosts apart, and FP32 and INT8 must
+    still agree with ONNX Runtime within the same bounds."""
+    np.save(tmp_path / "x.npy", x := rows(held_out, int8_7bit))
+    extra = _KERNELS[forced] if platform.machine().lower() in ("x86_64", "amd64") else {}
+    run = subprocess.run([sys.executable, "-c", _FORCED_RUN, str(tmp_path / "x.npy"), str(FP32), str(int8_7bit),
+                          FEATURES], env={**os.environ, "ATEN_CPU_CAPABILITY": forced, **extra},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    assert child["capability"] == forced.upper()
+    assert child["fingerprint"] != fingerprint_id(runtime_fingerprint(child["description"], torch.device("cpu")))
+    out = np.load(tmp_path / "x.npy.out.npz")
+    got = {tag: {name: out[f"{tag}:{name}"] for name in ("logits", FEATURES)} for tag in ("fp32", "int8")}
+    expected = reference(FP32, x)
+    assert_fp32_agrees(got["fp32"], expected)
+    assert (got["fp32"]["logits"].argmax(1) == expected["logits"].argmax(1)).all()
+    assert_int8_agrees(int8_7bit, got["int8"], reference(int8_7bit, x))
 
 
 def test_internal_features_come_from_the_same_call(tmp_path, held_out):
@@ -170,9 +293,13 @@ def test_live_gateway_serves_the_demo_with_the_same_detectors(tmp_path, held_out
     fp32 = repository / "digits_fp32" / "config.toml"
     fp32.write_text(torch_config(fp32.read_text()))
     x = held_out[0][:8]
-    with running_gateway() as srv:  # ONNX Runtime, as shipped
+    # Both under the stored thresholds: the torch backend's runtime fingerprint never matches the
+    # stored ONNX Runtime one, so by default its copy would re-derive them at load (and so would
+    # the ORT copy on a host unlike the one that calibrated), and verdicts would then compare two
+    # calibrations rather than two backends.
+    with running_gateway(calibration="trust") as srv:  # ONNX Runtime, as shipped
         expected = [infer(srv.grpc_url, x[i:i + 1]) for i in range(len(x))]
-    with running_gateway(repository) as srv:
+    with running_gateway(repository, calibration="trust") as srv:
         runtime = srv.server._runtimes["digits"]
         assert runtime.backend.kind == "torch" and runtime.pipeline.torch_io
         assert [d.name for d in runtime.detectors] == demo_detector_names()
@@ -183,9 +310,11 @@ def test_live_gateway_serves_the_demo_with_the_same_detectors(tmp_path, held_out
         params, ref = ours.get_response().parameters, theirs.get_response().parameters
         assert params["guard_verdict"].string_param == ref["guard_verdict"].string_param
         assert params["guard_flagged_by"].string_param == ref["guard_flagged_by"].string_param
-        # Held-out logits are identical (INT8, see above), so scores differ by float noise only.
-        assert params["guard_score"].double_param == pytest.approx(ref["guard_score"].double_param, rel=1e-4, abs=1e-6)
-        np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-5)
+        assert ours.as_numpy("logits").argmax(1).tolist() == theirs.as_numpy("logits").argmax(1).tolist()
+        if VNNI:  # ORT's INT8 is exact here (see SHIPPED_INT8_TOP1): identical logits, scores equal to float noise
+            assert params["guard_score"].double_param == pytest.approx(ref["guard_score"].double_param,
+                                                                       rel=1e-4, abs=1e-6)
+            np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-5)
 
 
 class Spy:
