@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "build" / "camera-repository"
 CALIBRATION_CLIP = "bikes"
+# Frames a camera's baseline warms up on ([cameras.baseline]; models.camera_baselines measures it).
+WARMUP = 50
 IMAGE_INPUT = {"name": "image", "datatype": "BYTES", "shape": []}
 # The sources whose change rebuilds every model directory (the built models carry their own).
 SOURCES = ("camera_guard", "footage")
@@ -90,8 +92,9 @@ CONFIGS = {
 }
 
 
-def write_directory(name: str, built: Path, repository: Path) -> Path:
-    """A guard model directory for a built camera model: model (features exposed) and config."""
+def write_directory(name: str, built: Path, repository: Path, warmup: int | None = WARMUP) -> Path:
+    """A guard model directory for a built camera model: model (features exposed) and config, with
+    per-camera baselines warming up on `warmup` frames (None: without baselines)."""
     spec = CONFIGS[name]
     directory = repository / name
     if directory.exists():
@@ -106,16 +109,22 @@ def write_directory(name: str, built: Path, repository: Path) -> Path:
               "preprocess": _preprocess(built, keys), "features_output": spec["features"],
               **spec["config"], "batching": {"max_batch_size": 16, "max_queue_delay_microseconds": 2000},
               "ensemble": {"method": "omnibus"}}
+    if warmup is not None:  # docs/camera-evaluation.md, per-camera baselines: what holds on new scenes
+        config["cameras"] = {"baseline": {"warmup_frames": warmup}}
     header = (f"# The guard's config for the camera model {name} (models/camera_guard.py); thresholds,\n"
               "# [ensemble] statistics and [calibration] are written by `guard calibrate --model`.\n")
     (directory / "config.toml").write_text(header + tomlkit.dumps(config))
     return directory
 
 
-def calibration_references(frames: Iterable[np.ndarray]) -> References:
-    """RGB uint8 frames -> the clean samples calibration takes: JPEG bytes, as a camera sends them."""
+def calibration_references(frames: Iterable[np.ndarray], cameras: Iterable[str] | None = None) -> References:
+    """RGB uint8 frames -> the clean samples calibration takes: JPEG bytes, as a camera sends them,
+    with the camera each comes from (one camera, CALIBRATION_CLIP, unless given)."""
     items = [encode_jpeg(frame) for frame in frames]
-    return References({"image": np.array(items + [None], dtype=object)[:-1]})
+    names = np.array(list(cameras) if cameras is not None else [CALIBRATION_CLIP] * len(items))
+    if len(names) != len(items):
+        raise ValueError(f"{len(items)} frames but {len(names)} camera names")
+    return References({"image": np.array(items + [None], dtype=object)[:-1]}, None, names)
 
 
 def calibration_frames(limit: int) -> References:
@@ -155,11 +164,13 @@ def is_current(directory: Path, wanted: dict, compare_calibration: bool = True) 
 
 def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT,
                      frames: int = 250, names: tuple[str, ...] = tuple(CONFIGS),
-                     calibration: Iterable[np.ndarray] | None = None) -> dict[str, dict]:
+                     calibration: Iterable[np.ndarray] | None = None, cameras: Iterable[str] | None = None,
+                     warmup: int | None = WARMUP) -> dict[str, dict]:
     """Write and calibrate a guard model directory per camera model under `repository`, on the first
-    `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames) when given."""
+    `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames, from `cameras`, one
+    name per frame) when given; per-camera baselines warm up on `warmup` frames (None: off)."""
     built = ensure_built(models_root, names)
-    samples = calibration_frames(frames) if calibration is None else calibration_references(calibration)
+    samples = calibration_frames(frames) if calibration is None else calibration_references(calibration, cameras)
     if calibration is None:
         described = default_calibration(frames)
     else:
@@ -167,7 +178,7 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = 
         described = f"{samples.rows} frames given by the caller (JPEG sha256 {digest.hexdigest()[:16]})"
     reports = {}
     for name in names:
-        directory = write_directory(name, built[name], repository)
+        directory = write_directory(name, built[name], repository, warmup)
         reports[name] = calibrate_directory(directory, samples, holdout_fraction=0.3, seed=0)
         # Last: a build stopped half-way leaves no record, so it is never taken for a finished one.
         (directory / FINGERPRINT).write_text(json.dumps(fingerprint(built[name], described), indent=2) + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 
 from models import footage
 from models.camera import DEFAULT_ROOT, ensure_built
-from models.camera_guard import CONFIGS, ROOT, build_repository, fingerprint, is_current
+from models.camera_guard import CONFIGS, ROOT, WARMUP, build_repository, fingerprint, is_current
 
 log = logging.getLogger("models.camera_evaluation")
 
@@ -197,6 +197,9 @@ def ensure_repository(repository: Path, splits: list[SceneSplit], clips: dict[st
     frames = [clips[s.clip][i] for s in splits for i in s.calibration]
     log.warning("building the per-scene repository %s: %d calibration frames (%s)", repository, len(frames),
                 ", ".join(f"{s.clip} {len(s.calibration)}" for s in splits))
-    build_repository(repository, calibration=frames)
+    cameras = [s.clip for s in splits for _ in s.calibration]
+    # A quick run calibrates on a handful of frames per clip: its warm-up takes half of them.
+    warmup = min(WARMUP, min(len(s.calibration) for s in splits) // 2)
+    build_repository(repository, calibration=frames, cameras=cameras, warmup=warmup)
     (repository / SPLIT_FILE).write_text(json.dumps(wanted, indent=1) + "\n")
     return True

@@ -7,8 +7,9 @@ a jump away from the camera's own normal, so each camera's scores are re-express
 
     s' = loc_F + (s - loc_c) * scale_F / scale_c
 
-where (loc_F, scale_F) are the factory's median and robust spread of each detector's clean scores
-(every calibration camera pooled, frozen at calibration) and (loc_c, scale_c) the camera's own,
+where loc_F is the factory's median of each detector's clean scores (every calibration camera
+pooled, frozen at calibration), scale_F the median of the calibration cameras' own robust spreads,
+and (loc_c, scale_c) the camera's own,
 from its first `warmup` frames. The thresholds are fitted on scores mapped this way (calibration
 runs the same warm-up on each of its cameras, `simulate`), so they hold for a camera after its
 warm-up; before it, and for requests without a `camera_id`, scores are judged as they are.
@@ -20,8 +21,10 @@ the camera cannot walk it anywhere:
 - loc_c moves only on frames judged clean, by `adapt_rate` of the gap per frame, and by at most
   `max_drift_per_hour` x scale_c in any hour (a token bucket on the clock, so the frame rate does
   not matter) plus one quarter of that as the bucket's depth;
-- loc_c stays within `max_offset` x scale_F of loc_F, a ceiling set at calibration: a scene (or a
-  poisoned warm-up) beyond it is judged from the ceiling, so it shows as flags, not as silence.
+- loc_c stays within `max_offset` spreads of loc_F, counted in the spread of every calibration
+  camera's scores pooled (how far the calibration scenes lie from each other), a ceiling set at
+  calibration: a scene (or a poisoned warm-up) beyond it is judged from the ceiling, so it shows
+  as flags, not as silence.
 The warm-up itself is trust on first use: its frames are taken as the camera's normal.
 """
 
@@ -54,10 +57,16 @@ class BaselineSettings:
     """A camera's first frames, taken as its normal (its baseline's location and spread)."""
     adapt_rate: float = 0.02
     """Share of the gap between a clean frame's score and the baseline the location moves by."""
-    max_drift_per_hour: float = 2.0
-    """Most the location moves in an hour, in units of the camera's spread."""
-    min_scale: float = 0.25
-    """A camera's spread is at least this share of the factory's (a still scene has almost none)."""
+    max_drift_per_hour: float = 0.5
+    """Most the location moves in an hour, in units of the camera's spread. Bounded well below the
+    margin by which the attacks it guards against stand out: with 2 spreads an hour, one hour of an
+    owner pulling a camera's baseline up hid 6 of 10 PGD examples at 8/255 on MobileNetV2 in the
+    footage's weakest camera; with 0.5, none (docs/camera-evaluation.md, per-camera baselines)."""
+    min_scale: float = 1.0
+    """A camera's spread is at least this share of the factory's. A warm-up of a few seconds shows
+    how a scene jitters, not how it varies over hours (a still scene shows almost nothing), so by
+    default a camera's spread is never taken below the factory's: what a camera's baseline corrects
+    is mainly where its scores sit."""
     max_offset: float = 20.0
     """A camera's location stays within this many factory spreads of the factory's."""
     rate_window: int = 500
@@ -65,10 +74,9 @@ class BaselineSettings:
     calibration_draws: int = 8
     """Warm-up windows per calibration camera (guard.detection.baselines.simulate)."""
     detectors: tuple[str, ...] | None = None
-    """The detectors whose scores depend on the scene and are judged per camera; None: those that
-    read the model's features (Mahalanobis, the feature Gaussian, the detector network). The
-    others (squeezers, the margin) measure a perturbation's effect, much the same in any scene,
-    and a baseline fitted on a few frames would only add its own noise to them."""
+    """The detectors judged per camera; None: every detector. On real footage every one of them
+    depends on the scene, not only the feature-space ones: the confidence margin on what the scene
+    shows, the squeezers on its texture (docs/camera-evaluation.md, per-camera baselines)."""
 
 
 @dataclass(frozen=True)
@@ -77,20 +85,40 @@ class Factory:
 
     location: dict[str, float]
     scale: dict[str, float]
+    """A camera's own spread (the median over calibration cameras): what baselines map onto."""
+    reach: dict[str, float] | None = None
+    """The spread over every calibration row, scenes pooled (the ceiling's unit); `scale` if None."""
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray]) -> Factory:
-        location, scale = {}, {}
+    def fit(cls, scores: dict[str, np.ndarray], cameras: np.ndarray | None = None) -> Factory:
+        """Location: the median over every row. Spread: with `cameras`, the median of each
+        camera's own spread (cameras with more than one row): how much one camera's scores vary,
+        which is what a camera's baseline is measured against; pooled over cameras, the spread
+        would also count how far the scenes are from each other, and loosen every threshold."""
+        location, scale, reach = {}, {}, {}
         for name, values in scores.items():
-            location[name], scale[name] = robust(np.asarray(values, np.float64))
-        return cls(location, scale)
+            values = np.asarray(values, np.float64)
+            location[name], scale[name] = robust(values)
+            reach[name] = scale[name]
+            if cameras is not None:
+                cameras = np.asarray(cameras)
+                own = [robust(values[cameras == c])[1] for c in dict.fromkeys(cameras.tolist())
+                       if (cameras == c).sum() > 1]
+                if own:
+                    scale[name] = float(np.median(own))
+        return cls(location, scale, reach)
+
+    def unit(self, name: str) -> float:
+        return (self.reach or self.scale)[name]
 
     def as_table(self) -> dict[str, list[float]]:
-        return {name: [self.location[name], self.scale[name]] for name in self.location}
+        return {name: [self.location[name], self.scale[name], self.unit(name)] for name in self.location}
 
     @classmethod
     def from_table(cls, table: dict[str, list[float]]) -> Factory:
-        return cls({k: float(v[0]) for k, v in table.items()}, {k: float(v[1]) for k, v in table.items()})
+        """[location, spread] or [location, spread, reach] per detector."""
+        return cls({k: float(v[0]) for k, v in table.items()}, {k: float(v[1]) for k, v in table.items()},
+                   {k: float(v[-1]) for k, v in table.items()})
 
 
 def robust(values: np.ndarray) -> tuple[float, float]:
@@ -125,7 +153,7 @@ class CameraBaseline:
         return self.location is not None
 
     def ceiling(self, name: str) -> tuple[float, float]:
-        f, s = self.factory.location[name], self.factory.scale[name]
+        f, s = self.factory.location[name], self.factory.unit(name)
         return f - self.settings.max_offset * s, f + self.settings.max_offset * s
 
     def _settle(self, now: float) -> None:
@@ -267,8 +295,8 @@ def simulate(scores: dict[str, np.ndarray], cameras: np.ndarray, settings: Basel
     norm; D windows show it how much a warm-up of this length varies, while every row is still
     judged once, so the sample count the bounds use is not inflated."""
     names = [n for n in scores if factory is None or n in factory.location]
-    factory = factory or Factory.fit(scores)
     cameras = np.asarray(cameras)
+    factory = factory or Factory.fit(scores, cameras)
     kept: list[np.ndarray] = []
     mapped: dict[str, list[np.ndarray]] = {name: [] for name in scores}
     for camera in dict.fromkeys(cameras.tolist()):

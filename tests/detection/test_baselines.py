@@ -130,10 +130,10 @@ def test_simulate_maps_each_camera_after_its_own_warm_up_and_drops_short_ones():
     a, b, short = rng.normal(0, 1, 30), rng.normal(100, 5, 40), rng.normal(50, 1, 10)
     scores = {"d": np.concatenate([a, b, short])}
     cameras = np.array(["a"] * 30 + ["b"] * 40 + ["s"] * 10)
-    settings = BaselineSettings(warmup=10)
+    settings = BaselineSettings(warmup=10, max_offset=1e6)
     out, kept, factory = simulate(scores, cameras, settings)
     np.testing.assert_array_equal(kept, np.r_[10:30, 40:70])
-    assert factory == Factory.fit(scores)  # every camera's frames, warm-ups and short ones included
+    assert factory == Factory.fit(scores, cameras)  # every camera's frames, warm-ups and short ones included
     for rows, values in ((slice(0, 20), a), (slice(20, 50), b)):
         location, spread = robust(values[:10])
         spread = max(spread, settings.min_scale * factory.scale["d"])
@@ -155,3 +155,25 @@ def test_a_camera_left_idle_gains_no_more_than_the_buckets_depth():
     for _ in range(10):
         baselines.observe("c", {"d": camera.location["d"] + 1e6}, False)
     assert camera.location["d"] - start <= BUCKET_HOURS * 2.0 * camera.scale["d"] + 1e-9
+
+
+def test_frames_of_a_camera_are_cross_fitted_in_stretches_of_time():
+    from guard.detection.calibration.derive import fold_assignment
+    from guard.detection.calibration.references import References
+
+    cameras = np.array(["a"] * 10 + ["b"] * 5)
+    folds = fold_assignment(References({"x": np.zeros((15, 1))}, None, cameras), 5, 0)
+    np.testing.assert_array_equal(folds, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 1, 2, 3, 4])
+    shuffled = fold_assignment(References({"x": np.zeros((15, 1))}), 5, 0)
+    assert sorted(np.bincount(shuffled)) == [3] * 5 and not (np.diff(shuffled) >= 0).all()
+
+
+def test_the_factory_spread_is_a_cameras_own_not_the_distance_between_scenes():
+    rng = np.random.default_rng(2)
+    scores = {"d": np.concatenate([rng.normal(0, 1, 400), rng.normal(100, 3, 400)])}
+    cameras = np.array(["a"] * 400 + ["b"] * 400)
+    pooled, own = Factory.fit(scores), Factory.fit(scores, cameras)
+    assert pooled.scale["d"] > 30  # the two scenes' distance
+    assert own.scale["d"] == pytest.approx(2.0, rel=0.15)  # the median of about 1 and about 3
+    assert own.location == pooled.location
+    assert own.unit("d") == pooled.scale["d"]  # the ceiling's unit: how far the scenes lie apart
