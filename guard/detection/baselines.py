@@ -49,6 +49,8 @@ MEAN_AD_TO_SD = 1.2533
 BUCKET_HOURS = 0.25
 # Floor of any spread, in score units: a detector whose clean scores are all equal has no scale.
 MIN_SPREAD = 1e-9
+# A warm-up whose scores spread less than this share of the factory's spread showed nothing.
+SHOWS_NOTHING = 0.01
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,12 @@ class CameraBaseline:
         for name in self.factory.location:
             values = np.array([row[name] for row in self.warming])
             loc, spread = robust(values)
+            if spread < SHOWS_NOTHING * self.factory.scale[name]:
+                # The warm-up shows nothing of this detector (a detector of boxes scores an empty
+                # street 0 on every frame): where its scores sit once something appears is unknown,
+                # so the camera is judged on it as calibrated (the mapping is the identity).
+                location[name], scale[name] = self.factory.location[name], self.factory.scale[name]
+                continue
             low, high = self.ceiling(name)
             location[name] = min(max(loc, low), high)
             scale[name] = max(spread, self.settings.min_scale * self.factory.scale[name])

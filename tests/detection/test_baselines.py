@@ -49,13 +49,22 @@ def test_a_camera_is_judged_as_it_is_until_its_warm_up_ends_then_against_its_own
 
 
 def test_a_still_scene_gets_the_floor_spread_not_none():
-    baselines = warmed(BaselineSettings(warmup=10, min_scale=0.25), [50.0] * 10)
+    baselines = warmed(BaselineSettings(warmup=10, min_scale=0.25), [50.0 + 0.1 * (i % 2) for i in range(10)])
     assert baselines.camera("c").scale["d"] == 0.25 * FACTORY.scale["d"]
+
+
+def test_a_warm_up_that_shows_nothing_of_a_detector_leaves_it_judged_as_calibrated():
+    """A detector of boxes scores an empty street 0 on every frame: once people appear its scores
+    say nothing relative to that warm-up, so the camera is judged on it as calibrated."""
+    baselines = warmed(BaselineSettings(warmup=10), [0.0] * 10)
+    camera = baselines.camera("c")
+    assert camera.warm and camera.location["d"] == FACTORY.location["d"] and camera.scale["d"] == FACTORY.scale["d"]
+    np.testing.assert_array_equal(mapped(baselines, "c", [0.0, 13.0]), [0.0, 13.0])
 
 
 def test_a_warm_up_beyond_the_ceiling_is_judged_from_the_ceiling():
     settings = BaselineSettings(warmup=10, max_offset=20.0)
-    baselines = warmed(settings, [1000.0] * 10)
+    baselines = warmed(settings, [1000.0 + (i % 3) for i in range(10)])
     assert baselines.camera("c").location["d"] == 10.0 + 20.0 * 2.0
     assert mapped(baselines, "c", [1000.0])[0] > 10.0 + 100 * 2.0  # still far out: flagged, not silenced
 
