@@ -108,7 +108,8 @@ def test_several_sources_are_several_cameras_for_per_camera_baselines(tmp_path):
     assert report["cameras"] == 2 and report["n_calibration"] == 2 * 28  # each camera's last 30% held out
     assert report["n_holdout"] == 2 * 12 and report["holdout_fpr"] <= report["holdout_fpr_upper_95"]
     factory = tomllib.loads((directory / "config.toml").read_text())["cameras"]["baseline"]["factory"]
-    assert set(factory) == {"bit_depth_5", "patch"} and all(spread > 0 for _, spread in factory.values())
+    assert set(factory) == {"bit_depth_5", "patch"}
+    assert all(len(entry) == 3 and entry[1] > 0 and entry[2] > 0 for entry in factory.values())
     references = References.load(directory / "references.npz")
     assert list(dict.fromkeys(references.cameras.tolist())) == ["camera0", "camera1"]
     with running_gateway(tmp_path / "repository") as srv:
