@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if not args.video.is_file():
+        raise SystemExit(f"guard replay: {args.video}: no such video file")
     from guard.tools.replay import main as replay_main  # lazy: tritonclient, PyAV
 
     return replay_main(args)

@@ -121,3 +121,4 @@ def test_a_missing_data_source_is_one_line_naming_it(tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"guard calibrate: --data {tmp_path / 'no.npz'}: no such file or directory"
+

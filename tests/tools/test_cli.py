@@ -114,3 +114,10 @@ def test_calibrate_adds_feature_and_trigger_detectors(tmp_path):
     report = json.loads(result.stdout)
     assert report["calibration_fpr"] <= 0.05
     assert set(report["thresholds"]) == {"median_2x2", "mahalanobis", "confidence_margin", "strip"}
+
+
+def test_replay_of_a_missing_video_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "no.mp4"
+    command = [sys.executable, "-m", "guard", "replay", str(missing), "--target", "127.0.0.1:1", "--model", "m"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and result.stderr.strip() == f"guard replay: {missing}: no such video file"
