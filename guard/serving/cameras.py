@@ -73,10 +73,11 @@ def read_baseline(r: TableReader) -> tuple[BaselineSettings | None, Factory | No
     if "factory" in r.table:
         f = r.sub("factory")
         for name, value in f.table.items():
-            if not (isinstance(value, list) and len(value) == 2 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and value[1] > 0):
-                raise f.fail(name, "[location, spread] of the detector's clean scores, spread > 0 (run `guard "
-                                   "calibrate`)", value)
+            if not (isinstance(value, list) and len(value) in (2, 3) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                    and all(v > 0 for v in value[1:])):
+                raise f.fail(name, "[location, spread, reach] of the detector's clean scores, spreads > 0 (run "
+                                   "`guard calibrate`)", value)
         factory = Factory.from_table(f.table)
     return settings, factory
 
