@@ -55,6 +55,7 @@ from guard.tools.evaluation.pgd import linf_pgd
 from models import classifier_attack, footage, patch_attack, yolo
 from models.camera_guard import build_repository
 from models.camera_protocols import GAP, SCENES, load_clips
+from models.footage import photos
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,8 @@ def run_camera(held: str, clips: dict[str, list[np.ndarray]], names: tuple[str, 
                            for c in conditions}
                 report.setdefault(model, {})["clean"] = {
                     c: row(f.result()) for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")}
+            # Single photos of scenes no camera warmed up on: judged against the factory, reported apart.
+            report[model]["photos"] = row(flagged(send(url, model, [encode(p, 90) for p in photos().values()], None)))
             if model == "mobilenet_v2":
                 preprocess = tomllib.loads((repository / model / "config.toml").read_text())["preprocess"]
                 jpegs = classifier_attacks(targets, preprocess, seed)
@@ -236,11 +239,14 @@ def clean_table(results: dict, conditions: list[str]) -> list[str]:
             continue
         lines += [f"**{model}**, clean frames after the warm-up (flagged/frames, rate; 95% upper bound)", "",
                   "| camera | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        photo_rows = {held: r[model]["photos"] for held, r in results.items() if "photos" in r.get(model, {})}
         for held, by in rows:
             lines.append(f"| {held} | " + " | ".join(
                 f"{by[c]['flagged']}/{by[c]['frames']} ({100 * by[c]['rate']:.1f}%; <= {100 * by[c]['upper_95']:.1f}%)"
                 for c in conditions) + " |")
         lines.append("")
+        lines += [f"Single photos without a warm-up, judged against the factory calibrated without {held}: "
+                  f"{p['flagged']}/{p['frames']}" for held, p in photo_rows.items()] + [""]
     return lines
 
 
