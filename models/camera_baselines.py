@@ -50,12 +50,11 @@ from guard.detection.bounds import upper_bound
 from guard.serving.background import BackgroundServer
 from guard.serving.server import ServerSettings
 from guard.tools.evaluation import attacks as atk
-from guard.tools.evaluation.conditions import CONDITIONS, encode, under
+from guard.tools.evaluation.conditions import CONDITIONS, under
 from guard.tools.evaluation.pgd import linf_pgd
 from models import classifier_attack, footage, patch_attack, yolo
 from models.camera_guard import build_repository
 from models.camera_protocols import GAP, SCENES, load_clips
-from models.footage import photos
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def row(flags: list[bool]) -> dict:
 def camera_run(url: str, model: str, camera: str, warmup: list[np.ndarray], judged: list[np.ndarray],
                condition: str) -> list[bool]:
     """Warm the camera up on `warmup` as it was, then judge `judged` under the condition."""
-    send(url, model, [encode(f, 90) for f in warmup], camera)
+    send(url, model, [footage.encode_jpeg(f) for f in warmup], camera)
     return flagged(send(url, model, under(condition, judged), camera))
 
 
@@ -163,7 +162,7 @@ def persons(answers: list[triton.InferResult]) -> np.ndarray:
 
 def attack_rows(url: str, model: str, camera: str, warmup: list[np.ndarray], jpegs: dict[str, list[bytes]]) -> dict:
     """Warm up, send the clean targets, then each attack; detection of the successful examples."""
-    send(url, model, [encode(f, 90) for f in warmup], camera)
+    send(url, model, [footage.encode_jpeg(f) for f in warmup], camera)
     clean = send(url, model, jpegs["clean"], camera)
     rows = {"clean targets": row(flagged(clean))}
     for key, frames in jpegs.items():
@@ -216,14 +215,15 @@ def run_camera(held: str, clips: dict[str, list[np.ndarray]], names: tuple[str, 
                 report.setdefault(model, {})["clean"] = {
                     c: row(f.result()) for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")}
             # Single photos of scenes no camera warmed up on: judged against the factory, reported apart.
-            report[model]["photos"] = row(flagged(send(url, model, [encode(p, 90) for p in photos().values()], None)))
+            photos = [footage.encode_jpeg(p) for p in footage.photos().values()]
+            report[model]["photos"] = row(flagged(send(url, model, photos, None)))
             if model == "mobilenet_v2":
                 preprocess = tomllib.loads((repository / model / "config.toml").read_text())["preprocess"]
                 jpegs = classifier_attacks(targets, preprocess, seed)
             else:
                 jpegs = hiding_attacks([judged[int(i)] for i in np.linspace(0, len(judged) - 1, 12).round()], seed)
             report[model]["attacks"] = attack_rows(url, model, f"{held}/attacked", start, jpegs)
-            send(url, model, [encode(f, 90) for f in start], f"{held}/poisoned")
+            send(url, model, [footage.encode_jpeg(f) for f in start], f"{held}/poisoned")
             drift = poison(srv, model, f"{held}/poisoned", POISON_HOURS)
             poisoned = {k: v for k, v in jpegs.items() if k == "clean" or k.endswith("_8")}
             report[model]["poisoned"] = {"hours": POISON_HOURS, "drift_spreads": drift,

@@ -47,18 +47,17 @@ class CameraSettings:
     baseline: BaselineSettings | None = None
     """Per-camera baselines ([cameras.baseline]); None: every camera is judged as calibrated."""
     factory: Factory | None = None
-    """[cameras.baseline.factory]: each detector's clean [location, spread], written by calibration."""
+    """[cameras.baseline.factory]: each detector's clean [location, spread, reach], written by calibration."""
 
 
-BASELINE_KEYS = {"warmup_frames": "warmup", "adapt_rate": "adapt_rate", "max_drift_per_hour": "max_drift_per_hour",
-                 "min_scale": "min_scale", "max_offset": "max_offset", "rate_window": "rate_window",
-                 "calibration_draws": "calibration_draws"}
+BASELINE_KEYS = ("warmup_frames", "adapt_rate", "max_drift_per_hour", "min_scale", "max_offset", "rate_window",
+                 "calibration_draws", "detectors", "factory")
 
 
 def read_baseline(r: TableReader) -> tuple[BaselineSettings | None, Factory | None]:
     if not r.table:
         return None, None
-    r.unknown({*BASELINE_KEYS, "factory", "detectors"})
+    r.unknown(BASELINE_KEYS)
     d = BaselineSettings()
     settings = BaselineSettings(
         warmup=r.positive("warmup_frames", d.warmup), adapt_rate=r.positive_float("adapt_rate", d.adapt_rate),

@@ -79,9 +79,9 @@ class _Entry:
     fingerprint: tuple = ()
     """Of the directory the serving copy was loaded from (empty when nothing serves)."""
     reason: str = ""
+    """Why the last load failed or the model is not served; empty once a load succeeds."""
     failed: bool = False
     """The last load failed (reason says why); an unloaded model has a reason but did not fail."""
-    """Why the last load failed or the model is not served; empty once a load succeeds."""
 
 
 class ModelManager:
@@ -121,7 +121,7 @@ class ModelManager:
 
     def unserved(self) -> list[str]:
         """Models of the repository whose last load failed and that have no serving copy."""
-        return sorted(name for name, entry in self._entries.items() if entry.failed and name not in self.models)
+        return sorted(name for name in self._entries if self.failure(name) is not None)
 
     def failure(self, name: str) -> str | None:
         """Why `name` is not served, when its last load failed and no copy serves."""

@@ -16,7 +16,6 @@ from guard.backends import build_backend
 from guard.backends.base import Backend
 from guard.backends.device import select_device
 from guard.detection.baselines import Baselines, Factory
-from guard.detection.calibration.derive import per_camera
 from guard.detection.detectors import Detector, build_detectors
 from guard.detection.ensemble import Fisher
 from guard.detection.pipeline import BatchResult, GuardPipeline
@@ -96,9 +95,9 @@ def camera_baselines(config: ModelConfig, detectors: list[Detector], derived: Fa
     factory = derived or cameras.factory
     key = "cameras.baseline.factory"
     if factory is None:
-        raise ConfigError(config.path, key, "each detector's clean [location, spread] (run `guard calibrate` "
+        raise ConfigError(config.path, key, "each detector's clean [location, spread, reach] (run `guard calibrate` "
                           "with the model's cameras)")
-    missing = sorted(set(per_camera(detectors, cameras.baseline)) - set(factory.location))
+    missing = sorted(set(cameras.baseline.judged([d.name for d in detectors])) - set(factory.location))
     if missing:
         raise ConfigError(config.path, key, f"an entry for every detector (missing {missing}; run `guard calibrate`)",
                           sorted(factory.location))

@@ -98,7 +98,7 @@ def load_cameras(paths: list[Path], inputs: tuple[TensorSpec, ...], stride: int 
         names.append(own if own is not None else np.full(part.rows, Path(path).stem or str(path)))
     if len(paths) > 1 and len({n for array in names for n in set(array.tolist())}) < len(paths):
         names = [np.char.add(f"{i}:", array.astype(str)) for i, array in enumerate(names)]  # same stem twice
-    inputs_ = {name: _concatenate([part.inputs[name] for part in parts]) for name in parts[0].inputs}
+    inputs_ = {name: np.concatenate([part.inputs[name] for part in parts]) for name in parts[0].inputs}
     labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
     return References(inputs_, labels, np.concatenate(names).astype(str))
 
@@ -109,13 +109,3 @@ def _npz_cameras(path: Path) -> np.ndarray | None:
     with np.load(path, allow_pickle=False) as data:
         return data["cameras"].astype(str) if "cameras" in data.files else None
 
-
-def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
-    if arrays[0].dtype == object:  # encoded images: keep one bytes object per element
-        joined = np.empty((sum(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=object)
-        start = 0
-        for a in arrays:
-            joined[start:start + len(a)] = a
-            start += len(a)
-        return joined
-    return np.concatenate(arrays)

@@ -163,13 +163,6 @@ def decide(scores: dict[str, np.ndarray], detectors: list[Detector], settings: D
     return Decision({**alone, **fit.thresholds}, None, fit.calibration_fpr, scores)
 
 
-def per_camera(detectors: list[Detector], settings: BaselineSettings) -> list[str]:
-    """The detectors judged per camera: the configured ones, else all."""
-    if settings.detectors is not None:
-        return [d.name for d in detectors if d.name in settings.detectors]
-    return [d.name for d in detectors]
-
-
 def derive(pipeline_for: PipelineFor, detectors: list[Detector], references: References,
            settings: DecisionSettings) -> Decision:
     """Scores (cross-fitted where needed) then the decision: what calibration and recalibration share."""
@@ -179,7 +172,7 @@ def derive(pipeline_for: PipelineFor, detectors: list[Detector], references: Ref
     if references.cameras is None:
         raise ValueError("per-camera baselines need references that say which camera each row comes from "
                          "(`guard calibrate --data` with one video or folder per camera)")
-    chosen = per_camera(detectors, settings.baseline)
+    chosen = settings.baseline.judged([d.name for d in detectors])
     factory = Factory.fit({name: scores[name] for name in chosen}, references.cameras)
     mapped, _, factory = simulate(scores, references.cameras, settings.baseline, factory,
                                   draws=settings.baseline.calibration_draws)

@@ -36,6 +36,7 @@ def same_runtime(stored: str | None, host: str) -> bool:
     """Whether thresholds stored under fingerprint id `stored` hold on this host's `host`."""
     return stored == host and not foreign_host()
 
+
 # Environment variables that steer oneDNN's and MKL's kernel choice (torch's convolutions and
 # matrix products go through them): each changes torch's float results on the same CPU, so a set
 # one is part of the fingerprint. (ATEN_CPU_CAPABILITY shows in torch_cpu_capability.)

@@ -17,11 +17,12 @@ frame is the farthest from what the camera's warm-up (before it) saw.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
+
+from guard.tools.clean_data import encode_jpeg
 
 Condition = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 """(RGB uint8 frame [H, W, 3], progress in [0, 1], rng) -> RGB uint8 frame of the same size."""
@@ -82,12 +83,6 @@ def quality(name: str, progress: float) -> int:
     return CAMERA_QUALITY
 
 
-def encode(frame: np.ndarray, quality_: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality_)
-    return buffer.getvalue()
-
-
 def under(name: str, frames: list[np.ndarray], seed: int = 0) -> list[bytes]:
     """`frames` (in time order) as the camera sends them under condition `name`, ramped from the
     first frame to the last: JPEG bytes."""
@@ -95,4 +90,5 @@ def under(name: str, frames: list[np.ndarray], seed: int = 0) -> list[bytes]:
         raise ValueError(f"unknown condition {name!r}: one of {', '.join(CONDITIONS)}")
     rng = np.random.default_rng(seed)
     last = max(len(frames) - 1, 1)
-    return [encode(CONDITIONS[name](frame, i / last, rng), quality(name, i / last)) for i, frame in enumerate(frames)]
+    return [encode_jpeg(CONDITIONS[name](frame, i / last, rng), quality(name, i / last))
+            for i, frame in enumerate(frames)]
