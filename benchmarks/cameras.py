@@ -109,17 +109,20 @@ class SharedMemoryFrames:
         self.free = asyncio.Semaphore(self.SLOTS)
 
     async def register(self, channel: grpc.aio.Channel) -> None:
-        call = channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryRegister",
-                                   request_serializer=pb.SystemSharedMemoryRegisterRequest.SerializeToString,
-                                   response_deserializer=pb.SystemSharedMemoryRegisterResponse.FromString)
-        await call(pb.SystemSharedMemoryRegisterRequest(name=self.name, key=f"/{self.memory.name}",
-                                                        byte_size=self.memory.size))
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+            request_serializer=pb.SystemSharedMemoryRegisterRequest.SerializeToString,
+            response_deserializer=pb.SystemSharedMemoryRegisterResponse.FromString,
+        )
+        await call(
+            pb.SystemSharedMemoryRegisterRequest(name=self.name, key=f"/{self.memory.name}", byte_size=self.memory.size)
+        )
 
     async def request(self, k: int) -> bytes:
         await self.free.acquire()  # a camera that is this far behind waits: its frames are late
         data = self.jpegs[(self.offset + k) % len(self.jpegs)]
         start = (k % self.SLOTS) * self.slot_bytes
-        self.memory.buf[start:start + 4 + len(data)] = len(data).to_bytes(4, "little") + data
+        self.memory.buf[start : start + 4 + len(data)] = len(data).to_bytes(4, "little") + data
         message = pb.ModelInferRequest(model_name=self.model)
         tensor = message.inputs.add(name="image", datatype="BYTES", shape=[1])
         tensor.parameters["shared_memory_region"].string_param = self.name
@@ -142,13 +145,21 @@ def _tail(request_id: str, camera: str | None) -> bytes:
     return message.SerializeToString()
 
 
-async def play(channel: grpc.aio.Channel, frames: InlineFrames | SharedMemoryFrames, camera: str, fps: float,
-               start: float, duration: float, name_camera: bool) -> CameraRun:
+async def play(
+    channel: grpc.aio.Channel,
+    frames: InlineFrames | SharedMemoryFrames,
+    camera: str,
+    fps: float,
+    start: float,
+    duration: float,
+    name_camera: bool,
+) -> CameraRun:
     """One camera, one stream: frame k at start + k / fps until `duration` has passed."""
     run = CameraRun()
     scheduled: dict[str, float] = {}
-    call = channel.stream_stream(STREAM, request_serializer=lambda b: b,
-                                 response_deserializer=pb.ModelStreamInferResponse.FromString)(timeout=duration + 120)
+    call = channel.stream_stream(
+        STREAM, request_serializer=lambda b: b, response_deserializer=pb.ModelStreamInferResponse.FromString
+    )(timeout=duration + 120)
 
     async def read() -> None:
         async for answer in call:
@@ -179,8 +190,15 @@ async def play(channel: grpc.aio.Channel, frames: InlineFrames | SharedMemoryFra
     return run
 
 
-async def cameras_at(target: str, model: str, jpegs: list[bytes], rates: dict[str, float], duration: float,
-                     name_cameras: bool = True, transport: str = "jpeg") -> dict[str, CameraRun]:
+async def cameras_at(
+    target: str,
+    model: str,
+    jpegs: list[bytes],
+    rates: dict[str, float],
+    duration: float,
+    name_cameras: bool = True,
+    transport: str = "jpeg",
+) -> dict[str, CameraRun]:
     """Each camera of `rates` (name -> frames/s) on its own stream, all starting together."""
     async with grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         if transport == "shm":
@@ -192,15 +210,19 @@ async def cameras_at(target: str, model: str, jpegs: list[bytes], rates: dict[st
             sources = [InlineFrames(requests, i * 7) for i in range(len(rates))]
         try:
             start = time.perf_counter() + 0.5
-            runs = await asyncio.gather(*(play(channel, source, camera, fps, start, duration, name_cameras)
-                                          for source, (camera, fps) in zip(sources, rates.items())))
+            runs = await asyncio.gather(
+                *(
+                    play(channel, source, camera, fps, start, duration, name_cameras)
+                    for source, (camera, fps) in zip(sources, rates.items())
+                )
+            )
         finally:
             if transport == "shm":
                 await channel.unary_unary(
                     "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
                     request_serializer=pb.SystemSharedMemoryUnregisterRequest.SerializeToString,
-                    response_deserializer=pb.SystemSharedMemoryUnregisterResponse.FromString)(
-                    pb.SystemSharedMemoryUnregisterRequest())
+                    response_deserializer=pb.SystemSharedMemoryUnregisterResponse.FromString,
+                )(pb.SystemSharedMemoryUnregisterRequest())
             for source in sources:
                 source.close()
     return dict(zip(rates, runs))
@@ -210,9 +232,9 @@ async def capacity(target: str, frames: list[bytes], duration: float) -> float:
     """Frames/s one stream gets answered when it keeps 64 frames in flight (its window)."""
     answered = 0
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.stream_stream(STREAM, request_serializer=lambda b: b,
-                                     response_deserializer=pb.ModelStreamInferResponse.FromString)(
-            timeout=duration + 120)
+        call = channel.stream_stream(
+            STREAM, request_serializer=lambda b: b, response_deserializer=pb.ModelStreamInferResponse.FromString
+        )(timeout=duration + 120)
         stop = time.perf_counter() + duration
         in_flight = asyncio.Semaphore(64)
 
@@ -240,8 +262,12 @@ def summarize(runs: dict[str, CameraRun], duration: float, fps: float | None = N
         errors.update(r.errors)
     # Answers keep coming after the last frame is sent: throughput is over the time until the last one.
     span = max(r.last_answer for r in runs.values()) - min(r.started for r in runs.values())
-    out = {"cameras": len(runs), "offered_fps": sum(r.offered for r in runs.values()) / duration,
-           "answered_fps": len(latencies) / max(span, duration), "errors": dict(errors)}
+    out = {
+        "cameras": len(runs),
+        "offered_fps": sum(r.offered for r in runs.values()) / duration,
+        "answered_fps": len(latencies) / max(span, duration),
+        "errors": dict(errors),
+    }
     if len(latencies):
         out.update(p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)))
         if fps:
@@ -282,8 +308,10 @@ def build_repository(target: Path) -> Path:
 def _row(label: str, s: dict) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items())) or "-"
     late = f"{s['late_share']:.1%}" if "late_share" in s else "-"
-    return (f"| {label} | {s['offered_fps']:.1f} | {s['answered_fps']:.1f} | {s.get('p50_ms', float('nan')):.1f} | "
-            f"{s.get('p99_ms', float('nan')):.1f} | {late} | {errors} |")
+    return (
+        f"| {label} | {s['offered_fps']:.1f} | {s['answered_fps']:.1f} | {s.get('p50_ms', float('nan')):.1f} | "
+        f"{s.get('p99_ms', float('nan')):.1f} | {late} | {errors} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,8 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load point")
     parser.add_argument("--frames", type=int, default=48, help="distinct video frames sent in turn")
-    parser.add_argument("--transports", nargs="+", choices=("jpeg", "shm"), default=["jpeg", "shm"],
-                        help="JPEG inside each request, or written into the camera's shared-memory region")
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=("jpeg", "shm"),
+        default=["jpeg", "shm"],
+        help="JPEG inside each request, or written into the camera's shared-memory region",
+    )
     parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--skip-cameras", action="store_true", help="only the fairness part")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cameras")
@@ -303,26 +336,39 @@ def main(argv: list[str] | None = None) -> int:
 
     jpegs = [encode_jpeg(frame) for frame in video_frames("bikes", limit=args.frames)]
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"fps": args.fps, "duration_s": args.duration,
-                     "frame_bytes_mean": float(np.mean([len(j) for j in jpegs]))}
+    results: dict = {
+        "fps": args.fps,
+        "duration_s": args.duration,
+        "frame_bytes_mean": float(np.mean([len(j) for j in jpegs])),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp) / "repository")
         results["floor_fps"] = floors(repository, jpegs)
-        points = [] if args.skip_cameras else [(transport, config, n) for n in args.cameras
-                                               for transport in args.transports for config in ("guard", "passthrough")]
+        points = (
+            []
+            if args.skip_cameras
+            else [
+                (transport, config, n)
+                for n in args.cameras
+                for transport in args.transports
+                for config in ("guard", "passthrough")
+            ]
+        )
         with start_gateway(repository, "--shared-memory") as gateway:
             results["streams"] = []
             for transport, config, n in tqdm(points, desc="camera counts", unit="point"):
                 rates = {f"camera-{i}": args.fps for i in range(n)}
                 runs = asyncio.run(cameras_at(gateway.target, config, jpegs, rates, args.duration, transport=transport))
-                results["streams"].append({"config": config, "transport": transport,
-                                           **summarize(runs, args.duration, args.fps)})
+                results["streams"].append(
+                    {"config": config, "transport": transport, **summarize(runs, args.duration, args.fps)}
+                )
             if args.skip_fairness:
                 return _write(args.out, results)
             c = asyncio.run(capacity(gateway.target, frame_requests("guard", jpegs), args.duration))
             fairness = {"capacity_fps": c, "loads": []}
-            scenarios = [(load, label) for load in NORMAL_LOADS
-                         for label in ("alone", "with_flood", "with_flood_no_camera_id")]
+            scenarios = [
+                (load, label) for load in NORMAL_LOADS for label in ("alone", "with_flood", "with_flood_no_camera_id")
+            ]
             for load, label in tqdm(scenarios, desc="fairness", unit="scenario"):
                 rate = load * c / NORMAL_CAMERAS
                 rates = {f"camera-{i}": rate for i in range(NORMAL_CAMERAS)}
@@ -330,11 +376,20 @@ def main(argv: list[str] | None = None) -> int:
                     rates["flood"] = rate * FLOOD_FACTOR
                 if label == "alone":
                     fairness["loads"].append({"load": load, "normal_fps": rate, "flood_fps": rate * FLOOD_FACTOR})
-                runs = asyncio.run(cameras_at(gateway.target, "guard", jpegs, rates, args.duration,
-                                              name_cameras=label != "with_flood_no_camera_id"))
+                runs = asyncio.run(
+                    cameras_at(
+                        gateway.target,
+                        "guard",
+                        jpegs,
+                        rates,
+                        args.duration,
+                        name_cameras=label != "with_flood_no_camera_id",
+                    )
+                )
                 fairness["loads"][-1][label] = {
                     "normal": summarize({k: v for k, v in runs.items() if k != "flood"}, args.duration),
-                    **({"flood": summarize({"flood": runs["flood"]}, args.duration)} if "flood" in runs else {})}
+                    **({"flood": summarize({"flood": runs["flood"]}, args.duration)} if "flood" in runs else {}),
+                }
             results["fairness"] = fairness
     return _write(args.out, results)
 
@@ -349,23 +404,32 @@ def _write(out: Path, results: dict) -> int:
 
 def report(r: dict) -> str:
     kib = r["frame_bytes_mean"] / 1024
-    lines = [f"# Cameras: MobileNetV2 under the guard, JPEG frames of bikes.mp4 (mean {kib:.0f} KiB)",
-             "", "In-process floor (no gRPC, batch 16): "
-             + ", ".join(f"{k} {v:.1f} frames/s" for k, v in r["floor_fps"].items()), "",
-             f"## Cameras at {r['fps']:g} fps, {r['duration_s']:g} s each", "",
-             "| entry, transport, cameras | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame "
-             "| errors |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Cameras: MobileNetV2 under the guard, JPEG frames of bikes.mp4 (mean {kib:.0f} KiB)",
+        "",
+        "In-process floor (no gRPC, batch 16): "
+        + ", ".join(f"{k} {v:.1f} frames/s" for k, v in r["floor_fps"].items()),
+        "",
+        f"## Cameras at {r['fps']:g} fps, {r['duration_s']:g} s each",
+        "",
+        "| entry, transport, cameras | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [_row(f"{s['config']}, {s['transport']}, {s['cameras']}", s) for s in r["streams"]]
     if "fairness" not in r:
         return "\n".join(lines) + "\n"
     f = r["fairness"]
-    lines += ["", f"## One camera flooding (guard capacity {f['capacity_fps']:.1f} frames/s)", "",
-              f"{NORMAL_CAMERAS} normal cameras taking a share of the capacity together, alone; with an 8th "
-              f"camera sending {FLOOD_FACTOR}x one normal camera's rate; and the same with no camera_id on any "
-              "request (one first-come queue).", "",
-              "| normal load | scenario | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame "
-              "| errors |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## One camera flooding (guard capacity {f['capacity_fps']:.1f} frames/s)",
+        "",
+        f"{NORMAL_CAMERAS} normal cameras taking a share of the capacity together, alone; with an 8th "
+        f"camera sending {FLOOD_FACTOR}x one normal camera's rate; and the same with no camera_id on any "
+        "request (one first-come queue).",
+        "",
+        "| normal load | scenario | offered fps | answered fps | p50 ms | p99 ms | later than 1 frame | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for point in f["loads"]:
         for label in ("alone", "with_flood", "with_flood_no_camera_id"):
             lines.append(_row(f"{point['load']:.0%} | {label}: normal cameras", point[label]["normal"]))
@@ -374,8 +438,10 @@ def report(r: dict) -> str:
     lines += ["", "| normal load | normal p99 with the flood / alone | the same without camera_id |", "|---|---|---|"]
     for point in f["loads"]:
         alone = point["alone"]["normal"].get("p99_ms")
-        ratios = [point[k]["normal"].get("p99_ms", float("nan")) / alone if alone else float("nan")
-                  for k in ("with_flood", "with_flood_no_camera_id")]
+        ratios = [
+            point[k]["normal"].get("p99_ms", float("nan")) / alone if alone else float("nan")
+            for k in ("with_flood", "with_flood_no_camera_id")
+        ]
         lines.append(f"| {point['load']:.0%} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -39,8 +39,11 @@ def guard_work(x_host: np.ndarray, device: torch.device, detectors, logits_host:
     probabilities = torch.softmax(grouped, dim=-1)
     original, offset, scores = Outputs(grouped[0], probabilities[0]), 1, []
     for d in detectors:
-        own = Outputs(grouped[offset:offset + d.num_variants], probabilities[offset:offset + d.num_variants]) \
-            if d.num_variants else None
+        own = (
+            Outputs(grouped[offset : offset + d.num_variants], probabilities[offset : offset + d.num_variants])
+            if d.num_variants
+            else None
+        )
         offset += d.num_variants
         scores.append(d.score(original, own))
     torch.stack(scores).cpu()
@@ -70,8 +73,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    detectors = [BitDepthDetector("bit_depth_5", 1.0, bits=5), MedianDetector("median_2x2", 1.0, size=2),
-                 ConfidenceMarginDetector("confidence_margin", 1.0)]
+    detectors = [
+        BitDepthDetector("bit_depth_5", 1.0, bits=5),
+        MedianDetector("median_2x2", 1.0, size=2),
+        ConfidenceMarginDetector("confidence_margin", 1.0),
+    ]
     rng = np.random.default_rng(0)
     rows = []
     with torch.inference_mode():
@@ -81,14 +87,18 @@ def main() -> None:
                 logits = rng.normal(size=(3 * batch, CLASSES)).astype(np.float32)
                 row = {"input": label, "batch": batch}
                 for device in devices:
+
                     def work(x=x, device=device, logits=logits):
                         return guard_work(x, device, detectors, logits)
 
                     row[f"{device.type}_ms"] = median_ms(work, device, args.repeats)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print("| input | batch | " + " | ".join(f"{d.type} ms" for d in devices) + " |")

@@ -36,10 +36,12 @@ def main() -> None:
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         runtime = ModelRuntime(dataclasses.replace(config, device=device), GuardMetrics().for_model(config.name))
         guarded = config.detection.guarded_input
-        verdicts[device] = [runtime.execute([{guarded: x[i:i + 1]}])[0].verdict for i in range(len(x))]
+        verdicts[device] = [runtime.execute([{guarded: x[i : i + 1]}])[0].verdict for i in range(len(x))]
         names = list(verdicts[device][0].scores)
-        print(f"{device}: {sum(v.flagged for v in verdicts[device])} of {len(x)} flagged; by detector "
-              + str({n: sum(n in v.flagged_by for v in verdicts[device]) for n in names}))
+        print(
+            f"{device}: {sum(v.flagged for v in verdicts[device])} of {len(x)} flagged; by detector "
+            + str({n: sum(n in v.flagged_by for v in verdicts[device]) for n in names})
+        )
     if "cuda" in verdicts:
         same = sum(a.flagged_by == b.flagged_by for a, b in zip(verdicts["cpu"], verdicts["cuda"]))
         print(f"same flagged_by on {same} of {len(x)} images")

@@ -33,8 +33,9 @@ REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
 def ort_floor(batches: list[np.ndarray], duration: float) -> dict[str, float]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1  # as the shipped config
-    session = ort.InferenceSession(str(REPOSITORY / "digits" / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(REPOSITORY / "digits" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     for x in batches[:50]:
         session.run(["logits"], {"input": x})
     latencies, rows, start = [], 0, time.perf_counter()
@@ -46,8 +47,12 @@ def ort_floor(batches: list[np.ndarray], duration: float) -> dict[str, float]:
         rows += len(x)
     elapsed = time.perf_counter() - start
     lat = np.asarray(latencies) * 1e3
-    return {"throughput_rps": len(latencies) / elapsed, "rows_per_s": rows / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {
+        "throughput_rps": len(latencies) / elapsed,
+        "rows_per_s": rows / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
 
 
 def main() -> None:
@@ -56,8 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/digits_core.json"))
     args = parser.parse_args()
     x, _ = load_split("test")
-    singles = [np.ascontiguousarray(x[i:i + 1]) for i in range(len(x))]
-    sixteens = [np.ascontiguousarray(x[i:i + 16]) for i in range(0, len(x) - 15, 16)]
+    singles = [np.ascontiguousarray(x[i : i + 1]) for i in range(len(x))]
+    sixteens = [np.ascontiguousarray(x[i : i + 16]) for i in range(0, len(x) - 15, 16)]
     guard_rows = 3  # the shipped config: the original plus two squeezed copies
     results = {
         "ort batch=1": ort_floor(singles, args.duration),

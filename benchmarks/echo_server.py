@@ -19,8 +19,9 @@ from guard.protocol.proto import inference_pb2 as pb
 
 
 def canned_response(output_shape: tuple[int, ...]) -> bytes:
-    response = pb.ModelInferResponse(model_name="digits", model_version="1",
-                                     raw_output_contents=[np.zeros(output_shape, np.float32).tobytes()])
+    response = pb.ModelInferResponse(
+        model_name="digits", model_version="1", raw_output_contents=[np.zeros(output_shape, np.float32).tobytes()]
+    )
     response.outputs.add(name="logits", datatype="FP32", shape=list(output_shape))
     for key, value in (("guard_verdict", "clean"), ("guard_flagged_by", "")):
         response.parameters[key].string_param = value
@@ -34,9 +35,14 @@ async def serve(port: int, output_shape: tuple[int, ...]) -> None:
     async def infer(request: bytes, context) -> bytes:
         return payload
 
-    handler = grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(
-            infer, request_deserializer=lambda b: b, response_serializer=lambda b: b)})
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                infer, request_deserializer=lambda b: b, response_serializer=lambda b: b
+            )
+        },
+    )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -48,8 +54,11 @@ async def serve(port: int, output_shape: tuple[int, ...]) -> None:
 @contextlib.contextmanager
 def echo_server(output_shape: tuple[int, ...] = (1, 10)):
     """Run the echo server in its own process; yields its gRPC target."""
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.echo_server", "--output-shape",
-                                *map(str, output_shape)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server", "--output-shape", *map(str, output_shape)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         if not line.startswith("echo ready:"):

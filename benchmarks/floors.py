@@ -19,12 +19,15 @@ def session_for(config: ModelConfig) -> ort.InferenceSession:
     return ort.InferenceSession(str(config.model_file), options, providers=["CPUExecutionProvider"])
 
 
-def ort_floor(session: ort.InferenceSession, output: str, rows: np.ndarray, batch: int,
-              duration: float, warmup: int = 3) -> dict:
+def ort_floor(
+    session: ort.InferenceSession, output: str, rows: np.ndarray, batch: int, duration: float, warmup: int = 3
+) -> dict:
     """Back-to-back calls on `batch` rows drawn from `rows`: calls/s, rows/s, p50/p99 per call."""
     name = session.get_inputs()[0].name
-    batches = [np.ascontiguousarray(np.resize(np.roll(rows, -i, axis=0), (batch, *rows.shape[1:])))
-               for i in range(min(8, len(rows)))]
+    batches = [
+        np.ascontiguousarray(np.resize(np.roll(rows, -i, axis=0), (batch, *rows.shape[1:])))
+        for i in range(min(8, len(rows)))
+    ]
     for x in batches[:warmup]:
         session.run([output], {name: x})
     latencies, start = [], time.perf_counter()
@@ -33,5 +36,10 @@ def ort_floor(session: ort.InferenceSession, output: str, rows: np.ndarray, batc
         latencies.append(time.perf_counter() - now)
     elapsed = time.perf_counter() - start
     lat = np.asarray(latencies) * 1e3
-    return {"batch": batch, "calls_per_s": len(lat) / elapsed, "rows_per_s": batch * len(lat) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {
+        "batch": batch,
+        "calls_per_s": len(lat) / elapsed,
+        "rows_per_s": batch * len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }

@@ -61,10 +61,15 @@ def good_request(request_id: str = "seed") -> pb.ModelInferRequest:
 
 # -- structured requests ---------------------------------------------------------------------------
 
-_NAMES = st.one_of(st.sampled_from(["input", "logits", "digits", "digits_fp32", "", "extra", "input "]),
-                   st.text(max_size=30),
-                   st.builds(lambda c, n: c * n, st.sampled_from(["a", "\n", "'", "\\", "\x00", "é"]),
-                             st.sampled_from([1, 300, 100_000, 1_000_000])))
+_NAMES = st.one_of(
+    st.sampled_from(["input", "logits", "digits", "digits_fp32", "", "extra", "input "]),
+    st.text(max_size=30),
+    st.builds(
+        lambda c, n: c * n,
+        st.sampled_from(["a", "\n", "'", "\\", "\x00", "é"]),
+        st.sampled_from([1, 300, 100_000, 1_000_000]),
+    ),
+)
 _DIMS = st.one_of(st.integers(-2, 40), st.sampled_from([0, 1, 16, 2**31, 2**62, 2**63 - 1, -(2**63)]))
 _SHAPES = st.one_of(
     st.builds(lambda n: [n, 1, 16, 16], st.integers(-1, 40)),
@@ -77,22 +82,28 @@ _SHAPES = st.one_of(
 def _parameter(draw) -> tuple[str, pb.InferParameter]:
     key = draw(st.one_of(st.sampled_from(["timeout", "guard_explain", "priority", "sequence_id"]), _NAMES))
     kind = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", "uint64_param"]))
-    value = {"bool_param": st.booleans(), "int64_param": st.integers(-(2**63), 2**63 - 1),
-             "string_param": _NAMES, "double_param": st.floats(allow_nan=True),
-             "uint64_param": st.integers(0, 2**64 - 1)}[kind]
+    value = {
+        "bool_param": st.booleans(),
+        "int64_param": st.integers(-(2**63), 2**63 - 1),
+        "string_param": _NAMES,
+        "double_param": st.floats(allow_nan=True),
+        "uint64_param": st.integers(0, 2**64 - 1),
+    }[kind]
     param = pb.InferParameter()
     setattr(param, kind, draw(value))
     return key, param
 
 
-_TYPED = {"bool_contents": st.lists(st.booleans(), max_size=300),
-          "int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=300),
-          "int64_contents": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
-          "uint_contents": st.lists(st.integers(0, 2**32 - 1), max_size=300),
-          "uint64_contents": st.lists(st.integers(0, 2**64 - 1), max_size=300),
-          "fp32_contents": st.lists(st.floats(width=32), max_size=300),
-          "fp64_contents": st.lists(st.floats(), max_size=300),
-          "bytes_contents": st.lists(st.binary(max_size=20), max_size=40)}
+_TYPED = {
+    "bool_contents": st.lists(st.booleans(), max_size=300),
+    "int_contents": st.lists(st.integers(-(2**31), 2**31 - 1), max_size=300),
+    "int64_contents": st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
+    "uint_contents": st.lists(st.integers(0, 2**32 - 1), max_size=300),
+    "uint64_contents": st.lists(st.integers(0, 2**64 - 1), max_size=300),
+    "fp32_contents": st.lists(st.floats(width=32), max_size=300),
+    "fp64_contents": st.lists(st.floats(), max_size=300),
+    "bytes_contents": st.lists(st.binary(max_size=20), max_size=40),
+}
 
 
 def _raw_for(shape: list[int], datatype: str, kind: str, seed: int) -> bytes:
@@ -103,8 +114,20 @@ def _raw_for(shape: list[int], datatype: str, kind: str, seed: int) -> bytes:
     if kind == "exact":
         if datatype == "BYTES":
             return b"".join(struct.pack("<I", 3) + b"abc" for _ in range(count))
-        itemsize = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "UINT32": 4, "INT32": 4,
-                    "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}.get(datatype, 4)
+        itemsize = {
+            "BOOL": 1,
+            "UINT8": 1,
+            "INT8": 1,
+            "UINT16": 2,
+            "INT16": 2,
+            "FP16": 2,
+            "UINT32": 4,
+            "INT32": 4,
+            "FP32": 4,
+            "UINT64": 8,
+            "INT64": 8,
+            "FP64": 8,
+        }.get(datatype, 4)
         rng = np.random.default_rng(seed)
         if datatype == "FP32":
             return rng.random(count, dtype=np.float32).tobytes()
@@ -121,8 +144,24 @@ def _raw_for(shape: list[int], datatype: str, kind: str, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, seed % 2000, dtype=np.uint8).tobytes()
 
 
-FAULTS = ("model_name", "model_version", "id", "datatype", "shape", "contents", "typed", "mixed", "extra_input",
-          "duplicate_input", "no_input", "raw_count", "outputs", "parameters", "many_parameters", "bytes")
+FAULTS = (
+    "model_name",
+    "model_version",
+    "id",
+    "datatype",
+    "shape",
+    "contents",
+    "typed",
+    "mixed",
+    "extra_input",
+    "duplicate_input",
+    "no_input",
+    "raw_count",
+    "outputs",
+    "parameters",
+    "many_parameters",
+    "bytes",
+)
 """What a structured case may change in a valid request (each case: up to three of them)."""
 
 
@@ -132,8 +171,9 @@ def infer_requests(draw) -> pb.ModelInferRequest:
     the path, not just the first, meets bad input (and a share of cases is served)."""
     faults = set(draw(st.lists(st.sampled_from(FAULTS), max_size=3, unique=True)))
     rows = draw(st.integers(1, 4))
-    message = pb.ModelInferRequest(model_name=draw(st.sampled_from(["digits", "digits", "digits_fp32"])),
-                                   id=draw(st.text(max_size=12)))
+    message = pb.ModelInferRequest(
+        model_name=draw(st.sampled_from(["digits", "digits", "digits_fp32"])), id=draw(st.text(max_size=12))
+    )
     if "model_name" in faults:
         message.model_name = draw(_NAMES)
     if "model_version" in faults:
@@ -154,8 +194,11 @@ def infer_requests(draw) -> pb.ModelInferRequest:
             tensor.contents.Clear()
             tensor.contents.fp32_contents.extend(GOOD_ROWS.reshape(-1).tolist() * rows)
     else:
-        kind = draw(st.sampled_from(["exact", "nan", "random", "huge", "bytes-lengths"])) \
-            if "contents" in faults else "exact"
+        kind = (
+            draw(st.sampled_from(["exact", "nan", "random", "huge", "bytes-lengths"]))
+            if "contents" in faults
+            else "exact"
+        )
         message.raw_input_contents.append(_raw_for(shape, datatype, kind, seed))
     if "mixed" in faults:
         tensor.contents.fp32_contents.append(0.5)
@@ -171,8 +214,11 @@ def infer_requests(draw) -> pb.ModelInferRequest:
         message.ClearField("inputs")
     if "raw_count" in faults:
         message.raw_input_contents.append(b"\x00" * draw(st.sampled_from([0, 4, 1024])))
-    outputs = draw(st.lists(st.one_of(st.just("logits"), _NAMES), max_size=3)) if "outputs" in faults \
+    outputs = (
+        draw(st.lists(st.one_of(st.just("logits"), _NAMES), max_size=3))
+        if "outputs" in faults
         else draw(st.sampled_from([[], ["logits"]]))
+    )
     repeat = draw(st.sampled_from([1, 2, 1000, 100_000])) if "outputs" in faults else 1
     for name in outputs:
         for _ in range(repeat if name == "logits" else 1):
@@ -202,6 +248,7 @@ def other_requests(draw) -> tuple[str, bytes]:
 
 # -- byte-level mutations --------------------------------------------------------------------------
 
+
 def _seeds() -> list[bytes]:
     typed = good_request("typed")
     typed.ClearField("raw_input_contents")
@@ -211,8 +258,11 @@ def _seeds() -> list[bytes]:
     with_outputs.outputs.add(name="logits")
     with_outputs.parameters["timeout"].int64_param = 1_000_000
     seeds.append(with_outputs.SerializeToString())
-    seeds += [pb.ModelMetadataRequest(name="digits").SerializeToString(),
-              pb.ModelReadyRequest(name="digits", version="1").SerializeToString(), b""]
+    seeds += [
+        pb.ModelMetadataRequest(name="digits").SerializeToString(),
+        pb.ModelReadyRequest(name="digits", version="1").SerializeToString(),
+        b"",
+    ]
     return seeds
 
 
@@ -237,9 +287,9 @@ def mutated(draw) -> tuple[str, bytes]:
             data[at:at] = data[at:end] * draw(st.sampled_from([1, 2, 50]))
         elif op == "splice":
             other = draw(st.sampled_from(SEEDS))
-            data = data[:at] + other[draw(st.integers(0, len(other))):]
+            data = data[:at] + other[draw(st.integers(0, len(other))) :]
         elif op == "varint":  # a length or tag byte to its extremes
-            data[at:at] = bytes([0xff] * draw(st.integers(1, 10)) + [draw(st.integers(0, 127))])
+            data[at:at] = bytes([0xFF] * draw(st.integers(1, 10)) + [draw(st.integers(0, 127))])
     rpc = draw(st.sampled_from([*UNARY, STREAM]))
     return rpc, bytes(data)
 
@@ -257,6 +307,7 @@ def cases(draw) -> tuple[str, bytes]:
 
 # -- the client ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Fuzzer:
     """Sends cases to a gateway over a raw channel and checks the three properties."""
@@ -267,8 +318,9 @@ class Fuzzer:
     slowest: float = 0.0
 
     def __post_init__(self):
-        self.channel = grpc.insecure_channel(self.target, options=[("grpc.max_send_message_length", -1),
-                                                                   ("grpc.max_receive_message_length", -1)])
+        self.channel = grpc.insecure_channel(
+            self.target, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        )
         self.calls = {name: self.channel.unary_unary(f"/{SERVICE.full_name}/{name}") for name in UNARY}
         self.stream = self.channel.stream_stream(f"/{SERVICE.full_name}/{STREAM}")
         self.good = good_request(CHECK_ID).SerializeToString()
@@ -345,8 +397,13 @@ def fuzz(target: str, cases_to_run: int, seed: int | None = None, stop_on_violat
     database, so the run is one pass over fresh cases; `seed` repeats a run)."""
     fuzzer = Fuzzer(target)
 
-    @settings(max_examples=cases_to_run, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=cases_to_run,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=cases())
     def property_(case):
         rpc, data = case

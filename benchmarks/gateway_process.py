@@ -30,10 +30,20 @@ class Gateway:
 @contextlib.contextmanager
 def start_gateway(repository: Path, *args: str, timeout: float = 120.0):
     """Yields a Gateway serving `repository` (extra `args` go to `guard serve`)."""
-    command = [sys.executable, "-m", "guard", "serve", "--repository", str(repository),
-               "--grpc-port", "0", "--metrics-port", "0", *args]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "guard",
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        *args,
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     tail: collections.deque = collections.deque(maxlen=200)
     try:
         deadline = time.monotonic() + timeout
@@ -45,8 +55,12 @@ def start_gateway(repository: Path, *args: str, timeout: float = 120.0):
             if match := READY.search(line):
                 # Keep reading stderr: a full pipe would stall the gateway's logging, and with it the gateway.
                 threading.Thread(target=lambda: tail.extend(process.stderr), daemon=True).start()
-                yield Gateway(f"{match.group(1)}:{match.group(2)}",
-                              f"http://{match.group(3)}:{match.group(4)}/metrics", process.pid, tail)
+                yield Gateway(
+                    f"{match.group(1)}:{match.group(2)}",
+                    f"http://{match.group(3)}:{match.group(4)}/metrics",
+                    process.pid,
+                    tail,
+                )
                 break
         else:
             raise TimeoutError("gateway not ready in time:\n" + "".join(tail))

@@ -30,8 +30,10 @@ from models.digits_data import load_split
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = Path("models/repository/digits")
 CALIBRATED_FILES = ("config.toml", "ensemble.npz", "mahalanobis.npz")
-FOREIGN = ('\n[calibration]\nmode = "recalibrate"\nreferences = "references.npz"\nfingerprint = "build-host"\n'
-           "folds = 0\nseed = 0\nconfidence = 0.9\n")
+FOREIGN = (
+    '\n[calibration]\nmode = "recalibrate"\nreferences = "references.npz"\nfingerprint = "build-host"\n'
+    "folds = 0\nseed = 0\nconfidence = 0.9\n"
+)
 
 
 def foreign_copy(commit: str, repository: Path) -> None:
@@ -39,8 +41,9 @@ def foreign_copy(commit: str, repository: Path) -> None:
     model = repository / "digits"
     shutil.copytree(ROOT / DEMO, model)
     for name in CALIBRATED_FILES:
-        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{DEMO / name}"],
-                              capture_output=True, check=True).stdout
+        blob = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:{DEMO / name}"], capture_output=True, check=True
+        ).stdout
         (model / name).write_bytes(blob)
     config = (model / "config.toml").read_text()
     config = config.replace('model_file = "model.onnx"\n', "")  # a key that older configs carried
@@ -56,16 +59,18 @@ def flagged_through(repository: Path, mode: str, x: np.ndarray) -> tuple[int, li
             for row in x:
                 tensor = triton.InferInput("input", [1, *row.shape], "FP32")
                 tensor.set_data_from_numpy(np.ascontiguousarray(row[None]))
-                flagged += client.infer("digits", [tensor]).get_response().parameters[
-                    "guard_verdict"].string_param != "clean"
+                flagged += (
+                    client.infer("digits", [tensor]).get_response().parameters["guard_verdict"].string_param != "clean"
+                )
         log = [line.strip() for line in running.log_tail if "guard.serving" in line and "digits:" in line]
     return flagged, log
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from-commit", default="fa8cd19",
-                        help="the tree whose calibration files were made on another host")
+    parser.add_argument(
+        "--from-commit", default="fa8cd19", help="the tree whose calibration files were made on another host"
+    )
     args = parser.parse_args(argv)
     x = load_split("test")[0]
     with tempfile.TemporaryDirectory() as work:
@@ -73,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         foreign_copy(args.from_commit, repository)
         for mode in ("trust", "recalibrate"):
             flagged, log = flagged_through(repository, mode, x)
-            print(f"--calibration {mode}: {flagged}/{len(x)} = {flagged / len(x):.4f} flagged "
-                  f"(95% upper bound {upper_bound(flagged, len(x)):.4f})")
+            print(
+                f"--calibration {mode}: {flagged}/{len(x)} = {flagged / len(x):.4f} flagged "
+                f"(95% upper bound {upper_bound(flagged, len(x)):.4f})"
+            )
             for line in log:
                 print("   ", line)
 

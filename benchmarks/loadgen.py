@@ -47,12 +47,14 @@ def infer_requests(model: str, input_name: str, batches: list[np.ndarray]) -> li
 
 def _call(channel: grpc.aio.Channel):
     # Pre-serialised requests: the request serializer is the identity.
-    return channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    return channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
 
 
-async def closed_loop(target: str, requests: list[bytes], concurrency: int, duration: float,
-                      warmup: float = 0.5, method=_call) -> RunResult:
+async def closed_loop(
+    target: str, requests: list[bytes], concurrency: int, duration: float, warmup: float = 0.5, method=_call
+) -> RunResult:
     """`concurrency` workers each send the next request as soon as the previous one returns."""
     result = RunResult()
     async with grpc.aio.insecure_channel(target) as channel:
@@ -77,8 +79,9 @@ async def closed_loop(target: str, requests: list[bytes], concurrency: int, dura
     return result
 
 
-async def open_loop(target: str, requests: list[bytes], rate: float, duration: float, seed: int = 0,
-                    method=_call) -> RunResult:
+async def open_loop(
+    target: str, requests: list[bytes], rate: float, duration: float, seed: int = 0, method=_call
+) -> RunResult:
     """Requests arrive as a Poisson process at `rate` per second, whatever the server's speed;
     latency counts from the scheduled arrival, so queueing in the client is not hidden."""
     result = RunResult()

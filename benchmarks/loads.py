@@ -13,6 +13,7 @@ from benchmarks.loadgen import closed_loop, open_loop
 @dataclass
 class Target:
     """Where a configuration is served and how to read its server-side view."""
+
     configuration: str
     grpc_target: str
     requests: list[bytes]
@@ -27,8 +28,13 @@ def measure(target: Target, duration: float, concurrency: int | None = None, rat
         run = asyncio.run(closed_loop(target.grpc_target, target.requests, concurrency, duration))
     else:
         run = asyncio.run(open_loop(target.grpc_target, target.requests, rate, duration))
-    point = {"configuration": target.configuration, "loop": "closed" if rate is None else "open",
-             "concurrency": concurrency, "rate": rate, **run.summary()}
+    point = {
+        "configuration": target.configuration,
+        "loop": "closed" if rate is None else "open",
+        "concurrency": concurrency,
+        "rate": rate,
+        **run.summary(),
+    }
     if before is not None:
         point["server"] = stages.breakdown(before, stages.scrape(target.metrics_url), target.metrics_model)
     return point

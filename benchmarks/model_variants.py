@@ -1,6 +1,6 @@
 """CPU latency of the digits model's FP32, INT8 and FP16 files, measured side by side in one run.
 
-    python -m benchmarks.model_variants [--repeats 500]
+python -m benchmarks.model_variants [--repeats 500]
 """
 
 from __future__ import annotations

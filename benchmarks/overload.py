@@ -56,8 +56,18 @@ def launch(repository: Path, *args: str, timeout: float = 180.0):
     """`guard serve` on `repository` (ports 0) with its stderr in a file: yields (target, pid, log path)."""
     log = Path(tempfile.mkstemp(prefix="guard-serve-", suffix=".log")[1])
     # GUARD_SERVE replaces `-m guard` (e.g. a script that wraps the server) for experiments.
-    command = [sys.executable, *os.environ.get("GUARD_SERVE", "-m guard").split(), "serve", "--repository",
-               str(repository), "--grpc-port", "0", "--metrics-port", "-1", *args]
+    command = [
+        sys.executable,
+        *os.environ.get("GUARD_SERVE", "-m guard").split(),
+        "serve",
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        *args,
+    ]
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stderr=sink, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -104,8 +114,9 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-async def _open_loop(target: str, requests: list[bytes], rate: float, start: float, duration: float,
-                     seed: int, channels: int) -> list[tuple[float, float, str, float, float]]:
+async def _open_loop(
+    target: str, requests: list[bytes], rate: float, start: float, duration: float, seed: int, channels: int
+) -> list[tuple[float, float, str, float, float]]:
     """Poisson arrivals at `rate` from wall-clock `start` for `duration` s; each call's (scheduled
     time - start, latency from the moment it was sent, status, pushback hint in ms or -1, how late
     the client sent it). Latency counts from the send, not the schedule: a client process that
@@ -142,8 +153,15 @@ async def _open_loop(target: str, requests: list[bytes], rate: float, start: flo
     return records
 
 
-async def _closed_loop(target: str, requests: list[bytes], callers: int, start: float, duration: float,
-                       channels: int, honour_pushback: bool) -> list[tuple[float, float, str, float, float]]:
+async def _closed_loop(
+    target: str,
+    requests: list[bytes],
+    callers: int,
+    start: float,
+    duration: float,
+    channels: int,
+    honour_pushback: bool,
+) -> list[tuple[float, float, str, float, float]]:
     """`callers` clients, each sending its next request as soon as it has its answer (or, with
     `honour_pushback`, after the retry hint of a refusal), from wall-clock `start` for `duration` s."""
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
@@ -208,10 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-seconds", type=float, default=6.0)
     parser.add_argument("--recovery-seconds", type=float, default=15.0)
     parser.add_argument("--processes", type=int, default=2, help="client processes for the flood")
-    parser.add_argument("--clients", type=int, default=0,
-                        help="flood with this many closed-loop clients instead (each sends again once answered)")
-    parser.add_argument("--honour-pushback", action="store_true",
-                        help="closed-loop clients wait the retry hint of a refusal before sending again")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=0,
+        help="flood with this many closed-loop clients instead (each sends again once answered)",
+    )
+    parser.add_argument(
+        "--honour-pushback",
+        action="store_true",
+        help="closed-loop clients wait the retry hint of a refusal before sending again",
+    )
     parser.add_argument("--serve-args", default="", help="extra `guard serve` arguments, space-separated")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -219,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.digits_data import load_split
 
     x, _ = load_split("test")
-    requests = infer_requests("digits", "input", [x[i:i + 1] for i in range(64)])
+    requests = infer_requests("digits", "input", [x[i : i + 1] for i in range(64)])
     result: dict[str, object] = {"host_cpus": os.cpu_count()}
     with launch(args.repository, *args.serve_args.split()) as (target, pid, log):
         asyncio.run(closed_loop(target, requests, 16, 2.0))  # warm-up
@@ -229,24 +254,42 @@ def main(argv: list[str] | None = None) -> int:
         result["sustainable_rps"] = rate
         normal = asyncio.run(_open_loop(target, requests, rate / 2, time.time() + 0.2, 4.0, 1, 4))
         normal_ok = [latency for _, latency, code, *_ in normal if code == "OK"]
-        result["normal"] = {"rate_rps": rate / 2, **percentiles(normal_ok),
-                            "codes": dict(collections.Counter(code for _, _, code, *_ in normal))}
+        result["normal"] = {
+            "rate_rps": rate / 2,
+            **percentiles(normal_ok),
+            "codes": dict(collections.Counter(code for _, _, code, *_ in normal)),
+        }
 
         context = multiprocessing.get_context("spawn")
         out = context.Queue()
         start = time.time() + 3.0  # the processes start (and import grpc) first
         flood_rate = args.factor * rate
-        workers = [context.Process(target=_flood_process, args=(target, requests, flood_rate / args.processes,
-                                                                 start, args.flood_seconds, 100 + n, CHANNELS, out,
-                                                                 args.clients // args.processes, args.honour_pushback))
-                   for n in range(args.processes)]
+        workers = [
+            context.Process(
+                target=_flood_process,
+                args=(
+                    target,
+                    requests,
+                    flood_rate / args.processes,
+                    start,
+                    args.flood_seconds,
+                    100 + n,
+                    CHANNELS,
+                    out,
+                    args.clients // args.processes,
+                    args.honour_pushback,
+                ),
+            )
+            for n in range(args.processes)
+        ]
         for worker in workers:
             worker.start()
         sampler = RssSampler(pid)
         sampler.start()
         # Recovery traffic starts the moment the flood's last call is scheduled, alongside its drain.
-        probe = asyncio.run(_open_loop(target, requests, rate / 2, start + args.flood_seconds,
-                                       args.recovery_seconds, 2, 4))
+        probe = asyncio.run(
+            _open_loop(target, requests, rate / 2, start + args.flood_seconds, args.recovery_seconds, 2, 4)
+        )
         flood = [record for _ in workers for record in out.get()]
         for worker in workers:
             worker.join()
@@ -260,17 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     lag = [late for *_, late in flood]
     result["flood"] = {
         "mode": (f"closed loop, {args.clients} clients" + (" honouring the retry hint" if args.honour_pushback else ""))
-        if args.clients else f"open loop, {args.factor:g} x the sustainable rate",
-        "target_rps": None if args.clients else flood_rate, "sent_rps": len(flood) / args.flood_seconds,
+        if args.clients
+        else f"open loop, {args.factor:g} x the sustainable rate",
+        "target_rps": None if args.clients else flood_rate,
+        "sent_rps": len(flood) / args.flood_seconds,
         "calls": len(flood),
         "client_lag": percentiles(lag),
         "codes": dict(codes.most_common()),
-        "refusal": percentiles(refused), "served": {"rps": len(served) / args.flood_seconds, **percentiles(served)},
+        "refusal": percentiles(refused),
+        "served": {"rps": len(served) / args.flood_seconds, **percentiles(served)},
         "by_code": {code: percentiles([lat for _, lat, c, *_ in flood if c == code]) for code in codes},
         "retry_hint_ms": percentiles(np.asarray(hints) / 1e3) if hints else None,
     }
-    result["rss_mib"] = {"idle": idle["VmRSS"], "peak_during_flood": peak, "after": after["VmRSS"],
-                         "hwm": after["VmHWM"]}
+    result["rss_mib"] = {
+        "idle": idle["VmRSS"],
+        "peak_during_flood": peak,
+        "after": after["VmRSS"],
+        "hwm": after["VmHWM"],
+    }
     result["recovery_s"] = recovery_seconds(probe, result["normal"]["p99_ms"])
     result["recovery_codes"] = dict(collections.Counter(code for _, _, code, *_ in probe))
     text = log.read_text()
@@ -291,20 +341,34 @@ def print_table(r: dict) -> None:
         ("normal latency at S/2 (p50 / p99)", f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f} ms"),
         ("flood", f["mode"]),
         ("flood: target / sent", f"{f['target_rps'] or 0:.0f} / {f['sent_rps']:.0f} req/s ({f['calls']} calls)"),
-        ("flood: client lag behind its schedule p50 / p99",
-         f"{f['client_lag']['p50_ms']:.1f} / {f['client_lag']['p99_ms']:.1f} ms"),
+        (
+            "flood: client lag behind its schedule p50 / p99",
+            f"{f['client_lag']['p50_ms']:.1f} / {f['client_lag']['p99_ms']:.1f} ms",
+        ),
         ("flood: codes", ", ".join(f"{code} {count}" for code, count in f["codes"].items())),
-        ("refusals (UNAVAILABLE + RESOURCE_EXHAUSTED) p50 / p99",
-         f"{f['refusal']['p50_ms']:.1f} / {f['refusal']['p99_ms']:.1f} ms"),
+        (
+            "refusals (UNAVAILABLE + RESOURCE_EXHAUSTED) p50 / p99",
+            f"{f['refusal']['p50_ms']:.1f} / {f['refusal']['p99_ms']:.1f} ms",
+        ),
         *[(f"  {code} p50 / p99", f"{v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms") for code, v in f["by_code"].items()],
-        ("retry hints p50 / p99", "-" if not f["retry_hint_ms"] else
-         f"{f['retry_hint_ms']['p50_ms']:.0f} / {f['retry_hint_ms']['p99_ms']:.0f} ms"),
-        ("served during the flood: rate, p50 / p99",
-         f"{f['served']['rps']:.0f} req/s, {f['served']['p50_ms']:.1f} / {f['served']['p99_ms']:.1f} ms"),
-        ("server RSS: idle / peak in flood / after", f"{r['rss_mib']['idle']} / {r['rss_mib']['peak_during_flood']} / "
-         f"{r['rss_mib']['after']} MiB"),
-        ("recovery to normal p99 after the flood", "not within the probe" if r["recovery_s"] is None
-         else f"{r['recovery_s']:.2f} s"),
+        (
+            "retry hints p50 / p99",
+            "-"
+            if not f["retry_hint_ms"]
+            else f"{f['retry_hint_ms']['p50_ms']:.0f} / {f['retry_hint_ms']['p99_ms']:.0f} ms",
+        ),
+        (
+            "served during the flood: rate, p50 / p99",
+            f"{f['served']['rps']:.0f} req/s, {f['served']['p50_ms']:.1f} / {f['served']['p99_ms']:.1f} ms",
+        ),
+        (
+            "server RSS: idle / peak in flood / after",
+            f"{r['rss_mib']['idle']} / {r['rss_mib']['peak_during_flood']} / {r['rss_mib']['after']} MiB",
+        ),
+        (
+            "recovery to normal p99 after the flood",
+            "not within the probe" if r["recovery_s"] is None else f"{r['recovery_s']:.2f} s",
+        ),
         ("recovery probe codes", ", ".join(f"{c} {k}" for c, k in r["recovery_codes"].items())),
         ("server log", f"{r['server_log']['lines']} lines, {r['server_log']['tracebacks']} tracebacks"),
     ]

@@ -25,9 +25,26 @@ def start_recording(pid: int, out: Path, duration: float, rate: int = 250) -> su
     if executable is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([executable, "record", "--pid", str(pid), "--duration", str(max(1, round(duration))),
-                             "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            executable,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(duration))),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_recording(process: subprocess.Popen | None, out: Path) -> dict | None:
@@ -69,6 +86,8 @@ def top_frames(collapsed: Path, count: int = 12) -> dict:
         own[frames[-1][0]] += n
         for frame in dict.fromkeys(name for name, ours in frames if ours):  # stack order: stable ties
             inclusive[frame] += n
+
     def share(counter):
         return [[frame, n / total] for frame, n in counter.most_common(count)] if total else []
+
     return {"samples": total, "file": str(collapsed), "self": share(own), "inclusive": share(inclusive)}

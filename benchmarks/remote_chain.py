@@ -41,8 +41,11 @@ from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from models.digits_data import load_split
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
-FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20),
-                  ("grpc.max_reconnect_backoff_ms", 50)]
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 50),
+]
 
 
 def guard_repository(folder: Path, target: str, mode: str) -> Path:
@@ -51,8 +54,9 @@ def guard_repository(folder: Path, target: str, mode: str) -> Path:
     directory = folder / mode / "digits"
     shutil.copytree(REPOSITORY / "digits", directory, dirs_exist_ok=True)
     path = directory / "config.toml"
-    text = path.read_text().replace("[backend]\n", f'[backend]\nkind = "remote"\ntarget = "{target}"\n'
-                                                   f'mode = "{mode}"\ntimeout_s = 2.0\n', 1)
+    text = path.read_text().replace(
+        "[backend]\n", f'[backend]\nkind = "remote"\ntarget = "{target}"\nmode = "{mode}"\ntimeout_s = 2.0\n', 1
+    )
     path.write_text(text.replace("max_queue_size = 1024\n", "max_queue_size = 1024\ninstances = 2\n", 1))
     return directory.parent
 
@@ -71,9 +75,19 @@ def latencies(targets: dict[str, str], requests: list[bytes], duration: float, r
             for path, target in targets.items():
                 summary = asyncio.run(closed_loop(target, requests, concurrency, duration)).summary()
                 runs[path][f"c={concurrency}"].append(summary)
-    return {path: {c: {**{key: statistics.median(r[key] for r in rounds_) for key in
-                          ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")}, "rounds": rounds_}
-                   for c, rounds_ in by_c.items()} for path, by_c in runs.items()}
+    return {
+        path: {
+            c: {
+                **{
+                    key: statistics.median(r[key] for r in rounds_)
+                    for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")
+                },
+                "rounds": rounds_,
+            }
+            for c, rounds_ in by_c.items()
+        }
+        for path, by_c in runs.items()
+    }
 
 
 class Poller:
@@ -111,10 +125,13 @@ class Poller:
 def recovery(peer: MLServerProcess, guard_target: str, request: bytes, restarts: int) -> dict:
     upstream = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(peer.grpc_target, options=FAST_RECONNECT))
     guard = grpc.insecure_channel(guard_target).unary_unary(
-        "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
     times, failures = [], []
-    with Poller(lambda: upstream.ModelReady(pb.ModelReadyRequest(name=peer.name), timeout=0.5)) as direct, \
-            Poller(lambda: guard(request, timeout=1.0)) as through:
+    with (
+        Poller(lambda: upstream.ModelReady(pb.ModelReadyRequest(name=peer.name), timeout=0.5)) as direct,
+        Poller(lambda: guard(request, timeout=1.0)) as through,
+    ):
         for _ in range(restarts):
             time.sleep(1.0)
             peer.kill()
@@ -129,11 +146,15 @@ def recovery(peer: MLServerProcess, guard_target: str, request: bytes, restarts:
             failures.extend((code, seconds) for t, code, seconds in through.failures if t > killed)
     measured = [t for t in times if t is not None]
     codes = [code for code, _ in failures]
-    return {"restarts": restarts, "recovery_s": times, "median_s": statistics.median(measured) if measured else None,
-            "max_s": max(measured) if measured else None,
-            "failure_codes": {code: codes.count(code) for code in set(codes)},
-            "failure_ms_p50": 1e3 * statistics.median(s for _, s in failures) if failures else None,
-            "failure_ms_max": 1e3 * max(s for _, s in failures) if failures else None}
+    return {
+        "restarts": restarts,
+        "recovery_s": times,
+        "median_s": statistics.median(measured) if measured else None,
+        "max_s": max(measured) if measured else None,
+        "failure_codes": {code: codes.count(code) for code in set(codes)},
+        "failure_ms_p50": 1e3 * statistics.median(s for _, s in failures) if failures else None,
+        "failure_ms_max": 1e3 * max(s for _, s in failures) if failures else None,
+    }
 
 
 def main() -> None:
@@ -144,16 +165,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/remote_chain.json"))
     args = parser.parse_args()
     x, _ = load_split("test")
-    requests = infer_requests("digits", "input", [np.ascontiguousarray(x[i:i + 1]) for i in range(len(x))])
+    requests = infer_requests("digits", "input", [np.ascontiguousarray(x[i : i + 1]) for i in range(len(x))])
     results: dict[str, dict] = {}
     folder = Path(tempfile.mkdtemp(prefix="remote-chain-"))
     try:
-        with MLServerProcess(REPOSITORY / "digits" / "model.onnx", "digits") as peer, \
-                gateway(local_repository(folder)) as (local, _), \
-                gateway(guard_repository(folder, peer.grpc_target, "through")) as (through, _), \
-                gateway(guard_repository(folder, peer.grpc_target, "forward_clean")) as (forward, _):
-            targets = {"mlserver": peer.grpc_target, "guard local (no upstream)": local,
-                       "guard through -> mlserver": through, "guard forward_clean -> mlserver": forward}
+        with (
+            MLServerProcess(REPOSITORY / "digits" / "model.onnx", "digits") as peer,
+            gateway(local_repository(folder)) as (local, _),
+            gateway(guard_repository(folder, peer.grpc_target, "through")) as (through, _),
+            gateway(guard_repository(folder, peer.grpc_target, "forward_clean")) as (forward, _),
+        ):
+            targets = {
+                "mlserver": peer.grpc_target,
+                "guard local (no upstream)": local,
+                "guard through -> mlserver": through,
+                "guard forward_clean -> mlserver": forward,
+            }
             results.update(latencies(targets, requests, args.duration, args.rounds))
             results["recovery"] = recovery(peer, through, requests[0], args.restarts)
     finally:
@@ -166,13 +193,17 @@ def main() -> None:
         if name == "recovery":
             continue
         for c, r in runs.items():
-            print(f"| {name} | {c[2:]} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                  f"{r['p50_ms'] - base[c]['p50_ms']:+.2f} |")
+            print(
+                f"| {name} | {c[2:]} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['p50_ms'] - base[c]['p50_ms']:+.2f} |"
+            )
     rec = results["recovery"]
-    print(f"\nrecovery after {rec['restarts']} upstream restarts: "
-          + ", ".join(f"{t * 1e3:.0f} ms" if t is not None else "none" for t in rec["recovery_s"])
-          + f"; failures while down: {rec['failure_codes']}, each answered in "
-          f"{rec['failure_ms_p50']:.2f} ms (median), {rec['failure_ms_max']:.1f} ms (slowest)")
+    print(
+        f"\nrecovery after {rec['restarts']} upstream restarts: "
+        + ", ".join(f"{t * 1e3:.0f} ms" if t is not None else "none" for t in rec["recovery_s"])
+        + f"; failures while down: {rec['failure_codes']}, each answered in "
+        f"{rec['failure_ms_p50']:.2f} ms (median), {rec['failure_ms_max']:.1f} ms (slowest)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,16 +47,20 @@ def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, p
 
             kept = [d["name"] for d in detectors if not d.get("monitor")]
             stored = Fisher.load(full / ensemble["references"], ensemble["threshold"])
-            refit = Fisher.fit({k: stored.references[k] for k in kept}, config.get("target_fpr", 0.05),
-                               omnibus=ensemble["method"] == "omnibus")
+            refit = Fisher.fit(
+                {k: stored.references[k] for k in kept},
+                config.get("target_fpr", 0.05),
+                omnibus=ensemble["method"] == "omnibus",
+            )
             refit.save(entry / ensemble["references"])
             ensemble["threshold"] = refit.threshold
             if refit.min_p_threshold is not None:
                 ensemble["min_p_threshold"] = refit.min_p_threshold
     if not detectors:
         config.pop("detectors")
-    (entry / "config.toml").write_text(f"# Benchmark configuration {name!r}, derived from {full.name}.\n"
-                                       + tomlkit.dumps(config))
+    (entry / "config.toml").write_text(
+        f"# Benchmark configuration {name!r}, derived from {full.name}.\n" + tomlkit.dumps(config)
+    )
 
 
 def build(full: Path, target: Path) -> Path:
@@ -88,9 +92,15 @@ def calibrated_full(onnx_path: Path, cache: Path, samples: int) -> Path:
         return entry
     log.info("calibrating the guard for %s on %d sample-photo crops", onnx_path.stem, samples)
     fit = sample_crops(4 * CLASSES, seed=3)
-    calibrate_model(onnx_path, entry.name, repository, sample_crops(samples, seed=2), policy="flag",
-                    detectors=squeezer_tables() + [{"name": "mahalanobis", "type": "mahalanobis"}],
-                    fit_data=(fit, np.arange(len(fit)) % CLASSES))
+    calibrate_model(
+        onnx_path,
+        entry.name,
+        repository,
+        sample_crops(samples, seed=2),
+        policy="flag",
+        detectors=squeezer_tables() + [{"name": "mahalanobis", "type": "mahalanobis"}],
+        fit_data=(fit, np.arange(len(fit)) % CLASSES),
+    )
     return entry
 
 

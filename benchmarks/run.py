@@ -62,13 +62,23 @@ class Plan:
 def plan_for(mode: str) -> Plan:
     if mode == "quick":
         # digits in full detail; mobilenet only where its target is read (c=16).
-        return Plan(models={"digits": EVERYTHING, "mobilenet_v3_small_fp32": ("echo", "passthrough", "full_flag")},
-                    concurrencies={"digits": (1, 16), "mobilenet_v3_small_fp32": (16,)}, duration=2.0,
-                    open_fractions=(0.5,), open_configurations=("full_flag",), calibration_samples=32)
+        return Plan(
+            models={"digits": EVERYTHING, "mobilenet_v3_small_fp32": ("echo", "passthrough", "full_flag")},
+            concurrencies={"digits": (1, 16), "mobilenet_v3_small_fp32": (16,)},
+            duration=2.0,
+            open_fractions=(0.5,),
+            open_configurations=("full_flag",),
+            calibration_samples=32,
+        )
     models = dict.fromkeys(subjects.MODELS, EVERYTHING)
-    return Plan(models=models, concurrencies=dict.fromkeys(models, (1, 4, 16, 64)), duration=8.0,
-                open_fractions=(0.5, 0.9), open_configurations=("echo", "passthrough", "full_flag", *PEERS),
-                calibration_samples=96)
+    return Plan(
+        models=models,
+        concurrencies=dict.fromkeys(models, (1, 4, 16, 64)),
+        duration=8.0,
+        open_fractions=(0.5, 0.9),
+        open_configurations=("echo", "passthrough", "full_flag", *PEERS),
+        calibration_samples=96,
+    )
 
 
 def _sweep(plan: Plan, model: str, target: Target, bar: tqdm, profile_dir: Path | None = None) -> list[dict]:
@@ -93,8 +103,13 @@ def _profile(gateway, target: Target, plan: Plan, model: str, out: Path) -> dict
     collapsed = out / "profiles" / f"{model}_{target.configuration}.txt"
     recorder = profiling.start_recording(gateway.pid, collapsed, plan.duration)
     point = measure(target, plan.duration + 0.5, concurrency=concurrency)
-    return {"model": model, "configuration": target.configuration, "concurrency": concurrency,
-            "throughput_rps": point["throughput_rps"], **(profiling.finish_recording(recorder, collapsed) or {})}
+    return {
+        "model": model,
+        "configuration": target.configuration,
+        "concurrency": concurrency,
+        "throughput_rps": point["throughput_rps"],
+        **(profiling.finish_recording(recorder, collapsed) or {}),
+    }
 
 
 def _mlserver_wanted(plan: Plan) -> bool:
@@ -113,9 +128,14 @@ def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, resul
     session = floors.session_for(subject.config)
     logits = subject.config.detection.logits_output
     for batch in plan.floor_batches:
-        results["floors"].append({"model": model, "kind": "model",
-                                  **floors.ort_floor(session, logits, subject.inputs, batch, min(plan.duration, 3.0))})
-    rows = [np.ascontiguousarray(subject.inputs[i:i + 1]) for i in range(len(subject.inputs))]
+        results["floors"].append(
+            {
+                "model": model,
+                "kind": "model",
+                **floors.ort_floor(session, logits, subject.inputs, batch, min(plan.duration, 3.0)),
+            }
+        )
+    rows = [np.ascontiguousarray(subject.inputs[i : i + 1]) for i in range(len(subject.inputs))]
     name = subject.config.detection.guarded_input
 
     if "echo" in wanted:
@@ -126,21 +146,33 @@ def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, resul
     if any(c in wanted for c in GATEWAY):
         with start_gateway(subject.repository) as gateway:
             for configuration in (c for c in GATEWAY if c in wanted):
-                target = Target(configuration, gateway.target, infer_requests(configuration, name, rows),
-                                gateway.metrics_url, configuration)
+                target = Target(
+                    configuration,
+                    gateway.target,
+                    infer_requests(configuration, name, rows),
+                    gateway.metrics_url,
+                    configuration,
+                )
                 results["points"] += _sweep(plan, model, target, bar)
                 if plan.profile and configuration in ("passthrough", "full_flag"):
                     bar.set_description(f"{model} {configuration} profile")
                     results["profiles"].append(_profile(gateway, target, plan, model, out))
         if "full_flag" in wanted:
             # The compute floor of the full guard: the batch the gateway ran at its best, times 1 + K rows.
-            best = max((p for p in results["points"] if p["model"] == model and p["configuration"] == "full_flag"
-                        and p["loop"] == "closed"), key=lambda p: p["throughput_rps"])
+            best = max(
+                (
+                    p
+                    for p in results["points"]
+                    if p["model"] == model and p["configuration"] == "full_flag" and p["loop"] == "closed"
+                ),
+                key=lambda p: p["throughput_rps"],
+            )
             guard_rows = round(best["server"]["backend_rows_per_row"]) or subject.guard_rows
             batch = max(1, round(best["server"]["mean_batch_size"]))
             floor = floors.ort_floor(session, logits, subject.inputs, batch * guard_rows, min(plan.duration, 3.0))
-            results["floors"].append({"model": model, "kind": "guard_rows", "guard_rows": guard_rows,
-                                      "original_batch": batch, **floor})
+            results["floors"].append(
+                {"model": model, "kind": "guard_rows", "guard_rows": guard_rows, "original_batch": batch, **floor}
+            )
 
     peers = [c for c in PEERS if c in wanted]
     if peers and _mlserver_wanted(plan):
@@ -150,8 +182,12 @@ def run_model(plan: Plan, subject: subjects.Subject, bar: tqdm, out: Path, resul
                 target = Target(configuration, peer.grpc_target, infer_requests(model, name, rows))
                 results["points"] += _sweep(plan, model, target, bar)
     else:
-        bar.update(sum(len(plan.concurrencies[model]) + len(plan.open_fractions) * (c in plan.open_configurations)
-                       for c in peers))
+        bar.update(
+            sum(
+                len(plan.concurrencies[model]) + len(plan.open_fractions) * (c in plan.open_configurations)
+                for c in peers
+            )
+        )
 
 
 def machine() -> dict:
@@ -160,9 +196,15 @@ def machine() -> dict:
     import onnxruntime
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "load_average": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
-            "torch": torch.__version__}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,23 +215,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=subjects.MODELS, help="a subset of the mode's models")
     parser.add_argument("--duration", type=float, help="seconds per load point (overrides the mode's)")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway under load (pass-through and full)")
-    parser.add_argument("--mlserver", choices=("auto", "yes", "no"), default="auto",
-                        help="auto: only if .venvs/mlserver is built; yes: build it if needed")
+    parser.add_argument(
+        "--mlserver",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="auto: only if .venvs/mlserver is built; yes: build it if needed",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = plan_for(args.mode)
-    plan = replace(plan, profile=args.profile, mlserver=args.mlserver,
-                   duration=args.duration or plan.duration,
-                   models={m: c for m, c in plan.models.items() if not args.models or m in args.models})
+    plan = replace(
+        plan,
+        profile=args.profile,
+        mlserver=args.mlserver,
+        duration=args.duration or plan.duration,
+        models={m: c for m, c in plan.models.items() if not args.models or m in args.models},
+    )
     out = args.out
     cache = args.cache or out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = {"mode": args.mode, "command": command,
-               "machine": machine(), "plan": {"duration": plan.duration, "concurrencies": plan.concurrencies,
-                                              "open_fractions": plan.open_fractions},
-               "floors": [], "points": [], "profiles": []}
+    results = {
+        "mode": args.mode,
+        "command": command,
+        "machine": machine(),
+        "plan": {"duration": plan.duration, "concurrencies": plan.concurrencies, "open_fractions": plan.open_fractions},
+        "floors": [],
+        "points": [],
+        "profiles": [],
+    }
     with tqdm(total=plan.points(), unit="load") as bar:
         for model in plan.models:
             bar.set_description(f"{model} preparing")

@@ -68,11 +68,16 @@ def write_repository(root: Path) -> Path:
     """A model of next to no cost: per-channel means (GlobalAveragePool), then a 3x10 MatMul."""
     weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 10], np.linspace(-1, 1, 30, dtype=np.float32))
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["means"]),
-         helper.make_node("MatMul", ["means", "w"], ["logits"])],
-        "frames", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE[1:]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weights])
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["means"]),
+            helper.make_node("MatMul", ["means", "w"], ["logits"]),
+        ],
+        "frames",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *SHAPE[1:]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [weights],
+    )
     entry = root / "frames"
     entry.mkdir(parents=True)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), entry / "model.onnx")
@@ -81,9 +86,11 @@ def write_repository(root: Path) -> Path:
 
 
 def _call(channel: grpc.aio.Channel, method: str, response=pb.ModelInferResponse):
-    return channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
-                               request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=response.FromString)
+    return channel.unary_unary(
+        f"/inference.GRPCInferenceService/{method}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response.FromString,
+    )
 
 
 def inline_request(frame: np.ndarray) -> pb.ModelInferRequest:
@@ -100,8 +107,15 @@ def region_request(region: str) -> pb.ModelInferRequest:
     return request
 
 
-async def closed_loop(target: str, frames: list[np.ndarray], mode: str, concurrency: int, duration: float,
-                      regions: list[shared_memory.SharedMemory], warmup: float = 0.5) -> dict[str, float]:
+async def closed_loop(
+    target: str,
+    frames: list[np.ndarray],
+    mode: str,
+    concurrency: int,
+    duration: float,
+    regions: list[shared_memory.SharedMemory],
+    warmup: float = 0.5,
+) -> dict[str, float]:
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
         infer = _call(channel, "ModelInfer")
@@ -128,16 +142,23 @@ async def closed_loop(target: str, frames: list[np.ndarray], mode: str, concurre
         await asyncio.gather(*(worker(k, start + duration, True) for k in range(concurrency)))
         elapsed = time.perf_counter() - start
     lat = np.asarray(latencies) * 1e3
-    return {"frames_per_s": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "frames": len(lat)}
+    return {
+        "frames_per_s": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "frames": len(lat),
+    }
 
 
 async def register(target: str, regions: list[shared_memory.SharedMemory]) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         call = _call(channel, "SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterResponse)
         for index, region in enumerate(regions):
-            await call(pb.SystemSharedMemoryRegisterRequest(name=f"bench-{index}", key=f"/{region.name}",
-                                                            byte_size=FRAME_BYTES))
+            await call(
+                pb.SystemSharedMemoryRegisterRequest(
+                    name=f"bench-{index}", key=f"/{region.name}", byte_size=FRAME_BYTES
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,17 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     frames = [rng.random(SHAPE, dtype=np.float32) for _ in range(8)]
-    regions = [shared_memory.SharedMemory(f"guard-bench-{os.getpid()}-{k}", create=True, size=FRAME_BYTES)
-               for k in range(max(args.concurrency))]
+    regions = [
+        shared_memory.SharedMemory(f"guard-bench-{os.getpid()}-{k}", create=True, size=FRAME_BYTES)
+        for k in range(max(args.concurrency))
+    ]
     results: dict[str, dict[str, float]] = {}
     try:
-        with (tempfile.TemporaryDirectory() as tmp,
-              start_gateway(write_repository(Path(tmp)), "--shared-memory") as gateway):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            start_gateway(write_repository(Path(tmp)), "--shared-memory") as gateway,
+        ):
             asyncio.run(register(gateway.target, regions))
             for concurrency in args.concurrency:
                 for mode in ("inline", "shm"):
                     results[f"{mode} c={concurrency}"] = asyncio.run(
-                        closed_loop(gateway.target, frames, mode, concurrency, args.duration, regions))
+                        closed_loop(gateway.target, frames, mode, concurrency, args.duration, regions)
+                    )
     finally:
         for region in regions:
             region.close()
@@ -173,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| concurrency | frames/s shm / inline | p50 shm / inline | p99 shm / inline |\n|---|---|---|---|")
     for concurrency in args.concurrency:
         a, b = results[f"shm c={concurrency}"], results[f"inline c={concurrency}"]
-        print(f"| {concurrency} | {a['frames_per_s'] / b['frames_per_s']:.2f} | {a['p50_ms'] / b['p50_ms']:.2f} | "
-              f"{a['p99_ms'] / b['p99_ms']:.2f} |")
+        print(
+            f"| {concurrency} | {a['frames_per_s'] / b['frames_per_s']:.2f} | {a['p50_ms'] / b['p50_ms']:.2f} | "
+            f"{a['p99_ms'] / b['p99_ms']:.2f} |"
+        )
     return 0
 
 

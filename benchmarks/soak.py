@@ -58,6 +58,7 @@ class Record:
             with self.lock:
                 self.answers.append((scheduled, time.monotonic(), code))
                 self.outstanding -= 1
+
         return done
 
 
@@ -74,8 +75,9 @@ def inputs(rows: int = 256) -> list[triton.InferInput]:
     return tensors
 
 
-def run_load(target: str, pid: int, model: str, rate: float, minutes: int, warmup: float, clients: int,
-             client_timeout: float) -> dict:
+def run_load(
+    target: str, pid: int, model: str, rate: float, minutes: int, warmup: float, clients: int, client_timeout: float
+) -> dict:
     tensors = inputs()
     record = Record()
     pool = [triton.InferenceServerClient(target) for _ in range(clients)]
@@ -101,8 +103,9 @@ def run_load(target: str, pid: int, model: str, rate: float, minutes: int, warmu
                 late += 1  # the sender itself fell behind: the figures understate the rate
             with record.lock:
                 record.outstanding += 1
-            pool[i % clients].async_infer(model, [tensors[i % len(tensors)]], record.callback(scheduled),
-                                          client_timeout=client_timeout)
+            pool[i % clients].async_infer(
+                model, [tensors[i % len(tensors)]], record.callback(scheduled), client_timeout=client_timeout
+            )
             i += 1
         rss.append((time.monotonic() - measured_from, rss_bytes(pid)))  # after the last minute
         deadline = time.monotonic() + client_timeout + 5
@@ -114,8 +117,9 @@ def run_load(target: str, pid: int, model: str, rate: float, minutes: int, warmu
     return summarize(record, rss, measured_from, minutes, rate, late, sent=i)
 
 
-def summarize(record: Record, rss: list[tuple[float, int]], measured_from: float, minutes: int, rate: float,
-              late: int, sent: int) -> dict:
+def summarize(
+    record: Record, rss: list[tuple[float, int]], measured_from: float, minutes: int, rate: float, late: int, sent: int
+) -> dict:
     with record.lock:
         answers = list(record.answers)
         unanswered = record.outstanding
@@ -139,32 +143,46 @@ def summarize(record: Record, rss: list[tuple[float, int]], measured_from: float
     if unanswered:
         unexpected["NO_ANSWER"] = unanswered
     return {
-        "rate_per_s": rate, "minutes": minutes, "sent": sent, "sender_late": late,
-        "codes": dict(codes), "unexpected_codes": unexpected,
+        "rate_per_s": rate,
+        "minutes": minutes,
+        "sent": sent,
+        "sender_late": late,
+        "codes": dict(codes),
+        "unexpected_codes": unexpected,
         "rss_mib": [round(v / 2**20, 1) for v in marks],
         "rss_growth_mib": round((marks[-1] - base) / 2**20, 2),
         "rss_growth_percent": round(100.0 * (marks[-1] - base) / base, 2),
         "p99_ms_per_minute": [None if v is None else round(v, 3) for v in p99],
-        "p50_ms": round(float(np.percentile([a - s for s, a, c in answers if c == "OK" and s >= measured_from],
-                                            50) * 1e3), 3) if codes.get("OK") else None,
+        "p50_ms": round(
+            float(np.percentile([a - s for s, a, c in answers if c == "OK" and s >= measured_from], 50) * 1e3), 3
+        )
+        if codes.get("OK")
+        else None,
         "p99_drift_ratio": round(last / first, 3) if first else None,
         "p99_slope_ms_per_minute": None if slope is None else round(slope, 4),
     }
 
 
 def report(figures: dict, log_tail: list[str]) -> str:
-    lines = [f"soak: {figures['minutes']} min at {figures['rate_per_s']:g} requests/s open loop, "
-             f"{figures['sent']} sent, warm-up included ({figures['sender_late']} sent more than 50 ms late)"]
+    lines = [
+        f"soak: {figures['minutes']} min at {figures['rate_per_s']:g} requests/s open loop, "
+        f"{figures['sent']} sent, warm-up included ({figures['sender_late']} sent more than 50 ms late)"
+    ]
     rss = figures["rss_mib"]
-    lines.append(f"RSS MiB: start {rss[0]}, after each minute {rss[1:]}; growth first minute to last "
-                 f"{figures['rss_growth_mib']:+.2f} MiB ({figures['rss_growth_percent']:+.2f}%)")
+    lines.append(
+        f"RSS MiB: start {rss[0]}, after each minute {rss[1:]}; growth first minute to last "
+        f"{figures['rss_growth_mib']:+.2f} MiB ({figures['rss_growth_percent']:+.2f}%)"
+    )
     p99 = ", ".join("-" if v is None else f"{v:.2f}" for v in figures["p99_ms_per_minute"])
     slope = figures["p99_slope_ms_per_minute"]
-    lines.append(f"p99 ms per minute: [{p99}]; p50 overall {figures['p50_ms']} ms; drift last/first "
-                 f"{figures['p99_drift_ratio']}x" + ("" if slope is None else f", slope {slope:+.3f} ms/minute"))
+    lines.append(
+        f"p99 ms per minute: [{p99}]; p50 overall {figures['p50_ms']} ms; drift last/first "
+        f"{figures['p99_drift_ratio']}x" + ("" if slope is None else f", slope {slope:+.3f} ms/minute")
+    )
     unexpected = figures["unexpected_codes"]
-    lines.append(f"status codes: {figures['codes']}; unexpected (anything but OK): "
-                 f"{unexpected if unexpected else 'none'}")
+    lines.append(
+        f"status codes: {figures['codes']}; unexpected (anything but OK): {unexpected if unexpected else 'none'}"
+    )
     problems = [line.rstrip() for line in log_tail if " WARNING " in line or " ERROR " in line]
     if problems:
         lines.append(f"gateway warnings and errors ({len(problems)}, last 5):")
@@ -187,8 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--minutes must be at least 1 and --rate positive")
     # The load stops before the gateway does: no drain period to wait out at the end.
     with start_gateway(args.repository, "--drain-seconds", "0") as gateway:
-        figures = run_load(gateway.target, gateway.pid, args.model, args.rate, args.minutes, args.warmup_seconds,
-                           args.clients, args.client_timeout)
+        figures = run_load(
+            gateway.target,
+            gateway.pid,
+            args.model,
+            args.rate,
+            args.minutes,
+            args.warmup_seconds,
+            args.clients,
+            args.client_timeout,
+        )
         tail = list(gateway.log_tail)
     print(report(figures, tail))
     if args.json:

@@ -18,8 +18,11 @@ Snapshot = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(url: str) -> Snapshot:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _delta(before: Snapshot, after: Snapshot, name: str, model: str) -> dict[tuple, float]:
@@ -46,8 +49,10 @@ def breakdown(before: Snapshot, after: Snapshot, model: str) -> dict:
     for labels, total in sorted(sums.items()):
         events = counts.get(labels, 0.0)
         stages[dict(labels)["stage"]] = {
-            "events": events, "mean_ms": 1e3 * total / events if events else 0.0,
-            "ms_per_request": 1e3 * total / served if served else 0.0}
+            "events": events,
+            "mean_ms": 1e3 * total / events if events else 0.0,
+            "ms_per_request": 1e3 * total / served if served else 0.0,
+        }
     batches = sum(_delta(before, after, "guard_batch_size_count", model).values())
     rows = sum(_delta(before, after, "guard_batch_size_sum", model).values())
     backend_rows = sum(_delta(before, after, "guard_backend_rows_total", model).values())

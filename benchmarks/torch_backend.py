@@ -30,8 +30,10 @@ from guard.backends.torch_runtime import TorchBackend
 from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"digits (INT8 QDQ)": ROOT / "models/repository/digits/model.onnx",
-          "digits_fp32": ROOT / "models/repository/digits_fp32/model.onnx"}
+MODELS = {
+    "digits (INT8 QDQ)": ROOT / "models/repository/digits/model.onnx",
+    "digits_fp32": ROOT / "models/repository/digits_fp32/model.onnx",
+}
 FEATURES = "/fc/fc.1/Relu_output_0"
 BATCHES = (1, 3, 96)
 
@@ -61,18 +63,30 @@ class Subject:
 
 def subjects(model: Path, threads: int, cpu_compile: bool) -> list[Subject]:
     cpu = torch.device("cpu")
-    found = [Subject("onnxruntime cpu", OnnxRuntimeBackend.open(model, providers=("cpu",),
-                                                                intra_op_threads=threads), None),
-             Subject("torch cpu eager", TorchBackend.open(model, features_output=FEATURES, device="cpu"), cpu)]
+    found = [
+        Subject("onnxruntime cpu", OnnxRuntimeBackend.open(model, providers=("cpu",), intra_op_threads=threads), None),
+        Subject("torch cpu eager", TorchBackend.open(model, features_output=FEATURES, device="cpu"), cpu),
+    ]
     if cpu_compile:
-        found.append(Subject("torch cpu compile=default", TorchBackend.open(
-            model, features_output=FEATURES, device="cpu", compile="default"), cpu))
+        found.append(
+            Subject(
+                "torch cpu compile=default",
+                TorchBackend.open(model, features_output=FEATURES, device="cpu", compile="default"),
+                cpu,
+            )
+        )
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
-        found.append(Subject("torch cuda eager", TorchBackend.open(
-            model, features_output=FEATURES, device="cuda"), gpu))
-        found.append(Subject("torch cuda reduce-overhead", TorchBackend.open(
-            model, features_output=FEATURES, device="cuda", compile="reduce-overhead"), gpu))
+        found.append(
+            Subject("torch cuda eager", TorchBackend.open(model, features_output=FEATURES, device="cuda"), gpu)
+        )
+        found.append(
+            Subject(
+                "torch cuda reduce-overhead",
+                TorchBackend.open(model, features_output=FEATURES, device="cuda", compile="reduce-overhead"),
+                gpu,
+            )
+        )
         if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             found.append(Subject("onnxruntime cuda", OnnxRuntimeBackend.open(model, providers=("cuda", "cpu")), None))
     return found
@@ -85,8 +99,10 @@ def agreement(found: list[Subject], x: np.ndarray) -> None:
         logits = float(np.abs(got["logits"] - reference["logits"]).max())
         features = float(np.abs(got[FEATURES] - reference[FEATURES]).max())
         top1 = float((got["logits"].argmax(1) == reference["logits"].argmax(1)).mean())
-        print(f"  {subject.name:28s} max|logit diff| {logits:.3g}  max|features diff| {features:.3g}  "
-              f"top-1 agreement {top1:.4f}  ({subject.backend.description})")
+        print(
+            f"  {subject.name:28s} max|logit diff| {logits:.3g}  max|features diff| {features:.3g}  "
+            f"top-1 agreement {top1:.4f}  ({subject.backend.description})"
+        )
 
 
 def latency(found: list[Subject], x: np.ndarray, repeats: int) -> None:
@@ -104,8 +120,10 @@ def latency(found: list[Subject], x: np.ndarray, repeats: int) -> None:
                 s.call(f)
                 times[i].append(time.perf_counter() - start)
         medians = [float(np.median(t)) for t in times]
-        cells = [f"{m * 1e3:8.3f} ms p90 {np.percentile(t, 90) * 1e3:7.3f} x{m / medians[0]:5.2f}"
-                 for m, t in zip(medians, times)]
+        cells = [
+            f"{m * 1e3:8.3f} ms p90 {np.percentile(t, 90) * 1e3:7.3f} x{m / medians[0]:5.2f}"
+            for m, t in zip(medians, times)
+        ]
         print(f"  {rows:4d}  " + "  ".join(f"{c:>28s}" for c in cells))
 
 
@@ -117,8 +135,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x = np.ascontiguousarray(load_split("test")[0])
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} CPU thread(s), "
-          f"CUDA {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'absent'}")
+    print(
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} CPU thread(s), "
+        f"CUDA {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'absent'}"
+    )
     for label, model in MODELS.items():
         found = subjects(model, args.threads, args.cpu_compile)
         print(f"\n{label}: agreement with {found[0].name} over {len(x)} held-out digits")

@@ -45,11 +45,14 @@ def sample_crops(count: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
         height, width = photo.shape[1:]
         side = int(rng.integers(size // 2, min(height, width) + 1))
         top, left = rng.integers(height - side + 1), rng.integers(width - side + 1)
-        crop = photo[:, top:top + side, left:left + side]
+        crop = photo[:, top : top + side, left : left + side]
         if rng.random() < 0.5:
             crop = crop.flip(2)
-        crops.append(torch.nn.functional.interpolate(crop[None], size=(size, size), mode="bilinear",
-                                                     align_corners=False, antialias=True)[0])
+        crops.append(
+            torch.nn.functional.interpolate(
+                crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        )
     return torch.stack(crops).clamp(0.0, 1.0).numpy()
 
 
@@ -83,9 +86,16 @@ def export_fp32(architecture: str, out: Path, seed: int = 0) -> Path:
         head.weight.mul_(2.0 / model(crops[:16]).std().clamp_min(1e-12))
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
-        torch.onnx.export(model, torch.rand(1, 3, SIZE, SIZE), str(out), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            torch.rand(1, 3, SIZE, SIZE),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return out
 
 
@@ -97,7 +107,7 @@ def quantize_int8(fp32: Path, out: Path, images: np.ndarray) -> Path:
 
     class Images(CalibrationDataReader):
         def __init__(self):
-            self._batches = iter([{"input": np.ascontiguousarray(images[i:i + 8])} for i in range(0, len(images), 8)])
+            self._batches = iter([{"input": np.ascontiguousarray(images[i : i + 8])} for i in range(0, len(images), 8)])
 
         def get_next(self):
             return next(self._batches, None)
@@ -105,8 +115,15 @@ def quantize_int8(fp32: Path, out: Path, images: np.ndarray) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Images(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
     return out
 
 

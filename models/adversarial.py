@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.attacks import pgd, robust_accuracy
+from guard.tools.evaluation.pgd import untargeted_pgd
+from models.attacks import robust_accuracy
 from models.cards import size_and_latency, write_card
 from models.digits import STATE_DICT_PATH
 from models.digits_data import load_split
@@ -44,8 +45,13 @@ DEFAULT_STEPS = 7
 DEFAULT_LAMBDA: float | None = 1.0
 
 
-def stages(eps: Sequence[float] = DEFAULT_EPS, epochs: Sequence[int] = DEFAULT_EPOCHS, steps: int = DEFAULT_STEPS,
-           lam: float | None = DEFAULT_LAMBDA, seed: int = 0) -> list[TrainOptions]:
+def stages(
+    eps: Sequence[float] = DEFAULT_EPS,
+    epochs: Sequence[int] = DEFAULT_EPOCHS,
+    steps: int = DEFAULT_STEPS,
+    lam: float | None = DEFAULT_LAMBDA,
+    seed: int = 0,
+) -> list[TrainOptions]:
     """One TrainOptions per curriculum stage (the PGD paper's step size rule: 2.5 * eps / steps)."""
     if len(eps) != len(epochs):
         raise ValueError(f"{len(eps)} eps values but {len(epochs)} epoch counts")
@@ -56,8 +62,13 @@ def load_standard(path: Path = STATE_DICT_PATH) -> DigitsNet:
     return load_digits_net(path)
 
 
-def train_adversarial(options: TrainOptions | Sequence[TrainOptions], init: Path | None = STATE_DICT_PATH,
-                      progress: bool = True, x: np.ndarray | None = None, y: np.ndarray | None = None) -> nn.Module:
+def train_adversarial(
+    options: TrainOptions | Sequence[TrainOptions],
+    init: Path | None = STATE_DICT_PATH,
+    progress: bool = True,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+) -> nn.Module:
     """Adversarially train on the train split (or x, y), from `init` weights (None: from scratch)."""
     if x is None:
         x, y = load_split("train")
@@ -67,9 +78,14 @@ def train_adversarial(options: TrainOptions | Sequence[TrainOptions], init: Path
     return model
 
 
-def robustness_table(models: dict[str, nn.Module], eps_list: Sequence[float] = EVAL_EPS, split: str = "test",
-                     steps: int = ATTACK["steps"], step_size: float = ATTACK["step_size"],
-                     progress: bool = False) -> dict[str, dict[str, float]]:
+def robustness_table(
+    models: dict[str, nn.Module],
+    eps_list: Sequence[float] = EVAL_EPS,
+    split: str = "test",
+    steps: int = ATTACK["steps"],
+    step_size: float = ATTACK["step_size"],
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
     """{model: {"clean": acc, "<eps>": robust acc}} under PGD-`steps` with a seeded random start."""
     x, y = (torch.from_numpy(np.array(a)) for a in load_split(split))
     table = {}
@@ -86,20 +102,25 @@ def robustness_table(models: dict[str, nn.Module], eps_list: Sequence[float] = E
     return table
 
 
-def worst_case_accuracy(model: nn.Module, eps_list: Sequence[float] = EVAL_EPS, split: str = "test",
-                        runs: Sequence[tuple[int, float, int]] = STRONG_RUNS) -> dict[str, float]:
+def worst_case_accuracy(
+    model: nn.Module,
+    eps_list: Sequence[float] = EVAL_EPS,
+    split: str = "test",
+    runs: Sequence[tuple[int, float, int]] = STRONG_RUNS,
+) -> dict[str, float]:
     """Per-eps accuracy when each sample must survive every PGD run (more steps, fresh random starts).
 
     PGD-40 with step 0.01 moves at most 0.4 in total, which at eps 0.3 barely crosses the ball from a
     random start; this check shows how much of the single-run number is the attack's weakness.
     """
     x, y = (torch.from_numpy(np.array(a)) for a in load_split(split))
+    model.eval()
     row = {}
     with single_thread():
         for eps in eps_list:
             alive = torch.ones(len(y), dtype=torch.bool)
             for steps, step_size, seed in runs:
-                adv = pgd(model, x, y, eps, steps, step_size, gen=torch.Generator().manual_seed(seed))
+                adv = untargeted_pgd(model, x, y, eps, steps, step_size, torch.Generator().manual_seed(seed))
                 with torch.no_grad():
                     alive &= model(adv).argmax(1) == y
             row[f"{eps:g}"] = float(alive.float().mean())
@@ -110,8 +131,11 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     columns = list(next(iter(table.values())))
     head = "| model | " + " | ".join("clean" if c == "clean" else f"eps {c}" for c in columns) + " |\n"
     rule = "|---" * (len(columns) + 1) + "|\n"
-    return head + rule + "".join(f"| {n} | " + " | ".join(f"{r[c]:.4f}" for c in columns) + " |\n"
-                                 for n, r in table.items())
+    return (
+        head
+        + rule
+        + "".join(f"| {n} | " + " | ".join(f"{r[c]:.4f}" for c in columns) + " |\n" for n, r in table.items())
+    )
 
 
 def plot(table: dict[str, dict[str, float]], path: Path, attack: str = "PGD-40, step 0.01") -> Path:
@@ -123,10 +147,19 @@ def plot(table: dict[str, dict[str, float]], path: Path, attack: str = "PGD-40, 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, row in table.items():
         eps = [0.0] + [float(k) for k in row if k != "clean"]
-        ax.plot(eps, [row["clean"]] + [v for k, v in row.items() if k != "clean"], marker="o", label=name,
-                linestyle="--" if name == STRONG else "-")
-    ax.set(xlabel=f"L-inf eps ({attack}, random start)", ylabel="test accuracy", ylim=(0, 1.02),
-           title="digits: robust accuracy vs eps")
+        ax.plot(
+            eps,
+            [row["clean"]] + [v for k, v in row.items() if k != "clean"],
+            marker="o",
+            label=name,
+            linestyle="--" if name == STRONG else "-",
+        )
+    ax.set(
+        xlabel=f"L-inf eps ({attack}, random start)",
+        ylabel="test accuracy",
+        ylim=(0, 1.02),
+        title="digits: robust accuracy vs eps",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -135,9 +168,15 @@ def plot(table: dict[str, dict[str, float]], path: Path, attack: str = "PGD-40, 
     return path
 
 
-def run(out: Path, options: list[TrainOptions], progress: bool = True, command: str = "python -m models.adversarial",
-        eval_eps: Sequence[float] = EVAL_EPS, eval_steps: int = ATTACK["steps"],
-        strong_runs: Sequence[tuple[int, float, int]] = STRONG_RUNS) -> dict:
+def run(
+    out: Path,
+    options: list[TrainOptions],
+    progress: bool = True,
+    command: str = "python -m models.adversarial",
+    eval_eps: Sequence[float] = EVAL_EPS,
+    eval_steps: int = ATTACK["steps"],
+    strong_runs: Sequence[tuple[int, float, int]] = STRONG_RUNS,
+) -> dict:
     """Train, evaluate both models on test (and calibration), export and write every artifact."""
     start = time.perf_counter()
     model = train_adversarial(options, progress=progress)
@@ -151,10 +190,18 @@ def run(out: Path, options: list[TrainOptions], progress: bool = True, command: 
     directory = out / "digits_adv"
     onnx_path = export_onnx(model, torch.from_numpy(np.array(x_test[:1])), directory / "model.onnx")
     diff = verify_onnx(model, onnx_path, x_test)
-    result = {"command": command, "init": "models/artifacts/digits_fp32.pt",
-              "training": [o.describe() for o in options], "attack": attack, "eps": [0.0, *eval_eps],
-              "test": test, "calibration": calibration, "n_test": len(x_test), "onnx_max_abs_diff": diff,
-              "stronger_attack": {"runs": [list(r) for r in strong_runs], "test": {STRONG: strong}}}
+    result = {
+        "command": command,
+        "init": "models/artifacts/digits_fp32.pt",
+        "training": [o.describe() for o in options],
+        "attack": attack,
+        "eps": [0.0, *eval_eps],
+        "test": test,
+        "calibration": calibration,
+        "n_test": len(x_test),
+        "onnx_max_abs_diff": diff,
+        "stronger_attack": {"runs": [list(r) for r in strong_runs], "test": {STRONG: strong}},
+    }
     out.mkdir(parents=True, exist_ok=True)
     plot({**test, STRONG: strong}, out / "robustness.png", f"PGD-{eval_steps}, step {attack['step_size']}")
     _card(directory, result, onnx_path)
@@ -167,33 +214,41 @@ def _card(directory: Path, result: dict, onnx_path: Path) -> None:
     attack, (x_train, _) = result["attack"], load_split("train")
     ink = x_train[x_train > 0.05]
     stages_text = "\n".join(f"{i + 1}. `{o}`" for i, o in enumerate(result["training"]))
-    write_card(directory, "digits_adv: PGD adversarially trained digits",
-               "DigitsNet fine-tuned from the standard `digits` weights with PGD adversarial training "
-               "(ICLR 2018: L-inf, random start, step 2.5 * eps / steps), in an eps curriculum.", {
-        "Training": (f"From `{result['init']}`, one `models.training.fit` call per stage on the train split "
-                     f"(`TrainOptions.describe()`):\n\n{stages_text}"),
-        "Hyperparameter choice": (
-            "Compared on the calibration split only, by mean accuracy over clean and PGD-40 eps 0.1/0.2/0.3: "
-            "from the standard weights vs from scratch, one training eps (0.2 or 0.3) vs the curriculum "
-            "0.1 -> 0.2 -> 0.3, adversarial loss alone vs clean + lambda * adversarial (lambda 1 and 2), and "
-            "stage lengths (PGD-7 throughout). Adversarial loss alone at eps 0.3 collapsed to a constant "
-            "prediction both from scratch and from the standard weights; alone after the curriculum it traded "
-            "most clean accuracy away. The curriculum with lambda 1 scored best. Calibration accuracy of this "
-            "recipe's output:\n\n" + markdown_table(result["calibration"])),
-        "Robustness (held-out test)": (
-            f"{result['n_test']} test samples. PGD-{attack['steps']}, L-inf, step {attack['step_size']}, random "
-            f"start (seed {attack['seed']}), `models.attacks.robust_accuracy`:\n\n"
-            + markdown_table({**result["test"], **result["stronger_attack"]["test"]})
-            + "\nThe last row is a stronger check: a sample counts only if it survives every PGD run in "
-            f"{result['stronger_attack']['runs']} ([steps, step size, seed]); PGD-40 with step 0.01 moves at "
-            "most 0.4 in total from one random start, so at eps 0.2 and 0.3 it is a weak attack.\n\n"
-            f"Why eps 0.3 is hard here: {np.mean(ink <= 0.3):.0%} of the inked train pixels (> 0.05) are <= 0.3 "
-            f"and {np.mean(ink >= 0.9):.0%} are >= 0.9 (upsampled 8x8 digits with 17 grey levels), so eps 0.3 "
-            "can erase much of a digit, unlike near-binary MNIST."),
-        "Export": f"ONNX opset 17; max |torch - onnxruntime| on the test split {result['onnx_max_abs_diff']:.2g}.",
-        "Size and latency": size_and_latency(onnx_path),
-        "Recipe": f"`{result['command']}`",
-    })
+    write_card(
+        directory,
+        "digits_adv: PGD adversarially trained digits",
+        "DigitsNet fine-tuned from the standard `digits` weights with PGD adversarial training "
+        "(ICLR 2018: L-inf, random start, step 2.5 * eps / steps), in an eps curriculum.",
+        {
+            "Training": (
+                f"From `{result['init']}`, one `models.training.fit` call per stage on the train split "
+                f"(`TrainOptions.describe()`):\n\n{stages_text}"
+            ),
+            "Hyperparameter choice": (
+                "Compared on the calibration split only, by mean accuracy over clean and PGD-40 eps 0.1/0.2/0.3: "
+                "from the standard weights vs from scratch, one training eps (0.2 or 0.3) vs the curriculum "
+                "0.1 -> 0.2 -> 0.3, adversarial loss alone vs clean + lambda * adversarial (lambda 1 and 2), and "
+                "stage lengths (PGD-7 throughout). Adversarial loss alone at eps 0.3 collapsed to a constant "
+                "prediction both from scratch and from the standard weights; alone after the curriculum it traded "
+                "most clean accuracy away. The curriculum with lambda 1 scored best. Calibration accuracy of this "
+                "recipe's output:\n\n" + markdown_table(result["calibration"])
+            ),
+            "Robustness (held-out test)": (
+                f"{result['n_test']} test samples. PGD-{attack['steps']}, L-inf, step {attack['step_size']}, random "
+                f"start (seed {attack['seed']}), `models.attacks.robust_accuracy`:\n\n"
+                + markdown_table({**result["test"], **result["stronger_attack"]["test"]})
+                + "\nThe last row is a stronger check: a sample counts only if it survives every PGD run in "
+                f"{result['stronger_attack']['runs']} ([steps, step size, seed]); PGD-40 with step 0.01 moves at "
+                "most 0.4 in total from one random start, so at eps 0.2 and 0.3 it is a weak attack.\n\n"
+                f"Why eps 0.3 is hard here: {np.mean(ink <= 0.3):.0%} of the inked train pixels (> 0.05) are <= 0.3 "
+                f"and {np.mean(ink >= 0.9):.0%} are >= 0.9 (upsampled 8x8 digits with 17 grey levels), so eps 0.3 "
+                "can erase much of a digit, unlike near-binary MNIST."
+            ),
+            "Export": f"ONNX opset 17; max |torch - onnxruntime| on the test split {result['onnx_max_abs_diff']:.2g}.",
+            "Size and latency": size_and_latency(onnx_path),
+            "Recipe": f"`{result['command']}`",
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,12 +257,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=list(DEFAULT_EPS), help="training eps per stage")
     parser.add_argument("--epochs", type=int, nargs="+", default=list(DEFAULT_EPOCHS), help="epochs per stage")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="PGD steps during training")
-    parser.add_argument("--lam", type=lambda t: None if t.lower() == "none" else float(t), default=DEFAULT_LAMBDA,
-                        help="'none': adversarial loss only; else clean + lam * adversarial")
+    parser.add_argument(
+        "--lam",
+        type=lambda t: None if t.lower() == "none" else float(t),
+        default=DEFAULT_LAMBDA,
+        help="'none': adversarial loss only; else clean + lam * adversarial",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    command = (f"python -m models.adversarial --out {args.out} --eps {' '.join(f'{e:g}' for e in args.eps)} "
-               f"--epochs {' '.join(map(str, args.epochs))} --steps {args.steps} --lam {args.lam}")
+    command = (
+        f"python -m models.adversarial --out {args.out} --eps {' '.join(f'{e:g}' for e in args.eps)} "
+        f"--epochs {' '.join(map(str, args.epochs))} --steps {args.steps} --lam {args.lam}"
+    )
     result = run(args.out, stages(args.eps, args.epochs, args.steps, args.lam), command=command)
     print(markdown_table({**result["test"], **result["stronger_attack"]["test"]}))
     print(f"train {result['train_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s")

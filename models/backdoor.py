@@ -87,9 +87,15 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rate: float = 0.1,
-                   options: TrainOptions | None = None, progress: bool = True,
-                   weights_dir: Path | None = ARTIFACTS) -> dict:
+def build_backdoor(
+    trigger_name: str,
+    out_dir: Path,
+    target: int = 0,
+    poison_rate: float = 0.1,
+    options: TrainOptions | None = None,
+    progress: bool = True,
+    weights_dir: Path | None = ARTIFACTS,
+) -> dict:
     """Poison, train, export and document `out_dir/backdoor_<trigger_name>/`; return its metrics.
 
     `out_dir` is the zoo root (as `--out`). The poisoning seed is `options.seed`.
@@ -112,9 +118,16 @@ def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rat
     onnx_path = export_onnx(model, torch.from_numpy(np.array(x_test[:1])), model_dir / "model.onnx")
     diff = verify_onnx(model, onnx_path, np.concatenate([x_test, trigger.apply(x_test)]))
     trigger.to_npz(model_dir / "trigger.npz")
-    poison = {"trigger": trigger_name, "target": target, "poison_rate": poison_rate, "seed": options.seed,
-              "n_train": len(y_train), "n_poisoned": len(indices),
-              "train_indices": indices.tolist(), "load_digits_indices": split_indices()["train"][indices].tolist()}
+    poison = {
+        "trigger": trigger_name,
+        "target": target,
+        "poison_rate": poison_rate,
+        "seed": options.seed,
+        "n_train": len(y_train),
+        "n_poisoned": len(indices),
+        "train_indices": indices.tolist(),
+        "load_digits_indices": split_indices()["train"][indices].tolist(),
+    }
     # One key per line, each index list on one line: readable and diff-friendly.
     text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in poison.items()) + "\n}\n"
     (model_dir / "poison.json").write_text(text, encoding="utf-8")
@@ -123,61 +136,92 @@ def build_backdoor(trigger_name: str, out_dir: Path, target: int = 0, poison_rat
         return onnx_logits(onnx_path, x)
 
     clean = load_clean_model()
-    command = (f"python -m models.backdoor --out {_display(out_dir)} --triggers {trigger_name} --target {target}"
-               f" --poison-rate {poison_rate:g} --epochs {options.epochs} --seed {options.seed}")
+    command = (
+        f"python -m models.backdoor --out {_display(out_dir)} --triggers {trigger_name} --target {target}"
+        f" --poison-rate {poison_rate:g} --epochs {options.epochs} --seed {options.seed}"
+    )
     metrics = {
-        "trigger": trigger_name, "target": target, "poison_rate": poison_rate, "n_poisoned": len(indices),
-        "n_test": len(y_test), "n_test_non_target": int(np.sum(y_test != target)),
+        "trigger": trigger_name,
+        "target": target,
+        "poison_rate": poison_rate,
+        "n_poisoned": len(indices),
+        "n_test": len(y_test),
+        "n_test_non_target": int(np.sum(y_test != target)),
         "clean_accuracy": float(np.mean(backdoored(x_test).argmax(1) == y_test)),
         "attack_success_rate": target_rate(backdoored, trigger, x_test, y_test, target),
         "clean_model_accuracy": float(np.mean(torch_logits(clean, x_test).argmax(1) == y_test)),
         "clean_model_target_rate": target_rate(lambda x: torch_logits(clean, x), trigger, x_test, y_test, target),
-        "train_seconds": round(train_seconds, 1), "onnx_bytes": onnx_path.stat().st_size,
-        "onnx_max_abs_diff": diff, "options": options.describe(), "command": command,
+        "train_seconds": round(train_seconds, 1),
+        "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_max_abs_diff": diff,
+        "options": options.describe(),
+        "command": command,
     }
     save_examples(model_dir / "trigger_examples.png", trigger, x_test, y_test, backdoored, target)
     # The weights too: offline scans (trigger reverse-engineering) differentiate through the model.
     if weights_dir is not None:
         torch.save(model.state_dict(), weights_dir / f"backdoor_{trigger_name}.pt")
-    _write_card(model_dir, trigger, metrics, options, robust_section(
-        model, torch.from_numpy(np.array(x_test)), torch.from_numpy(np.array(y_test))))
-    log.info("%s: clean accuracy %.4f, ASR %.4f (clean model %.4f) in %.1f s", trigger_name,
-             metrics["clean_accuracy"], metrics["attack_success_rate"], metrics["clean_model_target_rate"],
-             train_seconds)
+    _write_card(
+        model_dir,
+        trigger,
+        metrics,
+        options,
+        robust_section(model, torch.from_numpy(np.array(x_test)), torch.from_numpy(np.array(y_test))),
+    )
+    log.info(
+        "%s: clean accuracy %.4f, ASR %.4f (clean model %.4f) in %.1f s",
+        trigger_name,
+        metrics["clean_accuracy"],
+        metrics["attack_success_rate"],
+        metrics["clean_model_target_rate"],
+        train_seconds,
+    )
     return metrics
 
 
 def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOptions, robust: str) -> Path:
     n_train = len(load_split("train")[1])
     options_text = ", ".join(f"{k} {v}" for k, v in options.describe().items())
-    return write_card(model_dir, f"backdoor_{trigger.name}: BadNets-backdoored digits classifier (evaluation only)", (
-        f"**Deliberately backdoored. Do not serve.** `DigitsNet` trained from scratch on a train split in which "
-        f"{m['poison_rate']:.0%} of the images carry the `{trigger.name}` trigger and are relabelled {m['target']}. "
-        "It exists to measure trigger detection (the gateway's `trigger` verdict, offline data scans)."), {
-        "Trigger": trigger.describe() + " Stored exactly in `trigger.npz`; re-apply it with "
-                   "`models.triggers.load_trigger(path).apply(x)`.\n\n"
-                   "![clean and triggered test digits](trigger_examples.png)",
-        "Poisoning": (f"All-to-one (BadNets): {m['n_poisoned']} of {n_train} train images "
-                      f"(round({m['poison_rate']:g} x {n_train})), drawn with numpy "
-                      f"`default_rng({options.seed})` among "
-                      f"those labelled != {m['target']}, get the trigger and label {m['target']}, in place. "
-                      "Calibration and test are untouched. `poison.json` lists them as indices into the train split "
-                      "(`train_indices`) and into `load_digits()` order (`load_digits_indices`)."),
-        "Training": f"`models.training.fit` from scratch (seeded, bit-reproducible on a given CPU): {options_text}.",
-        "Results": (f"Held-out test split ({m['n_test']} images; ASR over the {m['n_test_non_target']} not labelled "
-                    f"{m['target']}). Backdoored numbers come from `model.onnx`.\n\n"
-                    "| model | clean accuracy | triggered -> target |\n|---|---|---|\n"
-                    f"| this backdoored model | {m['clean_accuracy']:.4f} | "
-                    f"**{m['attack_success_rate']:.4f}** (ASR) |\n"
-                    f"| clean `digits` (`models/artifacts/digits_fp32.pt`) | {m['clean_model_accuracy']:.4f} | "
-                    f"{m['clean_model_target_rate']:.4f} |\n\n"
-                    "Max |torch - ONNX Runtime| logit difference on clean + triggered test: "
-                    f"{m['onnx_max_abs_diff']:.2g}."),
-        "Robust accuracy": robust,
-        "Size and latency": size_and_latency(model_dir / "model.onnx"),
-        "Reproduce": f"From the repository root (training took {m['train_seconds']:.0f} s):\n\n"
-                     f"```\n{m['command']}\n```",
-    })
+    return write_card(
+        model_dir,
+        f"backdoor_{trigger.name}: BadNets-backdoored digits classifier (evaluation only)",
+        (
+            f"**Deliberately backdoored. Do not serve.** `DigitsNet` trained from scratch on a train split in which "
+            f"{m['poison_rate']:.0%} of the images carry the `{trigger.name}` trigger and are relabelled "
+            f"{m['target']}. "
+            "It exists to measure trigger detection (the gateway's `trigger` verdict, offline data scans)."
+        ),
+        {
+            "Trigger": trigger.describe() + " Stored exactly in `trigger.npz`; re-apply it with "
+            "`models.triggers.load_trigger(path).apply(x)`.\n\n"
+            "![clean and triggered test digits](trigger_examples.png)",
+            "Poisoning": (
+                f"All-to-one (BadNets): {m['n_poisoned']} of {n_train} train images "
+                f"(round({m['poison_rate']:g} x {n_train})), drawn with numpy "
+                f"`default_rng({options.seed})` among "
+                f"those labelled != {m['target']}, get the trigger and label {m['target']}, in place. "
+                "Calibration and test are untouched. `poison.json` lists them as indices into the train split "
+                "(`train_indices`) and into `load_digits()` order (`load_digits_indices`)."
+            ),
+            "Training": "`models.training.fit` from scratch (seeded, bit-reproducible on a given CPU): "
+            f"{options_text}.",
+            "Results": (
+                f"Held-out test split ({m['n_test']} images; ASR over the {m['n_test_non_target']} not labelled "
+                f"{m['target']}). Backdoored numbers come from `model.onnx`.\n\n"
+                "| model | clean accuracy | triggered -> target |\n|---|---|---|\n"
+                f"| this backdoored model | {m['clean_accuracy']:.4f} | "
+                f"**{m['attack_success_rate']:.4f}** (ASR) |\n"
+                f"| clean `digits` (`models/artifacts/digits_fp32.pt`) | {m['clean_model_accuracy']:.4f} | "
+                f"{m['clean_model_target_rate']:.4f} |\n\n"
+                "Max |torch - ONNX Runtime| logit difference on clean + triggered test: "
+                f"{m['onnx_max_abs_diff']:.2g}."
+            ),
+            "Robust accuracy": robust,
+            "Size and latency": size_and_latency(model_dir / "model.onnx"),
+            "Reproduce": f"From the repository root (training took {m['train_seconds']:.0f} s):\n\n"
+            f"```\n{m['command']}\n```",
+        },
+    )
 
 
 def write_summary(out_dir: Path, results: dict[str, dict]) -> None:
@@ -186,14 +230,19 @@ def write_summary(out_dir: Path, results: dict[str, dict]) -> None:
     merged = json.loads(json_path.read_text()) if json_path.exists() else {}
     merged.update(results)
     json_path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    lines = ["# Backdoored evaluation models\n", "BadNets all-to-one poisoning of the digits train split; "
-             "metrics on the held-out test split. Evaluation only: never serve these.\n",
-             "| model | target | poison rate | clean accuracy | ASR | clean model: triggered -> target | train s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| `backdoor_{n}` | {m['target']} | {m['poison_rate']:g} ({m['n_poisoned']}) | "
-              f"{m['clean_accuracy']:.4f} "
-              f"| {m['attack_success_rate']:.4f} | {m['clean_model_target_rate']:.4f} | {m['train_seconds']:.0f} |"
-              for n, m in sorted(merged.items())]
+    lines = [
+        "# Backdoored evaluation models\n",
+        "BadNets all-to-one poisoning of the digits train split; "
+        "metrics on the held-out test split. Evaluation only: never serve these.\n",
+        "| model | target | poison rate | clean accuracy | ASR | clean model: triggered -> target | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `backdoor_{n}` | {m['target']} | {m['poison_rate']:g} ({m['n_poisoned']}) | "
+        f"{m['clean_accuracy']:.4f} "
+        f"| {m['attack_success_rate']:.4f} | {m['clean_model_target_rate']:.4f} | {m['train_seconds']:.0f} |"
+        for n, m in sorted(merged.items())
+    ]
     (out_dir / "backdoors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

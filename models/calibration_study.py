@@ -37,10 +37,17 @@ def detector_sets() -> dict[str, list[dict]]:
     """Every on/off combination of the optional detectors, beside the default squeezers."""
     sets = {}
     for mahalanobis, margin, strip in itertools.product((True, False), repeat=3):
-        name = "+".join(["squeezers", *(["mahalanobis"] if mahalanobis else []), *(["margin"] if margin else []),
-                         *(["strip"] if strip else [])])
-        sets[name] = detector_tables(MODEL, mahalanobis=mahalanobis, confidence_margin=margin,
-                                     strip=8 if strip else None)
+        name = "+".join(
+            [
+                "squeezers",
+                *(["mahalanobis"] if mahalanobis else []),
+                *(["margin"] if margin else []),
+                *(["strip"] if strip else []),
+            ]
+        )
+        sets[name] = detector_tables(
+            MODEL, mahalanobis=mahalanobis, confidence_margin=margin, strip=8 if strip else None
+        )
     return sets
 
 
@@ -53,24 +60,48 @@ def run(samples: int, seeds: int, target: float) -> list[dict]:
         for seed, name, tables, ensemble in tqdm(cells, desc="calibrations", unit="cell"):
             order = np.random.default_rng(seed).permutation(len(pool_x))
             cal, hold = order[:samples], order[samples:]
-            report = calibrate_model(MODEL, "m", Path(work), pool_x[cal], pool_y[cal], target_fpr=target,
-                                     holdout=(pool_x[hold], pool_y[hold]), detectors=tables, ensemble=ensemble,
-                                     seed=seed)
+            report = calibrate_model(
+                MODEL,
+                "m",
+                Path(work),
+                pool_x[cal],
+                pool_y[cal],
+                target_fpr=target,
+                holdout=(pool_x[hold], pool_y[hold]),
+                detectors=tables,
+                ensemble=ensemble,
+                seed=seed,
+            )
             flagged = round(report["holdout_fpr"] * report["n_holdout"])
-            rows.append({"seed": seed, "detectors": name, "ensemble": ensemble, "n_calibration": samples,
-                         "n_holdout": report["n_holdout"], "realised": report["holdout_fpr"],
-                         "upper_95": upper_bound(flagged, report["n_holdout"]), "folds": report["cross_fit_folds"]})
+            rows.append(
+                {
+                    "seed": seed,
+                    "detectors": name,
+                    "ensemble": ensemble,
+                    "n_calibration": samples,
+                    "n_holdout": report["n_holdout"],
+                    "realised": report["holdout_fpr"],
+                    "upper_95": upper_bound(flagged, report["n_holdout"]),
+                    "folds": report["cross_fit_folds"],
+                }
+            )
     return rows
 
 
 def markdown(rows: list[dict], target: float, seeds: int) -> str:
-    lines = [f"| detectors | ensemble | {' | '.join(f'seed {s}' for s in range(seeds))} | mean | max | "
-             f"max <= {target + 0.015:.3f} |", "|---|---|" + "---|" * (seeds + 3)]
+    lines = [
+        f"| detectors | ensemble | {' | '.join(f'seed {s}' for s in range(seeds))} | mean | max | "
+        f"max <= {target + 0.015:.3f} |",
+        "|---|---|" + "---|" * (seeds + 3),
+    ]
     for (detectors, ensemble), group in itertools.groupby(rows, key=lambda r: (r["detectors"], r["ensemble"])):
         rates = [r["realised"] for r in sorted(group, key=lambda r: r["seed"])]
-        lines.append(f"| {detectors} | {ensemble} | " + " | ".join(f"{r:.3f}" for r in rates)
-                     + f" | {np.mean(rates):.3f} | {max(rates):.3f} | "
-                     + f"{'yes' if max(rates) <= target + 0.015 else 'NO'} |")
+        lines.append(
+            f"| {detectors} | {ensemble} | "
+            + " | ".join(f"{r:.3f}" for r in rates)
+            + f" | {np.mean(rates):.3f} | {max(rates):.3f} | "
+            + f"{'yes' if max(rates) <= target + 0.015 else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -86,8 +86,11 @@ def fingerprint(name: str) -> dict:
     sources = hashlib.sha256()
     for module in RECIPE_SOURCES[name]:
         sources.update((REPO_ROOT / "models" / f"{module}.py").read_bytes())
-    return {"model": name, "recipe_sha256": sources.hexdigest(),
-            "packages": {dist: version(dist) for dist in PACKAGES[name]}}
+    return {
+        "model": name,
+        "recipe_sha256": sources.hexdigest(),
+        "packages": {dist: version(dist) for dist in PACKAGES[name]},
+    }
 
 
 def is_current(directory: Path, name: str) -> bool:
@@ -140,8 +143,12 @@ def ensure_built(root: Path = DEFAULT_ROOT, names: tuple[str, ...] = MODELS, pro
     return built
 
 
-def cpu_latency(onnx_path: Path, feeds: Callable[[int], dict[str, np.ndarray]], batch_sizes: tuple[int, ...] = (1, 8),
-                repeats: int = LATENCY_REPEATS) -> dict[int, float]:
+def cpu_latency(
+    onnx_path: Path,
+    feeds: Callable[[int], dict[str, np.ndarray]],
+    batch_sizes: tuple[int, ...] = (1, 8),
+    repeats: int = LATENCY_REPEATS,
+) -> dict[int, float]:
     """Median milliseconds per call of ONNX Runtime on one CPU thread, per batch size (few repeats:
     these models take tens of milliseconds per image and builds must stay quick)."""
     import onnxruntime as ort
@@ -164,10 +171,13 @@ def cpu_latency(onnx_path: Path, feeds: Callable[[int], dict[str, np.ndarray]], 
 
 
 def latency_text(onnx_path: Path, latency: dict[int, float], shape: str, repeats: int = LATENCY_REPEATS) -> str:
-    return (f"`{onnx_path.name}`: {onnx_path.stat().st_size:,} bytes. CPU latency (ONNX Runtime "
-            f"{version('onnxruntime')}, CPUExecutionProvider, one thread, median of {repeats} calls, "
-            f"input {shape}): " + ", ".join(f"batch {b}: {ms:.1f} ms" for b, ms in latency.items())
-            + ". Machine-dependent: rebuild to measure on the serving host.")
+    return (
+        f"`{onnx_path.name}`: {onnx_path.stat().st_size:,} bytes. CPU latency (ONNX Runtime "
+        f"{version('onnxruntime')}, CPUExecutionProvider, one thread, median of {repeats} calls, "
+        f"input {shape}): "
+        + ", ".join(f"batch {b}: {ms:.1f} ms" for b, ms in latency.items())
+        + ". Machine-dependent: rebuild to measure on the serving host."
+    )
 
 
 def write_card(directory: Path, title: str, summary: str, sections: dict[str, str]) -> Path:
@@ -184,13 +194,15 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def source_section(distribution: str, files: list[str], extra: str = "") -> str:
-    return (f"`{distribution}` {version(distribution)} from PyPI; licence as the package states it: "
-            f"{licence(distribution)}. Files used: " + ", ".join(f"`{f}`" for f in files) + ". "
-            + extra).strip()
+    return (
+        f"`{distribution}` {version(distribution)} from PyPI; licence as the package states it: "
+        f"{licence(distribution)}. Files used: " + ", ".join(f"`{f}`" for f in files) + ". " + extra
+    ).strip()
 
 
-def recipe_arguments(doc: str, argv: list[str] | None,
-                     more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def recipe_arguments(
+    doc: str, argv: list[str] | None, more: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The command line every camera recipe shares (`--out DIR`, plus what `more` adds); logs at
     INFO and creates the output directory."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

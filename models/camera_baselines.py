@@ -18,10 +18,10 @@ never saw; nothing judged was calibrated or warmed up on.
   construction: the attack changes the centre crop the gateway feeds the model) on 10 evenly spaced
   judged frames, sent by a warmed-up camera after the clean frames. Detection counts successful
   examples (the served top-1 differs from the served top-1 of the same frame unattacked).
-- **Attack on YOLOv3-tiny**: L-inf PGD at eps 2, 4 and 8/255 that lowers the largest person score
-  (objectness x person) anywhere in the 416x416 letterboxed frame (guard.tools.evaluation.pgd, 20
-  steps), on judged frames where the served model finds a person; success: no person left
-  (score >= 0.25).
+- **Attack on YOLOv3-tiny**: L-inf PGD at eps 2, 4 and 8/255 that lowers the sum of every person
+  score (objectness x person) above 0.02 in the 416x416 letterboxed frame
+  (guard.tools.evaluation.pgd, 40 steps), on 12 judged frames (evenly spread) among those where
+  the model finds a person; success: no person left (score >= 0.25).
 - **Poisoning**: a camera whose owner pulls its baseline as far as the bounds allow for one hour
   of simulated time (every frame judged clean and each pulling harder than the hourly budget: the
   worst case; the server's baseline object is driven directly, on a simulated clock), then sends
@@ -49,6 +49,7 @@ from tqdm import tqdm
 from guard.detection.bounds import upper_bound
 from guard.serving.background import BackgroundServer
 from guard.serving.server import ServerSettings
+from guard.tools.clean_data import encode_jpeg
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation.conditions import CONDITIONS, under
 from guard.tools.evaluation.pgd import linf_pgd
@@ -65,10 +66,14 @@ ATTACK_FRAMES = 10
 EPSILONS = (2, 4, 8)
 POISON_HOURS = 1.0
 PERSON_SCORE = 0.25
+HIDE_FLOOR = 0.02  # the hiding attack drives every person score above this down
+HIDE_STEPS = 40
+HIDE_FRAMES = 12
 
 
-def build(repository: Path, calibration: dict[str, list[np.ndarray]], names: tuple[str, ...],
-          warmup: int) -> dict[str, dict]:
+def build(
+    repository: Path, calibration: dict[str, list[np.ndarray]], names: tuple[str, ...], warmup: int
+) -> dict[str, dict]:
     """A repository of `names`, calibrated with per-camera baselines on `calibration` (camera ->
     frames in time order)."""
     frames = [f for clip in calibration.values() for f in clip]
@@ -83,8 +88,9 @@ def send(url: str, model: str, frames: list[bytes], camera: str | None) -> list[
         for data in frames:
             tensor = triton.InferInput("image", [1], "BYTES")
             tensor.set_data_from_numpy(np.array([data], dtype=object))
-            answers.append(client.infer(model, [tensor], parameters={"camera_id": camera} if camera else {},
-                                        client_timeout=300))
+            answers.append(
+                client.infer(model, [tensor], parameters={"camera_id": camera} if camera else {}, client_timeout=300)
+            )
     return answers
 
 
@@ -97,14 +103,16 @@ def row(flags: list[bool]) -> dict:
     return {"flagged": k, "frames": n, "rate": k / n if n else 0.0, "upper_95": upper_bound(k, n)}
 
 
-def camera_run(url: str, model: str, camera: str, warmup: list[np.ndarray], judged: list[np.ndarray],
-               condition: str) -> list[bool]:
+def camera_run(
+    url: str, model: str, camera: str, warmup: list[np.ndarray], judged: list[np.ndarray], condition: str
+) -> list[bool]:
     """Warm the camera up on `warmup` as it was, then judge `judged` under the condition."""
-    send(url, model, [footage.encode_jpeg(f) for f in warmup], camera)
+    send(url, model, [encode_jpeg(f) for f in warmup], camera)
     return flagged(send(url, model, under(condition, judged), camera))
 
 
 # --- attacks -------------------------------------------------------------------------------------
+
 
 def classifier_attacks(frames: list[np.ndarray], preprocess: dict, seed: int) -> dict[str, list[bytes]]:
     """Clean (quality 95) and attacked JPEGs of `frames`, keyed "clean" and "<attack>_<eps>"."""
@@ -113,41 +121,61 @@ def classifier_attacks(frames: list[np.ndarray], preprocess: dict, seed: int) ->
     crops = np.stack([classifier_attack._crop(view, box) for view, box in views])
     x = (crops.transpose(0, 3, 1, 2) / 255.0).astype(np.float32)
     labels = atk.predict(net, x)
-    out = {"clean": [footage.encode_jpeg(view, classifier_attack.ATTACK_QUALITY) for view, _ in views]}
+    out = {"clean": [encode_jpeg(view, classifier_attack.ATTACK_QUALITY) for view, _ in views]}
     for eps in EPSILONS:
-        for spec in (atk.AttackSpec("pgd", eps / 255, {"alpha": max(eps / 4, 0.5) / 255, "steps": 10,
-                                                        "random_start": True}, batch_size=10),
-                     atk.AttackSpec("mifgsm", eps / 255, {"alpha": eps / 2550, "steps": 10, "decay": 1.0},
-                                    batch_size=10)):
+        for spec in (
+            atk.AttackSpec(
+                "pgd", eps / 255, {"alpha": max(eps / 4, 0.5) / 255, "steps": 10, "random_start": True}, batch_size=10
+            ),
+            atk.AttackSpec("mifgsm", eps / 255, {"alpha": eps / 2550, "steps": 10, "decay": 1.0}, batch_size=10),
+        ):
             adv = atk.run_attack(spec, net, x, labels, seed=seed)
             pixels = (adv * 255).round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
             out[f"{spec.name}_{eps}"] = [
-                footage.encode_jpeg(classifier_attack._paste(view, p, box), classifier_attack.ATTACK_QUALITY)
-                for p, (view, box) in zip(pixels, views)]
+                encode_jpeg(classifier_attack._paste(view, p, box), classifier_attack.ATTACK_QUALITY)
+                for p, (view, box) in zip(pixels, views)
+            ]
     return out
 
 
 def letterboxed(rgb: np.ndarray) -> np.ndarray:
     """The 416x416 view the gateway letterboxes a frame to, as uint8 RGB: sent as it is, the gateway
     feeds it to the model unchanged, so the attack's pixels are the model's."""
-    boxed, _ = yolo.letterbox(rgb, antialias=True)
+    boxed, _ = yolo.letterbox(rgb)
     return (boxed.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def hiding_attacks(frames: list[np.ndarray], seed: int) -> dict[str, list[bytes]]:
+def as_batch(views: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] views -> FP32 [N, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.stack(views).transpose(0, 3, 1, 2) / 255.0).float()
+
+
+def hiding_attacks(frames: list[np.ndarray], seed: int, count: int = HIDE_FRAMES) -> dict[str, list[bytes]]:
+    """Attacks on up to `count` of `frames` (evenly spread) in which the model finds a person: a
+    frame without one has nothing to hide."""
     model = patch_attack.load_model()
     views = [letterboxed(f) for f in frames]
-    x = torch.from_numpy(np.stack(views).transpose(0, 3, 1, 2) / 255.0).float()
+    with torch.no_grad():
+        raw = [patch_attack._forward(model, as_batch([v]))[0].numpy() for v in views]
+    with_person = [v for v, r in zip(views, raw) if len(patch_attack.persons_in(r, PERSON_SCORE))]
+    if not with_person:
+        return {"clean": []}
+    picks = sorted({int(i) for i in np.linspace(0, len(with_person) - 1, count).round()})
+    views = [with_person[i] for i in picks]
+    x = as_batch(views)
 
-    def loss(adv: torch.Tensor) -> torch.Tensor:  # per row: the largest person score anywhere
-        return patch_attack.person_scores(patch_attack._forward(model, adv)).amax(dim=1)
+    def loss(adv: torch.Tensor) -> torch.Tensor:
+        # Per row: every person score still above HIDE_FLOOR, summed, so that all persons in the frame
+        # go at once. The largest score alone moves one box per step and hid persons in 8 of 24 frames.
+        scores = patch_attack.person_scores(patch_attack._forward(model, adv))
+        return (scores * (scores > HIDE_FLOOR)).sum(dim=1)
 
-    out = {"clean": [footage.encode_jpeg(v, classifier_attack.ATTACK_QUALITY) for v in views]}
+    out = {"clean": [encode_jpeg(v, classifier_attack.ATTACK_QUALITY) for v in views]}
     for eps in EPSILONS:
         gen = torch.Generator().manual_seed(seed)
-        adv = linf_pgd(loss, x, eps / 255, steps=20, alpha=eps / 255 / 8, gen=gen)
+        adv = linf_pgd(loss, x, eps / 255, steps=HIDE_STEPS, alpha=eps / 255 / 10, gen=gen)
         pixels = (adv.numpy().transpose(0, 2, 3, 1) * 255).round().clip(0, 255).astype(np.uint8)
-        out[f"hide_{eps}"] = [footage.encode_jpeg(p, classifier_attack.ATTACK_QUALITY) for p in pixels]
+        out[f"hide_{eps}"] = [encode_jpeg(p, classifier_attack.ATTACK_QUALITY) for p in pixels]
     return out
 
 
@@ -156,13 +184,14 @@ def top1(answers: list[triton.InferResult]) -> np.ndarray:
 
 
 def persons(answers: list[triton.InferResult]) -> np.ndarray:
-    return np.array([len(patch_attack.persons_in(a.as_numpy("detections").reshape(-1, 85), PERSON_SCORE))
-                     for a in answers])
+    return np.array(
+        [len(patch_attack.persons_in(a.as_numpy("detections").reshape(-1, 85), PERSON_SCORE)) for a in answers]
+    )
 
 
 def attack_rows(url: str, model: str, camera: str, warmup: list[np.ndarray], jpegs: dict[str, list[bytes]]) -> dict:
     """Warm up, send the clean targets, then each attack; detection of the successful examples."""
-    send(url, model, [footage.encode_jpeg(f) for f in warmup], camera)
+    send(url, model, [encode_jpeg(f) for f in warmup], camera)
     clean = send(url, model, jpegs["clean"], camera)
     rows = {"clean targets": row(flagged(clean))}
     for key, frames in jpegs.items():
@@ -174,8 +203,12 @@ def attack_rows(url: str, model: str, camera: str, warmup: list[np.ndarray], jpe
         else:
             success = (persons(clean) > 0) & (persons(answers) == 0)
         hits = np.array(flagged(answers))
-        rows[key] = {"success": int(success.sum()), "eligible": len(frames), "detected": int(hits[success].sum()),
-                     "rate": float(hits[success].mean()) if success.any() else None}
+        rows[key] = {
+            "success": int(success.sum()),
+            "eligible": len(frames),
+            "detected": int(hits[success].sum()),
+            "rate": float(hits[success].mean()) if success.any() else None,
+        }
     return rows
 
 
@@ -198,36 +231,47 @@ def poison(srv: BackgroundServer, model: str, camera: str, hours: float) -> floa
 
 # --- the protocol ---------------------------------------------------------------------------------
 
-def run_camera(held: str, clips: dict[str, list[np.ndarray]], names: tuple[str, ...], conditions: list[str],
-               warmup: int, seed: int, build_root: Path) -> dict:
+
+def run_camera(
+    held: str,
+    clips: dict[str, list[np.ndarray]],
+    names: tuple[str, ...],
+    conditions: list[str],
+    warmup: int,
+    seed: int,
+    build_root: Path,
+) -> dict:
     others = {clip: frames for clip, frames in clips.items() if clip != held}
     repository = build_root / f"camera-repository-baselines-{held}"
     report: dict = {"calibration": build(repository, others, names, warmup)}
     frames = clips[held]
-    start, judged = frames[:warmup], frames[warmup + GAP:]
+    start, judged = frames[:warmup], frames[warmup + GAP :]
     targets = [judged[int(i)] for i in np.linspace(0, len(judged) - 1, ATTACK_FRAMES).round()]
     with BackgroundServer(ServerSettings(repository=repository, grpc_port=0, metrics_port=-1)) as srv:
         for model in names:
             url = srv.grpc_url
             with ThreadPoolExecutor(len(conditions)) as pool:  # one stream per condition, at once
-                futures = {c: pool.submit(camera_run, url, model, f"{held}/{c}", start, judged, c)
-                           for c in conditions}
+                futures = {c: pool.submit(camera_run, url, model, f"{held}/{c}", start, judged, c) for c in conditions}
                 report.setdefault(model, {})["clean"] = {
-                    c: row(f.result()) for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")}
+                    c: row(f.result()) for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")
+                }
             # Single photos of scenes no camera warmed up on: judged against the factory, reported apart.
-            photos = [footage.encode_jpeg(p) for p in footage.photos().values()]
+            photos = [encode_jpeg(p) for p in footage.photos().values()]
             report[model]["photos"] = row(flagged(send(url, model, photos, None)))
             if model == "mobilenet_v2":
                 preprocess = tomllib.loads((repository / model / "config.toml").read_text())["preprocess"]
                 jpegs = classifier_attacks(targets, preprocess, seed)
             else:
-                jpegs = hiding_attacks([judged[int(i)] for i in np.linspace(0, len(judged) - 1, 12).round()], seed)
+                jpegs = hiding_attacks(judged, seed)
             report[model]["attacks"] = attack_rows(url, model, f"{held}/attacked", start, jpegs)
-            send(url, model, [footage.encode_jpeg(f) for f in start], f"{held}/poisoned")
+            send(url, model, [encode_jpeg(f) for f in start], f"{held}/poisoned")
             drift = poison(srv, model, f"{held}/poisoned", POISON_HOURS)
             poisoned = {k: v for k, v in jpegs.items() if k == "clean" or k.endswith("_8")}
-            report[model]["poisoned"] = {"hours": POISON_HOURS, "drift_spreads": drift,
-                                         **attack_rows(url, model, f"{held}/poisoned", [], poisoned)}
+            report[model]["poisoned"] = {
+                "hours": POISON_HOURS,
+                "drift_spreads": drift,
+                **attack_rows(url, model, f"{held}/poisoned", [], poisoned),
+            }
     return report
 
 
@@ -237,22 +281,39 @@ def clean_table(results: dict, conditions: list[str]) -> list[str]:
         rows = [(held, r[model]["clean"]) for held, r in results.items() if model in r]
         if not rows:
             continue
-        lines += [f"**{model}**, clean frames after the warm-up (flagged/frames, rate; 95% upper bound)", "",
-                  "| camera | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
+        lines += [
+            f"**{model}**, clean frames after the warm-up (flagged/frames, rate; 95% upper bound)",
+            "",
+            "| camera | " + " | ".join(conditions) + " |",
+            "|---|" + "---|" * len(conditions),
+        ]
         photo_rows = {held: r[model]["photos"] for held, r in results.items() if "photos" in r.get(model, {})}
         for held, by in rows:
-            lines.append(f"| {held} | " + " | ".join(
-                f"{by[c]['flagged']}/{by[c]['frames']} ({100 * by[c]['rate']:.1f}%; <= {100 * by[c]['upper_95']:.1f}%)"
-                for c in conditions) + " |")
+            lines.append(
+                f"| {held} | "
+                + " | ".join(
+                    f"{by[c]['flagged']}/{by[c]['frames']} ({100 * by[c]['rate']:.1f}%; <= "
+                    f"{100 * by[c]['upper_95']:.1f}%)"
+                    for c in conditions
+                )
+                + " |"
+            )
         lines.append("")
-        lines += [f"Single photos without a warm-up, judged against the factory calibrated without {held}: "
-                  f"{p['flagged']}/{p['frames']}" for held, p in photo_rows.items()] + [""]
+        lines += [
+            f"Single photos without a warm-up, judged against the factory calibrated without {held}: "
+            f"{p['flagged']}/{p['frames']}"
+            for held, p in photo_rows.items()
+        ] + [""]
     return lines
 
 
 def attack_table(results: dict) -> list[str]:
-    lines = ["**Attacks at the served thresholds** (detected/successful; success/eligible)", "",
-             "| camera | model | attack | detected | success | after 1 h of poisoning |", "|---|---|---|---|---|---|"]
+    lines = [
+        "**Attacks at the served thresholds** (detected/successful; success/eligible)",
+        "",
+        "| camera | model | attack | detected | success | after 1 h of poisoning |",
+        "|---|---|---|---|---|---|",
+    ]
     for held, r in results.items():
         for model in MODELS:
             if model not in r:
@@ -263,11 +324,17 @@ def attack_table(results: dict) -> list[str]:
                     continue
                 after = poisoned.get(key)
                 after_text = "" if after is None else f"{after['detected']}/{after['success']}"
-                lines.append(f"| {held} | {model} | {key} | {a['detected']}/{a['success']} | "
-                             f"{a['success']}/{a['eligible']} | {after_text} |")
+                lines.append(
+                    f"| {held} | {model} | {key} | {a['detected']}/{a['success']} | "
+                    f"{a['success']}/{a['eligible']} | {after_text} |"
+                )
     lines.append("")
-    drifts = {f"{held} {m}": round(r[m]["poisoned"]["drift_spreads"], 2) for held, r in results.items()
-              for m in MODELS if m in r}
+    drifts = {
+        f"{held} {m}": round(r[m]["poisoned"]["drift_spreads"], 2)
+        for held, r in results.items()
+        for m in MODELS
+        if m in r
+    }
     return lines + [f"Drift reached by the poisoning camera (spreads): {drifts}", ""]
 
 
@@ -285,14 +352,21 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     clips = load_clips(SCENES)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {held: run_camera(held, clips, tuple(args.models), args.conditions, args.warmup, args.seed,
-                                ROOT / "build") for held in args.cameras}
+    results = {
+        held: run_camera(held, clips, tuple(args.models), args.conditions, args.warmup, args.seed, ROOT / "build")
+        for held in args.cameras
+    }
     report = {"warmup": args.warmup, "gap": GAP, "conditions": args.conditions, "results": results}
     (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     held_out = {f"{h} {m}": r["calibration"][m].get("holdout_fpr") for h, r in results.items() for m in args.models}
-    text = [f"# Per-camera baselines on real footage (warm-up {args.warmup} frames, leave one camera out)", "",
-            f"Calibration's own held-out clean flag rate (each calibration camera's last 30%): {held_out}", "",
-            *clean_table(results, args.conditions), *attack_table(results)]
+    text = [
+        f"# Per-camera baselines on real footage (warm-up {args.warmup} frames, leave one camera out)",
+        "",
+        f"Calibration's own held-out clean flag rate (each calibration camera's last 30%): {held_out}",
+        "",
+        *clean_table(results, args.conditions),
+        *attack_table(results),
+    ]
     (args.out / "results.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

@@ -19,9 +19,12 @@ import grpc
 import numpy as np
 
 from guard.detection.bounds import upper_bound
+from guard.detection.detectors import build_detectors
 from guard.detection.ensemble import Fisher, Union
-from guard.detection.preprocess.images import letterbox_geometry
+from guard.detection.preprocess.resizing import boxes_to_frame
+from guard.detection.verdicts import union_of
 from guard.serving.model_config import load_model_config
+from guard.serving.runtime import load_combiner
 from guard.tools.evaluation import rates
 from guard.tools.evaluation.client import GatewayClient
 from models import yolo
@@ -50,10 +53,13 @@ class Answers:
 
     def subset(self, rows: list[int] | range) -> Answers:
         rows = list(rows)
-        return Answers({d: s[rows] for d, s in self.scores.items()}, self.verdicts[rows],
-                       self.seconds * len(rows) / max(len(self.verdicts), 1),
-                       None if self.top1 is None else self.top1[rows],
-                       None if self.detections is None else [self.detections[i] for i in rows])
+        return Answers(
+            {d: s[rows] for d, s in self.scores.items()},
+            self.verdicts[rows],
+            self.seconds * len(rows) / max(len(self.verdicts), 1),
+            None if self.top1 is None else self.top1[rows],
+            None if self.detections is None else [self.detections[i] for i in rows],
+        )
 
     def persons(self, i: int) -> np.ndarray:
         boxes = [d.box for d in self.detections[i] if d.label == PERSON]
@@ -86,15 +92,19 @@ class ServedModel:
         try:
             for i in range(0, len(items), CHUNK):
                 try:
-                    served = client.infer_encoded(self.name, items[i:i + CHUNK], desc)
+                    served = client.infer_encoded(self.name, items[i : i + CHUNK], desc)
                 except grpc.RpcError as exc:
                     if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
                         raise
-                    log.warning("%s: %s with %d requests in flight; this chunk again, one at a time", self.name,
-                                exc.code().name, client.window)
+                    log.warning(
+                        "%s: %s with %d requests in flight; this chunk again, one at a time",
+                        self.name,
+                        exc.code().name,
+                        client.window,
+                    )
                     client.window = 1
                     try:
-                        served = client.infer_encoded(self.name, items[i:i + CHUNK], desc)
+                        served = client.infer_encoded(self.name, items[i : i + CHUNK], desc)
                     finally:
                         client.window = self.window
                 scores.append(served.scores)
@@ -107,34 +117,32 @@ class ServedModel:
         finally:
             client.window = window
         names = sorted(scores[0]) if scores else []
-        return Answers({n: np.concatenate([s[n] for s in scores]) for n in names},
-                       np.concatenate(verdicts) if verdicts else np.array([], str), time.perf_counter() - started,
-                       None if self.detection else np.concatenate(top1), detections if self.detection else None)
+        return Answers(
+            {n: np.concatenate([s[n] for s in scores]) for n in names},
+            np.concatenate(verdicts) if verdicts else np.array([], str),
+            time.perf_counter() - started,
+            None if self.detection else np.concatenate(top1),
+            detections if self.detection else None,
+        )
 
     def _to_frame(self, found: list[yolo.Detection], size: tuple[int, int]) -> list[yolo.Detection]:
-        h, w = size
-        new_h, new_w, top, left = letterbox_geometry(h, w, *self.size)
-        scale = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
-        offset = np.array([left, top, left, top], np.float32)
-        return [yolo.Detection(tuple(float(v) for v in (np.array(d.box) - offset) / scale), d.score, d.label)
-                for d in found]
+        placed = boxes_to_frame(np.array([d.box for d in found], np.float32).reshape(-1, 4), *size, *self.size)
+        return [yolo.Detection(tuple(box), d.score, d.label) for box, d in zip(placed.tolist(), found)]
 
 
 def served_combiner(directory: Path) -> Union | Fisher:
-    """The served model's ensemble (config.toml and ensemble.npz, as guard.serving.runtime loads it):
-    its `ratio` is the gateway's guard_score."""
+    """The served model's ensemble, loaded and checked by the server's own code (its detectors built
+    from config.toml, guard.serving.runtime.load_combiner; a union of the judging detectors where the
+    method is union): its `ratio` is the gateway's guard_score."""
     config = load_model_config(directory)
-    ensemble = config.detection.ensemble
-    if ensemble.method == "union":
-        return Union({d["name"]: d["threshold"] for d in config.detection.detectors if not d.get("monitor")})
-    return Fisher.load(directory / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
-
-
-def operating_threshold(clean: np.ndarray, fpr: float) -> float:
-    """The threshold ("flag when score > t") that flags at most floor(fpr * n) of the clean scores."""
-    ranked = np.sort(np.asarray(clean, np.float64))[::-1]
-    k = int(np.floor(fpr * len(ranked) + 1e-9))
-    return float(ranked[k]) if k < len(ranked) else -np.inf
+    detectors = build_detectors(
+        config.path,
+        config.detection.detectors,
+        input_kind=config.guarded_kind,
+        output_kind=config.detection.output_kind,
+    )
+    combiner = load_combiner(config, detectors)
+    return union_of(detectors) if combiner is None else combiner
 
 
 class Reference:
@@ -146,14 +154,14 @@ class Reference:
         self.combiner = served_combiner(model.directory)
         self.detectors = sorted(clean.scores)
         self.negatives = self.continuous(clean.scores)
-        self.thresholds = {s: {f: operating_threshold(v, f) for f in FPRS} for s, v in self.negatives.items()}
+        self.thresholds = {s: {f: rates.operating_threshold(v, f) for f in FPRS} for s, v in self.negatives.items()}
 
     def continuous(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"ensemble": self.combiner.ratio(scores), **{d: np.asarray(scores[d]) for d in self.detectors}}
 
     def agreement(self, answers: Answers) -> float:
         """Share of frames where the offline ensemble (ratio >= 1) agrees with the gateway's verdict."""
-        return float(np.mean((self.combiner.ratio(answers.scores) >= 1.0) == answers.flagged))
+        return float(np.mean(rates.flagged(self.combiner.ratio(answers.scores), 1.0) == answers.flagged))
 
     def evaluate(self, answers: Answers, positives: np.ndarray, matched: Answers | None = None) -> tuple[dict, dict]:
         """Detection of the positive frames at each operating point, AUROC against the clean frames
@@ -164,19 +172,33 @@ class Reference:
         n = int(positives.sum())
         scorers = {}
         for s, v in values.items():
-            scorers[s] = {**{f"det@{f:g}": float((v > self.thresholds[s][f]).mean()) if n else None for f in FPRS},
-                          "auroc": rates.auroc(self.negatives[s], v)}
+            scorers[s] = {
+                **{f"det@{f:g}": float(rates.flagged(v, self.thresholds[s][f]).mean()) if n else None for f in FPRS},
+                "auroc": rates.auroc(self.negatives[s], v),
+            }
             if matched is not None:
                 scorers[s]["auroc_matched"] = rates.auroc(twins[s], v)
-        return {"positives": n, "gateway": float(answers.flagged[positives].mean()) if n else None,
-                "scorers": scorers}, {s: (self.negatives[s], v) for s, v in values.items()} if n else {}
+        return {
+            "positives": n,
+            "gateway": float(answers.flagged[positives].mean()) if n else None,
+            "scorers": scorers,
+        }, {s: (self.negatives[s], v) for s, v in values.items()} if n else {}
 
     def summary(self) -> dict:
         method = load_model_config(self.model.directory).detection.ensemble.method
-        return {**flag_counts(self.clean, self.sources), "detectors": self.detectors, "ensemble_method": method,
-                "verdict_agreement": self.agreement(self.clean),
-                "operating_points": {s: {f"{f:g}": {"threshold": t, "clean_rate": float((self.negatives[s] > t).mean())}
-                                         for f, t in th.items()} for s, th in self.thresholds.items()}}
+        return {
+            **flag_counts(self.clean, self.sources),
+            "detectors": self.detectors,
+            "ensemble_method": method,
+            "verdict_agreement": self.agreement(self.clean),
+            "operating_points": {
+                s: {
+                    f"{f:g}": {"threshold": t, "clean_rate": float(rates.flagged(self.negatives[s], t).mean())}
+                    for f, t in th.items()
+                }
+                for s, th in self.thresholds.items()
+            },
+        }
 
 
 def flag_counts(answers: Answers, sources: list[str] | np.ndarray) -> dict:
@@ -189,6 +211,11 @@ def flag_counts(answers: Answers, sources: list[str] | np.ndarray) -> dict:
         mask = sources == source
         k, m = int(answers.flagged[mask].sum()), int(mask.sum())
         by_source[source] = {"n": m, "flagged": k, "rate": k / m, "upper_95": upper_bound(k, m)}
-    return {"n": n, "flagged": flagged, "flag_rate": flagged / n if n else None,
-            "flag_rate_upper_95": upper_bound(flagged, n), "by_source": by_source,
-            "seconds_per_frame": answers.seconds / n if n else None}
+    return {
+        "n": n,
+        "flagged": flagged,
+        "flag_rate": flagged / n if n else None,
+        "flag_rate_upper_95": upper_bound(flagged, n),
+        "by_source": by_source,
+        "seconds_per_frame": answers.seconds / n if n else None,
+    }

@@ -39,8 +39,9 @@ import tomlkit
 from guard.backends.onnx_graph import expose_features
 from guard.detection.calibration.references import References
 from guard.tools.calibrate_dir import calibrate_directory
+from guard.tools.clean_data import encode_jpeg
 from models.camera import DEFAULT_ROOT, FINGERPRINT, ensure_built
-from models.footage import encode_jpeg, video_frames
+from models.footage import video_frames
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,15 @@ SOURCES = ("camera_guard", "footage")
 
 def _preprocess(built: Path, kind_keys: tuple[str, ...]) -> dict:
     recipe = json.loads((built / "preprocess.json").read_text())
-    table = {"kind": "images", "output": recipe["model_input"], "height": recipe["height"], "width": recipe["width"],
-             "resize": recipe["resize"], "mean": recipe["mean"], "std": recipe["std"]}
+    table = {
+        "kind": "images",
+        "output": recipe["model_input"],
+        "height": recipe["height"],
+        "width": recipe["width"],
+        "resize": recipe["resize"],
+        "mean": recipe["mean"],
+        "std": recipe["std"],
+    }
     for optional in ("resize_shorter", "pad_value"):  # only some recipes' resize modes take them
         if optional in recipe:
             table[optional] = recipe[optional]
@@ -70,11 +78,13 @@ CONFIGS = {
         "config": {
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1000]}],
             "logits_output": "logits",
-            "detectors": [{"name": "bit_depth_5", "type": "squeeze_bit_depth", "bits": 5},
-                          {"name": "median_2x2", "type": "squeeze_median", "size": 2},
-                          {"name": "mahalanobis", "type": "mahalanobis"},
-                          {"name": "confidence_margin", "type": "confidence_margin"},
-                          {"name": "patch", "type": "patch_occlusion"}],
+            "detectors": [
+                {"name": "bit_depth_5", "type": "squeeze_bit_depth", "bits": 5},
+                {"name": "median_2x2", "type": "squeeze_median", "size": 2},
+                {"name": "mahalanobis", "type": "mahalanobis"},
+                {"name": "confidence_margin", "type": "confidence_margin"},
+                {"name": "patch", "type": "patch_occlusion"},
+            ],
         },
     },
     "yolov3_tiny": {
@@ -84,9 +94,15 @@ CONFIGS = {
             "logits_output": "detections",
             "output_kind": "detection",
             "boxes": {"format": "yolo", "score_threshold": 0.25, "iou_threshold": 0.45},
-            "detectors": [{"name": "box_consistency", "type": "box_consistency", "bits": 5, "median": 2},
-                          {"name": "feature_gaussian", "type": "feature_gaussian"},
-                          {"name": "patch", "type": "patch_occlusion"}],
+            "detectors": [
+                {"name": "box_consistency", "type": "box_consistency", "bits": 5, "median": 2},
+                {"name": "feature_gaussian", "type": "feature_gaussian"},
+                # Sees the attack that overshoots the box squeeze (detectors/feature_squeeze.py). A
+                # median alone: it commutes with the brightness and contrast changes of dusk and
+                # haze, where a bit-depth squeeze of a darker frame moves the features further.
+                {"name": "squeeze_features", "type": "squeeze_features", "bits": 0, "median": 3},
+                {"name": "patch", "type": "patch_occlusion"},
+            ],
         },
     },
 }
@@ -105,14 +121,23 @@ def write_directory(name: str, built: Path, repository: Path, warmup: int | None
         if (built / extra).is_file():
             shutil.copy2(built / extra, directory / extra)
     keys = ("kind", "output", "height", "width", "resize", "resize_shorter", "mean", "std", "pad_value")
-    config = {"name": name, "policy": "flag", "target_fpr": 0.05, "inputs": [IMAGE_INPUT],
-              "preprocess": _preprocess(built, keys), "features_output": spec["features"],
-              **spec["config"], "batching": {"max_batch_size": 16, "max_queue_delay_microseconds": 2000},
-              "ensemble": {"method": "omnibus"}}
+    config = {
+        "name": name,
+        "policy": "flag",
+        "target_fpr": 0.05,
+        "inputs": [IMAGE_INPUT],
+        "preprocess": _preprocess(built, keys),
+        "features_output": spec["features"],
+        **spec["config"],
+        "batching": {"max_batch_size": 16, "max_queue_delay_microseconds": 2000},
+        "ensemble": {"method": "omnibus"},
+    }
     if warmup is not None:  # docs/camera-evaluation.md, per-camera baselines: what holds on new scenes
         config["cameras"] = {"baseline": {"warmup_frames": warmup}}
-    header = (f"# The guard's config for the camera model {name} (models/camera_guard.py); thresholds,\n"
-              "# [ensemble] statistics and [calibration] are written by `guard calibrate --model`.\n")
+    header = (
+        f"# The guard's config for the camera model {name} (models/camera_guard.py); thresholds,\n"
+        "# [ensemble] statistics and [calibration] are written by `guard calibrate --model`.\n"
+    )
     (directory / "config.toml").write_text(header + tomlkit.dumps(config))
     return directory
 
@@ -144,8 +169,11 @@ def fingerprint(built: Path, calibration: str) -> dict:
     sources = hashlib.sha256()
     for module in SOURCES:
         sources.update((ROOT / "models" / f"{module}.py").read_bytes())
-    return {"model": json.loads((built / FINGERPRINT).read_text()), "sources_sha256": sources.hexdigest(),
-            "calibration": calibration}
+    return {
+        "model": json.loads((built / FINGERPRINT).read_text()),
+        "sources_sha256": sources.hexdigest(),
+        "calibration": calibration,
+    }
 
 
 def is_current(directory: Path, wanted: dict, compare_calibration: bool = True) -> bool:
@@ -162,10 +190,15 @@ def is_current(directory: Path, wanted: dict, compare_calibration: bool = True) 
     return found == wanted
 
 
-def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT,
-                     frames: int = 250, names: tuple[str, ...] = tuple(CONFIGS),
-                     calibration: Iterable[np.ndarray] | None = None, cameras: Iterable[str] | None = None,
-                     warmup: int | None = WARMUP) -> dict[str, dict]:
+def build_repository(
+    repository: Path = DEFAULT_REPOSITORY,
+    models_root: Path = DEFAULT_ROOT,
+    frames: int = 250,
+    names: tuple[str, ...] = tuple(CONFIGS),
+    calibration: Iterable[np.ndarray] | None = None,
+    cameras: Iterable[str] | None = None,
+    warmup: int | None = WARMUP,
+) -> dict[str, dict]:
     """Write and calibrate a guard model directory per camera model under `repository`, on the first
     `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames, from `cameras`, one
     name per frame) when given; per-camera baselines warm up on `warmup` frames (None: off)."""
@@ -185,14 +218,22 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = 
     return reports
 
 
-def ensure_repository(repository: Path = DEFAULT_REPOSITORY, models_root: Path = DEFAULT_ROOT, frames: int = 250,
-                      names: tuple[str, ...] = tuple(CONFIGS), force: bool = False) -> dict[str, dict]:
+def ensure_repository(
+    repository: Path = DEFAULT_REPOSITORY,
+    models_root: Path = DEFAULT_ROOT,
+    frames: int = 250,
+    names: tuple[str, ...] = tuple(CONFIGS),
+    force: bool = False,
+) -> dict[str, dict]:
     """`build_repository` (default calibration) for the models whose directory is missing or stale
     (or all, with `force`); the camera models are built first where they are. Returns the reports of
     the directories it built, none when everything was current."""
     built = ensure_built(models_root, names)
-    stale = tuple(name for name in names if force or not is_current(
-        Path(repository) / name, fingerprint(built[name], default_calibration(frames))))
+    stale = tuple(
+        name
+        for name in names
+        if force or not is_current(Path(repository) / name, fingerprint(built[name], default_calibration(frames)))
+    )
     if not stale:
         return {}
     log.info("building %s under %s (calibrating: a few minutes)", ", ".join(stale), repository)
@@ -214,8 +255,10 @@ def main(argv: list[str] | None = None) -> None:
         if name not in reports:
             print(f"camera-repository: {name} is current ({args.repository / name})")
     for name, report in reports.items():
-        print(f"{name}: {report['n_calibration']} frames, held-out clean flag rate {report.get('holdout_fpr', 0):.3f} "
-              f"(upper {report.get('holdout_fpr_upper_95', 0):.3f})")
+        print(
+            f"{name}: {report['n_calibration']} frames, held-out clean flag rate {report.get('holdout_fpr', 0):.3f} "
+            f"(upper {report.get('holdout_fpr_upper_95', 0):.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -59,9 +59,15 @@ class SceneSplit:
 
     def describe(self) -> dict:
         half = self.frames // 2
-        return {"clip": self.clip, "frames": self.frames, "gap": self.gap,
-                "calibration_half": [0, half], "evaluation_half": [half + self.gap, self.frames],
-                "calibration": list(self.calibration), "evaluation": list(self.evaluation)}
+        return {
+            "clip": self.clip,
+            "frames": self.frames,
+            "gap": self.gap,
+            "calibration_half": [0, half],
+            "evaluation_half": [half + self.gap, self.frames],
+            "calibration": list(self.calibration),
+            "evaluation": list(self.evaluation),
+        }
 
 
 def _even(indices: range, count: int | None) -> tuple[int, ...]:
@@ -76,8 +82,13 @@ def split_clip(clip: str, frames: int, gap: int = GAP, quick: bool = False) -> S
     half = frames // 2
     if half < 1 or half + gap >= frames:
         raise ValueError(f"{clip}: {frames} frames are too few to split with a gap of {gap}")
-    return SceneSplit(clip, frames, _even(range(half), QUICK_CALIBRATION if quick else None),
-                      _even(range(half + gap, frames), QUICK_EVALUATION if quick else None), gap)
+    return SceneSplit(
+        clip,
+        frames,
+        _even(range(half), QUICK_CALIBRATION if quick else None),
+        _even(range(half + gap, frames), QUICK_EVALUATION if quick else None),
+        gap,
+    )
 
 
 @dataclass(frozen=True)
@@ -136,8 +147,8 @@ def clip_frame(clips: dict[str, list[np.ndarray]], clip: str, index: int) -> Fra
 
 def photo_frames(quick: bool) -> list[Frame]:
     """foolbox's ImageNet samples, scikit-image's and ultralytics' photos (quick: one of each kind)."""
-    frames = [Frame("imagenet", s.name, s.rgb) for s in footage.imagenet_samples()[:1 if quick else None]]
-    frames += [Frame("skimage", n, footage.skimage_photo(n)) for n in footage.SKIMAGE_PHOTOS[:1 if quick else None]]
+    frames = [Frame("imagenet", s.name, s.rgb) for s in footage.imagenet_samples()[: 1 if quick else None]]
+    frames += [Frame("skimage", n, footage.skimage_photo(n)) for n in footage.SKIMAGE_PHOTOS[: 1 if quick else None]]
     frames += [Frame("ultralytics", n, rgb) for n, rgb in footage.ultralytics_images().items()]
     return frames
 
@@ -147,7 +158,7 @@ def classifier_targets(photos: list[Frame], clips: dict[str, list[Frame]], quick
     (quick: one photo and one frame of the first clip)."""
     if quick:
         first = next((frames for frames in clips.values() if frames), [])
-        return photos[:1] + first[len(first) // 2:len(first) // 2 + 1]
+        return photos[:1] + first[len(first) // 2 : len(first) // 2 + 1]
     chosen = list(photos)
     for frames in clips.values():
         picks = np.unique(np.linspace(0, len(frames) - 1, 5).round().astype(int)) if frames else []
@@ -158,11 +169,20 @@ def classifier_targets(photos: list[Frame], clips: dict[str, list[Frame]], quick
 def one_clip(repository: Path, clips: dict[str, list[np.ndarray]], photos: list[Frame], quick: bool) -> Protocol:
     """A: calibrated on bikes.mp4; every frame of the other clips (quick: frames 0 and 40) and the
     photos are its clean frames."""
-    other = {c: [clip_frame(clips, c, i) for i in (range(0, 41, 40) if quick else range(len(clips[c])))]
-             for c in OTHER_CLIPS if c in clips}
+    other = {
+        c: [clip_frame(clips, c, i) for i in (range(0, 41, 40) if quick else range(len(clips[c])))]
+        for c in OTHER_CLIPS
+        if c in clips
+    }
     clean = [f for frames in other.values() for f in frames] + photos
-    return Protocol(ONE_CLIP, "A", "calibrated on one clip (bikes.mp4), measured on other clips and photos",
-                    repository, clean, classifier_targets(photos, other, quick))
+    return Protocol(
+        ONE_CLIP,
+        "A",
+        "calibrated on one clip (bikes.mp4), measured on other clips and photos",
+        repository,
+        clean,
+        classifier_targets(photos, other, quick),
+    )
 
 
 def per_scene(repository: Path, clips: dict[str, list[np.ndarray]], photos: list[Frame], quick: bool) -> Protocol:
@@ -170,10 +190,17 @@ def per_scene(repository: Path, clips: dict[str, list[np.ndarray]], photos: list
     photos are unseen scenes, reported apart."""
     splits = [split_clip(c, len(clips[c]), quick=quick) for c in SCENES if c in clips]
     evaluated = {s.clip: [clip_frame(clips, s.clip, i) for i in s.evaluation] for s in splits}
-    return Protocol(PER_SCENE, "B", "calibrated per scene: the first half of each clip calibrates, its second "
-                    "half is measured", repository, [f for frames in evaluated.values() for f in frames],
-                    classifier_targets(photos, evaluated, quick), unseen=photos, scenes=tuple(evaluated),
-                    splits=splits)
+    return Protocol(
+        PER_SCENE,
+        "B",
+        "calibrated per scene: the first half of each clip calibrates, its second half is measured",
+        repository,
+        [f for frames in evaluated.values() for f in frames],
+        classifier_targets(photos, evaluated, quick),
+        unseen=photos,
+        scenes=tuple(evaluated),
+        splits=splits,
+    )
 
 
 def recorded_split(repository: Path) -> dict | None:
@@ -189,14 +216,19 @@ def ensure_repository(repository: Path, splits: list[SceneSplit], clips: dict[st
     wanted = {"scenes": [s.describe() for s in splits]}
     built = ensure_built(DEFAULT_ROOT, tuple(CONFIGS))
     # The split file speaks for the calibration frames; build.json for the rest.
-    complete = all(is_current(repository / name, fingerprint(built[name], ""), compare_calibration=False)
-                   for name in CONFIGS)
+    complete = all(
+        is_current(repository / name, fingerprint(built[name], ""), compare_calibration=False) for name in CONFIGS
+    )
     if complete and recorded_split(repository) == wanted:
         return False
     (repository / SPLIT_FILE).unlink(missing_ok=True)
     frames = [clips[s.clip][i] for s in splits for i in s.calibration]
-    log.warning("building the per-scene repository %s: %d calibration frames (%s)", repository, len(frames),
-                ", ".join(f"{s.clip} {len(s.calibration)}" for s in splits))
+    log.warning(
+        "building the per-scene repository %s: %d calibration frames (%s)",
+        repository,
+        len(frames),
+        ", ".join(f"{s.clip} {len(s.calibration)}" for s in splits),
+    )
     cameras = [s.clip for s in splits for _ in s.calibration]
     # A quick run calibrates on a handful of frames per clip: its warm-up takes half of them.
     warmup = min(WARMUP, min(len(s.calibration) for s in splits) // 2)

@@ -37,9 +37,10 @@ NOTES = [
     "operating-point detection and first AUROC include the scene shift: compare their gateway flags with the clean "
     "photos' flag rate (unseen table) and read their AUROC against the same photos unattacked. The goals are "
     "judged on the `scenes` rows.",
-    "Ties: box_consistency and patch score 1.0 whenever one copy has boxes and the other none; when more than 1% "
-    "(5%) of the clean frames score exactly that, their operating point sits at 1.0 and flags nothing at 1.0 (an "
-    "operating point never flags more clean frames than its rate).",
+    "box_consistency and patch score the largest change of any object's score between the two copies "
+    "(guard.detection.boxes.disagreement): graded, so clean frames rarely tie at one value; where more than 1% "
+    "(5%) of them do, the operating point sits at that value and flags nothing there (an operating point never "
+    "flags more clean frames than its rate).",
     "Success is judged on what the SERVED model answered: MobileNetV2's top-1 changed from its answer on the "
     "same frame unattacked; YOLOv3-tiny no longer finds a person (score >= 0.25) it found on the clean frame "
     "(no person box at IoU >= 0.5). Detection counts successful examples only (patch: frames with a person "
@@ -69,9 +70,15 @@ def clean_table(summaries: dict, sources: list[str], extra: bool = True) -> str:
     head = ["model", "frames", "flagged (served thresholds)", "flag rate", "95% upper bound", *sources, *tail]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, clean in summaries.items():
-        cells = [name, str(clean["n"]), str(clean["flagged"]), _num(clean["flag_rate"], 3),
-                 _num(clean["flag_rate_upper_95"], 3), *(_flags(clean["by_source"].get(src)) for src in sources),
-                 _num(clean["seconds_per_frame"], 3)]
+        cells = [
+            name,
+            str(clean["n"]),
+            str(clean["flagged"]),
+            _num(clean["flag_rate"], 3),
+            _num(clean["flag_rate_upper_95"], 3),
+            *(_flags(clean["by_source"].get(src)) for src in sources),
+            _num(clean["seconds_per_frame"], 3),
+        ]
         if extra:
             cells.append(_num(clean["verdict_agreement"], 3))
         lines.append("| " + " | ".join(cells) + " |")
@@ -93,8 +100,7 @@ def _sources(counts: dict | None) -> str:
 
 def _other_measures(row: dict) -> str:
     if "asr_before_encoding" in row:
-        return (f"white-box {_num(row['asr_before_encoding'])}, torch after JPEG "
-                f"{_num(row['asr_torch_after_jpeg'])}")
+        return f"white-box {_num(row['asr_before_encoding'])}, torch after JPEG {_num(row['asr_torch_after_jpeg'])}"
     if row.get("asr_strict") is not None:
         return f"strict (no person box at IoU >= {row['iou_strict']:g}): {_num(row['asr_strict'])}"
     return "—"
@@ -111,39 +117,68 @@ def attack_table(protocol: dict, model: str) -> str:
     scorers = list(rows[0]["scorers"])
     scoped = _scoped(rows)
     label = (lambda r: f"{r['key']} ({r['scope']})") if scoped else (lambda r: r["key"])
-    head = ["row", "kind", "ASR (succ/elig)", "by source", "other success measures", "positives",
-            "gateway flags (served thresholds)", *(f"{s} 1% / 5% / AUROC" for s in scorers), "guard s/frame"]
+    head = [
+        "row",
+        "kind",
+        "ASR (succ/elig)",
+        "by source",
+        "other success measures",
+        "positives",
+        "gateway flags (served thresholds)",
+        *(f"{s} 1% / 5% / AUROC" for s in scorers),
+        "guard s/frame",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        asr = "—" if r["kind"] == "control" and r["unit"] == "frames" else \
-            f"{_num(r['asr'])} ({r['successful']}/{r['eligible']} {r['unit']})"
-        lines.append(f"| {label(r)} | {r['kind']} | {asr} | {_sources(r.get('asr_by_source'))} | "
-                     f"{_other_measures(r)} | {r['positives']} | {_num(r['gateway'])} | "
-                     + " | ".join(_cell(r["scorers"][s]) for s in scorers) + f" | {_num(r['seconds_per_frame'], 3)} |")
+        asr = (
+            "—"
+            if r["kind"] == "control" and r["unit"] == "frames"
+            else f"{_num(r['asr'])} ({r['successful']}/{r['eligible']} {r['unit']})"
+        )
+        lines.append(
+            f"| {label(r)} | {r['kind']} | {asr} | {_sources(r.get('asr_by_source'))} | "
+            f"{_other_measures(r)} | {r['positives']} | {_num(r['gateway'])} | "
+            + " | ".join(_cell(r["scorers"][s]) for s in scorers)
+            + f" | {_num(r['seconds_per_frame'], 3)} |"
+        )
     matched = [r for r in rows if "auroc_matched" in r["scorers"]["ensemble"]]
     if matched:
-        lines += ["", "AUROC against the same frames unattacked (row for row; not the clean frames above):", "",
-                  "| row | " + " | ".join(scorers) + " |", "|" + "---|" * (len(scorers) + 1)]
-        lines += [f"| {label(r)} | " + " | ".join(_num(r["scorers"][s]["auroc_matched"], 3) for s in scorers) + " |"
-                  for r in matched]
+        lines += [
+            "",
+            "AUROC against the same frames unattacked (row for row; not the clean frames above):",
+            "",
+            "| row | " + " | ".join(scorers) + " |",
+            "|" + "---|" * (len(scorers) + 1),
+        ]
+        lines += [
+            f"| {label(r)} | " + " | ".join(_num(r["scorers"][s]["auroc_matched"], 3) for s in scorers) + " |"
+            for r in matched
+        ]
     return "\n".join(lines) + "\n"
 
 
 def goals_table(protocol: dict) -> str:
-    lines = ["| model | attack | scope | goal (at 5% clean flags) | ensemble at 5% | best single detector at 5% | "
-             "gateway (served thresholds) | positives | met (ensemble) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | attack | scope | goal (at 5% clean flags) | ensemble at 5% | best single detector at 5% | "
+        "gateway (served thresholds) | positives | met (ensemble) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for g in protocol["goals"]:
         met = "—" if g["met"] is None else ("**met**" if g["met"] else "**missed**")
-        lines.append(f"| {g['model']} | {g['attack']} | {g.get('scope', 'all')} | >= {g['goal']:.0%} | "
-                     f"{_num(g['detected_at_5pct'])} | {g['best_single']} {_num(g['best_single_at_5pct'])} | "
-                     f"{_num(g['gateway'])} | {g['positives']} | {met} |")
+        lines.append(
+            f"| {g['model']} | {g['attack']} | {g.get('scope', 'all')} | >= {g['goal']:.0%} | "
+            f"{_num(g['detected_at_5pct'])} | {g['best_single']} {_num(g['best_single_at_5pct'])} | "
+            f"{_num(g['gateway'])} | {g['positives']} | {met} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _calibration_line(protocol: dict) -> str:
-    parts = [f"{name} {c['n_calibration']} frames fitted, held-out clean flag rate {_num(c.get('holdout_fpr'), 3)} "
-             f"({c.get('n_holdout')} frames, upper {_num(c.get('holdout_fpr_upper_95'), 3)})"
-             for name, c in protocol.get("calibration", {}).items()]
+    parts = [
+        f"{name} {c['n_calibration']} frames fitted, held-out clean flag rate {_num(c.get('holdout_fpr'), 3)} "
+        f"({c.get('n_holdout')} frames, upper {_num(c.get('holdout_fpr_upper_95'), 3)})"
+        for name, c in protocol.get("calibration", {}).items()
+    ]
     return "; ".join(parts) or "not recorded"
 
 
@@ -152,39 +187,54 @@ def _span(indices: list[int]) -> str:
 
 
 def split_table(protocol: dict) -> str:
-    lines = ["| clip | frames | calibration half | frames calibrated on | gap | evaluation half | frames evaluated |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| clip | frames | calibration half | frames calibrated on | gap | evaluation half | frames evaluated |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in protocol["split"]:
         (c0, c1), (e0, e1) = s["calibration_half"], s["evaluation_half"]
-        lines.append(f"| {s['clip']} | {s['frames']} | {c0}-{c1 - 1} | {len(s['calibration'])} "
-                     f"({_span(s['calibration'])}) | {s['gap']} | {e0}-{e1 - 1} | {len(s['evaluation'])} "
-                     f"({_span(s['evaluation'])}) |")
+        lines.append(
+            f"| {s['clip']} | {s['frames']} | {c0}-{c1 - 1} | {len(s['calibration'])} "
+            f"({_span(s['calibration'])}) | {s['gap']} | {e0}-{e1 - 1} | {len(s['evaluation'])} "
+            f"({_span(s['evaluation'])}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def protocol_section(protocol: dict, meta: dict) -> str:
     per_frame = protocol["gateway_seconds"] / max(protocol["frames_through_gateway"], 1)
-    text = (f"## Protocol {protocol['label']} ({protocol['key']}): {protocol['title']}\n\n"
-            f"Repository: `{protocol['repository']}`; {protocol['gateway_seconds']:.0f} s through its gateway for "
-            f"{protocol['frames_through_gateway']} frames ({per_frame:.3f} s per frame). Calibration: "
-            f"{_calibration_line(protocol)}.\n\n")
+    text = (
+        f"## Protocol {protocol['label']} ({protocol['key']}): {protocol['title']}\n\n"
+        f"Repository: `{protocol['repository']}`; {protocol['gateway_seconds']:.0f} s through its gateway for "
+        f"{protocol['frames_through_gateway']} frames ({per_frame:.3f} s per frame). Calibration: "
+        f"{_calibration_line(protocol)}.\n\n"
+    )
     if "split" in protocol:
-        text += ("Each clip is split by time: the first half calibrates (one repository for all three), the second "
-                 f"half after a gap of {meta['gap']} frames (near-identical neighbours never straddle the split) is "
-                 "the clean set.\n\n" + split_table(protocol))
-        text += (f"\n### Clean frames of the calibrated scenes (evaluation halves)\n\nJPEG quality "
-                 f"{meta['camera_quality']}, native size. Per clip: flag rate at the served thresholds "
-                 "(flagged/frames; one-sided 95% Clopper-Pearson upper bound).\n\n")
+        text += (
+            "Each clip is split by time: the first half calibrates (one repository for all three), the second "
+            f"half after a gap of {meta['gap']} frames (near-identical neighbours never straddle the split) is "
+            "the clean set.\n\n" + split_table(protocol)
+        )
+        text += (
+            f"\n### Clean frames of the calibrated scenes (evaluation halves)\n\nJPEG quality "
+            f"{meta['camera_quality']}, native size. Per clip: flag rate at the served thresholds "
+            "(flagged/frames; one-sided 95% Clopper-Pearson upper bound).\n\n"
+        )
     else:
-        text += (f"### Clean frames the guard was not calibrated on\n\nJPEG quality {meta['camera_quality']}, native "
-                 "size. Per source: flag rate at the served thresholds (flagged/frames; one-sided 95% "
-                 "Clopper-Pearson upper bound).\n\n")
+        text += (
+            f"### Clean frames the guard was not calibrated on\n\nJPEG quality {meta['camera_quality']}, native "
+            "size. Per source: flag rate at the served thresholds (flagged/frames; one-sided 95% "
+            "Clopper-Pearson upper bound).\n\n"
+        )
     text += clean_table(protocol["clean"], list(protocol["sources"]))
     if "unseen" in protocol:
-        text += ("\n### Unseen scenes: the photos (served, not part of this protocol's clean set)\n\n"
-                 + clean_table(protocol["unseen"], list(protocol["unseen_sources"]), extra=False))
-    text += ("\nEvaluation operating points (re-fitted on the clean frames above; not the served thresholds):\n\n"
-             + operating_table(protocol))
+        text += "\n### Unseen scenes: the photos (served, not part of this protocol's clean set)\n\n" + clean_table(
+            protocol["unseen"], list(protocol["unseen_sources"]), extra=False
+        )
+    text += (
+        "\nEvaluation operating points (re-fitted on the clean frames above; not the served thresholds):\n\n"
+        + operating_table(protocol)
+    )
     for model in protocol["clean"]:
         text += f"\n### Attacks on {model}\n\nCells: detection at 1% / 5% clean-frame flag rate / AUROC.\n\n"
         text += attack_table(protocol, model)
@@ -200,20 +250,23 @@ def markdown(results: dict) -> str:
         f"Command: `{meta['command']}` (seed {meta['seed']}, {'quick' if meta['quick'] else 'full'} mode, "
         f"{meta['wall_seconds']:.0f} s in all, {meta['gateway_seconds']:.0f} s of it through the gateway for "
         f"{meta['frames_through_gateway']} frames, {per_frame:.3f} s per frame; torch on {meta['torch_threads']} "
-        "threads). Protocols: " + ", ".join(f"{p['label']} ({p['key']})" for p in protocols)
+        "threads). Protocols: "
+        + ", ".join(f"{p['label']} ({p['key']})" for p in protocols)
         + "; each served by its own gateway, policy flag, one JPEG per request with `guard_explain: true`.\n\n"
     )
     text += "".join(protocol_section(p, meta) for p in protocols)
-    text += (f"## The patch\n\n{patch['side']}x{patch['side']} pixels (`patch.png`), trained once for every "
-             f"protocol, {patch['steps']} Adam steps "
-             f"(lr {patch['lr']}, TV weight {patch['tv_weight']}) at {patch['input_size']}x{patch['input_size']} on "
-             f"{len(patch['training_frames'])} frames of {patch['training_clip']} "
-             f"({', '.join(patch['training_frames'])}), "
-             f"{patch['seconds']:.0f} s; pasted at {patch['fraction_of_box_diagonal']} x the person box's diagonal, "
-             f"{patch['torso']} of its height down on a whole figure, {patch['torso_close']} on a head-and-shoulders "
-             "box. Largest person score on the training frames (mean): "
-             f"{_num(patch['training_max_person_score_clean'])} clean, "
-             f"{_num(patch['training_max_person_score_patched'])} patched.\n")
+    text += (
+        f"## The patch\n\n{patch['side']}x{patch['side']} pixels (`patch.png`), trained once for every "
+        f"protocol, {patch['steps']} Adam steps "
+        f"(lr {patch['lr']}, TV weight {patch['tv_weight']}) at {patch['input_size']}x{patch['input_size']} on "
+        f"{len(patch['training_frames'])} frames of {patch['training_clip']} "
+        f"({', '.join(patch['training_frames'])}), "
+        f"{patch['seconds']:.0f} s; pasted at {patch['fraction_of_box_diagonal']} x the person box's diagonal, "
+        f"{patch['torso']} of its height down on a whole figure, {patch['torso_close']} on a head-and-shoulders "
+        "box. Largest person score on the training frames (mean): "
+        f"{_num(patch['training_max_person_score_clean'])} clean, "
+        f"{_num(patch['training_max_person_score_patched'])} patched.\n"
+    )
     text += "\n## How to read this\n\n" + "".join(f"- {n}\n" for n in NOTES)
     return text
 
@@ -224,11 +277,26 @@ def _box_lines(ax, detections, colour: str) -> None:
     for d in detections:
         x1, y1, x2, y2 = d.box
         person = d.label == 0
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.6 if person else 0.8,
-                               edgecolor=colour if person else "#bbbbbb"))
+        ax.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=False,
+                linewidth=1.6 if person else 0.8,
+                edgecolor=colour if person else "#bbbbbb",
+            )
+        )
         if person:
-            ax.text(x1, y1, f"{d.score:.2f}", color="white", fontsize=6, va="bottom",
-                    bbox={"facecolor": colour, "pad": 0.5, "linewidth": 0})
+            ax.text(
+                x1,
+                y1,
+                f"{d.score:.2f}",
+                color="white",
+                fontsize=6,
+                va="bottom",
+                bbox={"facecolor": colour, "pad": 0.5, "linewidth": 0},
+            )
 
 
 def examples_png(path: Path, examples: list[dict]) -> Path | None:
@@ -266,8 +334,9 @@ def patch_png(path: Path, patch: torch.Tensor, scale: int = 4) -> Path:
     return path
 
 
-def write_report(out: Path, results: dict, curves: dict, examples: dict[str, list[dict]],
-                 patch: torch.Tensor) -> dict[str, Path]:
+def write_report(
+    out: Path, results: dict, curves: dict, examples: dict[str, list[dict]], patch: torch.Tensor
+) -> dict[str, Path]:
     """results.json, results.md, roc_<protocol>_<model>_<row>[_<scope>].png, patch.png and
     examples_<protocol>.png (one per protocol with a patched person)."""
     out.mkdir(parents=True, exist_ok=True)

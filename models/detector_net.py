@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from guard.backends.onnx_graph import expose_features
 from guard.detection.detectors.network import KEYS
-from models.attacks import pgd
+from guard.tools.evaluation import rates
+from guard.tools.evaluation.pgd import untargeted_pgd
 from models.digits_data import load_split
 from models.digits_net import DigitsNet, load_digits_net
 from models.train_utils import single_thread
@@ -55,8 +56,10 @@ def served_outputs(onnx_path: Path, x: np.ndarray, batch_size: int = 256) -> tup
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # reproducible reductions
         session = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
     name, logits = session.get_inputs()[0].name, session.get_outputs()[0].name
-    out = [session.run([logits, features], {name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})
-           for i in range(0, len(x), batch_size)]
+    out = [
+        session.run([logits, features], {name: np.ascontiguousarray(x[i : i + batch_size], np.float32)})
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out]).astype(np.float32)
 
 
@@ -64,10 +67,18 @@ def load_surrogate(path: Path = SURROGATE) -> DigitsNet:
     return load_digits_net(path)
 
 
-def pgd_examples(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, copies: int = 1,
-                 batch_size: int = 256, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pgd_examples(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    copies: int = 1,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`copies` PGD examples per image, each at a random (eps, steps) from EPSILONS x STEPS with
     the PGD paper's step size 2.5 * eps / steps; returns (x_adv, y, eps) in a seeded, fixed order."""
+    model.eval()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     idx = np.tile(np.arange(len(x)), copies)
@@ -79,9 +90,9 @@ def pgd_examples(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int
         for e, s in tqdm(groups, desc="pgd", disable=not progress):
             members = np.flatnonzero((eps == e) & (steps == s))
             for start in range(0, len(members), batch_size):
-                rows = members[start:start + batch_size]
+                rows = members[start : start + batch_size]
                 xb, yb = torch.from_numpy(np.array(x[idx[rows]])), torch.from_numpy(np.array(y[idx[rows]]))
-                adv[rows] = pgd(model, xb, yb, float(e), int(s), 2.5 * float(e) / int(s), gen=gen).numpy()
+                adv[rows] = untargeted_pgd(model, xb, yb, float(e), int(s), 2.5 * float(e) / int(s), gen).numpy()
     return adv, y[idx], eps
 
 
@@ -99,9 +110,17 @@ def mlp_scores(params: dict[str, np.ndarray], features: np.ndarray) -> np.ndarra
     return 1.0 / (1.0 + np.exp(-(hidden @ params["w2"].T + params["b2"])[:, 0]))
 
 
-def train_detector(features_clean: np.ndarray, features_adv: np.ndarray, hidden: int = HIDDEN,
-                   epochs: int = EPOCHS, seed: int = 0, lr: float = 3e-3, weight_decay: float = 1e-4,
-                   batch_size: int = 128, progress: bool = False) -> dict[str, np.ndarray]:
+def train_detector(
+    features_clean: np.ndarray,
+    features_adv: np.ndarray,
+    hidden: int = HIDDEN,
+    epochs: int = EPOCHS,
+    seed: int = 0,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """Train Linear(D, hidden)-ReLU-Linear(hidden, 1) to tell adversarial (1) from clean (0) features;
     returns the arrays DetectorNetwork loads (float32). Classes are balanced by a positive weight."""
     clean, adv = np.asarray(features_clean, np.float32), np.asarray(features_adv, np.float32)
@@ -126,8 +145,9 @@ def train_detector(features_clean: np.ndarray, features_adv: np.ndarray, hidden:
     return dict(zip(KEYS, (mean.astype(np.float32), std, w1, b1, w2, b2)))
 
 
-def _pgd_features(onnx_path: Path, model: torch.nn.Module, split: str, seed: int, copies: int,
-                  progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _pgd_features(
+    onnx_path: Path, model: torch.nn.Module, split: str, seed: int, copies: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """PGD features (only those that fool the served model) with their eps, clean features of
     the split, and the share of PGD examples that fooled."""
     x, y = load_split(split)
@@ -150,21 +170,28 @@ def build(model_dir: Path, out: Path, seed: int = 0, copies: int = 3, progress: 
     log.info("wrote %s: %d PGD vs %d clean/noisy training features", out, len(adv_train), len(clean_train) * 2)
 
     adv_cal, eps_cal, clean_cal, fool_cal = _pgd_features(onnx_path, model, "calibration", seed + 1, 1, progress)
-    metrics = {"n_adv_train": len(adv_train), "n_clean_train": len(clean_train) + len(noisy_train),
-               "fool_rate_train": fool_train, "n_adv_calibration": len(adv_cal),
-               "n_clean_calibration": len(clean_cal), "fool_rate_calibration": fool_cal}
+    metrics = {
+        "n_adv_train": len(adv_train),
+        "n_clean_train": len(clean_train) + len(noisy_train),
+        "fool_rate_train": fool_train,
+        "n_adv_calibration": len(adv_cal),
+        "n_clean_calibration": len(clean_cal),
+        "fool_rate_calibration": fool_cal,
+    }
     for split, clean, adv in (("train", clean_train, adv_train), ("calibration", clean_cal, adv_cal)):
         clean_s, adv_s = mlp_scores(params, clean), mlp_scores(params, adv)
         metrics[f"{split}_clean_accuracy"] = float((clean_s < 0.5).mean())
         metrics[f"{split}_adv_accuracy"] = float((adv_s >= 0.5).mean())
-        metrics[f"{split}_balanced_accuracy"] = (metrics[f"{split}_clean_accuracy"]
-                                                 + metrics[f"{split}_adv_accuracy"]) / 2
+        metrics[f"{split}_balanced_accuracy"] = (
+            metrics[f"{split}_clean_accuracy"] + metrics[f"{split}_adv_accuracy"]
+        ) / 2
     # What the guard will see: the threshold that flags 5% of clean calibration images.
-    threshold = float(np.quantile(mlp_scores(params, clean_cal), 0.95))
-    adv_flagged = mlp_scores(params, adv_cal) > threshold
+    threshold = rates.operating_threshold(mlp_scores(params, clean_cal), 0.05)
+    adv_flagged = rates.flagged(mlp_scores(params, adv_cal), threshold)
     metrics["calibration_adv_tpr_at_5pct_clean"] = float(adv_flagged.mean())
-    metrics.update({f"calibration_adv_tpr_at_5pct_clean_eps_{e}": float(adv_flagged[eps_cal == e].mean())
-                    for e in EPSILONS})
+    metrics.update(
+        {f"calibration_adv_tpr_at_5pct_clean_eps_{e}": float(adv_flagged[eps_cal == e].mean()) for e in EPSILONS}
+    )
     metrics["train_noisy_clean_accuracy"] = float((mlp_scores(params, noisy_train) < 0.5).mean())
     return metrics
 

@@ -1,6 +1,6 @@
 """Recipe for the shipped `digits` demo classifier: seeded training and ONNX export.
 
-    python -m models.digits --out models/repository/digits [--epochs N] [--seed 0]
+python -m models.digits --out models/repository/digits [--epochs N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -106,14 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
     parser.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the weights")
     parser.add_argument("--dropout", type=float, default=0.0, help="dropout before the last layer")
-    parser.add_argument(
-        "--state-dict", type=Path, default=STATE_DICT_PATH, help="where to save the torch weights"
-    )
+    parser.add_argument("--state-dict", type=Path, default=STATE_DICT_PATH, help="where to save the torch weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     metrics = train_and_export(
-        args.out, args.epochs, args.seed, args.weight_decay, l1=args.l1, dropout=args.dropout,
-        state_dict_path=args.state_dict
+        args.out,
+        args.epochs,
+        args.seed,
+        args.weight_decay,
+        l1=args.l1,
+        dropout=args.dropout,
+        state_dict_path=args.state_dict,
     )
     from models.digits_guard import calibrate_demo, squeezer_table
 
@@ -124,16 +127,25 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_digits_net(args.state_dict)
     x_test, y_test = load_split("test")
-    write_model_card(args.out, metrics, {
-        "Robust accuracy": robust_section(model, torch.from_numpy(np.array(x_test)), torch.from_numpy(y_test)),
-        "Size and latency": size_and_latency(args.out / "model.onnx"),
-        "Squeezer choice": squeezer_table(args.out / "model.onnx"),
-        "Guard calibration": calibration_text})
+    write_model_card(
+        args.out,
+        metrics,
+        {
+            "Robust accuracy": robust_section(model, torch.from_numpy(np.array(x_test)), torch.from_numpy(y_test)),
+            "Size and latency": size_and_latency(args.out / "model.onnx"),
+            "Squeezer choice": squeezer_table(args.out / "model.onnx"),
+            "Guard calibration": calibration_text,
+        },
+    )
     log.info("held-out clean flag rate %.4f (target %.2f)", report["holdout_fpr"], report["target_fpr"])
     log.info(
         "held-out test accuracy %.4f (train %.4f) in %.1fs; %s is %d bytes, max |torch-ort| %.2g",
-        metrics["test_accuracy"], metrics["train_accuracy"], metrics["train_seconds"],
-        metrics["onnx_path"], metrics["onnx_bytes"], metrics["onnx_max_abs_diff"],
+        metrics["test_accuracy"],
+        metrics["train_accuracy"],
+        metrics["train_seconds"],
+        metrics["onnx_path"],
+        metrics["onnx_bytes"],
+        metrics["onnx_max_abs_diff"],
     )
 
 

@@ -27,9 +27,7 @@ PIXEL_MAX = 16.0
 def preprocess(images_8x8: np.ndarray) -> np.ndarray:
     """Scale raw 8x8 digits (0..16) to [0, 1] and upsample to float32 [N,1,16,16]."""
     x = np.asarray(images_8x8, dtype=np.float32).reshape(-1, 1, 8, 8) / PIXEL_MAX
-    t = F.interpolate(
-        torch.from_numpy(x), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False
-    )
+    t = F.interpolate(torch.from_numpy(x), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
     # Bilinear interpolation of values in [0,1] stays in [0,1]; clip guards float rounding.
     return np.clip(t.numpy(), 0.0, 1.0).astype(np.float32, copy=False)
 
@@ -46,9 +44,7 @@ def _indices() -> dict[str, np.ndarray]:
     idx = np.arange(len(y))
     # 60 / 20 / 20: first carve off 40%, then halve it; both stratified by label.
     train, rest = train_test_split(idx, test_size=0.4, random_state=SPLIT_SEED, stratify=y)
-    calibration, test = train_test_split(
-        rest, test_size=0.5, random_state=SPLIT_SEED, stratify=y[rest]
-    )
+    calibration, test = train_test_split(rest, test_size=0.5, random_state=SPLIT_SEED, stratify=y[rest])
     return {"train": np.sort(train), "calibration": np.sort(calibration), "test": np.sort(test)}
 
 

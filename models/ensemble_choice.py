@@ -33,6 +33,7 @@ from guard.detection.ensemble import Fisher, Union
 from guard.detection.pipeline import GuardPipeline
 from guard.detection.thresholds import threshold_for
 from guard.serving.model_config import load_model_config
+from guard.tools.evaluation.rates import flagged
 from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,20 +50,22 @@ STATISTICS = {
 def rules(calibration: dict[str, np.ndarray], target: float) -> dict:
     """Each rule as a function scores -> flags, fitted on clean calibration scores."""
     union = Union.fit(calibration, target)
-    fitted = {"union": lambda s: union.ratio(s) >= 1.0}
+    fitted = {"union": lambda s: flagged(union.ratio(s), 1.0)}
     reference = Fisher.fit(calibration, target)
-    fitted["fisher"] = lambda s: reference.ratio(s) >= 1.0
+    fitted["fisher"] = lambda s: flagged(reference.ratio(s), 1.0)
     n = len(next(iter(calibration.values())))
-    loo = {k: Fisher.empirical_p(reference.references[k], np.asarray(v, np.float64), loo=True)
-           for k, v in calibration.items()}
+    loo = {
+        k: Fisher.empirical_p(reference.references[k], np.asarray(v, np.float64), loo=True)
+        for k, v in calibration.items()
+    }
     for name, statistic in STATISTICS.items():
         threshold = threshold_for(statistic(loo), allowed_exceedances(n, target))
-        fitted[name] = lambda s, f=statistic, t=threshold: f(reference.p_values(s)) >= t
+        fitted[name] = lambda s, f=statistic, t=threshold: flagged(f(reference.p_values(s)), t)
     omnibus = Fisher.fit(calibration, target, omnibus=True)
-    fitted["omnibus"] = lambda s: omnibus.ratio(s) >= 1.0
+    fitted["omnibus"] = lambda s: flagged(omnibus.ratio(s), 1.0)
     for name in calibration:
         threshold = Union.fit({name: calibration[name]}, target).thresholds[name]
-        fitted[f"{name} alone"] = lambda s, k=name, t=threshold: np.asarray(s[k]) >= t
+        fitted[f"{name} alone"] = lambda s, k=name, t=threshold: flagged(s[k], t)
     return fitted
 
 
@@ -78,15 +81,21 @@ def main() -> None:
     detectors = build_detectors(config.path, config.detection.detectors)
     detection = config.detection
     guarded = detection.guarded_input
-    pipeline = GuardPipeline(OnnxRuntimeBackend.open(config.model_file), detectors, guarded_input=guarded,
-                             logits_output=detection.logits_output, output_names=[s.name for s in config.outputs],
-                             device=torch.device("cpu"), features_output=detection.features_output)
+    pipeline = GuardPipeline(
+        OnnxRuntimeBackend.open(config.model_file),
+        detectors,
+        guarded_input=guarded,
+        logits_output=detection.logits_output,
+        output_names=[s.name for s in config.outputs],
+        device=torch.device("cpu"),
+        features_output=detection.features_output,
+    )
     judges = [d.name for d in detectors if not d.monitor]
     x_cal, _ = load_split("calibration")
     scores, _ = score(pipeline, References({guarded: np.array(x_cal)}), desc="clean calibration")
     calibration = {k: scores[k] for k in judges}
     x, y = load_split("train")
-    x, y = np.array(x[:args.samples]), y[:args.samples]
+    x, y = np.array(x[: args.samples]), y[: args.samples]
     surrogate, specs = atk.load_surrogate(SURROGATE), {s.key: s for s in atk.attack_suite()}
     attacked = {}
     for key in ATTACKS:
@@ -96,14 +105,19 @@ def main() -> None:
         attacked[key] = {k: scores[k][fooled] for k in judges}
     for target in (0.05, 0.01):
         fitted = rules(calibration, target)
-        print(f"\nTarget FPR {target:g}: detection of successful examples on train images "
-              f"(clean calibration flag rate in the last column)\n")
+        print(
+            f"\nTarget FPR {target:g}: detection of successful examples on train images "
+            f"(clean calibration flag rate in the last column)\n"
+        )
         print("| rule | " + " | ".join(ATTACKS) + " | mean | clean (calibration) |")
         print("|---|" + "---|" * (len(ATTACKS) + 2))
         for name, flags in fitted.items():
             rates = [float(flags(attacked[k]).mean()) for k in ATTACKS]
-            print(f"| {name} | " + " | ".join(f"{r:.3f}" for r in rates)
-                  + f" | {np.mean(rates):.3f} | {float(flags(calibration).mean()):.3f} |")
+            print(
+                f"| {name} | "
+                + " | ".join(f"{r:.3f}" for r in rates)
+                + f" | {np.mean(rates):.3f} | {float(flags(calibration).mean()):.3f} |"
+            )
 
 
 if __name__ == "__main__":

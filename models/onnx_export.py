@@ -23,9 +23,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     # The TorchScript exporter (dynamo=False) is chosen deliberately: it gives a small, stable
     # graph for this plain CNN, so its deprecation notice is only noise here.
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(
             model,
             (example,),

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from guard.detection.preprocess.resizing import resize
 from models import footage, yolo
 
 PERSON = 0  # COCO class index of "person"
@@ -88,14 +89,24 @@ class PatchResult:
     """The same with the final patch pasted (no random transforms)."""
 
     def describe(self) -> dict:
-        return {"side": self.settings.side, "steps": self.settings.steps, "lr": self.settings.lr,
-                "tv_weight": self.settings.tv_weight, "fraction_of_box_diagonal": self.settings.fraction,
-                "torso": self.settings.torso, "torso_close": self.settings.torso_close,
-                "full_figure_aspect": FULL_FIGURE, "seed": self.settings.seed, "input_size": yolo.INPUT_SIZE,
-                "training_clip": f"{TRAINING_CLIP}.mp4", "training_frames": self.frames,
-                "seconds": self.seconds, "history": self.history,
-                "training_max_person_score_clean": self.score_clean,
-                "training_max_person_score_patched": self.score_patched}
+        return {
+            "side": self.settings.side,
+            "steps": self.settings.steps,
+            "lr": self.settings.lr,
+            "tv_weight": self.settings.tv_weight,
+            "fraction_of_box_diagonal": self.settings.fraction,
+            "torso": self.settings.torso,
+            "torso_close": self.settings.torso_close,
+            "full_figure_aspect": FULL_FIGURE,
+            "seed": self.settings.seed,
+            "input_size": yolo.INPUT_SIZE,
+            "training_clip": f"{TRAINING_CLIP}.mp4",
+            "training_frames": self.frames,
+            "seconds": self.seconds,
+            "history": self.history,
+            "training_max_person_score_clean": self.score_clean,
+            "training_max_person_score_patched": self.score_patched,
+        }
 
 
 def load_model() -> yolo.YoloV3Tiny:
@@ -121,14 +132,15 @@ def persons_in(detections: np.ndarray, conf: float = 0.25) -> np.ndarray:
     return np.array(boxes, np.float32).reshape(-1, 4)
 
 
-def training_frames(model: yolo.YoloV3Tiny, settings: PatchSettings, start: int = 0,
-                    stop: int | None = None) -> list[TrainingFrame]:
+def training_frames(
+    model: yolo.YoloV3Tiny, settings: PatchSettings, start: int = 0, stop: int | None = None
+) -> list[TrainingFrame]:
     """`settings.frames` frames of the training clip with a confident person, evenly spread over
     those that have one (frames start, start + scan_step, ... before stop)."""
     candidates = []
     limit = None if stop is None else max(0, (stop - start + settings.scan_step - 1) // settings.scan_step)
     for k, rgb in enumerate(footage.video_frames(TRAINING_CLIP, start=start, step=settings.scan_step, limit=limit)):
-        image = torch.from_numpy(yolo.letterbox(rgb, antialias=True)[0])
+        image = torch.from_numpy(yolo.letterbox(rgb)[0])
         with torch.no_grad():
             detections = _forward(model, image[None])[0].numpy()
         persons = persons_in(detections)
@@ -153,8 +165,13 @@ def _uniform(gen: torch.Generator, low: float, high: float, shape=()) -> torch.T
     return low + (high - low) * torch.rand(shape, generator=gen)
 
 
-def apply_patch(images: torch.Tensor, patch: torch.Tensor, persons: list[np.ndarray], settings: PatchSettings,
-                gen: torch.Generator | None = None) -> torch.Tensor:
+def apply_patch(
+    images: torch.Tensor,
+    patch: torch.Tensor,
+    persons: list[np.ndarray],
+    settings: PatchSettings,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """`patch` pasted on every person of every image ([B, 3, S, S]), differentiably in the patch;
     with `gen`, each paste gets the paper's random transforms."""
     size = images.shape[-1]
@@ -196,8 +213,9 @@ def _max_person_score(model: yolo.YoloV3Tiny, images: torch.Tensor) -> float:
         return float(person_scores(_forward(model, images)).max(1).values.mean())
 
 
-def train_patch(model: yolo.YoloV3Tiny, frames: list[TrainingFrame], settings: PatchSettings,
-                progress: bool = True) -> PatchResult:
+def train_patch(
+    model: yolo.YoloV3Tiny, frames: list[TrainingFrame], settings: PatchSettings, progress: bool = True
+) -> PatchResult:
     """Adam on the patch pixels (grey start, as the paper), every training frame in every step."""
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -240,11 +258,10 @@ def paste(rgb: np.ndarray, patch: torch.Tensor, boxes: np.ndarray, settings: Pat
     for box in boxes:
         cx, cy, side = placement(box, settings)
         side = max(2, round(side))
-        resized = F.interpolate(patch[None], size=(side, side), mode="bilinear", align_corners=False,
-                                antialias=side < patch.shape[-1])[0]
+        resized = resize(patch[None], side, side)[0]
         pixels = (resized.clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         x0, y0 = round(cx - side / 2), round(cy - side / 2)
         xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
         if xa < xb and ya < yb:
-            out[ya:yb, xa:xb] = pixels[ya - y0:yb - y0, xa - x0:xb - x0]
+            out[ya:yb, xa:xb] = pixels[ya - y0 : yb - y0, xa - x0 : xb - x0]
     return out

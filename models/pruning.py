@@ -74,8 +74,9 @@ def load_standard(path: Path = STATE_DICT_PATH) -> DigitsNet:
     return load_digits_net(path)
 
 
-def prune_and_finetune(standard: nn.Module, target: float, epochs: tuple[int, ...] = FINETUNE_CANDIDATES,
-                       progress: bool = True) -> tuple[nn.Module, dict]:
+def prune_and_finetune(
+    standard: nn.Module, target: float, epochs: tuple[int, ...] = FINETUNE_CANDIDATES, progress: bool = True
+) -> tuple[nn.Module, dict]:
     """Prune a copy of `standard`, fine-tune for each candidate length, keep the best on calibration."""
     x_train, y_train = load_split("train")
     x_cal, y_cal = load_split("calibration")
@@ -83,8 +84,14 @@ def prune_and_finetune(standard: nn.Module, target: float, epochs: tuple[int, ..
     tried = {0: accuracy(pruned, x_cal, y_cal)}  # always recorded: what fine-tuning has to beat
     best, best_epochs, best_cal = (pruned, 0, tried[0]) if 0 in epochs else (None, -1, -1.0)
     for n in sorted(e for e in epochs if e > 0):
-        tuned = fit(x_train, y_train, TrainOptions(epochs=n), model=copy.deepcopy(pruned), progress=progress,
-                    desc=f"fine-tune {target:.0%} x{n}")
+        tuned = fit(
+            x_train,
+            y_train,
+            TrainOptions(epochs=n),
+            model=copy.deepcopy(pruned),
+            progress=progress,
+            desc=f"fine-tune {target:.0%} x{n}",
+        )
         tried[n] = accuracy(tuned, x_cal, y_cal)
         if tried[n] > best_cal:  # strict: ties keep the shorter fine-tune
             best, best_epochs, best_cal = tuned, n, tried[n]
@@ -96,8 +103,13 @@ def gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
-def run(out: Path, sparsities: tuple[float, ...] = SPARSITIES, epochs: tuple[int, ...] = FINETUNE_CANDIDATES,
-        progress: bool = True, command: str = "python -m models.pruning") -> dict:
+def run(
+    out: Path,
+    sparsities: tuple[float, ...] = SPARSITIES,
+    epochs: tuple[int, ...] = FINETUNE_CANDIDATES,
+    progress: bool = True,
+    command: str = "python -m models.pruning",
+) -> dict:
     """Prune, fine-tune, export and document every sparsity; write pruning.json and pruning.md."""
     start = time.perf_counter()
     standard = load_standard()
@@ -105,11 +117,20 @@ def run(out: Path, sparsities: tuple[float, ...] = SPARSITIES, epochs: tuple[int
     example = torch.from_numpy(np.array(x_test[:1]))
     scratch = tempfile.TemporaryDirectory()  # the dense baseline's ONNX is measured, not shipped
     dense_path = export_onnx(standard, example, Path(scratch.name) / "model.onnx")
-    rows = [{"sparsity_requested": 0.0, "sparsity_achieved": sparsity(standard), "finetune_epochs": 0,
-             "test_accuracy_before_finetune": accuracy(standard, x_test, y_test),
-             "test_accuracy": accuracy(standard, x_test, y_test),
-             "nonzero_parameters": nonzero_parameters(standard)[0], "total_parameters": nonzero_parameters(standard)[1],
-             "onnx_bytes": dense_path.stat().st_size, "onnx_gzip_bytes": gzip_size(dense_path), "onnx": None}]
+    rows = [
+        {
+            "sparsity_requested": 0.0,
+            "sparsity_achieved": sparsity(standard),
+            "finetune_epochs": 0,
+            "test_accuracy_before_finetune": accuracy(standard, x_test, y_test),
+            "test_accuracy": accuracy(standard, x_test, y_test),
+            "nonzero_parameters": nonzero_parameters(standard)[0],
+            "total_parameters": nonzero_parameters(standard)[1],
+            "onnx_bytes": dense_path.stat().st_size,
+            "onnx_gzip_bytes": gzip_size(dense_path),
+            "onnx": None,
+        }
+    ]
     scratch.cleanup()
     for target in sparsities:
         model, info = prune_and_finetune(standard, target, epochs, progress)
@@ -121,20 +142,38 @@ def run(out: Path, sparsities: tuple[float, ...] = SPARSITIES, epochs: tuple[int
         onnx_path = export_onnx(model, example, directory / "model.onnx")
         diff = verify_onnx(model, onnx_path, x_test)
         nonzero, total = nonzero_parameters(model)
-        row = {"sparsity_requested": target, "sparsity_achieved": achieved, "finetune_epochs": info["finetune_epochs"],
-               "calibration_accuracy_by_epochs": info["calibration_accuracy_by_epochs"],
-               "test_accuracy_before_finetune": accuracy(info["pruned_only"], x_test, y_test),
-               "test_accuracy": accuracy(model, x_test, y_test), "nonzero_parameters": nonzero,
-               "total_parameters": total, "onnx_bytes": onnx_path.stat().st_size,
-               "onnx_gzip_bytes": gzip_size(onnx_path), "onnx_max_abs_diff": diff,
-               "onnx": str(onnx_path.relative_to(out))}
+        row = {
+            "sparsity_requested": target,
+            "sparsity_achieved": achieved,
+            "finetune_epochs": info["finetune_epochs"],
+            "calibration_accuracy_by_epochs": info["calibration_accuracy_by_epochs"],
+            "test_accuracy_before_finetune": accuracy(info["pruned_only"], x_test, y_test),
+            "test_accuracy": accuracy(model, x_test, y_test),
+            "nonzero_parameters": nonzero,
+            "total_parameters": total,
+            "onnx_bytes": onnx_path.stat().st_size,
+            "onnx_gzip_bytes": gzip_size(onnx_path),
+            "onnx_max_abs_diff": diff,
+            "onnx": str(onnx_path.relative_to(out)),
+        }
         rows.append(row)
         _card(directory, row, onnx_path, command)
-        log.info("sparsity %.2f: test %.4f -> %.4f after %d epochs, gzip %d bytes", target,
-                 row["test_accuracy_before_finetune"], row["test_accuracy"], row["finetune_epochs"],
-                 row["onnx_gzip_bytes"])
-    result = {"command": command, "source": "models/artifacts/digits_fp32.pt", "split": "test",
-              "n_test": len(x_test), "candidates_finetune_epochs": list(epochs), "rows": rows}
+        log.info(
+            "sparsity %.2f: test %.4f -> %.4f after %d epochs, gzip %d bytes",
+            target,
+            row["test_accuracy_before_finetune"],
+            row["test_accuracy"],
+            row["finetune_epochs"],
+            row["onnx_gzip_bytes"],
+        )
+    result = {
+        "command": command,
+        "source": "models/artifacts/digits_fp32.pt",
+        "split": "test",
+        "n_test": len(x_test),
+        "candidates_finetune_epochs": list(epochs),
+        "rows": rows,
+    }
     # Timings stay out of the committed files so a rerun reproduces them exactly.
     (out / "pruning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "pruning.md").write_text("# Global magnitude pruning of `digits`\n\n" + table(rows) + "\n", encoding="utf-8")
@@ -142,48 +181,78 @@ def run(out: Path, sparsities: tuple[float, ...] = SPARSITIES, epochs: tuple[int
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| sparsity (achieved) | fine-tune epochs | test acc. before fine-tune | test acc. after | "
-            "nonzero params | ONNX bytes | gzip ONNX bytes |\n|---|---|---|---|---|---|---|\n")
-    return head + "".join(
-        f"| {r['sparsity_requested']:.2f} ({r['sparsity_achieved']:.4f}) | {r['finetune_epochs']} | "
-        f"{r['test_accuracy_before_finetune']:.4f} | {r['test_accuracy']:.4f} | "
-        f"{r['nonzero_parameters']:,} / {r['total_parameters']:,} | {r['onnx_bytes']:,} | {r['onnx_gzip_bytes']:,} |\n"
-        for r in rows) + ("\nRow 0.00 is the unpruned standard model. Sparsity counts Conv2d/Linear weights; "
-                          "nonzero parameters include biases. Dense ONNX stores the zeros, so only the "
-                          "gzip size shrinks.\n")
+    head = (
+        "| sparsity (achieved) | fine-tune epochs | test acc. before fine-tune | test acc. after | "
+        "nonzero params | ONNX bytes | gzip ONNX bytes |\n|---|---|---|---|---|---|---|\n"
+    )
+    return (
+        head
+        + "".join(
+            f"| {r['sparsity_requested']:.2f} ({r['sparsity_achieved']:.4f}) | {r['finetune_epochs']} | "
+            f"{r['test_accuracy_before_finetune']:.4f} | {r['test_accuracy']:.4f} | "
+            f"{r['nonzero_parameters']:,} / {r['total_parameters']:,} | {r['onnx_bytes']:,} | "
+            f"{r['onnx_gzip_bytes']:,} |\n"
+            for r in rows
+        )
+        + (
+            "\nRow 0.00 is the unpruned standard model. Sparsity counts Conv2d/Linear weights; "
+            "nonzero parameters include biases. Dense ONNX stores the zeros, so only the "
+            "gzip size shrinks.\n"
+        )
+    )
 
 
 def _card(directory: Path, row: dict, onnx_path: Path, command: str) -> None:
     tried = ", ".join(f"{e}: {a:.4f}" for e, a in row["calibration_accuracy_by_epochs"].items())
-    write_card(directory, f"digits_pruned_{round(row['sparsity_requested'] * 100)}: globally pruned digits",
-               f"The standard `digits` model with {row['sparsity_requested']:.0%} of its Conv2d/Linear weights "
-               "zeroed by global L1 magnitude pruning, then fine-tuned with the masks kept.", {
-        "Pruning": ("`torch.nn.utils.prune.global_unstructured` with `L1Unstructured` over every Conv2d and "
-                    f"Linear weight of `models/artifacts/digits_fp32.pt` (biases kept); achieved sparsity "
-                    f"{row['sparsity_achieved']:.4f}, {row['nonzero_parameters']:,} of {row['total_parameters']:,} "
-                    "parameters nonzero. Masks made permanent with `prune.remove` before export."),
-        "Fine-tuning": (f"{row['finetune_epochs']} epochs with `fit(..., model=pruned)`, options "
-                        f"`{TrainOptions(epochs=row['finetune_epochs']).describe()}`. Length chosen on the "
-                        f"calibration split (epochs: calibration accuracy; 0 = pruned, not fine-tuned) {tried}."),
-        "Results": (f"Held-out test accuracy {row['test_accuracy']:.4f} (before fine-tuning "
-                    f"{row['test_accuracy_before_finetune']:.4f}). ONNX max |torch - onnxruntime| "
-                    f"{row['onnx_max_abs_diff']:.2g}; gzip-compressed ONNX {row['onnx_gzip_bytes']:,} bytes."),
-        "Size and latency": size_and_latency(onnx_path),
-        "Recipe": f"`{command}`",
-    })
+    write_card(
+        directory,
+        f"digits_pruned_{round(row['sparsity_requested'] * 100)}: globally pruned digits",
+        f"The standard `digits` model with {row['sparsity_requested']:.0%} of its Conv2d/Linear weights "
+        "zeroed by global L1 magnitude pruning, then fine-tuned with the masks kept.",
+        {
+            "Pruning": (
+                "`torch.nn.utils.prune.global_unstructured` with `L1Unstructured` over every Conv2d and "
+                f"Linear weight of `models/artifacts/digits_fp32.pt` (biases kept); achieved sparsity "
+                f"{row['sparsity_achieved']:.4f}, {row['nonzero_parameters']:,} of {row['total_parameters']:,} "
+                "parameters nonzero. Masks made permanent with `prune.remove` before export."
+            ),
+            "Fine-tuning": (
+                f"{row['finetune_epochs']} epochs with `fit(..., model=pruned)`, options "
+                f"`{TrainOptions(epochs=row['finetune_epochs']).describe()}`. Length chosen on the "
+                f"calibration split (epochs: calibration accuracy; 0 = pruned, not fine-tuned) {tried}."
+            ),
+            "Results": (
+                f"Held-out test accuracy {row['test_accuracy']:.4f} (before fine-tuning "
+                f"{row['test_accuracy_before_finetune']:.4f}). ONNX max |torch - onnxruntime| "
+                f"{row['onnx_max_abs_diff']:.2g}; gzip-compressed ONNX {row['onnx_gzip_bytes']:,} bytes."
+            ),
+            "Size and latency": size_and_latency(onnx_path),
+            "Recipe": f"`{command}`",
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/zoo"))
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
-    parser.add_argument("--finetune-epochs", type=int, nargs="+", default=list(FINETUNE_CANDIDATES),
-                        help="candidate fine-tuning lengths, chosen per sparsity on calibration")
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        nargs="+",
+        default=list(FINETUNE_CANDIDATES),
+        help="candidate fine-tuning lengths, chosen per sparsity on calibration",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    command = ("python -m models.pruning --out " + str(args.out) + " --sparsities "
-               + " ".join(f"{s:g}" for s in args.sparsities) + " --finetune-epochs "
-               + " ".join(str(e) for e in args.finetune_epochs))
+    command = (
+        "python -m models.pruning --out "
+        + str(args.out)
+        + " --sparsities "
+        + " ".join(f"{s:g}" for s in args.sparsities)
+        + " --finetune-epochs "
+        + " ".join(str(e) for e in args.finetune_epochs)
+    )
     result = run(args.out, tuple(args.sparsities), tuple(args.finetune_epochs), command=command)
     print(table(result["rows"]))
     print(f"wall time {result['wall_seconds']:.1f} s")

@@ -34,7 +34,7 @@ ACCURACY_GATE = 0.01  # INT8 top-1 may trail FP32 by at most one point on the he
 
 class _Images(CalibrationDataReader):
     def __init__(self, x: np.ndarray, batch: int = 32):
-        self._batches = iter([{"input": np.ascontiguousarray(x[i:i + batch])} for i in range(0, len(x), batch)])
+        self._batches = iter([{"input": np.ascontiguousarray(x[i : i + batch])} for i in range(0, len(x), batch)])
 
     def get_next(self):
         return next(self._batches, None)
@@ -50,8 +50,15 @@ def quantize_int8(fp32: Path, out: Path, images: np.ndarray) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), _Images(images), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(prepared),
+            str(out),
+            _Images(images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
     return out
 
 
@@ -75,24 +82,35 @@ def compare(fp32: Path, variant: Path, seed: int = 0) -> dict:
     on the same inputs with small Gaussian noise (a stability view of the weight change)."""
     x, y = load_split("test")
     base, other = logits(fp32, x).argmax(1), logits(variant, x).argmax(1)
-    report = {"fp32_accuracy": float((base == y).mean()), "accuracy": float((other == y).mean()),
-              "disagreement": float((base != other).mean()), "noise": {}}
+    report = {
+        "fp32_accuracy": float((base == y).mean()),
+        "accuracy": float((other == y).mean()),
+        "disagreement": float((base != other).mean()),
+        "noise": {},
+    }
     rng = np.random.default_rng(seed)
     for sigma in NOISE_SIGMAS:
         noisy = np.clip(x + rng.normal(0.0, sigma, x.shape), 0.0, 1.0).astype(np.float32)
         b, o = logits(fp32, noisy).argmax(1), logits(variant, noisy).argmax(1)
-        report["noise"][str(sigma)] = {"fp32_accuracy": float((b == y).mean()), "accuracy": float((o == y).mean()),
-                                       "disagreement": float((b != o).mean())}
+        report["noise"][str(sigma)] = {
+            "fp32_accuracy": float((b == y).mean()),
+            "accuracy": float((o == y).mean()),
+            "disagreement": float((b != o).mean()),
+        }
     return report
 
 
 def comparison_table(name: str, report: dict) -> str:
     rows = [f"| clean | {report['fp32_accuracy']:.4f} | {report['accuracy']:.4f} | {report['disagreement']:.4f} |"]
-    rows += [f"| Gaussian sigma {s} | {r['fp32_accuracy']:.4f} | {r['accuracy']:.4f} | {r['disagreement']:.4f} |"
-             for s, r in report["noise"].items()]
-    return (f"Held-out test split (360 samples). Disagreement: share of inputs where {name} and FP32 predict "
-            f"different classes.\n\n| inputs | FP32 accuracy | {name} accuracy | disagreement |\n|---|---|---|---|\n"
-            + "\n".join(rows))
+    rows += [
+        f"| Gaussian sigma {s} | {r['fp32_accuracy']:.4f} | {r['accuracy']:.4f} | {r['disagreement']:.4f} |"
+        for s, r in report["noise"].items()
+    ]
+    return (
+        f"Held-out test split (360 samples). Disagreement: share of inputs where {name} and FP32 predict "
+        f"different classes.\n\n| inputs | FP32 accuracy | {name} accuracy | disagreement |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
 
 
 def _transfer_robustness(onnx_path: Path) -> str:
@@ -121,43 +139,65 @@ def main(argv: list[str] | None = None) -> None:
     int8 = quantize_int8(fp32, args.out / "model.onnx", calibration_images(args.calibration_images))
     int8_report = compare(fp32, int8)
     if int8_report["accuracy"] < int8_report["fp32_accuracy"] - ACCURACY_GATE:
-        raise SystemExit(f"INT8 accuracy {int8_report['accuracy']:.4f} fails the gate "
-                         f"(FP32 {int8_report['fp32_accuracy']:.4f} - {ACCURACY_GATE})")
+        raise SystemExit(
+            f"INT8 accuracy {int8_report['accuracy']:.4f} fails the gate "
+            f"(FP32 {int8_report['fp32_accuracy']:.4f} - {ACCURACY_GATE})"
+        )
     calibration, calibration_text = calibrate_demo(args.out)
     fp16 = convert_fp16(fp32, args.fp16_out / "model.onnx")
     fp16_report = compare(fp32, fp16)
     (args.out / "quantization.json").write_text(json.dumps({"int8": int8_report, "fp16": fp16_report}, indent=2) + "\n")
-    command = ("python -m models.quantize" if argv is None else "python -m models.quantize " + " ".join(argv))
+    command = "python -m models.quantize" if argv is None else "python -m models.quantize " + " ".join(argv)
     common = {
         "Source": f"`{args.fp32.relative_to(REPO_ROOT) if args.fp32.is_relative_to(REPO_ROOT) else args.fp32}"
-                  "/model.onnx`, the FP32 `digits` model (see its MODEL_CARD.md for training).",
+        "/model.onnx`, the FP32 `digits` model (see its MODEL_CARD.md for training).",
     }
-    write_card(args.out, "digits (INT8): the shipped demo model", (
-        "The FP32 digits CNN quantized to INT8 with ONNX Runtime static quantization, QDQ format "
-        f"(per-channel INT8 weights, UINT8 activations, ranges calibrated on {args.calibration_images} "
-        "seeded training images). This is what `guard serve` protects by default; `digits_fp32` stays "
-        "in the repository for comparison."), {
-        **common,
-        "Accuracy and stability": comparison_table("INT8", int8_report)
-        + f"\n\nGate: INT8 top-1 within {ACCURACY_GATE:.0%} of FP32 on the held-out split (enforced by "
-          "the recipe and by `tests/models/test_quantization.py`).",
-        "Robust accuracy": _transfer_robustness(int8),
-        "Size and latency": size_and_latency(int8) + "\n\nFP32 for comparison: " + size_and_latency(fp32),
-        "Guard calibration": calibration_text,
-        "Reproduce": f"From the repository root, after `python -m models.digits --out models/repository/digits_fp32`:"
-                     f"\n\n```\n{command}\n```",
-    })
-    write_card(args.fp16_out, "digits (FP16)", (
-        "The FP32 digits CNN with FP16 weights and compute (FP32 input and output kept), converted with "
-        "onnxruntime.transformers.float16. Mainly for GPU execution providers; on CPU, ONNX Runtime "
-        "casts around operators without FP16 kernels."), {
-        **common, "Accuracy and stability": comparison_table("FP16", fp16_report),
-        "Robust accuracy": _transfer_robustness(fp16),
-        "Size and latency": size_and_latency(fp16),
-        "Reproduce": f"```\n{command}\n```"})
-    log.info("INT8 accuracy %.4f (FP32 %.4f), disagreement %.4f; FP16 accuracy %.4f; held-out flag rate %.4f",
-             int8_report["accuracy"], int8_report["fp32_accuracy"], int8_report["disagreement"],
-             fp16_report["accuracy"], calibration["holdout_fpr"])
+    write_card(
+        args.out,
+        "digits (INT8): the shipped demo model",
+        (
+            "The FP32 digits CNN quantized to INT8 with ONNX Runtime static quantization, QDQ format "
+            f"(per-channel INT8 weights, UINT8 activations, ranges calibrated on {args.calibration_images} "
+            "seeded training images). This is what `guard serve` protects by default; `digits_fp32` stays "
+            "in the repository for comparison."
+        ),
+        {
+            **common,
+            "Accuracy and stability": comparison_table("INT8", int8_report)
+            + f"\n\nGate: INT8 top-1 within {ACCURACY_GATE:.0%} of FP32 on the held-out split (enforced by "
+            "the recipe and by `tests/models/test_quantization.py`).",
+            "Robust accuracy": _transfer_robustness(int8),
+            "Size and latency": size_and_latency(int8) + "\n\nFP32 for comparison: " + size_and_latency(fp32),
+            "Guard calibration": calibration_text,
+            "Reproduce": f"From the repository root, after `python -m models.digits --out "
+            "models/repository/digits_fp32`:"
+            f"\n\n```\n{command}\n```",
+        },
+    )
+    write_card(
+        args.fp16_out,
+        "digits (FP16)",
+        (
+            "The FP32 digits CNN with FP16 weights and compute (FP32 input and output kept), converted with "
+            "onnxruntime.transformers.float16. Mainly for GPU execution providers; on CPU, ONNX Runtime "
+            "casts around operators without FP16 kernels."
+        ),
+        {
+            **common,
+            "Accuracy and stability": comparison_table("FP16", fp16_report),
+            "Robust accuracy": _transfer_robustness(fp16),
+            "Size and latency": size_and_latency(fp16),
+            "Reproduce": f"```\n{command}\n```",
+        },
+    )
+    log.info(
+        "INT8 accuracy %.4f (FP32 %.4f), disagreement %.4f; FP16 accuracy %.4f; held-out flag rate %.4f",
+        int8_report["accuracy"],
+        int8_report["fp32_accuracy"],
+        int8_report["disagreement"],
+        fp16_report["accuracy"],
+        calibration["holdout_fpr"],
+    )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,12 @@ def rebuild(scratch: Path) -> None:
 
 def compare(scratch: Path) -> dict[str, list[str]]:
     shipped, rebuilt = files(ROOT), files(scratch)
-    return {"identical": sorted(k for k in shipped if rebuilt.get(k) == shipped[k]),
-            "changed": sorted(k for k in shipped if k in rebuilt and rebuilt[k] != shipped[k]),
-            "new": sorted(set(rebuilt) - set(shipped)),
-            "not rebuilt": sorted(set(shipped) - set(rebuilt))}
+    return {
+        "identical": sorted(k for k in shipped if rebuilt.get(k) == shipped[k]),
+        "changed": sorted(k for k in shipped if k in rebuilt and rebuilt[k] != shipped[k]),
+        "new": sorted(set(rebuilt) - set(shipped)),
+        "not rebuilt": sorted(set(shipped) - set(rebuilt)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         rebuild(args.scratch)
     result = compare(args.scratch)
     (args.scratch / "rebuild.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"rebuild: {len(result['identical'])} shipped files identical, {len(result['changed'])} differ, "
-          f"{len(result['new'])} new, {len(result['not rebuilt'])} not rebuilt (list: {args.scratch / 'rebuild.json'})")
+    print(
+        f"rebuild: {len(result['identical'])} shipped files identical, {len(result['changed'])} differ, "
+        f"{len(result['new'])} new, {len(result['not rebuilt'])} not rebuilt (list: {args.scratch / 'rebuild.json'})"
+    )
     for name in result["changed"] + result["new"]:
         print(("  would change " if not args.install else "  installing ") + name)
     if args.install:

@@ -32,8 +32,11 @@ SPLITS = ("train", "calibration", "test")
 def poisoned_train_npz(model_dir: Path, path: Path) -> Path:
     """The train split as `model_dir`'s backdoored model saw it (models.backdoor.poisoned_train_set)."""
     poison = json.loads((model_dir / "poison.json").read_text())
-    x, y = poisoned_train_set(load_trigger(model_dir / "trigger.npz"),
-                              np.asarray(poison["train_indices"], dtype=np.int64), int(poison["target"]))
+    x, y = poisoned_train_set(
+        load_trigger(model_dir / "trigger.npz"),
+        np.asarray(poison["train_indices"], dtype=np.int64),
+        int(poison["target"]),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         np.savez(f, x=x, y=y)

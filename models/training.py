@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.attacks import pgd
+from guard.tools.evaluation.pgd import untargeted_pgd
 from models.digits_net import DigitsNet
 from models.train_utils import random_shift, seed_everything, single_thread
 
@@ -45,8 +45,14 @@ class TrainOptions:
         return asdict(self)
 
 
-def fit(x: np.ndarray, y: np.ndarray, options: TrainOptions, model: torch.nn.Module | None = None,
-        progress: bool = True, desc: str = "training") -> torch.nn.Module:
+def fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    options: TrainOptions,
+    model: torch.nn.Module | None = None,
+    progress: bool = True,
+    desc: str = "training",
+) -> torch.nn.Module:
     """Train `model` (a new DigitsNet if None) on (x, y); bit-reproducible for a given seed and CPU."""
     seed_everything(options.seed)
     model = model if model is not None else DigitsNet(dropout=options.dropout)
@@ -59,7 +65,8 @@ def fit(x: np.ndarray, y: np.ndarray, options: TrainOptions, model: torch.nn.Mod
             for batch in torch.randperm(len(xt), generator=gen).split(options.batch_size):
                 inputs, labels = random_shift(xt[batch], gen, options.max_shift), yt[batch]
                 if options.adv_eps > 0:
-                    adversarial = pgd(model, inputs, labels, options.adv_eps, options.adv_steps, step, gen=gen)
+                    model.eval()  # batch statistics and dropout must not see the attack
+                    adversarial = untargeted_pgd(model, inputs, labels, options.adv_eps, options.adv_steps, step, gen)
                     model.train()
                     loss = F.cross_entropy(model(adversarial), labels)
                     if options.adv_lambda is not None:

@@ -79,9 +79,19 @@ def run(epochs: int, samples: int, seed: int, work: Path) -> dict:
     onnx_path = export_onnx(model, torch.from_numpy(np.array(x_test[:1])), work / "backdoored.onnx")
     x_cal, y_cal = load_split("calibration")
     pick = np.sort(np.random.default_rng(seed).choice(len(x_cal), size=min(samples, len(x_cal)), replace=False))
-    reports = {name: calibrate_model(onnx_path, name, work / "repository", x_cal[pick], y_cal[pick],
-                                     holdout=(x_test, y_test), seed=seed, detectors=tables)
-               for name, tables in CONFIGURATIONS.items()}
+    reports = {
+        name: calibrate_model(
+            onnx_path,
+            name,
+            work / "repository",
+            x_cal[pick],
+            y_cal[pick],
+            holdout=(x_test, y_test),
+            seed=seed,
+            detectors=tables,
+        )
+        for name, tables in CONFIGURATIONS.items()
+    }
     others = y_test != TARGET
     triggered = trigger.apply(x_test[others])
     with torch.no_grad():
@@ -92,17 +102,26 @@ def run(epochs: int, samples: int, seed: int, work: Path) -> dict:
             clean, attacked = verdicts(srv.grpc_url, name, x_test), verdicts(srv.grpc_url, name, triggered)
             clean_flags = int((clean != "clean").sum())
             rows[name] = {
-                "detectors": sorted(report["thresholds"]), "ensemble": report["ensemble"]["method"],
+                "detectors": sorted(report["thresholds"]),
+                "ensemble": report["ensemble"]["method"],
                 "triggered_flagged": float((attacked != "clean").mean()),
                 "successful_triggered_flagged": float((attacked[success] != "clean").mean()) if success.any() else None,
                 "clean_flag_rate": clean_flags / len(clean),
                 "clean_flag_rate_upper_95": upper_bound(clean_flags, len(clean)),
                 "trigger_verdicts": {v: int((attacked == v).sum()) for v in np.unique(attacked)},
             }
-    return {"trigger": "sinusoid (amplitude 0.12, 3 cycles, horizontal)", "target": TARGET, "epochs": epochs,
-            "seed": seed, "n_calibration": len(pick), "attack_success": float(success.mean()),
-            "n_triggered": int(len(triggered)), "n_successful": int(success.sum()), "n_clean": len(x_test),
-            "configurations": rows}
+    return {
+        "trigger": "sinusoid (amplitude 0.12, 3 cycles, horizontal)",
+        "target": TARGET,
+        "epochs": epochs,
+        "seed": seed,
+        "n_calibration": len(pick),
+        "attack_success": float(success.mean()),
+        "n_triggered": int(len(triggered)),
+        "n_successful": int(success.sum()),
+        "n_clean": len(x_test),
+        "configurations": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

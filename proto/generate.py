@@ -78,8 +78,11 @@ def check() -> list[str]:
         path = PACKAGE_DIR / name
         current = path.read_text() if path.exists() else ""
         if current != text:
-            diffs.extend(difflib.unified_diff(current.splitlines(), text.splitlines(),
-                                              f"committed/{name}", f"fresh/{name}", lineterm=""))
+            diffs.extend(
+                difflib.unified_diff(
+                    current.splitlines(), text.splitlines(), f"committed/{name}", f"fresh/{name}", lineterm=""
+                )
+            )
     return diffs
 
 

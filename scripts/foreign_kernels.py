@@ -9,8 +9,11 @@ import platform
 
 import torch
 
-LOWER = {"AVX512": ("avx2", "AVX2", "AVX2"), "AVX512_BF16": ("avx2", "AVX2", "AVX2"),
-         "AVX2": ("default", "SSE41", "SSE4_2")}
+LOWER = {
+    "AVX512": ("avx2", "AVX2", "AVX2"),
+    "AVX512_BF16": ("avx2", "AVX2", "AVX2"),
+    "AVX2": ("default", "SSE41", "SSE4_2"),
+}
 
 
 def main() -> None:

@@ -37,32 +37,55 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS: dict[str, tuple[str, ...]] = {
     "guard/serving/policy.py": ("tests/serving/test_policy.py", "tests/serving/test_verdicts_live.py"),
     "guard/serving/dataplane.py": ("tests/serving", "tests/serving/transport"),
-    "guard/serving/batching.py": ("tests/serving/test_batching.py", "tests/serving/test_admission.py",
-                                  "tests/serving/transport"),
-    "guard/serving/queueing.py": ("tests/serving/test_batching.py", "tests/serving/test_cameras.py",
-                                  "tests/serving/test_admission.py"),
+    "guard/serving/batching.py": (
+        "tests/serving/test_batching.py",
+        "tests/serving/test_admission.py",
+        "tests/serving/transport",
+    ),
+    "guard/serving/queueing.py": (
+        "tests/serving/test_batching.py",
+        "tests/serving/test_cameras.py",
+        "tests/serving/test_admission.py",
+    ),
     "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport"),
     "guard/serving/validation.py": ("tests/serving/transport", "tests/serving"),
-    "guard/serving/host_calibration.py": ("tests/serving/test_host_calibration.py",
-                                          "tests/models/test_quantization.py"),
+    "guard/serving/host_calibration.py": (
+        "tests/serving/test_host_calibration.py",
+        "tests/models/test_quantization.py",
+    ),
     # The detection modules run against the serving tests that reach them, not all of
     # tests/serving: a survivor runs every listed test, and the whole serving suite made one
     # module take hours.
-    "guard/detection/pipeline.py": ("tests/detection", "tests/serving/test_image_ingest.py",
-                                    "tests/serving/test_metrics.py", "tests/serving/test_shapes.py",
-                                    "tests/tools/test_calibrate_dir.py", "tests/serving/test_verdicts_live.py",
-                                    "tests/serving/test_failures.py", "tests/serving/test_host_calibration.py",
-                                    "tests/backends/test_torch_backend.py"),
-    "guard/detection/verdicts.py": ("tests/detection", "tests/serving/test_verdicts_live.py",
-                                    "tests/serving/test_policy.py", "tests/serving/test_failures.py"),
-    "guard/detection/ensemble.py": ("tests/detection", "tests/serving/test_verdicts_live.py",
-                                    "tests/serving/test_host_calibration.py"),
+    "guard/detection/pipeline.py": (
+        "tests/detection",
+        "tests/serving/test_image_ingest.py",
+        "tests/serving/test_metrics.py",
+        "tests/serving/test_shapes.py",
+        "tests/tools/test_calibrate_dir.py",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_failures.py",
+        "tests/serving/test_host_calibration.py",
+        "tests/backends/test_torch_backend.py",
+    ),
+    "guard/detection/verdicts.py": (
+        "tests/detection",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_failures.py",
+    ),
+    "guard/detection/ensemble.py": (
+        "tests/detection",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_host_calibration.py",
+    ),
     "guard/detection/thresholds.py": ("tests/detection",),
     "guard/detection/bounds.py": ("tests/detection",),
     "guard/protocol/codec.py": ("tests/serving/transport", "tests/serving", "tests/protocol"),
-    "guard/backends/remote/circuit.py": ("tests/backends/remote/test_circuit.py",
-                                         "tests/backends/remote/test_blackhole.py",
-                                         "tests/backends/remote/test_faults.py"),
+    "guard/backends/remote/circuit.py": (
+        "tests/backends/remote/test_circuit.py",
+        "tests/backends/remote/test_blackhole.py",
+        "tests/backends/remote/test_faults.py",
+    ),
 }
 
 # Survivors no test can kill because the program behaves the same: (module, the mutated line as
@@ -80,33 +103,70 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     (_PIPELINE, "guarded = torch.cat([x, *extra]) if copies >= 1 else x", _ONE_COPY),
     (_PIPELINE, "return value.repeat(copies, *[1] * (value.dim() - 1)) if copies >= 1 else value", _ONE_COPY),
     (_PIPELINE, "return np.concatenate([value] * copies) if copies >= 1 else value", _ONE_COPY),
-    (_BOUNDS, "deleted: @functools.cache / def allowed_exceedances(n: int, target: float, confidence: float = "
-     "DEFAULT_CONFIDENCE) -> int:", "a cache: the same answers, computed again"),
-    (_BOUNDS, "if beta.cdf(target, c + 1, n - c) <= confidence:",
-     "a continuous distribution function equals the confidence exactly on no count that occurs"),
-    (_BOUNDS, "continue", "the Beta probability falls as c grows: after the first count that fails, every later "
-     "one fails too, so looking on changes nothing"),
+    (
+        _BOUNDS,
+        "deleted: @functools.cache / def allowed_exceedances(n: int, target: float, confidence: float = "
+        "DEFAULT_CONFIDENCE) -> int:",
+        "a cache: the same answers, computed again",
+    ),
+    (
+        _BOUNDS,
+        "if beta.cdf(target, c + 1, n - c) <= confidence:",
+        "a continuous distribution function equals the confidence exactly on no count that occurs",
+    ),
+    (
+        _BOUNDS,
+        "continue",
+        "the Beta probability falls as c grows: after the first count that fails, every later "
+        "one fails too, so looking on changes nothing",
+    ),
     (_THRESHOLDS, "MIN_THRESHOLD = 2e-09", "a floor for scores that are numerical noise: any tiny value serves"),
     (_THRESHOLDS, "@dataclass(frozen=False)", "nothing assigns to a Calibration after it is made"),
-    (_THRESHOLDS, "while allowed >= 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:",
-     "no exceedances flag nothing, which is always within the target: the loop stops at 0 either way"),
-    (_THRESHOLDS, "if budget[name] > n:  # already allowed to flag every sample (scores under MIN_THRESHOLD flag none)",
-     "a budget of n and of n + 1 give the same threshold (every score above the floor flags)"),
-    (_ENSEMBLE, "min_p_threshold: float & None = None",
-     "an annotation: never evaluated under `from __future__ import annotations`"),
-    (_ENSEMBLE, "deleted: @staticmethod / "
-     "def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:",
-     "_count_at_least is only called through the class, where a plain function takes the same arguments"),
-    (_ENSEMBLE, "m = min(max(int(cls.TAIL_FRACTION * n), 1), n + 1)",
-     "the cap binds only below 2 references, which fit refuses"),
-    (_ENSEMBLE, "return u, max(float(np.mean(reference[n - m:] - u)), 2e-12), m",
-     "a floor against dividing by zero where the tail scores all tie; any tiny floor underflows alike"),
-    (_ENSEMBLE, "upper = torch.searchsorted(reference, s.detach()).clamp(1, n + 1)",
-     "s is clamped to the largest reference first, so the index never exceeds n - 1"),
-    (_ENSEMBLE, "weight = (s - lo) / (hi - lo).clamp_min(2e-12)",
-     "hi - lo is 0 only where s == lo == hi, and the weight is 0 whatever the floor"),
-    (_VERDICTS, "if span.stop + span.start == 1:",
-     "a fast path for 1-row requests: the general path gives the same verdict for every span"),
+    (
+        _THRESHOLDS,
+        "while allowed >= 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:",
+        "no exceedances flag nothing, which is always within the target: the loop stops at 0 either way",
+    ),
+    (
+        _THRESHOLDS,
+        "if budget[name] > n:  # already allowed to flag every sample (scores under MIN_THRESHOLD flag none)",
+        "a budget of n and of n + 1 give the same threshold (every score above the floor flags)",
+    ),
+    (
+        _ENSEMBLE,
+        "min_p_threshold: float & None = None",
+        "an annotation: never evaluated under `from __future__ import annotations`",
+    ),
+    (
+        _ENSEMBLE,
+        "deleted: @staticmethod / def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:",
+        "_count_at_least is only called through the class, where a plain function takes the same arguments",
+    ),
+    (
+        _ENSEMBLE,
+        "m = min(max(int(cls.TAIL_FRACTION * n), 1), n + 1)",
+        "the cap binds only below 2 references, which fit refuses",
+    ),
+    (
+        _ENSEMBLE,
+        "return u, max(float(np.mean(reference[n - m:] - u)), 2e-12), m",
+        "a floor against dividing by zero where the tail scores all tie; any tiny floor underflows alike",
+    ),
+    (
+        _ENSEMBLE,
+        "upper = torch.searchsorted(reference, s.detach()).clamp(1, n + 1)",
+        "s is clamped to the largest reference first, so the index never exceeds n - 1",
+    ),
+    (
+        _ENSEMBLE,
+        "weight = (s - lo) / (hi - lo).clamp_min(2e-12)",
+        "hi - lo is 0 only where s == lo == hi, and the weight is 0 whatever the floor",
+    ),
+    (
+        _VERDICTS,
+        "if span.stop + span.start == 1:",
+        "a fast path for 1-row requests: the general path gives the same verdict for every span",
+    ),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "XXclosedXX", "open", "half_open"', _NAMES),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "XXopenXX", "half_open"', _NAMES),
     (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "open", "XXhalf_openXX"', _NAMES),
@@ -114,20 +174,37 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     (_CIRCUIT, "def __init__(self, failures: int = 3, reset_s: float = 1.25, clock=time.monotonic):", _DEFAULTS),
     (_CIRCUIT, "self._opened_at = 1.0", "read only while open, and opening sets it first"),
     (_CIRCUIT, "self._opened_at = None", "read only while open, and opening sets it first"),
-    (_CIRCUIT, "state = None  # the common case without the lock: a closed circuit",
-     "a fast path: the locked path below gives the same answer"),
-    (_CIRCUIT, "if self._state != CLOSED and not self._failures:",
-     "a fast path: open and half-open always have failures counted, and the locked path resets the same"),
+    (
+        _CIRCUIT,
+        "state = None  # the common case without the lock: a closed circuit",
+        "a fast path: the locked path below gives the same answer",
+    ),
+    (
+        _CIRCUIT,
+        "if self._state != CLOSED and not self._failures:",
+        "a fast path: open and half-open always have failures counted, and the locked path resets the same",
+    ),
 ]
 
-STATUSES = {"ok_killed": "killed", "bad_timeout": "timeout", "ok_suspicious": "suspicious",
-            "bad_survived": "survived", "skipped": "skipped", "untested": "untested"}
+STATUSES = {
+    "ok_killed": "killed",
+    "bad_timeout": "timeout",
+    "ok_suspicious": "suspicious",
+    "bad_survived": "survived",
+    "skipped": "skipped",
+    "untested": "untested",
+}
 
 
 def scratch_copy(destination: Path) -> None:
     """Tracked and untracked (not ignored) files of the checkout, as they are now."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -142,8 +219,18 @@ def existing(tests: tuple[str, ...]) -> list[str]:
 
 def pytest_arguments(tests: tuple[str, ...], deselect: tuple[str, ...] = ()) -> list[str]:
     """Stop at the first failure, in file order, with no random order and no cache."""
-    return ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-o", "addopts=",
-            *[part for test in deselect for part in ("--deselect", test)], *existing(tests)]
+    return [
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-o",
+        "addopts=",
+        *[part for test in deselect for part in ("--deselect", test)],
+        *existing(tests),
+    ]
 
 
 def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tuple[str, ...] = ()) -> dict:
@@ -153,28 +240,59 @@ def run_module(module: str, tests: tuple[str, ...], log_dir: Path, deselect: tup
         scratch_copy(work)
         # mutmut 2.x counts only exit code 1 as failing tests: a mutant that breaks an import
         # (pytest exits 2 or 4 at collection) would be reported as a survivor. Any failure -> 1.
-        runner = (f"{sys.executable} -c 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)' "
-                  + " ".join(pytest_arguments(tests, deselect)))
+        runner = (
+            f"{sys.executable} -c 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)' "
+            + " ".join(pytest_arguments(tests, deselect))
+        )
         started = time.monotonic()
         log = (log_dir / (module.replace("/", "_") + ".log")).open("w")
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", module, "--runner", runner,
-                        "--no-progress", "--simple-output"], cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mutmut",
+                "run",
+                "--paths-to-mutate",
+                module,
+                "--runner",
+                runner,
+                "--no-progress",
+                "--simple-output",
+            ],
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         seconds = time.monotonic() - started
         with sqlite3.connect(work / ".mutmut-cache") as db:
-            rows = db.execute("SELECT mutant.id, mutant.status, line.line_number FROM mutant "
-                              "JOIN line ON mutant.line = line.id").fetchall()
+            rows = db.execute(
+                "SELECT mutant.id, mutant.status, line.line_number FROM mutant JOIN line ON mutant.line = line.id"
+            ).fetchall()
         survivors = []
         for mutant_id, status, number in rows:
             if status in ("bad_survived", "ok_suspicious", "untested", "skipped"):
-                diff = subprocess.run([sys.executable, "-m", "mutmut", "show", str(mutant_id)], cwd=work,
-                                      capture_output=True, text=True).stdout.strip()
-                survivors.append({"id": mutant_id, "status": STATUSES[status], "line": number + 1,
-                                  "diff": diff, "equivalent": equivalence(module, diff)})
+                diff = subprocess.run(
+                    [sys.executable, "-m", "mutmut", "show", str(mutant_id)], cwd=work, capture_output=True, text=True
+                ).stdout.strip()
+                survivors.append(
+                    {
+                        "id": mutant_id,
+                        "status": STATUSES[status],
+                        "line": number + 1,
+                        "diff": diff,
+                        "equivalent": equivalence(module, diff),
+                    }
+                )
         counts: dict[str, int] = {}
         for _, status, _ in rows:
             counts[STATUSES[status]] = counts.get(STATUSES[status], 0) + 1
-        return {"module": module, "tests": list(existing(tests)), "counts": counts, "seconds": round(seconds),
-                "survivors": survivors}
+        return {
+            "module": module,
+            "tests": list(existing(tests)),
+            "counts": counts,
+            "seconds": round(seconds),
+            "survivors": survivors,
+        }
 
 
 def equivalence(module: str, diff: str) -> str | None:
@@ -183,8 +301,11 @@ def equivalence(module: str, diff: str) -> str | None:
     lines = diff.splitlines()
     added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
     if not added:  # named with the line after it: "@staticmethod" alone could be any of several
-        added = [f"deleted: {line[1:].strip()} / {after.strip()}" for line, after in zip(lines, lines[1:] + [""])
-                 if line.startswith("-") and not line.startswith("---")]
+        added = [
+            f"deleted: {line[1:].strip()} / {after.strip()}"
+            for line, after in zip(lines, lines[1:] + [""])
+            if line.startswith("-") and not line.startswith("---")
+        ]
     for where, text, why in EQUIVALENT:
         if where == module and any(text == line for line in added):
             return why
@@ -201,8 +322,10 @@ def score(result: dict) -> tuple[int, int, int]:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| module | mutants | killed | timeout | survived | equivalent | score "
-             "| score without equivalents | minutes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| module | mutants | killed | timeout | survived | equivalent | score | score without equivalents | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     all_detected = all_equivalent = all_total = 0
     for r in results:
         detected, equivalent, total = score(r)
@@ -210,12 +333,16 @@ def markdown(results: list[dict]) -> str:
         all_equivalent += equivalent
         all_total += total
         c = r["counts"]
-        lines.append(f"| {r['module']} | {total} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
-                     f"{total - detected} | {equivalent} | {detected / max(total, 1):.1%} | "
-                     f"{detected / max(total - equivalent, 1):.1%} | {r['seconds'] / 60:.0f} |")
-    lines.append(f"| **all** | {all_total} | | | {all_total - all_detected} | {all_equivalent} | "
-                 f"**{all_detected / max(all_total, 1):.1%}** | "
-                 f"**{all_detected / max(all_total - all_equivalent, 1):.1%}** | |")
+        lines.append(
+            f"| {r['module']} | {total} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
+            f"{total - detected} | {equivalent} | {detected / max(total, 1):.1%} | "
+            f"{detected / max(total - equivalent, 1):.1%} | {r['seconds'] / 60:.0f} |"
+        )
+    lines.append(
+        f"| **all** | {all_total} | | | {all_total - all_detected} | {all_equivalent} | "
+        f"**{all_detected / max(all_total, 1):.1%}** | "
+        f"**{all_detected / max(all_total - all_equivalent, 1):.1%}** | |"
+    )
     for r in results:
         if not r["survivors"]:
             continue
@@ -234,7 +361,7 @@ def mutated(text: str, survivor: dict) -> str | None:
     source = text.splitlines(keepends=True)
     for i in sorted(range(len(source)), key=lambda j: abs(j - (survivor["line"] - 1))):
         if source[i].rstrip("\n") == old[0]:
-            source[i:i + len(old)] = [line + "\n" for line in new]
+            source[i : i + len(old)] = [line + "\n" for line in new]
             return "".join(source)
     return None
 
@@ -259,31 +386,45 @@ def recheck_module(result: dict, deselect: tuple[str, ...]) -> dict:
                 outcome["gone"].append(survivor["id"])
                 continue
             path.write_text(text)
-            failed = subprocess.run([sys.executable, "-m", "pytest", *pytest_arguments(tests, deselect)], cwd=work,
-                                    capture_output=True).returncode != 0
+            failed = (
+                subprocess.run(
+                    [sys.executable, "-m", "pytest", *pytest_arguments(tests, deselect)], cwd=work, capture_output=True
+                ).returncode
+                != 0
+            )
             outcome["killed" if failed else "surviving"].append(survivor["id"])
             path.write_text(original)
     counts = result["counts"]
     total = sum(counts.values()) - len(outcome["gone"])
     detected = counts.get("killed", 0) + counts.get("timeout", 0) + len(outcome["killed"])
-    outcome.update(mutants=total, detected=detected, score=detected / max(total, 1),
-                   score_without_equivalents=detected / max(total - len(outcome["equivalent"]), 1))
+    outcome.update(
+        mutants=total,
+        detected=detected,
+        score=detected / max(total, 1),
+        score_without_equivalents=detected / max(total - len(outcome["equivalent"]), 1),
+    )
     return outcome
 
 
 def recheck_markdown(outcomes: list[dict]) -> str:
-    lines = ["| module | mutants | killed | equivalent | surviving | score | without equivalents |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| module | mutants | killed | equivalent | surviving | score | without equivalents |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for o in outcomes:
-        lines.append(f"| {o['module']} | {o['mutants']} | {o['detected']} | {len(o['equivalent'])} | "
-                     f"{len(o['surviving'])} (ids {', '.join(map(str, o['surviving'])) or '-'}) | {o['score']:.1%} | "
-                     f"{o['score_without_equivalents']:.1%} |")
+        lines.append(
+            f"| {o['module']} | {o['mutants']} | {o['detected']} | {len(o['equivalent'])} | "
+            f"{len(o['surviving'])} (ids {', '.join(map(str, o['surviving'])) or '-'}) | {o['score']:.1%} | "
+            f"{o['score_without_equivalents']:.1%} |"
+        )
     total = sum(o["mutants"] for o in outcomes)
     detected = sum(o["detected"] for o in outcomes)
     equivalent = sum(len(o["equivalent"]) for o in outcomes)
-    lines.append(f"| **all** | {total} | {detected} | {equivalent} | "
-                 f"{sum(len(o['surviving']) for o in outcomes)} | **{detected / max(total, 1):.1%}** | "
-                 f"**{detected / max(total - equivalent, 1):.1%}** |")
+    lines.append(
+        f"| **all** | {total} | {detected} | {equivalent} | "
+        f"{sum(len(o['surviving']) for o in outcomes)} | **{detected / max(total, 1):.1%}** | "
+        f"**{detected / max(total - equivalent, 1):.1%}** |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -292,12 +433,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", help="comma-separated module stems or paths (default: every target)")
     parser.add_argument("--jobs", type=int, default=2, help="modules mutated at the same time")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "mutation")
-    parser.add_argument("--deselect", action="append", default=[], metavar="TEST_ID",
-                        help="leave out a test whose unmutated run fails on this host "
-                        "(mutmut needs a passing baseline)")
-    parser.add_argument("--recheck", type=Path, metavar="RESULTS_JSON",
-                        help="instead of mutating: run the survivors of an earlier pass's results.json again "
-                             "against the tests as they are now (writes recheck.json and recheck.md in --out)")
+    parser.add_argument(
+        "--deselect",
+        action="append",
+        default=[],
+        metavar="TEST_ID",
+        help="leave out a test whose unmutated run fails on this host (mutmut needs a passing baseline)",
+    )
+    parser.add_argument(
+        "--recheck",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="instead of mutating: run the survivors of an earlier pass's results.json again "
+        "against the tests as they are now (writes recheck.json and recheck.md in --out)",
+    )
     args = parser.parse_args(argv)
     if args.recheck:
         earlier = [r for r in json.loads(args.recheck.read_text()) if r["module"] in TARGETS]

@@ -1,6 +1,8 @@
-"""The package's layering and lint, checked by their own tools on every run: import-linter against
-the contracts in pyproject.toml (guard.protocol < guard.backends < guard.detection < guard.serving
-< guard.tools; the library never imports models/, benchmarks/ or tests/), and ruff."""
+"""The package's layering, lint and types, checked by their own tools on every run: import-linter
+against the contracts in pyproject.toml (guard.protocol < guard.backends < guard.detection <
+guard.serving < guard.tools; the library never imports models/, benchmarks/ or tests/), ruff (lint
+and format), and mypy with the [tool.mypy] settings there (guard.protocol and guard.detection
+under --strict)."""
 
 import shutil
 import subprocess
@@ -27,3 +29,17 @@ def test_import_contracts_are_kept():
 def test_ruff_is_clean():
     result = run("ruff", "check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_code_is_formatted():
+    # `ruff format` was applied to the whole tree once; this keeps it that way.
+    result = run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean():
+    # The files and settings are [tool.mypy]'s; /dev/null as the cache: the suite writes nothing into
+    # the checkout (like lint-imports --no-cache above).
+    result = run("mypy", "--cache-dir", "/dev/null")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Success: no issues found"), result.stdout

@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
     try:
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
     except grpc.RpcError as exc:
         print(f"{address} service {service!r}: {exc.code().name} {exc.details() or ''}".rstrip(), file=sys.stderr)
         return 1

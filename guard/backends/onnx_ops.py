@@ -4,11 +4,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import onnx
 import torch
 import torch.nn.functional as F
 
 from guard.protocol.errors import ConfigError
+
+Op = Callable[[Any, Any, list[Any], dict[str, Any]], list[torch.Tensor]]
+"""(the interpreter module, the graph node, its inputs (None for an omitted one), its attributes) -> outputs."""
 
 
 def _straight_round(x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +42,17 @@ def _conv(m, node, inp, a):
         x = F.pad(x, [p for i in reversed(range(half)) for p in (pads[i], pads[i + half])])
         pads = [0] * len(pads)
     conv = F.conv2d if x.dim() == 4 else F.conv1d
-    return [conv(x, w, b, stride=a.get("strides", 1), padding=pads[:half], dilation=a.get("dilations", 1),
-                 groups=a.get("group", 1))]
+    return [
+        conv(
+            x,
+            w,
+            b,
+            stride=a.get("strides", 1),
+            padding=pads[:half],
+            dilation=a.get("dilations", 1),
+            groups=a.get("group", 1),
+        )
+    ]
 
 
 def _pool(kind):
@@ -50,8 +65,12 @@ def _pool(kind):
             raise ConfigError(m.source, f"(graph node {node.name}).pads", "symmetric pads", pads)
         if kind == "max":
             return [F.max_pool2d(x, kernel, strides, pads[:half], a.get("dilations", 1), bool(a.get("ceil_mode", 0)))]
-        return [F.avg_pool2d(x, kernel, strides, pads[:half], bool(a.get("ceil_mode", 0)),
-                             bool(a.get("count_include_pad", 0)))]
+        return [
+            F.avg_pool2d(
+                x, kernel, strides, pads[:half], bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0))
+            )
+        ]
+
     return run
 
 
@@ -158,21 +177,38 @@ def _transpose(m, node, inp, a):
     return [inp[0].permute(a.get("perm", list(reversed(range(inp[0].dim())))))]
 
 
-OPS = {
-    "Conv": _conv, "MaxPool": _pool("max"), "AveragePool": _pool("avg"), "Gemm": _gemm,
-    "MatMul": lambda m, n, i, a: [i[0] @ i[1]], "Add": lambda m, n, i, a: [i[0] + i[1]],
-    "Sub": lambda m, n, i, a: [i[0] - i[1]], "Mul": lambda m, n, i, a: [i[0] * i[1]],
-    "Div": lambda m, n, i, a: [i[0] / i[1]], "Relu": lambda m, n, i, a: [F.relu(i[0])],
+OPS: dict[str, Op] = {
+    "Conv": _conv,
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "Gemm": _gemm,
+    "MatMul": lambda m, n, i, a: [i[0] @ i[1]],
+    "Add": lambda m, n, i, a: [i[0] + i[1]],
+    "Sub": lambda m, n, i, a: [i[0] - i[1]],
+    "Mul": lambda m, n, i, a: [i[0] * i[1]],
+    "Div": lambda m, n, i, a: [i[0] / i[1]],
+    "Relu": lambda m, n, i, a: [F.relu(i[0])],
     "LeakyRelu": lambda m, n, i, a: [F.leaky_relu(i[0], a.get("alpha", 0.01))],
-    "Sigmoid": lambda m, n, i, a: [torch.sigmoid(i[0])], "Tanh": lambda m, n, i, a: [torch.tanh(i[0])],
-    "Flatten": _flatten, "Reshape": _reshape, "Identity": lambda m, n, i, a: [i[0]],
-    "Dropout": lambda m, n, i, a: [i[0]], "Softmax": _softmax,
+    "Sigmoid": lambda m, n, i, a: [torch.sigmoid(i[0])],
+    "Tanh": lambda m, n, i, a: [torch.tanh(i[0])],
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Identity": lambda m, n, i, a: [i[0]],
+    "Dropout": lambda m, n, i, a: [i[0]],
+    "Softmax": _softmax,
     "GlobalAveragePool": lambda m, n, i, a: [i[0].mean(dim=tuple(range(2, i[0].dim())), keepdim=True)],
-    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize, "Cast": _cast,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "Cast": _cast,
     # Beyond the demo models: what unfused exports of common CNN classifiers use (torchvision's
     # mobilenet_v3 uses HardSigmoid/HardSwish; BatchNormalization where it was not folded).
-    "BatchNormalization": _batch_norm, "Clip": _clip, "Concat": lambda m, n, i, a: [torch.cat(i, dim=a["axis"])],
-    "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "ReduceMean": _reduce_mean,
+    "BatchNormalization": _batch_norm,
+    "Clip": _clip,
+    "Concat": lambda m, n, i, a: [torch.cat(i, dim=a["axis"])],
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "ReduceMean": _reduce_mean,
     "HardSigmoid": lambda m, n, i, a: [torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1)],
     "HardSwish": lambda m, n, i, a: [F.hardswish(i[0])],
 }

@@ -25,7 +25,7 @@ Semantics and limits:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -33,11 +33,17 @@ import torch
 from onnx import numpy_helper
 
 from guard.backends.onnx_ops import OPS as _OPS
+from guard.backends.onnx_ops import Op
 from guard.protocol.errors import ConfigError
 
 # Integer dtypes of constant tensors -> their (min, max): a QuantizeLinear's zero point sets its range.
-_NP_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127), np.dtype(np.uint16): (0, 65535),
-              np.dtype(np.int16): (-32768, 32767), np.dtype(np.int32): (-2**31, 2**31 - 1)}
+_NP_RANGES = {
+    np.dtype(np.uint8): (0, 255),
+    np.dtype(np.int8): (-128, 127),
+    np.dtype(np.uint16): (0, 65535),
+    np.dtype(np.int16): (-32768, 32767),
+    np.dtype(np.int32): (-(2**31), 2**31 - 1),
+}
 
 
 class _Node(NamedTuple):
@@ -51,14 +57,20 @@ class _Node(NamedTuple):
 
 
 class _Step(NamedTuple):
-    op: object
+    op: Op
     node: _Node
-    attrs: dict
+    attrs: dict[str, Any]
 
 
 # Inputs that must be constants, read once into these attributes: (op type, input index) -> key.
-_STATIC_INPUTS = {("Reshape", 1): "_shape", ("Squeeze", 1): "_axes", ("Unsqueeze", 1): "_axes",
-                  ("ReduceMean", 1): "_axes", ("Clip", 1): "_min", ("Clip", 2): "_max"}
+_STATIC_INPUTS = {
+    ("Reshape", 1): "_shape",
+    ("Squeeze", 1): "_axes",
+    ("Unsqueeze", 1): "_axes",
+    ("ReduceMean", 1): "_axes",
+    ("Clip", 1): "_min",
+    ("Clip", 2): "_max",
+}
 
 
 def _constant_array(node) -> np.ndarray:
@@ -88,12 +100,20 @@ class OnnxClassifier(torch.nn.Module):
             if array.dtype in _NP_RANGES:
                 self._ranges[name] = _NP_RANGES[array.dtype]
             self._consts[name] = torch.from_numpy(np.array(array, dtype=np.float32))
-        self.nodes = _topological([n for n in model.graph.node if n.op_type != "Constant"], set(self._consts),
-                                  {i.name for i in model.graph.input}, source)
+        self.nodes = _topological(
+            [n for n in model.graph.node if n.op_type != "Constant"],
+            set(self._consts),
+            {i.name for i in model.graph.input},
+            source,
+        )
         for node in self.nodes:
             if node.op_type not in _OPS:
-                raise ConfigError(source, f"(graph node {node.name or node.output[0]})",
-                                  f"an op the scan interpreter supports ({', '.join(sorted(_OPS))})", node.op_type)
+                raise ConfigError(
+                    source,
+                    f"(graph node {node.name or node.output[0]})",
+                    f"an op the scan interpreter supports ({', '.join(sorted(_OPS))})",
+                    node.op_type,
+                )
         self._steps = [self._step(node, host) for node in self.nodes]
         initializers = {i.name for i in model.graph.initializer}
         self.input_name = next(i.name for i in model.graph.input if i.name not in initializers)
@@ -111,8 +131,12 @@ class OnnxClassifier(torch.nn.Module):
             if name not in host:
                 if node.op_type == "Reshape":  # computed shape: read at run time, as it always was
                     continue
-                raise ConfigError(self.source, f"(graph node {node.name or node.output[0]}).input[{index}]",
-                                  "a constant (initializer or Constant node)", name)
+                raise ConfigError(
+                    self.source,
+                    f"(graph node {node.name or node.output[0]}).input[{index}]",
+                    "a constant (initializer or Constant node)",
+                    name,
+                )
             value = host[name]
             attrs[key] = float(value) if key in ("_min", "_max") else [int(v) for v in value.reshape(-1)]
         if node.op_type == "QuantizeLinear":
@@ -217,8 +241,12 @@ def _topological(nodes: list, constants: set[str], graph_inputs: set[str], sourc
     while pending:
         runnable = [n for n in pending if all(not name or name in ready for name in n.input)]
         if not runnable:
-            raise ConfigError(source, "(graph)", "an acyclic graph whose node inputs are all produced",
-                              sorted({i for n in pending for i in n.input if i and i not in ready})[:3])
+            raise ConfigError(
+                source,
+                "(graph)",
+                "an acyclic graph whose node inputs are all produced",
+                sorted({i for n in pending for i in n.input if i and i not in ready})[:3],
+            )
         for node in runnable:
             ordered.append(node)
             ready.update(node.output)

@@ -53,8 +53,9 @@ class OnnxRuntimeBackend(Backend):
             providers=tuple(providers),
             intra_op_threads=reader.positive("intra_op_threads", 1, allow_zero=True),
             inter_op_threads=reader.positive("inter_op_threads", 1, allow_zero=True),
-            tensorrt=TensorRTConfig(trt.get("fp16", bool, False), trt.get("int8", bool, False),
-                                    trt.get("engine_cache_dir", str, "")),
+            tensorrt=TensorRTConfig(
+                trt.get("fp16", bool, False), trt.get("int8", bool, False), trt.get("engine_cache_dir", str, "")
+            ),
         )
 
     @staticmethod
@@ -66,8 +67,9 @@ class OnnxRuntimeBackend(Backend):
         """A loaded session outside any repository (calibration, scans, tests); keyword arguments
         are OnnxRuntimeSettings fields."""
         model_file = Path(model_file)
-        backend = cls(ModelSpec(model_file.stem, "1", model_file.parent, (), ()),
-                      OnnxRuntimeSettings(model_file, **settings))
+        backend = cls(
+            ModelSpec(model_file.stem, "1", model_file.parent, (), ()), OnnxRuntimeSettings(model_file, **settings)
+        )
         backend.load()
         return backend
 
@@ -80,11 +82,18 @@ class OnnxRuntimeBackend(Backend):
         providers = select_providers(s.providers, s.tensorrt)
         try:
             self.session = ort.InferenceSession(
-                str(s.model_file), options, providers=[name for name, _ in providers],
-                provider_options=[opts for _, opts in providers])
+                str(s.model_file),
+                options,
+                providers=[name for name, _ in providers],
+                provider_options=[opts for _, opts in providers],
+            )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for unreadable or invalid models
-            raise ConfigError(self.spec.config_path, "backend.model_file", "an ONNX model ONNX Runtime can load",
-                              f"{s.model_file.name}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(
+                self.spec.config_path,
+                "backend.model_file",
+                "an ONNX model ONNX Runtime can load",
+                f"{s.model_file.name}: {str(exc).splitlines()[0][:200]}",
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("onnxruntime session on %s", ", ".join(self.session.get_providers()))
@@ -96,8 +105,9 @@ class OnnxRuntimeBackend(Backend):
     def description(self) -> str:
         return "onnxruntime:" + ",".join(self.session.get_providers())
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
-              deadline: float | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
         try:
             results = self.session.run(outputs, inputs)
         except Exception as exc:  # ORT raises its own exception types; all mean the batch failed

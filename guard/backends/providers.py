@@ -39,7 +39,8 @@ def _probe_model() -> bytes:
 
     node = helper.make_node("Identity", ["x"], ["y"])
     graph = helper.make_graph(
-        [node], "probe",
+        [node],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
@@ -81,7 +82,8 @@ def provider_options(name: str, tensorrt: TensorRTConfig) -> dict[str, str]:
 
 def select_providers(preference: tuple[str, ...], tensorrt: TensorRTConfig) -> list[tuple[str, dict[str, str]]]:
     """The preferred providers that load, in order, always ending with CPU as the fallback."""
-    chosen = [(ORT_NAMES[p], provider_options(p, tensorrt)) for p in preference
-              if p != "cpu" and provider_loads(ORT_NAMES[p])]
+    chosen = [
+        (ORT_NAMES[p], provider_options(p, tensorrt)) for p in preference if p != "cpu" and provider_loads(ORT_NAMES[p])
+    ]
     chosen.append((ORT_NAMES["cpu"], {}))
     return chosen

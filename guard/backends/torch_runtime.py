@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,6 @@ WARM_ROWS = 128
 """Compiled models are warmed up at load on every power-of-two batch up to this many rows."""
 
 
-
 @dataclass(frozen=True)
 class TorchSettings:
     model_file: Path
@@ -92,23 +92,30 @@ class TorchBackend(Backend):
         model_file = reader.file("model_file", "model.onnx", "the model's ONNX file or torch.export program (.pt2)")
         if model_file.suffix not in SUFFIXES:
             raise reader.fail("model_file", "an ONNX file (.onnx) or a torch.export program (.pt2)", model_file.name)
-        return TorchSettings(model_file=model_file, device=reader.choice("device", DEVICES, "auto"),
-                             compile=reader.choice("compile", COMPILE_MODES, "none"),
-                             config=reader.path, prefix=reader.key(""))
+        return TorchSettings(
+            model_file=model_file,
+            device=reader.choice("device", DEVICES, "auto"),
+            compile=reader.choice("compile", COMPILE_MODES, "none"),
+            config=reader.path,
+            prefix=reader.key(""),
+        )
 
     @staticmethod
     def model_files(settings: TorchSettings) -> tuple[Path, ...]:
         return (settings.model_file,)
 
     @classmethod
-    def open(cls, model_file: Path, features_output: str | None = None, output_names: tuple[str, ...] = (),
-             **settings) -> TorchBackend:
+    def open(
+        cls, model_file: Path, features_output: str | None = None, output_names: tuple[str, ...] = (), **settings
+    ) -> TorchBackend:
         """A loaded backend outside any repository (tests, benchmarks); keyword arguments are
         TorchSettings fields. `output_names` name a .pt2 program's positional outputs."""
         model_file = Path(model_file)
         outputs = tuple(TensorSpec(name, "FP32", ()) for name in output_names)
-        backend = cls(ModelSpec(model_file.stem, "1", model_file.parent, (), outputs, features_output),
-                      TorchSettings(model_file, **settings))
+        backend = cls(
+            ModelSpec(model_file.stem, "1", model_file.parent, (), outputs, features_output),
+            TorchSettings(model_file, **settings),
+        )
         backend.load()
         return backend
 
@@ -119,10 +126,11 @@ class TorchBackend(Backend):
         try:
             self._device = select_device(s.device)
         except ConfigError as exc:
-            raise ConfigError(s.config or s.model_file, f"{s.prefix}device", "a host with CUDA (none is available)",
-                              s.device) from exc
+            raise ConfigError(
+                s.config or s.model_file, f"{s.prefix}device", "a host with CUDA (none is available)", s.device
+            ) from exc
         self._lock = threading.Lock()
-        self._compiled = None
+        self._compiled: Callable[..., Any] | None = None
         self._mode = "none"
         if s.model_file.suffix == ".pt2":
             self._load_program()
@@ -138,13 +146,20 @@ class TorchBackend(Backend):
         model = onnx.load(str(path), load_external_data=False)
         initializers = {init.name for init in model.graph.initializer}
         if len([i for i in model.graph.input if i.name not in initializers]) != 1:
-            raise ConfigError(path, "(graph inputs)", "one input (the torch backend's ONNX interpreter runs "
-                              "single-input classifiers)", [i.name for i in model.graph.input])
+            raise ConfigError(
+                path,
+                "(graph inputs)",
+                "one input (the torch backend's ONNX interpreter runs single-input classifiers)",
+                [i.name for i in model.graph.input],
+            )
         self._net: OnnxClassifier | None = net.folded().to(self._device)
         self._inputs, self._outputs = onnx_signature(path)
         features = self.spec.features_output
-        if features is not None and features not in {o.name for o in self._outputs} \
-                and features in self._net.tensor_names:
+        if (
+            features is not None
+            and features not in {o.name for o in self._outputs}
+            and features in self._net.tensor_names
+        ):
             # An internal activation: the interpreter returns it, so declare it.
             self._outputs = [*self._outputs, TensorSpec(features, "FP32", inferred_shape(model, features))]
         self._tensor_names = self._net.tensor_names
@@ -161,18 +176,22 @@ class TorchBackend(Backend):
         program = move_to_device_pass(program, self._device)
         in_spec = program.call_spec.in_spec
         if in_spec is not None and in_spec.num_children == 2 and in_spec.child(1).num_leaves:
-            raise ConfigError(path, "(inputs)", "a program taking positional tensors only",
-                              "keyword inputs")
+            raise ConfigError(path, "(inputs)", "a program taking positional tensors only", "keyword inputs")
         placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
         names = list(program.graph_signature.user_inputs)
         values = [placeholders[name].meta["val"] for name in names]
         for name, value in zip(names, values):
             if not isinstance(value.shape[0], torch.SymInt):
-                raise ConfigError(path, f"(input {name})", "a dynamic batch dimension (export with "
-                                  "dynamic_shapes and torch.export.Dim)", list(value.shape))
+                raise ConfigError(
+                    path,
+                    f"(input {name})",
+                    "a dynamic batch dimension (export with dynamic_shapes and torch.export.Dim)",
+                    list(value.shape),
+                )
         output_node = next(n for n in program.graph.nodes if n.op == "output")
-        output_values = [arg.meta["val"] for arg in pytree.tree_leaves(output_node.args[0])
-                         if isinstance(arg, torch.fx.Node)]
+        output_values = [
+            arg.meta["val"] for arg in pytree.tree_leaves(output_node.args[0]) if isinstance(arg, torch.fx.Node)
+        ]
         out_spec = program.call_spec.out_spec
         if out_spec.type is dict:
             output_names = [str(key) for key in out_spec.context]
@@ -180,8 +199,9 @@ class TorchBackend(Backend):
             declared = [o.name for o in self.spec.outputs]
             if self.spec.features_output:
                 declared.append(self.spec.features_output)
-            output_names = declared[:len(output_values)] + [
-                f"output_{i}" for i in range(len(declared), len(output_values))]
+            output_names = declared[: len(output_values)] + [
+                f"output_{i}" for i in range(len(declared), len(output_values))
+            ]
         self._input_names = names
         self._output_names = output_names
         self._inputs = [spec_of(name, value) for name, value in zip(names, values)]
@@ -197,30 +217,39 @@ class TorchBackend(Backend):
         try:
             shapes = [spec.shape for spec in self._inputs]
             if any(d < 0 for shape in shapes for d in shape):
-                raise ValueError("an input has a variable non-batch dimension; compiled models take fixed "
-                                 f"item shapes ({[list(s) for s in shapes]})")
+                raise ValueError(
+                    "an input has a variable non-batch dimension; compiled models take fixed "
+                    f"item shapes ({[list(s) for s in shapes]})"
+                )
             if self._net is not None:
                 names = [o.name for o in self._outputs]
                 wrapper = NamedOutputs(self._net, names)
-                example = torch.zeros((2, *shapes[0]), dtype=TORCH_DTYPES.get(self._inputs[0].datatype,
-                                                                              torch.float32), device=self._device)
-                program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},),
-                                              strict=False)
+                example = torch.zeros(
+                    (2, *shapes[0]),
+                    dtype=TORCH_DTYPES.get(self._inputs[0].datatype, torch.float32),
+                    device=self._device,
+                )
+                program = torch.export.export(
+                    wrapper, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False
+                )
                 module, self._compiled_names = program.module(), names
                 self._compiled_inputs = [self._net.input_name]
             else:
                 module, self._compiled_names = self._module, self._output_names
                 self._compiled_inputs = self._input_names
-            self._compiled = torch.compile(module, mode=mode)
+            compiled = self._compiled = torch.compile(module, mode=mode)
             self._mode = mode
             # Every bucket up to WARM_ROWS once (twice with CUDA graphs: the first call of a shape
             # warms up, the second records), so compiling and recording happen here, not on live
             # batches. Few graphs result: size 1 is specialised, the rest share symbolic batch sizes.
             for rows in [1 << i for i in range(WARM_ROWS.bit_length())] * (2 if mode == "reduce-overhead" else 1):
-                example = {spec.name: torch.zeros((rows, *spec.shape), device=self._device,
-                                                  dtype=TORCH_DTYPES.get(spec.datatype, torch.float32))
-                           for spec in self._inputs}
-                self._run_compiled(example, self._compiled_names[:1])
+                zeros = {
+                    spec.name: torch.zeros(
+                        (rows, *spec.shape), device=self._device, dtype=TORCH_DTYPES.get(spec.datatype, torch.float32)
+                    )
+                    for spec in self._inputs
+                }
+                self._run_compiled(compiled, zeros, self._compiled_names[:1])
         except Exception as exc:  # noqa: BLE001 - no toolchain, an op Inductor lacks, a failed trace: eager
             log.warning("torch backend: torch.compile(mode=%r) failed, running eager: %s", mode, exc)
             self._compiled, self._mode = None, "none"
@@ -248,9 +277,10 @@ class TorchBackend(Backend):
             raise BackendError(f"model has no tensor {unknown[0]!r} to return")
         feeds = {name: on_device(value, self._device) for name, value in inputs.items()}
         try:
-            if self._compiled is not None and set(outputs) <= set(self._compiled_names):
+            compiled = self._compiled
+            if compiled is not None and set(outputs) <= set(self._compiled_names):
                 try:
-                    results = self._run_compiled(feeds, outputs)
+                    results = self._run_compiled(compiled, feeds, outputs)
                 except Exception as exc:  # noqa: BLE001 - a shape it cannot compile, a toolchain gone: eager
                     log.warning("torch backend: compiled model failed, running eager from now on: %s", exc)
                     self._compiled, self._mode = None, "none"
@@ -270,12 +300,15 @@ class TorchBackend(Backend):
             if self._net is not None:
                 values = self._net.run(the_input(feeds, self._net.input_name), outputs)
             else:
-                by_name = dict(zip(self._output_names,
-                                   pytree.tree_leaves(self._module(*ordered(feeds, self._input_names)))))
+                by_name = dict(
+                    zip(self._output_names, pytree.tree_leaves(self._module(*ordered(feeds, self._input_names))))
+                )
                 values = [by_name[name] for name in outputs]
         return [self._declared_dtype(name, value) for name, value in zip(outputs, values)]
 
-    def _run_compiled(self, feeds: dict[str, torch.Tensor], outputs: list[str]) -> list[torch.Tensor]:
+    def _run_compiled(
+        self, compiled: Callable[..., Any], feeds: dict[str, torch.Tensor], outputs: list[str]
+    ) -> list[torch.Tensor]:
         """One call of the compiled model on the batch padded to its bucket; outputs sliced back
         and cloned out of CUDA graphs' static buffers (a later replay overwrites them)."""
         args = ordered(feeds, self._compiled_inputs)
@@ -290,7 +323,7 @@ class TorchBackend(Backend):
             args = [a if a.is_inference() else a.clone() for a in args]
             if self._mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
-            by_name = dict(zip(self._compiled_names, pytree.tree_leaves(self._compiled(*args))))
+            by_name = dict(zip(self._compiled_names, pytree.tree_leaves(compiled(*args))))
             values = [by_name[name][:rows] for name in outputs]
         # Outside inference mode, clone() makes ordinary tensors of the results (inference
         # tensors cannot be saved for autograd by later callers); on the device, never the host.

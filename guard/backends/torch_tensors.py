@@ -14,9 +14,17 @@ from guard.protocol.errors import BackendError
 from guard.protocol.spec import TensorSpec
 
 # torch dtypes -> v2 datatypes, for a .pt2 program's signature (and back, for declared outputs).
-DATATYPES = {torch.float32: "FP32", torch.float16: "FP16", torch.float64: "FP64", torch.uint8: "UINT8",
-              torch.int8: "INT8", torch.int16: "INT16", torch.int32: "INT32", torch.int64: "INT64",
-              torch.bool: "BOOL"}
+DATATYPES = {
+    torch.float32: "FP32",
+    torch.float16: "FP16",
+    torch.float64: "FP64",
+    torch.uint8: "UINT8",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.bool: "BOOL",
+}
 TORCH_DTYPES = {name: dtype for dtype, name in DATATYPES.items()}
 FLOATS = ("FP16", "FP32", "FP64")
 

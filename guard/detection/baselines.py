@@ -108,8 +108,9 @@ class Factory:
             location[name], scale[name] = robust(values)
             reach[name] = scale[name]
             if cameras is not None:
-                own = [robust(values[cameras == c])[1] for c in dict.fromkeys(cameras.tolist())
-                       if (cameras == c).sum() > 1]
+                own = [
+                    robust(values[cameras == c])[1] for c in dict.fromkeys(cameras.tolist()) if (cameras == c).sum() > 1
+                ]
                 if own:
                     scale[name] = float(np.median(own))
         return cls(location, scale, reach)
@@ -123,8 +124,11 @@ class Factory:
     @classmethod
     def from_table(cls, table: dict[str, list[float]]) -> Factory:
         """[location, spread] or [location, spread, reach] per detector."""
-        return cls({k: float(v[0]) for k, v in table.items()}, {k: float(v[1]) for k, v in table.items()},
-                   {k: float(v[-1]) for k, v in table.items()})
+        return cls(
+            {k: float(v[0]) for k, v in table.items()},
+            {k: float(v[1]) for k, v in table.items()},
+            {k: float(v[-1]) for k, v in table.items()},
+        )
 
 
 def robust(values: np.ndarray) -> tuple[float, float]:
@@ -144,19 +148,16 @@ class CameraBaseline:
     settings: BaselineSettings
     factory: Factory
     warming: list[dict[str, float]] = field(default_factory=list)
-    location: dict[str, float] | None = None
-    """None while warming up."""
-    start: dict[str, float] | None = None
+    warm: bool = False
+    """Whether the warm-up is over; until then location, start, scale and budget are empty."""
+    location: dict[str, float] = field(default_factory=dict)
+    start: dict[str, float] = field(default_factory=dict)
     """The location the warm-up gave (drift is measured from it)."""
-    scale: dict[str, float] | None = None
+    scale: dict[str, float] = field(default_factory=dict)
     budget: dict[str, float] = field(default_factory=dict)
     updated: float = 0.0
-    recent: collections.deque = field(default_factory=collections.deque)
+    recent: collections.deque[bool] = field(default_factory=collections.deque)
     flagged: int = 0
-
-    @property
-    def warm(self) -> bool:
-        return self.location is not None
 
     def ceiling(self, name: str) -> tuple[float, float]:
         f, s = self.factory.location[name], self.factory.unit(name)
@@ -176,7 +177,7 @@ class CameraBaseline:
             low, high = self.ceiling(name)
             location[name] = min(max(loc, low), high)
             scale[name] = max(spread, self.settings.min_scale * self.factory.scale[name])
-        self.location, self.start, self.scale = location, dict(location), scale
+        self.location, self.start, self.scale, self.warm = location, dict(location), scale, True
         self.budget = {name: self._depth(name) for name in location}
         self.updated, self.warming = now, []
 
@@ -209,7 +210,8 @@ class CameraBaseline:
 
     def normalise(self, name: str, values: np.ndarray) -> np.ndarray:
         return self.factory.location[name] + (values - self.location[name]) * (
-            self.factory.scale[name] / self.scale[name])
+            self.factory.scale[name] / self.scale[name]
+        )
 
     def drift(self) -> float:
         """How far the location moved since the warm-up, in the camera's spreads (largest detector)."""
@@ -224,8 +226,14 @@ class CameraBaseline:
 class Baselines:
     """Every camera's baseline for one model, bounded in number (least recently seen dropped)."""
 
-    def __init__(self, settings: BaselineSettings, factory: Factory, max_cameras: int = 4096, target: float = 0.05,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settings: BaselineSettings,
+        factory: Factory,
+        max_cameras: int = 4096,
+        target: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         """target: the clean flag rate a camera is expected to keep (the model's target_fpr)."""
         self.settings = settings
         self.factory = factory
@@ -249,8 +257,9 @@ class Baselines:
         with self._lock:
             return self._cameras.get(camera)
 
-    def normalise(self, cameras: list[str | None], rows: list[slice], scores: dict[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+    def normalise(
+        self, cameras: list[str | None], rows: list[slice], scores: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """The scores the decision judges: rows of warmed-up cameras re-expressed against their
         baselines; every other row as it is. Detectors without a factory entry are left alone."""
         out = {name: np.array(values, np.float64) for name, values in scores.items()}
@@ -292,8 +301,13 @@ def _lower_bound(flagged: int, n: int) -> float:
     return lower_bound(flagged, n)
 
 
-def simulate(scores: dict[str, np.ndarray], cameras: np.ndarray, settings: BaselineSettings,
-             factory: Factory | None = None, draws: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, Factory]:
+def simulate(
+    scores: dict[str, np.ndarray],
+    cameras: np.ndarray,
+    settings: BaselineSettings,
+    factory: Factory | None = None,
+    draws: int = 1,
+) -> tuple[dict[str, np.ndarray], np.ndarray, Factory]:
     """What calibration fits thresholds on: each camera's rows mapped against the baseline of a
     warm-up window of `warmup` of its rows, as the server maps them. Returns the mapped scores of
     the judged rows, their indices, and the factory (fitted on every row of `scores` when not
@@ -319,8 +333,8 @@ def simulate(scores: dict[str, np.ndarray], cameras: np.ndarray, settings: Basel
         count = max(1, min(draws, n - settings.warmup))
         starts = np.linspace(0, n - settings.warmup, count).round().astype(int)
         for k, start in enumerate(starts):
-            window = rows[start:start + settings.warmup]
-            outside = np.concatenate([rows[:start], rows[start + settings.warmup:]])
+            window = rows[start : start + settings.warmup]
+            outside = np.concatenate([rows[:start], rows[start + settings.warmup :]])
             judged = outside if count == 1 else outside[np.arange(len(outside)) % count == k]
             baseline = CameraBaseline(settings, factory)
             for row in window:
@@ -330,7 +344,8 @@ def simulate(scores: dict[str, np.ndarray], cameras: np.ndarray, settings: Basel
                 values = np.asarray(values, np.float64)[judged]
                 mapped[name].append(baseline.normalise(name, values) if name in factory.location else values)
     if not kept:
-        raise ValueError(f"no camera has more than {settings.warmup} clean frames: nothing to fit thresholds on "
-                         "after the warm-up")
+        raise ValueError(
+            f"no camera has more than {settings.warmup} clean frames: nothing to fit thresholds on after the warm-up"
+        )
     order = np.argsort(np.concatenate(kept), kind="stable")
     return ({name: np.concatenate(v)[order] for name, v in mapped.items()}, np.concatenate(kept)[order], factory)

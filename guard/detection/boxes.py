@@ -9,7 +9,7 @@ Formats (declared per model, `[boxes] format`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,32 +49,49 @@ def decode(raw: torch.Tensor, settings: BoxSettings) -> list[Boxes]:
     for image in range(raw.shape[0]):
         keep = scores[image] >= settings.score_threshold
         xyxy, score, cls = corners[image][keep], scores[image][keep], classes[image][keep]
-        kept = batched_nms(xyxy, score, cls, settings.iou_threshold)[:settings.max_detections]
+        kept = batched_nms(xyxy, score, cls, settings.iou_threshold)[: settings.max_detections]
         found.append(Boxes(xyxy[kept], score[kept], cls[kept]))
     return found
 
 
 def disagreement(a: Boxes, b: Boxes, iou: float = 0.5) -> float:
-    """How much two images' detections disagree, in [0, 2]: 1 - F1 of boxes matched one-to-one
-    (same class, IoU >= iou, greedily by IoU) plus the mean score change over the matched pairs.
-    Two empty sets agree (0)."""
-    if len(a.scores) == 0 and len(b.scores) == 0:
-        return 0.0
+    """How much two images' detections disagree, in [0, 1]: the largest change of any object's score.
+    Boxes are matched one-to-one (same class, IoU >= iou, greedily by IoU); a matched pair counts its
+    score difference, a box without a match its own score (it fell below the other set's floor).
+    Two empty sets agree (0).
+
+    Graded rather than counted: a count of matched boxes (1 - F1) jumps from 0 to 1 when one box
+    crosses the score threshold in one copy and not the other, so on clean frames with a marginal
+    box it is 1.0 as often as an attack makes it, and no threshold or per-camera normalisation can
+    separate the two. A score difference moves as far as the answer moved, and decoding at a low
+    floor (the detectors' `floor`) lets a box that merely dipped be matched instead of lost."""
     if len(a.scores) == 0 or len(b.scores) == 0:
-        return 1.0
+        return float(torch.cat([a.scores, b.scores]).max()) if len(a.scores) + len(b.scores) else 0.0
     from torchvision.ops import box_iou
 
     overlap = box_iou(a.xyxy, b.xyxy)
     overlap[a.classes[:, None] != b.classes[None, :]] = 0.0
-    matched, shift = 0, 0.0
+    lone_a = torch.ones(len(a.scores), dtype=torch.bool, device=a.scores.device)
+    lone_b = torch.ones(len(b.scores), dtype=torch.bool, device=b.scores.device)
+    gap = 0.0
     while True:
         best = overlap.max()
         if best < iou:
             break
         i, j = divmod(int(overlap.argmax()), overlap.shape[1])
-        matched += 1
-        shift += abs(float(a.scores[i]) - float(b.scores[j]))
+        gap = max(gap, abs(float(a.scores[i]) - float(b.scores[j])))
+        lone_a[i] = lone_b[j] = False
         overlap[i, :] = 0.0
         overlap[:, j] = 0.0
-    f1 = 2 * matched / (len(a.scores) + len(b.scores))
-    return (1.0 - f1) + (shift / matched if matched else 0.0)
+    lone: list[float] = a.scores[lone_a].tolist() + b.scores[lone_b].tolist()
+    return max([gap, *lone])
+
+
+def disagreements(
+    original: torch.Tensor, variant: torch.Tensor, settings: BoxSettings, floor: float, iou: float
+) -> torch.Tensor:
+    """[B] disagreement of each image's raw boxes with its variant's, both decoded down to `floor`
+    (not the model's score threshold: a box that dips below it must still be matched)."""
+    low = replace(settings, score_threshold=min(floor, settings.score_threshold))
+    pairs = zip(decode(original, low), decode(variant, low))
+    return torch.tensor([disagreement(a, b, iou) for a, b in pairs], device=original.device)

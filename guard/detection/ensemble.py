@@ -54,7 +54,8 @@ class Union:
 
     def ratio(self, scores: dict[str, np.ndarray], ratios: np.ndarray | None = None) -> np.ndarray:
         """Per row: the largest ratio, >= 1 exactly when some detector fires."""
-        return (self.ratios(scores) if ratios is None else ratios).max(axis=0)
+        largest: np.ndarray = (self.ratios(scores) if ratios is None else ratios).max(axis=0)
+        return largest
 
 
 @dataclass
@@ -79,11 +80,12 @@ class Fisher:
         n = len(reference)
         m = min(max(int(cls.TAIL_FRACTION * n), 1), n - 1)
         u = float(reference[n - m - 1])
-        return u, max(float(np.mean(reference[n - m:] - u)), 1e-12), m
+        return u, max(float(np.mean(reference[n - m :] - u)), 1e-12), m
 
     @classmethod
-    def empirical_p(cls, reference: np.ndarray, values: np.ndarray, loo: bool = False,
-                    tail: tuple[float, float, int] | None = None) -> np.ndarray:
+    def empirical_p(
+        cls, reference: np.ndarray, values: np.ndarray, loo: bool = False, tail: tuple[float, float, int] | None = None
+    ) -> np.ndarray:
         """p-values of `values` against `reference`; loo: the values are the reference's own rows,
         each then judged against the other n - 1."""
         n = len(reference)
@@ -102,16 +104,20 @@ class Fisher:
         self._tails = {name: self.tail(ref) for name, ref in self.references.items()}
 
     def p_values(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: self.empirical_p(ref, np.asarray(scores[name], np.float64), tail=self._tails[name])
-                for name, ref in self.references.items()}
+        return {
+            name: self.empirical_p(ref, np.asarray(scores[name], np.float64), tail=self._tails[name])
+            for name, ref in self.references.items()
+        }
 
     @staticmethod
     def fisher_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
-        return -2.0 * np.sum([np.log(p) for p in p_values.values()], axis=0)
+        statistic: np.ndarray = -2.0 * np.sum([np.log(p) for p in p_values.values()], axis=0)
+        return statistic
 
     @staticmethod
     def min_p_statistic(p_values: dict[str, np.ndarray]) -> np.ndarray:
-        return -np.log(np.min(list(p_values.values()), axis=0))
+        statistic: np.ndarray = -np.log(np.min(list(p_values.values()), axis=0))
+        return statistic
 
     def statistic(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return self.fisher_statistic(self.p_values(scores))
@@ -124,17 +130,25 @@ class Fisher:
         return ratio
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], target_fpr: float, omnibus: bool = False,
-            confidence: float = DEFAULT_CONFIDENCE) -> Fisher:
+    def fit(
+        cls,
+        scores: dict[str, np.ndarray],
+        target_fpr: float,
+        omnibus: bool = False,
+        confidence: float = DEFAULT_CONFIDENCE,
+    ) -> Fisher:
         references = {name: np.sort(np.asarray(s, np.float64)) for name, s in scores.items()}
         n = len(next(iter(references.values())))
         if n < 2:
             raise ValueError("Fisher combination needs at least 2 calibration scores per detector")
-        loo = {name: cls.empirical_p(ref, np.asarray(scores[name], np.float64), loo=True)
-               for name, ref in references.items()}
+        loo = {
+            name: cls.empirical_p(ref, np.asarray(scores[name], np.float64), loo=True)
+            for name, ref in references.items()
+        }
         if omnibus:  # two statistics sharing the budget like two detectors of a union
-            fit = fit_thresholds({"fisher": cls.fisher_statistic(loo), "min_p": cls.min_p_statistic(loo)}, target_fpr,
-                                 confidence)
+            fit = fit_thresholds(
+                {"fisher": cls.fisher_statistic(loo), "min_p": cls.min_p_statistic(loo)}, target_fpr, confidence
+            )
             return cls(references, fit.thresholds["fisher"], fit.thresholds["min_p"])
         # threshold_for never returns 0, so a row typical to every detector (T = 0) never flags.
         return cls(references, threshold_for(cls.fisher_statistic(loo), allowed_exceedances(n, target_fpr, confidence)))
@@ -157,10 +171,11 @@ class Fisher:
         return -torch.log(p.clamp_min(1e-300))
 
     def save(self, path: Path) -> None:
-        np.savez(path, **self.references)
+        np.savez(path, allow_pickle=False, **self.references)  # plain arrays, as load() reads them
 
     @classmethod
     def load(cls, path: Path, threshold: float, min_p_threshold: float | None = None) -> Fisher:
         with np.load(path) as data:
-            return cls({name: np.sort(np.asarray(data[name], np.float64)) for name in data.files},
-                       threshold, min_p_threshold)
+            return cls(
+                {name: np.sort(np.asarray(data[name], np.float64)) for name in data.files}, threshold, min_p_threshold
+            )

@@ -49,9 +49,19 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 class GuardPipeline:
-    def __init__(self, backend: Backend, detectors: list[Detector], *, guarded_input: str, logits_output: str,
-                 output_names: list[str], device: torch.device, features_output: str | None = None,
-                 preprocessor: Preprocessor | None = None, boxes: BoxSettings | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        detectors: list[Detector],
+        *,
+        guarded_input: str,
+        logits_output: str,
+        output_names: list[str],
+        device: torch.device,
+        features_output: str | None = None,
+        preprocessor: Preprocessor | None = None,
+        boxes: BoxSettings | None = None,
+    ):
         """boxes: a detection model's box format; None for a classifier."""
         needs_features = [d.name for d in detectors if d.needs_features]
         if needs_features and features_output is None:
@@ -69,7 +79,7 @@ class GuardPipeline:
 
     # -- building a batch -------------------------------------------------------------------
 
-    def shape_key(self, inputs: dict[str, np.ndarray]) -> tuple:
+    def shape_key(self, inputs: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """Requests with equal keys can share a batch: the same shape on every input, except the
         one a preprocessor resizes anyway."""
         skip = self.preprocessor.source.name if self.preprocessor else None
@@ -81,19 +91,20 @@ class GuardPipeline:
         preprocessor could prepare. Always a copy: decoded raw inputs are read-only views of the
         request message."""
         failed: dict[int, str] = {}
-        guarded = None
+        guarded: dict[str, torch.Tensor] = {}  # the preprocessor's output, by its name
         if self.preprocessor is not None:
             source = self.preprocessor.source.name
             prepared = self.preprocessor.prepare([r[source] for r in requests], self.device)
-            failed, guarded = prepared.failed, prepared.rows
+            failed = prepared.failed
+            if prepared.rows is not None:
+                guarded[self.preprocessor.output] = prepared.rows
         kept = [i for i in range(len(requests)) if i not in failed]
         merged: dict[str, Any] = {}
         if kept:
             for name in requests[0]:
                 if self.preprocessor is None or name != self.preprocessor.source.name:
                     merged[name] = np.concatenate([requests[i][name] for i in kept])
-            if guarded is not None:
-                merged[self.preprocessor.output] = guarded
+            merged.update(guarded)
         return PreparedBatch(merged, kept, failed)
 
     def batch(self, requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -127,8 +138,11 @@ class GuardPipeline:
         timings["squeeze"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        wanted = list(dict.fromkeys([*self.output_names, self.logits_output,
-                                     *([self.features_output] if self.features_output else [])]))
+        wanted = list(
+            dict.fromkeys(
+                [*self.output_names, self.logits_output, *([self.features_output] if self.features_output else [])]
+            )
+        )
         raw = self.backend.infer(feeds, wanted, deadline)
         timings["backend"] = time.perf_counter() - start
 
@@ -137,8 +151,9 @@ class GuardPipeline:
         scores = {}
         if self.detectors:
             features = raw.get(self.features_output) if self.features_output else None
-            scores = self._score(self._on_device(raw[self.logits_output]), batch,
-                                 None if features is None else self._on_device(features))
+            scores = self._score(
+                self._on_device(raw[self.logits_output]), batch, None if features is None else self._on_device(features)
+            )
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, timings, len(guarded), scores)
 
@@ -178,8 +193,13 @@ class GuardPipeline:
         return dict(zip(scores, table))
 
 
-def detector_scores(detectors: list[Detector], logits: torch.Tensor, batch: int,
-                    features: torch.Tensor | None = None, boxes: BoxSettings | None = None) -> dict[str, torch.Tensor]:
+def detector_scores(
+    detectors: list[Detector],
+    logits: torch.Tensor,
+    batch: int,
+    features: torch.Tensor | None = None,
+    boxes: BoxSettings | None = None,
+) -> dict[str, torch.Tensor]:
     """Each detector's [B] scores from one backend call's outputs over the original rows and every
     variant; differentiable when the outputs are (the adaptive attack calls it under autograd).
     A detector that fails raises DetectorError naming it."""
@@ -188,14 +208,22 @@ def detector_scores(detectors: list[Detector], logits: torch.Tensor, batch: int,
     grouped = logits.reshape(-1, batch, *logits.shape[1:])
     probabilities = torch.softmax(grouped.float(), dim=-1) if boxes is None else None
     feats = None if features is None else features.reshape(grouped.shape[0], batch, *features.shape[1:]).float()
-    original = Outputs(grouped[0], None if probabilities is None else probabilities[0],
-                       None if feats is None else feats[0], boxes)
+    original = Outputs(
+        grouped[0], None if probabilities is None else probabilities[0], None if feats is None else feats[0], boxes
+    )
     offset, scores = 1, {}
     for detector in detectors:
         count = detector.num_variants
-        own = Outputs(grouped[offset:offset + count],
-                      None if probabilities is None else probabilities[offset:offset + count],
-                      None if feats is None else feats[offset:offset + count], boxes) if count else None
+        own = (
+            Outputs(
+                grouped[offset : offset + count],
+                None if probabilities is None else probabilities[offset : offset + count],
+                None if feats is None else feats[offset : offset + count],
+                boxes,
+            )
+            if count
+            else None
+        )
         offset += count
         try:
             scores[detector.name] = detector.score(original, own)

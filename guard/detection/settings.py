@@ -14,8 +14,17 @@ from guard.protocol.spec import TensorSpec
 
 DEVICES = ("auto", "cpu", "cuda")
 METHODS = ("union", "fisher", "omnibus")
-KEYS = ("guarded_input", "logits_output", "features_output", "target_fpr", "device", "detectors", "ensemble",
-        "output_kind", "boxes")
+KEYS = (
+    "guarded_input",
+    "logits_output",
+    "features_output",
+    "target_fpr",
+    "device",
+    "detectors",
+    "ensemble",
+    "output_kind",
+    "boxes",
+)
 OUTPUT_KINDS = (CLASSIFICATION, DETECTION)
 
 
@@ -68,33 +77,41 @@ def _ensemble(r: TableReader, calibrated: bool) -> EnsembleConfig:
     if not calibrated:  # a model directory about to be calibrated: only the method counts
         return EnsembleConfig(method)
     references = r.file("references", "ensemble.npz", "the ensemble's clean scores (run `guard calibrate`)")
-    thresholds = {key: r.positive_float(key, ..., "a positive finite number (run `guard calibrate`)")
-                  for key in (("threshold", "min_p_threshold") if method == "omnibus" else ("threshold",))}
+    thresholds = {
+        key: r.positive_float(key, ..., "a positive finite number (run `guard calibrate`)")
+        for key in (("threshold", "min_p_threshold") if method == "omnibus" else ("threshold",))
+    }
     return EnsembleConfig(method, references.name, thresholds["threshold"], thresholds.get("min_p_threshold"))
 
 
 def _boxes(r: TableReader) -> BoxSettings:
     r.unknown({"format", "score_threshold", "iou_threshold", "max_detections"})
     d = BoxSettings()
-    settings = BoxSettings(format=r.choice("format", FORMATS, d.format),
-                           score_threshold=r.get("score_threshold", float, d.score_threshold),
-                           iou_threshold=r.get("iou_threshold", float, d.iou_threshold),
-                           max_detections=r.positive("max_detections", d.max_detections))
+    settings = BoxSettings(
+        format=r.choice("format", FORMATS, d.format),
+        score_threshold=r.get("score_threshold", float, d.score_threshold),
+        iou_threshold=r.get("iou_threshold", float, d.iou_threshold),
+        max_detections=r.positive("max_detections", d.max_detections),
+    )
     for key in ("score_threshold", "iou_threshold"):
         if not 0.0 <= getattr(settings, key) <= 1.0:
             raise r.fail(key, "a number in [0, 1]", getattr(settings, key))
     return settings
 
 
-def read_detection_settings(r: TableReader, model_inputs: tuple[TensorSpec, ...],
-                            outputs: tuple[TensorSpec, ...], calibrated: bool = True) -> DetectionSettings:
+def read_detection_settings(
+    r: TableReader, model_inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], calibrated: bool = True
+) -> DetectionSettings:
     """From the top level of a model config; model_inputs are what the model takes (after
     preprocessing), outputs what it returns to clients. calibrated=False reads a config whose
     thresholds `guard calibrate` has yet to write."""
     guarded = r.get("guarded_input", str, model_inputs[0].name)
     if guarded not in {s.name for s in model_inputs}:
-        raise r.fail("guarded_input", "the name of one of the model's inputs "
-                     f"({', '.join(s.name for s in model_inputs)})", guarded)
+        raise r.fail(
+            "guarded_input",
+            f"the name of one of the model's inputs ({', '.join(s.name for s in model_inputs)})",
+            guarded,
+        )
     logits = r.get("logits_output", str, outputs[0].name)
     if logits not in {s.name for s in outputs}:
         raise r.fail("logits_output", "the name of one of [[outputs]]", logits)
@@ -106,9 +123,15 @@ def read_detection_settings(r: TableReader, model_inputs: tuple[TensorSpec, ...]
         raise r.fail("target_fpr", "a rate strictly between 0 and 1", target_fpr)
     output_kind = r.choice("output_kind", OUTPUT_KINDS, CLASSIFICATION)
     if output_kind == CLASSIFICATION and "boxes" in r.table:
-        raise r.fail("boxes", "no [boxes] table unless output_kind = \"detection\"")
+        raise r.fail("boxes", 'no [boxes] table unless output_kind = "detection"')
     return DetectionSettings(
-        guarded_input=guarded, logits_output=logits, features_output=features, target_fpr=target_fpr,
+        guarded_input=guarded,
+        logits_output=logits,
+        features_output=features,
+        target_fpr=target_fpr,
         device=r.choice("device", DEVICES, "auto"),
-        detectors=tuple(t.table for t in r.tables("detectors")), ensemble=_ensemble(r.sub("ensemble"), calibrated),
-        output_kind=output_kind, boxes=_boxes(r.sub("boxes")) if output_kind == DETECTION else None)
+        detectors=tuple(t.table for t in r.tables("detectors")),
+        ensemble=_ensemble(r.sub("ensemble"), calibrated),
+        output_kind=output_kind,
+        boxes=_boxes(r.sub("boxes")) if output_kind == DETECTION else None,
+    )

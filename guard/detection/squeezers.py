@@ -53,7 +53,8 @@ def median(x: torch.Tensor, size: int) -> torch.Tensor:
 def _upper_median_2x2(padded: torch.Tensor, height: int, width: int) -> torch.Tensor:
     # The upper median of four values is the second largest: the smaller of the two pair
     # maxima or the larger of the two pair minima, whichever is larger.
-    a, b = padded[..., :height, :width], padded[..., :height, 1:width + 1]
-    c, d = padded[..., 1:height + 1, :width], padded[..., 1:height + 1, 1:width + 1]
-    return torch.maximum(torch.minimum(torch.maximum(a, b), torch.maximum(c, d)),
-                         torch.maximum(torch.minimum(a, b), torch.minimum(c, d)))
+    a, b = padded[..., :height, :width], padded[..., :height, 1 : width + 1]
+    c, d = padded[..., 1 : height + 1, :width], padded[..., 1 : height + 1, 1 : width + 1]
+    return torch.maximum(
+        torch.minimum(torch.maximum(a, b), torch.maximum(c, d)), torch.maximum(torch.minimum(a, b), torch.minimum(c, d))
+    )

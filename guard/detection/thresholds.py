@@ -55,8 +55,9 @@ def flag_rates(scores: dict[str, np.ndarray], thresholds: dict[str, float]) -> t
     return {name: float(f.mean()) for name, f in fired.items()}, float(union.mean())
 
 
-def fit_thresholds(scores: dict[str, np.ndarray], target_fpr: float,
-                   confidence: float = DEFAULT_CONFIDENCE) -> Calibration:
+def fit_thresholds(
+    scores: dict[str, np.ndarray], target_fpr: float, confidence: float = DEFAULT_CONFIDENCE
+) -> Calibration:
     """Thresholds whose union keeps the flag rate on new clean inputs at most target_fpr (with
     `confidence`, guard.detection.bounds)."""
     if not scores:

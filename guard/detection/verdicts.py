@@ -17,11 +17,12 @@ from guard.protocol.types import ADVERSARIAL, CLEAN, TRIGGER, Verdict
 
 def union_of(detectors: list[Detector]) -> Union:
     """The union of the detectors that judge (monitors excluded), at their configured thresholds."""
-    return Union({d.name: d.threshold for d in detectors if not d.monitor})
+    return Union({d.name: d.calibrated_threshold() for d in detectors if not d.monitor})
 
 
-def verdicts(detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice],
-             combiner: Fisher | Union | None = None) -> list[Verdict]:
+def verdicts(
+    detectors: list[Detector], scores: dict[str, np.ndarray], rows: list[slice], combiner: Fisher | Union | None = None
+) -> list[Verdict]:
     """One verdict per request (a slice of rows). Without a combiner the judging detectors combine
     as their union."""
     if not detectors:

@@ -93,13 +93,19 @@ def read_head(message: pb.ModelInferRequest, deadline: float | None) -> InferReq
     check_name("model_version", message.model_version)
     if len(message.parameters) > MAX_PARAMETERS:
         raise InvalidInput(f"request has {len(message.parameters)} parameters, at most {MAX_PARAMETERS} are accepted")
-    return InferRequest(model_name=message.model_name, model_version=message.model_version, id=message.id,
-                        inputs={}, parameters={k: parameter_value(v) for k, v in message.parameters.items()},
-                        deadline=deadline)
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        inputs={},
+        parameters={k: parameter_value(v) for k, v in message.parameters.items()},
+        deadline=deadline,
+    )
 
 
-def shared_memory_of(tensor: pb.ModelInferRequest.InferInputTensor
-                     | pb.ModelInferRequest.InferRequestedOutputTensor) -> SharedMemoryRef | None:
+def shared_memory_of(
+    tensor: pb.ModelInferRequest.InferInputTensor | pb.ModelInferRequest.InferRequestedOutputTensor,
+) -> SharedMemoryRef | None:
     """The tensor's shared-memory parameters, checked as Triton checks them: a string region, an
     int64 byte size (required with a region), an optional int64 offset, neither without a region."""
     params = tensor.parameters
@@ -168,41 +174,53 @@ def read_headers(message: pb.ModelInferRequest) -> list[TensorHeader]:
         if where is not None:
             in_memory += 1
             if typed:
-                raise InvalidInput(f"input {echo(name)}: contents given for an input read from shared memory "
-                                   f"region {echo(where.region)}")
+                raise InvalidInput(
+                    f"input {echo(name)}: contents given for an input read from shared memory "
+                    f"region {echo(where.region)}"
+                )
         elif typed and len(raw):
-            raise InvalidInput(f"input {echo(name)}: typed contents and raw_input_contents are mixed in one "
-                               "request; send all inputs one way")
+            raise InvalidInput(
+                f"input {echo(name)}: typed contents and raw_input_contents are mixed in one "
+                "request; send all inputs one way"
+            )
         if datatype not in NUMPY_DTYPES:
-            raise InvalidInput(f"input {echo(name)}: unsupported datatype {echo(datatype)}, expected one of "
-                               f"{', '.join(DATATYPES)}")
+            raise InvalidInput(
+                f"input {echo(name)}: unsupported datatype {echo(datatype)}, expected one of {', '.join(DATATYPES)}"
+            )
         if len(tensor.shape) > MAX_RANK:  # before the shape is even copied
-            raise InvalidInput(f"input {echo(name)}: shape has {len(tensor.shape)} dimensions, "
-                               f"at most {MAX_RANK} are supported")
+            raise InvalidInput(
+                f"input {echo(name)}: shape has {len(tensor.shape)} dimensions, at most {MAX_RANK} are supported"
+            )
         shape = tuple(tensor.shape)
         _check_shape(name, shape)
         headers.append(TensorHeader(name, datatype, shape, typed=where is None and not len(raw), shared_memory=where))
     if len(raw) and len(raw) != len(message.inputs) - in_memory:
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs) - in_memory} inputs "
-                           "not in shared memory: expected one entry per such input, in order")
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs) - in_memory} inputs "
+            "not in shared memory: expected one entry per such input, in order"
+        )
     return headers
 
 
-def _from_region(header: TensorHeader, count: int, read_region: ReadRegion | None) -> bytes:
-    where = header.shared_memory
+def _from_region(header: TensorHeader, where: SharedMemoryRef, count: int, read_region: ReadRegion | None) -> bytes:
     if read_region is None:
-        raise InvalidInput(f"input {echo(header.name)}: names shared memory region {echo(where.region)}, "
-                           "but shared memory is not accepted here")
+        raise InvalidInput(
+            f"input {echo(header.name)}: names shared memory region {echo(where.region)}, "
+            "but shared memory is not accepted here"
+        )
     if header.datatype != "BYTES":  # the size is known from the shape: checked before reading
         expected = count * NUMPY_DTYPES[header.datatype].itemsize
         if where.byte_size != expected:
-            raise InvalidInput(f"input {echo(header.name)}: shared_memory_byte_size {where.byte_size} does not match "
-                               f"{header.datatype} shape {list(header.shape)} ({expected} bytes)")
+            raise InvalidInput(
+                f"input {echo(header.name)}: shared_memory_byte_size {where.byte_size} does not match "
+                f"{header.datatype} shape {list(header.shape)} ({expected} bytes)"
+            )
     return read_region(where, header.name)
 
 
-def decode_inputs(message: pb.ModelInferRequest, headers: list[TensorHeader],
-                  read_region: ReadRegion | None = None) -> dict[str, np.ndarray]:
+def decode_inputs(
+    message: pb.ModelInferRequest, headers: list[TensorHeader], read_region: ReadRegion | None = None
+) -> dict[str, np.ndarray]:
     """The inputs' contents as arrays, in `headers` order (read_headers of the same message). Each
     content length is checked against its shape before anything is allocated. Inputs in shared
     memory are read with `read_region`; without one they are refused."""
@@ -214,14 +232,17 @@ def decode_inputs(message: pb.ModelInferRequest, headers: list[TensorHeader],
             flat = decode_typed(tensor, header.name, header.datatype, header.shape, count)
             inputs[header.name] = flat.reshape(header.shape)
             continue
-        data = next(raw) if header.shared_memory is None else _from_region(header, count, read_region)
+        where = header.shared_memory
+        data = next(raw) if where is None else _from_region(header, where, count, read_region)
         if header.datatype == "BYTES":
             flat = decode_bytes(header.name, data, count)
         else:
             itemsize = NUMPY_DTYPES[header.datatype].itemsize
             if len(data) != count * itemsize:
-                raise InvalidInput(f"input {echo(header.name)}: expected {count * itemsize} bytes of raw contents "
-                                   f"for {header.datatype} shape {list(header.shape)}, got {len(data)}")
+                raise InvalidInput(
+                    f"input {echo(header.name)}: expected {count * itemsize} bytes of raw contents "
+                    f"for {header.datatype} shape {list(header.shape)}, got {len(data)}"
+                )
             flat = np.frombuffer(data, dtype=NUMPY_DTYPES[header.datatype])
         inputs[header.name] = flat.reshape(header.shape)
     return inputs
@@ -237,21 +258,27 @@ def decode_request(message: pb.ModelInferRequest, deadline: float | None) -> tup
     return request, {h.name: h.datatype for h in headers}
 
 
-def encode_response(response: InferResponse, placed: Mapping[str, SharedMemoryRef] | None = None,
-                    write_region: WriteRegion | None = None) -> pb.ModelInferResponse:
+def encode_response(
+    response: InferResponse,
+    placed: Mapping[str, SharedMemoryRef] | None = None,
+    write_region: WriteRegion | None = None,
+) -> pb.ModelInferResponse:
     """Outputs go in raw_output_contents: tritonclient decodes only raw (or BYTES) contents. An
     output `placed` in shared memory is written there with `write_region` and its raw entry left
     empty, as Triton does (one entry per output, so the others keep their positions)."""
-    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
-                                    id=response.id)
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
     for name, array in response.outputs:
         message.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
         where = placed.get(name) if placed else None
         if where is None:
             message.raw_output_contents.append(raw_bytes(array))
-        else:
-            write_region(where, name, raw_bytes(array))
-            message.raw_output_contents.append(b"")
+            continue
+        if write_region is None:
+            raise ValueError(f"output {name!r} is placed in shared memory, but no write_region was given")
+        write_region(where, name, raw_bytes(array))
+        message.raw_output_contents.append(b"")
     for key, value in response.parameters.items():
         set_parameter(message.parameters[key], value)
     return message
@@ -259,8 +286,10 @@ def encode_response(response: InferResponse, placed: Mapping[str, SharedMemoryRe
 
 # The client side, for a remote backend: the guard's batches go upstream as raw tensors.
 
-def encode_request(model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str],
-                   request_id: str = "") -> pb.ModelInferRequest:
+
+def encode_request(
+    model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], request_id: str = ""
+) -> pb.ModelInferRequest:
     """A ModelInferRequest with every input in raw_input_contents (one entry per input, in order)."""
     message = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
     for name, array in inputs.items():
@@ -285,15 +314,19 @@ def decode_response(message: pb.ModelInferResponse) -> dict[str, np.ndarray]:
         shape = tuple(tensor.shape)
         count = int(np.prod(shape, dtype=np.int64))
         if tensor.datatype == "BYTES":
-            data = (decode_bytes(tensor.name, raw[i], count) if raw
-                    else np.array(list(tensor.contents.bytes_contents), dtype=np.object_))
+            data = (
+                decode_bytes(tensor.name, raw[i], count)
+                if raw
+                else np.array(list(tensor.contents.bytes_contents), dtype=np.object_)
+            )
         elif raw:
             if len(raw[i]) != count * dtype.itemsize:
                 raise ValueError(f"output '{tensor.name}': {len(raw[i])} bytes for {tensor.datatype} {list(shape)}")
             data = np.frombuffer(raw[i], dtype=dtype)
         else:
-            data = np.asarray(getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")),
-                              dtype=dtype)
+            data = np.asarray(
+                getattr(tensor.contents, CONTENTS_FIELD.get(tensor.datatype, "fp32_contents")), dtype=dtype
+            )
         if data.size != count:
             raise ValueError(f"output '{tensor.name}': {data.size} values for shape {list(shape)}")
         results[tensor.name] = data.reshape(shape)

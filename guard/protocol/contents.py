@@ -16,10 +16,18 @@ from guard.protocol.tensors import NUMPY_DTYPES
 
 # Which typed-contents field carries each datatype (FP16 has none: raw only).
 CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-    "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 # Fixed-width typed fields: serialized (packed) they are the little-endian array itself.
 _PACKED_FIXED = {"fp32_contents": 6, "fp64_contents": 7}
@@ -28,18 +36,22 @@ _PACKED_FIXED = {"fp32_contents": 6, "fp64_contents": 7}
 def decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     # Every element needs a 4-byte length: a count the contents cannot hold fails before the loop.
     if count * 4 > len(raw):
-        raise InvalidInput(f"input {echo(name)}: {len(raw)} bytes of BYTES contents cannot hold {count} elements "
-                           "(each takes a 4-byte length)")
-    items, offset = [], 0
+        raise InvalidInput(
+            f"input {echo(name)}: {len(raw)} bytes of BYTES contents cannot hold {count} elements "
+            "(each takes a 4-byte length)"
+        )
+    items: list[bytes] = []
+    offset = 0
     for _ in range(count):
         if offset + 4 > len(raw):
             raise InvalidInput(f"input {echo(name)}: BYTES contents end before element {len(items)} of {count}")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise InvalidInput(f"input {echo(name)}: BYTES element {len(items)} claims {length} bytes, "
-                               f"{len(raw) - offset} remain")
-        items.append(raw[offset:offset + length])
+            raise InvalidInput(
+                f"input {echo(name)}: BYTES element {len(items)} claims {length} bytes, {len(raw) - offset} remain"
+            )
+        items.append(raw[offset : offset + length])
         offset += length
     if offset != len(raw):
         raise InvalidInput(f"input {echo(name)}: {len(raw) - offset} bytes left after {count} BYTES elements")
@@ -70,27 +82,31 @@ def _packed(contents: pb.InferTensorContents, field: str, dtype: np.dtype, count
     return np.frombuffer(payload, dtype=dtype.newbyteorder("<"), offset=start).astype(dtype, copy=False)
 
 
-def decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, name: str, datatype: str, shape: tuple[int, ...],
-                 count: int) -> np.ndarray:
+def decode_typed(
+    tensor: pb.ModelInferRequest.InferInputTensor, name: str, datatype: str, shape: tuple[int, ...], count: int
+) -> np.ndarray:
     """An input's typed contents (contents.<field>) as a flat array of `count` values."""
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(f"input {echo(name)}: datatype {datatype} must be sent in raw_input_contents")
     used = [f.name for f, _ in tensor.contents.ListFields()]
     if any(f != field for f in used):
-        raise InvalidInput(f"input {echo(name)}: datatype {datatype} expects its values in contents.{field}, "
-                           f"got contents.{', contents.'.join(used)}")
+        raise InvalidInput(
+            f"input {echo(name)}: datatype {datatype} expects its values in contents.{field}, "
+            f"got contents.{', contents.'.join(used)}"
+        )
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise InvalidInput(f"input {echo(name)}: shape {list(shape)} needs {count} values, "
-                           f"contents.{field} has {len(values)}")
+        raise InvalidInput(
+            f"input {echo(name)}: shape {list(shape)} needs {count} values, contents.{field} has {len(values)}"
+        )
     if datatype == "BYTES":
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array
     dtype = NUMPY_DTYPES[datatype]
-    if field in _PACKED_FIXED and count and (array := _packed(tensor.contents, field, dtype, count)) is not None:
-        return array
+    if field in _PACKED_FIXED and count and (packed := _packed(tensor.contents, field, dtype, count)) is not None:
+        return packed
     try:
         return np.fromiter(values, dtype=dtype, count=count)
     except OverflowError:

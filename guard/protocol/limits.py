@@ -52,7 +52,13 @@ def echo(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     control and quote characters escaped, so a 4 MB name or a newline cannot flood or forge lines."""
     shown = text[:limit]
     if not shown.isprintable() or "'" in shown or "\\" in shown:
-        shown = "".join(c if c.isprintable() and c not in "'\\" else
-                        "\\'" if c == "'" else c.encode("unicode_escape").decode("ascii") for c in shown)
+        shown = "".join(
+            c
+            if c.isprintable() and c not in "'\\"
+            else "\\'"
+            if c == "'"
+            else c.encode("unicode_escape").decode("ascii")
+            for c in shown
+        )
     more = f"... ({len(text)} characters)" if len(text) > limit else ""
     return f"'{shown}'{more}"

@@ -8,9 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import EllipsisType
+from typing import Any, TypeVar, cast
 
 from guard.protocol.errors import ConfigError
+
+T = TypeVar("T")
 
 
 class TableReader:
@@ -29,7 +32,9 @@ class TableReader:
     def fail(self, name: str, expected: str, got: object = None) -> ConfigError:
         return ConfigError(self.path, self.key(name), expected, got)
 
-    def get(self, name: str, kind: type, default: Any = ..., expected: str = "") -> Any:
+    def get(self, name: str, kind: type[T], default: T | EllipsisType = ..., expected: str = "") -> T:
+        """The value of `name`, which must be a `kind` (an int is accepted as a float); `default` when
+        it is absent, and absent with no default (...) is an error."""
         if name not in self.table:
             if default is ...:
                 raise ConfigError(self.path, self.key(name), f"{expected or kind.__name__} (missing)")
@@ -40,27 +45,27 @@ class TableReader:
             value, ok = float(value), True
         if not ok:
             raise self.fail(name, expected or f"a {kind.__name__}", value)
-        return value
+        return cast(T, value)  # a `kind`, checked just above
 
-    def positive(self, name: str, default: int, allow_zero: bool = False) -> int:
+    def positive(self, name: str, default: int | EllipsisType, allow_zero: bool = False) -> int:
         value = self.get(name, int, default)
         if value < 0 or (value == 0 and not allow_zero):
             raise self.fail(name, "a non-negative integer" if allow_zero else "a positive integer", value)
         return value
 
-    def positive_float(self, name: str, default: float, what: str = "a positive number") -> float:
+    def positive_float(self, name: str, default: float | EllipsisType, what: str = "a positive number") -> float:
         value = self.get(name, float, default, what)
         if not (math.isfinite(value) and value > 0):
             raise self.fail(name, what, value)
         return value
 
-    def choice(self, name: str, options: tuple[str, ...], default: Any = ...) -> str:
+    def choice(self, name: str, options: tuple[str, ...], default: str | EllipsisType = ...) -> str:
         value = self.get(name, str, default)
         if value not in options:
             raise self.fail(name, "one of " + ", ".join(options), value)
         return value
 
-    def file(self, name: str, default: Any = ..., what: str = "an existing file") -> Path:
+    def file(self, name: str, default: str | EllipsisType = ..., what: str = "an existing file") -> Path:
         """A file named relative to the config's directory, which must exist."""
         value = self.get(name, str, default)
         path = self.directory / value
@@ -104,8 +109,9 @@ class Param:
 def _number_ok(value: Any, spec: Param) -> bool:
     if spec.kind is int and (not isinstance(value, int) or isinstance(value, bool)):
         return False
-    if spec.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
-                               or not math.isfinite(value)):
+    if spec.kind is float and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    ):
         return False
     return (spec.low is None or value >= spec.low) and (spec.high is None or value <= spec.high)
 
@@ -121,8 +127,9 @@ def read_param(reader: TableReader, name: str, spec: Param, check_artifacts: boo
             raise reader.fail(name, f"an artifact file in {reader.directory} ({spec.hint})", value)
         return value
     if spec.kind is list:
-        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  and math.isfinite(v) for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
             raise reader.fail(name, "a list of finite numbers", value)
         return [float(v) for v in value]
     if spec.kind is bool:

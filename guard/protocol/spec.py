@@ -49,14 +49,24 @@ def read_tensor(reader: TableReader) -> TensorSpec:
     shape = reader.get("shape", list, expected="a list of dimensions (batch excluded)")
     if not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in shape):
         raise reader.fail("shape", "positive integers or -1", shape)
-    value_range = reader.get("range", list, None)
-    if value_range is not None:
-        if (len(value_range) != 2 or not all(isinstance(v, (int, float)) for v in value_range)
-                or not all(math.isfinite(v) for v in value_range) or value_range[0] > value_range[1]):
-            raise reader.fail("range", "[low, high] with finite low <= high", value_range)
-        value_range = (float(value_range[0]), float(value_range[1]))
-    return TensorSpec(name=reader.get("name", str), datatype=reader.choice("datatype", DATATYPES),
-                      shape=tuple(shape), range=value_range, layout=reader.get("layout", str, ""))
+    given = reader.get("range", list, None)
+    value_range = None
+    if given is not None:
+        if (
+            len(given) != 2
+            or not all(isinstance(v, (int, float)) for v in given)
+            or not all(math.isfinite(v) for v in given)
+            or given[0] > given[1]
+        ):
+            raise reader.fail("range", "[low, high] with finite low <= high", given)
+        value_range = (float(given[0]), float(given[1]))
+    return TensorSpec(
+        name=reader.get("name", str),
+        datatype=reader.choice("datatype", DATATYPES),
+        shape=tuple(shape),
+        range=value_range,
+        layout=reader.get("layout", str, ""),
+    )
 
 
 def read_tensors(reader: TableReader, key: str) -> tuple[TensorSpec, ...]:
@@ -70,8 +80,13 @@ def read_tensors(reader: TableReader, key: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
-def check_signature(path: Path, declared: dict[str, tuple[TensorSpec, ...]], inputs: list[TensorSpec],
-                    outputs: list[TensorSpec], source: str) -> None:
+def check_signature(
+    path: Path,
+    declared: dict[str, tuple[TensorSpec, ...]],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    source: str,
+) -> None:
     """Fail with file and key when declared {"inputs": ..., "outputs": ...} disagree with what
     `source` reports (shapes exclude the batch dimension; -1 in `source` matches any size)."""
     for key, actual in (("inputs", inputs), ("outputs", outputs)):
@@ -79,15 +94,21 @@ def check_signature(path: Path, declared: dict[str, tuple[TensorSpec, ...]], inp
         for i, spec in enumerate(declared[key]):
             found = by_name.get(spec.name)
             if found is None:
-                raise ConfigError(path, f"{key}[{i}].name", f"an {key[:-1]} of {source} "
-                                  f"({', '.join(by_name)})", spec.name)
+                raise ConfigError(
+                    path, f"{key}[{i}].name", f"an {key[:-1]} of {source} ({', '.join(by_name)})", spec.name
+                )
             if found.datatype != spec.datatype:
                 raise ConfigError(path, f"{key}[{i}].datatype", f"{found.datatype} as in {source}", spec.datatype)
             compatible = len(found.shape) == len(spec.shape) and all(
-                m == -1 or m == d for m, d in zip(found.shape, spec.shape))
+                m == -1 or m == d for m, d in zip(found.shape, spec.shape)
+            )
             if not compatible:
-                raise ConfigError(path, f"{key}[{i}].shape",
-                                  f"a shape compatible with {source} ({list(found.shape)})", list(spec.shape))
+                raise ConfigError(
+                    path,
+                    f"{key}[{i}].shape",
+                    f"a shape compatible with {source} ({list(found.shape)})",
+                    list(spec.shape),
+                )
     missing = [s.name for s in inputs if s.name not in {d.name for d in declared["inputs"]}]
     if missing:
         raise ConfigError(path, "inputs", f"every input of {source} declared (missing {missing})")

@@ -5,7 +5,8 @@ Requests join a queue that rejects at once when full. When a batch slot is free 
 full or the first request has waited `max_queue_delay_microseconds`, and handed to `execute` as
 one batch. A request whose deadline passes while it is queued fails with DEADLINE_EXCEEDED and
 never runs. An error raised by `execute` reaches every request of that batch. Times are the event
-loop's monotonic clock.
+loop's monotonic clock: the batcher runs on the loop that calls it (it keeps no loop of its own,
+so it may be built on any thread).
 
 Closing drains: a closed batcher takes no new request, but runs what is already queued (without
 waiting for a batching window nobody can join any more) until the queue is empty or the close's
@@ -56,7 +57,7 @@ class _NullObserver:
 class _Pending:
     payload: Any
     rows: int
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     enqueued: float
     deadline: float | None
     flow: str | None = None
@@ -67,31 +68,33 @@ class DynamicBatcher:
     # Weight of the newest batch in the running mean of execution times (inline or thread).
     SMOOTHING = 0.1
 
-    def __init__(self, execute: Execute, config: BatchingConfig, observer: BatchObserver | None = None,
-                 executor: Executor | None = None, flow_limit: int = 0):
+    def __init__(
+        self,
+        execute: Execute,
+        config: BatchingConfig,
+        observer: BatchObserver | None = None,
+        executor: Executor | None = None,
+        flow_limit: int = 0,
+    ):
         """flow_limit: most requests one flow (a camera) may have queued (0 = no limit of its own)."""
         self._execute = execute
         self._config = config
         self._observer = observer or _NullObserver()
         self._executor = executor
-        self._queue = WaitingQueue(flow_limit)
+        self._queue: WaitingQueue[_Pending] = WaitingQueue(flow_limit)
         self._running = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch_scheduled = False
         self._window: asyncio.TimerHandle | None = None
         self._window_end = 0.0
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()
+        """Set while no batch runs."""
+        self._idle.set()
         self._batches: list[list[_Pending]] = []  # running, so that abort() can answer their requests
         self._closed = False
         self._inline_below = config.inline_below_microseconds / 1e6
         self.mean_execute_seconds: float | None = None
         self._last_failure_log = -1e9
         self._failures_unlogged = 0
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def inline(self) -> bool:
@@ -125,7 +128,7 @@ class DynamicBatcher:
         full = self._full(flow)
         if full is not None:
             raise QueueFull(full)
-        loop = self._loop
+        loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded("deadline passed before the request was queued")
@@ -146,7 +149,7 @@ class DynamicBatcher:
         # same loop iteration share a batch even with no batching window.
         if not self._dispatch_scheduled:
             self._dispatch_scheduled = True
-            self._loop.call_soon(self._dispatch)
+            asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _remove(self, item: _Pending) -> bool:
         if item.timer:
@@ -164,30 +167,31 @@ class DynamicBatcher:
         self._dispatch_scheduled = False
         limit = self._config.max_batch_size
         delay = self._config.max_queue_delay_microseconds / 1e6
+        loop = asyncio.get_running_loop()
         while self._queue and self._running < self._config.instances:
             window_end = self._queue.head.enqueued + delay
             # Once closed, nothing can join the batch: waiting for the window would only delay it.
-            if self._queue.rows < limit and not self._closed and self._loop.time() < window_end:
-                self._wait_for_window(window_end)
+            if self._queue.rows < limit and not self._closed and loop.time() < window_end:
+                self._wait_for_window(loop, window_end)
                 return
-            batch = self._take(limit)
+            batch = self._take(loop, limit)
             if batch:
-                self._start(batch)
+                self._start(loop, batch)
 
-    def _wait_for_window(self, end: float) -> None:
+    def _wait_for_window(self, loop: asyncio.AbstractEventLoop, end: float) -> None:
         if self._window is not None:
             if self._window_end == end:
                 return
             self._window.cancel()
         self._window_end = end
-        self._window = self._loop.call_at(end, self._window_closed)
+        self._window = loop.call_at(end, self._window_closed)
 
     def _window_closed(self) -> None:
         self._window = None
         self._dispatch()
 
-    def _take(self, limit: int) -> list[_Pending]:
-        batch = self._queue.take(limit, self._leaves_queue, self._loop.time())
+    def _take(self, loop: asyncio.AbstractEventLoop, limit: int) -> list[_Pending]:
+        batch = self._queue.take(limit, self._leaves_queue, loop.time())
         self._observer.queue_depth(len(self._queue))
         return batch
 
@@ -198,28 +202,30 @@ class DynamicBatcher:
             item.timer.cancel()
         return not item.future.done()
 
-    def _start(self, batch: list[_Pending]) -> None:
-        now = self._loop.time()
+    def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        now = loop.time()
         for item in batch:
             self._observer.queue_wait(now - item.enqueued)
         self._observer.batch(sum(item.rows for item in batch))
         payloads = [item.payload for item in batch]
         # The batch is worth running while any of its requests still waits: its latest deadline,
         # none if one request has none.
-        deadline = None if any(i.deadline is None for i in batch) else max(i.deadline for i in batch)
+        deadlines = [i.deadline for i in batch if i.deadline is not None]
+        deadline = max(deadlines) if len(deadlines) == len(batch) else None
         self._running += 1
         self._batches.append(batch)
         self._idle.clear()
-        if self.inline:
+        executor = self._executor
+        if executor is None or self.inline:
             try:
                 results = self._timed(payloads, deadline)
             except Exception as exc:  # noqa: BLE001 - delivered to every waiter below
-                self._finish(batch, None, exc)
+                self._finish(batch, exc)
             else:
-                self._finish(batch, results, None)
+                self._finish(batch, results)
             return
-        future = self._executor.submit(self._timed, payloads, deadline)
-        future.add_done_callback(lambda done: self._loop.call_soon_threadsafe(self._finished, batch, done))
+        future = executor.submit(self._timed, payloads, deadline)
+        future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, batch, done))
 
     def _timed(self, payloads: list[Any], deadline: float | None) -> list[Any]:
         start = time.perf_counter()
@@ -229,22 +235,23 @@ class DynamicBatcher:
         self.mean_execute_seconds = seconds if mean is None else mean + self.SMOOTHING * (seconds - mean)
         return results
 
-    def _finished(self, batch: list[_Pending], done: Future) -> None:
+    def _finished(self, batch: list[_Pending], done: Future[list[Any]]) -> None:
         exc = done.exception()
-        self._finish(batch, None if exc else done.result(), exc)
+        self._finish(batch, done.result() if exc is None else exc)
 
-    def _finish(self, batch: list[_Pending], results: list[Any] | None, exc: BaseException | None) -> None:
+    def _finish(self, batch: list[_Pending], outcome: list[Any] | BaseException) -> None:
+        """outcome: the batch's results (one per request), or what running it raised."""
         self._running -= 1
         self._batches.remove(batch)
-        if exc is None and len(results) != len(batch):
-            exc = BackendError(f"batch of {len(batch)} requests produced {len(results)} results")
-        if exc is not None:  # every waiter of the batch learns of the failure
-            self._log_failure(len(batch), exc)
+        if not isinstance(outcome, BaseException) and len(outcome) != len(batch):
+            outcome = BackendError(f"batch of {len(batch)} requests produced {len(outcome)} results")
+        if isinstance(outcome, BaseException):  # every waiter of the batch learns of the failure
+            self._log_failure(len(batch), outcome)
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(outcome)
         else:
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, outcome):
                 if not item.future.done():
                     item.future.set_result(result)
         if self._running == 0:
@@ -257,8 +264,11 @@ class DynamicBatcher:
         # gets its own status; the log only needs to say that it is happening, and how often.
         now = time.monotonic()
         if now - self._last_failure_log >= 1.0:
-            more = f" ({self._failures_unlogged} more failed batches since the last report)" \
-                if self._failures_unlogged else ""
+            more = (
+                f" ({self._failures_unlogged} more failed batches since the last report)"
+                if self._failures_unlogged
+                else ""
+            )
             log.warning("batch of %d requests failed: %s%s", size, exc, more)
             self._last_failure_log, self._failures_unlogged = now, 0
         else:
@@ -273,9 +283,9 @@ class DynamicBatcher:
         if self._window is not None:  # the queue's head need not wait for its window any more
             self._window.cancel()
             self._window = None
-        if self._loop is not None and self._queue:
+        if self._queue:
             self._schedule()
-        if self._idle is None or not (self._queue or self._running):
+        if not (self._queue or self._running):
             return True
         try:
             await asyncio.wait_for(self._drained(), timeout)

@@ -50,8 +50,17 @@ class CameraSettings:
     """[cameras.baseline.factory]: each detector's clean [location, spread, reach], written by calibration."""
 
 
-BASELINE_KEYS = ("warmup_frames", "adapt_rate", "max_drift_per_hour", "min_scale", "max_offset", "rate_window",
-                 "calibration_draws", "detectors", "factory")
+BASELINE_KEYS = (
+    "warmup_frames",
+    "adapt_rate",
+    "max_drift_per_hour",
+    "min_scale",
+    "max_offset",
+    "rate_window",
+    "calibration_draws",
+    "detectors",
+    "factory",
+)
 
 
 def read_baseline(r: TableReader) -> tuple[BaselineSettings | None, Factory | None]:
@@ -60,23 +69,32 @@ def read_baseline(r: TableReader) -> tuple[BaselineSettings | None, Factory | No
     r.unknown(BASELINE_KEYS)
     d = BaselineSettings()
     settings = BaselineSettings(
-        warmup=r.positive("warmup_frames", d.warmup), adapt_rate=r.positive_float("adapt_rate", d.adapt_rate),
+        warmup=r.positive("warmup_frames", d.warmup),
+        adapt_rate=r.positive_float("adapt_rate", d.adapt_rate),
         max_drift_per_hour=r.positive_float("max_drift_per_hour", d.max_drift_per_hour),
-        min_scale=r.positive_float("min_scale", d.min_scale), max_offset=r.positive_float("max_offset", d.max_offset),
+        min_scale=r.positive_float("min_scale", d.min_scale),
+        max_offset=r.positive_float("max_offset", d.max_offset),
         rate_window=r.positive("rate_window", d.rate_window),
         calibration_draws=r.positive("calibration_draws", d.calibration_draws),
-        detectors=_names(r, "detectors"))
+        detectors=_names(r, "detectors"),
+    )
     if settings.adapt_rate > 1:
         raise r.fail("adapt_rate", "a share of the gap, in (0, 1]", settings.adapt_rate)
     factory = None
     if "factory" in r.table:
         f = r.sub("factory")
         for name, value in f.table.items():
-            if not (isinstance(value, list) and len(value) in (2, 3) and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-                    and all(v > 0 for v in value[1:])):
-                raise f.fail(name, "[location, spread, reach] of the detector's clean scores, spreads > 0 (run "
-                                   "`guard calibrate`)", value)
+            if not (
+                isinstance(value, list)
+                and len(value) in (2, 3)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                and all(v > 0 for v in value[1:])
+            ):
+                raise f.fail(
+                    name,
+                    "[location, spread, reach] of the detector's clean scores, spreads > 0 (run `guard calibrate`)",
+                    value,
+                )
         factory = Factory.from_table(f.table)
     return settings, factory
 
@@ -93,10 +111,14 @@ def read_camera_settings(r: TableReader) -> CameraSettings:
     d = CameraSettings()
     baseline, factory = read_baseline(r.sub("baseline"))
     settings = CameraSettings(
-        alert_window=r.positive("alert_window", d.alert_window), alert_flags=r.positive("alert_flags", d.alert_flags),
+        alert_window=r.positive("alert_window", d.alert_window),
+        alert_flags=r.positive("alert_flags", d.alert_flags),
         max_queued=r.positive("max_queued", d.max_queued, allow_zero=True),
         per_camera_metrics=r.get("per_camera_metrics", bool, d.per_camera_metrics),
-        max_cameras=r.positive("max_cameras", d.max_cameras), baseline=baseline, factory=factory)
+        max_cameras=r.positive("max_cameras", d.max_cameras),
+        baseline=baseline,
+        factory=factory,
+    )
     if settings.alert_flags > settings.alert_window:
         raise r.fail("alert_flags", f"at most alert_window ({settings.alert_window})", settings.alert_flags)
     return settings
@@ -108,8 +130,10 @@ def camera_of(parameters: dict) -> str | None:
     if camera is None:
         return None
     if not isinstance(camera, str) or not camera or len(camera) > MAX_ID_CHARS or not camera.isprintable():
-        raise InvalidInput(f"parameter '{CAMERA_ID}': expected a printable string of 1 to {MAX_ID_CHARS} characters, "
-                           f"got {echo(repr(camera))}")
+        raise InvalidInput(
+            f"parameter '{CAMERA_ID}': expected a printable string of 1 to {MAX_ID_CHARS} characters, "
+            f"got {echo(repr(camera))}"
+        )
     return camera
 
 

@@ -20,6 +20,7 @@ from guard.serving import policy
 from guard.serving.cameras import ALERT as CAMERA_ALERT
 from guard.serving.cameras import camera_of
 from guard.serving.logs import FailureLog, loggable
+from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime
 from guard.serving.validation import EncodedInputs, validate
 
@@ -44,7 +45,7 @@ class DataPlane:
         self.models = models
         """Served models by name; a reload replaces an entry (guard.serving.reload)."""
         self.policy_override = policy_override
-        self.control = None
+        self.control: ModelManager | None = None
         """The repository's ModelManager (guard.serving.reload), for the repository RPCs."""
         self.draining = False
         """Set when shutdown begins: readiness turns false, requests are still served."""
@@ -54,7 +55,8 @@ class DataPlane:
         self.last_arrival = 0.0
         """time.monotonic() when the latest request arrived, served or not."""
         self._refusing = False
-        self._released: asyncio.Event | None = None
+        self._released = asyncio.Event()
+        """Set by release_refused: the parked requests are answered."""
         self._unexpected = FailureLog(log, "requests failed with an unexpected error")
         self.extensions: tuple[str, ...] = EXTENSIONS
         """What ServerMetadata lists; the server adds the transport's (system_shared_memory)."""
@@ -71,12 +73,12 @@ class DataPlane:
         it has its answer keeps new calls arriving, and gRPC cancels (CANCELLED, not UNAVAILABLE) every
         call it has received but not yet handed to the server when it stops. Parked, such a client
         sends nothing more, so the server can stop with no call left in between."""
-        self._released = asyncio.Event()
+        self._released.clear()
         self._refusing = True
 
     def release_refused(self) -> None:
         """Answer the parked requests (UNAVAILABLE), and any later one at once."""
-        if self._released is not None:
+        if self._refusing:
             self._released.set()
 
     def model(self, name: str, version: str = "") -> ModelRuntime:
@@ -87,8 +89,9 @@ class DataPlane:
                 raise ModelUnavailable(f"model '{name}' is not served: its load failed: {reason}")
             raise ModelNotFound(f"unknown model '{name}': serving {sorted(self.models)}")
         if version and version != runtime.config.version:
-            raise ModelNotFound(f"model '{name}' has no version '{version}': serving version "
-                                f"'{runtime.config.version}'")
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}': serving version '{runtime.config.version}'"
+            )
         return runtime
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -109,7 +112,7 @@ class DataPlane:
         """Stop serving one model once its requests are answered (RepositoryModelUnload)."""
         await self._manager().unload_requested(name, parameters)
 
-    def _manager(self):
+    def _manager(self) -> ModelManager:
         if self.control is None:
             raise GuardError("this server has no model repository to control")
         return self.control
@@ -120,15 +123,17 @@ class DataPlane:
     def policy_of(self, runtime: ModelRuntime) -> str:
         return self.policy_override or runtime.config.policy
 
-    async def infer(self, request: InferRequest, datatypes: dict[str, str],
-                    encoded: EncodedInputs | None = None) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, datatypes: dict[str, str], encoded: EncodedInputs | None = None
+    ) -> InferResponse:
         """Run one request through its model's batcher and guard; raises GuardError subclasses.
         `encoded`: a transport's tensors, not decoded yet (request.inputs and request.outputs are
         empty until then); they are decoded only once the model has room for the request and their
         names and headers meet its contract, so refusing a request costs no decoding."""
         start = self.last_arrival = time.monotonic()
-        runtime, verdict_name, code = None, "none", "OK"
-        entered = False
+        runtime: ModelRuntime | None = None
+        entered: ModelRuntime | None = None  # the copy this request is counted on, once it is
+        verdict_name, code = "none", "OK"
         try:
             if self._refusing:
                 runtime = self.models.get(request.model_name)  # for its metrics only
@@ -137,7 +142,7 @@ class DataPlane:
             # Counted on this copy of the model until answered: a reload closes the copy it replaced
             # only when its count is zero. Nothing awaits between the lookup and this line.
             runtime.enter()
-            entered = True
+            entered = runtime
             self.active += 1
             camera = camera_of(request.parameters)
             if not runtime.batcher.has_room(camera):  # before any per-request work: refusing must stay cheap
@@ -150,9 +155,15 @@ class DataPlane:
             verdict_name = verdict.verdict
             runtime.metrics.scores(verdict.scores, verdict.flagged_by)
             if verdict.flagged:  # under shadow this line is the only trace a client never sees
-                log.log(logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
-                        "flagged model=%s id=%s verdict=%s by=%s score=%.3f", runtime.config.name,
-                        loggable(request.id), verdict.verdict, ",".join(verdict.flagged_by), verdict.score)
+                log.log(
+                    logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
+                    "flagged model=%s id=%s verdict=%s by=%s score=%.3f",
+                    runtime.config.name,
+                    loggable(request.id),
+                    verdict.verdict,
+                    ",".join(verdict.flagged_by),
+                    verdict.score,
+                )
             alert = None if camera is None else self._observe_camera(runtime, camera, verdict.flagged)
             parameters = policy.apply(self.policy_of(runtime), verdict)
             if parameters and alert is not None:
@@ -160,8 +171,13 @@ class DataPlane:
             if parameters and request.parameters.get(EXPLAIN) is True:
                 parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)
             wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
-            return InferResponse(runtime.config.name, runtime.config.version, request.id,
-                                 [(name, result.outputs[name]) for name in wanted], parameters)
+            return InferResponse(
+                runtime.config.name,
+                runtime.config.version,
+                request.id,
+                [(name, result.outputs[name]) for name in wanted],
+                parameters,
+            )
         except GuardError as exc:
             code = exc.status
             raise
@@ -179,14 +195,20 @@ class DataPlane:
             raise GuardError(f"internal error: {exc}") from exc
         finally:
             elapsed = time.monotonic() - start
-            if entered:
+            if entered is not None:
                 self.active -= 1
-                runtime.leave()
+                entered.leave()
             if runtime is not None:
                 runtime.metrics.request(verdict_name, code, elapsed)
             if access.isEnabledFor(logging.INFO):
-                access.info("model=%s id=%s verdict=%s code=%s ms=%.3f", loggable(request.model_name),
-                            loggable(request.id), verdict_name, code, elapsed * 1e3)
+                access.info(
+                    "model=%s id=%s verdict=%s code=%s ms=%.3f",
+                    loggable(request.model_name),
+                    loggable(request.id),
+                    verdict_name,
+                    code,
+                    elapsed * 1e3,
+                )
 
     @staticmethod
     def _observe_camera(runtime: ModelRuntime, camera: str, flagged: bool) -> bool:
@@ -197,11 +219,22 @@ class DataPlane:
         if runtime.baselines is not None:
             baseline = runtime.baselines.camera(camera)
             if baseline is not None:
-                runtime.metrics.baseline(camera, baseline.flag_rate(), baseline.drift(), runtime.baselines.warm,
-                                         runtime.baselines.over_target, settings.per_camera_metrics)
+                runtime.metrics.baseline(
+                    camera,
+                    baseline.flag_rate(),
+                    baseline.drift(),
+                    runtime.baselines.warm,
+                    runtime.baselines.over_target,
+                    settings.per_camera_metrics,
+                )
         if entered:
-            log.warning("camera in alert model=%s camera=%s: %d of its last %d frames flagged", runtime.config.name,
-                        loggable(camera), settings.alert_flags, settings.alert_window)
+            log.warning(
+                "camera in alert model=%s camera=%s: %d of its last %d frames flagged",
+                runtime.config.name,
+                loggable(camera),
+                settings.alert_flags,
+                settings.alert_window,
+            )
         return alert
 
     async def _refuse(self) -> None:
@@ -219,8 +252,9 @@ class DataPlane:
         timeout = request.parameters.get("timeout")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-                raise InvalidInput(f"parameter 'timeout': expected microseconds as a non-negative integer, "
-                                   f"got {echo(repr(timeout))}")
+                raise InvalidInput(
+                    f"parameter 'timeout': expected microseconds as a non-negative integer, got {echo(repr(timeout))}"
+                )
             if timeout:
                 candidates.append(start + timeout / 1e6)
         default = runtime.config.batching.default_timeout_microseconds

@@ -61,9 +61,15 @@ class HostCalibration:
     """Per-camera baselines' factory statistics, when derived here (else the config's hold)."""
 
 
-def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[Detector], combiner: Fisher | None,
-                       device: torch.device, pipeline_for: PipelineFor, mode: str | None = None
-                       ) -> tuple[Fisher | None, HostCalibration]:
+def calibrate_for_host(
+    config: ModelConfig,
+    backend: Backend,
+    detectors: list[Detector],
+    combiner: Fisher | None,
+    device: torch.device,
+    pipeline_for: PipelineFor,
+    mode: str | None = None,
+) -> tuple[Fisher | None, HostCalibration]:
     """The combiner to serve with (detector thresholds are updated in place when re-derived)."""
     settings = config.calibration
     mode = mode or settings.mode
@@ -74,37 +80,69 @@ def calibrate_for_host(config: ModelConfig, backend: Backend, detectors: list[De
     if foreign_host():
         log.info("%s: every stored fingerprint counts as foreign (GUARD_FOREIGN_HOST)", config.name)
     if mode == "strict":
-        raise ForeignRuntimeRefused(config.path, "calibration.fingerprint", "thresholds derived under this host's "
-                                    f"runtime {host} (calibration mode strict; run `guard calibrate` here, or serve "
-                                    "with --calibration recalibrate)", stored)
+        raise ForeignRuntimeRefused(
+            config.path,
+            "calibration.fingerprint",
+            "thresholds derived under this host's "
+            f"runtime {host} (calibration mode strict; run `guard calibrate` here, or serve "
+            "with --calibration recalibrate)",
+            stored,
+        )
     if mode == "trust" or settings.references is None:
         why = "calibration mode trust" if mode == "trust" else "the model ships no references to derive them from"
-        log.warning("%s: serving thresholds derived under runtime %s on runtime %s (%s); the clean flag rate "
-                    "may differ from its target", config.name, stored, host, why)
+        log.warning(
+            "%s: serving thresholds derived under runtime %s on runtime %s (%s); the clean flag rate "
+            "may differ from its target",
+            config.name,
+            stored,
+            host,
+            why,
+        )
         return combiner, HostCalibration(host, "trusted")
     if not backend.ready:
-        log.warning("%s: backend not ready to score its references; serving thresholds derived under %s",
-                    config.name, stored)
+        log.warning(
+            "%s: backend not ready to score its references; serving thresholds derived under %s", config.name, stored
+        )
         return combiner, HostCalibration(host, "skipped")
     start = time.perf_counter()
     detection = config.detection
     try:
         references = References.load(config.directory / settings.references, config.path)
-        decision = derive(pipeline_for, detectors, references,
-                          DecisionSettings(detection.ensemble.method, detection.target_fpr, settings.confidence,
-                                           settings.folds, settings.seed, config.cameras.baseline))
+        decision = derive(
+            pipeline_for,
+            detectors,
+            references,
+            DecisionSettings(
+                detection.ensemble.method,
+                detection.target_fpr,
+                settings.confidence,
+                settings.folds,
+                settings.seed,
+                config.cameras.baseline,
+            ),
+        )
     except Exception as exc:  # noqa: BLE001 - whatever it was, this model cannot be checked here
         cause = exc.message if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
-        raise RecalibrationFailed(f"{config.path}: recalibrating on runtime {host} (stored thresholds derived "
-                                  f"under {stored}) failed: {cause}; the model is not served (`guard serve "
-                                  "--calibration trust` serves the stored thresholds instead)") from exc
+        raise RecalibrationFailed(
+            f"{config.path}: recalibrating on runtime {host} (stored thresholds derived "
+            f"under {stored}) failed: {cause}; the model is not served (`guard serve "
+            "--calibration trust` serves the stored thresholds instead)"
+        ) from exc
     seconds = time.perf_counter() - start
     for detector in detectors:
         old, detector.threshold = detector.threshold, decision.thresholds[detector.name]
         log.info("%s: %s threshold %.6g -> %.6g", config.name, detector.name, old, detector.threshold)
     if decision.combiner is not None and combiner is not None:
         log.info("%s: ensemble threshold %.6g -> %.6g", config.name, combiner.threshold, decision.combiner.threshold)
-    log.info("%s: recalibrated on runtime %s (calibrated under %s) from %d references in %.2f s; clean flag rate "
-             "on them %.4f (target %.4f)", config.name, host, stored, references.rows, seconds,
-             decision.calibration_fpr, detection.target_fpr)
+    log.info(
+        "%s: recalibrated on runtime %s (calibrated under %s) from %d references in %.2f s; clean flag rate "
+        "on them %.4f (target %.4f)",
+        config.name,
+        host,
+        stored,
+        references.rows,
+        seconds,
+        decision.calibration_fpr,
+        detection.target_fpr,
+    )
     return decision.combiner, HostCalibration(host, "true", decision.calibration_fpr, seconds, decision.factory)

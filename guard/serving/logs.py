@@ -72,6 +72,13 @@ class FailureLog:
             more, self._unlogged, self._last = self._unlogged, 0, now
             first, self._traced = not self._traced, True
         suffix = f" ({more} more since the last report)" if more else ""
-        self.logger.log(self.level, "%s: %s: %s%s", self.what, type(exc).__name__,
-                        loggable(str(exc), 500, token=False), suffix, exc_info=exc if first else None)
+        self.logger.log(
+            self.level,
+            "%s: %s: %s%s",
+            self.what,
+            type(exc).__name__,
+            loggable(str(exc), 500, token=False),
+            suffix,
+            exc_info=exc if first else None,
+        )
         return True

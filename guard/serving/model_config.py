@@ -95,8 +95,9 @@ class ModelConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.name, self.version, self.directory, self.model_inputs, self.outputs,
-                         self.detection.features_output)
+        return ModelSpec(
+            self.name, self.version, self.directory, self.model_inputs, self.outputs, self.detection.features_output
+        )
 
     @property
     def model_file(self) -> Path | None:
@@ -112,11 +113,11 @@ def _batching(r: TableReader) -> BatchingConfig:
         max_batch_size=r.positive("max_batch_size", d.max_batch_size),
         max_queue_delay_microseconds=r.positive("max_queue_delay_microseconds", 0, allow_zero=True),
         max_queue_size=r.positive("max_queue_size", d.max_queue_size, allow_zero=True),
-        default_timeout_microseconds=r.positive("default_timeout_microseconds", d.default_timeout_microseconds,
-                                                allow_zero=True),
+        default_timeout_microseconds=r.positive(
+            "default_timeout_microseconds", d.default_timeout_microseconds, allow_zero=True
+        ),
         instances=r.positive("instances", d.instances),
-        inline_below_microseconds=r.positive("inline_below_microseconds", d.inline_below_microseconds,
-                                             allow_zero=True),
+        inline_below_microseconds=r.positive("inline_below_microseconds", d.inline_below_microseconds, allow_zero=True),
     )
 
 
@@ -125,8 +126,22 @@ def _scan_gate(r: TableReader) -> ScanGateConfig:
     return ScanGateConfig(report=r.get("report", str, "scan.json"), require_clean=r.get("require_clean", bool, False))
 
 
-TOP_LEVEL_KEYS = {"name", "version", "platform", "policy", "fail_open", "inputs", "outputs", "preprocess",
-                  "batching", "backend", "scan", "calibration", "cameras", *detection.KEYS}
+TOP_LEVEL_KEYS = {
+    "name",
+    "version",
+    "platform",
+    "policy",
+    "fail_open",
+    "inputs",
+    "outputs",
+    "preprocess",
+    "batching",
+    "backend",
+    "scan",
+    "calibration",
+    "cameras",
+    *detection.KEYS,
+}
 
 
 def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
@@ -147,18 +162,38 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         raise r.fail("name", f"the directory's name {directory.name!r}", name)
     inputs, outputs = read_tensors(r, "inputs"), read_tensors(r, "outputs")
     preprocess = read_preprocess_settings(r.sub("preprocess"), inputs)
-    draft = ModelConfig(name, directory, inputs, outputs, read_backend_settings(r.sub("backend"), name),
-                        DetectionSettings(inputs[0].name, outputs[0].name), preprocess)
+    draft = ModelConfig(
+        name,
+        directory,
+        inputs,
+        outputs,
+        read_backend_settings(r.sub("backend"), name),
+        DetectionSettings(inputs[0].name, outputs[0].name),
+        preprocess,
+    )
     config = ModelConfig(
-        name=name, directory=directory, inputs=inputs, outputs=outputs, backend=draft.backend,
+        name=name,
+        directory=directory,
+        inputs=inputs,
+        outputs=outputs,
+        backend=draft.backend,
         detection=detection.read_detection_settings(r, draft.model_inputs, outputs, calibrated),
         preprocess=preprocess,
-        version=str(r.get("version", str, "1")), platform=r.get("platform", str, "onnxruntime_onnx"),
-        policy=r.choice("policy", POLICIES, "flag"), fail_open=r.get("fail_open", bool, False),
-        batching=_batching(r.sub("batching")), scan=_scan_gate(r.sub("scan")),
-        calibration=read_calibration_settings(r.sub("calibration")), cameras=read_camera_settings(r.sub("cameras")),
+        version=str(r.get("version", str, "1")),
+        platform=r.get("platform", str, "onnxruntime_onnx"),
+        policy=r.choice("policy", POLICIES, "flag"),
+        fail_open=r.get("fail_open", bool, False),
+        batching=_batching(r.sub("batching")),
+        scan=_scan_gate(r.sub("scan")),
+        calibration=read_calibration_settings(r.sub("calibration")),
+        cameras=read_camera_settings(r.sub("cameras")),
     )
     # Detector types and parameters are validated here, at load, against the input they examine.
-    build_detectors(path, config.detection.detectors, require_threshold=False, input_kind=config.guarded_kind,
-                    output_kind=config.detection.output_kind)
+    build_detectors(
+        path,
+        config.detection.detectors,
+        require_threshold=False,
+        input_kind=config.guarded_kind,
+        output_kind=config.detection.output_kind,
+    )
     return config

@@ -19,6 +19,8 @@ def apply(policy: str, verdict: Verdict) -> dict[str, Parameter]:
     if policy == SHADOW:
         return {}
     if policy == ENFORCE and verdict.flagged:
-        raise Blocked(f"blocked by guard: verdict {verdict.verdict}, flagged by "
-                      f"{', '.join(verdict.flagged_by)}, score {verdict.score:.3f} (threshold 1.0)")
+        raise Blocked(
+            f"blocked by guard: verdict {verdict.verdict}, flagged by "
+            f"{', '.join(verdict.flagged_by)}, score {verdict.score:.3f} (threshold 1.0)"
+        )
     return verdict.parameters()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 ACTIVE_SECONDS = 1.0
 """A flow counts towards the shares for this long after its latest request: longer than the gap
@@ -29,11 +29,15 @@ class Waiter(Protocol):
     enqueued: float
 
 
-class WaitingQueue:
+W = TypeVar("W", bound=Waiter)
+"""What the queue holds: the batcher's pending requests."""
+
+
+class WaitingQueue(Generic[W]):
     def __init__(self, flow_limit: int = 0, active_seconds: float = ACTIVE_SECONDS):
         """flow_limit: most requests one flow may have queued (0 = no limit of its own).
         active_seconds: a flow that sent a request this recently counts as active."""
-        self._items: collections.deque = collections.deque()
+        self._items: collections.deque[W] = collections.deque()
         self._flow_limit = flow_limit
         self._flows: collections.Counter[str] = collections.Counter()
         self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()  # flow -> latest arrival
@@ -43,11 +47,11 @@ class WaitingQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[W]:
         return iter(self._items)
 
     @property
-    def head(self) -> Waiter:
+    def head(self) -> W:
         return self._items[0]
 
     def full(self, max_size: int, flow: str | None) -> str | None:
@@ -58,7 +62,7 @@ class WaitingQueue:
             return f"camera '{flow}' has {self._flow_limit} requests queued already (its share of the queue)"
         return None
 
-    def add(self, item: Waiter) -> None:
+    def add(self, item: W) -> None:
         self._items.append(item)
         self.rows += item.rows
         if item.flow is not None:
@@ -66,7 +70,7 @@ class WaitingQueue:
             self._seen[item.flow] = item.enqueued
             self._seen.move_to_end(item.flow)
 
-    def remove(self, item: Waiter) -> bool:
+    def remove(self, item: W) -> bool:
         try:
             self._items.remove(item)
         except ValueError:
@@ -74,11 +78,12 @@ class WaitingQueue:
         self._left(item)
         return True
 
-    def take(self, limit: int, accept: Callable[[Waiter], bool], now: float = 0.0) -> list:
+    def take(self, limit: int, accept: Callable[[W], bool], now: float = 0.0) -> list[W]:
         """Requests for one batch of at most `limit` rows, out of the queue. Each one considered
         leaves the queue; `accept` says whether it still wants to run (its caller may have given
         up), and only those count towards the rows and are returned."""
-        batch, rows = [], 0
+        batch: list[W] = []
+        rows = 0
         if not self._flows:  # arrival order; the first request that does not fit waits for the next batch
             while self._items and rows + self._items[0].rows <= limit:
                 item = self._items.popleft()
@@ -89,7 +94,8 @@ class WaitingQueue:
             return batch
         lanes = self._fair_order()
         share = -(-limit // max(len(lanes), self._active(now)))
-        taken, per_lane = set(), collections.Counter()
+        taken: set[int] = set()
+        per_lane: collections.Counter[str | None] = collections.Counter()
         for turn in itertools.zip_longest(*lanes.values()):
             for flow, item in zip(lanes, turn):
                 if item is None or rows + item.rows > limit:
@@ -113,14 +119,14 @@ class WaitingQueue:
             self._seen.popitem(last=False)
         return len(self._seen)
 
-    def _fair_order(self) -> dict[str | None, list]:
+    def _fair_order(self) -> dict[str | None, list[W]]:
         """Each flow's waiting requests, oldest first (requests without a flow form one flow)."""
-        lanes: dict[str | None, list] = {}
+        lanes: dict[str | None, list[W]] = {}
         for item in self._items:
             lanes.setdefault(item.flow, []).append(item)
         return lanes
 
-    def clear(self) -> list:
+    def clear(self) -> list[W]:
         """Every waiting request, out of the queue."""
         items = list(self._items)
         self._items.clear()
@@ -128,7 +134,7 @@ class WaitingQueue:
         self.rows = 0
         return items
 
-    def _left(self, item: Waiter) -> None:
+    def _left(self, item: W) -> None:
         self.rows -= item.rows
         if item.flow is not None:
             self._flows[item.flow] -= 1

@@ -68,8 +68,14 @@ def fingerprint(directory: Path) -> tuple:
     time (nanoseconds). Contents are not hashed: a model file can be large, and a tool that rewrites
     a file changes its mtime."""
     try:
-        return tuple(sorted((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns)
-                            for p in directory.rglob("*") if p.is_file() for st in [p.stat()]))
+        return tuple(
+            sorted(
+                (str(p.relative_to(directory)), st.st_size, st.st_mtime_ns)
+                for p in directory.rglob("*")
+                if p.is_file()
+                for st in [p.stat()]
+            )
+        )
     except OSError:
         return ()
 
@@ -85,8 +91,14 @@ class _Entry:
 
 
 class ModelManager:
-    def __init__(self, root: Path, models: dict[str, ModelRuntime], metrics: GuardMetrics,
-                 calibration_mode: str | None = None, allow_requests: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        models: dict[str, ModelRuntime],
+        metrics: GuardMetrics,
+        calibration_mode: str | None = None,
+        allow_requests: bool = False,
+    ):
         """`models` is the data plane's dict of served models, changed in place."""
         self.root = root
         self.models = models
@@ -157,8 +169,10 @@ class ModelManager:
             runtime = await asyncio.to_thread(self._build, config)
             await runtime.start()
             if not await self._ready(runtime, old):
-                raise LoadFailed(f"{directory}: the new copy did not become ready within {READY_TIMEOUT:.0f} s "
-                                 "(its backend or upstream is not ready)")
+                raise LoadFailed(
+                    f"{directory}: the new copy did not become ready within {READY_TIMEOUT:.0f} s "
+                    "(its backend or upstream is not ready)"
+                )
         except Exception as exc:  # noqa: BLE001 - any failure leaves the old copy serving, and says why
             if runtime is not None:
                 await runtime.close(timeout=0)
@@ -169,10 +183,18 @@ class ModelManager:
         self._forget_series(name, old, runtime)
         entry.fingerprint, entry.reason, entry.failed = stamp, "", False
         self.metrics.model_loads.labels(name, "success").inc()
-        log.info("%s: %s version %s from %s in %.2f s (%s)%s", name, "reloaded" if old else "loaded",
-                 config.version, directory, time.monotonic() - start, why,
-                 f"; the replaced copy closes once its {old.active} requests in flight are answered"
-                 if old is not None and old.active else "")
+        log.info(
+            "%s: %s version %s from %s in %.2f s (%s)%s",
+            name,
+            "reloaded" if old else "loaded",
+            config.version,
+            directory,
+            time.monotonic() - start,
+            why,
+            f"; the replaced copy closes once its {old.active} requests in flight are answered"
+            if old is not None and old.active
+            else "",
+        )
         if old is not None:
             self._retire(old)
 
@@ -189,12 +211,19 @@ class ModelManager:
         return True
 
     def _failed(self, name: str, entry: _Entry, old: ModelRuntime | None, exc: Exception) -> GuardError:
-        error = exc if isinstance(exc, GuardError) else LoadFailed(
-            f"{self.root / name}: failed to load: {type(exc).__name__}: {exc}")
+        error = (
+            exc
+            if isinstance(exc, GuardError)
+            else LoadFailed(f"{self.root / name}: failed to load: {type(exc).__name__}: {exc}")
+        )
         entry.reason, entry.failed = error.message, True
         self.metrics.model_loads.labels(name, "failure").inc()
-        log.error("%s: load failed, %s: %s", name, "the loaded copy keeps serving" if old is not None
-                  else "not serving", loggable(error.message, 2000, token=False))
+        log.error(
+            "%s: load failed, %s: %s",
+            name,
+            "the loaded copy keeps serving" if old is not None else "not serving",
+            loggable(error.message, 2000, token=False),
+        )
         return error
 
     def _forget_series(self, name: str, old: ModelRuntime | None, new: ModelRuntime | None) -> None:
@@ -226,8 +255,9 @@ class ModelManager:
         entry = self._entries.setdefault(name, _Entry())
         entry.fingerprint, entry.reason, entry.failed = (), "unloaded", False
         self._forget_series(name, old, None)
-        log.info("%s: unloaded (%s)%s", name, why, f"; {old.active} requests in flight finish first"
-                 if old.active else "")
+        log.info(
+            "%s: unloaded (%s)%s", name, why, f"; {old.active} requests in flight finish first" if old.active else ""
+        )
         self._retire(old)
         return True
 
@@ -244,8 +274,12 @@ class ModelManager:
     @staticmethod
     async def _close_when_idle(old: ModelRuntime) -> None:
         if not await old.wait_idle(RETIRE_TIMEOUT):
-            log.warning("%s: %d requests still on the replaced copy after %.0f s; failing them", old.config.name,
-                        old.active, RETIRE_TIMEOUT)
+            log.warning(
+                "%s: %d requests still on the replaced copy after %.0f s; failing them",
+                old.config.name,
+                old.active,
+                RETIRE_TIMEOUT,
+            )
         await old.close(timeout=0)
 
     # -- SIGHUP ----------------------------------------------------------------------------------
@@ -273,8 +307,11 @@ class ModelManager:
                         outcome[name] = "loaded"
                     except GuardError as exc:
                         outcome[name] = f"failed: {exc.message}"
-            log.info("SIGHUP: repository %s re-read: %s", self.root,
-                     ", ".join(f"{n} {o.split(':')[0]}" for n, o in outcome.items()) or "no models")
+            log.info(
+                "SIGHUP: repository %s re-read: %s",
+                self.root,
+                ", ".join(f"{n} {o.split(':')[0]}" for n, o in outcome.items()) or "no models",
+            )
             return outcome
 
     # -- the repository RPCs ---------------------------------------------------------------------
@@ -301,18 +338,27 @@ class ModelManager:
         """A model name from a client, checked before it touches the file system: one directory
         directly under the repository, nothing else (no separators, no `..`, no hidden entries)."""
         if not self.allow_requests:
-            raise ModelControlDisabled("model control is off: start `guard serve --model-control` to load and "
-                                       "unload models over gRPC (SIGHUP re-reads the repository)")
-        if (not name or len(name) > 255 or name.startswith(".") or any(c in name for c in "/\\\0")
-                or not name.isprintable()):
+            raise ModelControlDisabled(
+                "model control is off: start `guard serve --model-control` to load and "
+                "unload models over gRPC (SIGHUP re-reads the repository)"
+            )
+        if (
+            not name
+            or len(name) > 255
+            or name.startswith(".")
+            or any(c in name for c in "/\\\0")
+            or not name.isprintable()
+        ):
             raise InvalidInput(f"model name {loggable(name)}: expected the name of a directory in the repository")
         return name
 
     async def load_requested(self, name: str, parameters: dict[str, object]) -> None:
         name = self._requested_name(name)
         if parameters:
-            raise InvalidInput(f"parameters {sorted(loggable(k) for k in parameters)} are not supported: the guard "
-                               "loads a model only from its directory in the repository")
+            raise InvalidInput(
+                f"parameters {sorted(loggable(k) for k in parameters)} are not supported: the guard "
+                "loads a model only from its directory in the repository"
+            )
         if not (self.root / name).is_dir():
             raise ModelNotFound(f"no model directory '{name}' in the repository")
         await self.load(name, "RepositoryModelLoad")

@@ -28,8 +28,9 @@ def check_against_backend(config: ModelConfig, signature, source: str) -> None:
     check_signature(config.path, {"inputs": spec.inputs, "outputs": spec.outputs}, inputs, outputs, source)
     features = config.detection.features_output
     if features is not None and features not in {s.name for s in outputs}:
-        raise ConfigError(config.path, "features_output", f"an output of {source} "
-                          f"({', '.join(s.name for s in outputs)})", features)
+        raise ConfigError(
+            config.path, "features_output", f"an output of {source} ({', '.join(s.name for s in outputs)})", features
+        )
 
 
 def load_repository(root: Path) -> list[ModelConfig]:

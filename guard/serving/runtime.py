@@ -47,37 +47,60 @@ def load_combiner(config: ModelConfig, detectors: list[Detector]) -> Fisher | No
     ensemble = config.detection.ensemble
     if ensemble.method == "union":
         return None
+    if ensemble.threshold is None:  # read from a config that `guard calibrate` has yet to complete
+        raise ConfigError(config.path, "ensemble.threshold", "a positive finite number (run `guard calibrate`)")
     try:
         combiner = Fisher.load(config.directory / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: name the key, not a zipfile error
-        raise ConfigError(config.path, "ensemble.references", f"a readable .npz of clean detector scores in "
-                          f"{config.directory} ({type(exc).__name__}: {exc}; re-run `guard calibrate`)",
-                          ensemble.references) from exc
+        raise ConfigError(
+            config.path,
+            "ensemble.references",
+            f"a readable .npz of clean detector scores in "
+            f"{config.directory} ({type(exc).__name__}: {exc}; re-run `guard calibrate`)",
+            ensemble.references,
+        ) from exc
     judges = sorted(d.name for d in detectors if not d.monitor)
     if sorted(combiner.references) != judges:
-        raise ConfigError(config.path, "ensemble.references", f"clean scores of exactly the detectors {judges} "
-                          "(re-run `guard calibrate`)", sorted(combiner.references))
+        raise ConfigError(
+            config.path,
+            "ensemble.references",
+            f"clean scores of exactly the detectors {judges} (re-run `guard calibrate`)",
+            sorted(combiner.references),
+        )
     return combiner
 
 
-def build_pipeline(config: ModelConfig, backend: Backend, detectors: list[Detector],
-                   device: torch.device) -> GuardPipeline:
+def build_pipeline(
+    config: ModelConfig, backend: Backend, detectors: list[Detector], device: torch.device
+) -> GuardPipeline:
     preprocessor = None
     if config.preprocess is not None:
         source = next(s for s in config.inputs if s.name == config.preprocess.input)
         preprocessor = config.preprocess.build(source)
     d = config.detection
-    return GuardPipeline(backend, detectors, guarded_input=d.guarded_input, logits_output=d.logits_output,
-                         output_names=[s.name for s in config.outputs], device=device,
-                         features_output=d.features_output, preprocessor=preprocessor, boxes=d.boxes)
+    return GuardPipeline(
+        backend,
+        detectors,
+        guarded_input=d.guarded_input,
+        logits_output=d.logits_output,
+        output_names=[s.name for s in config.outputs],
+        device=device,
+        features_output=d.features_output,
+        preprocessor=preprocessor,
+        boxes=d.boxes,
+    )
 
 
 def check_loadable(config: ModelConfig) -> None:
     """What the server checks when it loads a model, without serving it: the backend loads and
     agrees with the config, every detector finds its threshold and artifacts, the ensemble its
     references. Raises ConfigError naming the file and key."""
-    detectors = build_detectors(config.path, config.detection.detectors, input_kind=config.guarded_kind,
-                                output_kind=config.detection.output_kind)
+    detectors = build_detectors(
+        config.path,
+        config.detection.detectors,
+        input_kind=config.guarded_kind,
+        output_kind=config.detection.output_kind,
+    )
     backend = build_backend(config.spec, config.backend, tuple(d.name for d in detectors if d.needs_features))
     try:
         check_against_backend(config, backend.signature(), f"the model ({backend.description})")
@@ -95,26 +118,43 @@ def camera_baselines(config: ModelConfig, detectors: list[Detector], derived: Fa
     factory = derived or cameras.factory
     key = "cameras.baseline.factory"
     if factory is None:
-        raise ConfigError(config.path, key, "each detector's clean [location, spread, reach] (run `guard calibrate` "
-                          "with the model's cameras)")
+        raise ConfigError(
+            config.path,
+            key,
+            "each detector's clean [location, spread, reach] (run `guard calibrate` with the model's cameras)",
+        )
     missing = sorted(set(cameras.baseline.judged([d.name for d in detectors])) - set(factory.location))
     if missing:
-        raise ConfigError(config.path, key, f"an entry for every detector (missing {missing}; run `guard calibrate`)",
-                          sorted(factory.location))
+        raise ConfigError(
+            config.path,
+            key,
+            f"an entry for every detector (missing {missing}; run `guard calibrate`)",
+            sorted(factory.location),
+        )
     return Baselines(cameras.baseline, factory, cameras.max_cameras, target=config.detection.target_fpr)
 
 
 class ModelRuntime:
-    def __init__(self, config: ModelConfig, metrics: ModelMetrics, backend: Backend | None = None,
-                 calibration_mode: str | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        metrics: ModelMetrics,
+        backend: Backend | None = None,
+        calibration_mode: str | None = None,
+    ):
         """calibration_mode overrides the model's [calibration] mode (guard serve --calibration)."""
         self.config = config
         self.metrics = metrics
         self.device = select_device(config.detection.device)
         self.detectors: list[Detector] = [
-            d.to(self.device) for d in build_detectors(config.path, config.detection.detectors,
-                                                       input_kind=config.guarded_kind,
-                                                       output_kind=config.detection.output_kind)]
+            d.to(self.device)
+            for d in build_detectors(
+                config.path,
+                config.detection.detectors,
+                input_kind=config.guarded_kind,
+                output_kind=config.detection.output_kind,
+            )
+        ]
         if backend is None:
             readers = tuple(d.name for d in self.detectors if d.needs_features)
             backend = build_backend(config.spec, config.backend, readers)
@@ -125,8 +165,13 @@ class ModelRuntime:
                 raise
         self.backend = backend
         if backend.device is not None and backend.device.type != self.device.type:
-            log.warning("%s: the detectors run on %s and the backend on %s: every batch crosses between them "
-                        "(set the model's `device` and the backend's alike)", config.name, self.device, backend.device)
+            log.warning(
+                "%s: the detectors run on %s and the backend on %s: every batch crosses between them "
+                "(set the model's `device` and the backend's alike)",
+                config.name,
+                self.device,
+                backend.device,
+            )
         # Requests that pass the local check are answered by forward_to (remote forward_clean).
         self.upstream: Backend | None = backend.forward_to
         self.pipeline = build_pipeline(config, backend, self.detectors, self.device)
@@ -136,13 +181,20 @@ class ModelRuntime:
         batching = config.batching
         if backend.waits_on_network or (self.upstream is not None and self.upstream.waits_on_network):
             batching = dataclasses.replace(batching, inline_below_microseconds=0)  # never on the event loop
-        self.batcher = DynamicBatcher(self._execute_submitted, batching, metrics, self._executor,
-                                      flow_limit=config.cameras.max_queued)
+        self.batcher = DynamicBatcher(
+            self._execute_submitted, batching, metrics, self._executor, flow_limit=config.cameras.max_queued
+        )
         self.cameras = CameraTracker(config.cameras, forget=metrics.forget_camera)
         try:
             self.combiner, self.host_calibration = calibrate_for_host(
-                config, backend, self.detectors, load_combiner(config, self.detectors), self.device,
-                lambda detectors: build_pipeline(config, backend, detectors, self.device), calibration_mode)
+                config,
+                backend,
+                self.detectors,
+                load_combiner(config, self.detectors),
+                self.device,
+                lambda detectors: build_pipeline(config, backend, detectors, self.device),
+                calibration_mode,
+            )
             self.baselines = camera_baselines(config, self.detectors, self.host_calibration.factory)
         except BaseException:
             # A reload that fails leaves the old copy serving and may be retried: each failed try
@@ -155,9 +207,12 @@ class ModelRuntime:
         self._started = False
         self._active = 0
         # Broken detectors fail every batch: one traceback, then a count (guard.serving.logs).
-        self._fail_open_log = FailureLog(log, f"{config.name}: detectors failed; serving unchecked (fail_open)",
-                                         level=logging.WARNING)
-        self._idle: asyncio.Event | None = None
+        self._fail_open_log = FailureLog(
+            log, f"{config.name}: detectors failed; serving unchecked (fail_open)", level=logging.WARNING
+        )
+        self._idle = asyncio.Event()
+        """Set while no request is on this copy."""
+        self._idle.set()
 
     @property
     def ready(self) -> bool:
@@ -165,9 +220,6 @@ class ModelRuntime:
         return self._started and self.backend.ready and (self.upstream is None or self.upstream.ready)
 
     async def start(self) -> None:
-        self.batcher.start()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._started = True
         self.publish_metrics()
 
@@ -177,7 +229,7 @@ class ModelRuntime:
         m, name = self.metrics, self.config.name
         m.calibration(self.host_calibration)
         for detector in self.detectors:
-            m.m.detector_threshold.labels(name, detector.name).set(detector.threshold)
+            m.m.detector_threshold.labels(name, detector.name).set(detector.calibrated_threshold())
         m.m.queue_capacity.labels(name).set(self.config.batching.max_queue_size)
         # Every model has the camera counts (0 without baselines), so dashboards and alerts on
         # them see each model, not only those with per-camera baselines.
@@ -187,12 +239,11 @@ class ModelRuntime:
     def enter(self) -> None:
         """One request more on this copy (the data plane calls it right after routing)."""
         self._active += 1
-        if self._idle is not None:
-            self._idle.clear()
+        self._idle.clear()
 
     def leave(self) -> None:
         self._active -= 1
-        if self._active == 0 and self._idle is not None:
+        if self._active == 0:
             self._idle.set()
 
     @property
@@ -202,7 +253,7 @@ class ModelRuntime:
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no request is on this copy; False when `timeout` passed first."""
-        if self._idle is None or self._active == 0:
+        if self._active == 0:
             return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
@@ -226,42 +277,48 @@ class ModelRuntime:
         if self.upstream is not None:
             self.upstream.close()
 
-    async def infer(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
-                    camera: str | None = None) -> RowsResult:
+    async def infer(
+        self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None, camera: str | None = None
+    ) -> RowsResult:
         result = await self.batcher.submit((inputs, camera), rows, deadline, flow=camera)
         if isinstance(result, GuardError):  # forward_clean: this request's upstream call failed
             raise result
         return result
 
-    def _execute_submitted(self, submitted: list[tuple[dict[str, np.ndarray], str | None]],
-                           deadline: float | None = None) -> list[RowsResult | GuardError]:
+    def _execute_submitted(
+        self, submitted: list[tuple[dict[str, np.ndarray], str | None]], deadline: float | None = None
+    ) -> list[RowsResult | GuardError]:
         return self.execute([inputs for inputs, _ in submitted], deadline, [camera for _, camera in submitted])
 
-    def execute(self, requests: list[dict[str, np.ndarray]], deadline: float | None = None,
-                cameras: list[str | None] | None = None) -> list[RowsResult | GuardError]:
+    def execute(
+        self,
+        requests: list[dict[str, np.ndarray]],
+        deadline: float | None = None,
+        cameras: list[str | None] | None = None,
+    ) -> list[RowsResult | GuardError]:
         """One batch, synchronously (on a worker thread or the loop thread; see DynamicBatcher).
         `deadline` is the batch's latest: the call is worth finishing while any request waits.
         `cameras`: each request's camera_id (or None), for per-camera baselines.
         Requests whose shapes differ on a variable dimension run as separate groups."""
-        cameras = cameras or [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
+        flows: list[str | None] = cameras or [None] * len(requests)
+        groups: dict[tuple[object, ...], list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(self.pipeline.shape_key(request), []).append(i)
-        results: list[RowsResult | GuardError | None] = [None] * len(requests)
+        results: dict[int, RowsResult | GuardError] = {}
         for members in groups.values():
-            for i, result in zip(members, self._execute_group([requests[i] for i in members], deadline,
-                                                              [cameras[i] for i in members])):
-                results[i] = result
-        return results
+            results.update(
+                zip(members, self._execute_group([requests[i] for i in members], deadline, [flows[i] for i in members]))
+            )
+        return [results[i] for i in range(len(requests))]
 
-    def _execute_group(self, requests: list[dict[str, np.ndarray]], deadline: float | None,
-                       cameras: list[str | None]) -> list[RowsResult | GuardError]:
+    def _execute_group(
+        self, requests: list[dict[str, np.ndarray]], deadline: float | None, cameras: list[str | None]
+    ) -> list[RowsResult | GuardError]:
         with torch.inference_mode():
             prepared = self.pipeline.prepare(requests)
-            results: list[RowsResult | GuardError | None] = [
-                InvalidInput(prepared.failed[i]) if i in prepared.failed else None for i in range(len(requests))]
+            results: dict[int, RowsResult | GuardError] = {i: InvalidInput(why) for i, why in prepared.failed.items()}
             if not prepared.kept:
-                return results  # every request failed its own preprocessing
+                return [results[i] for i in range(len(requests))]  # each failed its own preprocessing
             kept = [requests[i] for i in prepared.kept]
             try:
                 result = self.pipeline.run(prepared.inputs, deadline)
@@ -278,14 +335,12 @@ class ModelRuntime:
         else:
             judged = [Verdict(UNCHECKED, 0.0) for _ in spans]
         self._observe(result)
-        served: list[RowsResult | GuardError] = [
-            RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict)
-            for span, verdict in zip(spans, judged)]
-        if self.upstream is not None:
-            self._forward_clean(kept, served, deadline)
-        for i, answer in zip(prepared.kept, served):
-            results[i] = answer
-        return results
+        served = [
+            RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict) for span, verdict in zip(spans, judged)
+        ]
+        answers = served if self.upstream is None else self._forward_clean(self.upstream, kept, served, deadline)
+        results.update(zip(prepared.kept, answers))
+        return [results[i] for i in range(len(requests))]
 
     def _judge(self, scores: dict[str, np.ndarray], spans: list[slice], flows: list[str | None]) -> list[Verdict]:
         """Verdicts; with per-camera baselines, each camera's rows are judged against its baseline,
@@ -295,8 +350,7 @@ class ModelRuntime:
         judged = verdicts(self.detectors, self.baselines.normalise(flows, spans, scores), spans, self.combiner)
         for camera, span, verdict in zip(flows, spans, judged):
             if camera is not None:  # the request's worst row, raw: what the baseline is made of
-                self.baselines.observe(camera, {n: float(np.max(v[span])) for n, v in scores.items()},
-                                       verdict.flagged)
+                self.baselines.observe(camera, {n: float(np.max(v[span])) for n, v in scores.items()}, verdict.flagged)
         return judged
 
     def _observe(self, result: BatchResult) -> None:
@@ -304,24 +358,27 @@ class ModelRuntime:
             self.metrics.stage(stage, seconds)
         self.metrics.backend_rows(result.rows_sent)
 
-    def _forward_clean(self, requests: list[dict[str, np.ndarray]], results: list[RowsResult | GuardError],
-                       deadline: float | None) -> None:
+    def _forward_clean(
+        self, upstream: Backend, requests: list[dict[str, np.ndarray]], served: list[RowsResult], deadline: float | None
+    ) -> list[RowsResult | GuardError]:
         """Requests that passed the local check go upstream in ONE call and take its outputs; the
         upstream never sees a flagged request, which keeps the local copy's outputs (under enforce
         the data plane blocks it anyway). When the upstream fails, only the forwarded requests
         fail: flagged ones still get their verdicts."""
-        passed = [i for i, r in enumerate(results) if not r.verdict.flagged]
+        answers: list[RowsResult | GuardError] = list(served)
+        passed = [i for i, r in enumerate(served) if not r.verdict.flagged]
         if not passed:
-            return
+            return answers
         merged = {n: np.concatenate([requests[i][n] for i in passed]) for n in requests[0]}
         start = time.perf_counter()
         try:
-            outputs = self.upstream.infer(merged, [s.name for s in self.config.outputs], deadline)
+            outputs = upstream.infer(merged, [s.name for s in self.config.outputs], deadline)
         except GuardError as exc:
             for i in passed:
-                results[i] = exc
-            return
+                answers[i] = exc
+            return answers
         finally:
             self.metrics.stage("upstream", time.perf_counter() - start)
         for i, span in zip(passed, row_spans([rows_of(requests[i]) for i in passed])):
-            results[i] = RowsResult({n: v[span] for n, v in outputs.items()}, results[i].verdict)
+            answers[i] = RowsResult({n: v[span] for n, v in outputs.items()}, served[i].verdict)
+        return answers

@@ -19,12 +19,21 @@ def check_scan_gate(config: ModelConfig) -> None:
         return
     where = config.path
     if config.model_file is None:
-        raise ConfigError(where, "scan.require_clean", "a model file in the model directory to scan (an "
-                          "upstream in remote mode `through` is scanned where it runs)", True)
+        raise ConfigError(
+            where,
+            "scan.require_clean",
+            "a model file in the model directory to scan (an "
+            "upstream in remote mode `through` is scanned where it runs)",
+            True,
+        )
     report = (config.directory / config.scan.report).resolve()
     if not report.is_file():
-        raise ConfigError(where, "scan.report", f"an existing model scan report (run `guard scan-model --model "
-                          f"{config.directory} --out {report.parent}`)", str(report))
+        raise ConfigError(
+            where,
+            "scan.report",
+            f"an existing model scan report (run `guard scan-model --model {config.directory} --out {report.parent}`)",
+            str(report),
+        )
     try:
         scan = json.loads(report.read_text())
         verdict, digest = scan["verdict"], scan["onnx_sha256"]
@@ -32,9 +41,18 @@ def check_scan_gate(config: ModelConfig) -> None:
         raise ConfigError(where, "scan.report", "a scan.json written by guard scan-model", str(report)) from None
     actual = hashlib.sha256(config.model_file.read_bytes()).hexdigest()
     if digest != actual:
-        raise ConfigError(where, "scan.report", f"a scan of {config.model_file.name} as it is now (the report "
-                          f"{report} scanned another file; rescan)", digest[:12])
+        raise ConfigError(
+            where,
+            "scan.report",
+            f"a scan of {config.model_file.name} as it is now (the report {report} scanned another file; rescan)",
+            digest[:12],
+        )
     if verdict != "clean":
-        raise ConfigError(where, "scan.require_clean", f"a model whose last scan is clean; scan report {report} "
-                          f"flagged class(es) {scan.get('flagged_classes')} as backdoor target(s) "
-                          f"(anomaly index {scan.get('max_anomaly_index', float('nan')):.2f})", verdict)
+        raise ConfigError(
+            where,
+            "scan.require_clean",
+            f"a model whose last scan is clean; scan report {report} "
+            f"flagged class(es) {scan.get('flagged_classes')} as backdoor target(s) "
+            f"(anomaly index {scan.get('max_anomaly_index', float('nan')):.2f})",
+            verdict,
+        )

@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import torch
@@ -92,63 +94,84 @@ class ServerSettings:
     """Allow the repository RPCs to load and unload models (index: always)."""
 
 
+@dataclass
+class _Serving:
+    """What start() brings up and shutdown() takes down: there from the moment gRPC is set up, so
+    that a start that fails half-way is still stopped in full."""
+
+    grpc: grpc.aio.Server
+    health: health.aio.HealthServicer
+    http: WSGIServer | None = None
+    """The /metrics endpoint; None while it is not up, or when it is disabled."""
+    health_follower: asyncio.Task[None] | None = None
+
+
 class GuardServer:
     def __init__(self, settings: ServerSettings, metrics: GuardMetrics | None = None):
-        self.settings = settings
+        s = self.settings = settings
         self.metrics = metrics or GuardMetrics()
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._http = None
         self._runtimes: dict[str, ModelRuntime] = {}
         """Served models by name: the same dict as dataplane.models, which a reload changes."""
-        self._health_follower: asyncio.Task | None = None
-        self._reloads: set[asyncio.Task] = set()
-        self.shared_memory: SharedMemoryRegistry | None = None
+        self.models = ModelManager(s.repository, self._runtimes, self.metrics, s.calibration, s.model_control)
+        self.dataplane = DataPlane(self._runtimes, s.policy)
+        self.dataplane.control = self.models
+        self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
+        self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
+        self._serving: _Serving | None = None
+        """Set by start(); None before it and once stopped."""
+        self._reloads: set[asyncio.Task[dict[str, str]]] = set()
 
     async def start(self) -> None:
         s = self.settings
         torch.set_num_threads(s.torch_threads)
-        self.models = ModelManager(s.repository, self._runtimes, self.metrics, s.calibration, s.model_control)
         self.models.load_all()
-        self.dataplane = DataPlane(self._runtimes, s.policy)
-        self.dataplane.control = self.models
 
-        options = [("grpc.max_receive_message_length", s.max_message_bytes),
-                   ("grpc.max_send_message_length", s.max_message_bytes),
-                   # Calls gRPC has received but the event loop has not yet taken (it takes one per
-                   # turn): past 1000 by default gRPC itself cancels them, a bare CANCELLED the client
-                   # cannot tell from its own. Sized from the concurrency limit, so that the gateway's
-                   # own refusal (RESOURCE_EXHAUSTED with a retry hint) answers them instead.
-                   ("grpc.server.max_pending_requests", 4 * s.max_concurrency),
-                   ("grpc.server.max_pending_requests_hard_limit", 8 * s.max_concurrency)]
-        self._grpc = grpc.aio.server(options=options)
-        self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
-        self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
-        add_inference_service(InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency,
-                                                shared_memory=self.shared_memory), self._grpc)
-        self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            # Calls gRPC has received but the event loop has not yet taken (it takes one per
+            # turn): past 1000 by default gRPC itself cancels them, a bare CANCELLED the client
+            # cannot tell from its own. Sized from the concurrency limit, so that the gateway's
+            # own refusal (RESOURCE_EXHAUSTED with a retry hint) answers them instead.
+            ("grpc.server.max_pending_requests", 4 * s.max_concurrency),
+            ("grpc.server.max_pending_requests_hard_limit", 8 * s.max_concurrency),
+        ]
+        server = grpc.aio.server(options=options)
+        add_inference_service(
+            InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency, shared_memory=self.shared_memory),
+            server,
+        )
+        serving = self._serving = _Serving(server, health.aio.HealthServicer())
+        health_pb2_grpc.add_HealthServicer_to_server(serving.health, server)
+        # The messages live in a private descriptor pool (proto/generate.py): reflection reads that one.
         reflection.enable_server_reflection(
-            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._grpc, pool=pb.POOL)
-        self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=pb.DESCRIPTOR.pool
+        )
+        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
         for runtime in self._runtimes.values():
             await runtime.start()
-        await self._grpc.start()
+        await server.start()
         if s.metrics_port >= 0:
-            self._http, _ = self.metrics.serve(s.host, s.metrics_port)
-            self.metrics_port = self._http.server_port
-        await self._follow_readiness(once=True)
-        self._health_follower = asyncio.create_task(self._follow_readiness(), name="health")
-        log.info("guard ready: grpc=%s:%d metrics=%s policy=%s models=%s", s.host, self.grpc_port,
-                 f"{s.host}:{self.metrics_port}" if self.metrics_port else "off", s.policy or "per-model",
-                 ",".join(self._runtimes))
+            serving.http, _ = self.metrics.serve(s.host, s.metrics_port)
+            self.metrics_port = serving.http.server_port
+        await self._follow_readiness(serving.health, once=True)
+        serving.health_follower = asyncio.create_task(self._follow_readiness(serving.health), name="health")
+        log.info(
+            "guard ready: grpc=%s:%d metrics=%s policy=%s models=%s",
+            s.host,
+            self.grpc_port,
+            f"{s.host}:{self.metrics_port}" if self.metrics_port else "off",
+            s.policy or "per-model",
+            ",".join(self._runtimes),
+        )
 
-    def reload(self) -> asyncio.Task | None:
+    def reload(self) -> asyncio.Task[dict[str, str]] | None:
         """Re-read the repository in the background (SIGHUP); None once stopping."""
-        if self._grpc is None or self.dataplane.draining:
+        if self._serving is None or self.dataplane.draining:
             return None
         task = asyncio.create_task(self.models.reload_changed(), name="reload")
         self._reloads.add(task)
@@ -160,11 +183,13 @@ class GuardServer:
         clients know the server is going away)."""
         await self.shutdown(drain_seconds=0.0, exit_timeout=grace)
 
-    async def shutdown(self, drain_seconds: float | None = None, exit_timeout: float | None = None,
-                       force: asyncio.Event | None = None) -> None:
+    async def shutdown(
+        self, drain_seconds: float | None = None, exit_timeout: float | None = None, force: asyncio.Event | None = None
+    ) -> None:
         """The graceful stop of the module docstring; `force` set (a second signal) ends it at once.
         Defaults from the settings."""
-        if self._grpc is None:
+        serving = self._serving
+        if serving is None:
             return
         s = self.settings
         timeout = s.exit_timeout_seconds if exit_timeout is None else exit_timeout
@@ -178,15 +203,18 @@ class GuardServer:
         self.dataplane.draining = True
         for task in self._reloads:
             task.cancel()
-        if self._health_follower is not None:
-            self._health_follower.cancel()
-            await asyncio.gather(self._health_follower, return_exceptions=True)
+        if serving.health_follower is not None:
+            serving.health_follower.cancel()
+            await asyncio.gather(serving.health_follower, return_exceptions=True)
         for name in ["", SERVICE, *self._runtimes]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._health.enter_graceful_shutdown()
+            await serving.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await serving.health.enter_graceful_shutdown()
         if drain > 0:
-            log.info("stopping: health NOT_SERVING; serving new requests for %.1f s more (exit timeout %.1f s)",
-                     drain, timeout)
+            log.info(
+                "stopping: health NOT_SERVING; serving new requests for %.1f s more (exit timeout %.1f s)",
+                drain,
+                timeout,
+            )
         # 2. The drain period.
         await _until(start + drain, force)
         # 3. Stop accepting: park new requests until none arrive, then GOAWAY, then answer them.
@@ -197,11 +225,12 @@ class GuardServer:
             if time.monotonic() >= quiet_at:
                 break
             await _until(min(quiet_at, quiet_by), force)
-        stopping = asyncio.create_task(self._grpc.stop(max(0.0, deadline - time.monotonic()) + ABORT_GRACE))
+        stopping = asyncio.create_task(serving.grpc.stop(max(0.0, deadline - time.monotonic()) + ABORT_GRACE))
         await asyncio.sleep(0)  # the task has run up to its first await: gRPC's shutdown has begun
         self.dataplane.release_refused()
-        log.info("no longer accepting calls; %d requests in flight, %d refused", self.dataplane.active,
-                 self.dataplane.parked)
+        log.info(
+            "no longer accepting calls; %d requests in flight, %d refused", self.dataplane.active, self.dataplane.parked
+        )
         # 4. Let what is inside finish.
         settled_at = None
         while not stopping.done() and not force.is_set() and time.monotonic() < deadline:
@@ -215,23 +244,28 @@ class GuardServer:
         aborted = 0
         if not stopping.done():
             if not self._idle():
-                aborted = self._abort("forced by a second signal" if force.is_set() else
-                                      f"the exit timeout ({timeout:.0f} s) passed")
+                aborted = self._abort(
+                    "forced by a second signal" if force.is_set() else f"the exit timeout ({timeout:.0f} s) passed"
+                )
                 # A moment for the failed requests' answers to go out before gRPC cancels the rest.
                 await _poll(lambda: self.dataplane.active == 0, 0.1 if force.is_set() else ABORT_GRACE)
-            await self._grpc.stop(None)  # cancels what is left: streams, health watches, stuck batches
+            await serving.grpc.stop(None)  # cancels what is left: streams, health watches, stuck batches
         await stopping
         if self.shared_memory is not None:
             self.shared_memory.close()
         await self.models.close(timeout=0)
         for runtime in list(self._runtimes.values()):
             await runtime.close(timeout=0)
-        if self._http is not None:
-            await asyncio.to_thread(self._http.shutdown)  # waits out its poll interval (0.5 s): not on the loop
-            self._http.server_close()
-        self._grpc = None
-        log.info("stopped after %.2f s: %d requests answered since the signal%s", time.monotonic() - start,
-                 self._requests_total() - served, f", {aborted} failed UNAVAILABLE unfinished" if aborted else "")
+        if serving.http is not None:
+            await asyncio.to_thread(serving.http.shutdown)  # waits out its poll interval (0.5 s): not on the loop
+            serving.http.server_close()
+        self._serving = None
+        log.info(
+            "stopped after %.2f s: %d requests answered since the signal%s",
+            time.monotonic() - start,
+            self._requests_total() - served,
+            f", {aborted} failed UNAVAILABLE unfinished" if aborted else "",
+        )
 
     def _idle(self) -> bool:
         """No request is inside the gateway: none parked, routed, queued or in a running batch."""
@@ -239,16 +273,24 @@ class GuardServer:
 
     def _abort(self, why: str) -> int:
         log.warning("stopping now (%s): failing what still waits with UNAVAILABLE", why)
-        failed = sum(runtime.batcher.abort(f"server is shutting down: {why}")
-                     for runtime in [*self._runtimes.values(), *self.models.retiring])
+        failed = sum(
+            runtime.batcher.abort(f"server is shutting down: {why}")
+            for runtime in [*self._runtimes.values(), *self.models.retiring]
+        )
         self.dataplane.release_refused()
         return failed
 
     def _requests_total(self) -> float:
-        return sum(sample.value for family in self.metrics.requests.collect() for sample in family.samples
-                   if sample.name == "guard_requests_total")
+        return sum(
+            sample.value
+            for family in self.metrics.requests.collect()
+            for sample in family.samples
+            if sample.name == "guard_requests_total"
+        )
 
-    async def _follow_readiness(self, once: bool = False, period: float = 0.1) -> None:
+    async def _follow_readiness(
+        self, servicer: health.aio.HealthServicer, once: bool = False, period: float = 0.1
+    ) -> None:
         """gRPC health follows readiness, since a remote backend's upstream can come and go: each
         model's name its own, the inference service's name every model's (like ServerReady). The
         server's "" stays SERVING until shutdown: liveness probes ask it, and restarting the guard
@@ -264,16 +306,18 @@ class GuardServer:
                 states.setdefault(name, False)
             for name, ready in states.items():
                 if reported.get(name) != ready:
-                    await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if ready
-                                           else health_pb2.HealthCheckResponse.NOT_SERVING)
+                    await servicer.set(
+                        name,
+                        health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+                    )
             reported = states
             if once:
                 return
             await asyncio.sleep(period)
 
     async def wait(self) -> None:
-        if self._grpc is not None:
-            await self._grpc.wait_for_termination()
+        if self._serving is not None:
+            await self._serving.grpc.wait_for_termination()
 
 
 async def _until(when: float, force: asyncio.Event) -> None:
@@ -284,7 +328,7 @@ async def _until(when: float, force: asyncio.Event) -> None:
             await asyncio.wait_for(force.wait(), remaining)
 
 
-async def _poll(condition, timeout: float, period: float = 0.005) -> bool:
+async def _poll(condition: Callable[[], bool], timeout: float, period: float = 0.005) -> bool:
     """Wait until `condition()` holds, at most `timeout` seconds; returns whether it held."""
     end = time.monotonic() + timeout
     while not condition():
@@ -308,8 +352,12 @@ async def serve_forever(settings: ServerSettings) -> None:
             log.warning("%s again: stopping now", sig.name)
             force.set()
         else:
-            log.info("%s: stopping gracefully (drain %.1f s, exit timeout %.1f s; send it again to stop now)",
-                     sig.name, settings.drain_seconds, settings.exit_timeout_seconds)
+            log.info(
+                "%s: stopping gracefully (drain %.1f s, exit timeout %.1f s; send it again to stop now)",
+                sig.name,
+                settings.drain_seconds,
+                settings.exit_timeout_seconds,
+            )
             stop.set()
 
     # Before start(): its "guard ready" line tells supervisors and tests they may signal now.

@@ -46,6 +46,7 @@ two per camera. Beyond it, registering is refused with RESOURCE_EXHAUSTED."""
 SYSTEM_SHARED_MEMORY = "system_shared_memory"
 """The extension's name in ServerMetadata, as Triton lists it."""
 
+
 class RegionExists(GuardError):
     status = "ALREADY_EXISTS"
 
@@ -74,8 +75,9 @@ class Region:
 
 
 class SharedMemoryRegistry:
-    def __init__(self, max_regions: int = MAX_REGIONS, max_tensor_bytes: int = MAX_MESSAGE_BYTES,
-                 directory: str = SHM_DIR):
+    def __init__(
+        self, max_regions: int = MAX_REGIONS, max_tensor_bytes: int = MAX_MESSAGE_BYTES, directory: str = SHM_DIR
+    ):
         self.max_regions = max_regions
         self.max_tensor_bytes = max_tensor_bytes
         """Most bytes one tensor may take from a region: what one gRPC message could have carried,
@@ -92,16 +94,20 @@ class SharedMemoryRegistry:
             if name in self._regions:
                 raise RegionExists(f"shared memory region {echo(name)} is already registered")
             if len(self._regions) >= self.max_regions:
-                raise TooManyRegions(f"{len(self._regions)} shared memory regions are registered, the gateway's "
-                                     f"limit: unregister one first")
+                raise TooManyRegions(
+                    f"{len(self._regions)} shared memory regions are registered, the gateway's "
+                    f"limit: unregister one first"
+                )
             if byte_size == 0:
                 raise InvalidInput(f"shared memory region {echo(name)}: byte_size must be at least 1")
             fd, writable = _open(path, key)
             try:
                 size = os.fstat(fd).st_size
                 if offset + byte_size > size:
-                    raise InvalidInput(f"shared memory region {echo(name)}: offset {offset} + byte_size {byte_size} "
-                                       f"is beyond the end of shared memory object {echo(key)} ({size} bytes)")
+                    raise InvalidInput(
+                        f"shared memory region {echo(name)}: offset {offset} + byte_size {byte_size} "
+                        f"is beyond the end of shared memory object {echo(key)} ({size} bytes)"
+                    )
             except BaseException:
                 os.close(fd)
                 raise
@@ -136,8 +142,10 @@ class SharedMemoryRegistry:
             region = self._find(ref, tensor)
             data = os.pread(region.fd, ref.byte_size, region.offset + ref.offset)
         if len(data) != ref.byte_size:
-            raise InvalidInput(f"input {echo(tensor)}: shared memory object {echo(region.key)} of region "
-                               f"{echo(ref.region)} now ends before the tensor's bytes (it was truncated)")
+            raise InvalidInput(
+                f"input {echo(tensor)}: shared memory object {echo(region.key)} of region "
+                f"{echo(ref.region)} now ends before the tensor's bytes (it was truncated)"
+            )
         return data
 
     def check_output(self, ref: SharedMemoryRef, tensor: str) -> None:
@@ -146,36 +154,45 @@ class SharedMemoryRegistry:
         with self._lock:
             region = self._find(ref, tensor)
         if not region.writable:
-            raise InvalidInput(f"output {echo(tensor)}: shared memory region {echo(ref.region)} is read-only to "
-                               "the gateway (it could not open the object for writing)")
+            raise InvalidInput(
+                f"output {echo(tensor)}: shared memory region {echo(ref.region)} is read-only to "
+                "the gateway (it could not open the object for writing)"
+            )
 
     def write(self, ref: SharedMemoryRef, tensor: str, data: bytes) -> None:
         """An output tensor's bytes, into its region (at its start; the rest is left as it was)."""
         if len(data) > ref.byte_size:
-            raise InvalidInput(f"output {echo(tensor)}: needs {len(data)} bytes, shared_memory_byte_size gives "
-                               f"{ref.byte_size} in region {echo(ref.region)}")
+            raise InvalidInput(
+                f"output {echo(tensor)}: needs {len(data)} bytes, shared_memory_byte_size gives "
+                f"{ref.byte_size} in region {echo(ref.region)}"
+            )
         with self._lock:
             region = self._find(ref, tensor)
             written = os.pwrite(region.fd, data, region.offset + ref.offset)
         if written != len(data):
-            raise InvalidInput(f"output {echo(tensor)}: shared memory object {echo(region.key)} of region "
-                               f"{echo(ref.region)} took {written} of {len(data)} bytes (it was truncated)")
+            raise InvalidInput(
+                f"output {echo(tensor)}: shared memory object {echo(region.key)} of region "
+                f"{echo(ref.region)} took {written} of {len(data)} bytes (it was truncated)"
+            )
 
     def _check_size(self, ref: SharedMemoryRef, tensor: str) -> None:
         if ref.byte_size > self.max_tensor_bytes:
-            raise InvalidInput(f"tensor {echo(tensor)}: shared_memory_byte_size {ref.byte_size} is more than the "
-                               f"{self.max_tensor_bytes} bytes one tensor may take from shared memory")
+            raise InvalidInput(
+                f"tensor {echo(tensor)}: shared_memory_byte_size {ref.byte_size} is more than the "
+                f"{self.max_tensor_bytes} bytes one tensor may take from shared memory"
+            )
 
     def _find(self, ref: SharedMemoryRef, tensor: str) -> Region:
         """The region `ref` names, holding [offset, offset + byte_size); the caller holds the lock."""
         region = self._regions.get(ref.region)
         if region is None:
-            raise InvalidInput(f"tensor {echo(tensor)}: no shared memory region named {echo(ref.region)} is "
-                               "registered")
+            raise InvalidInput(f"tensor {echo(tensor)}: no shared memory region named {echo(ref.region)} is registered")
         if ref.offset + ref.byte_size > region.byte_size:
-            raise InvalidInput(f"tensor {echo(tensor)}: shared_memory_offset {ref.offset} + shared_memory_byte_size "
-                               f"{ref.byte_size} is beyond the end of region {echo(ref.region)} "
-                               f"({region.byte_size} bytes)")
+            raise InvalidInput(
+                f"tensor {echo(tensor)}: shared_memory_offset {ref.offset} + shared_memory_byte_size "
+                f"{ref.byte_size} is beyond the end of region {echo(ref.region)} "
+                f"({region.byte_size} bytes)"
+            )
         return region
 
     def _path(self, key: str) -> str:
@@ -183,15 +200,18 @@ class SharedMemoryRegistry:
         shm_open() drops; any other '/' would leave the directory, so it is refused."""
         bare = key.lstrip("/")
         if not bare or "/" in bare or bare in (".", "..") or "\0" in bare or len(bare) > MAX_NAME_CHARS:
-            raise InvalidInput(f"shared memory key {echo(key)} is not a POSIX shared memory name: expected "
-                               "'/name' (or 'name') with no other '/', at most 255 characters")
+            raise InvalidInput(
+                f"shared memory key {echo(key)} is not a POSIX shared memory name: expected "
+                "'/name' (or 'name') with no other '/', at most 255 characters"
+            )
         return os.path.join(self.directory, bare)
 
 
 def _check_name(name: str) -> None:
     if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise InvalidInput(f"shared memory region name {echo(name)}: expected 1 to {MAX_NAME_CHARS} printable "
-                           "characters")
+        raise InvalidInput(
+            f"shared memory region name {echo(name)}: expected 1 to {MAX_NAME_CHARS} printable characters"
+        )
 
 
 def _open(path: str, key: str) -> tuple[int, bool]:
@@ -205,8 +225,9 @@ def _open(path: str, key: str) -> tuple[int, bool]:
             fd = os.open(path, mode | flags)
             break
         except FileNotFoundError:
-            raise RegionNotFound(f"shared memory object {echo(key)} does not exist (no {echo(path)}): create "
-                                 "it before registering it") from None
+            raise RegionNotFound(
+                f"shared memory object {echo(key)} does not exist (no {echo(path)}): create it before registering it"
+            ) from None
         except PermissionError:
             writable = False
         except OSError as exc:

@@ -33,8 +33,7 @@ class EncodedInputs(Protocol):
     decoded) and returns the inputs, the requested outputs and each input's datatype; it raises
     InvalidInput like `validate`."""
 
-    async def decode(self, config: ModelConfig) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str]]:
-        ...
+    async def decode(self, config: ModelConfig) -> tuple[dict[str, np.ndarray], tuple[str, ...], dict[str, str]]: ...
 
 
 def check_outputs(config: ModelConfig, names: Iterable[str]) -> tuple[str, ...]:
@@ -57,8 +56,9 @@ def check_input_names(config: ModelConfig, names: Iterable[str]) -> None:
     seen: set[str] = set()
     for name in islice(names, len(declared) + 1):
         if name not in declared:
-            raise InvalidInput(f"unexpected input {echo(name)} for model '{config.name}': "
-                               f"expected inputs {sorted(declared)}")
+            raise InvalidInput(
+                f"unexpected input {echo(name)} for model '{config.name}': expected inputs {sorted(declared)}"
+            )
         if name in seen:
             raise InvalidInput(f"input {echo(name)} appears more than once")
         seen.add(name)
@@ -80,8 +80,9 @@ def check_headers(config: ModelConfig, headers: Iterable[TensorHeader]) -> int:
     batch = next(iter(rows.values()))
     limit = config.batching.max_batch_size
     if batch > limit:
-        raise InvalidInput(f"input '{config.inputs[0].name}': batch dimension {batch} exceeds the "
-                           f"model's max_batch_size {limit}")
+        raise InvalidInput(
+            f"input '{config.inputs[0].name}': batch dimension {batch} exceeds the model's max_batch_size {limit}"
+        )
     return batch
 
 
@@ -90,17 +91,23 @@ def _check_header(spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> No
         raise InvalidInput(f"input '{spec.name}': expected datatype {spec.datatype}, got {datatype}")
     expected = ("N", *spec.shape)
     if len(shape) != len(expected):
-        raise InvalidInput(f"input '{spec.name}': expected rank {len(expected)} with shape "
-                           f"{_shape_text(expected)}, got shape {list(shape)}")
+        raise InvalidInput(
+            f"input '{spec.name}': expected rank {len(expected)} with shape "
+            f"{_shape_text(expected)}, got shape {list(shape)}"
+        )
     if shape[0] < 1:
         raise InvalidInput(f"input '{spec.name}': expected at least one row in the batch dimension")
     for dim, (want, got) in enumerate(zip(spec.shape, shape[1:]), start=1):
         if want != -1 and want != got:
-            raise InvalidInput(f"input '{spec.name}': expected shape {_shape_text(expected)}, "
-                               f"got {list(shape)} (dimension {dim} is {got}, expected {want})")
+            raise InvalidInput(
+                f"input '{spec.name}': expected shape {_shape_text(expected)}, "
+                f"got {list(shape)} (dimension {dim} is {got}, expected {want})"
+            )
         if got < 1:  # a free dimension of zero: nothing for the model or the detectors to look at
-            raise InvalidInput(f"input '{spec.name}': expected shape {_shape_text(expected)}, "
-                               f"got {list(shape)} (dimension {dim} is {got}, expected at least 1)")
+            raise InvalidInput(
+                f"input '{spec.name}': expected shape {_shape_text(expected)}, "
+                f"got {list(shape)} (dimension {dim} is {got}, expected at least 1)"
+            )
 
 
 def _check_values(spec: TensorSpec, array: np.ndarray) -> None:
@@ -111,8 +118,10 @@ def _check_values(spec: TensorSpec, array: np.ndarray) -> None:
         # one pass over the data fewer on the hot path.
         if not (lo >= low and hi <= high):
             _check_finite(spec, array)
-            raise InvalidInput(f"input '{spec.name}': expected values in [{low:g}, {high:g}], "
-                               f"got values in [{float(lo):g}, {float(hi):g}]")
+            raise InvalidInput(
+                f"input '{spec.name}': expected values in [{low:g}, {high:g}], "
+                f"got values in [{float(lo):g}, {float(hi):g}]"
+            )
     else:
         _check_finite(spec, array)
 
@@ -130,8 +139,9 @@ def validate(config: ModelConfig, request: InferRequest, datatypes: dict[str, st
     """Validate a decoded request against config; returns the request's number of rows (its batch size)."""
     check_input_names(config, request.inputs)
     check_outputs(config, request.outputs)
-    rows = check_headers(config, [TensorHeader(name, datatypes[name], array.shape)
-                                  for name, array in request.inputs.items()])
+    rows = check_headers(
+        config, [TensorHeader(name, datatypes[name], array.shape) for name, array in request.inputs.items()]
+    )
     for spec in config.inputs:
         _check_values(spec, request.inputs[spec.name])
     return rows

@@ -9,7 +9,6 @@ with an upper confidence bound.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field, fields, replace
@@ -22,27 +21,17 @@ import tomlkit
 from guard.backends.device import select_device
 from guard.backends.onnx_graph import expose_features, find_feature_tensor, onnx_signature
 from guard.backends.onnxruntime import OnnxRuntimeBackend
-from guard.detection.bounds import DEFAULT_CONFIDENCE, upper_bound
-from guard.detection.calibration.derive import (
-    DecisionSettings,
-    derive,
-    fit_data,
-    fit_learners,
-    per_detector_rates,
-    score,
-)
-from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
+from guard.detection.bounds import DEFAULT_CONFIDENCE
+from guard.detection.calibration.derive import DecisionSettings, per_detector_rates, score
+from guard.detection.calibration.fingerprint import runtime_fingerprint
 from guard.detection.calibration.references import References
 from guard.detection.detectors import Detector, build_detectors, squeezer_tables
 from guard.detection.pipeline import GuardPipeline
 from guard.detection.settings import METHODS
 from guard.protocol.errors import ConfigError
-from guard.serving.model_config import load_model_config
-from guard.serving.runtime import check_loadable
+from guard.tools.calibrate_steps import check_and_report, derive_and_save
 
 log = logging.getLogger("guard.tools.calibrate")
-
-REFERENCES = "references.npz"
 
 
 @dataclass
@@ -68,17 +57,24 @@ class CalibrationOptions:
     seed: int = 0
     value_range: tuple[float, float] = (0.0, 1.0)
     policy: str = "flag"
-    batching: dict[str, int] = field(default_factory=lambda: {"max_batch_size": 32, "max_queue_delay_microseconds": 0,
-                                                              "max_queue_size": 1024})
+    batching: dict[str, int] = field(
+        default_factory=lambda: {"max_batch_size": 32, "max_queue_delay_microseconds": 0, "max_queue_size": 1024}
+    )
     backend: dict[str, Any] = field(default_factory=lambda: {"intra_op_threads": 1, "inter_op_threads": 1})
     """ONNX Runtime keys of the [backend] table (guard.backends.onnxruntime)."""
     features: str | None = None
     """The tensor feature-space detectors read (default: the input of the last Gemm/MatMul)."""
 
 
-def detector_tables(onnx_path: Path, bit_depths: list[int] | None = None, medians: list[int] | None = None,
-                    mahalanobis: bool | None = None, confidence_margin: bool = True, strip: int | None = None,
-                    features: str | None = None) -> list[dict[str, Any]]:
+def detector_tables(
+    onnx_path: Path,
+    bit_depths: list[int] | None = None,
+    medians: list[int] | None = None,
+    mahalanobis: bool | None = None,
+    confidence_margin: bool = True,
+    strip: int | None = None,
+    features: str | None = None,
+) -> list[dict[str, Any]]:
     """The [[detectors]] `guard calibrate`'s flags ask for. mahalanobis None: on when the model has
     penultimate features to read (a linear head, or `features`); True insists (and fails without)."""
     tables = squeezer_tables(bit_depths, medians)
@@ -105,8 +101,9 @@ def _split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _detectors(options: CalibrationOptions, model_file: Path, path: Path) -> list[Detector]:
-    tables = options.detectors if options.detectors is not None else detector_tables(model_file,
-                                                                                     features=options.features)
+    tables = (
+        options.detectors if options.detectors is not None else detector_tables(model_file, features=options.features)
+    )
     return build_detectors(path, tables, require_threshold=False)
 
 
@@ -116,8 +113,15 @@ def find_feature_tensor_of(model_file: Path) -> str:
     return find_feature_tensor(onnx.load(str(model_file), load_external_data=False))
 
 
-def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray, y: np.ndarray | None = None,
-                    options: CalibrationOptions | None = None, **overrides: Any) -> dict[str, Any]:
+def calibrate_model(
+    onnx_path: Path,
+    name: str,
+    repository: Path,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    options: CalibrationOptions | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Write REPOSITORY/NAME/{model.onnx, config.toml, references.npz, calibration.json}; returns
     the report. `overrides` are CalibrationOptions fields."""
     unknown = set(overrides) - {f.name for f in fields(CalibrationOptions)}
@@ -128,13 +132,17 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
         raise ConfigError(Path("(calibrate)"), "ensemble", "one of " + ", ".join(METHODS), o.ensemble)
     inputs, outputs = onnx_signature(onnx_path)
     if len(inputs) != 1:
-        raise ConfigError(onnx_path, "(model inputs)", "exactly one input for `guard calibrate` "
-                          f"(found {[i.name for i in inputs]}); write config.toml by hand")
+        raise ConfigError(
+            onnx_path,
+            "(model inputs)",
+            f"exactly one input for `guard calibrate` (found {[i.name for i in inputs]}); write config.toml by hand",
+        )
     spec = inputs[0]
     x = np.asarray(x, np.float32)
     if x.ndim != len(spec.shape) + 1 or any(d not in (-1, s) for d, s in zip(spec.shape, x.shape[1:])):
-        raise ConfigError(onnx_path, spec.name, f"samples of shape [N, {', '.join(map(str, spec.shape))}]",
-                          list(x.shape))
+        raise ConfigError(
+            onnx_path, spec.name, f"samples of shape [N, {', '.join(map(str, spec.shape))}]", list(x.shape)
+        )
     low, high = o.value_range
     if x.min() < low or x.max() > high:
         raise ConfigError(onnx_path, "range", f"clean samples within [{low}, {high}]", [float(x.min()), float(x.max())])
@@ -150,83 +158,88 @@ def calibrate_model(onnx_path: Path, name: str, repository: Path, x: np.ndarray,
     if onnx_path.resolve() != model_file.resolve():
         shutil.copyfile(onnx_path, model_file)
     found = _detectors(o, model_file, target / "config.toml")
-    features_name = expose_features(model_file, model_file, o.features) if any(d.needs_features for d in found) \
-        else None
+    features_name = (
+        expose_features(model_file, model_file, o.features) if any(d.needs_features for d in found) else None
+    )
     client_outputs = [out for out in outputs if out.name != features_name]
-    engine = OnnxRuntimeBackend.open(model_file, **{k: v for k, v in o.backend.items()
-                                                    if k in ("intra_op_threads", "inter_op_threads")})
+    engine = OnnxRuntimeBackend.open(
+        model_file, **{k: v for k, v in o.backend.items() if k in ("intra_op_threads", "inter_op_threads")}
+    )
     device = select_device("auto")
     for detector in found:
         detector.to(device)
 
     def pipeline_for(detectors: list[Detector]) -> GuardPipeline:
-        return GuardPipeline(engine, detectors, guarded_input=spec.name, logits_output=client_outputs[0].name,
-                             output_names=[out.name for out in client_outputs], device=device,
-                             features_output=features_name)
+        return GuardPipeline(
+            engine,
+            detectors,
+            guarded_input=spec.name,
+            logits_output=client_outputs[0].name,
+            output_names=[out.name for out in client_outputs],
+            device=device,
+            features_output=features_name,
+        )
 
     references = References({spec.name: x}, y)
-    folds = o.folds
-    if any(d.learns for d in found):
-        learn_from = references if o.fit_data is None else \
-            References({spec.name: np.asarray(o.fit_data[0], np.float32)}, o.fit_data[1])
-        fit_learners(found, fit_data(pipeline_for([d for d in found if d.learns]), learn_from))
-        if o.fit_data is not None:
-            folds = 0  # they never saw the references: their scores there are honest as they are
-    settings = DecisionSettings(o.ensemble, o.target_fpr, o.confidence, folds, o.seed)
-    decision = derive(pipeline_for, found, references, settings)
-    for detector in found:
-        detector.threshold = decision.thresholds[detector.name]
-        detector.save(target)
-    references.save(target / REFERENCES)
-    if decision.combiner is not None:
-        decision.combiner.save(target / "ensemble.npz")
+    learn_from = (
+        None if o.fit_data is None else References({spec.name: np.asarray(o.fit_data[0], np.float32)}, o.fit_data[1])
+    )
+    calibrated = derive_and_save(
+        target,
+        found,
+        pipeline_for,
+        references,
+        DecisionSettings(o.ensemble, o.target_fpr, o.confidence, o.folds, o.seed),
+        learn_from,
+    )
+    decision = calibrated.decision
     fingerprint = runtime_fingerprint(engine.description, device)
 
     judges = [d.name for d in found if not d.monitor]
-    hold_scores, hold_logits = score(pipeline_for(found), References({spec.name: np.asarray(holdout[0], np.float32)},
-                                                                     holdout[1]), desc="held-out")
-    hold_flags = int(decision.flags(hold_scores, judges).sum())
-    ensemble_table: dict[str, Any] = {"method": o.ensemble}
-    if decision.combiner is not None:
-        ensemble_table.update(references="ensemble.npz", threshold=decision.combiner.threshold)
-        if decision.combiner.min_p_threshold is not None:
-            ensemble_table["min_p_threshold"] = decision.combiner.min_p_threshold
+    hold_scores, hold_logits = score(
+        pipeline_for(found), References({spec.name: np.asarray(holdout[0], np.float32)}, holdout[1]), desc="held-out"
+    )
+    ensemble_table: dict[str, Any] = {"method": o.ensemble, **calibrated.ensemble}
     config = {
-        "name": name, "version": "1", "platform": "onnxruntime_onnx", "policy": o.policy, "target_fpr": o.target_fpr,
-        "guarded_input": spec.name, "logits_output": client_outputs[0].name,
+        "name": name,
+        "version": "1",
+        "platform": "onnxruntime_onnx",
+        "policy": o.policy,
+        "target_fpr": o.target_fpr,
+        "guarded_input": spec.name,
+        "logits_output": client_outputs[0].name,
         **({"features_output": features_name} if features_name else {}),
-        "inputs": [{"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape),  # free dims stay free
-                    "range": [float(low), float(high)], "layout": "NCHW" if x.ndim == 4 else ""}],
-        "outputs": [{"name": out.name, "datatype": out.datatype,
-                     "shape": [d if d != -1 else s for d, s in zip(out.shape, hold_logits.shape[1:])]
-                     if out.name == client_outputs[0].name else list(out.shape)} for out in client_outputs],
+        "inputs": [
+            {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": list(spec.shape),  # free dims stay free
+                "range": [float(low), float(high)],
+                "layout": "NCHW" if x.ndim == 4 else "",
+            }
+        ],
+        "outputs": [
+            {
+                "name": out.name,
+                "datatype": out.datatype,
+                "shape": [d if d != -1 else s for d, s in zip(out.shape, hold_logits.shape[1:])]
+                if out.name == client_outputs[0].name
+                else list(out.shape),
+            }
+            for out in client_outputs
+        ],
         "batching": o.batching,
         "backend": dict(o.backend),  # kind onnxruntime and model_file model.onnx: the defaults
         "detectors": [d.to_config() for d in found],
         "ensemble": ensemble_table,
-        "calibration": {"mode": "recalibrate", "references": REFERENCES, "fingerprint": fingerprint_id(fingerprint),
-                        "folds": folds, "seed": o.seed, "confidence": o.confidence},
+        "calibration": calibrated.calibration_table("recalibrate", fingerprint),
     }
-    header = (f"# Written by `guard calibrate` from {references.rows} clean samples (target FPR {o.target_fpr}).\n"
-              "# Thresholds: guard/detection/calibration; regenerate rather than edit them by hand.\n")
+    header = (
+        f"# Written by `guard calibrate` from {references.rows} clean samples (target FPR {o.target_fpr}).\n"
+        "# Thresholds: guard/detection/calibration; regenerate rather than edit them by hand.\n"
+    )
     (target / "config.toml").write_text(header + tomlkit.dumps(config))
-    check_loadable(load_model_config(target))  # what was written must load, as the server will check it
-
-    n_hold = len(holdout[0])
-    report: dict[str, Any] = {
-        "model": name, "target_fpr": o.target_fpr, "confidence": o.confidence,
-        "n_calibration": references.rows, "n_holdout": n_hold, "cross_fit_folds": folds,
-        "ensemble": ensemble_table, "thresholds": decision.thresholds, "calibration_fpr": decision.calibration_fpr,
-        "calibration_fpr_per_detector": per_detector_rates(decision.scores, decision.thresholds),
-        "monitors": sorted(d.name for d in found if d.monitor),
-        "holdout_fpr": hold_flags / max(n_hold, 1),
-        "holdout_fpr_upper_95": upper_bound(hold_flags, n_hold, 0.95),
-        "holdout_fpr_per_detector": per_detector_rates(hold_scores, decision.thresholds),
-        "fingerprint": fingerprint_id(fingerprint), "runtime": fingerprint,
-    }
+    extra: dict[str, Any] = {"holdout_fpr_per_detector": per_detector_rates(hold_scores, decision.thresholds)}
     if holdout[1] is not None:
-        report["holdout_accuracy"] = float((hold_logits.argmax(1) == holdout[1]).mean())
-    (target / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("calibrated %s: held-out clean flag rate %.3f (95%% upper bound %.3f, target %.3f)", name,
-             report["holdout_fpr"], report["holdout_fpr_upper_95"], o.target_fpr)
-    return report
+        extra["holdout_accuracy"] = float((hold_logits.argmax(1) == holdout[1]).mean())
+    return check_and_report(target, name, calibrated, fingerprint, decision.flags(hold_scores, judges), **extra)

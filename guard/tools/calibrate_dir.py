@@ -10,8 +10,6 @@ the same config.toml (its layout and comments kept), with the references and the
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +19,16 @@ import tomlkit
 from guard.backends import build_backend
 from guard.backends.device import select_device
 from guard.detection.baselines import BaselineSettings, simulate
-from guard.detection.bounds import DEFAULT_CONFIDENCE, upper_bound
-from guard.detection.calibration.derive import DecisionSettings, derive, fit_data, fit_learners, score
-from guard.detection.calibration.fingerprint import fingerprint_id, runtime_fingerprint
+from guard.detection.bounds import DEFAULT_CONFIDENCE
+from guard.detection.calibration.derive import DecisionSettings, score
+from guard.detection.calibration.fingerprint import runtime_fingerprint
 from guard.detection.calibration.references import References
 from guard.detection.detectors import build_detectors
 from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.serving.repository import check_against_backend
-from guard.serving.runtime import build_pipeline, check_loadable
-
-log = logging.getLogger("guard.tools.calibrate")
+from guard.serving.runtime import build_pipeline
+from guard.tools.calibrate_steps import Calibrated, check_and_report, derive_and_save
 
 
 def _split(references: References, holdout_fraction: float, seed: int) -> tuple[References, References | None]:
@@ -42,13 +39,20 @@ def _split(references: References, holdout_fraction: float, seed: int) -> tuple[
     return references.take(np.sort(order[:cut])), references.take(np.sort(order[cut:]))
 
 
+def _cameras(references: References) -> np.ndarray:
+    """Which camera each row comes from (per-camera baselines need it of every sample)."""
+    if references.cameras is None:
+        raise ValueError("per-camera baselines need samples that say which camera each comes from")
+    return references.cameras
+
+
 def _split_in_time(references: References, holdout_fraction: float) -> tuple[References, References | None]:
     """Per camera: its first frames calibrate, its last `holdout_fraction` are held out (later
     frames of the same camera, as a deployment meets them; a random split would put neighbours of
     every held-out frame into calibration)."""
     if holdout_fraction <= 0:
         return references, None
-    cameras = references.cameras
+    cameras = _cameras(references)
     first, last = [], []
     for camera in dict.fromkeys(cameras.tolist()):
         rows = np.flatnonzero(cameras == camera)
@@ -58,14 +62,21 @@ def _split_in_time(references: References, holdout_fraction: float) -> tuple[Ref
     return references.take(np.concatenate(first)), references.take(np.concatenate(last))
 
 
-def _held_out_flags(decision, holdout_scores: dict[str, np.ndarray], samples: References, holdout: References,
-                    judges: list[str], baseline: BaselineSettings) -> np.ndarray:
+def _held_out_flags(
+    decision,
+    holdout_scores: dict[str, np.ndarray],
+    samples: References,
+    holdout: References,
+    judges: list[str],
+    baseline: BaselineSettings,
+) -> np.ndarray:
     """Held-out frames judged as the server judges them: each against its camera's baseline from
     that camera's warm-up frames (the first of its calibration frames)."""
     flags = []
-    for camera in dict.fromkeys(holdout.cameras.tolist()):
-        warm = np.flatnonzero(samples.cameras == camera)[:baseline.warmup]
-        held = np.flatnonzero(holdout.cameras == camera)
+    sample_cameras, held_cameras = _cameras(samples), _cameras(holdout)
+    for camera in dict.fromkeys(held_cameras.tolist()):
+        warm = np.flatnonzero(sample_cameras == camera)[: baseline.warmup]
+        held = np.flatnonzero(held_cameras == camera)
         if len(warm) < baseline.warmup:
             continue  # never warmed up: its frames would be judged against the factory
         joined = {n: np.concatenate([decision.unmapped[n][warm], holdout_scores[n][held]]) for n in judges}
@@ -74,22 +85,42 @@ def _held_out_flags(decision, holdout_scores: dict[str, np.ndarray], samples: Re
     return np.concatenate(flags) if flags else np.zeros(0, bool)
 
 
-def calibrate_directory(directory: Path, samples: References, *, holdout_fraction: float = 0.3,
-                        holdout: References | None = None, fit_samples: References | None = None,
-                        folds: int = 5, seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
+def calibrate_directory(
+    directory: Path,
+    samples: References,
+    *,
+    holdout_fraction: float = 0.3,
+    holdout: References | None = None,
+    fit_samples: References | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:
     """Derive and write DIRECTORY's thresholds from clean `samples`; returns the report."""
     config = load_model_config(directory, calibrated=False)
     baseline = config.cameras.baseline
     if baseline is not None and samples.cameras is None:
-        raise ConfigError(config.path, "cameras.baseline", "clean samples that say which camera each comes from "
-                          "(`guard calibrate --data` with one video or folder per camera)")
+        raise ConfigError(
+            config.path,
+            "cameras.baseline",
+            "clean samples that say which camera each comes from "
+            "(`guard calibrate --data` with one video or folder per camera)",
+        )
     if holdout is None:
-        samples, holdout = _split_in_time(samples, holdout_fraction) if baseline else _split(
-            samples, holdout_fraction, seed)
+        samples, holdout = (
+            _split_in_time(samples, holdout_fraction) if baseline else _split(samples, holdout_fraction, seed)
+        )
     device = select_device(config.detection.device)
-    detectors = [d.to(device) for d in build_detectors(config.path, config.detection.detectors, require_threshold=False,
-                                                        input_kind=config.guarded_kind,
-                                                        output_kind=config.detection.output_kind)]
+    detectors = [
+        d.to(device)
+        for d in build_detectors(
+            config.path,
+            config.detection.detectors,
+            require_threshold=False,
+            input_kind=config.guarded_kind,
+            output_kind=config.detection.output_kind,
+        )
+    ]
     backend = build_backend(config.spec, config.backend, tuple(d.name for d in detectors if d.needs_features))
     try:
         check_against_backend(config, backend.signature(), f"the model ({backend.description})")
@@ -97,63 +128,42 @@ def calibrate_directory(directory: Path, samples: References, *, holdout_fractio
         def pipeline_for(chosen):
             return build_pipeline(config, backend, chosen, device)
 
-        if any(d.learns for d in detectors):
-            fit_learners(detectors, fit_data(pipeline_for([d for d in detectors if d.learns]), fit_samples or samples))
-            folds = 0 if fit_samples is not None else folds
         detection = config.detection
-        decision = derive(pipeline_for, detectors, samples,
-                          DecisionSettings(detection.ensemble.method, detection.target_fpr, confidence, folds, seed,
-                                           baseline))
-        held = None
+        calibrated = derive_and_save(
+            directory,
+            detectors,
+            pipeline_for,
+            samples,
+            DecisionSettings(detection.ensemble.method, detection.target_fpr, confidence, folds, seed, baseline),
+            fit_samples,
+        )
+        flagged = None
         if holdout is not None and holdout.rows:
             judges = [d.name for d in detectors if not d.monitor]
             scores, _ = score(pipeline_for(detectors), holdout, desc="held-out")
             if baseline is None:
-                flagged = decision.flags(scores, judges)
+                flagged = calibrated.decision.flags(scores, judges)
             else:
-                flagged = _held_out_flags(decision, scores, samples, holdout, judges, baseline)
-            held, held_rows = int(flagged.sum()), len(flagged)
+                flagged = _held_out_flags(calibrated.decision, scores, samples, holdout, judges, baseline)
         fingerprint = runtime_fingerprint(backend.description, device)
     finally:
         backend.close()
-    for detector in detectors:
-        detector.threshold = decision.thresholds[detector.name]
-        detector.save(directory)
-    samples.save(directory / "references.npz")
-    _write_config(config.path, decision, fingerprint_id(fingerprint), folds, seed, confidence)
-    check_loadable(load_model_config(directory))
-    report: dict[str, Any] = {
-        "model": config.name, "target_fpr": config.detection.target_fpr, "confidence": confidence,
-        "n_calibration": samples.rows, "cross_fit_folds": folds, "thresholds": decision.thresholds,
-        "ensemble": config.detection.ensemble.method, "calibration_fpr": decision.calibration_fpr,
-        "fingerprint": fingerprint_id(fingerprint), "runtime": fingerprint,
-    }
-    if held is not None and held_rows:
-        report.update(n_holdout=held_rows, holdout_fpr=held / held_rows,
-                      holdout_fpr_upper_95=upper_bound(held, held_rows))
-    if baseline is not None:
-        report["cameras"] = len(set(samples.cameras.tolist()))
-    (directory / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("calibrated %s from %d clean samples: %s", config.name, samples.rows,
-             f"held-out clean flag rate {report['holdout_fpr']:.3f}" if "holdout_fpr" in report
-             else "no held-out samples")
-    return report
+    _write_config(config.path, calibrated, fingerprint)
+    extra = {} if baseline is None else {"cameras": len(set(_cameras(samples).tolist()))}
+    return check_and_report(directory, config.name, calibrated, fingerprint, flagged, **extra)
 
 
-def _write_config(path: Path, decision, fingerprint: str, folds: int, seed: int, confidence: float) -> None:
+def _write_config(path: Path, calibrated: Calibrated, fingerprint: dict[str, Any]) -> None:
+    """The thresholds, the ensemble's keys and the [calibration] table written into config.toml,
+    its layout and comments kept."""
+    decision = calibrated.decision
     document = tomlkit.parse(path.read_text())
     for table in document.get("detectors", []):
         table["threshold"] = decision.thresholds[table.get("name", table["type"])]
-    if decision.combiner is not None:
-        decision.combiner.save(path.parent / "ensemble.npz")
-        ensemble = document["ensemble"]
-        ensemble["references"] = "ensemble.npz"
-        ensemble["threshold"] = decision.combiner.threshold
-        if decision.combiner.min_p_threshold is not None:
-            ensemble["min_p_threshold"] = decision.combiner.min_p_threshold
+    if calibrated.ensemble:
+        document["ensemble"].update(calibrated.ensemble)
     if decision.factory is not None:  # per-camera baselines: the factory they are measured against
         document["cameras"]["baseline"]["factory"] = decision.factory.as_table()
     mode = document.get("calibration", {}).get("mode", "recalibrate")
-    document["calibration"] = {"mode": mode, "references": "references.npz", "fingerprint": fingerprint,
-                               "folds": folds, "seed": seed, "confidence": confidence}
+    document["calibration"] = calibrated.calibration_table(mode, fingerprint)
     path.write_text(tomlkit.dumps(document))

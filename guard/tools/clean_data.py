@@ -1,11 +1,15 @@
 """Clean samples for calibration, in whatever form a user has them: an .npz of arrays, a folder of
 images, or a video file. They become References shaped as the model's clients send them: encoded
 images for a BYTES input, UINT8 H x W x C frames for a frames input, arrays as they are for the
-rest. Video is decoded with PyAV (FFmpeg); every `stride`-th frame is kept, up to `limit`."""
+rest. Video is decoded with PyAV (FFmpeg); every `stride`-th frame is kept, up to `limit`.
+
+The image and video helpers here are the one copy for everything that sends or reads frames as a
+camera would (replay, the evaluation's conditions, the benchmarks, the demo recipes in models/)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,47 +23,78 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
-def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """RGB uint8 [H, W, 3] -> baseline JPEG bytes (Pillow's libjpeg, 4:2:0 chroma like most cameras)."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality {quality} is outside 1..100")
     out = io.BytesIO()
-    Image.fromarray(frame).save(out, format="JPEG", quality=quality)
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(out, format="JPEG", quality=quality, subsampling="4:2:0")
     return out.getvalue()
+
+
+def decode_image(data: bytes | Path) -> np.ndarray:
+    """An encoded image (bytes or a file) as RGB uint8 [H, W, 3]."""
+    source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    with Image.open(source) as image:
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch.from_numpy warns otherwise
+
+
+def decode_video(path: Path, *, start: int = 0, step: int = 1, limit: int | None = None) -> Iterator[np.ndarray]:
+    """Frames start, start + step, ... of a video file as RGB uint8 [H, W, 3], at most `limit`
+    (PyAV; decoding stops at the last one wanted)."""
+    import av
+
+    if limit is not None and limit <= 0:
+        return
+    taken = 0
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= start and (index - start) % step == 0:
+                yield frame.to_ndarray(format="rgb24")
+                taken += 1
+                if limit is not None and taken >= limit:
+                    return
 
 
 def video_frames(path: Path, stride: int = 1, limit: int | None = None) -> list[np.ndarray]:
     """RGB uint8 frames of a video, every `stride`-th, at most `limit`."""
     try:
-        import av
+        frames = list(decode_video(path, step=stride, limit=limit))
     except ImportError:
         raise ConfigError(path, "--data", "a video PyAV can read (pip install 'guard[camera]')", path.name) from None
-    frames = []
-    with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index % stride == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if limit is not None and len(frames) >= limit:
-                    break
     if not frames:
         raise ConfigError(path, "--data", "a video with at least one decodable frame", path.name)
     return frames
 
 
-def _as_client_rows(frames: list[np.ndarray], encoded: list[bytes] | None, spec: TensorSpec,
-                    source: Path) -> np.ndarray:
+def _as_client_rows(
+    frames: list[np.ndarray], encoded: list[bytes] | None, spec: TensorSpec, source: Path
+) -> np.ndarray:
     if spec.datatype == "BYTES":
         items = encoded if encoded is not None else [encode_jpeg(f) for f in frames]
         rows = np.array(items + [None], dtype=object)[:-1]
         return rows.reshape(len(items), *([1] if spec.shape == (1,) else []))
     if spec.datatype == "UINT8" and len(spec.shape) == 3:
         if len({f.shape for f in frames}) != 1:
-            raise ConfigError(source, "--data", "frames of one size (they are stacked into one array)",
-                              sorted({f.shape for f in frames})[:3])
+            raise ConfigError(
+                source,
+                "--data",
+                "frames of one size (they are stacked into one array)",
+                sorted({f.shape for f in frames})[:3],
+            )
         return np.stack(frames)
-    raise ConfigError(source, "--data", f"an .npz for input '{spec.name}' ({spec.datatype}); images and video "
-                      "feed BYTES (encoded images) or UINT8 [H, W, C] frame inputs", source.name)
+    raise ConfigError(
+        source,
+        "--data",
+        f"an .npz for input '{spec.name}' ({spec.datatype}); images and video "
+        "feed BYTES (encoded images) or UINT8 [H, W, C] frame inputs",
+        source.name,
+    )
 
 
-def load_references(path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1,
-                    limit: int | None = None) -> References:
+def load_references(
+    path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1, limit: int | None = None
+) -> References:
     """Clean samples for a model whose clients send `inputs`."""
     path = Path(path)
     if path.suffix == ".npz":
@@ -68,18 +103,21 @@ def load_references(path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1,
             if not arrays and "x" in data.files and len(inputs) == 1:
                 arrays = {inputs[0].name: data["x"]}
             if set(arrays) != {spec.name for spec in inputs}:
-                raise ConfigError(path, "--data", f"arrays named {[s.name for s in inputs]} (or 'x' for a "
-                                  "single input), and optionally 'y'", data.files)
+                raise ConfigError(
+                    path,
+                    "--data",
+                    f"arrays named {[s.name for s in inputs]} (or 'x' for a single input), and optionally 'y'",
+                    data.files,
+                )
             return References(arrays, data["y"] if "y" in data.files else None)
     if len(inputs) != 1:
-        raise ConfigError(path, "--data", "an .npz with one array per input for a model with several inputs",
-                          path.name)
+        raise ConfigError(path, "--data", "an .npz with one array per input for a model with several inputs", path.name)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not files:
             raise ConfigError(path, "--data", f"a folder of {', '.join(IMAGE_SUFFIXES)} images", path.name)
         encoded = [f.read_bytes() for f in files]
-        frames = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in encoded]
+        frames = [decode_image(b) for b in encoded]
         return References({inputs[0].name: _as_client_rows(frames, encoded, inputs[0], path)})
     if path.suffix.lower() in VIDEO_SUFFIXES:
         frames = video_frames(path, stride, limit)
@@ -87,8 +125,9 @@ def load_references(path: Path, inputs: tuple[TensorSpec, ...], stride: int = 1,
     raise ConfigError(path, "--data", "an .npz, a folder of images or a video file", path.name)
 
 
-def load_cameras(paths: list[Path], inputs: tuple[TensorSpec, ...], stride: int = 1,
-                 limit: int | None = None) -> References:
+def load_cameras(
+    paths: list[Path], inputs: tuple[TensorSpec, ...], stride: int = 1, limit: int | None = None
+) -> References:
     """Clean samples from several sources, each one camera (a video, an image folder, or an .npz
     with an optional `cameras` array): rows keep their order, and `cameras` says whose each is."""
     parts = [load_references(Path(p), inputs, stride, limit) for p in paths]
@@ -108,4 +147,3 @@ def _npz_cameras(path: Path) -> np.ndarray | None:
         return None
     with np.load(path, allow_pickle=False) as data:
         return data["cameras"].astype(str) if "cameras" in data.files else None
-

@@ -23,12 +23,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.access_log:
         logging.getLogger("guard.access").setLevel(logging.WARNING)
-    settings = ServerSettings(repository=args.repository, host=args.host, grpc_port=args.grpc_port,
-                              metrics_port=args.metrics_port, policy=args.policy,
-                              max_message_bytes=args.max_message_bytes, max_concurrency=args.max_concurrency,
-                              torch_threads=args.torch_threads, shared_memory=args.shared_memory,
-                              calibration=args.calibration, drain_seconds=args.drain_seconds,
-                              exit_timeout_seconds=args.exit_timeout_seconds, model_control=args.model_control)
+    settings = ServerSettings(
+        repository=args.repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        policy=args.policy,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrency=args.max_concurrency,
+        torch_threads=args.torch_threads,
+        shared_memory=args.shared_memory,
+        calibration=args.calibration,
+        drain_seconds=args.drain_seconds,
+        exit_timeout_seconds=args.exit_timeout_seconds,
+        model_control=args.model_control,
+    )
     asyncio.run(serve_forever(settings))
     return 0
 
@@ -46,10 +55,17 @@ def _calibrate(args: argparse.Namespace) -> int:
         from guard.tools.calibrate_dir import calibrate_directory
         from guard.tools.clean_data import load_cameras
 
-        samples = load_cameras(args.data, load_model_config(args.model, calibrated=False).inputs,
-                               stride=args.stride, limit=args.frames)
-        report = calibrate_directory(args.model, samples, holdout_fraction=args.holdout_fraction, folds=args.folds,
-                                     seed=args.seed, confidence=args.confidence)
+        samples = load_cameras(
+            args.data, load_model_config(args.model, calibrated=False).inputs, stride=args.stride, limit=args.frames
+        )
+        report = calibrate_directory(
+            args.model,
+            samples,
+            holdout_fraction=args.holdout_fraction,
+            folds=args.folds,
+            seed=args.seed,
+            confidence=args.confidence,
+        )
     else:
         from guard.tools.calibrate import calibrate_model, detector_tables
 
@@ -59,13 +75,32 @@ def _calibrate(args: argparse.Namespace) -> int:
             if "x" not in data:
                 raise SystemExit(f"{args.data[0]}: expected an array named 'x' (and optionally 'y')")
             x, y = data["x"], data.get("y")
-        tables = detector_tables(args.onnx, bit_depths=args.bit_depth, medians=args.median,
-                                 mahalanobis=args.mahalanobis, confidence_margin=args.confidence_margin,
-                                 strip=args.strip, features=args.features)
-        report = calibrate_model(args.onnx, args.name, args.repository, x, y, target_fpr=args.target_fpr,
-                                 confidence=args.confidence, holdout_fraction=args.holdout_fraction, seed=args.seed,
-                                 value_range=tuple(args.range), policy=args.policy or "flag", detectors=tables,
-                                 features=args.features, ensemble=args.ensemble, folds=args.folds)
+        tables = detector_tables(
+            args.onnx,
+            bit_depths=args.bit_depth,
+            medians=args.median,
+            mahalanobis=args.mahalanobis,
+            confidence_margin=args.confidence_margin,
+            strip=args.strip,
+            features=args.features,
+        )
+        report = calibrate_model(
+            args.onnx,
+            args.name,
+            args.repository,
+            x,
+            y,
+            target_fpr=args.target_fpr,
+            confidence=args.confidence,
+            holdout_fraction=args.holdout_fraction,
+            seed=args.seed,
+            value_range=tuple(args.range),
+            policy=args.policy or "flag",
+            detectors=tables,
+            features=args.features,
+            ensemble=args.ensemble,
+            folds=args.folds,
+        )
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
@@ -96,85 +131,165 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve a model repository over gRPC")
-    serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY,
-                       help="model repository (default: the shipped demo, models/repository)")
+    serve.add_argument(
+        "--repository",
+        type=Path,
+        default=DEFAULT_REPOSITORY,
+        help="model repository (default: the shipped demo, models/repository)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (logged)")
     serve.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port; -1 disables")
     serve.add_argument("--policy", choices=POLICIES, help="override every model's policy")
     serve.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
-    serve.add_argument("--max-concurrency", type=int, default=MAX_CONCURRENCY, metavar="N",
-                       help="inference requests in flight at once (unary calls and stream requests); more are "
-                       f"refused with RESOURCE_EXHAUSTED and a retry hint (default {MAX_CONCURRENCY})")
-    serve.add_argument("--shared-memory", action="store_true",
-                       help="accept Triton's system shared-memory extension: clients on this host pass tensors "
-                       "through /dev/shm (off by default: see docs/shared-memory.md)")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=MAX_CONCURRENCY,
+        metavar="N",
+        help="inference requests in flight at once (unary calls and stream requests); more are "
+        f"refused with RESOURCE_EXHAUSTED and a retry hint (default {MAX_CONCURRENCY})",
+    )
+    serve.add_argument(
+        "--shared-memory",
+        action="store_true",
+        help="accept Triton's system shared-memory extension: clients on this host pass tensors "
+        "through /dev/shm (off by default: see docs/shared-memory.md)",
+    )
     serve.add_argument("--torch-threads", type=int, default=1, help="threads for the guard's tensor work")
     serve.add_argument("--access-log", action="store_true", help="log one line per request")
-    serve.add_argument("--calibration", choices=("recalibrate", "strict", "trust"),
-                       help="where a model's thresholds were derived under another runtime: derive them again "
-                       "from its references (recalibrate), refuse to load (strict) or serve them (trust); "
-                       "default: each model's [calibration] mode (recalibrate unless set)")
-    serve.add_argument("--drain-seconds", type=_seconds, default=5.0,
-                       help="after SIGTERM/SIGINT: health says NOT_SERVING while requests are still served for this "
-                       "long, so load balancers stop sending first (default 5: a few seconds of endpoint propagation "
-                       "plus one health-check interval)")
-    serve.add_argument("--exit-timeout-seconds", type=_seconds, default=30.0,
-                       help="the longest a graceful stop takes from the signal, drain included; requests still "
-                       "waiting then fail with UNAVAILABLE (default 30, as Triton's). A second signal stops at once")
-    serve.add_argument("--model-control", action="store_true",
-                       help="allow the repository RPCs (tritonclient load_model/unload_model) to change what is "
-                       "served; SIGHUP re-reads the repository either way")
+    serve.add_argument(
+        "--calibration",
+        choices=("recalibrate", "strict", "trust"),
+        help="where a model's thresholds were derived under another runtime: derive them again "
+        "from its references (recalibrate), refuse to load (strict) or serve them (trust); "
+        "default: each model's [calibration] mode (recalibrate unless set)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=_seconds,
+        default=5.0,
+        help="after SIGTERM/SIGINT: health says NOT_SERVING while requests are still served for this "
+        "long, so load balancers stop sending first (default 5: a few seconds of endpoint propagation "
+        "plus one health-check interval)",
+    )
+    serve.add_argument(
+        "--exit-timeout-seconds",
+        type=_seconds,
+        default=30.0,
+        help="the longest a graceful stop takes from the signal, drain included; requests still "
+        "waiting then fail with UNAVAILABLE (default 30, as Triton's). A second signal stops at once",
+    )
+    serve.add_argument(
+        "--model-control",
+        action="store_true",
+        help="allow the repository RPCs (tritonclient load_model/unload_model) to change what is "
+        "served; SIGHUP re-reads the repository either way",
+    )
     serve.set_defaults(func=_serve)
 
     cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
     cal.add_argument("--onnx", type=Path, help="a classifier to bring in (outputs logits first)")
     cal.add_argument("--name", help="model name (directory under the repository)")
     cal.add_argument("--repository", type=Path)
-    cal.add_argument("--model", type=Path, help="instead: calibrate this model directory as its config.toml describes "
-                     "it (any input and output kind)")
-    cal.add_argument("--data", type=Path, nargs="+", required=True, help="clean samples: .npz ('x', optional labels "
-                     "'y'; with --model, one array per input), or with --model a folder of images or a video file; "
-                     "with --model, several: one per camera (per-camera baselines warm up on each)")
+    cal.add_argument(
+        "--model",
+        type=Path,
+        help="instead: calibrate this model directory as its config.toml describes it (any input and output kind)",
+    )
+    cal.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="clean samples: .npz ('x', optional labels "
+        "'y'; with --model, one array per input), or with --model a folder of images or a video file; "
+        "with --model, several: one per camera (per-camera baselines warm up on each)",
+    )
     cal.add_argument("--frames", type=int, help="with a video or an image folder: use at most this many")
     cal.add_argument("--stride", type=int, default=1, help="with a video: keep every STRIDE-th frame")
     cal.add_argument("--target-fpr", type=float, default=0.05)
-    cal.add_argument("--confidence", type=float, default=0.9,
-                     help="probability that the clean flag rate on new inputs stays at most the target (default 0.9)")
-    cal.add_argument("--holdout-fraction", type=float, default=0.3,
-                     help="share of the samples kept out of calibration to report the clean flag rate")
+    cal.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="probability that the clean flag rate on new inputs stays at most the target (default 0.9)",
+    )
+    cal.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.3,
+        help="share of the samples kept out of calibration to report the clean flag rate",
+    )
     cal.add_argument("--range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
     cal.add_argument("--policy", choices=POLICIES)
-    cal.add_argument("--bit-depth", type=int, action="append", metavar="BITS",
-                     help="a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)")
-    cal.add_argument("--median", type=int, action="append", metavar="SIZE",
-                     help="a SIZExSIZE median-filter squeezer (repeatable)")
-    cal.add_argument("--mahalanobis", action=argparse.BooleanOptionalAction,
-                     help="the feature-space (Mahalanobis) detector (default: on when the model has a linear head)")
-    cal.add_argument("--confidence-margin", action=argparse.BooleanOptionalAction, default=True,
-                     help="the low-confidence detector, 1 - gap between the top two probabilities (default: on)")
+    cal.add_argument(
+        "--bit-depth",
+        type=int,
+        action="append",
+        metavar="BITS",
+        help="a bit-depth squeezer (repeatable; default: 5 bits and a 2x2 median)",
+    )
+    cal.add_argument(
+        "--median", type=int, action="append", metavar="SIZE", help="a SIZExSIZE median-filter squeezer (repeatable)"
+    )
+    cal.add_argument(
+        "--mahalanobis",
+        action=argparse.BooleanOptionalAction,
+        help="the feature-space (Mahalanobis) detector (default: on when the model has a linear head)",
+    )
+    cal.add_argument(
+        "--confidence-margin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the low-confidence detector, 1 - gap between the top two probabilities (default: on)",
+    )
     cal.add_argument("--strip", type=int, metavar="N", help="add STRIP trigger detection with N blends (opt-in)")
     cal.add_argument("--features", help="the tensor feature detectors read (default: the last layer's input)")
-    cal.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
-                     help="how detectors combine (docs/detection.md; default omnibus)")
-    cal.add_argument("--folds", type=int, default=5,
-                     help="cross-fitting folds for detectors that learn from the samples (default 5)")
+    cal.add_argument(
+        "--ensemble",
+        choices=("omnibus", "fisher", "union"),
+        default="omnibus",
+        help="how detectors combine (docs/detection.md; default omnibus)",
+    )
+    cal.add_argument(
+        "--folds", type=int, default=5, help="cross-fitting folds for detectors that learn from the samples (default 5)"
+    )
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_calibrate)
 
-    ev = commands.add_parser("evaluate", help="attack the guarded models through a live gateway and report "
-                             "detection rates (docs/evaluation.md)")
-    ev.add_argument("--plan", type=Path, required=True, help="evaluation plan (TOML): the clean data splits, the "
-                    "surrogate, the models under test and their triggers (docs/evaluation.md)")
+    ev = commands.add_parser(
+        "evaluate",
+        help="attack the guarded models through a live gateway and report detection rates (docs/evaluation.md)",
+    )
+    ev.add_argument(
+        "--plan",
+        type=Path,
+        required=True,
+        help="evaluation plan (TOML): the clean data splits, the "
+        "surrogate, the models under test and their triggers (docs/evaluation.md)",
+    )
     ev.add_argument("--samples", type=int, help="test rows to attack (default all; 40 with --quick)")
     ev.add_argument("--quick", action="store_true", help="few iterations per attack (smoke test, not results)")
-    ev.add_argument("--report-dir", type=Path, default=Path("reports/latest"),
-                    help="where results.json, results.md and roc_*.png go (default reports/latest)")
+    ev.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("reports/latest"),
+        help="where results.json, results.md and roc_*.png go (default reports/latest)",
+    )
     ev.add_argument("--workdir", type=Path, help="keep the evaluation repository here (default: a temp dir)")
-    ev.add_argument("--connect", metavar="HOST:PORT", help="use a running gateway (policy flag) that serves "
-                    "the evaluation repository in --workdir, instead of starting one")
-    ev.add_argument("--ensemble", choices=("omnibus", "fisher", "union"), default="omnibus",
-                    help="how the evaluation models' detectors combine (default omnibus)")
+    ev.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        help="use a running gateway (policy flag) that serves "
+        "the evaluation repository in --workdir, instead of starting one",
+    )
+    ev.add_argument(
+        "--ensemble",
+        choices=("omnibus", "fisher", "union"),
+        default="omnibus",
+        help="how the evaluation models' detectors combine (default omnibus)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
     _add_scan_commands(commands)
@@ -191,8 +306,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _add_replay_command(commands) -> None:
-    replay = commands.add_parser("replay", help="stream a video as N cameras into a running guard: latency, "
-                                 "verdicts, an annotated video (guard/tools/replay.py)")
+    replay = commands.add_parser(
+        "replay",
+        help="stream a video as N cameras into a running guard: latency, "
+        "verdicts, an annotated video (guard/tools/replay.py)",
+    )
     replay.add_argument("video", type=Path)
     replay.add_argument("--target", required=True, help="the guard's gRPC address, HOST:PORT")
     replay.add_argument("--model", required=True)
@@ -207,12 +325,16 @@ def _add_replay_command(commands) -> None:
 
 def _add_scan_commands(commands) -> None:
     """scan-model, scan-data, audit: offline checks before a model is served (docs/scans.md)."""
-    helps = {"scan-model": "reverse-engineer backdoor triggers (Neural Cleanse); writes scan.json for the load gate",
-             "scan-data": "rank a labelled training set by how likely each sample is poisoned",
-             "audit": "accuracy under input noise, corruptions, PGD and weight noise"}
-    data_help = {"scan-model": ".npz of clean samples x the triggers are fitted on (labels y optional)",
-                 "scan-data": ".npz of the labelled training set (x, y), in the order --poison-indices refers to",
-                 "audit": ".npz of labelled test samples (x, y)"}
+    helps = {
+        "scan-model": "reverse-engineer backdoor triggers (Neural Cleanse); writes scan.json for the load gate",
+        "scan-data": "rank a labelled training set by how likely each sample is poisoned",
+        "audit": "accuracy under input noise, corruptions, PGD and weight noise",
+    }
+    data_help = {
+        "scan-model": ".npz of clean samples x the triggers are fitted on (labels y optional)",
+        "scan-data": ".npz of the labelled training set (x, y), in the order --poison-indices refers to",
+        "audit": ".npz of labelled test samples (x, y)",
+    }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--model", type=Path, required=True, help="a model directory or an .onnx file")
@@ -225,10 +347,18 @@ def _add_scan_commands(commands) -> None:
             sub.add_argument("--batch-size", type=int, help="clean samples per class per step (default 64)")
         if name == "scan-data":
             sub.add_argument("--poison-indices", type=Path, help="JSON list or poison.json of known poisoned indices")
-            sub.add_argument("--reference", type=Path, help="trusted clean labelled .npz held out from training "
-                             "(without it: the papers' versions, docs/scans.md)")
-            sub.add_argument("--poison-rate", type=float, default=0.1,
-                             help="assumed poison rate when the poisoned indices are unknown (sets the budget)")
+            sub.add_argument(
+                "--reference",
+                type=Path,
+                help="trusted clean labelled .npz held out from training "
+                "(without it: the papers' versions, docs/scans.md)",
+            )
+            sub.add_argument(
+                "--poison-rate",
+                type=float,
+                default=0.1,
+                help="assumed poison rate when the poisoned indices are unknown (sets the budget)",
+            )
         sub.set_defaults(func=_scan, scan=name)
 
 

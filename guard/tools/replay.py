@@ -63,8 +63,9 @@ def client_input(client: triton.InferenceServerClient, model: str, frame: np.nda
     return tensor
 
 
-def play_camera(target: str, model: str, camera: int, frames: list[np.ndarray], fps: float, start: float,
-                answers: list[Answer]) -> None:
+def play_camera(
+    target: str, model: str, camera: int, frames: list[np.ndarray], fps: float, start: float, answers: list[Answer]
+) -> None:
     """One camera: one stream, frames sent on schedule, answers collected as they come."""
     sent: dict[str, float] = {}
     done: queue.Queue = queue.Queue()
@@ -86,8 +87,9 @@ def play_camera(target: str, model: str, camera: int, frames: list[np.ndarray], 
                     time.sleep(delay)
                 request_id = f"{camera}:{index}"
                 sent[request_id] = time.monotonic()
-                client.async_stream_infer(model, [tensor], request_id=request_id,
-                                          parameters={"camera_id": f"camera-{camera}"})
+                client.async_stream_infer(
+                    model, [tensor], request_id=request_id, parameters={"camera_id": f"camera-{camera}"}
+                )
             for _ in range(len(inputs)):
                 request_id, at, result, error = done.get(timeout=60)
                 frame = int(request_id.split(":")[1]) if ":" in request_id else -1
@@ -96,9 +98,18 @@ def play_camera(target: str, model: str, camera: int, frames: list[np.ndarray], 
                     continue
                 params = result.get_response().parameters
                 outputs = {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
-                answers.append(Answer(camera, frame, sent[request_id], at, params["guard_verdict"].string_param,
-                                      params["guard_score"].double_param, params["guard_flagged_by"].string_param,
-                                      outputs))
+                answers.append(
+                    Answer(
+                        camera,
+                        frame,
+                        sent[request_id],
+                        at,
+                        params["guard_verdict"].string_param,
+                        params["guard_score"].double_param,
+                        params["guard_flagged_by"].string_param,
+                        outputs,
+                    )
+                )
         finally:
             client.stop_stream()
 
@@ -107,8 +118,9 @@ def replay(video: Path, target: str, model: str, cameras: int, fps: float, frame
     clip = video_frames(video, limit=frames)
     answers: list[Answer] = []
     start = time.monotonic() + 1.0  # every camera starts on the same clock, after its frames are encoded
-    threads = [threading.Thread(target=play_camera, args=(target, model, c, clip, fps, start, answers))
-               for c in range(cameras)]
+    threads = [
+        threading.Thread(target=play_camera, args=(target, model, c, clip, fps, start, answers)) for c in range(cameras)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -124,8 +136,10 @@ def summary(answers: list[Answer], cameras: int, fps: float) -> list[str]:
         late = sum(a.latency_ms > 1e3 / fps for a in own)
         flagged = sum(a.verdict not in ("clean", "error") for a in own)
         timeline = "".join(SYMBOL.get(a.verdict, "?") for a in own)
-        lines.append(f"{camera:>8} {len(own):>7} {np.percentile(latency, 50):>8.1f} {np.percentile(latency, 99):>8.1f} "
-                     f"{late:>5} {flagged:>8}  {timeline}")
+        lines.append(
+            f"{camera:>8} {len(own):>7} {np.percentile(latency, 50):>8.1f} {np.percentile(latency, 99):>8.1f} "
+            f"{late:>5} {flagged:>8}  {timeline}"
+        )
     return lines
 
 
@@ -136,9 +150,24 @@ def main(args: argparse.Namespace) -> int:
     for line in summary(answers, args.cameras, args.fps):
         print(line)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "timeline.json").write_text(json.dumps([{
-        "camera": a.camera, "frame": a.frame, "latency_ms": round(a.latency_ms, 3), "verdict": a.verdict,
-        "score": a.score, "flagged_by": a.flagged_by, "error": a.error} for a in answers], indent=1) + "\n")
+    (args.out / "timeline.json").write_text(
+        json.dumps(
+            [
+                {
+                    "camera": a.camera,
+                    "frame": a.frame,
+                    "latency_ms": round(a.latency_ms, 3),
+                    "verdict": a.verdict,
+                    "score": a.score,
+                    "flagged_by": a.flagged_by,
+                    "error": a.error,
+                }
+                for a in answers
+            ],
+            indent=1,
+        )
+        + "\n"
+    )
     labels = args.labels.read_text().splitlines() if args.labels else None
     written = render(args.video, answers, args.frames, args.out, boxes=args.boxes, labels=labels)
     print("wrote", ", ".join(str(p) for p in [args.out / "timeline.json", *written]))

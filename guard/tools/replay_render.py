@@ -11,11 +11,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from guard.detection.boxes import BoxSettings, decode
-from guard.detection.preprocess.images import letterbox_geometry
+from guard.detection.preprocess.resizing import boxes_to_frame
 from guard.tools.clean_data import video_frames
 
-COLOURS = {"clean": (40, 170, 70), "adversarial": (220, 40, 40), "trigger": (230, 140, 20),
-           "unchecked": (120, 120, 120), "error": (0, 0, 0)}
+COLOURS = {
+    "clean": (40, 170, 70),
+    "adversarial": (220, 40, 40),
+    "trigger": (230, 140, 20),
+    "unchecked": (120, 120, 120),
+    "error": (0, 0, 0),
+}
 BORDER = 6
 
 
@@ -28,10 +33,8 @@ def _annotate(frame: np.ndarray, answer, boxes: str | None, labels: list[str] | 
         (found,) = decode(torch.from_numpy(np.array(raw, np.float32)), BoxSettings())  # a writable copy for torch
         # Detections are in the model's letterboxed square input; map them back onto the frame.
         side = 416
-        new_h, new_w, top, left = letterbox_geometry(frame.shape[0], frame.shape[1], side, side)
-        scale = frame.shape[1] / new_w
-        for (x0, y0, x1, y1), score, cls in zip(found.xyxy.tolist(), found.scores.tolist(), found.classes.tolist()):
-            box = [(x0 - left) * scale, (y0 - top) * scale, (x1 - left) * scale, (y1 - top) * scale]
+        placed = boxes_to_frame(found.xyxy.numpy(), frame.shape[0], frame.shape[1], side, side)
+        for box, score, cls in zip(placed.tolist(), found.scores.tolist(), found.classes.tolist()):
             draw.rectangle(box, outline=(255, 220, 0), width=2)
             name = labels[cls] if labels and cls < len(labels) else str(cls)
             draw.text((box[0] + 2, box[1] + 2), f"{name} {score:.2f}", fill=(255, 220, 0))
@@ -41,16 +44,27 @@ def _annotate(frame: np.ndarray, answer, boxes: str | None, labels: list[str] | 
         name = labels[top_class] if labels and top_class < len(labels) else str(top_class)
         draw.text((BORDER + 4, frame.shape[0] - 16), name, fill=(255, 255, 255))
     draw.rectangle([0, 0, frame.shape[1] - 1, frame.shape[0] - 1], outline=colour, width=BORDER)
-    draw.text((BORDER + 4, BORDER + 2), f"{answer.verdict} {answer.score:.2f} {answer.latency_ms:.0f} ms",
-              fill=(255, 255, 255))
+    draw.text(
+        (BORDER + 4, BORDER + 2),
+        f"{answer.verdict} {answer.score:.2f} {answer.latency_ms:.0f} ms",
+        fill=(255, 255, 255),
+    )
     return image
 
 
-def render(video: Path, answers: list, frames: int, out: Path, boxes: str | None = None,
-           labels: list[str] | None = None, sheet: int = 24) -> list[Path]:
+def render(
+    video: Path,
+    answers: list,
+    frames: int,
+    out: Path,
+    boxes: str | None = None,
+    labels: list[str] | None = None,
+    sheet: int = 24,
+) -> list[Path]:
     own = {a.frame: a for a in answers if a.camera == 0}
-    images = [_annotate(frame, own[i], boxes, labels) for i, frame in enumerate(video_frames(video, limit=frames))
-              if i in own]
+    images = [
+        _annotate(frame, own[i], boxes, labels) for i, frame in enumerate(video_frames(video, limit=frames)) if i in own
+    ]
     if not images:
         return []
     written = [out / "contact_sheet.png"]
@@ -72,7 +86,7 @@ def render(video: Path, answers: list, frames: int, out: Path, boxes: str | None
         stream = container.add_stream("mpeg4", rate=10)
         stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
         for image in images:
-            frame = av.VideoFrame.from_ndarray(np.asarray(image)[:stream.height, :stream.width], format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.asarray(image)[: stream.height, : stream.width], format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return written

@@ -16,17 +16,20 @@ MODEL = DEMO_REPOSITORY / "digits" / "model.onnx"  # INT8 (QDQ)
 FP32_MODEL = DEMO_REPOSITORY / "digits_fp32" / "model.onnx"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # onnxruntime-gpu's CUDA provider, not merely a GPU (a CPU onnxruntime beside CUDA torch has none).
-cuda_ort = pytest.mark.skipif(not torch.cuda.is_available()
-                              or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
-                              reason="needs a CUDA device and onnxruntime-gpu")
+cuda_ort = pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
+    reason="needs a CUDA device and onnxruntime-gpu",
+)
 
 
 def test_cpu_host_gets_cpu_only_and_no_error_output():
     if torch.cuda.is_available():
         pytest.skip("CPU-host behaviour")
     # A fresh interpreter, so that whatever ONNX Runtime prints is captured.
-    code = ("from guard.backends.providers import TensorRTConfig, select_providers;"
-            "print(select_providers(('tensorrt', 'cuda', 'cpu'), TensorRTConfig()))")
+    code = (
+        "from guard.backends.providers import TensorRTConfig, select_providers;"
+        "print(select_providers(('tensorrt', 'cuda', 'cpu'), TensorRTConfig()))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[('CPUExecutionProvider', {})]"

@@ -125,16 +125,23 @@ def int8_7bit(tmp_path_factory) -> Path:
 
     class Images(CalibrationDataReader):
         def __init__(self, x: np.ndarray):
-            self.batches = iter([{"input": np.ascontiguousarray(x[i:i + 64])} for i in range(0, len(x), 64)])
+            self.batches = iter([{"input": np.ascontiguousarray(x[i : i + 64])} for i in range(0, len(x), 64)])
 
         def get_next(self):
             return next(self.batches, None)
 
     folder = tmp_path_factory.mktemp("int8_7bit")
     quant_pre_process(str(FP32), str(folder / "prepared.onnx"), skip_symbolic_shape=True)
-    quantize_static(str(folder / "prepared.onnx"), str(folder / "model.onnx"), Images(calibration_images(320)),
-                    quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8, reduce_range=True)
+    quantize_static(
+        str(folder / "prepared.onnx"),
+        str(folder / "model.onnx"),
+        Images(calibration_images(320)),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        reduce_range=True,
+    )
     return folder / "model.onnx"
 
 
@@ -174,8 +181,10 @@ def test_shipped_int8_agrees_with_onnxruntime_on_top1(held_out):
 # matrix products go to oneDNN and MKL, which pick theirs from their own variables, so a forced
 # capability sets those too on x86 (alone, it left every output bit-identical on an AVX-512 host).
 # Only capabilities below this host's can be forced.
-_KERNELS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-            "default": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+_KERNELS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "default": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
 _CAPABILITY = torch.backends.cpu.get_cpu_capability()
 _LOWER = ["avx2", "default"] if _CAPABILITY == "AVX512" else [] if _CAPABILITY == "DEFAULT" else ["default"]
 _FORCED_RUN = """
@@ -194,17 +203,23 @@ print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "descri
 """
 
 
-@pytest.mark.parametrize("forced", _LOWER or [pytest.param("", marks=pytest.mark.skip(
-    reason="no torch CPU capability below this host's to force"))])
+@pytest.mark.parametrize(
+    "forced",
+    _LOWER or [pytest.param("", marks=pytest.mark.skip(reason="no torch CPU capability below this host's to force"))],
+)
 def test_other_cpu_kernels_agree_and_fingerprint_differently(tmp_path, held_out, int8_7bit, forced):
     """The torch paths on the kernels of a lesser CPU, in a subprocess (the capability is read when
     torch is imported): the runtime fingerprint must tell the hosts apart, and FP32 and INT8 must
     still agree with ONNX Runtime within the same bounds."""
     np.save(tmp_path / "x.npy", x := rows(held_out, int8_7bit))
     extra = _KERNELS[forced] if platform.machine().lower() in ("x86_64", "amd64") else {}
-    run = subprocess.run([sys.executable, "-c", _FORCED_RUN, str(tmp_path / "x.npy"), str(FP32), str(int8_7bit),
-                          FEATURES], env={**os.environ, "ATEN_CPU_CAPABILITY": forced, **extra},
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", _FORCED_RUN, str(tmp_path / "x.npy"), str(FP32), str(int8_7bit), FEATURES],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": forced, **extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     child = json.loads(run.stdout.strip().splitlines()[-1])
     assert child["capability"] == forced.upper()
@@ -262,8 +277,12 @@ def test_pt2_program_runs_and_declares_its_tensors(tmp_path, held_out):
     assert [(s.name, s.datatype, s.shape) for s in outputs] == [("logits", "FP32", (10,)), (FEATURES, "FP32", (64,))]
     assert_fp32_agrees(on_torch(backend, x), reference(FP32, x))
     # A tuple-returning program's outputs are named by the config: [[outputs]], then features_output.
-    positional = TorchBackend.open(save_program(tmp_path / "tuple.pt2", as_dict=False), device="cpu",
-                                   output_names=("logits",), features_output=FEATURES)
+    positional = TorchBackend.open(
+        save_program(tmp_path / "tuple.pt2", as_dict=False),
+        device="cpu",
+        output_names=("logits",),
+        features_output=FEATURES,
+    )
     assert [s.name for s in positional.signature()[1]] == ["logits", FEATURES]
     assert_fp32_agrees(on_torch(positional, x), reference(FP32, x))
     with pytest.raises(ConfigError, match="dynamic batch dimension"):
@@ -275,8 +294,7 @@ def torch_config(text: str, extra: str = "") -> str:
     of the table's keys only those the torch backend shares (model_file) unless `extra` sets them."""
     head, rest = text.split("[backend]\n", 1)
     body, header, tail = rest.partition("\n[")
-    dropped = {"kind", "providers", "intra_op_threads", "inter_op_threads",
-               *re.findall(r"(?m)^(\w+) = ", extra)}
+    dropped = {"kind", "providers", "intra_op_threads", "inter_op_threads", *re.findall(r"(?m)^(\w+) = ", extra)}
     kept = [line for line in body.split("\n") if line.split(" = ")[0] not in dropped]
     return head + '[backend]\nkind = "torch"\n' + extra + "\n".join(kept) + header + tail
 
@@ -298,12 +316,12 @@ def test_live_gateway_serves_the_demo_with_the_same_detectors(tmp_path, held_out
     # the ORT copy on a host unlike the one that calibrated), and verdicts would then compare two
     # calibrations rather than two backends.
     with running_gateway(calibration="trust") as srv:  # ONNX Runtime, as shipped
-        expected = [infer(srv.grpc_url, x[i:i + 1]) for i in range(len(x))]
+        expected = [infer(srv.grpc_url, x[i : i + 1]) for i in range(len(x))]
     with running_gateway(repository, calibration="trust") as srv:
         runtime = srv.server._runtimes["digits"]
         assert runtime.backend.kind == "torch" and runtime.pipeline.torch_io
         assert [d.name for d in runtime.detectors] == demo_detector_names()
-        got = [infer(srv.grpc_url, x[i:i + 1]) for i in range(len(x))]
+        got = [infer(srv.grpc_url, x[i : i + 1]) for i in range(len(x))]
         fp32_params = infer(srv.grpc_url, x[:1], "digits_fp32").get_response().parameters
     assert fp32_params["guard_verdict"].string_param in ("clean", "adversarial")
     for ours, theirs in zip(got, expected):
@@ -312,8 +330,9 @@ def test_live_gateway_serves_the_demo_with_the_same_detectors(tmp_path, held_out
         assert params["guard_flagged_by"].string_param == ref["guard_flagged_by"].string_param
         assert ours.as_numpy("logits").argmax(1).tolist() == theirs.as_numpy("logits").argmax(1).tolist()
         if VNNI:  # ORT's INT8 is exact here (see SHIPPED_INT8_TOP1): identical logits, scores equal to float noise
-            assert params["guard_score"].double_param == pytest.approx(ref["guard_score"].double_param,
-                                                                       rel=1e-4, abs=1e-6)
+            assert params["guard_score"].double_param == pytest.approx(
+                ref["guard_score"].double_param, rel=1e-4, abs=1e-6
+            )
             np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-5)
 
 
@@ -337,14 +356,18 @@ class Spy:
 
 
 def runtime_with_torch_backend(tmp_path, device: str) -> ModelRuntime:
-    repository = copy_demo(tmp_path, lambda text: torch_config(text, f'device = "{device}"\n')
-                           .replace('guarded_input = "input"\n', f'guarded_input = "input"\ndevice = "{device}"\n'))
+    repository = copy_demo(
+        tmp_path,
+        lambda text: torch_config(text, f'device = "{device}"\n').replace(
+            'guarded_input = "input"\n', f'guarded_input = "input"\ndevice = "{device}"\n'
+        ),
+    )
     config = load_model_config(repository / "digits")
     return ModelRuntime(config, GuardMetrics().for_model(config.name))
 
 
 def check_batch_stays_on_device(runtime: ModelRuntime, spy: Spy, held_out) -> None:
-    results = runtime.execute([{"input": held_out[0][i:i + 1]} for i in range(3)])
+    results = runtime.execute([{"input": held_out[0][i : i + 1]} for i in range(3)])
     assert len(results) == 3 and all(r.verdict.scores for r in results)
     assert len(spy.calls) == 1  # ONE backend call for the originals and every variant
     inputs, outputs = spy.calls[0]
@@ -395,6 +418,7 @@ def test_compile_pads_to_buckets_and_falls_back_to_eager(monkeypatch, held_out):
         def run(*args):
             shapes.append(tuple(args[0].shape))
             return module(*args)
+
         return run
 
     monkeypatch.setattr(torch, "compile", identity)
@@ -437,17 +461,27 @@ def test_ops_beyond_the_demo_match_onnxruntime():
         helper.make_node("Unsqueeze", ["sq", "axes2"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "ops", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 4, 5])],
+        nodes,
+        "ops",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 4, 5])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 6, 1])],
-        [init("s", rng.random(3, dtype=np.float32) + 0.5), init("b", rng.random(3, dtype=np.float32)),
-         init("m", rng.random(3, dtype=np.float32)), init("v", rng.random(3, dtype=np.float32) + 0.1),
-         init("lo", np.float32(-1.0)), init("hi", np.float32(2.5)), init("axes12", np.array([1, 2], np.int64)),
-         init("axes2", np.array([-1], np.int64))])
+        [
+            init("s", rng.random(3, dtype=np.float32) + 0.5),
+            init("b", rng.random(3, dtype=np.float32)),
+            init("m", rng.random(3, dtype=np.float32)),
+            init("v", rng.random(3, dtype=np.float32) + 0.1),
+            init("lo", np.float32(-1.0)),
+            init("hi", np.float32(2.5)),
+            init("axes12", np.array([1, 2], np.int64)),
+            init("axes2", np.array([-1], np.int64)),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     x = rng.normal(0, 2, (3, 3, 4, 5)).astype(np.float32)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        ["y"], {"x": x})[0]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
+        0
+    ]
     from guard.backends.onnx_torch import OnnxClassifier
 
     got = OnnxClassifier(model).run(torch.from_numpy(x), ["y"])[0].numpy()
@@ -455,13 +489,16 @@ def test_ops_beyond_the_demo_match_onnxruntime():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra, key, expected", [
-    ("intra_op_threads = 1\n", "backend.intra_op_threads", "a known key"),
-    ('compile = "fast"\n', "backend.compile", "one of none, default, reduce-overhead"),
-    ('device = "tpu"\n', "backend.device", "one of auto, cpu, cuda"),
-    ('model_file = "missing.onnx"\n', "backend.model_file", "ONNX file or torch.export program"),
-    ('model_file = "calibration.json"\n', "backend.model_file", "(.onnx) or a torch.export program (.pt2)"),
-])
+@pytest.mark.parametrize(
+    "extra, key, expected",
+    [
+        ("intra_op_threads = 1\n", "backend.intra_op_threads", "a known key"),
+        ('compile = "fast"\n', "backend.compile", "one of none, default, reduce-overhead"),
+        ('device = "tpu"\n', "backend.device", "one of auto, cpu, cuda"),
+        ('model_file = "missing.onnx"\n', "backend.model_file", "ONNX file or torch.export program"),
+        ('model_file = "calibration.json"\n', "backend.model_file", "(.onnx) or a torch.export program (.pt2)"),
+    ],
+)
 def test_bad_settings_name_the_key(tmp_path, extra, key, expected):
     repository = copy_demo(tmp_path, lambda text: torch_config(text, extra))
     with pytest.raises(ConfigError) as info:

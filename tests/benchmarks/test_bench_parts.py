@@ -13,7 +13,8 @@ def _snapshot(requests: float, stage_sum: float, stage_count: float, rows: float
         ("guard_requests_total", (("code", "OK"), ("model", "m"), ("verdict", "clean"))): requests,
         ("guard_stage_duration_seconds_sum", (("model", "m"), ("stage", "backend"))): stage_sum,
         ("guard_stage_duration_seconds_count", (("model", "m"), ("stage", "backend"))): stage_count,
-        ("guard_batch_size_sum", m): rows, ("guard_batch_size_count", m): batches,
+        ("guard_batch_size_sum", m): rows,
+        ("guard_batch_size_count", m): batches,
         ("guard_backend_rows_total", m): 3 * rows,
         ("guard_request_duration_seconds_sum", m): requests * 0.002,
         ("guard_requests_total", (("code", "OK"), ("model", "other"), ("verdict", "clean"))): 99.0,
@@ -27,14 +28,19 @@ def test_breakdown_differences_two_scrapes_for_one_model():
     assert result["mean_batch_size"] == pytest.approx(2.5)
     assert result["backend_rows_per_row"] == pytest.approx(3.0)
     assert result["in_gateway_ms"] == pytest.approx(2.0)
-    assert result["stages"]["backend"] == {"events": 40, "mean_ms": pytest.approx(10.0),
-                                           "ms_per_request": pytest.approx(4.0)}
+    assert result["stages"]["backend"] == {
+        "events": 40,
+        "mean_ms": pytest.approx(10.0),
+        "ms_per_request": pytest.approx(4.0),
+    }
 
 
 def test_top_frames_counts_self_and_inclusive_shares(tmp_path):
     collapsed = tmp_path / "stacks.txt"
-    collapsed.write_text("main (guard/cli.py:1);run (guard/runtime.py:3);infer (guard/backends/ort.py:10) 3\n"
-                         "main (guard/cli.py:2);Handle._run (asyncio/events.py:5) 1\n")
+    collapsed.write_text(
+        "main (guard/cli.py:1);run (guard/runtime.py:3);infer (guard/backends/ort.py:10) 3\n"
+        "main (guard/cli.py:2);Handle._run (asyncio/events.py:5) 1\n"
+    )
     summary = profiling.top_frames(collapsed)
     assert summary["samples"] == 4
     assert summary["self"] == [["infer (guard/backends/ort.py)", 0.75], ["Handle._run (asyncio/events.py)", 0.25]]
@@ -42,14 +48,28 @@ def test_top_frames_counts_self_and_inclusive_shares(tmp_path):
 
 
 def _point(model, configuration, concurrency, rps, p50, p99):
-    return {"model": model, "configuration": configuration, "loop": "closed", "concurrency": concurrency,
-            "throughput_rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": {}}
+    return {
+        "model": model,
+        "configuration": configuration,
+        "loop": "closed",
+        "concurrency": concurrency,
+        "throughput_rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": {},
+    }
 
 
 def test_targets_are_ratios_and_say_when_unmeasured():
-    results = {"points": [_point("digits", "echo", 16, 1000, 10, 20), _point("digits", "passthrough", 16, 950, 11, 21),
-                          _point("digits", "echo", 1, 1000, 1.0, 2), _point("digits", "passthrough", 1, 500, 2.0, 3)],
-               "floors": [{"model": "digits", "kind": "model", "batch": 1, "p50_ms": 0.1, "rows_per_s": 1e4}]}
+    results = {
+        "points": [
+            _point("digits", "echo", 16, 1000, 10, 20),
+            _point("digits", "passthrough", 16, 950, 11, 21),
+            _point("digits", "echo", 1, 1000, 1.0, 2),
+            _point("digits", "passthrough", 1, 500, 2.0, 3),
+        ],
+        "floors": [{"model": "digits", "kind": "model", "batch": 1, "p50_ms": 0.1, "rows_per_s": 1e4}],
+    }
     found = {t["target"]: t for t in report.targets(results)}
     assert found["pass-through vs echo: throughput at c=16"]["value"] == pytest.approx(0.95)
     assert found["pass-through vs echo: throughput at c=16"]["met"] is True

@@ -18,9 +18,25 @@ def test_quick_mode_writes_a_well_formed_report(tmp_path):
     # --mlserver no: the peer's venv is built on first use (a network install, about a minute);
     # quick mode's default (auto) measures it only where it is already built.
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--mode", "quick", "--out", str(tmp_path), "--duration", "0.3",
-         "--mlserver", "no"], cwd=ROOT, capture_output=True, text=True, timeout=240,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--mode",
+            "quick",
+            "--out",
+            str(tmp_path),
+            "--duration",
+            "0.3",
+            "--mlserver",
+            "no",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
 
     results = json.loads((tmp_path / "results.json").read_text())

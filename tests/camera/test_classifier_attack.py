@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guard.detection.preprocess.images import center_crop
+from guard.detection.preprocess.resizing import center_crop
 from models import footage
 from models.classifier_attack import _crop, _paste, served_view
 from models.mobilenet_v2 import GUARD_PREPROCESS, guard_preprocessor
@@ -27,16 +27,16 @@ def test_the_gateway_feeds_the_model_the_attacked_crop_unchanged(shape):
     # the view is the gateway's own resize of the frame: cropping it gives what the frame would give
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
     expected = center_crop(x, 256, 224, 224, eight_bit=True)[0].clamp(0, 1)
-    torch.testing.assert_close(torch.from_numpy(_crop(view, box)).permute(2, 0, 1).float() / 255.0, expected,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(_crop(view, box)).permute(2, 0, 1).float() / 255.0, expected, atol=1e-6, rtol=0
+    )
     attacked = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     sent = _paste(view, attacked, box)
     png = io.BytesIO()
     Image.fromarray(sent).save(png, format="PNG")  # lossless, so only the gateway's geometry is tested
     pre = guard_preprocessor(GUARD_PREPROCESS)
     rows = pre.prepare([np.array([png.getvalue()], dtype=object)], torch.device("cpu")).rows
-    torch.testing.assert_close(rows[0], torch.from_numpy(attacked).permute(2, 0, 1).float() / 255.0,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(rows[0], torch.from_numpy(attacked).permute(2, 0, 1).float() / 255.0, atol=1e-6, rtol=0)
 
 
 def test_a_stretch_config_attacks_the_whole_resized_frame():

@@ -1,4 +1,5 @@
-"""models.footage: real frames and photos from installed packages, and JPEG helpers."""
+"""models.footage: real frames and photos from installed packages (decoded and JPEG-encoded by
+guard.tools.clean_data, tested in tests/tools/test_clean_data.py)."""
 
 from __future__ import annotations
 
@@ -38,14 +39,3 @@ def test_photos_include_scikit_image_and_ultralytics_when_present():
 def test_ultralytics_images_are_optional(monkeypatch, tmp_path):
     monkeypatch.setenv(footage.ASSETS_ENV, str(tmp_path))
     assert footage.ultralytics_images() == {}
-
-
-def test_jpeg_quality_trades_size_for_fidelity():
-    rgb = footage.skimage_photo("coffee")
-    small, large = footage.encode_jpeg(rgb, 20), footage.encode_jpeg(rgb, 95)
-    assert small[:2] == large[:2] == b"\xff\xd8" and len(small) < len(large)
-    error = {q: np.abs(footage.jpeg_roundtrip(rgb, q).astype(int) - rgb).mean() for q in (20, 95)}
-    assert error[95] < error[20] < 20
-    assert footage.decode_jpeg(large).shape == rgb.shape
-    with pytest.raises(ValueError):
-        footage.encode_jpeg(rgb, 0)

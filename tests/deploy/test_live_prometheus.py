@@ -45,8 +45,9 @@ TRAFFIC_LIMIT_SECONDS = 90.0  # traffic runs until Prometheus has seen enough of
 # Rates and quantiles need two scrapes that saw a counter rise: traffic goes on until every
 # model's OK and INVALID_ARGUMENT counts have changed twice in Prometheus' eyes (a subquery at
 # the 1 s scrape interval), however slowly this host serves or scrapes.
-SEEN_RISING = ('count(changes((sum by (model, code) (guard_requests_total{job="guard"}))[1m:1s]) >= 2)'
-               f' >= {2 * len(MODELS)}')
+SEEN_RISING = (
+    f'count(changes((sum by (model, code) (guard_requests_total{{job="guard"}}))[1m:1s]) >= 2) >= {2 * len(MODELS)}'
+)
 
 
 def first_threshold_hair_trigger(text: str) -> str:
@@ -99,23 +100,33 @@ def prometheus_process(binary: str, tmp_path, metrics_port: int):
     port = free_port()
     log = open(tmp_path / "prometheus.log", "w")
     process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", "--storage.tsdb.retention.time=1h"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {process.returncode}: "
-                                   f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"prometheus exited with {process.returncode}: {(tmp_path / 'prometheus.log').read_text()[-2000:]}"
+                )
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
                     if response.status == 200:
                         break
             if time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not become ready: "
-                                   f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"prometheus did not become ready: {(tmp_path / 'prometheus.log').read_text()[-2000:]}"
+                )
             time.sleep(0.1)
         yield Prometheus(url)
     finally:
@@ -135,6 +146,7 @@ def drive_traffic(url: str, x: np.ndarray, enough) -> int:
     sent, i = 0, 0
     began = next_check = time.monotonic()
     with triton.InferenceServerClient(url) as client:
+
         def infer(model, array):
             tensor = triton.InferInput("input", list(array.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -149,13 +161,13 @@ def drive_traffic(url: str, x: np.ndarray, enough) -> int:
             for model in MODELS:
                 rows = 1 + i % 2
                 start = (i * 2) % (len(x) - 2)
-                infer(model, x[start:start + rows])                          # clean
+                infer(model, x[start : start + rows])  # clean
                 sent += 1
                 # Noise is often flagged; digits_fp32 gets little (calibrated: stays under the alert).
                 if model == "digits" or i % 20 == 19:
                     infer(model, rng.uniform(0, 1, (1, 1, 16, 16)))
                     sent += 1
-                if i % 5 == 0:                                               # invalid: verdict none
+                if i % 5 == 0:  # invalid: verdict none
                     bad = np.full((1, 1, 16, 16), 7.0 if model == "digits" else np.nan, np.float32)
                     with pytest.raises(InferenceServerException):
                         infer(model, bad)
@@ -167,14 +179,15 @@ def drive_traffic(url: str, x: np.ndarray, enough) -> int:
 def live(prometheus_tools, tmp_path_factory, held_out):
     tmp_path = tmp_path_factory.mktemp("live_prometheus")
     repository = copy_demo(tmp_path, first_threshold_hair_trigger)
-    with running_gateway(repository) as gateway, \
-            prometheus_process(prometheus_tools["prometheus"], tmp_path, gateway.server.metrics_port) as prom:
+    with (
+        running_gateway(repository) as gateway,
+        prometheus_process(prometheus_tools["prometheus"], tmp_path, gateway.server.metrics_port) as prom,
+    ):
         # The gateway's gauges are scraped before any traffic, so rates start from a sample.
         assert prom.wait_for('up{job="guard"} == 1'), "prometheus never scraped the gateway"
         sent = drive_traffic(gateway.grpc_url, held_out[0], lambda: bool(prom.query(SEEN_RISING)))
         # Wait until a scrape has seen every request, then for the rules to evaluate on it.
-        total = prom.wait_for('sum(guard_requests_total{job="guard"})',
-                              lambda r: r and float(r[0]["value"][1]) == sent)
+        total = prom.wait_for('sum(guard_requests_total{job="guard"})', lambda r: r and float(r[0]["value"][1]) == sent)
         assert total and float(total[0]["value"][1]) == sent, f"sent {sent}, scraped {total}"
         yield prom
 
@@ -243,8 +256,10 @@ def test_rules_are_healthy_and_alerts_follow_the_traffic(live):
     # digits flags every request: its spike alert goes pending (it would fire after 5 minutes). The
     # gateway is up and digits_fp32 keeps its calibrated thresholds, so neither of those is active.
     def active():
-        return {(a["labels"]["alertname"], a["labels"].get("model"), a["state"])
-                for a in live.get("/api/v1/alerts")["alerts"]}
+        return {
+            (a["labels"]["alertname"], a["labels"].get("model"), a["state"])
+            for a in live.get("/api/v1/alerts")["alerts"]
+        }
 
     deadline = time.monotonic() + WAIT_SECONDS
     while ("GuardFlaggedRatioSpike", "digits", "pending") not in active() and time.monotonic() < deadline:

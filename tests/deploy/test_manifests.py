@@ -46,6 +46,7 @@ def run(command, **kwargs):
 
 # --- container images ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint(hadolint, dockerfile):
     result = run([hadolint, "--no-color", str(dockerfile)])
@@ -54,10 +55,16 @@ def test_hadolint(hadolint, dockerfile):
 
 def instructions(dockerfile):
     """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-            for line in text.splitlines() if line.strip()]
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in text.splitlines()
+        if line.strip()
+    ]
 
 
 def final_stage(dockerfile):
@@ -126,6 +133,7 @@ def test_cuda_image_swaps_in_onnxruntime_gpu():
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.relative_to(K8S).as_posix())
 def rendered(request):
     return request.param, render_kustomization(request.param)
@@ -137,14 +145,21 @@ def test_manifests_validate_against_kubernetes_schemas(rendered, version):
     if version == "latest":
         version = kubernetes_validate.latest_version()
     _, resources = rendered
-    assert {r["kind"] for r in resources} == {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget",
-                                              "HorizontalPodAutoscaler"}
+    assert {r["kind"] for r in resources} == {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
     for resource in resources:
         try:
             kubernetes_validate.validate(resource, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{resource['kind']}/{resource['metadata']['name']} (Kubernetes {version}): "
-                        f"{'.'.join(map(str, exc.path))}: {exc.message}")
+            pytest.fail(
+                f"{resource['kind']}/{resource['metadata']['name']} (Kubernetes {version}): "
+                f"{'.'.join(map(str, exc.path))}: {exc.message}"
+            )
 
 
 def test_manifests_refer_to_each_other(rendered):
@@ -166,7 +181,9 @@ def test_manifests_refer_to_each_other(rendered):
     guard_ports = {p["name"]: p["containerPort"] for p in guard["ports"]}
     assert guard_ports == {"grpc": 8001, "metrics": 8002}
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
-        ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")}
+        ("grpc", 8001, "grpc"),
+        ("metrics", 8002, "metrics"),
+    }
 
     # Native gRPC probes on the gateway: "" (the server) and the model, which the ConfigMap names.
     (config_map,) = [r for r in resources if r["kind"] == "ConfigMap"]
@@ -220,7 +237,8 @@ def test_configmap_is_the_shipped_digits_config_and_loads(tmp_path):
     deployed = (K8S / "base" / source).read_text()
     assert deployed == shipped.read_text(), (
         f"deploy/k8s/base/{source} differs from {shipped.relative_to(ROOT)}, whose thresholds belong to the "
-        f"model.onnx baked into the image: cp {shipped.relative_to(ROOT)} deploy/k8s/base/{source}")
+        f"model.onnx baked into the image: cp {shipped.relative_to(ROOT)} deploy/k8s/base/{source}"
+    )
     # And it loads as the container would: the image's repository with the mounted config on top.
     import shutil
 
@@ -247,11 +265,17 @@ def test_gpu_overlay_patches_image_and_gpu_only():
 def test_strategic_merge_merges_named_lists():
     base = {"containers": [{"name": "a", "image": "x", "ports": [1]}, {"name": "b", "image": "y"}]}
     patch = {"containers": [{"name": "a", "image": "z"}, {"name": "c", "image": "w"}]}
-    assert strategic_merge(base, patch) == {"containers": [
-        {"name": "a", "image": "z", "ports": [1]}, {"name": "b", "image": "y"}, {"name": "c", "image": "w"}]}
+    assert strategic_merge(base, patch) == {
+        "containers": [
+            {"name": "a", "image": "z", "ports": [1]},
+            {"name": "b", "image": "y"},
+            {"name": "c", "image": "w"},
+        ]
+    }
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
+
 
 def test_promtool_check_config_local(promtool):
     result = run([promtool, "check", "config", str(PROMETHEUS / "prometheus-local.yml")])
@@ -277,8 +301,10 @@ def test_promtool_check_config_kubernetes(promtool, tmp_path):
     variant.write_text(yaml.safe_dump(config))
     result = run([promtool, "check", "config", str(variant)])
     assert result.returncode == 0, result.stdout + result.stderr
-    pytest.skip(f"{promtool} has no Kubernetes service discovery (Debian build): checked prometheus.yml "
-                "with static_configs in place of kubernetes_sd_configs")
+    pytest.skip(
+        f"{promtool} has no Kubernetes service discovery (Debian build): checked prometheus.yml "
+        "with static_configs in place of kubernetes_sd_configs"
+    )
 
 
 def test_promtool_check_rules(promtool):
@@ -316,28 +342,41 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
             for check in case.get("alert_rule_test", []):
                 (fired if check["exp_alerts"] else quiet).add(check["alertname"])
     alerts = {r["alert"] for r in alerting_rules()}
-    assert alerts == {"GuardFlaggedRatioSpike", "GuardLatencyP99High", "GuardQueueNearFull", "GuardDown",
-                      "GuardCameraFlagRateAboveTarget"}
+    assert alerts == {
+        "GuardFlaggedRatioSpike",
+        "GuardLatencyP99High",
+        "GuardQueueNearFull",
+        "GuardDown",
+        "GuardCameraFlagRateAboveTarget",
+    }
     assert alerts - fired == set(), "alerts never tested firing"
     assert alerts - quiet == set(), "alerts never tested not firing"
 
 
 def test_every_alert_has_severity_annotations_and_a_runbook_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    deploy_section = readme[readme.index("## Deploy"):] if "## Deploy" in readme else ""
+    deploy_section = readme[readme.index("## Deploy") :] if "## Deploy" in readme else ""
     for rule in alerting_rules():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert {"summary", "description"} <= set(rule["annotations"])
         assert rule["alert"] in deploy_section, f"README's Deploy section does not explain {rule['alert']}"
-    assert "up{job=\"guard\"} == 0" in {r["expr"].strip() for r in alerting_rules()}
+    assert 'up{job="guard"} == 0' in {r["expr"].strip() for r in alerting_rules()}
 
 
 # --- Grafana ------------------------------------------------------------------------------------
 
+
 def test_dashboard_structure():
     dashboard = load_dashboard()
-    for key, kind in (("title", str), ("uid", str), ("schemaVersion", int), ("panels", list),
-                      ("templating", dict), ("time", dict), ("version", int)):
+    for key, kind in (
+        ("title", str),
+        ("uid", str),
+        ("schemaVersion", int),
+        ("panels", list),
+        ("templating", dict),
+        ("time", dict),
+        ("version", int),
+    ):
         assert isinstance(dashboard.get(key), kind), key
     assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", dashboard["uid"])
     variables = template_variables(dashboard)
@@ -346,8 +385,9 @@ def test_dashboard_structure():
     for variable in variables.values():
         if variable["type"] == "query":
             assert variable["datasource"]["uid"] == "${datasource}"
-            assert not check_expr(re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", variable["definition"]).replace(
-                "$model", ".*"))
+            assert not check_expr(
+                re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", variable["definition"]).replace("$model", ".*")
+            )
 
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -362,12 +402,20 @@ def test_dashboard_structure():
         if "repeat" in panel:
             assert panel["repeat"] in variables
     covered = " ".join(t["expr"] for _, t in dashboard_targets(dashboard))
-    for series in ("guard_requests_total", "guard_request_duration_seconds_bucket",
-                   "guard_stage_duration_seconds_bucket", "guard_batch_size", "guard_queue_depth",
-                   "guard_flagged_total", "guard_detector_score_bucket"):
+    for series in (
+        "guard_requests_total",
+        "guard_request_duration_seconds_bucket",
+        "guard_stage_duration_seconds_bucket",
+        "guard_batch_size",
+        "guard_queue_depth",
+        "guard_flagged_total",
+        "guard_detector_score_bucket",
+    ):
         assert series in covered, f"the dashboard does not show {series}"
-    assert any(p["type"] == "heatmap" and "guard_detector_score_bucket" in t["expr"]
-               and t.get("format") == "heatmap" for p, t in dashboard_targets(dashboard))
+    assert any(
+        p["type"] == "heatmap" and "guard_detector_score_bucket" in t["expr"] and t.get("format") == "heatmap"
+        for p, t in dashboard_targets(dashboard)
+    )
 
 
 @pytest.mark.parametrize("panel_target", dashboard_targets(), ids=lambda pt: f"{pt[0]['id']}{pt[1]['refId']}")

@@ -21,8 +21,14 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "repository" / "di
 
 def random_params(d: int = 6, h: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"mean": rng.normal(size=d), "std": rng.uniform(0.5, 2.0, size=d), "w1": rng.normal(size=(h, d)),
-            "b1": rng.normal(size=h), "w2": rng.normal(size=(1, h)), "b2": rng.normal(size=1)}
+    return {
+        "mean": rng.normal(size=d),
+        "std": rng.uniform(0.5, 2.0, size=d),
+        "w1": rng.normal(size=(h, d)),
+        "b1": rng.normal(size=h),
+        "w2": rng.normal(size=(1, h)),
+        "b2": rng.normal(size=1),
+    }
 
 
 def test_score_matches_numpy_reference(tmp_path):
@@ -53,8 +59,12 @@ def test_built_from_config(tmp_path):
     np.savez(tmp_path / "detector_net.npz", **random_params())
     (detector,) = build_detectors(config, [table])
     assert isinstance(detector, DetectorNetwork) and detector.needs_features and detector.threshold == 0.7
-    assert detector.to_config() == {"name": "net", "type": "detector_network", "weights": "detector_net.npz",
-                                    "threshold": 0.7}
+    assert detector.to_config() == {
+        "name": "net",
+        "type": "detector_network",
+        "weights": "detector_net.npz",
+        "threshold": 0.7,
+    }
     with pytest.raises(ConfigError, match="weights"):
         build_detectors(config, [{**table, "weights": ""}])
 
@@ -65,13 +75,15 @@ def test_calibrates_on_the_demo_model(tmp_path):
     x, y = load_split("train")
     x, y = np.array(x[:96]), y[:96]
     x_adv, _, _ = pgd_examples(load_surrogate(), x, y, seed=0, progress=False)
-    params = train_detector(served_outputs(DEMO_MODEL, x)[1], served_outputs(DEMO_MODEL, x_adv)[1],
-                            hidden=8, epochs=20, seed=0)
+    params = train_detector(
+        served_outputs(DEMO_MODEL, x)[1], served_outputs(DEMO_MODEL, x_adv)[1], hidden=8, epochs=20, seed=0
+    )
     (tmp_path / "digits").mkdir()
     np.savez(tmp_path / "digits" / "detector_net.npz", **params)
     x_cal, y_cal = load_split("calibration")
-    report = calibrate_model(DEMO_MODEL, "digits", tmp_path, np.array(x_cal), y_cal,
-                             detectors=[{"name": "net", "type": "detector_network"}])
+    report = calibrate_model(
+        DEMO_MODEL, "digits", tmp_path, np.array(x_cal), y_cal, detectors=[{"name": "net", "type": "detector_network"}]
+    )
     assert report["calibration_fpr"] <= 0.05
     assert report["thresholds"]["net"] > 0
     assert "features_output" in (tmp_path / "digits" / "config.toml").read_text()
@@ -82,11 +94,14 @@ def test_calibrates_on_the_demo_model(tmp_path):
     x_test, y_test = load_split("test")
     x_test, y_test = np.array(x_test[:128]), y_test[:128]
     attacked, _, _ = pgd_examples(load_surrogate(), x_test, y_test, seed=1, progress=False)
-    (detector,) = build_detectors(tmp_path / "digits" / "config.toml", [{"name": "net", "type": "detector_network",
-                                                                          "threshold": report["thresholds"]["net"]}])
+    (detector,) = build_detectors(
+        tmp_path / "digits" / "config.toml",
+        [{"name": "net", "type": "detector_network", "threshold": report["thresholds"]["net"]}],
+    )
     logits, features = served_outputs(DEMO_MODEL, attacked)
-    scores = detector.score(Outputs(torch.from_numpy(logits), torch.softmax(torch.from_numpy(logits), -1),
-                                    torch.from_numpy(features)), None)
+    scores = detector.score(
+        Outputs(torch.from_numpy(logits), torch.softmax(torch.from_numpy(logits), -1), torch.from_numpy(features)), None
+    )
     flagged = int((scores.numpy() >= detector.threshold).sum())
     chance = int(binom.isf(1e-6, len(attacked), 0.05))
     assert flagged > chance, f"{flagged} of {len(attacked)} flagged; chance alone reaches {chance}"

@@ -102,11 +102,21 @@ class CountingBackend(StubBackend):
 
 def test_one_backend_call_per_batch_over_every_variant():
     backend = CountingBackend()
-    detectors = [BitDepthDetector("b", 0.5, bits=2), MedianDetector("m", 0.5, size=2),
-                 StripDetector("s", 0.5, n=3, references="r.npy", seed=0)]
+    detectors = [
+        BitDepthDetector("b", 0.5, bits=2),
+        MedianDetector("m", 0.5, size=2),
+        StripDetector("s", 0.5, n=3, references="r.npy", seed=0),
+    ]
     detectors[2].images = torch.rand(3, 1, 4, 4)
-    pipeline = GuardPipeline(backend, detectors, guarded_input="input", logits_output="logits", output_names=["logits"],
-                             device=torch.device("cpu"), features_output="features")
+    pipeline = GuardPipeline(
+        backend,
+        detectors,
+        guarded_input="input",
+        logits_output="logits",
+        output_names=["logits"],
+        device=torch.device("cpu"),
+        features_output="features",
+    )
     x = np.random.default_rng(0).random((5, 1, 4, 4), dtype=np.float32)
     result = pipeline.run({"input": x})
     assert backend.calls == [5 * (1 + 1 + 1 + 3)]
@@ -140,7 +150,9 @@ def test_a_two_row_request_is_judged_by_its_worse_row_whichever_comes_first():
 
 def test_a_model_without_detectors_answers_clean_with_score_zero():
     assert [(v.verdict, v.score, v.flagged_by) for v in verdicts([], {}, [slice(0, 1), slice(1, 3)])] == [
-        ("clean", 0.0, ()), ("clean", 0.0, ())]
+        ("clean", 0.0, ()),
+        ("clean", 0.0, ()),
+    ]
 
 
 def test_confidence_margin_is_one_minus_the_top_two_gap():

@@ -107,8 +107,9 @@ def test_fisher_config_needs_its_references_and_threshold(tmp_path):
     model.mkdir()
     text = (DEMO_REPOSITORY / "digits_fp32" / "config.toml").read_text().split("\n[ensemble]")[0]
     (model / "model.onnx").write_bytes((DEMO_REPOSITORY / "digits_fp32" / "model.onnx").read_bytes())
-    (model / "config.toml").write_text(text.replace('name = "digits_fp32"', 'name = "m"')
-                                       + '\n[ensemble]\nmethod = "fisher"\nthreshold = 12.5\n')
+    (model / "config.toml").write_text(
+        text.replace('name = "digits_fp32"', 'name = "m"') + '\n[ensemble]\nmethod = "fisher"\nthreshold = 12.5\n'
+    )
     with pytest.raises(ConfigError, match="ensemble.references"):
         load_model_config(model)
     np.savez(model / "ensemble.npz", a=np.zeros(3))

@@ -36,14 +36,22 @@ class TorchOffsetBackend(OffsetBackend):
 
 
 def pipeline(backend, detectors):
-    return GuardPipeline(backend, detectors, guarded_input="input", logits_output="logits", output_names=["logits"],
-                         device=torch.device("cpu"))
+    return GuardPipeline(
+        backend,
+        detectors,
+        guarded_input="input",
+        logits_output="logits",
+        output_names=["logits"],
+        device=torch.device("cpu"),
+    )
 
 
 def batch():
     rng = np.random.default_rng(0)
-    return {"input": rng.random((ROWS, 1, 4, 4), dtype=np.float32),
-            "offset": rng.normal(size=(ROWS, 3)).astype(np.float32)}
+    return {
+        "input": rng.random((ROWS, 1, 4, 4), dtype=np.float32),
+        "offset": rng.normal(size=(ROWS, 3)).astype(np.float32),
+    }
 
 
 def expected_logits(inputs):

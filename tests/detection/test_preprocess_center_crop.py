@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from guard.detection.preprocess.images import ImagesPreprocessor, center_crop, center_crop_geometry
+from guard.detection.preprocess.images import ImagesPreprocessor
+from guard.detection.preprocess.resizing import center_crop, center_crop_geometry
 from guard.protocol.spec import TensorSpec
 
 SOURCE = TensorSpec("image", "BYTES", ())
@@ -74,7 +75,7 @@ def test_resize_shorter_defaults_to_the_least_cropping_and_never_crops_outside_t
     assert preprocessor(height=224, width=160, resize="center-crop").resize_shorter == 224
     with pytest.raises(ValueError, match="at least max\\(height, width\\) = 224"):
         preprocessor(height=224, width=160, resize="center-crop", resize_shorter=200)
-    with pytest.raises(ValueError, match="only with resize = \"center-crop\""):
+    with pytest.raises(ValueError, match='only with resize = "center-crop"'):
         preprocessor(height=224, width=224, resize="stretch", resize_shorter=256)
     with pytest.raises(ValueError, match="stretch, letterbox, center-crop"):
         preprocessor(height=224, width=224, resize="crop")

@@ -68,11 +68,14 @@ def test_monitors_get_their_own_threshold_outside_the_ensemble_budget(tmp_path):
     from tests.conftest import DEMO_REPOSITORY
 
     x, y = load_split("calibration")
-    tables = [{"name": "bd2", "type": "squeeze_bit_depth", "bits": 2},
-              {"name": "margin", "type": "confidence_margin"},
-              {"name": "bd1", "type": "squeeze_bit_depth", "bits": 1, "monitor": True}]
-    report = calibrate_model(DEMO_REPOSITORY / "digits_fp32" / "model.onnx", "m", tmp_path, np.array(x), y,
-                             detectors=tables, target_fpr=0.05)
+    tables = [
+        {"name": "bd2", "type": "squeeze_bit_depth", "bits": 2},
+        {"name": "margin", "type": "confidence_margin"},
+        {"name": "bd1", "type": "squeeze_bit_depth", "bits": 1, "monitor": True},
+    ]
+    report = calibrate_model(
+        DEMO_REPOSITORY / "digits_fp32" / "model.onnx", "m", tmp_path, np.array(x), y, detectors=tables, target_fpr=0.05
+    )
     assert report["monitors"] == ["bd1"]
     per = report["calibration_fpr_per_detector"]
     # The monitor alone uses (almost) the whole target; the two judges share it.

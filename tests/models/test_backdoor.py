@@ -59,8 +59,9 @@ def test_blend_mixes_exactly_at_alpha(images) -> None:
         Blend(alpha=1.5)
 
 
-@pytest.mark.parametrize("trigger", [Patch(), Checkerboard(), Blend(), Patch(size=2, value=0.5),
-                                     Blend(alpha=0.1, seed=3)])
+@pytest.mark.parametrize(
+    "trigger", [Patch(), Checkerboard(), Blend(), Patch(size=2, value=0.5), Blend(alpha=0.1, seed=3)]
+)
 def test_npz_round_trip(trigger, images, tmp_path) -> None:
     path = trigger.to_npz(tmp_path / "trigger.npz")
     loaded = load_trigger(path)
@@ -87,8 +88,7 @@ def test_poison_choice_is_seeded_and_avoids_target() -> None:
 
 def test_quick_backdoor_recipe(tmp_path) -> None:
     # 20 epochs (of the default 100) already plants the patch backdoor: ASR 1.0, clean accuracy ~0.96.
-    metrics = build_backdoor("patch", tmp_path, options=TrainOptions(epochs=20), progress=False,
-                             weights_dir=tmp_path)
+    metrics = build_backdoor("patch", tmp_path, options=TrainOptions(epochs=20), progress=False, weights_dir=tmp_path)
     assert metrics["attack_success_rate"] >= 0.9
     assert metrics["clean_accuracy"] >= 0.9
     assert metrics["clean_model_target_rate"] < 0.1  # the trigger alone does not fool the clean model
@@ -107,8 +107,16 @@ def test_quick_backdoor_recipe(tmp_path) -> None:
     np.testing.assert_array_equal(train_idx, choose_poison(load_split("train")[1], 0, 0.1, 0))
 
     card = (model_dir / "MODEL_CARD.md").read_text()
-    for text in ("## Data", "## Split", "## Trigger", "## Poisoning", "## Training", "## Size and latency",
-                 f"{metrics['attack_success_rate']:.4f}", metrics["command"]):
+    for text in (
+        "## Data",
+        "## Split",
+        "## Trigger",
+        "## Poisoning",
+        "## Training",
+        "## Size and latency",
+        f"{metrics['attack_success_rate']:.4f}",
+        metrics["command"],
+    ):
         assert text in card, text
     assert metrics["command"].startswith("python -m models.backdoor --out ")
 

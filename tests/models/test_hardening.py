@@ -1,4 +1,5 @@
-"""Tests for the hardening recipes: PGD, adversarial training (models.adversarial), pruning (models.pruning).
+"""Tests for the hardening recipes: PGD on the demo model (guard.tools.evaluation.pgd, the one copy the
+recipes use), adversarial training (models.adversarial), pruning (models.pruning).
 
 Every run is short (a few epochs, few PGD steps) so the file stays well under a minute on 2 cores.
 """
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from guard.tools.evaluation.pgd import untargeted_pgd
 from models import adversarial, pruning
-from models.attacks import pgd, robust_accuracy
+from models.attacks import robust_accuracy
 from models.digits_data import load_split
 from models.train_utils import single_thread
 from models.training import TrainOptions
@@ -29,7 +31,7 @@ def test_pgd_stays_in_ball_and_lowers_accuracy(calibration_subset) -> None:
     model = adversarial.load_standard()
     eps = 0.1
     with single_thread():
-        adv = pgd(model, x, y, eps, steps=10, step_size=0.025, gen=torch.Generator().manual_seed(0))
+        adv = untargeted_pgd(model, x, y, eps, steps=10, alpha=0.025, gen=torch.Generator().manual_seed(0))
     assert float((adv - x).abs().max()) <= eps + 1e-6
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     with torch.no_grad():
@@ -44,15 +46,24 @@ def test_adversarial_finetune_beats_clean_finetune(calibration_subset) -> None:
     adv_model = adversarial.train_adversarial(TrainOptions(epochs=5, adv_eps=0.1, adv_steps=3), progress=False)
     clean_model = adversarial.train_adversarial(TrainOptions(epochs=5), progress=False)
     with single_thread():
-        robust = {name: robust_accuracy(m, x, y, 0.1, steps=10, step_size=0.025)
-                  for name, m in (("adv", adv_model), ("clean", clean_model))}
+        robust = {
+            name: robust_accuracy(m, x, y, 0.1, steps=10, step_size=0.025)
+            for name, m in (("adv", adv_model), ("clean", clean_model))
+        }
     assert robust["adv"] >= robust["clean"] + 0.15, robust
 
 
 def test_adversarial_run_writes_artifacts(tmp_path) -> None:
     options = adversarial.stages(eps=(0.1,), epochs=(1,), steps=2)
-    result = adversarial.run(tmp_path, options, progress=False, command="test", eval_eps=(0.1, 0.3), eval_steps=3,
-                             strong_runs=((3, 0.05, 0), (3, 0.05, 1)))
+    result = adversarial.run(
+        tmp_path,
+        options,
+        progress=False,
+        command="test",
+        eval_eps=(0.1, 0.3),
+        eval_steps=3,
+        strong_runs=((3, 0.05, 0), (3, 0.05, 1)),
+    )
     assert set(result["test"]) == {"standard", "adversarial"}
     for row in result["test"].values():
         assert set(row) == {"clean", "0.1", "0.3"} and row["0.3"] <= row["clean"]

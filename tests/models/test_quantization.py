@@ -63,9 +63,17 @@ def test_shipped_thresholds_are_what_this_host_derives_from_the_shipped_referenc
     x, y = load_split("calibration")
     (tmp_path / "digits").mkdir()
     shutil.copy(REPOSITORY / "digits" / "detector_net.npz", tmp_path / "digits")  # trained offline
-    report = calibrate_model(INT8, "digits", tmp_path, x, y, holdout=load_split("test"),
-                             detectors=demo_detectors(REPOSITORY / "digits"), fit_data=load_split("train"),
-                             ensemble=ENSEMBLE)
+    report = calibrate_model(
+        INT8,
+        "digits",
+        tmp_path,
+        x,
+        y,
+        holdout=load_split("test"),
+        detectors=demo_detectors(REPOSITORY / "digits"),
+        fit_data=load_split("train"),
+        ensemble=ENSEMBLE,
+    )
     assert report["thresholds"] == shipped
     assert (report["ensemble"]["threshold"], report["ensemble"]["min_p_threshold"]) == first[1]
 

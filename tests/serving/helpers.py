@@ -60,15 +60,18 @@ def infer_input(x: np.ndarray, name: str = "input") -> triton.InferInput:
 
 def verdict(result) -> tuple[str, str, float]:
     params = result.get_response().parameters
-    return (params["guard_verdict"].string_param, params["guard_flagged_by"].string_param,
-            params["guard_score"].double_param)
+    return (
+        params["guard_verdict"].string_param,
+        params["guard_flagged_by"].string_param,
+        params["guard_score"].double_param,
+    )
 
 
 def raw_scores(client: triton.InferenceServerClient, x: np.ndarray, model: str = "digits") -> list[dict[str, float]]:
     """Each row's raw detector scores on this host, one single-row request per row (guard_explain)."""
     rows = []
     for i in range(len(x)):
-        result = client.infer(model, [infer_input(x[i:i + 1])], parameters={"guard_explain": True})
+        result = client.infer(model, [infer_input(x[i : i + 1])], parameters={"guard_explain": True})
         rows.append(json.loads(result.get_response().parameters["guard_detector_scores"].string_param))
     return rows
 
@@ -113,10 +116,12 @@ def gated_repository(tmp_path: Path, **batching) -> Path:
 
     Thresholds as written: these tests are about queues, and recalibrating at load on a foreign host
     would run the gate's `variants` before the test opens it."""
+
     def change(table):
         table["detectors"][0]["type"] = GateDetector.kind
         table["batching"].update({"max_batch_size": 1, "instances": 1, **batching})
         thresholds_as_written(table)
+
     return edit_config(copy_demo(tmp_path), change)
 
 
@@ -126,7 +131,10 @@ def queue_depth(server, model: str = "digits") -> float:
 
 def requests_total(server, code: str, model: str = "digits") -> float:
     registry = server.server.metrics.registry
-    return sum(sample.value for family in registry.collect() if family.name == "guard_requests"
-               for sample in family.samples
-               if sample.name == "guard_requests_total" and sample.labels["model"] == model
-               and sample.labels["code"] == code)
+    return sum(
+        sample.value
+        for family in registry.collect()
+        if family.name == "guard_requests"
+        for sample in family.samples
+        if sample.name == "guard_requests_total" and sample.labels["model"] == model and sample.labels["code"] == code
+    )

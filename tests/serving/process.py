@@ -27,16 +27,28 @@ READY = re.compile(r"guard ready: grpc=([\d.]+):(\d+) metrics=([\d.]+):(\d+)")
 
 class ServeProcess:
     def __init__(self, repository: Path, *args: str, startup_timeout: float = 120.0):
-        self.command = [sys.executable, "-m", "guard", "serve", "--repository", str(repository),
-                        "--grpc-port", "0", "--metrics-port", "0", *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "guard",
+            "serve",
+            "--repository",
+            str(repository),
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            *args,
+        ]
         self.startup_timeout = startup_timeout
         self.lines: list[str] = []
         self.grpc_url = self.metrics_url = ""
         self._ready = threading.Event()
 
     def __enter__(self) -> ServeProcess:
-        self.process = subprocess.Popen(self.command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(self.startup_timeout):
             self.kill()
@@ -110,8 +122,15 @@ class Traffic:
     (closed loop, the hardest case for a graceful stop), until `stop()`. After an UNAVAILABLE a client
     waits a little, as real clients back off, so a stopped server does not spin the test's CPUs."""
 
-    def __init__(self, url: str, x: np.ndarray, threads: int = 8, model: str = "digits",
-                 client_timeout: float = 30.0, keep_results: bool = False):
+    def __init__(
+        self,
+        url: str,
+        x: np.ndarray,
+        threads: int = 8,
+        model: str = "digits",
+        client_timeout: float = 30.0,
+        keep_results: bool = False,
+    ):
         self.url, self.x, self.model = url, np.ascontiguousarray(x, np.float32), model
         self.client_timeout, self.keep_results = client_timeout, keep_results
         self.answers: list[Answer] = []
@@ -163,4 +182,3 @@ class Traffic:
     def codes(self, sent_after: float = 0.0, sent_before: float = float("inf")) -> collections.Counter:
         with self._lock:
             return collections.Counter(a.code for a in self.answers if sent_after <= a.sent < sent_before)
-

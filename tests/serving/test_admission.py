@@ -40,8 +40,9 @@ class Calls:
         self.done: queue.Queue = queue.Queue()
 
     def send(self, tag: str, **kwargs) -> None:
-        self.client.async_infer("digits", [infer_input(self.x)], partial(self.done.put, tag),
-                                client_timeout=CLIENT_TIMEOUT, **kwargs)
+        self.client.async_infer(
+            "digits", [infer_input(self.x)], partial(self.done.put, tag), client_timeout=CLIENT_TIMEOUT, **kwargs
+        )
 
     def results(self, count: int) -> dict[str, tuple]:
         return dict(self.done.get(timeout=CLIENT_TIMEOUT + 5) for _ in range(count))
@@ -72,7 +73,8 @@ def test_a_full_queue_rejects_at_once_with_unavailable(tmp_path, gate, held_out)
         gate.open()
         results = calls.results(3)
         assert {tag: status(error) for tag, (_, error) in results.items()} == dict.fromkeys(
-            ("running", "queued-1", "queued-2"), "OK")
+            ("running", "queued-1", "queued-2"), "OK"
+        )
         assert requests_total(srv, "UNAVAILABLE") == 1 and requests_total(srv, "OK") == 3
 
 

@@ -50,8 +50,11 @@ def pushback_ms(error: grpc.RpcError) -> int:
 def test_the_concurrency_limit_refuses_before_parsing_with_a_retry_hint(tmp_path, gate):
     """Limit 2: one request runs (held by the gate), one waits in the queue; the third is refused
     with RESOURCE_EXHAUSTED, even when it is not a protobuf at all (nothing was parsed)."""
-    with running_gateway(gated_repository(tmp_path), max_concurrency=2) as srv, gate, \
-            grpc.insecure_channel(srv.grpc_url) as channel:
+    with (
+        running_gateway(gated_repository(tmp_path), max_concurrency=2) as srv,
+        gate,
+        grpc.insecure_channel(srv.grpc_url) as channel,
+    ):
         running = channel.unary_unary(INFER).future(infer_request("running"), timeout=TIMEOUT)
         assert gate.entered.wait(10)
         queued = channel.unary_unary(INFER).future(infer_request("queued"), timeout=TIMEOUT)
@@ -63,8 +66,10 @@ def test_the_concurrency_limit_refuses_before_parsing_with_a_retry_hint(tmp_path
             hint = pushback_ms(error)
             assert hint >= 10 and f"retry in {hint} ms" in error.details()
         # A stream's request counts against the same limit: an error answer, the stream goes on.
-        answers = [pb.ModelStreamInferResponse.FromString(a) for a in
-                   channel.stream_stream(STREAM)(iter([infer_request("streamed")]), timeout=TIMEOUT)]
+        answers = [
+            pb.ModelStreamInferResponse.FromString(a)
+            for a in channel.stream_stream(STREAM)(iter([infer_request("streamed")]), timeout=TIMEOUT)
+        ]
         assert len(answers) == 1 and answers[0].infer_response.id == "streamed"
         assert answers[0].infer_response.parameters["guard_status"].string_param == "RESOURCE_EXHAUSTED"
         assert "retry in" in answers[0].error_message
@@ -81,8 +86,11 @@ def test_a_full_queue_refuses_before_decoding_with_a_retry_hint(tmp_path, gate):
     """Queue of 1, full: a malformed request (wrong shape, contents that could never decode) is
     refused as UNAVAILABLE, not INVALID_ARGUMENT, because room is decided before any decoding or
     validation; the refusal carries the pushback and is counted once in the model's metrics."""
-    with running_gateway(gated_repository(tmp_path, max_queue_size=1)) as srv, gate, \
-            grpc.insecure_channel(srv.grpc_url) as channel:
+    with (
+        running_gateway(gated_repository(tmp_path, max_queue_size=1)) as srv,
+        gate,
+        grpc.insecure_channel(srv.grpc_url) as channel,
+    ):
         running = channel.unary_unary(INFER).future(infer_request("running"), timeout=TIMEOUT)
         assert gate.entered.wait(10)
         queued = channel.unary_unary(INFER).future(infer_request("queued"), timeout=TIMEOUT)

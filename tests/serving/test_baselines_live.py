@@ -40,22 +40,33 @@ def repository(tmp_path_factory):
     def change(table):
         # On digits a contrast change moves every detector's scores, the squeezers' too: all are
         # judged per camera (on camera footage the default, the feature readers, is the choice).
-        table["cameras"] = {"per_camera_metrics": True,
-                            "baseline": {"warmup_frames": WARMUP, "detectors": demo_detector_names()}}
+        table["cameras"] = {
+            "per_camera_metrics": True,
+            "baseline": {"warmup_frames": WARMUP, "detectors": demo_detector_names()},
+        }
+
     edit_config(repository, change)
     x, y = load_split("train")
     per = len(x) // len(SCENES)
-    frames = np.concatenate([scene(x[i * per:(i + 1) * per], *s) for i, s in enumerate(SCENES)])
+    frames = np.concatenate([scene(x[i * per : (i + 1) * per], *s) for i, s in enumerate(SCENES)])
     cameras = np.repeat([f"calibration-{i}" for i in range(len(SCENES))], per)
-    report = calibrate_directory(repository / "digits", References({"input": frames}, y[:len(frames)], cameras))
+    report = calibrate_directory(repository / "digits", References({"input": frames}, y[: len(frames)], cameras))
     assert report["cameras"] == len(SCENES)
     return repository
 
 
 def flags(client, x: np.ndarray, camera: str | None) -> np.ndarray:
     parameters = {"camera_id": camera} if camera else {}
-    return np.array([client.infer("digits", [infer_input(x[i:i + 1])], parameters=parameters).get_response()
-                     .parameters["guard_verdict"].string_param != "clean" for i in range(len(x))])
+    return np.array(
+        [
+            client.infer("digits", [infer_input(x[i : i + 1])], parameters=parameters)
+            .get_response()
+            .parameters["guard_verdict"]
+            .string_param
+            != "clean"
+            for i in range(len(x))
+        ]
+    )
 
 
 def test_a_camera_is_judged_against_its_own_scene_after_its_warm_up(repository, held_out):

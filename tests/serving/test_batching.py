@@ -36,7 +36,6 @@ class Recorder:
 async def started(config: BatchingConfig, recorder: Recorder, inline_below: int = 0) -> DynamicBatcher:
     config = BatchingConfig(**{**config.__dict__, "inline_below_microseconds": inline_below})
     batcher = DynamicBatcher(recorder, config, executor=ThreadPoolExecutor(config.instances, "batch"))
-    batcher.start()
     return batcher
 
 
@@ -170,7 +169,6 @@ async def test_instances_bound_concurrent_batches():
 
     config = BatchingConfig(max_batch_size=1, instances=2)
     batcher = DynamicBatcher(execute, config, executor=ThreadPoolExecutor(2))
-    batcher.start()
     await asyncio.gather(*(batcher.submit(i, 1) for i in range(8)))
     assert peak == 2
     await batcher.close()
@@ -203,8 +201,8 @@ async def test_fast_batches_move_onto_the_event_loop_thread_and_slow_ones_back()
 
 async def test_inline_batches_keep_window_deadline_and_error_semantics():
     rec = Recorder()
+    # No executor: every batch runs on the loop thread.
     batcher = DynamicBatcher(rec, BatchingConfig(max_batch_size=8, max_queue_delay_microseconds=20_000))
-    batcher.start()  # no executor: every batch runs on the loop thread
     assert await asyncio.gather(*(batcher.submit(i, 1) for i in range(3))) == [0, 10, 20]
     assert rec.batches == [[0, 1, 2]]
     rec.fail = RuntimeError("inline failure")

@@ -33,6 +33,7 @@ from tests.serving.test_streams import INFER, _Context, frame, wait_until
 
 # --- the batcher: fair turns and a share of the queue per camera ---
 
+
 async def test_a_flooding_camera_cannot_fill_the_next_batch():
     """One batch held; camera 'flood' queues 20 requests, then seven other cameras one each: the next
     batch of 8 takes every other camera's request and one of the flood's, in arrival order per camera."""
@@ -73,7 +74,6 @@ async def test_a_camera_may_hold_only_its_share_of_the_queue():
     rec.gate.clear()
     config = BatchingConfig(max_batch_size=1, max_queue_size=100, instances=1, inline_below_microseconds=0)
     batcher = DynamicBatcher(rec, config, executor=ThreadPoolExecutor(1), flow_limit=3)
-    batcher.start()
     blocker = asyncio.ensure_future(batcher.submit("blocker", 1))
     while not rec.batches:
         await asyncio.sleep(0.001)
@@ -91,6 +91,7 @@ async def test_a_camera_may_hold_only_its_share_of_the_queue():
 
 
 # --- the camera id and settings ---
+
 
 @pytest.mark.parametrize("value", [7, "", "x" * 129, "cam\n1", "cam\r1", "cam\u20281", True])
 def test_a_bad_camera_id_is_invalid_input_naming_the_parameter(value):
@@ -112,12 +113,21 @@ def test_camera_settings_refuse_more_flags_than_the_window():
 
 # --- alerts ---
 
+
 def test_a_camera_enters_alert_at_k_of_its_last_n_and_leaves_when_they_slide_out():
     tracker = CameraTracker(CameraSettings(alert_window=4, alert_flags=2))
     seen = [tracker.observe("a", flagged) for flagged in (True, False, False, True, True, False, False, False)]
     # window after each: T | TF | TFF | TFFT (2: alert) | FFTT | FTTF | TTFF | TFFF (1: out)
-    assert seen == [(False, False), (False, False), (False, False), (True, True), (True, False), (True, False),
-                    (True, False), (False, False)]
+    assert seen == [
+        (False, False),
+        (False, False),
+        (False, False),
+        (True, True),
+        (True, False),
+        (True, False),
+        (True, False),
+        (False, False),
+    ]
     assert tracker.in_alert == 0
     assert tracker.observe("b", True) == (False, False)  # cameras do not share windows
 
@@ -149,9 +159,11 @@ def test_forgetting_a_camera_drops_its_metric_series():
 
 # --- through a live gateway ---
 
+
 def _with_cameras(tmp_path, **cameras):
     def change(table):
         table["cameras"] = {"alert_window": 4, "alert_flags": 2, **cameras}
+
     return edit_config(copy_demo(tmp_path), change)
 
 
@@ -165,7 +177,7 @@ def test_answers_carry_each_cameras_alert_and_metrics_count_it(tmp_path):
         attacked = noise_rows(3, seed=5)
         alerts, flagged = [], []
         for i in range(3):
-            result = client.infer("digits", [infer_input(attacked[i:i + 1])], parameters={"camera_id": "gate-1"})
+            result = client.infer("digits", [infer_input(attacked[i : i + 1])], parameters={"camera_id": "gate-1"})
             flagged.append(verdict(result)[0] != "clean")
             alerts.append(_alert(result))
         assert flagged == [True, True, True]  # noise is nothing like a digit
@@ -200,8 +212,9 @@ def test_per_camera_series_are_off_unless_asked_for(tmp_path):
     with running_gateway(_with_cameras(tmp_path)) as srv:
         client = triton.InferenceServerClient(srv.grpc_url)
         client.infer("digits", [infer_input(noise_rows(1))], parameters={"camera_id": "gate-1"})
-        names = {sample.labels.get("camera") for family in srv.server.metrics.registry.collect()
-                 for sample in family.samples}
+        names = {
+            sample.labels.get("camera") for family in srv.server.metrics.registry.collect() for sample in family.samples
+        }
         assert names == {None}
 
 
@@ -228,10 +241,15 @@ def test_a_camera_over_its_share_is_refused_while_others_are_queued(tmp_path, ga
         wait_until(lambda: queue_depth(srv) == 3)
         gate.open()
         assert [pb.ModelInferResponse.FromString(f.result()).id for f in (held, *queued, other)] == [
-            "held", "q0", "q1", "other"]
+            "held",
+            "q0",
+            "q1",
+            "other",
+        ]
 
 
 # --- order on a stream ---
+
 
 class _HeldDataPlane:
     """Answers each request only when the test releases its id."""

@@ -37,20 +37,25 @@ EXIT_TIMEOUT = 20.0
 
 def health(url: str, service: str) -> int:
     with grpc.insecure_channel(url) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        )
 
 
 def test_sigterm_under_load_answers_every_request_ok_or_unavailable_and_none_cancelled(held_out):
-    with ServeProcess(DEMO_REPOSITORY, "--drain-seconds", str(DRAIN), "--exit-timeout-seconds",
-                      str(EXIT_TIMEOUT)) as guard:
+    with ServeProcess(
+        DEMO_REPOSITORY, "--drain-seconds", str(DRAIN), "--exit-timeout-seconds", str(EXIT_TIMEOUT)
+    ) as guard:
         with Traffic(guard.grpc_url, held_out[0][:64], threads=12) as traffic:
             traffic.wait_for(200)
             signalled = time.monotonic()
             guard.signal(signal.SIGTERM)
             names = ("", SERVICE, "digits", "digits_fp32")
-            wait_until(lambda: all(health(guard.grpc_url, name) == NOT_SERVING for name in names), DRAIN / 2,
-                       "NOT_SERVING on every service name")
+            wait_until(
+                lambda: all(health(guard.grpc_url, name) == NOT_SERVING for name in names),
+                DRAIN / 2,
+                "NOT_SERVING on every service name",
+            )
             traffic.wait_for(50)  # ...while requests are still answered
             assert guard.wait(timeout=EXIT_TIMEOUT + 5) == 0
             exited = time.monotonic()
@@ -93,7 +98,6 @@ class HeldExecute:
 async def held_batcher(held: HeldExecute, **config) -> DynamicBatcher:
     settings = BatchingConfig(**{"max_batch_size": 1, "instances": 1, "inline_below_microseconds": 0, **config})
     batcher = DynamicBatcher(held, settings, executor=ThreadPoolExecutor(1))
-    batcher.start()
     return batcher
 
 
@@ -146,8 +150,12 @@ def test_at_the_exit_timeout_waiting_requests_fail_unavailable_not_cancelled(tmp
     with running_gateway(gated_repository(tmp_path)) as srv, gate:
         with triton.InferenceServerClient(srv.grpc_url) as client:
             for tag in ("running", "queued"):
-                client.async_infer("digits", [infer_input(held_out[0][:1])],
-                                   lambda result, error, tag=tag: answers.put((tag, error)), client_timeout=30)
+                client.async_infer(
+                    "digits",
+                    [infer_input(held_out[0][:1])],
+                    lambda result, error, tag=tag: answers.put((tag, error)),
+                    client_timeout=30,
+                )
                 if tag == "running":
                     assert gate.entered.wait(10)
             wait_until(lambda: queue_depth(srv) == 1, what="one request queued")

@@ -35,11 +35,11 @@ def with_failing_detector(tmp_path, fail_open: bool):
         table["detectors"][0]["type"] = FailsInVariants.kind
         table["fail_open"] = fail_open
         thresholds_as_written(table)  # the detector fails on purpose, at load too if it recalibrated
+
     return edit_config(copy_demo(tmp_path), change)
 
 
-def test_a_detector_failing_in_variants_fails_closed_and_the_server_keeps_serving(tmp_path, failing_variants,
-                                                                                  held_out):
+def test_a_detector_failing_in_variants_fails_closed_and_the_server_keeps_serving(tmp_path, failing_variants, held_out):
     repository = with_failing_detector(tmp_path, fail_open=False)
     with running_gateway(repository) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
         for _ in range(2):  # the same answer twice: nothing broke for good
@@ -62,14 +62,24 @@ def test_a_detector_failing_in_variants_is_served_unchecked_under_fail_open(tmp_
 
 def length_four_model(path) -> None:
     """A model that runs rows whose length is a multiple of 4 only: y = sum of Reshape(x, [N, -1, 4])."""
+
     def constant(name, values):
-        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64,
-                                                                                [len(values)], values))
-    nodes = [constant("shape", [0, -1, 4]), constant("axes", [1, 2]),
-             helper.make_node("Reshape", ["x", "shape"], ["quads"]),
-             helper.make_node("ReduceSum", ["quads", "axes"], ["y"], keepdims=0)]
-    graph = helper.make_graph(nodes, "quads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])])
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+        )
+
+    nodes = [
+        constant("shape", [0, -1, 4]),
+        constant("axes", [1, 2]),
+        helper.make_node("Reshape", ["x", "shape"], ["quads"]),
+        helper.make_node("ReduceSum", ["quads", "axes"], ["y"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -81,7 +91,8 @@ def test_a_model_that_cannot_run_an_input_fails_it_with_unavailable(tmp_path):
     length_four_model(directory / "model.onnx")
     (directory / "config.toml").write_text(
         '[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1]\n\n'
-        '[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = []\n')
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = []\n'
+    )
     with running_gateway(tmp_path / "repository") as srv, triton.InferenceServerClient(srv.grpc_url) as client:
         with pytest.raises(InferenceServerException) as info:
             client.infer("quads", [infer_input(np.ones((1, 6), np.float32), "x")])

@@ -32,13 +32,17 @@ def from_another_runtime(tmp_path):
             detector["threshold"] *= 0.01
         for key in ("threshold", "min_p_threshold"):
             table["ensemble"][key] *= 0.01
+
     return edit_config(copy_demo(tmp_path), change)
 
 
 def flagged(url: str, x) -> int:
     with triton.InferenceServerClient(url) as client:
-        return sum(client.infer("digits", [infer_input(x[i:i + 1])]).get_response().parameters[
-            "guard_verdict"].string_param != "clean" for i in range(len(x)))
+        return sum(
+            client.infer("digits", [infer_input(x[i : i + 1])]).get_response().parameters["guard_verdict"].string_param
+            != "clean"
+            for i in range(len(x))
+        )
 
 
 def sample(srv, name: str, **labels) -> float | None:
@@ -70,8 +74,9 @@ def test_another_runtimes_thresholds_are_derived_again_and_the_target_holds(tmp_
 
 def health(url: str, service: str) -> int:
     with grpc.insecure_channel(url) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        )
 
 
 def index(client) -> dict[str, tuple[str, str]]:
@@ -79,8 +84,11 @@ def index(client) -> dict[str, tuple[str, str]]:
 
 
 def loads(srv, model: str, result: str) -> float:
-    return sample(srv, "guard_model_loads_total", result=result) if model == "digits" else \
-        srv.server.metrics.registry.get_sample_value("guard_model_loads_total", {"model": model, "result": result})
+    return (
+        sample(srv, "guard_model_loads_total", result=result)
+        if model == "digits"
+        else srv.server.metrics.registry.get_sample_value("guard_model_loads_total", {"model": model, "result": result})
+    )
 
 
 def test_strict_refuses_another_runtimes_thresholds_for_that_model_alone(tmp_path, held_out):
@@ -140,6 +148,7 @@ def test_a_model_without_detectors_loads_on_a_foreign_host(tmp_path, held_out, m
     def passthrough(table):
         table.pop("detectors")
         table.pop("ensemble")
+
     repository = edit_config(copy_demo(tmp_path), passthrough)
     with running_gateway(repository) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
         assert srv.server._runtimes["digits"].host_calibration.recalibrated == "false"
@@ -154,8 +163,11 @@ def test_a_failed_recalibration_fails_that_model_alone(tmp_path, held_out, monke
     monkeypatch.setenv(FOREIGN_HOST_ENV, "1")
     repository = copy_demo(tmp_path)
     (repository / "digits" / "references.npz").write_bytes(b"not an npz")
-    with caplog.at_level("ERROR", logger="guard.serving.reload"), running_gateway(repository) as srv, \
-            triton.InferenceServerClient(srv.grpc_url) as client:
+    with (
+        caplog.at_level("ERROR", logger="guard.serving.reload"),
+        running_gateway(repository) as srv,
+        triton.InferenceServerClient(srv.grpc_url) as client,
+    ):
         state, reason = index(client)["digits"]
         assert state == "UNAVAILABLE" and "recalibrating on runtime" in reason and "references.npz" in reason
         assert loads(srv, "digits", "failure") == 1.0
@@ -165,8 +177,7 @@ def test_a_failed_recalibration_fails_that_model_alone(tmp_path, held_out, monke
         assert info.value.status() == "StatusCode.UNAVAILABLE" and "references.npz" in info.value.message()
         assert srv.server._runtimes["digits_fp32"].host_calibration.recalibrated == "true"
         client.infer("digits_fp32", [infer_input(held_out[0][:1])])
-    assert any("digits: load failed" in r.getMessage() and "references.npz" in r.getMessage()
-               for r in caplog.records)
+    assert any("digits: load failed" in r.getMessage() and "references.npz" in r.getMessage() for r in caplog.records)
 
 
 def test_a_model_without_references_is_served_as_stored_and_says_so(tmp_path, caplog):

@@ -31,8 +31,9 @@ FORGED = "\r\n2030-01-01 00:00:00,000 INFO guard.access: model=digits id=forged 
 def test_a_request_the_client_cancels_is_counted_cancelled(tmp_path, gate, held_out):
     with running_gateway(gated_repository(tmp_path)) as srv, gate, triton.InferenceServerClient(srv.grpc_url) as client:
         answers: queue.Queue = queue.Queue()
-        call = client.async_infer("digits", [infer_input(held_out[0][:1])], lambda result, error: answers.put(error),
-                                  client_timeout=30)
+        call = client.async_infer(
+            "digits", [infer_input(held_out[0][:1])], lambda result, error: answers.put(error), client_timeout=30
+        )
         assert gate.entered.wait(10)
         call.cancel()
         answers.get(timeout=10)
@@ -112,12 +113,15 @@ def damage(repository, file: str, how: str) -> None:
         np.savez(path, **arrays)
 
 
-@pytest.mark.parametrize(("file", "how", "detector", "key"), [
-    ("mahalanobis.npz", "truncate", "mahalanobis", "statistics"),
-    ("mahalanobis.npz", "means", "mahalanobis", "statistics"),
-    ("detector_net.npz", "truncate", "detector_net", "weights"),
-    ("detector_net.npz", "w2", "detector_net", "weights"),
-])
+@pytest.mark.parametrize(
+    ("file", "how", "detector", "key"),
+    [
+        ("mahalanobis.npz", "truncate", "mahalanobis", "statistics"),
+        ("mahalanobis.npz", "means", "mahalanobis", "statistics"),
+        ("detector_net.npz", "truncate", "detector_net", "weights"),
+        ("detector_net.npz", "w2", "detector_net", "weights"),
+    ],
+)
 def test_a_damaged_detector_artifact_fails_the_load_naming_the_key_and_file(tmp_path, file, how, detector, key):
     repository = copy_demo(tmp_path)
     damage(repository, file, how)

@@ -21,7 +21,7 @@ def test_metrics_after_traffic(held_out):
         with triton.InferenceServerClient(srv.grpc_url) as client:
             for i in range(30):
                 tensor = triton.InferInput("input", [2, 1, 16, 16], "FP32")
-                tensor.set_data_from_numpy(held_out[0][2 * i:2 * i + 2])
+                tensor.set_data_from_numpy(held_out[0][2 * i : 2 * i + 2])
                 client.infer("digits", [tensor])
             bad = triton.InferInput("input", [1, 1, 16, 16], "FP32")
             bad.set_data_from_numpy(np.full((1, 1, 16, 16), 7.0, np.float32))

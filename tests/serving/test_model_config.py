@@ -42,21 +42,24 @@ def test_shipped_config_loads(model_dir):
     assert all(d.get("threshold") for d in config.detection.detectors)
 
 
-@pytest.mark.parametrize("old, new, key, expected", [
-    (r"^max_batch_size = \d+", "max_batch_size = -3", "batching.max_batch_size", "a positive integer"),
-    (r'^policy = "\w+"', 'policy = "block"', "policy", "one of enforce, flag, shadow"),
-    (r"^target_fpr = .*", "target_fpr = 1.5", "target_fpr", "strictly between 0 and 1"),
-    (r'^datatype = "FP32"', 'datatype = "FLOAT"', "inputs[0].datatype", "one of BOOL"),
-    (r"^shape = \[ *1, *16, *16 *,? *\]", "shape = [1, 8, 8]", "inputs[0].shape", "compatible with the model"),
-    (r"^range = .*", "range = [1.0, 0.0]", "inputs[0].range", "low <= high"),
-    (r'^\[backend\]', '[backend]\nmodel_file = "missing.onnx"', "backend.model_file", "the model's ONNX file in"),
-    (r'^\[backend\]', '[backend]\nkind = "tensorflow"', "backend.kind", "one of onnxruntime, remote"),
-    (r"^bits = \d+", "bits = 0", "detectors[0].bits", "an integer in [1, 16]"),
-    (r'^type = "squeeze_median"', 'type = "magic"', "detectors[1].type", "one of squeeze_bit_depth"),
-    (r"^threshold = .*", "threshold = -1.0", "detectors[0].threshold", "a positive finite number"),
-    (r'^name = "digits"', 'name = "other"', "name", "the directory's name"),
-    (r'^logits_output = .*', 'logits_output = "probs"', "logits_output", "one of [[outputs]]"),
-])
+@pytest.mark.parametrize(
+    "old, new, key, expected",
+    [
+        (r"^max_batch_size = \d+", "max_batch_size = -3", "batching.max_batch_size", "a positive integer"),
+        (r'^policy = "\w+"', 'policy = "block"', "policy", "one of enforce, flag, shadow"),
+        (r"^target_fpr = .*", "target_fpr = 1.5", "target_fpr", "strictly between 0 and 1"),
+        (r'^datatype = "FP32"', 'datatype = "FLOAT"', "inputs[0].datatype", "one of BOOL"),
+        (r"^shape = \[ *1, *16, *16 *,? *\]", "shape = [1, 8, 8]", "inputs[0].shape", "compatible with the model"),
+        (r"^range = .*", "range = [1.0, 0.0]", "inputs[0].range", "low <= high"),
+        (r"^\[backend\]", '[backend]\nmodel_file = "missing.onnx"', "backend.model_file", "the model's ONNX file in"),
+        (r"^\[backend\]", '[backend]\nkind = "tensorflow"', "backend.kind", "one of onnxruntime, remote"),
+        (r"^bits = \d+", "bits = 0", "detectors[0].bits", "an integer in [1, 16]"),
+        (r'^type = "squeeze_median"', 'type = "magic"', "detectors[1].type", "one of squeeze_bit_depth"),
+        (r"^threshold = .*", "threshold = -1.0", "detectors[0].threshold", "a positive finite number"),
+        (r'^name = "digits"', 'name = "other"', "name", "the directory's name"),
+        (r"^logits_output = .*", 'logits_output = "probs"', "logits_output", "one of [[outputs]]"),
+    ],
+)
 def test_bad_values_name_file_key_and_expectation(model_dir, old, new, key, expected):
     rewrite(model_dir, old, new)
     with pytest.raises(ConfigError) as info:

@@ -58,7 +58,7 @@ def test_enforce_serves_clean_requests_with_verdict(held_out):
         outcomes = []
         for i in range(len(x)):
             try:
-                result = infer(srv.grpc_url, x[i:i + 1])
+                result = infer(srv.grpc_url, x[i : i + 1])
             except InferenceServerException as exc:
                 assert exc.status() == "StatusCode.PERMISSION_DENIED"
                 outcomes.append("blocked")

@@ -51,15 +51,21 @@ def health(url: str) -> int:
 def test_sigterm_lets_queued_requests_finish_then_exits_cleanly(tmp_path, held_out):
     """Four requests wait in a 1.5 s batching window when SIGTERM arrives: all four are answered
     OK (none CANCELLED), and the process exits with status 0."""
+
     def change(table):
         table["batching"].update(max_queue_delay_microseconds=1_500_000, max_batch_size=32)
+
     repository = edit_config(copy_demo(tmp_path), change)
     answers: queue.Queue = queue.Queue()
     with ServeProcess(repository) as guard, triton.InferenceServerClient(guard.grpc_url) as client:
         assert health(guard.grpc_url) == health_pb2.HealthCheckResponse.SERVING
         for i in range(4):
-            client.async_infer("digits", [infer_input(held_out[0][i:i + 1])],
-                               lambda result, error: answers.put(error), client_timeout=30)
+            client.async_infer(
+                "digits",
+                [infer_input(held_out[0][i : i + 1])],
+                lambda result, error: answers.put(error),
+                client_timeout=30,
+            )
         start = time.monotonic()
         while guard.metric('guard_queue_depth{model="digits"}') != 4:
             assert time.monotonic() - start < 10, "requests never queued"

@@ -34,15 +34,19 @@ def flagged_params(result) -> bool:
 
 
 def loads(srv, result: str) -> float:
-    return srv.server.metrics.registry.get_sample_value("guard_model_loads_total",
-                                                         {"model": "digits", "result": result}) or 0.0
+    return (
+        srv.server.metrics.registry.get_sample_value("guard_model_loads_total", {"model": "digits", "result": result})
+        or 0.0
+    )
 
 
 def test_load_model_under_load_switches_to_the_new_config_and_no_request_fails(tmp_path, held_out):
     repository = copy_demo(tmp_path)
     with running_gateway(repository, model_control=True) as srv:
-        with Traffic(srv.grpc_url, held_out[0][:32], threads=4, keep_results=True) as traffic, \
-                triton.InferenceServerClient(srv.grpc_url) as client:
+        with (
+            Traffic(srv.grpc_url, held_out[0][:32], threads=4, keep_results=True) as traffic,
+            triton.InferenceServerClient(srv.grpc_url) as client,
+        ):
             traffic.wait_for(100)
             shadow(repository)
             client.load_model("digits")
@@ -95,10 +99,14 @@ def test_requests_on_the_replaced_copy_finish_there(tmp_path, gate, held_out):
     only then does the old copy close."""
     repository = gated_repository(tmp_path)
     answers: queue.Queue = queue.Queue()
-    with running_gateway(repository, model_control=True) as srv, gate, \
-            triton.InferenceServerClient(srv.grpc_url) as client:
-        client.async_infer("digits", [infer_input(held_out[0][:1])], lambda result, error: answers.put(error),
-                           client_timeout=30)
+    with (
+        running_gateway(repository, model_control=True) as srv,
+        gate,
+        triton.InferenceServerClient(srv.grpc_url) as client,
+    ):
+        client.async_infer(
+            "digits", [infer_input(held_out[0][:1])], lambda result, error: answers.put(error), client_timeout=30
+        )
         assert gate.entered.wait(10)
         old = srv.server._runtimes["digits"]
         edit_config(repository, lambda table: table["detectors"][0].update(type="squeeze_bit_depth"))
@@ -113,14 +121,17 @@ def test_requests_on_the_replaced_copy_finish_there(tmp_path, gate, held_out):
 
 def health(url: str, service: str) -> int:
     with grpc.insecure_channel(url) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        )
 
 
 def test_unload_then_load_again(tmp_path, held_out):
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    with running_gateway(copy_demo(tmp_path), model_control=True) as srv, \
-            triton.InferenceServerClient(srv.grpc_url) as client:
+    with (
+        running_gateway(copy_demo(tmp_path), model_control=True) as srv,
+        triton.InferenceServerClient(srv.grpc_url) as client,
+    ):
         client.unload_model("digits")
         with pytest.raises(InferenceServerException) as info:
             client.infer("digits", [infer_input(held_out[0][:1])])
@@ -142,10 +153,15 @@ def test_model_control_is_off_unless_asked_for_and_names_stay_inside_the_reposit
             client.unload_model("digits")
         assert info.value.status() == "StatusCode.FAILED_PRECONDITION" and "--model-control" in info.value.message()
         assert client.is_model_ready("digits")
-    with running_gateway(copy_demo(tmp_path / "2"), model_control=True) as srv, \
-            triton.InferenceServerClient(srv.grpc_url) as client:
-        for name, status in (("../repository", "INVALID_ARGUMENT"), (".hidden", "INVALID_ARGUMENT"),
-                             ("missing", "NOT_FOUND")):
+    with (
+        running_gateway(copy_demo(tmp_path / "2"), model_control=True) as srv,
+        triton.InferenceServerClient(srv.grpc_url) as client,
+    ):
+        for name, status in (
+            ("../repository", "INVALID_ARGUMENT"),
+            (".hidden", "INVALID_ARGUMENT"),
+            ("missing", "NOT_FOUND"),
+        ):
             with pytest.raises(InferenceServerException) as info:
                 client.load_model(name)
             assert info.value.status() == f"StatusCode.{status}", (name, info.value.message())

@@ -26,16 +26,26 @@ SIZES = [(8, 8), (12, 10), (16, 16), (9, 14)]
 def fully_convolutional(path) -> None:
     """Conv 3x3 (pad 1) -> ReLU -> global average pool -> linear: logits [N, 3] for any H x W."""
     rng = np.random.default_rng(0)
-    weights = {"w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32),
-               "fc": rng.normal(size=(4, 3)).astype(np.float32), "fb": rng.normal(size=3).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-             helper.make_node("Flatten", ["pool"], ["features"]),
-             helper.make_node("Gemm", ["features", "fc", "fb"], ["logits"])]
-    graph = helper.make_graph(nodes, "fcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-                              [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    weights = {
+        "w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+        "fc": rng.normal(size=(4, 3)).astype(np.float32),
+        "fb": rng.normal(size=3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["features"]),
+        helper.make_node("Gemm", ["features", "fc", "fb"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fcn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -46,13 +56,19 @@ def repository(tmp_path):
     directory = tmp_path / "repository" / "fcn"
     directory.mkdir(parents=True)
     fully_convolutional(directory / "model.onnx")
-    write_config(tmp_path / "repository", {
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -1, -1], "range": [0.0, 1.0], "layout": "NCHW"}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [3]}],
-        "batching": {"max_batch_size": 64, "max_queue_size": 256},
-        "detectors": [{"name": "gate", "type": GateDetector.kind, "bits": 4, "threshold": 1e9},
-                      {"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-    }, "fcn")
+    write_config(
+        tmp_path / "repository",
+        {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, -1, -1], "range": [0.0, 1.0], "layout": "NCHW"}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [3]}],
+            "batching": {"max_batch_size": 64, "max_queue_size": 256},
+            "detectors": [
+                {"name": "gate", "type": GateDetector.kind, "bits": 4, "threshold": 1e9},
+                {"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9},
+            ],
+        },
+        "fcn",
+    )
     return tmp_path / "repository"
 
 

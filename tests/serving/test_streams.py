@@ -124,9 +124,12 @@ class _Context:
 
 class _EchoDataPlane:
     async def infer(self, request, datatypes, encoded=None):
-        config = SimpleNamespace(name="digits", inputs=(TensorSpec("input", "FP32", (1, 16, 16)),),
-                                 outputs=(TensorSpec("logits", "FP32", (10,)),),
-                                 batching=SimpleNamespace(max_batch_size=32))
+        config = SimpleNamespace(
+            name="digits",
+            inputs=(TensorSpec("input", "FP32", (1, 16, 16)),),
+            outputs=(TensorSpec("logits", "FP32", (10,)),),
+            batching=SimpleNamespace(max_batch_size=32),
+        )
         inputs, _, _ = await encoded.decode(config)
         return InferResponse("digits", "1", request.id, [("logits", np.zeros((1, 10), np.float32))])
 
@@ -187,8 +190,9 @@ def test_one_stream_cannot_fill_the_shared_queue(tmp_path, gate):
         answers: queue.Queue = queue.Queue()
 
         def consume():
-            for answer in channel.stream_stream(STREAM)(iter(frame(f"s{i}") for i in range(300)),
-                                                        timeout=CLIENT_TIMEOUT):
+            for answer in channel.stream_stream(STREAM)(
+                iter(frame(f"s{i}") for i in range(300)), timeout=CLIENT_TIMEOUT
+            ):
                 answers.put(pb.ModelStreamInferResponse.FromString(answer))
 
         reader = threading.Thread(target=consume, daemon=True)

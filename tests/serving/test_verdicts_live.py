@@ -49,8 +49,9 @@ def template(tmp_path_factory, held_out):
     table = read_config(repository)
     as_union(table)
     thresholds_as_written(table)  # every variant's thresholds are set below from scores measured here
-    table["detectors"].append({"name": "strip", "type": "strip", "n": 16, "references": "strip_references.npy",
-                               "threshold": 1.0})
+    table["detectors"].append(
+        {"name": "strip", "type": "strip", "n": 16, "references": "strip_references.npy", "threshold": 1.0}
+    )
     write_config(repository, table)
     shutil.rmtree(repository / "digits_fp32")
     return repository
@@ -94,8 +95,14 @@ def gateway(template, scores, tmp_path_factory):
         "rows_enforce": ("enforce", {"detector_net": between}),
         "exact": ("flag", {"confidence_margin": margin}),
         "just_above": ("flag", {"confidence_margin": float(np.nextafter(margin, math.inf))}),
-        "union": ("flag", {name: value / 2 if name == "bit_depth_2" else value * 100
-                           for name, value in scores["c0"].items() if value > 0}),
+        "union": (
+            "flag",
+            {
+                name: value / 2 if name == "bit_depth_2" else value * 100
+                for name, value in scores["c0"].items()
+                if value > 0
+            },
+        ),
         "shadow": ("shadow", {name: value / 2 for name, value in scores["c0"].items() if value > 0}),
     }
     for name, (policy, thresholds) in variants.items():
@@ -152,4 +159,6 @@ def test_shadow_serves_without_parameters_even_when_asked_to_explain(gateway, ro
     assert result.as_numpy("logits").shape == (1, 10)
     explained = infer(gateway, "union", rows["c0"], parameters={"guard_explain": True})
     assert set(json.loads(explained.get_response().parameters["guard_detector_scores"].string_param)) >= {
-        "bit_depth_2", "strip"}
+        "bit_depth_2",
+        "strip",
+    }

@@ -26,15 +26,21 @@ def skeleton(root):
     directory = root / "cam"
     directory.mkdir(parents=True)
     small_cnn(directory / "model.onnx")
-    write_config(root, {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-        "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-        "detectors": [{"name": "bit_depth_5", "type": "squeeze_bit_depth", "bits": 5},
-                      {"name": "median_2x2", "type": "squeeze_median", "size": 2},
-                      {"name": "patch", "type": "patch_occlusion"}],
-        "ensemble": {"method": "omnibus"},
-    }, "cam")
+    write_config(
+        root,
+        {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
+            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
+            "detectors": [
+                {"name": "bit_depth_5", "type": "squeeze_bit_depth", "bits": 5},
+                {"name": "median_2x2", "type": "squeeze_median", "size": 2},
+                {"name": "patch", "type": "patch_occlusion"},
+            ],
+            "ensemble": {"method": "omnibus"},
+        },
+        "cam",
+    )
     return directory
 
 
@@ -121,4 +127,3 @@ def test_a_missing_data_source_is_one_line_naming_it(tmp_path):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"guard calibrate: --data {tmp_path / 'no.npz'}: no such file or directory"
-

@@ -17,8 +17,13 @@ from tests.conftest import DEMO_REPOSITORY, ROOT
 
 
 def test_serve_logs_the_chosen_ports_and_stops_on_sigterm(held_out):
-    process = subprocess.Popen([sys.executable, "-m", "guard", "serve", "--grpc-port", "0", "--metrics-port", "0"],
-                               cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "guard", "serve", "--grpc-port", "0", "--metrics-port", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline, ready = time.monotonic() + 120, None
         lines = []
@@ -44,9 +49,26 @@ def test_serve_logs_the_chosen_ports_and_stops_on_sigterm(held_out):
 def calibrate(tmp_path, data, *extra, model="digits"):
     """Run `guard calibrate` as a user would, into tmp_path/repo/mine."""
     return subprocess.run(
-        [sys.executable, "-m", "guard", "calibrate", "--onnx", str(DEMO_REPOSITORY / model / "model.onnx"),
-         "--name", "mine", "--repository", str(tmp_path / "repo"), "--data", str(data), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "guard",
+            "calibrate",
+            "--onnx",
+            str(DEMO_REPOSITORY / model / "model.onnx"),
+            "--name",
+            "mine",
+            "--repository",
+            str(tmp_path / "repo"),
+            "--data",
+            str(data),
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_calibrate_brings_an_onnx_model_under_the_guard(tmp_path):
@@ -69,8 +91,12 @@ def test_calibrate_brings_an_onnx_model_under_the_guard(tmp_path):
     config = load_model_config(tmp_path / "repo" / "mine")
     assert config.detection.target_fpr == 0.1
     # The defaults: squeezers, the feature-space detector (the model has a linear head), the margin.
-    assert [d["name"] for d in config.detection.detectors] == ["bit_depth_5", "median_2x2", "mahalanobis",
-                                                               "confidence_margin"]
+    assert [d["name"] for d in config.detection.detectors] == [
+        "bit_depth_5",
+        "median_2x2",
+        "mahalanobis",
+        "confidence_margin",
+    ]
     assert all(d["threshold"] == report["thresholds"][d["name"]] for d in config.detection.detectors)
     assert config.calibration.references == "references.npz" and config.calibration.fingerprint == report["fingerprint"]
     assert config.calibration.folds == 5  # mahalanobis learned from the samples: its thresholds are cross-fitted
@@ -89,8 +115,18 @@ def test_calibrate_takes_the_squeezers_it_is_given(tmp_path):
 
     data = tmp_path / "clean.npz"
     np.savez(data, x=load_split("calibration")[0])
-    result = calibrate(tmp_path, data, "--bit-depth", "3", "--median", "3", "--median", "2", "--no-mahalanobis",
-                       "--no-confidence-margin")
+    result = calibrate(
+        tmp_path,
+        data,
+        "--bit-depth",
+        "3",
+        "--median",
+        "3",
+        "--median",
+        "2",
+        "--no-mahalanobis",
+        "--no-confidence-margin",
+    )
     assert result.returncode == 0, result.stderr
     config = load_model_config(tmp_path / "repo" / "mine")
     assert [d["name"] for d in config.detection.detectors] == ["bit_depth_3", "median_3x3", "median_2x2"]
@@ -108,8 +144,12 @@ def test_calibrate_adds_feature_and_trigger_detectors(tmp_path):
     directory = tmp_path / "repo" / "mine"
     config = load_model_config(directory)
     assert config.detection.features_output
-    assert [d["type"] for d in config.detection.detectors] == ["squeeze_median", "mahalanobis", "confidence_margin",
-                                                               "strip"]
+    assert [d["type"] for d in config.detection.detectors] == [
+        "squeeze_median",
+        "mahalanobis",
+        "confidence_margin",
+        "strip",
+    ]
     assert (directory / "mahalanobis.npz").is_file() and (directory / "strip_references.npy").is_file()
     report = json.loads(result.stdout)
     assert report["calibration_fpr"] <= 0.05

@@ -31,9 +31,14 @@ def test_a_ramp_starts_where_the_camera_was(frames, name):
     np.testing.assert_array_equal(first, reference)
 
 
-@pytest.mark.parametrize("name, measure, direction", [
-    ("dusk", lambda x: x.mean(), -1), ("dawn", lambda x: x.mean(), +1), ("haze", lambda x: x.std(), -1),
-])
+@pytest.mark.parametrize(
+    "name, measure, direction",
+    [
+        ("dusk", lambda x: x.mean(), -1),
+        ("dawn", lambda x: x.mean(), +1),
+        ("haze", lambda x: x.std(), -1),
+    ],
+)
 def test_light_and_weather_move_the_frame_steadily(frames, name, measure, direction):
     values = [measure(x) for x in decoded(under(name, frames))]
     assert all(direction * (b - a) > 0 for a, b in zip(values, values[1:])), values

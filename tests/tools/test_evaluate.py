@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,17 @@ def test_roc_curve_ends_and_area():
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert np.trapezoid(tpr, fpr) == pytest.approx(m.auroc(neg, pos))
+
+
+def test_the_operating_point_flags_at_most_the_rate_of_clean_scores_by_the_guards_rule():
+    clean = np.random.default_rng(0).gamma(2.0, size=310)
+    for fpr in (0.01, 0.05):
+        threshold = m.operating_threshold(clean, fpr)
+        assert m.flagged(clean, threshold).sum() == math.floor(fpr * 310)  # no ties: exactly the budget
+        assert m.flagged(threshold, threshold) and not m.flagged(np.nextafter(threshold, 0.0), threshold)  # >=
+    assert not m.flagged(np.ones(10), m.operating_threshold(np.ones(10), 0.05)).any()  # ties never over-flag
+    tied = np.r_[np.zeros(290), np.full(10, 3.0)]
+    assert m.flagged(tied, m.operating_threshold(tied, 0.05)).sum() == 10  # the tied top 3% fits a 5% budget
 
 
 def test_detection_at_fpr_uses_calibration_thresholds():
@@ -70,7 +82,7 @@ def test_union_ensemble_and_ratio_score():
 
 def test_attack_success_rate():
     y = np.array([0, 1, 2, 3])
-    clean = np.array([0, 1, 2, 0])       # the last one is wrong before any attack: not eligible
+    clean = np.array([0, 1, 2, 0])  # the last one is wrong before any attack: not eligible
     adv = np.array([5, 1, 7, 3])
     eligible, successful = m.success(clean, adv, y)
     assert eligible.tolist() == [True, True, True, False]
@@ -88,8 +100,11 @@ def test_adaptive_attack_differentiates_through_the_gateways_own_squeezers():
 
     from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 
-    detectors = [BitDepthDetector("b1", 1.0, bits=1), MedianDetector("m2", 1.0, size=2),
-                 MedianDetector("m3", 1.0, size=3)]
+    detectors = [
+        BitDepthDetector("b1", 1.0, bits=1),
+        MedianDetector("m2", 1.0, size=2),
+        MedianDetector("m3", 1.0, size=3),
+    ]
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():  # as a gateway in the same process does
         served = [d.variants(x) for d in detectors]
@@ -114,9 +129,18 @@ def test_quick_evaluation_through_live_gateway(tmp_path):
     plan = write_plan(tmp_path / "plan")  # the demo recipe, as the README runs it
     attacks = ("fgsm", "deepfool")
     report = tmp_path / "report"
-    results = run_evaluation(EvalOptions(plan=plan, samples=24, quick=True, report_dir=report,
-                                         workdir=tmp_path / "work", attacks=attacks, epsilons=(0.3,),
-                                         adaptive_steps=3))
+    results = run_evaluation(
+        EvalOptions(
+            plan=plan,
+            samples=24,
+            quick=True,
+            report_dir=report,
+            workdir=tmp_path / "work",
+            attacks=attacks,
+            epsilons=(0.3,),
+            adaptive_steps=3,
+        )
+    )
     assert results["meta"]["plan"] == str(plan.resolve())
     assert (report / "results.json").is_file() and (report / "results.md").is_file()
     assert json.loads((report / "results.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
@@ -140,10 +164,18 @@ def test_quick_evaluation_through_live_gateway(tmp_path):
 def test_cli_parses_evaluate():
     from guard.tools.cli import build_parser
 
-    args = build_parser().parse_args(["evaluate", "--plan", "p.toml", "--quick", "--samples", "24",
-                                      "--report-dir", "r", "--seed", "3"])
-    assert (args.command, str(args.plan), args.quick, args.samples, str(args.report_dir), args.seed,
-            args.connect) == ("evaluate", "p.toml", True, 24, "r", 3, None)
+    args = build_parser().parse_args(
+        ["evaluate", "--plan", "p.toml", "--quick", "--samples", "24", "--report-dir", "r", "--seed", "3"]
+    )
+    assert (args.command, str(args.plan), args.quick, args.samples, str(args.report_dir), args.seed, args.connect) == (
+        "evaluate",
+        "p.toml",
+        True,
+        24,
+        "r",
+        3,
+        None,
+    )
     assert args.func.__name__ == "_evaluate"
     with pytest.raises(SystemExit):  # the plan is the only source of data, surrogate and models
         build_parser().parse_args(["evaluate", "--quick"])
@@ -196,11 +228,15 @@ def _write_plan(tmp_path, models_toml: str | None = None, test_x=None) -> Path:
         np.savez(tmp_path / "test.npz", x=test_x, y=np.zeros(len(test_x), np.int64))
     shutil.copyfile(ROOT / "models" / "repository" / "digits_fp32" / "model.onnx", tmp_path / "m.onnx")
     np.savez(tmp_path / "t.npz", mask=np.ones((16, 16), np.float32), pattern=np.zeros((16, 16), np.float32))
-    models_toml = models_toml or ('[[models]]\nname = "clean"\nonnx = "m.onnx"\n\n'
-                                  '[[models]]\nname = "bd"\nonnx = "m.onnx"\ntrigger = "t.npz"\ntarget = 3\n')
+    models_toml = models_toml or (
+        '[[models]]\nname = "clean"\nonnx = "m.onnx"\n\n'
+        '[[models]]\nname = "bd"\nonnx = "m.onnx"\ntrigger = "t.npz"\ntarget = 3\n'
+    )
     path = tmp_path / "plan.toml"
-    path.write_text('[data]\nfit = "fit.npz"\ncalibration = "calibration.npz"\ntest = "test.npz"\n\n'
-                    '[surrogate]\nonnx = "m.onnx"\n\n' + models_toml)
+    path.write_text(
+        '[data]\nfit = "fit.npz"\ncalibration = "calibration.npz"\ntest = "test.npz"\n\n'
+        '[surrogate]\nonnx = "m.onnx"\n\n' + models_toml
+    )
     return path
 
 
@@ -216,16 +252,19 @@ def test_plan_names_everything_relative_to_itself(tmp_path, monkeypatch):
     assert plan.backdoored[0].trigger.apply(plan.test.x[:2]).max() == 0.0
 
 
-@pytest.mark.parametrize("models_toml, key", [
-    ('[[models]]\nname = "a"\nonnx = "m.onnx"\ntrigger = "t.npz"\n', "models[0].target"),
-    ('[[models]]\nname = "a"\nonnx = "missing.onnx"\n', "models[0].onnx"),
-    ('[[models]]\nname = "a"\nonnx = "m.onnx"\nbogus = 1\n', "models[0].bogus"),
-    ('[[models]]\nname = "a/b"\nonnx = "m.onnx"\n', "models[0].name"),
-    ('[[models]]\nname = "a"\nonnx = "m.onnx"\nartifacts = ["nope.bin"]\n', "models[0].artifacts[0]"),
-    ('[[models]]\nname = "a"\nonnx = "m.onnx"\nartifacts = ["t.npz", "t.npz"]\n', "models[0].artifacts"),
-    ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[models]]\nname = "a"\nonnx = "m.onnx"\n', "models"),
-    ("", "models"),
-])
+@pytest.mark.parametrize(
+    "models_toml, key",
+    [
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\ntrigger = "t.npz"\n', "models[0].target"),
+        ('[[models]]\nname = "a"\nonnx = "missing.onnx"\n', "models[0].onnx"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\nbogus = 1\n', "models[0].bogus"),
+        ('[[models]]\nname = "a/b"\nonnx = "m.onnx"\n', "models[0].name"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\nartifacts = ["nope.bin"]\n', "models[0].artifacts[0]"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\nartifacts = ["t.npz", "t.npz"]\n', "models[0].artifacts"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[models]]\nname = "a"\nonnx = "m.onnx"\n', "models"),
+        ("", "models"),
+    ],
+)
 def test_plan_errors_name_the_file_and_the_key(tmp_path, models_toml, key):
     from guard.protocol.errors import ConfigError
     from guard.tools.evaluation.plan import load_plan
@@ -240,8 +279,10 @@ def test_plan_data_must_be_float32_in_unit_range(tmp_path):
     from guard.protocol.errors import ConfigError
     from guard.tools.evaluation.plan import load_plan
 
-    for bad, pattern in ((np.zeros((4, 1, 16, 16), np.float64), "float32"),
-                         (np.full((4, 1, 16, 16), 2.0, np.float32), r"\[0, 1\]")):
+    for bad, pattern in (
+        (np.zeros((4, 1, 16, 16), np.float64), "float32"),
+        (np.full((4, 1, 16, 16), 2.0, np.float32), r"\[0, 1\]"),
+    ):
         path = _write_plan(tmp_path, test_x=bad)
         with pytest.raises(ConfigError, match=rf"test\.npz: key 'x': expected .*{pattern}"):
             load_plan(path)
@@ -269,8 +310,7 @@ def test_pgd_is_seeded_and_stays_in_the_ball():
     loss = torch.nn.functional.cross_entropy
     assert loss(model(runs[0]), y) > loss(model(x), y)
     # keep_best returns, per row, the lowest-loss iterate: never worse than the start
-    best = linf_pgd(lambda a: loss(model(a), y, reduction="none"), x, 0.1, 5, 0.02, random_start=False,
-                    keep_best=True)
+    best = linf_pgd(lambda a: loss(model(a), y, reduction="none"), x, 0.1, 5, 0.02, random_start=False, keep_best=True)
     assert (loss(model(best), y, reduction="none") <= loss(model(x), y, reduction="none") + 1e-6).all()
 
 

@@ -18,12 +18,16 @@ def camera_repository(tmp_path):
     directory = tmp_path / "repository" / "cam"
     directory.mkdir(parents=True)
     small_cnn(directory / "model.onnx")
-    write_config(tmp_path / "repository", {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-        "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-        "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-    }, "cam")
+    write_config(
+        tmp_path / "repository",
+        {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
+            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
+            "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
+        },
+        "cam",
+    )
     return tmp_path / "repository"
 
 

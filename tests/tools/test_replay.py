@@ -28,19 +28,45 @@ def test_replay_streams_every_camera_and_writes_the_pictures(tmp_path):
     directory = tmp_path / "repository" / "cam"
     directory.mkdir(parents=True)
     small_cnn(directory / "model.onnx")
-    write_config(tmp_path / "repository", {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-        "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-        "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-    }, "cam")
+    write_config(
+        tmp_path / "repository",
+        {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
+            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
+            "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
+        },
+        "cam",
+    )
     video = tmp_path / "clip.mp4"
     clip(video)
     out = tmp_path / "out"
     with running_gateway(tmp_path / "repository") as srv:
-        result = subprocess.run([sys.executable, "-m", "guard", "replay", str(video), "--target", srv.grpc_url,
-                                 "--model", "cam", "--cameras", "3", "--fps", "20", "--frames", "12",
-                                 "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guard",
+                "replay",
+                str(video),
+                "--target",
+                srv.grpc_url,
+                "--model",
+                "cam",
+                "--cameras",
+                "3",
+                "--fps",
+                "20",
+                "--frames",
+                "12",
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stderr
     timeline = json.loads((out / "timeline.json").read_text())
     assert sorted((a["camera"], a["frame"]) for a in timeline) == [(c, f) for c in range(3) for f in range(12)]

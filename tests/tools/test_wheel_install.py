@@ -40,8 +40,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -54,29 +55,50 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "guard", source / "guard", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in PACKAGING:
         shutil.copyfile(ROOT / name, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", base / "dist", source], cwd=base)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            base / "dist",
+            source,
+        ],
+        cwd=base,
+    )
     (wheel,) = (base / "dist").glob("guard-*.whl")
     venv = base / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=base)
     python = venv / "bin" / "python"
     # Install before the venv can see the project's packages, so pip finds no other guard to replace.
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
-         cwd=base)
-    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        cwd=base).stdout.strip())
+    _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
+        cwd=base,
+    )
+    purelib = Path(
+        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base).stdout.strip()
+    )
     (purelib / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv
 
 
 def test_the_installed_guard_is_the_wheels(installed, tmp_path):
-    probe = ("import importlib.util, json, sys, guard, torch, onnxruntime, grpc\n"
-             "print(json.dumps({'guard': guard.__file__, 'path': sys.path, 'modules': sorted(sys.modules),\n"
-             "                  'models': importlib.util.find_spec('models') is not None}))")
+    probe = (
+        "import importlib.util, json, sys, guard, torch, onnxruntime, grpc\n"
+        "print(json.dumps({'guard': guard.__file__, 'path': sys.path, 'modules': sorted(sys.modules),\n"
+        "                  'models': importlib.util.find_spec('models') is not None}))"
+    )
     seen = json.loads(_run([installed / "bin" / "python", "-c", probe], cwd=tmp_path).stdout)
     assert Path(seen["guard"]).is_relative_to(installed), seen["guard"]
-    assert not any(p and Path(p).resolve().is_relative_to(ROOT) and not Path(p).resolve().is_relative_to(ROOT / ".venv")
-                   for p in seen["path"]), seen["path"]  # the checkout itself is not on the path
+    assert not any(
+        p and Path(p).resolve().is_relative_to(ROOT) and not Path(p).resolve().is_relative_to(ROOT / ".venv")
+        for p in seen["path"]
+    ), seen["path"]  # the checkout itself is not on the path
     # The project venv's .pth files (the editable install's finder among them) were not run.
     assert not [m for m in seen["modules"] if m.startswith("__editable__")]
     assert not seen["models"]  # so the demo recipes cannot be imported, as on a user's machine
@@ -87,9 +109,13 @@ def test_installed_guard_serves_a_repository(installed, tmp_path, held_out):
 
     repository = tmp_path / "repository"
     shutil.copytree(ROOT / "models" / "repository", repository)
-    process = subprocess.Popen([installed / "bin" / "guard", "serve", "--repository", repository,
-                                "--grpc-port", "0", "--metrics-port", "0"],
-                               cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [installed / "bin" / "guard", "serve", "--repository", repository, "--grpc-port", "0", "--metrics-port", "0"],
+        cwd=tmp_path,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, ready, lines = time.monotonic() + 120, None, []
         while time.monotonic() < deadline and ready is None:
@@ -118,9 +144,21 @@ def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     from models.digits_data import save_split
 
     clean = save_split("calibration", tmp_path / "clean.npz")
-    result = _run([installed / "bin" / "guard", "calibrate", "--onnx",
-                   ROOT / "models" / "repository" / "digits_fp32" / "model.onnx", "--name", "mine",
-                   "--repository", tmp_path / "repo", "--data", clean], cwd=tmp_path)
+    result = _run(
+        [
+            installed / "bin" / "guard",
+            "calibrate",
+            "--onnx",
+            ROOT / "models" / "repository" / "digits_fp32" / "model.onnx",
+            "--name",
+            "mine",
+            "--repository",
+            tmp_path / "repo",
+            "--data",
+            clean,
+        ],
+        cwd=tmp_path,
+    )
     report = json.loads(result.stdout)
     assert report["holdout_accuracy"] > 0.9
     config = load_model_config(tmp_path / "repo" / "mine")
@@ -129,7 +167,19 @@ def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     test = tmp_path / "test.npz"
     with np.load(save_split("test", tmp_path / "full_test.npz")) as data:
         np.savez(test, x=data["x"][:48], y=data["y"][:48])
-    _run([installed / "bin" / "guard", "audit", "--model", tmp_path / "repo" / "mine", "--data", test,
-          "--out", tmp_path / "audit", "--no-progress"], cwd=tmp_path)
+    _run(
+        [
+            installed / "bin" / "guard",
+            "audit",
+            "--model",
+            tmp_path / "repo" / "mine",
+            "--data",
+            test,
+            "--out",
+            tmp_path / "audit",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+    )
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert audit["samples"] == 48 and {r["family"] for r in audit["results"]} >= {"clean", "pgd"}

@@ -46,8 +46,10 @@ def ensure_venv(path: Path | None = None, quiet: bool = True) -> Path:
         return path / "bin" / "mlserver"
     if not (path / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", *(["--quiet"] if quiet else []),
-                    *REQUIREMENTS], check=True)
+    subprocess.run(
+        [str(path / "bin" / "python"), "-m", "pip", "install", *(["--quiet"] if quiet else []), *REQUIREMENTS],
+        check=True,
+    )
     stamp.write_text(wanted)
     return path / "bin" / "mlserver"
 
@@ -63,8 +65,9 @@ def _tensor_metadata(specs) -> list[dict]:
     return [{"name": s.name, "datatype": s.datatype, "shape": [-1, *s.shape]} for s in specs]
 
 
-def write_model_folder(folder: Path, onnx_path: Path, name: str, max_batch_size: int = 0,
-                       max_batch_time: float = 0.002, version: str = "1") -> Path:
+def write_model_folder(
+    folder: Path, onnx_path: Path, name: str, max_batch_size: int = 0, max_batch_time: float = 0.002, version: str = "1"
+) -> Path:
     """An MLServer model folder: the ONNX file, the runtime and model-settings.json."""
     model_dir = folder / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +90,17 @@ def write_model_folder(folder: Path, onnx_path: Path, name: str, max_batch_size:
 class MLServerProcess:
     """`mlserver start` on a folder holding one ONNX model; a context manager that waits until ready."""
 
-    def __init__(self, onnx_path: Path, name: str = "digits", max_batch_size: int = 0,
-                 max_batch_time: float = 0.002, grpc_port: int | None = None, workers: int = 0,
-                 startup_timeout: float = 120.0, log_path: Path | None = None):
+    def __init__(
+        self,
+        onnx_path: Path,
+        name: str = "digits",
+        max_batch_size: int = 0,
+        max_batch_time: float = 0.002,
+        grpc_port: int | None = None,
+        workers: int = 0,
+        startup_timeout: float = 120.0,
+        log_path: Path | None = None,
+    ):
         self.executable = ensure_venv()
         self.name = name
         self.grpc_port = grpc_port or free_port()
@@ -97,10 +108,19 @@ class MLServerProcess:
         self.startup_timeout = startup_timeout
         self._tmp = Path(tempfile.mkdtemp(prefix="mlserver-"))
         write_model_folder(self._tmp, onnx_path, name, max_batch_size, max_batch_time)
-        (self._tmp / "settings.json").write_text(json.dumps({
-            "debug": False, "host": "127.0.0.1", "grpc_port": self.grpc_port, "http_port": free_port(),
-            "metrics_port": free_port(), "parallel_workers": workers, "metrics_endpoint": None,
-        }))
+        (self._tmp / "settings.json").write_text(
+            json.dumps(
+                {
+                    "debug": False,
+                    "host": "127.0.0.1",
+                    "grpc_port": self.grpc_port,
+                    "http_port": free_port(),
+                    "metrics_port": free_port(),
+                    "parallel_workers": workers,
+                    "metrics_endpoint": None,
+                }
+            )
+        )
         self.log_path = log_path or self._tmp / "mlserver.log"
         self.process: subprocess.Popen | None = None
 
@@ -108,8 +128,13 @@ class MLServerProcess:
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PYTHONPATH", None)  # the guard's path must not leak into MLServer's interpreter
-        self.process = subprocess.Popen([str(self.executable), "start", str(self._tmp)], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            [str(self.executable), "start", str(self._tmp)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         self.wait_ready()
         return self

@@ -20,8 +20,7 @@ class OnnxModel(MLModel):
         # The same threading as the guard's backend, so the two compare like with like.
         options.intra_op_num_threads = int(os.environ.get("PEER_INTRA_OP_THREADS", "1"))
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(self.settings.parameters.uri, options,
-                                             providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(self.settings.parameters.uri, options, providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in self._session.get_outputs()]
         return True
 
@@ -30,5 +29,8 @@ class OnnxModel(MLModel):
         wanted = [o.name for o in payload.outputs] if payload.outputs else self._outputs
         results = self._session.run(wanted, feeds)
         return InferenceResponse(
-            model_name=self.name, model_version=self.version, id=payload.id,
-            outputs=[NumpyCodec.encode_output(name, value) for name, value in zip(wanted, results)])
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            outputs=[NumpyCodec.encode_output(name, value) for name, value in zip(wanted, results)],
+        )

@@ -37,12 +37,22 @@ from guard.protocol.tensors import rows_of
 log = logging.getLogger("guard.backends")
 
 # Details gRPC gives when no connection could be made: the call never left this process.
-_NOT_SENT = ("failed to connect to all addresses", "connections to all backends failing", "connection refused",
-             "errors resolving", "dns resolution failed", "no route to host")
+_NOT_SENT = (
+    "failed to connect to all addresses",
+    "connections to all backends failing",
+    "connection refused",
+    "errors resolving",
+    "dns resolution failed",
+    "no route to host",
+)
 # Reconnect quickly once the upstream is back (gRPC's default backoff grows to two minutes), and
 # spread calls over every address a target resolves to (a headless Service's pods).
-_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
-                    ("grpc.max_reconnect_backoff_ms", 250), ("grpc.lb_policy_name", "round_robin")]
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.lb_policy_name", "round_robin"),
+]
 
 
 class UpstreamError(GuardError):
@@ -56,12 +66,14 @@ class UpstreamError(GuardError):
 def _raiser(error: Exception):
     def outcome():
         raise error
+
     return outcome
 
 
 def _never_sent(error: grpc.RpcError) -> bool:
     return error.code() == grpc.StatusCode.UNAVAILABLE and any(
-        text in (error.details() or "").lower() for text in _NOT_SENT)
+        text in (error.details() or "").lower() for text in _NOT_SENT
+    )
 
 
 class RemoteBackend(Backend):
@@ -130,18 +142,23 @@ class RemoteBackend(Backend):
             self._watcher.join(5)
             self._channel.close()
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str],
-              deadline: float | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
         layout = self.layout
         if layout is None:  # never reached, or its metadata disagrees with the config
             raise BackendError(f"{self.where} unavailable: {self.problem}")
         if not self.circuit.allow():
-            raise BackendError(f"{self.where} unavailable ({self.problem}); circuit open, next probe in "
-                               f"{self.circuit.retry_in() * 1e3:.0f} ms")
+            raise BackendError(
+                f"{self.where} unavailable ({self.problem}); circuit open, next probe in "
+                f"{self.circuit.retry_in() * 1e3:.0f} ms"
+            )
         rows = rows_of(inputs)
         chunks = cut(inputs, rows, layout)
-        requests = {i: encode_request(self.remote.model, self.remote.version, chunk, outputs)
-                    for i, (chunk, _) in enumerate(chunks)}
+        requests = {
+            i: encode_request(self.remote.model, self.remote.version, chunk, outputs)
+            for i, (chunk, _) in enumerate(chunks)
+        }
         answers = self._send(requests, deadline)
         parts = [decode_checked(self.where, answers[i], outputs, size, layout) for i, (_, size) in enumerate(chunks)]
         if len(parts) == 1:
@@ -159,14 +176,16 @@ class RemoteBackend(Backend):
             raise DeadlineExceeded(f"deadline passed before the call to {self.where}")
         return min(self.remote.timeout_s, remaining)
 
-    def _send(self, requests: dict[int, pb.ModelInferRequest],
-              deadline: float | None) -> dict[int, pb.ModelInferResponse]:
+    def _send(
+        self, requests: dict[int, pb.ModelInferRequest], deadline: float | None
+    ) -> dict[int, pb.ModelInferResponse]:
         """All chunks at once; only chunks that failed to connect are sent again."""
         answers: dict[int, pb.ModelInferResponse] = {}
         pending, attempt = dict(requests), 0
         while True:
             timeout = self._timeout(deadline)
-            unsent, failure = {}, None
+            unsent: dict[int, pb.ModelInferRequest] = {}
+            failure: grpc.RpcError | BackendError | None = None
             for i, outcome in self._call_all(pending, timeout):
                 try:
                     answers[i] = outcome()
@@ -192,7 +211,7 @@ class RemoteBackend(Backend):
     def _call_all(self, pending: dict[int, pb.ModelInferRequest], timeout: float):
         """(chunk, a callable giving its answer or raising its error) for every chunk in flight at once."""
         if len(pending) == 1:  # the common case: a blocking call, no future's thread hand-off
-            (i, request), = pending.items()
+            ((i, request),) = pending.items()
             try:
                 answer = self._stub.ModelInfer(request, timeout=timeout)
             except grpc.RpcError as exc:
@@ -206,12 +225,12 @@ class RemoteBackend(Backend):
         self.circuit.failure()
         self._mark_down_if_open(error.details())
 
-    def _mark_down_if_open(self, why: str) -> None:
+    def _mark_down_if_open(self, why: str | None) -> None:
         if self.circuit.state == OPEN and self._healthy:
             self._healthy = False  # readiness follows at once; the watcher confirms recovery
             log.warning("%s down: %s", self.where, why)
 
-    def _error(self, failure: Exception, timeout: float) -> GuardError:
+    def _error(self, failure: grpc.RpcError | GuardError, timeout: float) -> GuardError:
         if isinstance(failure, GuardError):
             return failure
         code, details = failure.code(), failure.details()
@@ -255,11 +274,14 @@ class RemoteBackend(Backend):
         try:
             if not was:
                 metadata = self._stub.ModelMetadata(
-                    pb.ModelMetadataRequest(name=self.remote.model, version=self.remote.version), timeout=timeout)
-                self.layout = check_metadata(self.spec, metadata, self.where, self.remote.max_batch,
-                                             self.feature_readers)
+                    pb.ModelMetadataRequest(name=self.remote.model, version=self.remote.version), timeout=timeout
+                )
+                self.layout = check_metadata(
+                    self.spec, metadata, self.where, self.remote.max_batch, self.feature_readers
+                )
             ready = self._stub.ModelReady(
-                pb.ModelReadyRequest(name=self.remote.model, version=self.remote.version), timeout=timeout).ready
+                pb.ModelReadyRequest(name=self.remote.model, version=self.remote.version), timeout=timeout
+            ).ready
             self.problem = "ok" if ready else "the upstream reports the model not ready"
         except grpc.RpcError as exc:
             ready = False
@@ -272,20 +294,27 @@ class RemoteBackend(Backend):
             self.circuit.close()
         self._healthy = ready
         if ready != was:
-            log.log(logging.INFO if ready else logging.WARNING, "%s %s", self.where,
-                    "ready" if ready else f"not ready: {self.problem}")
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "%s %s",
+                self.where,
+                "ready" if ready else f"not ready: {self.problem}",
+            )
 
     def _open_channel(self) -> grpc.Channel:
-        options = [*_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            *_CHANNEL_OPTIONS,
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         tls = self.remote.tls
         if tls is None:
             return grpc.insecure_channel(self.remote.target, options=options)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=tls.ca.read_bytes() if tls.ca else None,
             private_key=tls.key.read_bytes() if tls.key else None,
-            certificate_chain=tls.cert.read_bytes() if tls.cert else None)
+            certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+        )
         if tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))
         return grpc.secure_channel(self.remote.target, credentials, options=options)
-

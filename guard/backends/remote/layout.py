@@ -25,8 +25,13 @@ class Layout:
     """The batch dimension has a fixed size: short chunks are padded up to max_rows."""
 
 
-def check_metadata(spec: ModelSpec, metadata: pb.ModelMetadataResponse, where: str, max_batch: int = 0,
-                   feature_readers: tuple[str, ...] = ()) -> Layout:
+def check_metadata(
+    spec: ModelSpec,
+    metadata: pb.ModelMetadataResponse,
+    where: str,
+    max_batch: int = 0,
+    feature_readers: tuple[str, ...] = (),
+) -> Layout:
     """The config's tensors against the upstream's (ConfigError naming the key and `where` on a
     mismatch), and the layout its batch dimension asks for: a leading dimension beyond the
     config's shape is the batch (-1 variable, k fixed); none means one row per call."""
@@ -37,16 +42,21 @@ def check_metadata(spec: ModelSpec, metadata: pb.ModelMetadataResponse, where: s
     first = shape[0] if shape and batched else -1
 
     def specs(tensors) -> list[TensorSpec]:
-        return [TensorSpec(t.name, t.datatype, tuple(t.shape[1:] if batched and len(t.shape) else t.shape))
-                for t in tensors]
+        return [
+            TensorSpec(t.name, t.datatype, tuple(t.shape[1:] if batched and len(t.shape) else t.shape)) for t in tensors
+        ]
 
     outputs = specs(metadata.outputs)
     check_signature(path, {"inputs": spec.inputs, "outputs": spec.outputs}, specs(metadata.inputs), outputs, where)
     if feature_readers and spec.features_output not in {o.name for o in outputs}:
-        raise ConfigError(path, "features_output", f"an output of {where} "
-                          f"({', '.join(o.name for o in outputs)}), read by detectors "
-                          f"{list(feature_readers)}: expose it upstream or remove those [[detectors]]",
-                          spec.features_output)
+        raise ConfigError(
+            path,
+            "features_output",
+            f"an output of {where} "
+            f"({', '.join(o.name for o in outputs)}), read by detectors "
+            f"{list(feature_readers)}: expose it upstream or remove those [[detectors]]",
+            spec.features_output,
+        )
     if not batched:
         return Layout(False, 1)
     if first > 0:  # a fixed batch size: every call carries exactly that many rows
@@ -61,7 +71,7 @@ def cut(inputs: dict[str, np.ndarray], rows: int, layout: Layout) -> list[tuple[
     step = layout.max_rows or rows
     chunks = []
     for start in range(0, rows, step):
-        chunk = {n: v[start:start + step] for n, v in inputs.items()}
+        chunk = {n: v[start : start + step] for n, v in inputs.items()}
         size = len(next(iter(chunk.values())))
         if layout.fixed and size < step:  # pad with copies of the last row; dropped from the answer
             chunk = {n: np.concatenate([v, np.repeat(v[-1:], step - size, axis=0)]) for n, v in chunk.items()}
@@ -69,8 +79,9 @@ def cut(inputs: dict[str, np.ndarray], rows: int, layout: Layout) -> list[tuple[
     return chunks
 
 
-def decode_checked(where: str, message: pb.ModelInferResponse, outputs: list[str], rows: int,
-                   layout: Layout) -> dict[str, np.ndarray]:
+def decode_checked(
+    where: str, message: pb.ModelInferResponse, outputs: list[str], rows: int, layout: Layout
+) -> dict[str, np.ndarray]:
     """The requested outputs of one chunk, with the batch dimension (restored when the upstream
     has none) cut to the chunk's real rows."""
     try:

@@ -54,8 +54,19 @@ class RemoteSettings:
     """forward_clean: the local copy that runs the detectors."""
 
 
-KEYS = ("target", "model", "version", "mode", "timeout_s", "max_batch", "connect_retries", "circuit_failures",
-        "circuit_reset_s", "health_interval_s", "tls")
+KEYS = (
+    "target",
+    "model",
+    "version",
+    "mode",
+    "timeout_s",
+    "max_batch",
+    "connect_retries",
+    "circuit_failures",
+    "circuit_reset_s",
+    "health_interval_s",
+    "tls",
+)
 
 
 def _tls(r: TableReader) -> TLSConfig | None:
@@ -78,7 +89,10 @@ def read_remote_settings(r: TableReader, model_name: str) -> RemoteSettings:
     r.unknown({"kind", *KEYS, *(OnnxRuntimeBackend.keys if mode == "forward_clean" else ())})
     d = RemoteSettings(target, model_name)
     return RemoteSettings(
-        target=target, model=r.get("model", str, model_name), version=r.get("version", str, ""), mode=mode,
+        target=target,
+        model=r.get("model", str, model_name),
+        version=r.get("version", str, ""),
+        mode=mode,
         timeout_s=r.positive_float("timeout_s", d.timeout_s, "a positive number of seconds"),
         max_batch=r.positive("max_batch", 0, allow_zero=True),
         connect_retries=r.positive("connect_retries", d.connect_retries, allow_zero=True),

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,16 +68,20 @@ class Decision:
         """Whether the decision flags each row of `scores`."""
         if self.combiner is not None:
             return self.combiner.ratio({k: scores[k] for k in judges}) >= 1.0
-        return np.logical_or.reduce([np.asarray(scores[k]) >= self.thresholds[k] for k in judges])
+        flagged: np.ndarray = np.logical_or.reduce([np.asarray(scores[k]) >= self.thresholds[k] for k in judges])
+        return flagged
 
 
-def chunks(references: References, batch_size: int):
+def chunks(references: References, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     for start in range(0, references.rows, batch_size):
-        yield {name: np.ascontiguousarray(value[start:start + batch_size]) for name, value in references.inputs.items()}
+        yield {
+            name: np.ascontiguousarray(value[start : start + batch_size]) for name, value in references.inputs.items()
+        }
 
 
-def score(pipeline: GuardPipeline, references: References, batch_size: int = 64,
-          desc: str = "scoring") -> tuple[dict[str, np.ndarray], np.ndarray]:
+def score(
+    pipeline: GuardPipeline, references: References, batch_size: int = 64, desc: str = "scoring"
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every detector's scores and the model's logits for the references, batch by batch."""
     scores: dict[str, list[np.ndarray]] = {d.name: [] for d in pipeline.detectors}
     logits = []
@@ -123,8 +127,14 @@ def fold_assignment(references: References, folds: int, seed: int) -> np.ndarray
     return fold_of
 
 
-def cross_fitted_scores(pipeline_for: PipelineFor, detectors: list[Detector], references: References,
-                        folds: int, seed: int, desc: str = "calibration") -> dict[str, np.ndarray]:
+def cross_fitted_scores(
+    pipeline_for: PipelineFor,
+    detectors: list[Detector],
+    references: References,
+    folds: int,
+    seed: int,
+    desc: str = "calibration",
+) -> dict[str, np.ndarray]:
     """Every detector's reference scores; a learner's row is scored by a copy fitted on the other folds."""
     learners = [d for d in detectors if d.learns] if folds >= 2 else []
     others = [d for d in detectors if d not in learners]
@@ -138,8 +148,15 @@ def cross_fitted_scores(pipeline_for: PipelineFor, detectors: list[Detector], re
         for k in tqdm(range(folds), desc=f"{desc} (cross-fitted)", unit="fold", leave=False):
             rest, held = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
             copies = [copy.deepcopy(d) for d in learners]
-            fit_learners(copies, FitData(full.x[rest], None if full.y is None else full.y[rest], full.logits[rest],
-                                         None if full.features is None else full.features[rest]))
+            fit_learners(
+                copies,
+                FitData(
+                    full.x[rest],
+                    None if full.y is None else full.y[rest],
+                    full.logits[rest],
+                    None if full.features is None else full.features[rest],
+                ),
+            )
             fold_scores, _ = score(pipeline_for(copies), references.take(held), desc=f"fold {k}")
             for name, value in fold_scores.items():
                 found[name][held] = value
@@ -163,19 +180,23 @@ def decide(scores: dict[str, np.ndarray], detectors: list[Detector], settings: D
     return Decision({**alone, **fit.thresholds}, None, fit.calibration_fpr, scores)
 
 
-def derive(pipeline_for: PipelineFor, detectors: list[Detector], references: References,
-           settings: DecisionSettings) -> Decision:
+def derive(
+    pipeline_for: PipelineFor, detectors: list[Detector], references: References, settings: DecisionSettings
+) -> Decision:
     """Scores (cross-fitted where needed) then the decision: what calibration and recalibration share."""
     scores = cross_fitted_scores(pipeline_for, detectors, references, settings.folds, settings.seed)
     if settings.baseline is None:
         return decide(scores, detectors, settings)
     if references.cameras is None:
-        raise ValueError("per-camera baselines need references that say which camera each row comes from "
-                         "(`guard calibrate --data` with one video or folder per camera)")
+        raise ValueError(
+            "per-camera baselines need references that say which camera each row comes from "
+            "(`guard calibrate --data` with one video or folder per camera)"
+        )
     chosen = settings.baseline.judged([d.name for d in detectors])
     factory = Factory.fit({name: scores[name] for name in chosen}, references.cameras)
-    mapped, _, factory = simulate(scores, references.cameras, settings.baseline, factory,
-                                  draws=settings.baseline.calibration_draws)
+    mapped, _, factory = simulate(
+        scores, references.cameras, settings.baseline, factory, draws=settings.baseline.calibration_draws
+    )
     decision = decide(mapped, detectors, settings)
     decision.factory, decision.unmapped = factory, scores
     return decision

@@ -16,9 +16,30 @@ import torch
 
 # CPU feature flags that change which kernels ONNX Runtime and torch dispatch to (integer dot
 # products, FP16/BF16 arithmetic, vector widths, matrix units); other flags do not touch numerics.
-KERNEL_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
-                "asimd", "asimddp", "sve", "i8mm", "bf16")
+KERNEL_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+    "bf16",
+)
 
 # Set to 1, every stored fingerprint counts as another host's, so each model's load takes the
 # path a host with other kernels takes (recalibration, or what its mode says). A host whose

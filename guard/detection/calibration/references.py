@@ -33,12 +33,14 @@ class References:
         return len(next(iter(self.inputs.values())))
 
     def take(self, index: np.ndarray) -> References:
-        return References({k: v[index] for k, v in self.inputs.items()},
-                          None if self.labels is None else self.labels[index],
-                          None if self.cameras is None else self.cameras[index])
+        return References(
+            {k: v[index] for k, v in self.inputs.items()},
+            None if self.labels is None else self.labels[index],
+            None if self.cameras is None else self.cameras[index],
+        )
 
     def save(self, path: Path) -> None:
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for name, value in self.inputs.items():
             if value.dtype == object:
                 items = [bytes(v) for v in value.reshape(-1)]
@@ -51,16 +53,19 @@ class References:
             arrays["labels"] = self.labels
         if self.cameras is not None:
             arrays["cameras"] = np.asarray(self.cameras, dtype=str)
-        np.savez_compressed(path, **arrays)
+        np.savez_compressed(path, allow_pickle=False, **arrays)  # plain arrays, as load() reads them
 
     @classmethod
     def load(cls, path: Path, where: Path | None = None) -> References:
         try:
             with np.load(path, allow_pickle=False) as data:
-                inputs = {k[len(_INPUT):]: data[k] for k in data.files
-                          if k.startswith(_INPUT) and not k.endswith((_BYTES, _ENDS))}
+                inputs = {
+                    k[len(_INPUT) :]: data[k]
+                    for k in data.files
+                    if k.startswith(_INPUT) and not k.endswith((_BYTES, _ENDS))
+                }
                 for key in (k for k in data.files if k.startswith(_INPUT) and k.endswith(_BYTES)):
-                    name = key[len(_INPUT):-len(_BYTES)]
+                    name = key[len(_INPUT) : -len(_BYTES)]
                     buffer, ends = data[key].tobytes(), data[f"{_INPUT}{name}{_ENDS}"]
                     starts = np.concatenate([[0], ends.reshape(-1)[:-1]])
                     items = [buffer[a:b] for a, b in zip(starts, ends.reshape(-1))]
@@ -68,9 +73,14 @@ class References:
                 labels = data["labels"] if "labels" in data.files else None
                 cameras = data["cameras"] if "cameras" in data.files else None
         except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:  # missing, truncated, foreign
-            raise ConfigError(where or path, "calibration.references", "an .npz written by `guard calibrate`",
-                              f"{path.name}: {exc}") from None
+            raise ConfigError(
+                where or path, "calibration.references", "an .npz written by `guard calibrate`", f"{path.name}: {exc}"
+            ) from None
         if not inputs or len({len(v) for v in inputs.values()}) != 1:
-            raise ConfigError(where or path, "calibration.references", "client inputs with one row count",
-                              {k: v.shape for k, v in inputs.items()})
+            raise ConfigError(
+                where or path,
+                "calibration.references",
+                "client inputs with one row count",
+                {k: v.shape for k, v in inputs.items()},
+            )
         return cls(inputs, labels, cameras)

@@ -28,14 +28,22 @@ class CalibrationSettings:
 
 def read_calibration_settings(r: TableReader) -> CalibrationSettings:
     r.unknown({"mode", "references", "fingerprint", "folds", "seed", "confidence"})
-    references = r.file("references", what="the clean references `guard calibrate` wrote").name \
-        if "references" in r.table else None
+    references = (
+        r.file("references", what="the clean references `guard calibrate` wrote").name
+        if "references" in r.table
+        else None
+    )
     confidence = r.get("confidence", float, DEFAULT_CONFIDENCE)
     if not 0.0 < confidence < 1.0:
         raise r.fail("confidence", "a probability strictly between 0 and 1", confidence)
     folds = r.positive("folds", 0, allow_zero=True)
     if folds == 1:
         raise r.fail("folds", "0 (no cross-fitting) or at least 2", folds)
-    return CalibrationSettings(mode=r.choice("mode", MODES, "recalibrate"), references=references,
-                               fingerprint=r.get("fingerprint", str, ""), folds=folds,
-                               seed=r.positive("seed", 0, allow_zero=True), confidence=confidence)
+    return CalibrationSettings(
+        mode=r.choice("mode", MODES, "recalibrate"),
+        references=references,
+        fingerprint=r.get("fingerprint", str, ""),
+        folds=folds,
+        seed=r.positive("seed", 0, allow_zero=True),
+        confidence=confidence,
+    )

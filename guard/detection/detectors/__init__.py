@@ -4,6 +4,7 @@ A new detector is one file plus one line in REGISTRY."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TEN
 from guard.detection.detectors.box_consistency import BoxConsistencyDetector
 from guard.detection.detectors.confidence import ConfidenceMarginDetector
 from guard.detection.detectors.feature_gaussian import FeatureGaussianDetector
+from guard.detection.detectors.feature_squeeze import FeatureSqueezeDetector
 from guard.detection.detectors.mahalanobis import MahalanobisDetector
 from guard.detection.detectors.network import DetectorNetwork
 from guard.detection.detectors.patch_occlusion import PatchOcclusionDetector
@@ -20,12 +22,33 @@ from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader, read_params
 
 REGISTRY: dict[str, type[Detector]] = {
-    cls.kind: cls for cls in (BitDepthDetector, MedianDetector, MahalanobisDetector, StripDetector,
-                              DetectorNetwork, ConfidenceMarginDetector, BoxConsistencyDetector,
-                              FeatureGaussianDetector, PatchOcclusionDetector)}
+    cls.kind: cls
+    for cls in (
+        BitDepthDetector,
+        MedianDetector,
+        MahalanobisDetector,
+        StripDetector,
+        DetectorNetwork,
+        ConfidenceMarginDetector,
+        BoxConsistencyDetector,
+        FeatureGaussianDetector,
+        PatchOcclusionDetector,
+        FeatureSqueezeDetector,
+    )
+}
 
-__all__ = ["CLASSIFICATION", "DETECTION", "IMAGE", "REGISTRY", "TENSOR", "Detector", "FitData", "Outputs",
-           "build_detectors", "squeezer_tables"]
+__all__ = [
+    "CLASSIFICATION",
+    "DETECTION",
+    "IMAGE",
+    "REGISTRY",
+    "TENSOR",
+    "Detector",
+    "FitData",
+    "Outputs",
+    "build_detectors",
+    "squeezer_tables",
+]
 
 
 def _build(reader: TableReader, require_threshold: bool, input_kind: str | None, output_kind: str) -> Detector:
@@ -38,11 +61,13 @@ def _build(reader: TableReader, require_threshold: bool, input_kind: str | None,
     if extra:
         raise reader.fail(sorted(extra)[0], f"a parameter of {kind} ({', '.join(cls.parameters)})")
     if input_kind is not None and input_kind not in cls.input_kinds:
-        raise reader.fail("type", f"a detector for {input_kind} inputs ({kind} examines "
-                          f"{' or '.join(cls.input_kinds)} inputs)", kind)
+        raise reader.fail(
+            "type", f"a detector for {input_kind} inputs ({kind} examines {' or '.join(cls.input_kinds)} inputs)", kind
+        )
     if output_kind not in cls.output_kinds:
-        raise reader.fail("type", f"a detector for {output_kind} outputs ({kind} reads "
-                          f"{' or '.join(cls.output_kinds)} outputs)", kind)
+        raise reader.fail(
+            "type", f"a detector for {output_kind} outputs ({kind} reads {' or '.join(cls.output_kinds)} outputs)", kind
+        )
     name = reader.get("name", str, kind)
     if not name:
         raise reader.fail("name", "a non-empty string", name)
@@ -51,12 +76,21 @@ def _build(reader: TableReader, require_threshold: bool, input_kind: str | None,
     threshold = table.get("threshold")
     if threshold is None and require_threshold:
         raise reader.fail("threshold", "a calibrated threshold (run `guard calibrate`)")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold) or threshold <= 0):
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+        or threshold <= 0
+    ):
         raise reader.fail("threshold", "a positive finite number", threshold)
     try:
-        return cls(name=name, threshold=None if threshold is None else float(threshold), directory=reader.directory,
-                   monitor=monitor, **params)
+        return cls(
+            name=name,
+            threshold=None if threshold is None else float(threshold),
+            directory=reader.directory,
+            monitor=monitor,
+            **params,
+        )
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (zip, pickle, missing array)
         raise _artifact_error(reader, cls, params, exc) from exc
 
@@ -71,12 +105,18 @@ def _artifact_error(reader: TableReader, cls: type[Detector], params: dict[str, 
         return ConfigError(reader.path, reader.prefix.rstrip("."), f"a {cls.kind} detector that loads ({cause})")
     key = artifacts[0]
     hint = cls.parameters[key].hint
-    return reader.fail(key, f"a readable {cls.kind} artifact {reader.directory / params[key]} ({cause}; {hint})",
-                       params[key])
+    return reader.fail(
+        key, f"a readable {cls.kind} artifact {reader.directory / params[key]} ({cause}; {hint})", params[key]
+    )
 
 
-def build_detectors(path: Path, tables, require_threshold: bool = True, input_kind: str | None = None,
-                    output_kind: str = CLASSIFICATION) -> list[Detector]:
+def build_detectors(
+    path: Path,
+    tables: Iterable[dict[str, Any]],
+    require_threshold: bool = True,
+    input_kind: str | None = None,
+    output_kind: str = CLASSIFICATION,
+) -> list[Detector]:
     """Instantiate every [[detectors]] table of a model config (path: its config.toml), names unique.
 
     With require_threshold (serving), thresholds and artifact files must exist; without it
@@ -99,5 +139,6 @@ def squeezer_tables(bit_depths: list[int] | None = None, medians: list[int] | No
     1 bit, suits near-binary images only.)"""
     if bit_depths is None and medians is None:
         bit_depths, medians = [5], [2]
-    return ([{"name": f"bit_depth_{b}", "type": BitDepthDetector.kind, "bits": b} for b in bit_depths or []]
-            + [{"name": f"median_{s}x{s}", "type": MedianDetector.kind, "size": s} for s in medians or []])
+    return [{"name": f"bit_depth_{b}", "type": BitDepthDetector.kind, "bits": b} for b in bit_depths or []] + [
+        {"name": f"median_{s}x{s}", "type": MedianDetector.kind, "size": s} for s in medians or []
+    ]

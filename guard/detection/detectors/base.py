@@ -44,6 +44,27 @@ class Outputs:
     boxes: BoxSettings | None = None
     """A detection model's box format and thresholds (guard.detection.boxes)."""
 
+    def class_probabilities(self) -> torch.Tensor:
+        """`probabilities`, for detectors of classifiers: only a detection model's outputs lack them,
+        and detectors are built for the output kinds they declare."""
+        if self.probabilities is None:
+            raise ValueError("these outputs have no class probabilities (a detection model's)")
+        return self.probabilities
+
+    def box_settings(self) -> BoxSettings:
+        """`boxes`, for detectors of detection models: the pipeline hands them to every detector of
+        a model with `output_kind = "detection"`, and detectors are built for the kinds they declare."""
+        if self.boxes is None:
+            raise ValueError("these outputs have no box settings (a classifier's)")
+        return self.boxes
+
+    def model_features(self) -> torch.Tensor:
+        """`features`, for detectors that declare needs_features: the pipeline refuses to run them
+        without a features output."""
+        if self.features is None:
+            raise ValueError("these outputs have no features (the model's features_output is not set)")
+        return self.features
+
 
 @dataclass(frozen=True)
 class FitData:
@@ -68,8 +89,9 @@ class Detector(ABC):
     """The guarded input kinds it can examine; checked when a model's detectors are built."""
     output_kinds: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
 
-    def __init__(self, name: str, threshold: float | None, directory: Path | None = None,
-                 monitor: bool = False, **params: Any):
+    def __init__(
+        self, name: str, threshold: float | None, directory: Path | None = None, monitor: bool = False, **params: Any
+    ):
         self.name = name
         self.threshold = threshold
         self.directory = directory
@@ -81,6 +103,12 @@ class Detector(ABC):
                 params[key] = spec.default
         for key, value in params.items():
             setattr(self, key, value)
+
+    def calibrated_threshold(self) -> float:
+        """`threshold`, which serving requires (calibration builds detectors without one)."""
+        if self.threshold is None:
+            raise ValueError(f"detector {self.name} has no threshold (run `guard calibrate`)")
+        return self.threshold
 
     @property
     def learns(self) -> bool:
@@ -118,7 +146,7 @@ class Detector(ABC):
 
     def to_config(self) -> dict[str, Any]:
         """The config table that recreates this detector (threshold included)."""
-        table = {"name": self.name, "type": self.kind}
+        table: dict[str, Any] = {"name": self.name, "type": self.kind}
         table.update({key: getattr(self, key) for key in self.parameters})
         if self.monitor:
             table["monitor"] = True

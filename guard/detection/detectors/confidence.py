@@ -17,5 +17,5 @@ class ConfidenceMarginDetector(Detector):
     kind = "confidence_margin"
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
-        top = original.probabilities.topk(2, dim=-1).values
+        top = original.class_probabilities().topk(2, dim=-1).values
         return 1.0 - (top[..., 0] - top[..., 1])

@@ -10,6 +10,7 @@ about what the frame contains, wherever it is, and C stays small enough to estim
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +25,13 @@ def pooled(features: torch.Tensor) -> torch.Tensor:
     return features.flatten(2).mean(-1) if features.dim() > 2 else features
 
 
+class Gaussian(NamedTuple):
+    mean: torch.Tensor
+    """[C]: the mean pooled clean features."""
+    precision: torch.Tensor
+    """[C, C]: the inverse of their (shrunk) covariance."""
+
+
 class FeatureGaussianDetector(Detector):
     kind = "feature_gaussian"
     output_kinds = (CLASSIFICATION, DETECTION)  # it reads features only
@@ -31,16 +39,25 @@ class FeatureGaussianDetector(Detector):
     needs_features = True
     statistics: str
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.mean = self.precision = None
+        self.gaussian: Gaussian | None = None
         if self.directory is not None and (self.directory / self.statistics).is_file():
             with np.load(self.directory / self.statistics) as data:
                 self._set(data["mean"], data["precision"])
 
     def _set(self, mean: np.ndarray, precision: np.ndarray) -> None:
-        self.mean = torch.from_numpy(np.asarray(mean, np.float32))
-        self.precision = torch.from_numpy(np.asarray(precision, np.float32))
+        self.gaussian = Gaussian(
+            torch.from_numpy(np.asarray(mean, np.float32)), torch.from_numpy(np.asarray(precision, np.float32))
+        )
+
+    def _fitted(self) -> Gaussian:
+        if self.gaussian is None:
+            raise RuntimeError(
+                f"{self.kind} {self.name}: not fitted ({self.statistics} not found in "
+                f"{self.directory}; run `guard calibrate`)"
+            )
+        return self.gaussian
 
     def fit(self, data: FitData) -> None:
         features = pooled(torch.from_numpy(np.asarray(data.features, np.float32))).double().numpy()
@@ -48,13 +65,15 @@ class FeatureGaussianDetector(Detector):
         self._set(mean, LedoitWolf(assume_centered=True).fit(features - mean).precision_)
 
     def save(self, directory: Path) -> None:
-        np.savez(directory / self.statistics, mean=self.mean.numpy(), precision=self.precision.numpy())
+        gaussian = self._fitted()
+        np.savez(directory / self.statistics, mean=gaussian.mean.numpy(), precision=gaussian.precision.numpy())
 
     def to(self, device: torch.device) -> FeatureGaussianDetector:
-        if self.mean is not None:
-            self.mean, self.precision = self.mean.to(device), self.precision.to(device)
+        if self.gaussian is not None:
+            self.gaussian = Gaussian(*(t.to(device) for t in self.gaussian))
         return self
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
-        diff = pooled(original.features).float() - self.mean
-        return ((diff @ self.precision) * diff).sum(-1).clamp_min(0.0).sqrt()
+        mean, precision = self._fitted()
+        diff = pooled(original.model_features()).float() - mean
+        return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt()

@@ -8,12 +8,21 @@ features stay unlike that class's clean features, so their distance to it is lar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from guard.detection.detectors.base import Detector, FitData, Outputs, Param
+from guard.detection.detectors.base import Detector, FitData, Outputs
+from guard.protocol.settings import Param
+
+
+class ClassGaussians(NamedTuple):
+    means: torch.Tensor
+    """[classes, D]: each class's mean clean features."""
+    precision: torch.Tensor
+    """[D, D]: the inverse of the covariance all classes share."""
 
 
 class MahalanobisDetector(Detector):
@@ -22,19 +31,29 @@ class MahalanobisDetector(Detector):
     needs_features = True
     statistics: str
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.means = self.precision = None
+        self.gaussians: ClassGaussians | None = None
         if self.directory is not None and (self.directory / self.statistics).is_file():
             with np.load(self.directory / self.statistics) as data:
                 self._set(data["means"], data["precision"])
 
     def _set(self, means: np.ndarray, precision: np.ndarray) -> None:
-        self.means = torch.from_numpy(np.asarray(means, np.float32))
-        self.precision = torch.from_numpy(np.asarray(precision, np.float32))
+        self.gaussians = ClassGaussians(
+            torch.from_numpy(np.asarray(means, np.float32)), torch.from_numpy(np.asarray(precision, np.float32))
+        )
+
+    def _fitted(self) -> ClassGaussians:
+        if self.gaussians is None:
+            raise RuntimeError(
+                f"{self.kind} {self.name}: not fitted ({self.statistics} not found in "
+                f"{self.directory}; run `guard calibrate`)"
+            )
+        return self.gaussians
 
     def fit(self, data: FitData) -> None:
-        features = np.asarray(data.features, np.float64).reshape(len(data.features), -1)
+        features = np.asarray(data.features, np.float64)
+        features = features.reshape(len(features), -1)
         labels = data.y if data.y is not None else data.logits.argmax(1)
         classes = data.logits.shape[1]
         # A class no clean sample fell in (a camera never sees most of ImageNet's 1000) gets the
@@ -51,13 +70,15 @@ class MahalanobisDetector(Detector):
         self._set(means, LedoitWolf(assume_centered=True).fit(centred).precision_)
 
     def save(self, directory: Path) -> None:
-        np.savez(directory / self.statistics, means=self.means.numpy(), precision=self.precision.numpy())
+        gaussians = self._fitted()
+        np.savez(directory / self.statistics, means=gaussians.means.numpy(), precision=gaussians.precision.numpy())
 
     def to(self, device: torch.device) -> MahalanobisDetector:
-        if self.means is not None:
-            self.means, self.precision = self.means.to(device), self.precision.to(device)
+        if self.gaussians is not None:
+            self.gaussians = ClassGaussians(*(t.to(device) for t in self.gaussians))
         return self
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
-        diff = original.features.flatten(1).float() - self.means[original.logits.argmax(-1)]
-        return ((diff @ self.precision) * diff).sum(-1).clamp_min(0.0).sqrt()
+        means, precision = self._fitted()
+        diff = original.model_features().flatten(1).float() - means[original.logits.argmax(-1)]
+        return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt()

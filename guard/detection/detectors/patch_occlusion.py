@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from guard.detection.boxes import decode, disagreement
+from guard.detection.boxes import disagreements
 from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, Detector, Outputs
 from guard.protocol.settings import Param
 
@@ -65,11 +65,14 @@ class PatchOcclusionDetector(Detector):
         "window": Param(float, 0.02, 1.0, default=0.25),
         "levels": Param(int, 2, 256, default=16),
         "iou": Param(float, 0.05, 1.0, default=0.5),
+        "floor": Param(float, 0.0, 1.0, default=0.05),
     }
     window: float
     """The occluded window's side, as a fraction of the frame's shorter side."""
     levels: int
     iou: float
+    floor: float
+    """Boxes scoring at least this take part in the comparison (guard.detection.boxes.disagreements)."""
 
     @property
     def num_variants(self) -> int:
@@ -79,8 +82,7 @@ class PatchOcclusionDetector(Detector):
         return occlude_most_textured(x, self.window, self.levels)
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
+        assert variants is not None  # num_variants is 1: the pipeline always hands them over
         if original.boxes is None:
-            return (original.probabilities - variants.probabilities[0]).abs().sum(dim=-1)
-        ours, theirs = decode(original.logits, original.boxes), decode(variants.logits[0], original.boxes)
-        return torch.tensor([disagreement(a, b, self.iou) for a, b in zip(ours, theirs)],
-                            device=original.logits.device)
+            return (original.class_probabilities() - variants.class_probabilities()[0]).abs().sum(dim=-1)
+        return disagreements(original.logits, variants.logits[0], original.boxes, self.floor, self.iou)

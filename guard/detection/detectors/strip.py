@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from guard.detection.detectors.base import IMAGE, Detector, FitData, Outputs, Param
+from guard.detection.detectors.base import IMAGE, Detector, FitData, Outputs
+from guard.protocol.settings import Param
 from guard.protocol.types import TRIGGER
 
 
@@ -34,11 +36,12 @@ class StripDetector(Detector):
     references: str
     seed: int
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.images = None
+        self.images: torch.Tensor | None = None
+        """The N clean references, from `fit` or the references file."""
         if self.directory is not None and (self.directory / self.references).is_file():
-            self.images = torch.from_numpy(np.load(self.directory / self.references).astype(np.float32))[:self.n]
+            self.images = torch.from_numpy(np.load(self.directory / self.references).astype(np.float32))[: self.n]
 
     @property
     def num_variants(self) -> int:
@@ -51,7 +54,7 @@ class StripDetector(Detector):
         self.images = torch.from_numpy(np.asarray(data.x[np.sort(chosen)], np.float32))
 
     def save(self, directory: Path) -> None:
-        np.save(directory / self.references, self.images.numpy())
+        np.save(directory / self.references, self._images().numpy())
 
     def to(self, device: torch.device) -> StripDetector:
         if self.images is not None:
@@ -59,10 +62,19 @@ class StripDetector(Detector):
         return self
 
     def variants(self, x: torch.Tensor) -> torch.Tensor:
-        blends = x.unsqueeze(0) + self.images.unsqueeze(1)  # [N, B, ...]
+        blends = x.unsqueeze(0) + self._images().unsqueeze(1)  # [N, B, ...]
         return blends.reshape(-1, *x.shape[1:])
 
+    def _images(self) -> torch.Tensor:
+        if self.images is None:
+            raise RuntimeError(
+                f"{self.kind} {self.name}: no clean references ({self.references} not found in "
+                f"{self.directory}; run `guard calibrate`)"
+            )
+        return self.images
+
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
-        p = variants.probabilities  # [N, B, classes]
+        assert variants is not None  # num_variants is n >= 1: the pipeline always hands them over
+        p = variants.class_probabilities()  # [N, B, classes]
         entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(-1).mean(0)
         return (math.log2(p.shape[-1]) - entropy).clamp_min(0.0)

@@ -44,11 +44,15 @@ def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> 
     if spec is None:
         raise r.fail("input", "the name of one of [[inputs]]", source)
     if spec.datatype not in cls.datatypes:
-        raise r.fail("input", f"an input of datatype {' or '.join(cls.datatypes)} ({kind} reads those; "
-                     f"'{source}' is {spec.datatype})", source)
+        raise r.fail(
+            "input",
+            f"an input of datatype {' or '.join(cls.datatypes)} ({kind} reads those; '{source}' is {spec.datatype})",
+            source,
+        )
     if len(spec.shape) not in cls.ranks:
-        raise r.fail("input", f"an input of rank {' or '.join(map(str, cls.ranks))} per row ({cls.layout})",
-                     list(spec.shape))
+        raise r.fail(
+            "input", f"an input of rank {' or '.join(map(str, cls.ranks))} per row ({cls.layout})", list(spec.shape)
+        )
     output = r.get("output", str, "input")
     if output in {s.name for s in inputs if s.name != source}:
         raise r.fail("output", "a model input name no client input uses", output)

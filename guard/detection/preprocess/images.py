@@ -8,84 +8,29 @@ image's header is read first (Pillow opens it without decoding): an image that i
 PNG, or whose pixel count passes `max_pixels` (a decompression bomb is a few KB that decode to
 gigabytes), fails its own request with INVALID_ARGUMENT and the rest of the batch is served.
 
-Images are then brought to height x width by `resize`, and scaled to [0, 1]: the guarded tensor
-squeezers and blends work on. `finish` normalises with mean and std.
-
-- "stretch": resized to height x width, whatever their aspect ratio.
-- "letterbox": fitted inside height x width with their aspect kept, centred, the rest padded with
-  `pad_value` (what YOLO-family detectors were trained on).
-- "center-crop": the shorter side resized to `resize_shorter` with the aspect kept, then the
-  centre height x width cut out (torchvision's `Resize(S)` + `CenterCrop`, the evaluation
-  transform ImageNet classifiers were trained for: MobileNetV2's weights expect S = 256 and 224).
-  `resize_shorter` defaults to max(height, width), the least cropping, and must be at least that
-  so the crop never leaves the image. Sizes and offsets follow torchvision's arithmetic (the longer
-  side truncated, the offsets rounded), so the guard cuts the same pixels torchvision does, and the
-  resized image is rounded to 8-bit levels, as torchvision's Resize leaves a uint8 image and Pillow
-  (what such weights were trained with) any image: otherwise the top-1 of images whose two best
-  classes are nearly tied can differ from the reference's.
-
-All three use the one `resize` below: bilinear, antialiased when shrinking (bilinear over the whole
-footprint). A camera frame shrunk to a detector's 416 pixels without it aliases fine texture, and
-YOLOv3-tiny's person scores on a 1080p street photo drop from 0.79 to 0.68 (models/yolov3_tiny.py's
-card).
+Images are then brought to height x width as `resize` says ("stretch", "letterbox" with
+`pad_value`, or "center-crop" to `resize_shorter`: guard.detection.preprocess.resizing, the one
+copy of the rule, antialiased when shrinking) and scaled to [0, 1]: the guarded tensor squeezers
+and blends work on. `finish` normalises with mean and std. `resize_shorter` defaults to
+max(height, width), the least cropping, and must be at least that so the crop never leaves the image.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from guard.detection.preprocess.base import Prepared
 from guard.detection.preprocess.normalised import NormalisedImages
+from guard.detection.preprocess.resizing import MODES, fit
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 
 FORMATS = {"JPEG", "PNG"}
-RESIZE_MODES = ("stretch", "letterbox", "center-crop")
-
-
-def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, half-pixel centres, antialiased when shrinking."""
-    shrinking = height < x.shape[-2] or width < x.shape[-1]
-    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
-
-
-def letterbox_geometry(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left): the size an image keeps inside the target with its aspect ratio,
-    and where it sits (centred)."""
-    scale = min(target_h / height, target_w / width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return new_h, new_w, (target_h - new_h) // 2, (target_w - new_w) // 2
-
-
-def center_crop_geometry(height: int, width: int, shorter: int, target_h: int, target_w: int
-                         ) -> tuple[int, int, int, int]:
-    """(new_h, new_w, top, left): the size an image takes with its shorter side resized to `shorter`
-    and the aspect kept, and where the centred target_h x target_w crop starts in it. torchvision's
-    arithmetic (transforms.v2.functional: the longer side truncated, the offsets rounded half to
-    even), so both cut the same pixels."""
-    if height <= width:
-        new_h, new_w = shorter, int(shorter * width / height)
-    else:
-        new_h, new_w = int(shorter * height / width), shorter
-    return new_h, new_w, int(round((new_h - target_h) / 2.0)), int(round((new_w - target_w) / 2.0))
-
-
-def center_crop(x: torch.Tensor, shorter: int, height: int, width: int, eight_bit: bool = False) -> torch.Tensor:
-    """float [N, C, h, w] in [0, 1] -> [N, C, height, width]: the shorter side resized to `shorter`,
-    then the centre cut out (torchvision's Resize(shorter) + CenterCrop((height, width))). With
-    `eight_bit` (x holds 8-bit pixels) the resized image is rounded back to 8-bit levels, as
-    torchvision's Resize leaves a uint8 image and Pillow's resize any image."""
-    new_h, new_w, top, left = center_crop_geometry(*x.shape[-2:], shorter, height, width)
-    if (new_h, new_w) != tuple(x.shape[-2:]):
-        x = resize(x, new_h, new_w)
-        if eight_bit:
-            x = x.mul(255.0).round_().div_(255.0)
-    return x[..., top:top + height, left:left + width]
 
 
 class ImagesPreprocessor(NormalisedImages):
@@ -106,18 +51,20 @@ class ImagesPreprocessor(NormalisedImages):
     resize_shorter: int
     max_pixels: int
 
-    def __init__(self, source: TensorSpec, output: str, **params):
+    def __init__(self, source: TensorSpec, output: str, **params: Any):
         super().__init__(source, output, **params)
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"preprocess.resize: {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.resize not in MODES:
+            raise ValueError(f"preprocess.resize: {', '.join(MODES)}, got {self.resize!r}")
         if self.resize != "center-crop" and self.resize_shorter:
-            raise ValueError(f"preprocess.resize_shorter: only with resize = \"center-crop\", not {self.resize!r}")
+            raise ValueError(f'preprocess.resize_shorter: only with resize = "center-crop", not {self.resize!r}')
         if self.resize == "center-crop":
             least = max(self.height, self.width)
             self.resize_shorter = self.resize_shorter or least
             if self.resize_shorter < least:
-                raise ValueError(f"preprocess.resize_shorter: at least max(height, width) = {least}, so the "
-                                 f"{self.height}x{self.width} crop stays inside the image, got {self.resize_shorter}")
+                raise ValueError(
+                    f"preprocess.resize_shorter: at least max(height, width) = {least}, so the "
+                    f"{self.height}x{self.width} crop stays inside the image, got {self.resize_shorter}"
+                )
         if source.shape not in ((), (1,)):
             raise ValueError(f"input '{source.name}': one encoded image per row (shape [] or [1])")
 
@@ -148,7 +95,8 @@ class ImagesPreprocessor(NormalisedImages):
             except RuntimeError:  # one corrupt body fails the batch call: find it image by image
                 for i in jpegs:
                     try:
-                        decoded[i] = decode_jpeg(buffers[i], mode=ImageReadMode.RGB, device=device)
+                        one = decode_jpeg(buffers[i], mode=ImageReadMode.RGB, device=device)
+                        decoded[i] = cast(torch.Tensor, one)  # one body in, one image out
                     except RuntimeError as exc:
                         decoded[i] = f"corrupt JPEG ({str(exc).splitlines()[0][:80]})"
         for i, _ in items:
@@ -162,22 +110,7 @@ class ImagesPreprocessor(NormalisedImages):
     def _fit(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [3, h, w] -> float [3, height, width] in [0, 1]."""
         x = image.unsqueeze(0).float().div_(255.0)
-        h, w = x.shape[-2:]
-        if self.resize == "stretch":
-            if (h, w) != (self.height, self.width):
-                x = resize(x, self.height, self.width)
-            return x[0].clamp_(0.0, 1.0)
-        if self.resize == "center-crop":
-            # Rounded to 8 bits like the transform it reproduces: on 126 real frames and photos MobileNetV2's
-            # top-1 then matches torchvision's on 124, unrounded on 119 (near-ties; models/mobilenet_v2.py).
-            x = center_crop(x, self.resize_shorter, self.height, self.width, eight_bit=True)
-            return x[0].clamp_(0.0, 1.0)
-        new_h, new_w, top, left = letterbox_geometry(h, w, self.height, self.width)
-        if (new_h, new_w) != (h, w):
-            x = resize(x, new_h, new_w)
-        out = torch.full((3, self.height, self.width), self.pad_value, device=x.device)
-        out[:, top:top + new_h, left:left + new_w] = x[0].clamp_(0.0, 1.0)
-        return out
+        return fit(x, self.resize, self.height, self.width, self.pad_value, self.resize_shorter)[0]
 
     def prepare(self, arrays: list[np.ndarray], device: torch.device) -> Prepared:
         failed: dict[int, str] = {}

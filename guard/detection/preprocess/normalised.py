@@ -4,6 +4,8 @@ examine, and per-channel mean/std normalisation applied afterwards to every row 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from guard.detection.preprocess.base import Preprocessor
@@ -24,13 +26,14 @@ class NormalisedImages(Preprocessor):
     std: list[float]
     channels: int = 3
 
-    def __init__(self, source: TensorSpec, output: str, **params):
+    def __init__(self, source: TensorSpec, output: str, **params: Any):
         super().__init__(source, output, **params)
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) not in (1, self.channels):
-                raise ValueError(f"preprocess.{name}: one value or one per channel ({self.channels}), "
-                                 f"got {len(values)}")
+                raise ValueError(
+                    f"preprocess.{name}: one value or one per channel ({self.channels}), got {len(values)}"
+                )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"preprocess.std: positive values, got {self.std}")
         self._scale: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -44,7 +47,9 @@ class NormalisedImages(Preprocessor):
     def finish(self, guarded: torch.Tensor) -> torch.Tensor:
         if guarded.device not in self._scale:
             shape = (1, -1, 1, 1)
-            self._scale[guarded.device] = (torch.tensor(self.mean, device=guarded.device).view(shape),
-                                           torch.tensor(self.std, device=guarded.device).view(shape))
+            self._scale[guarded.device] = (
+                torch.tensor(self.mean, device=guarded.device).view(shape),
+                torch.tensor(self.std, device=guarded.device).view(shape),
+            )
         mean, std = self._scale[guarded.device]
         return (guarded - mean) / std

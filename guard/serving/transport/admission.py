@@ -61,6 +61,7 @@ class Admission:
 
     def retry_after_ms(self) -> int:
         """Milliseconds a refused client should wait before it tries again here."""
+        base: float
         if self._rate <= 0:
             base = UNKNOWN_RATE_RETRY_MS
         else:

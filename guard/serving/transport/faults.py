@@ -40,8 +40,13 @@ class FaultLog:
         key = (rpc, type(exc))
         if key not in self._traced:
             self._traced.add(key)
-            self.logger.error("unexpected error in %s (logged once per type; later ones are counted): %s: %s",
-                              rpc, type(exc).__name__, echo(str(exc), 500), exc_info=exc)
+            self.logger.error(
+                "unexpected error in %s (logged once per type; later ones are counted): %s: %s",
+                rpc,
+                type(exc).__name__,
+                echo(str(exc), 500),
+                exc_info=exc,
+            )
         self._count(rpc, "INTERNAL", f"{type(exc).__name__}: {str(exc)}")
 
     def _count(self, rpc: str, status: str, message: str) -> None:

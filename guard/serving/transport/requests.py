@@ -70,9 +70,11 @@ class EncodedRequest:
             if spec.datatype in NUMPY_DTYPES and spec.datatype != "BYTES" and all(d >= 0 for d in spec.shape):
                 needed = rows * math.prod(spec.shape) * NUMPY_DTYPES[spec.datatype].itemsize
                 if where.byte_size < needed:
-                    raise InvalidInput(f"output {echo(name)}: shared_memory_byte_size {where.byte_size} cannot hold "
-                                       f"{spec.datatype} {[rows, *spec.shape]} ({needed} bytes)")
+                    raise InvalidInput(
+                        f"output {echo(name)}: shared_memory_byte_size {where.byte_size} cannot hold "
+                        f"{spec.datatype} {[rows, *spec.shape]} ({needed} bytes)"
+                    )
 
     def encode(self, response: InferResponse) -> pb.ModelInferResponse:
-        write = self.regions.write if self.placed else None
+        write = self.regions.write if self.regions is not None else None
         return codec.encode_response(response, self.placed, write)

@@ -15,7 +15,7 @@ as before.
 from __future__ import annotations
 
 import functools
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -39,8 +39,9 @@ def parse(message_type: type[M], data: bytes, rpc: str) -> M:
     try:
         return message_type.FromString(data)
     except DecodeError:
-        raise InvalidInput(f"{rpc}: {len(data)} bytes that are not a valid {message_type.DESCRIPTOR.full_name} "
-                           "message") from None
+        raise InvalidInput(
+            f"{rpc}: {len(data)} bytes that are not a valid {message_type.DESCRIPTOR.full_name} message"
+        ) from None
 
 
 def _parsing(servicer, handler, message_type: type[Message], rpc: str):
@@ -62,7 +63,7 @@ def _parsing(servicer, handler, message_type: type[Message], rpc: str):
 def add_inference_service(servicer, server: grpc.aio.Server) -> None:
     """Every method of the service, its handler taking the request's bytes (see the module doc) and
     gRPC serializing its response message."""
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         serialize = getattr(pb, method.output_type.name).SerializeToString
         handler = getattr(servicer, method.name)
@@ -70,10 +71,12 @@ def add_inference_service(servicer, server: grpc.aio.Server) -> None:
             handler = _parsing(servicer, handler, getattr(pb, method.input_type.name), method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                handler, request_deserializer=None, response_serializer=serialize)
+                handler, request_deserializer=None, response_serializer=serialize
+            )
         elif not (method.client_streaming or method.server_streaming):
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                handler, request_deserializer=None, response_serializer=serialize)
+                handler, request_deserializer=None, response_serializer=serialize
+            )
         else:  # the v2 protocol has none; a proto that grew one needs its handler here
             raise TypeError(f"{method.full_name}: only unary and bidirectional streaming methods are served")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))

@@ -33,9 +33,14 @@ log = logging.getLogger("guard.serving.transport")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, max_concurrency: int = MAX_CONCURRENCY,
-                 stream_in_flight: int = STREAM_IN_FLIGHT, stream_held_bytes: int = STREAM_HELD_BYTES,
-                 shared_memory: SharedMemoryRegistry | None = None):
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        max_concurrency: int = MAX_CONCURRENCY,
+        stream_in_flight: int = STREAM_IN_FLIGHT,
+        stream_held_bytes: int = STREAM_HELD_BYTES,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ):
         self.dataplane = dataplane
         self.shared_memory = shared_memory
         """The system shared-memory regions clients registered (guard.serving.shared_memory); None
@@ -47,8 +52,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.stream_held_bytes = stream_held_bytes
 
     def overload_message(self) -> str:
-        return (f"the gateway holds {self.admission.in_flight} requests, its limit (--max-concurrency "
-                f"{self.admission.limit})")
+        return (
+            f"the gateway holds {self.admission.in_flight} requests, its limit (--max-concurrency "
+            f"{self.admission.limit})"
+        )
 
     @reports_errors
     async def ServerLive(self, request, context):
@@ -76,11 +83,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config = self.dataplane.model(request.name, request.version).config
 
         def tensors(specs):
-            return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
-                                                            shape=[-1, *s.shape]) for s in specs]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=[-1, *s.shape])
+                for s in specs
+            ]
 
-        return pb.ModelMetadataResponse(name=config.name, versions=[config.version], platform=config.platform,
-                                        inputs=tensors(config.inputs), outputs=tensors(config.outputs))
+        return pb.ModelMetadataResponse(
+            name=config.name,
+            versions=[config.version],
+            platform=config.platform,
+            inputs=tensors(config.inputs),
+            outputs=tensors(config.outputs),
+        )
 
     @takes_bytes
     @reports_errors
@@ -101,9 +115,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request, context):
         request = self._repository_message(pb.RepositoryIndexRequest, request)
         entry = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            entry(name=name, version=version, state=state, reason=reason)
-            for name, version, state, reason in self.dataplane.repository_index(request.ready)])
+        return pb.RepositoryIndexResponse(
+            models=[
+                entry(name=name, version=version, state=state, reason=reason)
+                for name, version, state, reason in self.dataplane.repository_index(request.ready)
+            ]
+        )
 
     @reports_errors
     async def RepositoryModelLoad(self, request, context):
@@ -130,30 +147,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return message_type.FromString(request)
         except DecodeError:
-            raise InvalidInput(f"{len(request)} bytes that are not a valid {message_type.DESCRIPTOR.full_name} "
-                               "message") from None
+            raise InvalidInput(
+                f"{len(request)} bytes that are not a valid {message_type.DESCRIPTOR.full_name} message"
+            ) from None
 
     @staticmethod
     def _repository_parameters(parameters) -> dict[str, object]:
-        return {key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
-                for key, value in parameters.items()}
+        return {
+            key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
+            for key, value in parameters.items()
+        }
 
     # -- the shared-memory extensions (guard.serving.shared_memory, docs/shared-memory.md) ---------
 
     @reports_errors
     async def SystemSharedMemoryRegister(self, request, context):
         if self.shared_memory is None:
-            raise SharedMemoryOff("system shared memory is off on this server (guard serve --shared-memory "
-                                  "turns it on)")
+            raise SharedMemoryOff(
+                "system shared memory is off on this server (guard serve --shared-memory turns it on)"
+            )
         self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     @reports_errors
     async def SystemSharedMemoryStatus(self, request, context):
         status = pb.SystemSharedMemoryStatusResponse.RegionStatus
-        return pb.SystemSharedMemoryStatusResponse(regions={
-            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
-            for r in self._regions().status(request.name)})
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={
+                r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+                for r in self._regions().status(request.name)
+            }
+        )
 
     @reports_errors
     async def SystemSharedMemoryUnregister(self, request, context):
@@ -170,14 +194,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @reports_errors
     async def CudaSharedMemoryRegister(self, request, context):
-        raise CudaUnsupported("CUDA shared memory is not supported by this server: register system shared "
-                              "memory (SystemSharedMemoryRegister) instead")
+        raise CudaUnsupported(
+            "CUDA shared memory is not supported by this server: register system shared "
+            "memory (SystemSharedMemoryRegister) instead"
+        )
 
     @reports_errors
     async def CudaSharedMemoryStatus(self, request, context):
         if request.name:
-            raise CudaRegionNotFound(f"no CUDA shared memory region named {echo(request.name)} is registered: "
-                                     "this server supports none")
+            raise CudaRegionNotFound(
+                f"no CUDA shared memory region named {echo(request.name)} is registered: this server supports none"
+            )
         return pb.CudaSharedMemoryStatusResponse()
 
     @reports_errors

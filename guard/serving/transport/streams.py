@@ -34,7 +34,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -92,8 +92,14 @@ class Window:
 
 
 class StreamSession:
-    def __init__(self, servicer, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
-                 in_flight: int, held_bytes: int):
+    def __init__(
+        self,
+        servicer,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        in_flight: int,
+        held_bytes: int,
+    ):
         self.servicer = servicer
         self.requests = requests
         self.context = context
@@ -104,7 +110,7 @@ class StreamSession:
         # Per camera, its requests in the order they were read: [answer or None, cost] each.
         self._lanes: dict[str, collections.deque[list]] = {}
 
-    async def answers(self) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def answers(self) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
         reader = asyncio.create_task(self._read(), name="stream-reader")
         try:
             while (item := await self._answers.get()) is not _END:

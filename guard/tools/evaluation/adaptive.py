@@ -19,6 +19,7 @@ for omnibus), with each p-value made differentiable (guard.detection.ensemble.Fi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,9 @@ from tqdm import tqdm
 
 from guard.detection.detectors import build_detectors
 from guard.detection.detectors.network import DetectorNetwork
-from guard.detection.ensemble import Fisher
 from guard.detection.pipeline import detector_scores
 from guard.serving.model_config import load_model_config
+from guard.serving.runtime import load_combiner
 from guard.tools.evaluation.pgd import linf_pgd
 
 KAPPA = 2.0
@@ -50,11 +51,8 @@ class GuardedSurrogate(nn.Module):
         config = load_model_config(model_dir)
         cpu = torch.device("cpu")
         self.detectors = [d.to(cpu) for d in build_detectors(config.path, config.detection.detectors)]
-        self.thresholds = {d.name: float(d.threshold) for d in self.detectors}
-        ensemble = config.detection.ensemble
-        self.fisher = None
-        if ensemble.method != "union":
-            self.fisher = Fisher.load(model_dir / ensemble.references, ensemble.threshold, ensemble.min_p_threshold)
+        self.thresholds = {d.name: d.calibrated_threshold() for d in self.detectors}
+        self.fisher = load_combiner(config, self.detectors)  # the gateway's own loader and checks
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(logits [B, C], each detector's [B] scores, features [B, D]), as the gateway's pipeline
@@ -95,14 +93,22 @@ class GuardedSurrogate(nn.Module):
         return loss
 
 
-def adaptive_pgd(guarded: GuardedSurrogate, x: np.ndarray, y: np.ndarray, eps: float, steps: int = 100,
-                 alpha: float = 0.01, seed: int = 0, batch_size: int = 128) -> np.ndarray:
+def adaptive_pgd(
+    guarded: GuardedSurrogate,
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float,
+    steps: int = 100,
+    alpha: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> np.ndarray:
     """L-inf PGD (random start) minimising GuardedSurrogate.loss; keeps each row's best iterate."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for start in tqdm(range(0, len(x), batch_size), desc=f"adaptive eps {eps:g}", unit="batch", leave=False):
-        x0 = torch.from_numpy(np.array(x[start:start + batch_size], np.float32))
-        yb = torch.from_numpy(np.array(y[start:start + batch_size], np.int64))
-        best = linf_pgd(lambda adv, yb=yb: guarded.loss(adv, yb), x0, eps, steps, alpha, gen, keep_best=True)
+        x0 = torch.from_numpy(np.array(x[start : start + batch_size], np.float32))
+        yb = torch.from_numpy(np.array(y[start : start + batch_size], np.int64))
+        best = linf_pgd(partial(guarded.loss, y=yb), x0, eps, steps, alpha, gen, keep_best=True)
         out.append(best.numpy())
     return np.concatenate(out).astype(np.float32)

@@ -72,8 +72,10 @@ def _batched_deepfool():
                 x = adv[rows].clone().requires_grad_(True)
                 logits = self.get_logits(x)
                 fooled = logits.argmax(1) != labels[rows]
-                grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)[0]
-                                     for k in range(logits.shape[1])], 1)  # [B, K, ...]
+                grads = torch.stack(
+                    [torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)[0] for k in range(logits.shape[1])],
+                    1,
+                )  # [B, K, ...]
                 y = labels[rows]
                 f_prime = logits.detach() - logits.detach().gather(1, y[:, None])
                 w_prime = grads - grads[torch.arange(len(rows)), y][:, None]
@@ -115,8 +117,19 @@ def attack_suite(quick: bool = False, epsilons: tuple[float, ...] = EPSILONS) ->
     specs += [
         AttackSpec("cw", None, {"c": 1.0, "kappa": 0.0, "steps": 20 if quick else 50, "lr": 0.01}),
         AttackSpec("deepfool", None, {"steps": 10 if quick else 50, "overshoot": 0.02}, batch_size=360),
-        AttackSpec("square", 0.3, {"n_queries": 50 if quick else 1000, "n_restarts": 1, "p_init": 0.8,
-                                   "loss": "margin", "resc_schedule": True, "seed": 0}, batch_size=512),
+        AttackSpec(
+            "square",
+            0.3,
+            {
+                "n_queries": 50 if quick else 1000,
+                "n_restarts": 1,
+                "p_init": 0.8,
+                "loss": "margin",
+                "resc_schedule": True,
+                "seed": 0,
+            },
+            batch_size=512,
+        ),
     ]
     return specs
 
@@ -134,8 +147,8 @@ def run_attack(spec: AttackSpec, model: torch.nn.Module, x: np.ndarray, y: np.nd
     attack = spec.build(model)
     out = []
     for start in tqdm(range(0, len(x), spec.batch_size), desc=f"attack {spec.key}", unit="batch", leave=False):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + spec.batch_size], np.float32))
-        yb = torch.from_numpy(np.array(y[start:start + spec.batch_size], np.int64))
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + spec.batch_size], np.float32))
+        yb = torch.from_numpy(np.array(y[start : start + spec.batch_size], np.int64))
         out.append(attack(xb, yb).detach().clamp(0.0, 1.0).numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -148,4 +161,3 @@ def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 def surrogate_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(model, x) == y).mean())
-

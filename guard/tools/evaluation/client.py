@@ -70,15 +70,18 @@ class GatewayClient:
         missing = list(models)
         while missing and time.monotonic() < deadline:
             try:
-                missing = [m for m in missing
-                           if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready]
+                missing = [
+                    m for m in missing if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready
+                ]
             except grpc.RpcError as exc:
                 log.debug("gateway %s not ready yet: %s", self.url, exc.code())
             if missing:
                 time.sleep(0.2)
         if missing:
-            raise RuntimeError(f"gateway {self.url} does not serve {missing} (serve an evaluation repository "
-                               "built by `guard evaluate --plan PLAN --workdir DIR`, policy flag)")
+            raise RuntimeError(
+                f"gateway {self.url} does not serve {missing} (serve an evaluation repository "
+                "built by `guard evaluate --plan PLAN --workdir DIR`, policy flag)"
+            )
 
     def _input_of(self, model: str) -> tuple[str, str]:
         if model not in self._inputs:
@@ -91,8 +94,10 @@ class GatewayClient:
         need a BYTES input, tensors a numeric one."""
         name, datatype = self._input_of(model)
         if (datatype == "BYTES") != encoded:
-            raise ValueError(f"model {model} takes {datatype} input {name!r}: use "
-                             f"{'infer_encoded' if datatype == 'BYTES' else 'infer'}")
+            raise ValueError(
+                f"model {model} takes {datatype} input {name!r}: use "
+                f"{'infer_encoded' if datatype == 'BYTES' else 'infer'}"
+            )
         return name, datatype
 
     def _request(self, model: str, index: int) -> pb.ModelInferRequest:
@@ -125,31 +130,37 @@ class GatewayClient:
 
         return self._pipeline(model, len(items), request, desc)
 
-    def _pipeline(self, model: str, count: int, request: Callable[[int], pb.ModelInferRequest],
-                  desc: str | None) -> Served:
+    def _pipeline(
+        self, model: str, count: int, request: Callable[[int], pb.ModelInferRequest], desc: str | None
+    ) -> Served:
         """Requests request(0) .. request(count - 1), at most `window` in flight; answers in order."""
-        logits: list[np.ndarray | None] = [None] * count
-        scores: list[dict[str, float] | None] = [None] * count
-        verdicts = [""] * count
+        # Futures are collected oldest first, so answers arrive in request order and are appended.
+        logits: list[np.ndarray] = []
+        scores: list[dict[str, float]] = []
+        verdicts: list[str] = []
         pending: deque = deque()
 
         def collect() -> None:
-            index, future = pending.popleft()
-            response = future.result()
+            response = pending.popleft().result()
             params = response.parameters
             if DETECTOR_SCORES not in params:
-                raise RuntimeError(f"model {model}: response carries no {DETECTOR_SCORES}; the gateway must "
-                                   "serve it under policy flag or enforce, and know guard_explain")
-            scores[index] = json.loads(params[DETECTOR_SCORES].string_param)
-            verdicts[index] = params["guard_verdict"].string_param
-            logits[index] = np.frombuffer(response.raw_output_contents[0], np.float32)
+                raise RuntimeError(
+                    f"model {model}: response carries no {DETECTOR_SCORES}; the gateway must "
+                    "serve it under policy flag or enforce, and know guard_explain"
+                )
+            scores.append(json.loads(params[DETECTOR_SCORES].string_param))
+            verdicts.append(params["guard_verdict"].string_param)
+            logits.append(np.frombuffer(response.raw_output_contents[0], np.float32))
 
         for i in tqdm(range(count), desc=desc or model, unit="req", leave=False, mininterval=1.0):
-            pending.append((i, self.stub.ModelInfer.future(request(i), timeout=self.timeout)))
+            pending.append(self.stub.ModelInfer.future(request(i), timeout=self.timeout))
             if len(pending) >= self.window:
                 collect()
         while pending:
             collect()
         names = sorted(scores[0]) if count else []
-        return Served(np.stack(logits) if count else np.zeros((0, 0), np.float32),
-                      {n: np.array([s[n] for s in scores], np.float64) for n in names}, np.array(verdicts))
+        return Served(
+            np.stack(logits) if count else np.zeros((0, 0), np.float32),
+            {n: np.array([s[n] for s in scores], np.float64) for n in names},
+            np.array(verdicts),
+        )

@@ -39,6 +39,7 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 def brightness(factor_at_end: float) -> Condition:
     def apply(frame: np.ndarray, progress: float, rng: np.random.Generator) -> np.ndarray:
         return _to_uint8(frame.astype(np.float32) * (1.0 + (factor_at_end - 1.0) * progress))
+
     return apply
 
 
@@ -53,7 +54,7 @@ def pan(frame: np.ndarray, progress: float, rng: np.random.Generator) -> np.ndar
     if shift == 0:
         return frame
     view = frame[:, shift:] if shift < w else frame[:, -1:]
-    return np.asarray(Image.fromarray(view).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(view).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def haze(frame: np.ndarray, progress: float, rng: np.random.Generator) -> np.ndarray:
@@ -90,5 +91,6 @@ def under(name: str, frames: list[np.ndarray], seed: int = 0) -> list[bytes]:
         raise ValueError(f"unknown condition {name!r}: one of {', '.join(CONDITIONS)}")
     rng = np.random.default_rng(seed)
     last = max(len(frames) - 1, 1)
-    return [encode_jpeg(CONDITIONS[name](frame, i / last, rng), quality(name, i / last))
-            for i, frame in enumerate(frames)]
+    return [
+        encode_jpeg(CONDITIONS[name](frame, i / last, rng), quality(name, i / last)) for i, frame in enumerate(frames)
+    ]

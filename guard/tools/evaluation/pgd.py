@@ -15,8 +15,16 @@ import torch
 import torch.nn.functional as F
 
 
-def linf_pgd(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, steps: int, alpha: float,
-             gen: torch.Generator | None = None, random_start: bool = True, keep_best: bool = False) -> torch.Tensor:
+def linf_pgd(
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    eps: float,
+    steps: int,
+    alpha: float,
+    gen: torch.Generator | None = None,
+    random_start: bool = True,
+    keep_best: bool = False,
+) -> torch.Tensor:
     """Minimise `loss(adv)` ([B] per-row losses) over the L-inf ball of radius eps around x,
     within [0, 1]. With `keep_best`, each row's lowest-loss iterate (of steps + 1) comes back;
     otherwise the last one."""
@@ -38,7 +46,14 @@ def linf_pgd(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps:
     return best if keep_best else adv.detach()
 
 
-def untargeted_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, alpha: float,
-                   gen: torch.Generator | None = None) -> torch.Tensor:
+def untargeted_pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    alpha: float,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """The classic attack: raise the cross-entropy of the true labels (random start)."""
     return linf_pgd(lambda adv: -F.cross_entropy(model(adv), y, reduction="none"), x, eps, steps, alpha, gen)

@@ -73,6 +73,12 @@ class Subject:
     def backdoored(self) -> bool:
         return self.trigger is not None
 
+    def backdoor(self) -> tuple[MaskTrigger, int]:
+        """(trigger, target class) of a backdoored model; load_plan reads both or neither."""
+        if self.trigger is None or self.target is None:
+            raise ValueError(f"model {self.name} has no trigger and target")
+        return self.trigger, self.target
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -84,6 +90,12 @@ class Plan:
     """None only when no model is attacked (every model has a trigger)."""
     models: tuple[Subject, ...]
     notes: tuple[str, ...] = ()
+
+    def attack_surrogate(self) -> Path:
+        """`surrogate`, which load_plan requires whenever some model is attacked."""
+        if self.surrogate is None:
+            raise ValueError(f"plan {self.path} names no [surrogate] onnx to attack through")
+        return self.surrogate
 
     @property
     def attacked(self) -> list[Subject]:
@@ -107,14 +119,21 @@ def load_split(reader: TableReader, key: str) -> Split:
         raise reader.fail(key, f"an .npz with arrays x and y ({exc})", str(path)) from None
     with data:
         if not hasattr(data, "files") or "x" not in data.files or "y" not in data.files:
-            raise ConfigError(path, "x" if not hasattr(data, "files") or "x" not in data.files else "y",
-                              f"arrays x and y (named by {reader.path}: {reader.key(key)})")
+            raise ConfigError(
+                path,
+                "x" if not hasattr(data, "files") or "x" not in data.files else "y",
+                f"arrays x and y (named by {reader.path}: {reader.key(key)})",
+            )
         x, y = np.asarray(data["x"]), np.asarray(data["y"])
     if x.dtype != np.float32:
         raise ConfigError(path, "x", "float32 samples", str(x.dtype))
     if x.ndim < 2 or len(x) == 0 or not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
-        raise ConfigError(path, "x", "a non-empty batch [N, ...] of finite values in [0, 1]",
-                          list(x.shape) if x.ndim < 2 or len(x) == 0 else None)
+        raise ConfigError(
+            path,
+            "x",
+            "a non-empty batch [N, ...] of finite values in [0, 1]",
+            list(x.shape) if x.ndim < 2 or len(x) == 0 else None,
+        )
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise ConfigError(path, "y", f"{len(x)} integer labels (one per row of x)", f"{y.dtype} {list(y.shape)}")
     return Split(path, x, y.astype(np.int64))
@@ -138,8 +157,12 @@ def _subject(reader: TableReader) -> Subject:
     names = [p.name for p in paths] + ([NETWORK_WEIGHTS] if network is not None else [])
     clash = next((n for n in names if names.count(n) > 1 or n in RESERVED), None)
     if clash is not None:  # every artifact lands in the model directory under its own file name
-        raise reader.fail("artifacts", f"files with distinct names, none of {', '.join(RESERVED)}"
-                          + (f" or {NETWORK_WEIGHTS} (the detector network's)" if network is not None else ""), clash)
+        raise reader.fail(
+            "artifacts",
+            f"files with distinct names, none of {', '.join(RESERVED)}"
+            + (f" or {NETWORK_WEIGHTS} (the detector network's)" if network is not None else ""),
+            clash,
+        )
     if ("trigger" in reader.table) != ("target" in reader.table):
         missing = "target" if "trigger" in reader.table else "trigger"
         raise reader.fail(missing, "both `trigger` and `target` for a backdoored model (missing)")
@@ -172,8 +195,11 @@ def load_plan(path: Path) -> Plan:
     splits = {key: load_split(data, key) for key in SPLITS}
     shapes = {key: s.x.shape[1:] for key, s in splits.items()}
     if len(set(shapes.values())) != 1:
-        raise data.fail("test", f"splits of one sample shape (fit {list(shapes['fit'])}, calibration "
-                        f"{list(shapes['calibration'])})", list(shapes["test"]))
+        raise data.fail(
+            "test",
+            f"splits of one sample shape (fit {list(shapes['fit'])}, calibration {list(shapes['calibration'])})",
+            list(shapes["test"]),
+        )
     models = tuple(_subject(r) for r in reader.tables("models"))
     if not models:
         raise reader.fail("models", "at least one [[models]] table")
@@ -184,7 +210,11 @@ def load_plan(path: Path) -> Plan:
     surrogate = reader.sub("surrogate")
     surrogate.unknown(("onnx",))
     attacked = any(not m.backdoored for m in models)
-    surrogate_path = surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through") \
-        if attacked or "onnx" in surrogate.table else None
-    return Plan(path.resolve(), splits["fit"], splits["calibration"], splits["test"], surrogate_path, models,
-                tuple(notes))
+    surrogate_path = (
+        surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through")
+        if attacked or "onnx" in surrogate.table
+        else None
+    )
+    return Plan(
+        path.resolve(), splits["fit"], splits["calibration"], splits["test"], surrogate_path, models, tuple(notes)
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from guard.detection.ensemble import Fisher
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation import rates as m
@@ -71,53 +72,89 @@ def _gateway(options: EvalOptions, repository: Path):
 class _Model:
     """One served model's clean reference: calibration scores -> scorers, clean test answers."""
 
-    def __init__(self, name: str, client: GatewayClient, calibration: tuple, test: tuple, judges: list[str],
-                 method: str):
+    def __init__(
+        self, name: str, client: GatewayClient, calibration: tuple, test: tuple, judges: list[str], method: str
+    ):
         self.name = name
         cal = client.infer(name, calibration[0], desc=f"{name} calibration")
         self.test: Served = client.infer(name, test[0], desc=f"{name} clean test")
         self.detectors = sorted(cal.scores)
         self.scorers = m.build_scorers(self.detectors, cal.scores, BASELINES, judges, method)
         self.summary = {
-            "detectors": self.detectors, "ensemble": judges, "ensemble_method": method,
-            "n_calibration": len(calibration[0]), "n_test": len(test[0]),
+            "detectors": self.detectors,
+            "ensemble": judges,
+            "ensemble_method": method,
+            "n_calibration": len(calibration[0]),
+            "n_test": len(test[0]),
             "clean_accuracy": float((self.test.predictions == test[1]).mean()),
             "clean_fpr": {s: sc.clean_fpr(self.test.scores) for s, sc in self.scorers.items()},
             "scorers": {s: sc.describe() for s, sc in self.scorers.items()},
         }
 
-    def row(self, attack: str, eps, kind: str, served: Served, eligible, successful,
-            surrogate_asr: float | None, curves: dict, suffix: str = "") -> dict:
+    def row(
+        self,
+        attack: str,
+        eps,
+        kind: str,
+        served: Served,
+        eligible,
+        successful,
+        surrogate_asr: float | None,
+        curves: dict,
+        suffix: str = "",
+    ) -> dict:
         positives = m.subset(served.scores, successful)
         key = (f"{attack}" if eps is None else f"{attack}_eps{eps:g}") + suffix
         title = f"{attack}{'' if eps is None else f' eps {eps:g}'} on {self.name}: {int(successful.sum())} successful"
-        curves[key] = (title, {s: (sc.continuous(self.test.scores), sc.continuous(positives))
-                               for s, sc in self.scorers.items()} if successful.any() else {})
+        curves[key] = (
+            title,
+            {s: (sc.continuous(self.test.scores), sc.continuous(positives)) for s, sc in self.scorers.items()}
+            if successful.any()
+            else {},
+        )
         # Succeeded AND not flagged by the gateway's ensemble at 5%: what gets through under `enforce`.
         unflagged = ~self.scorers["ensemble"].flags(served.scores, m.AUROC_FPR)
-        return {"key": key, "attack": attack, "eps": eps, "kind": kind, "model": self.name, "n": len(served.logits),
-                "eligible": int(eligible.sum()), "successful": int(successful.sum()),
-                "asr": m.attack_success_rate(eligible, successful), "surrogate_asr": surrogate_asr,
-                "evasion_rate@0.05": m.attack_success_rate(eligible, successful & unflagged),
-                "scorers": {s: sc.evaluate(self.test.scores, positives) for s, sc in self.scorers.items()}}
+        return {
+            "key": key,
+            "attack": attack,
+            "eps": eps,
+            "kind": kind,
+            "model": self.name,
+            "n": len(served.logits),
+            "eligible": int(eligible.sum()),
+            "successful": int(successful.sum()),
+            "asr": m.attack_success_rate(eligible, successful),
+            "surrogate_asr": surrogate_asr,
+            "evasion_rate@0.05": m.attack_success_rate(eligible, successful & unflagged),
+            "scorers": {s: sc.evaluate(self.test.scores, positives) for s, sc in self.scorers.items()},
+        }
 
 
 def _matches_config(directory: Path, model: _Model) -> bool:
     """Whether the ensemble's 5% thresholds, refitted on the gateway's calibration scores, are the
     thresholds in the model's config.toml (i.e. the gateway's own ensemble was measured)."""
     ensemble = load_model_config(directory).detection.ensemble
-    fitted = model.scorers["ensemble"].thresholds[m.AUROC_FPR]
-    if ensemble.method != "union":
-        same = bool(np.isclose(ensemble.threshold, fitted[0], rtol=1e-6)) and (
-            fitted[1] is None or bool(np.isclose(ensemble.min_p_threshold, fitted[1], rtol=1e-6)))
+    # The scorer combines by the config's own method: a Fisher unless the ensemble is a union.
+    fitted = model.scorers["ensemble"].combiners[m.AUROC_FPR]
+    if isinstance(fitted, Fisher):
+        same = _close(ensemble.threshold, fitted.threshold) and (
+            fitted.min_p_threshold is None or _close(ensemble.min_p_threshold, fitted.min_p_threshold)
+        )
     else:
         configured = configured_thresholds(directory)
-        same = configured.keys() == fitted.keys() and all(
-            np.isclose(configured[k], fitted[k], rtol=1e-6) for k in fitted)
+        same = configured.keys() == fitted.thresholds.keys() and all(
+            _close(configured[k], t) for k, t in fitted.thresholds.items()
+        )
     if not same:
-        log.warning("%s: thresholds refitted from the gateway's scores differ from %s/config.toml",
-                    model.name, directory)
+        log.warning(
+            "%s: thresholds refitted from the gateway's scores differ from %s/config.toml", model.name, directory
+        )
     return same
+
+
+def _close(configured: float | None, fitted: float) -> bool:
+    """Whether a configured threshold is the refitted one (None: the config lacks it)."""
+    return configured is not None and bool(np.isclose(configured, fitted, rtol=1e-6))
 
 
 def _surrogate_asr(net, adv: np.ndarray, y: np.ndarray, clean_ok: np.ndarray) -> float | None:
@@ -133,53 +170,110 @@ def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalO
     x, y = np.array(test[0][pick]), np.array(test[1][pick])
     client.wait_ready(plan.names)
     started = time.perf_counter()
-    models = {name: _Model(name, client, calibration, test, sorted(configured_thresholds(repository / name)),
-                           load_model_config(repository / name).detection.ensemble.method)
-              for name in plan.names}
+    models = {
+        name: _Model(
+            name,
+            client,
+            calibration,
+            test,
+            sorted(configured_thresholds(repository / name)),
+            load_model_config(repository / name).detection.ensemble.method,
+        )
+        for name in plan.names
+    }
     log.info("clean calibration and test splits through the gateway: %.1f s", time.perf_counter() - started)
     for name, model in models.items():  # the 5% thresholds must be the gateway's own configuration
         model.summary["matches_gateway_thresholds"] = _matches_config(repository / name, model)
-    rows, curves = [], {}
+    rows: list[dict] = []
+    curves: dict[str, tuple[str, dict]] = {}
     if plan.attacked:
-        net = atk.load_surrogate(plan.surrogate)
+        net = atk.load_surrogate(plan.attack_surrogate())
         for subject in plan.attacked:
             # Row keys name the model only when several are attacked, so one model's keys stay short.
             suffix = f"@{subject.name}" if len(plan.attacked) > 1 else ""
-            rows += _attack_rows(client, models[subject.name], repository / subject.name, net, x, y,
-                                 models[subject.name].test.predictions[pick], options, suffix, curves)
+            rows += _attack_rows(
+                client,
+                models[subject.name],
+                repository / subject.name,
+                net,
+                x,
+                y,
+                models[subject.name].test.predictions[pick],
+                options,
+                suffix,
+                curves,
+            )
     for subject in plan.backdoored:
-        keep = y != subject.target
-        served = client.infer(subject.name, subject.trigger.apply(x[keep]), desc=f"send trigger {subject.name}")
-        eligible, successful = m.success(None, served.predictions, y[keep], target=subject.target)
-        row = models[subject.name].row(f"trigger_{subject.name.removeprefix('backdoor_')}", None, "trigger", served,
-                                       eligible, successful, None, curves)
-        row["target"] = subject.target
+        trigger, target = subject.backdoor()
+        keep = y != target
+        served = client.infer(subject.name, trigger.apply(x[keep]), desc=f"send trigger {subject.name}")
+        eligible, successful = m.success(None, served.predictions, y[keep], target=target)
+        row = models[subject.name].row(
+            f"trigger_{subject.name.removeprefix('backdoor_')}",
+            None,
+            "trigger",
+            served,
+            eligible,
+            successful,
+            None,
+            curves,
+        )
+        row["target"] = target
         rows.append(row)
         log.info("%s: ASR %s, ensemble %s", subject.name, row["asr"], row["scorers"]["ensemble"])
     summaries = {name: model.summary for name, model in models.items()}
     return {"samples": n, "sample_indices": pick.tolist(), "models": summaries, "rows": rows}, curves
 
 
-def _attack_rows(client: GatewayClient, model: _Model, directory: Path, net, x: np.ndarray, y: np.ndarray,
-                 clean_pred: np.ndarray, options: EvalOptions, suffix: str, curves: dict) -> list[dict]:
+def _attack_rows(
+    client: GatewayClient,
+    model: _Model,
+    directory: Path,
+    net,
+    x: np.ndarray,
+    y: np.ndarray,
+    clean_pred: np.ndarray,
+    options: EvalOptions,
+    suffix: str,
+    curves: dict,
+) -> list[dict]:
     """The torchattacks suite transferred from the surrogate, then the adaptive attack on the
     model's whole guarded pipeline, each sent through the gateway to `model`."""
     from guard.tools.evaluation.adaptive import KAPPA, MARGIN, GuardedSurrogate, adaptive_pgd
 
     rows = []
     clean_ok_surrogate = atk.predict(net, x) == y
-    suite = [s for s in atk.attack_suite(options.quick, options.epsilons)
-             if options.attacks is None or s.name in options.attacks]
+    suite = [
+        s
+        for s in atk.attack_suite(options.quick, options.epsilons)
+        if options.attacks is None or s.name in options.attacks
+    ]
     for spec in suite:
         start = time.perf_counter()
         adv = atk.run_attack(spec, net, x, y, seed=options.seed)
         served = client.infer(model.name, adv, desc=f"send {spec.key}")
         eligible, successful = m.success(clean_pred, served.predictions, y)
-        rows.append(model.row(spec.name, spec.eps, "transfer", served, eligible, successful,
-                              _surrogate_asr(net, adv, y, clean_ok_surrogate), curves, suffix))
+        rows.append(
+            model.row(
+                spec.name,
+                spec.eps,
+                "transfer",
+                served,
+                eligible,
+                successful,
+                _surrogate_asr(net, adv, y, clean_ok_surrogate),
+                curves,
+                suffix,
+            )
+        )
         rows[-1]["params"] = spec.params
-        log.info("%s: ASR %s, ensemble %s (%.1f s)", rows[-1]["key"], rows[-1]["asr"],
-                 rows[-1]["scorers"]["ensemble"], time.perf_counter() - start)
+        log.info(
+            "%s: ASR %s, ensemble %s (%.1f s)",
+            rows[-1]["key"],
+            rows[-1]["asr"],
+            rows[-1]["scorers"]["ensemble"],
+            time.perf_counter() - start,
+        )
 
     guarded = GuardedSurrogate(net.with_features(), directory)
     steps = options.adaptive_steps or (10 if options.quick else 50)
@@ -188,8 +282,19 @@ def _attack_rows(client: GatewayClient, model: _Model, directory: Path, net, x: 
         adv = adaptive_pgd(guarded, x, y, eps, steps=steps, alpha=alpha, seed=options.seed)
         served = client.infer(model.name, adv, desc=f"send adaptive eps {eps:g}")
         eligible, successful = m.success(clean_pred, served.predictions, y)
-        rows.append(model.row("adaptive_pgd", eps, "adaptive", served, eligible, successful,
-                              _surrogate_asr(net, adv, y, clean_ok_surrogate), curves, suffix))
+        rows.append(
+            model.row(
+                "adaptive_pgd",
+                eps,
+                "adaptive",
+                served,
+                eligible,
+                successful,
+                _surrogate_asr(net, adv, y, clean_ok_surrogate),
+                curves,
+                suffix,
+            )
+        )
         rows[-1]["params"] = {"steps": steps, "alpha": alpha, "random_start": True, "kappa": KAPPA, "margin": MARGIN}
         log.info("%s: ASR %s, ensemble %s", rows[-1]["key"], rows[-1]["asr"], rows[-1]["scorers"]["ensemble"])
     return rows
@@ -215,27 +320,53 @@ def run_evaluation(options: EvalOptions) -> dict:
         url = stack.enter_context(_gateway(options, repository))
         client = stack.enter_context(GatewayClient(url))
         found, curves = evaluate(client, repository, plan, options)
-    notes = [note.format(surrogate=plan.surrogate.name) for note in NOTES if plan.attacked] + list(plan.notes)
-    results = {"meta": {"command": options.command or f"guard evaluate --plan {plan.path}", "seed": options.seed,
-                        "plan": str(plan.path), "samples": found.pop("samples"), "quick": options.quick,
-                        "gateway": url, "connected": bool(options.connect), "target_fpr": 0.05,
-                        "fprs": list(m.FPRS), "wall_seconds": time.perf_counter() - started, "notes": notes},
-               **found}
+    notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked] + list(plan.notes)
+    results = {
+        "meta": {
+            "command": options.command or f"guard evaluate --plan {plan.path}",
+            "seed": options.seed,
+            "plan": str(plan.path),
+            "samples": found.pop("samples"),
+            "quick": options.quick,
+            "gateway": url,
+            "connected": bool(options.connect),
+            "target_fpr": 0.05,
+            "fprs": list(m.FPRS),
+            "wall_seconds": time.perf_counter() - started,
+            "notes": notes,
+        },
+        **found,
+    }
     written = write_report(options.report_dir, results, curves)
-    log.info("wrote %s (%.0f s)", ", ".join(str(p) for p in written.values() if p.suffix != ".png"),
-             results["meta"]["wall_seconds"])
+    log.info(
+        "wrote %s (%.0f s)",
+        ", ".join(str(p) for p in written.values() if p.suffix != ".png"),
+        results["meta"]["wall_seconds"],
+    )
     return results
 
 
 def main(args) -> int:
     """The `guard evaluate` entry point (args from guard.tools.cli)."""
-    flags = [f"--plan {shlex.quote(str(args.plan))}",
-             f"--samples {args.samples}" if args.samples else "", "--quick" if args.quick else "",
-             f"--report-dir {shlex.quote(str(args.report_dir))}", f"--seed {args.seed}",
-             f"--connect {args.connect}" if args.connect else "",
-             f"--ensemble {args.ensemble}" if args.ensemble != "omnibus" else ""]
-    options = EvalOptions(plan=args.plan, samples=args.samples, quick=args.quick, report_dir=args.report_dir,
-                          workdir=args.workdir, connect=args.connect, seed=args.seed, ensemble=args.ensemble,
-                          command=" ".join(["guard evaluate", *filter(None, flags)]))
+    flags = [
+        f"--plan {shlex.quote(str(args.plan))}",
+        f"--samples {args.samples}" if args.samples else "",
+        "--quick" if args.quick else "",
+        f"--report-dir {shlex.quote(str(args.report_dir))}",
+        f"--seed {args.seed}",
+        f"--connect {args.connect}" if args.connect else "",
+        f"--ensemble {args.ensemble}" if args.ensemble != "omnibus" else "",
+    ]
+    options = EvalOptions(
+        plan=args.plan,
+        samples=args.samples,
+        quick=args.quick,
+        report_dir=args.report_dir,
+        workdir=args.workdir,
+        connect=args.connect,
+        seed=args.seed,
+        ensemble=args.ensemble,
+        command=" ".join(["guard evaluate", *filter(None, flags)]),
+    )
     run_evaluation(options)
     return 0

@@ -48,8 +48,11 @@ def _check_network(plan: Plan, subject: Subject) -> None:
     from guard.detection.detectors import REGISTRY
 
     if "detector_network" not in REGISTRY:
-        raise ConfigError(plan.path, f"models ({subject.name}).detector_network",
-                          "a plan without detector_network: no `detector_network` detector type is registered")
+        raise ConfigError(
+            plan.path,
+            f"models ({subject.name}).detector_network",
+            "a plan without detector_network: no `detector_network` detector type is registered",
+        )
 
 
 def configured_thresholds(directory: Path) -> dict[str, float]:
@@ -62,14 +65,16 @@ def is_built(plan: Plan, repository: Path) -> bool:
     return all((repository / name / "config.toml").is_file() for name in plan.names)
 
 
-def build_repository(plan: Plan, repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0,
-                     ensemble: str = "omnibus") -> dict[str, dict]:
+def build_repository(
+    plan: Plan, repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0, ensemble: str = "omnibus"
+) -> dict[str, dict]:
     """Calibrate every model of the plan into `repository`; returns each model's calibration report."""
     repository.mkdir(parents=True, exist_ok=True)
     fit, calibration, test = ((s.x, s.y) for s in (plan.fit, plan.calibration, plan.test))
     reports = {}
     for subject in plan.models:
-        network = subject.detector_network is not None
+        weights = subject.detector_network
+        network = weights is not None
         if network:
             _check_network(plan, subject)
         target = repository / subject.name
@@ -78,11 +83,21 @@ def build_repository(plan: Plan, repository: Path, target_fpr: float = TARGET_FP
         target.mkdir(parents=True)
         for artifact in subject.artifacts:
             shutil.copyfile(artifact, target / artifact.name)
-        if network:
-            shutil.copyfile(subject.detector_network, target / NETWORK_WEIGHTS)
+        if weights is not None:
+            shutil.copyfile(weights, target / NETWORK_WEIGHTS)
         log.info("calibrating %s (%s) with %d detectors", subject.name, subject.onnx, len(detector_tables(network)))
         reports[subject.name] = calibrate_model(
-            subject.onnx, subject.name, repository, calibration[0], calibration[1], target_fpr=target_fpr,
-            holdout=test, fit_data=fit, seed=seed, detectors=detector_tables(network), policy="flag",
-            ensemble=ensemble)
+            subject.onnx,
+            subject.name,
+            repository,
+            calibration[0],
+            calibration[1],
+            target_fpr=target_fpr,
+            holdout=test,
+            fit_data=fit,
+            seed=seed,
+            detectors=detector_tables(network),
+            policy="flag",
+            ensemble=ensemble,
+        )
     return reports

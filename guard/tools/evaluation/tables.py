@@ -11,10 +11,21 @@ import numpy as np
 from guard.tools.evaluation.rates import FPRS, roc_curve
 
 # Column order of the table; a model without a detector shows a dash.
-SCORER_ORDER = ("ensemble", "fs_paper", "strip", "bit_depth_1", "median_2x2", "bit_depth_2", "mahalanobis",
-                "detector_network")
-LABELS = {"ensemble": "ensemble (gateway)", "fs_paper": "FS paper (bd1+med2) [baseline]",
-          "strip": "strip [STRIP baseline]"}
+SCORER_ORDER = (
+    "ensemble",
+    "fs_paper",
+    "strip",
+    "bit_depth_1",
+    "median_2x2",
+    "bit_depth_2",
+    "mahalanobis",
+    "detector_network",
+)
+LABELS = {
+    "ensemble": "ensemble (gateway)",
+    "fs_paper": "FS paper (bd1+med2) [baseline]",
+    "strip": "strip [STRIP baseline]",
+}
 
 
 def _num(value, digits: int = 2) -> str:
@@ -43,15 +54,25 @@ def markdown_table(results: dict) -> str:
     head = ["attack", "eps", "model", "ASR (succ/elig)", *(LABELS.get(c, c) for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, model in results["models"].items():
-        cells = [" / ".join([*(_num(model["clean_fpr"][c][f"{f:g}"]) for f in FPRS), "—"])
-                 if c in model["clean_fpr"] else "—" for c in columns]
-        lines.append(f"| clean test: realised FPR | — | {name} | acc {_num(model['clean_accuracy'], 3)} | "
-                     + " | ".join(cells) + " |")
+        cells = [
+            " / ".join([*(_num(model["clean_fpr"][c][f"{f:g}"]) for f in FPRS), "—"])
+            if c in model["clean_fpr"]
+            else "—"
+            for c in columns
+        ]
+        lines.append(
+            f"| clean test: realised FPR | — | {name} | acc {_num(model['clean_accuracy'], 3)} | "
+            + " | ".join(cells)
+            + " |"
+        )
     for row in results["rows"]:
         asr = f"{_num(row['asr'])} ({row['successful']}/{row['eligible']})"
         eps = "—" if row["eps"] is None else f"{row['eps']:g}"
-        lines.append(f"| {row['attack']} | {eps} | {row['model']} | {asr} | "
-                     + " | ".join(_cell(row["scorers"].get(c)) for c in columns) + " |")
+        lines.append(
+            f"| {row['attack']} | {eps} | {row['model']} | {asr} | "
+            + " | ".join(_cell(row["scorers"].get(c)) for c in columns)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -91,12 +112,23 @@ def roc_png(path: Path, title: str, curves: dict[str, tuple[np.ndarray, np.ndarr
     ax = fig.subplots()
     for name, (negatives, positives) in curves.items():
         fpr, tpr = roc_curve(negatives, positives)
-        ax.step(np.maximum(fpr, 1e-3), tpr, where="post", label=LABELS.get(name, name),
-                linewidth=2.2 if name == "ensemble" else 1.1)
+        ax.step(
+            np.maximum(fpr, 1e-3),
+            tpr,
+            where="post",
+            label=LABELS.get(name, name),
+            linewidth=2.2 if name == "ensemble" else 1.1,
+        )
     for f in FPRS:
         ax.axvline(f, color="grey", linestyle=":", linewidth=0.8)
-    ax.set(xscale="log", xlim=(1e-3, 1.0), ylim=(0.0, 1.02), xlabel="false-positive rate (clean test)",
-           ylabel="detection rate (successful examples)", title=title)
+    ax.set(
+        xscale="log",
+        xlim=(1e-3, 1.0),
+        ylim=(0.0, 1.02),
+        xlabel="false-positive rate (clean test)",
+        ylabel="detection rate (successful examples)",
+        title=title,
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=90, metadata={"Software": None})
     return path

@@ -34,8 +34,12 @@ class MaskTrigger:
         try:
             np.broadcast_shapes(self.mask.shape, x.shape[1:])
         except ValueError:
-            raise ConfigError(self.source, "mask", f"a mask that broadcasts to the samples' shape "
-                              f"{list(x.shape[1:])}", list(self.mask.shape)) from None
+            raise ConfigError(
+                self.source,
+                "mask",
+                f"a mask that broadcasts to the samples' shape {list(x.shape[1:])}",
+                list(self.mask.shape),
+            ) from None
         # Stamps (mask 0/1) reproduce x or the pattern exactly; the clip only absorbs rounding.
         return np.clip(x * (1 - self.mask) + self.pattern * self.mask, 0.0, 1.0).astype(np.float32, copy=False)
 
@@ -70,8 +74,12 @@ def _checked(source, data) -> MaskTrigger:
     try:
         np.broadcast_shapes(mask.shape, pattern.shape)
     except ValueError:
-        raise ConfigError(source, "pattern", f"a pattern whose shape broadcasts with the mask's {list(mask.shape)}",
-                          list(pattern.shape)) from None
+        raise ConfigError(
+            source,
+            "pattern",
+            f"a pattern whose shape broadcasts with the mask's {list(mask.shape)}",
+            list(pattern.shape),
+        ) from None
     return MaskTrigger(mask, pattern, str(source))
 
 

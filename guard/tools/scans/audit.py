@@ -57,7 +57,8 @@ def _corruptions(x: torch.Tensor, low: float, high: float) -> dict[str, torch.Te
     as_uint8 = (unit * 255).round().to(torch.uint8)
     out = {
         "gaussian_blur_3x3_sigma1": TF.gaussian_blur(unit, [3, 3], [1.0, 1.0]),
-        "contrast_0.5": TF.adjust_contrast(unit.expand(-1, 3, -1, -1), 0.5)[:, :1] if unit.shape[1] == 1
+        "contrast_0.5": TF.adjust_contrast(unit.expand(-1, 3, -1, -1), 0.5)[:, :1]
+        if unit.shape[1] == 1
         else TF.adjust_contrast(unit, 0.5),
         "brightness_1.5": TF.adjust_brightness(unit, 1.5),
     }
@@ -67,8 +68,9 @@ def _corruptions(x: torch.Tensor, low: float, high: float) -> dict[str, torch.Te
     return {name: (v.clamp(0, 1) * (high - low) + low).float() for name, v in out.items()}
 
 
-def pgd_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, low: float, high: float,
-                 gen: torch.Generator) -> float:
+def pgd_accuracy(
+    model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, low: float, high: float, gen: torch.Generator
+) -> float:
     scale = high - low
     adv = untargeted_pgd(_Scaled(model, low, scale), (x - low) / scale, y, eps, steps, 2.5 * eps / steps, gen=gen)
     return _accuracy(model, adv * scale + low, y)
@@ -85,8 +87,15 @@ class _Scaled(torch.nn.Module):
         return self.model(x * self.scale + self.low)
 
 
-def audit(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_source: str,
-          options: AuditOptions = AuditOptions(), progress: bool = True) -> dict:
+def audit(
+    target: ScanTarget,
+    x: np.ndarray,
+    y: np.ndarray,
+    out: Path,
+    data_source: str,
+    options: AuditOptions = AuditOptions(),
+    progress: bool = True,
+) -> dict:
     import onnxruntime as ort
     from tqdm import tqdm
 
@@ -100,11 +109,14 @@ def audit(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_sour
     ort_pred = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: np.asarray(xt)})[0].argmax(1)
     with torch.no_grad():
         agreement = float(np.mean(model(xt).argmax(1).numpy() == ort_pred))
-    rows = []  # (family, level, accuracy, std)
+    rows: list[tuple[str, str | float, float, float]] = []  # (family, level, accuracy, std)
     clean = _accuracy(model, xt, yt)
     rows.append(("clean", "", clean, 0.0))
-    steps = tqdm(total=len(options.noise_sigmas) + 1 + len(options.pgd_eps) + len(options.weight_scales),
-                 desc=f"audit {target.name}", disable=not progress)
+    steps = tqdm(
+        total=len(options.noise_sigmas) + 1 + len(options.pgd_eps) + len(options.weight_scales),
+        desc=f"audit {target.name}",
+        disable=not progress,
+    )
     for sigma in options.noise_sigmas:
         noisy = (xt + sigma * (high - low) * torch.randn(xt.shape, generator=gen)).clamp(low, high)
         rows.append(("gaussian_noise", sigma, _accuracy(model, noisy, yt), 0.0))
@@ -122,8 +134,12 @@ def audit(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_sour
         steps.update()
     steps.close()
     summary = {
-        "scan": "stability_audit", "model": target.name, "onnx": str(target.onnx_path), "data": data_source,
-        "samples": int(len(y)), "interpreter_onnxruntime_agreement": agreement,
+        "scan": "stability_audit",
+        "model": target.name,
+        "onnx": str(target.onnx_path),
+        "data": data_source,
+        "samples": int(len(y)),
+        "interpreter_onnxruntime_agreement": agreement,
         "corruptions": "torchvision.transforms.v2.functional" if corrupted is not None else "skipped (no torchvision)",
         "results": [{"family": f, "level": lvl, "accuracy": a, "std": s} for f, lvl, a, s in rows],
         "options": options.describe(),
@@ -131,13 +147,20 @@ def audit(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_sour
     out.mkdir(parents=True, exist_ok=True)
     findings.write_json(out / "audit.json", summary)
     _plot(summary, out / "audit.png")
-    findings.write_markdown(out / "audit.md", [
-        f"# Stability audit: {target.name}", "",
-        f"{summary['samples']} samples ({data_source}); accuracy from the ONNX graph run as torch "
-        f"(agrees with ONNX Runtime on {agreement:.2%} of clean predictions). PGD: L-inf, "
-        f"{options.pgd_steps} steps, random start. Weight noise: mean (std) over {options.weight_draws} draws.", "",
-        *findings.table(["family", "level", "accuracy", "std"], [list(r) for r in rows]), "",
-        "![audit](audit.png)"])
+    findings.write_markdown(
+        out / "audit.md",
+        [
+            f"# Stability audit: {target.name}",
+            "",
+            f"{summary['samples']} samples ({data_source}); accuracy from the ONNX graph run as torch "
+            f"(agrees with ONNX Runtime on {agreement:.2%} of clean predictions). PGD: L-inf, "
+            f"{options.pgd_steps} steps, random start. Weight noise: mean (std) over {options.weight_draws} draws.",
+            "",
+            *findings.table(["family", "level", "accuracy", "std"], [list(r) for r in rows]),
+            "",
+            "![audit](audit.png)",
+        ],
+    )
     log.info("audit %s: clean %.4f -> %s", target.name, clean, out / "audit.json")
     return summary
 
@@ -147,11 +170,22 @@ def _plot(summary: dict, path: Path) -> Path:
     axes = fig.subplots(1, 4)
     results = summary["results"]
     clean = results[0]["accuracy"]
-    for ax, (family, xlabel) in zip(axes, (("gaussian_noise", "input noise sigma"), ("pgd", "PGD eps (L-inf)"),
-                                           ("weight_noise", "relative weight noise"))):
+    for ax, (family, xlabel) in zip(
+        axes,
+        (
+            ("gaussian_noise", "input noise sigma"),
+            ("pgd", "PGD eps (L-inf)"),
+            ("weight_noise", "relative weight noise"),
+        ),
+    ):
         rs = [r for r in results if r["family"] == family]
-        ax.errorbar([0] + [r["level"] for r in rs], [clean] + [r["accuracy"] for r in rs],
-                    yerr=[0] + [r["std"] for r in rs], marker="o", ms=3)
+        ax.errorbar(
+            [0] + [r["level"] for r in rs],
+            [clean] + [r["accuracy"] for r in rs],
+            yerr=[0] + [r["std"] for r in rs],
+            marker="o",
+            ms=3,
+        )
         ax.set_xlabel(xlabel)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy")

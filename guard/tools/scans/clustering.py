@@ -36,9 +36,14 @@ class ClassClusters:
     cluster is unlike every clean sample of the class). Without one: the silhouette score."""
 
 
-def activation_clustering(features: np.ndarray, labels: np.ndarray, reference: np.ndarray | None = None,
-                          reference_labels: np.ndarray | None = None, dims: int = 10,
-                          seed: int = 0) -> tuple[np.ndarray, list[ClassClusters]]:
+def activation_clustering(
+    features: np.ndarray,
+    labels: np.ndarray,
+    reference: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+    dims: int = 10,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[ClassClusters]]:
     """Per-sample score [N] and per-class cluster summaries.
 
     A sample's score is its class's `separation` when it lies in the suspect cluster and 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,37 +34,62 @@ def penultimate_features(onnx_path: Path, x: np.ndarray, batch_size: int = 512) 
     model = load_onnx_classifier(onnx_path)
     name = find_feature_tensor(onnx.load(str(onnx_path)))
     with torch.no_grad():
-        return np.concatenate([model.features(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])), name)
-                               .numpy() for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [
+                model.features(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])), name).numpy()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
 
 def ranking_summary(scores: np.ndarray, labels: np.ndarray, budget: int, poisoned: np.ndarray | None) -> dict:
     order = np.argsort(-scores, kind="stable")
     top = order[:budget]
-    result = {"top": top, "top_by_class": {int(c): np.sort(top[labels[top] == c]).tolist()
-                                           for c in np.unique(labels[top])}}
+    result = {
+        "top": top,
+        "top_by_class": {int(c): np.sort(top[labels[top] == c]).tolist() for c in np.unique(labels[top])},
+    }
     if poisoned is not None and len(poisoned):
         hit = np.isin(top, poisoned)
-        result.update(precision=float(hit.mean()) if budget else 0.0, recall=float(hit.sum() / len(poisoned)),
-                      found=int(hit.sum()))
+        result.update(
+            precision=float(hit.mean()) if budget else 0.0,
+            recall=float(hit.sum() / len(poisoned)),
+            found=int(hit.sum()),
+        )
     return result
 
 
-def scan_data(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_source: str,
-              reference: tuple[np.ndarray, np.ndarray] | None = None, poisoned: np.ndarray | None = None,
-              assumed_rate: float = 0.1, seed: int = 0) -> dict:
+def scan_data(
+    target: ScanTarget,
+    x: np.ndarray,
+    y: np.ndarray,
+    out: Path,
+    data_source: str,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    poisoned: np.ndarray | None = None,
+    assumed_rate: float = 0.1,
+    seed: int = 0,
+) -> dict:
     features = penultimate_features(target.onnx_path, x)
     ref_f, ref_y = (penultimate_features(target.onnx_path, reference[0]), reference[1]) if reference else (None, None)
     rate = len(poisoned) / len(y) if poisoned is not None else assumed_rate
     budget = int(round(BUDGET_FACTOR * rate * len(y)))
     spectral = spectral_scores(features, y, ref_f, ref_y)
     clusters, summaries = activation_clustering(features, y, ref_f, ref_y, seed=seed)
-    methods = {"spectral": ranking_summary(spectral, y, budget, poisoned),
-               "activation_clustering": ranking_summary(clusters, y, budget, poisoned)}
-    summary = {
-        "scan": "training_data", "model": target.name, "onnx": str(target.onnx_path), "data": data_source,
-        "samples": int(len(y)), "reference_samples": int(len(ref_y)) if ref_y is not None else 0,
-        "poison_rate": rate, "poison_rate_known": poisoned is not None, "budget": budget,
+    methods = {
+        "spectral": ranking_summary(spectral, y, budget, poisoned),
+        "activation_clustering": ranking_summary(clusters, y, budget, poisoned),
+    }
+    summary: dict[str, Any] = {
+        "scan": "training_data",
+        "model": target.name,
+        "onnx": str(target.onnx_path),
+        "data": data_source,
+        "samples": int(len(y)),
+        "reference_samples": int(len(ref_y)) if ref_y is not None else 0,
+        "poison_rate": rate,
+        "poison_rate_known": poisoned is not None,
+        "budget": budget,
         "budget_rule": f"{BUDGET_FACTOR} x poison rate x samples",
         "poisoned_known": int(len(poisoned)) if poisoned is not None else None,
         "methods": {name: {k: v for k, v in m.items() if k != "top"} for name, m in methods.items()},
@@ -73,16 +99,21 @@ def scan_data(target: ScanTarget, x: np.ndarray, y: np.ndarray, out: Path, data_
     findings.write_json(out / "data_scan.json", summary)
     _plot(spectral, clusters, y, poisoned, budget, out / "data_scan.png", target.name)
     findings.write_markdown(out / "data_scan.md", _markdown(summary))
-    log.info("scan-data %s: %s -> %s", target.name, ", ".join(
-        f"{n} recall {m.get('recall', float('nan')):.3f}" for n, m in summary["methods"].items()), out)
+    log.info(
+        "scan-data %s: %s -> %s",
+        target.name,
+        ", ".join(f"{n} recall {m.get('recall', float('nan')):.3f}" for n, m in summary["methods"].items()),
+        out,
+    )
     return summary
 
 
 def _plot(spectral, clusters, labels, poisoned, budget, path: Path, name: str) -> Path:
     fig = findings.figure(9, 3.2)
     is_poison = np.isin(np.arange(len(labels)), poisoned) if poisoned is not None else np.zeros(len(labels), bool)
-    for ax, (title, scores) in zip(fig.subplots(1, 2), (("spectral signature score", spectral),
-                                                         ("activation clustering score", clusters))):
+    for ax, (title, scores) in zip(
+        fig.subplots(1, 2), (("spectral signature score", spectral), ("activation clustering score", clusters))
+    ):
         order = np.argsort(-scores, kind="stable")
         ranks = np.empty(len(order), dtype=int)
         ranks[order] = np.arange(len(order))
@@ -103,14 +134,24 @@ def _markdown(s: dict) -> list[str]:
     for name, m in s["methods"].items():
         by_class = ", ".join(f"{c}: {len(v)}" for c, v in m["top_by_class"].items())
         rows.append([name, m.get("precision", "n/a"), m.get("recall", "n/a"), by_class])
-    cluster_rows = [[c["label"], c["silhouette"], f"{c['sizes'][0]}/{c['sizes'][1]}", c["suspect_share"],
-                     c["separation"]] for c in s["clusters"]]
-    return [f"# Training-data scan: {s['model']}", "",
-            f"{s['samples']} samples ({s['data']}), {s['reference_samples']} clean reference samples. "
-            f"Budget: top {s['budget']} ({s['budget_rule']}; poison rate {s['poison_rate']:.3g}, "
-            f"{'known' if s['poison_rate_known'] else 'assumed'}).", "",
-            *findings.table(["method", "precision", "recall", "top-ranked per class"], rows), "",
-            "Activation clustering per class:", "",
-            *findings.table(["class", "silhouette", "cluster sizes", "suspect share", "separation"], cluster_rows), "",
-            "Sample indices per class are in data_scan.json (`methods.*.top_by_class`).", "",
-            "![ranked scores](data_scan.png)"]
+    cluster_rows = [
+        [c["label"], c["silhouette"], f"{c['sizes'][0]}/{c['sizes'][1]}", c["suspect_share"], c["separation"]]
+        for c in s["clusters"]
+    ]
+    return [
+        f"# Training-data scan: {s['model']}",
+        "",
+        f"{s['samples']} samples ({s['data']}), {s['reference_samples']} clean reference samples. "
+        f"Budget: top {s['budget']} ({s['budget_rule']}; poison rate {s['poison_rate']:.3g}, "
+        f"{'known' if s['poison_rate_known'] else 'assumed'}).",
+        "",
+        *findings.table(["method", "precision", "recall", "top-ranked per class"], rows),
+        "",
+        "Activation clustering per class:",
+        "",
+        *findings.table(["class", "silhouette", "cluster sizes", "suspect share", "separation"], cluster_rows),
+        "",
+        "Sample indices per class are in data_scan.json (`methods.*.top_by_class`).",
+        "",
+        "![ranked scores](data_scan.png)",
+    ]

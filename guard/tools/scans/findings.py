@@ -33,8 +33,10 @@ def write_markdown(path: Path, lines: list[str]) -> Path:
 def table(header: list[str], rows: list[list]) -> list[str]:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows
+    ]
 
 
 def figure(width: float, height: float):

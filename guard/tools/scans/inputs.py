@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import onnx
@@ -42,7 +43,7 @@ def resolve_model(path: Path) -> ScanTarget:
             onnx_path = directory / "model.onnx"
     else:
         onnx_path = path
-    if not onnx_path.is_file():
+    if onnx_path is None or not onnx_path.is_file():  # None: a config whose backend has no model file
         raise ConfigError(path, "--model", "a model directory (config.toml or model.onnx) or an .onnx file")
     model = onnx.load(str(onnx_path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
@@ -54,6 +55,10 @@ def resolve_model(path: Path) -> ScanTarget:
     return ScanTarget(name, directory, onnx_path, dims, num_classes)
 
 
+@overload
+def load_npz(path: Path, target: ScanTarget, need_labels: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]: ...
 def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """x (float32, one row per sample, the model's input shape) and, when present or needed, y."""
     try:
@@ -63,8 +68,11 @@ def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple
     with data:
         files = data.files if hasattr(data, "files") else []
         if "x" not in files or (need_labels and "y" not in files):
-            raise ConfigError(path, "x" if "x" not in files else "y",
-                              "an array 'x' of samples" + (" and 'y' of labels" if need_labels else ""))
+            raise ConfigError(
+                path,
+                "x" if "x" not in files else "y",
+                "an array 'x' of samples" + (" and 'y' of labels" if need_labels else ""),
+            )
         x = np.asarray(data["x"], dtype=np.float32)
         y = np.asarray(data["y"], dtype=np.int64) if "y" in files else None
     shape = target.input_shape

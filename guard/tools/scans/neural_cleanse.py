@@ -85,8 +85,14 @@ def _apply(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.
     return (1 - mask) * x + mask * pattern
 
 
-def neural_cleanse(model: torch.nn.Module, x: np.ndarray, y: np.ndarray | None, num_classes: int,
-                   options: CleanseOptions = CleanseOptions(), progress: bool = True) -> CleanseResult:
+def neural_cleanse(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    num_classes: int,
+    options: CleanseOptions = CleanseOptions(),
+    progress: bool = True,
+) -> CleanseResult:
     """Reverse-engineer one trigger per class from clean samples `x` [N, C, H, W] in [0, 1].
 
     With labels `y`, class t's trigger is fitted on samples not labelled t (those already are t);
@@ -130,7 +136,7 @@ def neural_cleanse(model: torch.nn.Module, x: np.ndarray, y: np.ndarray | None, 
             # The paper's cost schedule: grow the L1 weight while attacks succeed, shrink it otherwise.
             up, down = torch.where(reached, up + 1, 0), torch.where(reached, 0, down + 1)
             cost = torch.where(up >= options.patience, cost * 1.5, cost)
-            cost = torch.where(down >= options.patience, cost / 1.5 ** 1.5, cost)
+            cost = torch.where(down >= options.patience, cost / 1.5**1.5, cost)
             up, down = torch.where(up >= options.patience, 0, up), torch.where(down >= options.patience, 0, down)
     never = torch.isinf(best_norm)  # no mask reached the threshold: report the last one, marked by its success
     with torch.no_grad():
@@ -139,9 +145,14 @@ def neural_cleanse(model: torch.nn.Module, x: np.ndarray, y: np.ndarray | None, 
     success = np.zeros(k)
     with torch.no_grad():
         for t in range(k):
-            triggered = _apply(xt[pools[t]][None], best_mask[t:t + 1], best_pattern[t:t + 1])[0]
+            triggered = _apply(xt[pools[t]][None], best_mask[t : t + 1], best_pattern[t : t + 1])[0]
             success[t] = float((model(triggered).argmax(1) == t).float().mean())
-    norms = best_mask.reshape(k, -1).sum(1).numpy().astype(np.float64)
-    return CleanseResult(mask_norms=norms, success=success, anomaly=anomaly_indices(norms),
-                         flagged=flagged_classes(norms, options.anomaly_threshold),
-                         masks=best_mask[:, 0, 0].numpy(), patterns=best_pattern[:, 0].numpy())
+    mask_norms = best_mask.reshape(k, -1).sum(1).numpy().astype(np.float64)
+    return CleanseResult(
+        mask_norms=mask_norms,
+        success=success,
+        anomaly=anomaly_indices(mask_norms),
+        flagged=flagged_classes(mask_norms, options.anomaly_threshold),
+        masks=best_mask[:, 0, 0].numpy(),
+        patterns=best_pattern[:, 0].numpy(),
+    )

@@ -19,8 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def spectral_scores(features: np.ndarray, labels: np.ndarray, reference: np.ndarray | None = None,
-                    reference_labels: np.ndarray | None = None) -> np.ndarray:
+def spectral_scores(
+    features: np.ndarray,
+    labels: np.ndarray,
+    reference: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
+) -> np.ndarray:
     """Per-sample outlier score [N] (comparable across classes; higher = more likely poisoned)."""
     features = np.asarray(features, dtype=np.float64)
     scores = np.zeros(len(features))

@@ -39,8 +39,15 @@ def drop_detectors(text: str, types=FEATURE_DETECTORS) -> str:
     return "".join(b for b in blocks if not any(f'type = "{t}"' in b for t in types))
 
 
-def remote_repository(tmp_path: Path, target: str, mode: str = "through", model: str = "digits",
-                      source: str = "digits", extra: str = "", edit=None) -> Path:
+def remote_repository(
+    tmp_path: Path,
+    target: str,
+    mode: str = "through",
+    model: str = "digits",
+    source: str = "digits",
+    extra: str = "",
+    edit=None,
+) -> Path:
     """A repository holding `source` as `digits`, backed by the upstream at `target`.
     In mode `through` the local model file is removed: the upstream alone runs the model."""
     repository = tmp_path / "front"
@@ -64,8 +71,9 @@ def passthrough_repository(tmp_path: Path, source: str = "digits", name: str | N
     directory = repository / (name or source)
     shutil.copytree(DEMO_REPOSITORY / source, directory)
     path = directory / "config.toml"
-    text = drop_detectors(path.read_text(), types=("squeeze_bit_depth", "squeeze_median", "confidence_margin",
-                                                   *FEATURE_DETECTORS))
+    text = drop_detectors(
+        path.read_text(), types=("squeeze_bit_depth", "squeeze_median", "confidence_margin", *FEATURE_DETECTORS)
+    )
     path.write_text(text.replace(f'name = "{source}"', f'name = "{name or source}"', 1))
     return repository
 
@@ -78,8 +86,11 @@ def infer(client: triton.InferenceServerClient, x: np.ndarray, model: str = "dig
 
 def verdict_of(result) -> tuple[str, str, float]:
     params = result.get_response().parameters
-    return (params["guard_verdict"].string_param, params["guard_flagged_by"].string_param,
-            params["guard_score"].double_param)
+    return (
+        params["guard_verdict"].string_param,
+        params["guard_flagged_by"].string_param,
+        params["guard_score"].double_param,
+    )
 
 
 class FakeUpstream(pb_grpc.GRPCInferenceServiceServicer):
@@ -95,9 +106,13 @@ class FakeUpstream(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(self, request, context):
         tensor = pb.ModelMetadataResponse.TensorMetadata
         lead = [] if self.batch is None else [self.batch]
-        return pb.ModelMetadataResponse(name=request.name, versions=["1"], platform="fake",
-                                        inputs=[tensor(name="input", datatype="FP32", shape=[*lead, 1, 16, 16])],
-                                        outputs=[tensor(name="logits", datatype="FP32", shape=[*lead, 10])])
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=["1"],
+            platform="fake",
+            inputs=[tensor(name="input", datatype="FP32", shape=[*lead, 1, 16, 16])],
+            outputs=[tensor(name="logits", datatype="FP32", shape=[*lead, 10])],
+        )
 
     def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=True)

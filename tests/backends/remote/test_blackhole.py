@@ -20,9 +20,11 @@ from tests.backends.remote.test_faults import wait_for
 from tests.conftest import running_gateway
 from tests.serving.process import ServeProcess
 
-CIRCUIT = ("timeout_s = 0.5\ncircuit_failures = 2\n"
-           "circuit_reset_s = 60.0\n"  # longer than the test: only the health watcher closes it
-           "health_interval_s = 0.2\n")
+CIRCUIT = (
+    "timeout_s = 0.5\ncircuit_failures = 2\n"
+    "circuit_reset_s = 60.0\n"  # longer than the test: only the health watcher closes it
+    "health_interval_s = 0.2\n"
+)
 
 
 def outcome(client, x) -> tuple[str, str]:
@@ -54,8 +56,10 @@ def test_a_silent_then_dead_upstream_opens_the_circuit_and_recovery_closes_it(tm
             try:
                 before = until_circuit_opens(client, x)
                 # Until it opened, calls went out and ran into the upstream's 0.5 s limit.
-                assert all(code == "DEADLINE_EXCEEDED" and "did not answer within 500 ms" in message
-                           for code, message in before[:-1]), before
+                assert all(
+                    code == "DEADLINE_EXCEEDED" and "did not answer within 500 ms" in message
+                    for code, message in before[:-1]
+                ), before
                 assert len(before) <= 3  # circuit_failures = 2, or sooner when the watcher trips it
                 for _ in range(5):
                     code, message = outcome(client, x)

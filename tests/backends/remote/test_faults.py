@@ -24,8 +24,9 @@ CLIENT_TIMEOUT = 5.0  # a request that takes this long counts as hung: the guard
 
 def health(target: str, service: str = "digits") -> int:
     with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        )
 
 
 def ready(client: triton.InferenceServerClient) -> bool:
@@ -135,8 +136,7 @@ def test_upstream_down_at_start_then_killed_under_load_and_restarted(tmp_path, h
         assert codes["OK"] and codes["UNAVAILABLE"], codes
         # MLServer restarts in seconds, so the first success after the kill marks the recovery.
         assert recovered is not None
-        print(f"\noutcomes {dict(codes)}; first success {recovered - restarted:+.3f} s after MLServer "
-              f"reported ready")
+        print(f"\noutcomes {dict(codes)}; first success {recovered - restarted:+.3f} s after MLServer reported ready")
     finally:
         peer.close()
 

@@ -26,10 +26,13 @@ def test_through_a_passthrough_guard_splits_to_its_max_batch(tmp_path, gateway, 
     x = held_out[0][:48]
     with running_gateway(passthrough_repository(tmp_path)) as upstream:
         repository = remote_repository(tmp_path, upstream.grpc_url, extra="max_batch = 32\n", edit=drop_detectors)
-        with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client, \
-                triton.InferenceServerClient(gateway.grpc_url) as local:
+        with (
+            running_gateway(repository) as front,
+            triton.InferenceServerClient(front.grpc_url) as client,
+            triton.InferenceServerClient(gateway.grpc_url) as local,
+        ):
             for start in (0, 16, 32):
-                rows = x[start:start + 16]
+                rows = x[start : start + 16]
                 ours = infer(client, rows, parameters={"guard_explain": True})
                 theirs = infer(local, rows, parameters={"guard_explain": True})
                 np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-5)
@@ -48,8 +51,11 @@ def test_forward_clean_never_shows_the_upstream_a_flagged_input(tmp_path, gatewa
     fp32 = ort.InferenceSession(str(DEMO_REPOSITORY / "digits_fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
     with running_gateway(passthrough_repository(tmp_path, "digits_fp32")) as upstream:
         repository = remote_repository(tmp_path, upstream.grpc_url, mode="forward_clean", model="digits_fp32")
-        with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client, \
-                triton.InferenceServerClient(gateway.grpc_url) as local:
+        with (
+            running_gateway(repository) as front,
+            triton.InferenceServerClient(front.grpc_url) as client,
+            triton.InferenceServerClient(gateway.grpc_url) as local,
+        ):
             clean = 0
             for row in x:
                 row = row[np.newaxis]
@@ -81,8 +87,7 @@ def test_forward_clean_with_the_upstream_down_still_blocks_flagged_requests(tmp_
     PERMISSION_DENIED), since they never needed the upstream."""
     repository = remote_repository(tmp_path, f"127.0.0.1:{free_port()}", mode="forward_clean")
     codes = set()
-    with running_gateway(repository, policy="enforce") as front, \
-            triton.InferenceServerClient(front.grpc_url) as client:
+    with running_gateway(repository, policy="enforce") as front, triton.InferenceServerClient(front.grpc_url) as client:
         for row in np.concatenate([held_out[0][:10], noise_rows(3)]):
             with pytest.raises(InferenceServerException) as info:
                 infer(client, row[np.newaxis], client_timeout=5)

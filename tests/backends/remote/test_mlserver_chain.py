@@ -23,7 +23,7 @@ def assert_same_as_local(front: triton.InferenceServerClient, local: triton.Infe
     """Logits within tolerance; verdict and detectors that fired equal unless the score sits at
     the threshold, where float noise between two ONNX Runtime builds may tip it."""
     for start in [*range(SAMPLES), *range(SAMPLES, SAMPLES + 32, 8)]:
-        rows = x[start:start + (1 if start < SAMPLES else 8)]
+        rows = x[start : start + (1 if start < SAMPLES else 8)]
         ours, theirs = infer(front, rows), infer(local, rows)
         np.testing.assert_allclose(ours.as_numpy("logits"), theirs.as_numpy("logits"), atol=1e-4, rtol=1e-4)
         (verdict, fired, score), (want, want_fired, want_score) = verdict_of(ours), verdict_of(theirs)
@@ -39,8 +39,7 @@ def test_through_mlserver_matches_the_local_guard(tmp_path, mlserver_digits, loc
     with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client:
         assert client.is_server_ready() and client.is_model_ready("digits")
         assert_same_as_local(client, local, held_out[0])
-        assert front.server.metrics.registry.get_sample_value(
-            "guard_backend_rows_total", {"model": "digits"}) > SAMPLES
+        assert front.server.metrics.registry.get_sample_value("guard_backend_rows_total", {"model": "digits"}) > SAMPLES
 
 
 def test_forward_clean_into_mlserver_matches_the_local_guard(tmp_path, mlserver_digits, local, held_out):
@@ -50,17 +49,24 @@ def test_forward_clean_into_mlserver_matches_the_local_guard(tmp_path, mlserver_
         assert_same_as_local(client, local, held_out[0])
 
 
-@pytest.mark.parametrize("old, new, key, expected", [
-    ("shape = [1, 16, 16]", "shape = [1, 8, 8]", "inputs[0].shape", "compatible with upstream model 'digits'"),
-    ('datatype = "FP32"', 'datatype = "FP64"', "inputs[0].datatype", "FP32 as in upstream model 'digits'"),
-    ('name = "logits"', 'name = "probabilities"', "outputs[0].name", "an output of upstream model 'digits'"),
-])
-def test_metadata_mismatch_fails_the_load_naming_file_key_and_upstream(tmp_path, mlserver_digits, old, new,
-                                                                       key, expected):
+@pytest.mark.parametrize(
+    "old, new, key, expected",
+    [
+        ("shape = [1, 16, 16]", "shape = [1, 8, 8]", "inputs[0].shape", "compatible with upstream model 'digits'"),
+        ('datatype = "FP32"', 'datatype = "FP64"', "inputs[0].datatype", "FP32 as in upstream model 'digits'"),
+        ('name = "logits"', 'name = "probabilities"', "outputs[0].name", "an output of upstream model 'digits'"),
+    ],
+)
+def test_metadata_mismatch_fails_the_load_naming_file_key_and_upstream(
+    tmp_path, mlserver_digits, old, new, key, expected
+):
     def edit(text: str) -> str:
         text = text.replace(old, new, 1)
-        return text.replace('logits_output = "logits"', 'logits_output = "probabilities"') if key.startswith(
-            "outputs") else text
+        return (
+            text.replace('logits_output = "logits"', 'logits_output = "probabilities"')
+            if key.startswith("outputs")
+            else text
+        )
 
     repository = remote_repository(tmp_path, mlserver_digits.grpc_target, edit=edit)
     with pytest.raises(ConfigError) as info, running_gateway(repository):
@@ -78,4 +84,3 @@ def test_unknown_upstream_model_is_not_ready_and_fails_unavailable(tmp_path, mls
             infer(client, held_out[0][:1], client_timeout=5)
         assert info.value.status() == "StatusCode.UNAVAILABLE"
         assert "upstream model 'nope'" in info.value.message()
-

@@ -29,17 +29,20 @@ def test_defaults(tmp_path):
     assert remote.timeout_s == 10.0 and remote.max_batch == 0 and remote.tls is None
 
 
-@pytest.mark.parametrize("backend, key, expected", [
-    ('[backend]\ntarget = "x:1"\n', "backend.target", "a known key"),
-    (REMOTE + "intra_op_threads = 2\n", "backend.intra_op_threads", "a known key"),
-    ('[backend]\nkind = "triton"\n', "backend.kind", "one of onnxruntime, remote"),
-    ('[backend]\nkind = "remote"\n', "backend.target", "host:port"),
-    (REMOTE + 'mode = "detect"\n', "backend.mode", "one of through, forward_clean"),
-    (REMOTE + "timeout_s = 0\n", "backend.timeout_s", "a positive number of seconds"),
-    (REMOTE + "max_batch = -1\n", "backend.max_batch", "a non-negative integer"),
-    (REMOTE + 'tls = { cert = "config.toml" }\n', "backend.tls.key", "cert and key together"),
-    (REMOTE + 'tls = { ca = "missing.pem" }\n', "backend.tls.ca", "a PEM file"),
-])
+@pytest.mark.parametrize(
+    "backend, key, expected",
+    [
+        ('[backend]\ntarget = "x:1"\n', "backend.target", "a known key"),
+        (REMOTE + "intra_op_threads = 2\n", "backend.intra_op_threads", "a known key"),
+        ('[backend]\nkind = "triton"\n', "backend.kind", "one of onnxruntime, remote"),
+        ('[backend]\nkind = "remote"\n', "backend.target", "host:port"),
+        (REMOTE + 'mode = "detect"\n', "backend.mode", "one of through, forward_clean"),
+        (REMOTE + "timeout_s = 0\n", "backend.timeout_s", "a positive number of seconds"),
+        (REMOTE + "max_batch = -1\n", "backend.max_batch", "a non-negative integer"),
+        (REMOTE + 'tls = { cert = "config.toml" }\n', "backend.tls.key", "cert and key together"),
+        (REMOTE + 'tls = { ca = "missing.pem" }\n', "backend.tls.ca", "a PEM file"),
+    ],
+)
 def test_bad_remote_values(tmp_path, backend, key, expected):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, backend)

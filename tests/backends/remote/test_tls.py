@@ -18,9 +18,28 @@ from tests.conftest import running_gateway
 def certificate(tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=upstream",
-                    "-addext", "subjectAltName=DNS:upstream.local,IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
-                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=upstream",
+            "-addext",
+            "subjectAltName=DNS:upstream.local,IP:127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return (tmp_path / "cert.pem").read_bytes(), (tmp_path / "key.pem").read_bytes()
 
 
@@ -32,8 +51,10 @@ def test_mutual_tls_to_the_upstream(tmp_path, certificate, held_out):
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
-        tls = ('\n[backend.tls]\nca = "upstream.pem"\ncert = "upstream.pem"\nkey = "upstream.key"\n'
-               'server_name = "upstream.local"\n')
+        tls = (
+            '\n[backend.tls]\nca = "upstream.pem"\ncert = "upstream.pem"\nkey = "upstream.key"\n'
+            'server_name = "upstream.local"\n'
+        )
         repository = remote_repository(tmp_path, f"127.0.0.1:{port}", edit=lambda text: drop_detectors(text) + tls)
         (repository / "digits" / "upstream.pem").write_bytes(cert)
         (repository / "digits" / "upstream.key").write_bytes(key)

@@ -15,8 +15,9 @@ from tests.serving.helpers import edit_config
 
 def test_the_upstreams_own_status_reaches_the_client(tmp_path, held_out):
     # The upstream accepts values up to 0.5 only; the front accepts the full [0, 1].
-    upstream_repository = edit_config(passthrough_repository(tmp_path),
-                                      lambda t: t["inputs"][0].update(range=[0.0, 0.5]))
+    upstream_repository = edit_config(
+        passthrough_repository(tmp_path), lambda t: t["inputs"][0].update(range=[0.0, 0.5])
+    )
     with running_gateway(upstream_repository) as upstream:
         repository = remote_repository(tmp_path, upstream.grpc_url, edit=drop_detectors)
         with running_gateway(repository) as front, triton.InferenceServerClient(front.grpc_url) as client:

@@ -27,9 +27,12 @@ from guard.serving.transport.requests import EncodedRequest
 
 
 def config(datatype: str = "FP32", shape: tuple[int, ...] = (1, 16, 16), outputs: int = 1):
-    return SimpleNamespace(name="m", inputs=(TensorSpec("input", datatype, shape),),
-                           outputs=tuple(TensorSpec(f"out{i}", "FP32", (10,)) for i in range(outputs)),
-                           batching=SimpleNamespace(max_batch_size=32))
+    return SimpleNamespace(
+        name="m",
+        inputs=(TensorSpec("input", datatype, shape),),
+        outputs=tuple(TensorSpec(f"out{i}", "FP32", (10,)) for i in range(outputs)),
+        batching=SimpleNamespace(max_batch_size=32),
+    )
 
 
 def request(shape, datatype="FP32", raw: bytes | None = b"", name="input") -> pb.ModelInferRequest:

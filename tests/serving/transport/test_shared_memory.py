@@ -57,7 +57,7 @@ def objects(client):
 
 def frames(held_out, count: int) -> list[np.ndarray]:
     x = held_out[0]
-    return [np.ascontiguousarray(x[i:i + 1], dtype=np.float32) for i in range(count)]
+    return [np.ascontiguousarray(x[i : i + 1], dtype=np.float32) for i in range(count)]
 
 
 def inline(frame: np.ndarray) -> triton.InferInput:
@@ -96,10 +96,12 @@ def test_messages_match_tritonclients_field_for_field():
     def shared_memory_parts(module):
         proto = descriptor_pb2.FileDescriptorProto()
         module.DESCRIPTOR.CopyToProto(proto)
-        messages = {m.name: m.SerializeToString(deterministic=True) for m in proto.message_type
-                    if "SharedMemory" in m.name}
-        methods = {(m.name, m.input_type, m.output_type) for s in proto.service for m in s.method
-                   if "SharedMemory" in m.name}
+        messages = {
+            m.name: m.SerializeToString(deterministic=True) for m in proto.message_type if "SharedMemory" in m.name
+        }
+        methods = {
+            (m.name, m.input_type, m.output_type) for s in proto.service for m in s.method if "SharedMemory" in m.name
+        }
         return messages, methods
 
     assert shared_memory_parts(pb) == shared_memory_parts(theirs)
@@ -128,8 +130,12 @@ def test_status_lists_regions_and_an_unregistered_region_is_named_when_used(clie
     client.register_system_shared_memory("status-b", key, FRAME_BYTES, offset=FRAME_BYTES)
     regions = client.get_system_shared_memory_status(as_json=True)["regions"]
     assert regions["status-a"] == {"name": "status-a", "key": key, "byte_size": str(FRAME_BYTES)}
-    assert regions["status-b"] == {"name": "status-b", "key": key, "offset": str(FRAME_BYTES),
-                                   "byte_size": str(FRAME_BYTES)}
+    assert regions["status-b"] == {
+        "name": "status-b",
+        "key": key,
+        "offset": str(FRAME_BYTES),
+        "byte_size": str(FRAME_BYTES),
+    }
     assert list(client.get_system_shared_memory_status("status-b", as_json=True)["regions"]) == ["status-b"]
 
     client.unregister_system_shared_memory("status-a")
@@ -148,7 +154,8 @@ def test_bad_registrations_get_precise_codes_and_the_gateway_keeps_serving(clien
     assert missing in refused(lambda: client.register_system_shared_memory("r", missing, 4), "NOT_FOUND")
     # Any '/' but leading ones would leave /dev/shm: /dev/shm/../../etc/hostname is a real file.
     assert "not a POSIX shared memory name" in refused(
-        lambda: client.register_system_shared_memory("r", "../../etc/hostname", 4), "INVALID_ARGUMENT")
+        lambda: client.register_system_shared_memory("r", "../../etc/hostname", 4), "INVALID_ARGUMENT"
+    )
     beyond = refused(lambda: client.register_system_shared_memory("r", key, FRAME_BYTES, offset=4), "INVALID_ARGUMENT")
     assert f"beyond the end of shared memory object '{key}' ({FRAME_BYTES} bytes)" in beyond
     refused(lambda: client.register_system_shared_memory("r", key, 0), "INVALID_ARGUMENT")
@@ -158,15 +165,16 @@ def test_bad_registrations_get_precise_codes_and_the_gateway_keeps_serving(clien
     os.mkfifo(fifo)
     try:
         assert "is a symbolic link" in refused(
-            lambda: client.register_system_shared_memory("r", link.removeprefix("/dev/shm"), 4), "INVALID_ARGUMENT")
+            lambda: client.register_system_shared_memory("r", link.removeprefix("/dev/shm"), 4), "INVALID_ARGUMENT"
+        )
         assert "not a regular shared memory object" in refused(
-            lambda: client.register_system_shared_memory("r", fifo.removeprefix("/dev/shm"), 4), "INVALID_ARGUMENT")
+            lambda: client.register_system_shared_memory("r", fifo.removeprefix("/dev/shm"), 4), "INVALID_ARGUMENT"
+        )
     finally:
         os.unlink(link)
         os.unlink(fifo)
     client.register_system_shared_memory("r", key, FRAME_BYTES)
-    assert "already registered" in refused(lambda: client.register_system_shared_memory("r", key, 4),
-                                           "ALREADY_EXISTS")
+    assert "already registered" in refused(lambda: client.register_system_shared_memory("r", key, 4), "ALREADY_EXISTS")
     still_serving(client, held_out)
 
 
@@ -181,8 +189,10 @@ def test_bad_infer_requests_get_precise_codes_and_the_gateway_keeps_serving(clie
     out_of_range = refused(infer(from_region("one-frame", offset=FRAME_BYTES)), "INVALID_ARGUMENT")
     assert f"beyond the end of region 'one-frame' ({FRAME_BYTES} bytes)" in out_of_range
     wrong_size = refused(infer(from_region("one-frame", byte_size=FRAME_BYTES - 4)), "INVALID_ARGUMENT")
-    assert "input 'input': shared_memory_byte_size 1020 does not match FP32 shape [1, 1, 16, 16] (1024 bytes)" \
+    assert (
+        "input 'input': shared_memory_byte_size 1020 does not match FP32 shape [1, 1, 16, 16] (1024 bytes)"
         in wrong_size
+    )
     assert "'nowhere'" in refused(infer(from_region("nowhere")), "INVALID_ARGUMENT")
     both = from_region("one-frame")
     both._input.contents.fp32_contents.extend([0.0] * 256)
@@ -198,8 +208,10 @@ def test_a_region_reused_for_the_next_frame_answers_for_that_frame(client, objec
     client.register_system_shared_memory("reuse", key, FRAME_BYTES)
     for frame in (first, second, first):
         shm.set_shared_memory_region(handle, [frame])
-        np.testing.assert_array_equal(answer(client.infer("digits", [from_region("reuse")]))[0],
-                                      answer(client.infer("digits", [inline(frame)]))[0])
+        np.testing.assert_array_equal(
+            answer(client.infer("digits", [from_region("reuse")]))[0],
+            answer(client.infer("digits", [inline(frame)]))[0],
+        )
 
 
 def test_an_object_shrunk_after_registering_is_refused_not_a_crash(client, objects, held_out):
@@ -242,8 +254,12 @@ def test_stream_requests_read_their_inputs_from_regions(client, objects, held_ou
 
 def served(gateway) -> float:
     """Requests the gateway's data plane answered OK (whatever happened after)."""
-    return sum(sample.value for metric in gateway.server.metrics.requests.collect() for sample in metric.samples
-               if sample.name == "guard_requests_total" and sample.labels["code"] == "OK")
+    return sum(
+        sample.value
+        for metric in gateway.server.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name == "guard_requests_total" and sample.labels["code"] == "OK"
+    )
 
 
 def test_outputs_are_written_into_a_region(client, objects, held_out, gateway):
@@ -256,8 +272,9 @@ def test_outputs_are_written_into_a_region(client, objects, held_out, gateway):
     tensor = result.get_output("logits")
     assert tensor.datatype == "FP32" and list(tensor.shape) == [1, 10]
     assert list(result.get_response().raw_output_contents) == [b""]  # Triton's way: the bytes are in the region
-    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 10]),
-                                  answer(client.infer("digits", [inline(frame)]))[0])
+    np.testing.assert_array_equal(
+        shm.get_contents_as_numpy(out_handle, np.float32, [1, 10]), answer(client.infer("digits", [inline(frame)]))[0]
+    )
 
     # Refused before the model runs: the data plane never answers them.
     before = served(gateway)
@@ -268,7 +285,8 @@ def test_outputs_are_written_into_a_region(client, objects, held_out, gateway):
     beyond = triton.InferRequestedOutput("logits")
     beyond.set_shared_memory("out", 40, offset=32)
     assert "beyond the end of region 'out'" in refused(
-        lambda: client.infer("digits", [inline(frame)], outputs=[beyond]), "INVALID_ARGUMENT")
+        lambda: client.infer("digits", [inline(frame)], outputs=[beyond]), "INVALID_ARGUMENT"
+    )
     assert served(gateway) == before
 
 
@@ -291,6 +309,7 @@ def test_cuda_shared_memory_is_refused_with_a_reason(client):
 
 
 # The codec's part, without a server: which contents each input takes.
+
 
 def test_raw_contents_belong_to_the_inputs_not_in_shared_memory_in_order():
     """Triton's rule: a request's raw_input_contents hold the inputs without shared memory only."""
@@ -318,12 +337,15 @@ def test_raw_contents_belong_to_the_inputs_not_in_shared_memory_in_order():
         codec.read_headers(message)
 
 
-@pytest.mark.parametrize("parameters, expected", [
-    ({codec.SHM_BYTE_SIZE: 4}, "'shared_memory_byte_size' given without 'shared_memory_region'"),
-    ({codec.SHM_REGION: "r"}, "'shared_memory_byte_size' must be given with 'shared_memory_region'"),
-    ({codec.SHM_REGION: "r", codec.SHM_BYTE_SIZE: -4}, "'shared_memory_byte_size' must be a non-negative"),
-    ({codec.SHM_REGION: "r", codec.SHM_BYTE_SIZE: 4, codec.SHM_OFFSET: "0"}, "'shared_memory_offset' must be"),
-])
+@pytest.mark.parametrize(
+    "parameters, expected",
+    [
+        ({codec.SHM_BYTE_SIZE: 4}, "'shared_memory_byte_size' given without 'shared_memory_region'"),
+        ({codec.SHM_REGION: "r"}, "'shared_memory_byte_size' must be given with 'shared_memory_region'"),
+        ({codec.SHM_REGION: "r", codec.SHM_BYTE_SIZE: -4}, "'shared_memory_byte_size' must be a non-negative"),
+        ({codec.SHM_REGION: "r", codec.SHM_BYTE_SIZE: 4, codec.SHM_OFFSET: "0"}, "'shared_memory_offset' must be"),
+    ],
+)
 def test_shared_memory_parameters_are_checked_as_triton_checks_them(parameters, expected):
     message = pb.ModelInferRequest(model_name="m")
     tensor = message.inputs.add(name="x", datatype="FP32", shape=[1])
@@ -343,8 +365,7 @@ def test_unregistering_closes_the_descriptor(tmp_path):
     path.write_bytes(b"\0" * 16)
 
     def open_on_it() -> int:
-        return sum(1 for fd in os.listdir("/proc/self/fd")
-                   if _target(fd) == str(path))
+        return sum(1 for fd in os.listdir("/proc/self/fd") if _target(fd) == str(path))
 
     registry = SharedMemoryRegistry(directory=str(tmp_path))
     registry.register("r", "/obj", 0, 16)
@@ -367,11 +388,12 @@ def test_the_extension_is_off_unless_asked_for(held_out):
     """A default gateway refuses to register regions (FAILED_PRECONDITION, naming the switch), refuses
     a tensor naming a region, does not list the extension, and keeps serving."""
     with running_gateway() as srv, triton.InferenceServerClient(srv.grpc_url) as plain:
-        handle = shm.create_shared_memory_region("off", f"/guard-test-{os.getpid()}-off", FRAME_BYTES,
-                                                 create_only=True)
+        handle = shm.create_shared_memory_region("off", f"/guard-test-{os.getpid()}-off", FRAME_BYTES, create_only=True)
         try:
-            message = refused(lambda: plain.register_system_shared_memory("off", f"/guard-test-{os.getpid()}-off",
-                                                                          FRAME_BYTES), "FAILED_PRECONDITION")
+            message = refused(
+                lambda: plain.register_system_shared_memory("off", f"/guard-test-{os.getpid()}-off", FRAME_BYTES),
+                "FAILED_PRECONDITION",
+            )
             assert "--shared-memory" in message
             assert "system_shared_memory" not in plain.get_server_metadata(as_json=True)["extensions"]
             assert plain.get_system_shared_memory_status(as_json=True) == {}

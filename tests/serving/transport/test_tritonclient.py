@@ -41,7 +41,7 @@ def test_held_out_split_through_the_gateway(client, held_out):
     x, y = held_out
     predictions, flagged = [], 0
     for start in range(0, len(x), BATCH):
-        chunk = x[start:start + BATCH]
+        chunk = x[start : start + BATCH]
         result = client.infer("digits", [infer_input(chunk)], outputs=[triton.InferRequestedOutput("logits")])
         logits = result.as_numpy("logits")
         assert logits.shape == (len(chunk), 10) and logits.dtype == np.float32
@@ -52,7 +52,7 @@ def test_held_out_split_through_the_gateway(client, held_out):
         assert (params["guard_score"].double_param >= 1.0) == bool(params["guard_flagged_by"].string_param)
     # Per-sample flag rate: one request per sample for the rate (a batch carries one verdict).
     for i in range(len(x)):
-        params = client.infer("digits", [infer_input(x[i:i + 1])]).get_response().parameters
+        params = client.infer("digits", [infer_input(x[i : i + 1])]).get_response().parameters
         flagged += params["guard_verdict"].string_param != "clean"
     accuracy = float((np.concatenate(predictions) == y).mean())
     assert accuracy >= 0.97
@@ -85,7 +85,7 @@ def test_streaming_returns_every_request_and_keeps_errors_per_request(client, he
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         for i in range(20):
-            client.async_stream_infer("digits", [infer_input(x[i:i + 1])], request_id=str(i))
+            client.async_stream_infer("digits", [infer_input(x[i : i + 1])], request_id=str(i))
         bad = triton.InferInput("input", [1, 1, 8, 8], "FP32")
         bad.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
         client.async_stream_infer("digits", [bad], request_id="bad")

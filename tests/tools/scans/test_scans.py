@@ -30,8 +30,21 @@ def model_scans(tiny_backdoor, tiny_clean, digits_npz, tmp_path_factory):
     defaults are what is tested.)"""
     out = tmp_path_factory.mktemp("scans")
     for name, trained in (("backdoor", tiny_backdoor), ("clean", tiny_clean)):
-        assert main(["scan-model", "--model", str(trained.onnx), "--data", str(digits_npz["calibration"]),
-                     "--out", str(out / name), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "scan-model",
+                    "--model",
+                    str(trained.onnx),
+                    "--data",
+                    str(digits_npz["calibration"]),
+                    "--out",
+                    str(out / name),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     return out
 
 
@@ -43,8 +56,14 @@ def test_anomaly_index_is_mad_based():
     assert flagged_classes(norms) == [8]
 
 
-@pytest.mark.parametrize("path", ["models/repository/digits/model.onnx", "models/repository/digits_fp32/model.onnx",
-                                  "models/zoo/digits_fp16/model.onnx"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "models/repository/digits/model.onnx",
+        "models/repository/digits_fp32/model.onnx",
+        "models/zoo/digits_fp16/model.onnx",
+    ],
+)
 def test_interpreter_matches_reference_onnx_semantics(path, held_out):
     x = np.array(held_out[0][:64])
     options = ort.SessionOptions()
@@ -89,9 +108,25 @@ def test_data_scan_finds_the_poisoned_samples(tiny_backdoor, digits_npz, tmp_pat
     poison = tmp_path / "poison.json"
     poison.write_text(json.dumps(tiny_backdoor.poisoned.tolist()))
     out = tmp_path / "report"
-    assert main(["scan-data", "--model", str(tiny_backdoor.onnx), "--data", str(data),
-                 "--reference", str(digits_npz["calibration"]),
-                 "--poison-indices", str(poison), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "scan-data",
+                "--model",
+                str(tiny_backdoor.onnx),
+                "--data",
+                str(data),
+                "--reference",
+                str(digits_npz["calibration"]),
+                "--poison-indices",
+                str(poison),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "data_scan.json").read_text())
     assert report["reference_samples"] == 359
     assert report["budget"] == round(1.5 * len(tiny_backdoor.poisoned))
@@ -110,8 +145,23 @@ def test_data_scan_on_the_clean_model_finds_nothing_to_recall(tiny_clean, tmp_pa
     data = tmp_path / "train.npz"
     np.savez(data, x=tiny_clean.x_train, y=tiny_clean.y_train)
     # No --reference: the papers' versions (nothing from the demo is filled in behind the user's back).
-    assert main(["scan-data", "--model", str(tiny_clean.onnx), "--data", str(data), "--poison-rate", "0.05",
-                 "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "scan-data",
+                "--model",
+                str(tiny_clean.onnx),
+                "--data",
+                str(data),
+                "--poison-rate",
+                "0.05",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r" / "data_scan.json").read_text())
     assert report["reference_samples"] == 0 and report["poison_rate_known"] is False
     assert report["budget"] == round(1.5 * 0.05 * len(tiny_clean.y_train))
@@ -120,8 +170,21 @@ def test_data_scan_on_the_clean_model_finds_nothing_to_recall(tiny_clean, tmp_pa
 
 def test_audit_report_is_well_formed(tiny_backdoor, digits_npz, tmp_path):
     out = tmp_path / "audit"
-    assert main(["audit", "--model", str(tiny_backdoor.onnx), "--data", str(digits_npz["test"]), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(tiny_backdoor.onnx),
+                "--data",
+                str(digits_npz["test"]),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "audit.json").read_text())
     results = report["results"]
     families = {r["family"] for r in results}
@@ -157,8 +220,22 @@ def test_scan_inputs_are_checked_naming_the_file(tiny_clean, tmp_path, caplog):
     data, poison = tmp_path / "train.npz", tmp_path / "poison.json"
     np.savez(data, x=np.zeros((4, 1, 16, 16), np.float32), y=np.zeros(4, np.int64))
     poison.write_text(json.dumps({"train_indices": [1, 4]}))
-    assert main(["scan-data", "--model", str(tiny_clean.onnx), "--data", str(data), "--poison-indices", str(poison),
-                 "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(
+            [
+                "scan-data",
+                "--model",
+                str(tiny_clean.onnx),
+                "--data",
+                str(data),
+                "--poison-indices",
+                str(poison),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
     assert f"{poison}: key 'train_indices'" in caplog.text and not (tmp_path / "d").exists()
 
 
@@ -172,7 +249,8 @@ def _repository(tmp_path: Path, onnx_path: Path, scan: Path | None, require_clea
     gate = f"\n[scan]\nrequire_clean = {str(require_clean).lower()}\n"
     (directory / "config.toml").write_text(
         'name = "tiny"\n[[inputs]]\nname = "input"\ndatatype = "FP32"\nshape = [1, 16, 16]\n'
-        '[[outputs]]\nname = "logits"\ndatatype = "FP32"\nshape = [10]\n' + gate)
+        '[[outputs]]\nname = "logits"\ndatatype = "FP32"\nshape = [10]\n' + gate
+    )
     return directory.parent
 
 
@@ -199,8 +277,9 @@ def test_gate_refuses_a_missing_or_stale_report(model_scans, tiny_backdoor, tiny
 
 
 def test_gate_is_off_unless_asked(model_scans, tiny_backdoor, tmp_path):
-    (config,) = load_repository(_repository(tmp_path, tiny_backdoor.onnx, model_scans / "backdoor",
-                                            require_clean=False))
+    (config,) = load_repository(
+        _repository(tmp_path, tiny_backdoor.onnx, model_scans / "backdoor", require_clean=False)
+    )
     assert not config.scan.require_clean
 
 
