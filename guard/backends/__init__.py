@@ -1,7 +1,8 @@
 """Layer 2, backends: what runs the protected model, behind guard.backends.base.Backend.
 
 The registry maps a model config's `[backend] kind` to its class; each class reads its own
-settings from that table. A new backend is one file plus one line in REGISTRY.
+settings from that table. A new backend is one file plus one line in REGISTRY; an installed package
+adds one through the entry-point group `guard.backends` (guard.protocol.plugins).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from guard.backends.base import Backend
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.backends.remote.backend import RemoteBackend
 from guard.backends.torch_runtime import TorchBackend
+from guard.protocol.plugins import PluginRegistry, subclass_of
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec
 
 REGISTRY: dict[str, type[Backend]] = {cls.kind: cls for cls in (OnnxRuntimeBackend, RemoteBackend, TorchBackend)}
+"""The built-in backend kinds."""
+AVAILABLE = PluginRegistry("guard.backends", REGISTRY, subclass_of(Backend), "backend kind")
+"""The built-ins plus the installed plugins: what `[backend] kind` may name."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class BackendSettings:
 
     @property
     def backend_class(self) -> type[Backend]:
-        return REGISTRY[self.kind]
+        return AVAILABLE.get(self.kind)
 
     @property
     def model_files(self) -> tuple:
@@ -36,8 +41,8 @@ class BackendSettings:
 
 
 def read_backend_settings(reader: TableReader, model_name: str) -> BackendSettings:
-    kind = reader.choice("kind", tuple(REGISTRY), "onnxruntime")
-    return BackendSettings(kind, REGISTRY[kind].read_settings(reader, model_name))
+    kind = reader.get("kind", str, "onnxruntime")
+    return BackendSettings(kind, AVAILABLE.resolve(reader, "kind", kind).read_settings(reader, model_name))
 
 
 def build_backend(spec: ModelSpec, backend: BackendSettings, feature_readers: tuple[str, ...] = ()) -> Backend:

@@ -11,26 +11,23 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from guard import __version__
-from guard.protocol.errors import GuardError, InvalidInput, ModelNotFound, ModelUnavailable, QueueFull
-from guard.protocol.limits import echo
-from guard.protocol.types import InferRequest, InferResponse
+from guard.protocol.errors import GuardError, ModelNotFound, ModelUnavailable, QueueFull
+from guard.protocol.types import InferRequest, InferResponse, Verdict
 from guard.serving import policy
+from guard.serving.camera_alerts import observe_camera
 from guard.serving.cameras import ALERT as CAMERA_ALERT
 from guard.serving.cameras import camera_of
+from guard.serving.deadlines import cancelled_status, effective_deadline
 from guard.serving.logs import FailureLog, loggable
 from guard.serving.reload import ModelManager
-from guard.serving.runtime import ModelRuntime
+from guard.serving.runtime import ModelRuntime, RowsResult
 from guard.serving.validation import EncodedInputs, validate
 
 log = logging.getLogger("guard.serving.dataplane")
 access = logging.getLogger("guard.access")
-
-# gRPC cancels a handler when the client's deadline passes, and our copy of that deadline is
-# computed from `time_remaining()` a moment after gRPC's own: a cancellation this close to it is
-# the deadline's, not the client's.
-DEADLINE_SLACK = 0.01
 
 SERVER_NAME = "guard"
 # A request parameter asking for every detector's raw score (evaluation, debugging); the answer
@@ -38,6 +35,20 @@ SERVER_NAME = "guard"
 EXPLAIN = "guard_explain"
 DETECTOR_SCORES = "guard_detector_scores"
 EXTENSIONS = ("guard_verdict",)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request's books while it is served: what its metrics and access line say at the end."""
+
+    request: InferRequest
+    start: float
+    runtime: ModelRuntime | None = None
+    """The model its metrics go to, once known (while refusing, even one that will not serve it)."""
+    entered: ModelRuntime | None = None
+    """The copy it is counted on, once it is."""
+    verdict: str = "none"
+    code: str = "OK"
 
 
 class DataPlane:
@@ -131,111 +142,117 @@ class DataPlane:
         empty until then); they are decoded only once the model has room for the request and their
         names and headers meet its contract, so refusing a request costs no decoding."""
         start = self.last_arrival = time.monotonic()
-        runtime: ModelRuntime | None = None
-        entered: ModelRuntime | None = None  # the copy this request is counted on, once it is
-        verdict_name, code = "none", "OK"
+        call = _Call(request, start)
         try:
-            if self._refusing:
-                runtime = self.models.get(request.model_name)  # for its metrics only
-                await self._refuse()
-            runtime = self.model(request.model_name, request.model_version)
-            # Counted on this copy of the model until answered: a reload closes the copy it replaced
-            # only when its count is zero. Nothing awaits between the lookup and this line.
-            runtime.enter()
-            entered = runtime
-            self.active += 1
-            camera = camera_of(request.parameters)
-            if not runtime.batcher.has_room(camera):  # before any per-request work: refusing must stay cheap
-                raise QueueFull(runtime.batcher.full_reason(camera))
-            if encoded is not None:
-                request.inputs, request.outputs, datatypes = await encoded.decode(runtime.config)
-            rows = validate(runtime.config, request, datatypes)
-            result = await runtime.infer(request.inputs, rows, self._deadline(request, runtime, start), camera)
-            verdict = result.verdict
-            verdict_name = verdict.verdict
-            runtime.metrics.scores(verdict.scores, verdict.flagged_by)
-            if verdict.flagged:  # under shadow this line is the only trace a client never sees
-                log.log(
-                    logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
-                    "flagged model=%s id=%s verdict=%s by=%s score=%.3f",
-                    runtime.config.name,
-                    loggable(request.id),
-                    verdict.verdict,
-                    ",".join(verdict.flagged_by),
-                    verdict.score,
-                )
-            alert = None if camera is None else self._observe_camera(runtime, camera, verdict.flagged)
-            parameters = policy.apply(self.policy_of(runtime), verdict)
-            if parameters and alert is not None:
-                parameters[CAMERA_ALERT] = alert
-            if parameters and request.parameters.get(EXPLAIN) is True:
-                parameters[DETECTOR_SCORES] = json.dumps(verdict.scores, sort_keys=True)
-            wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
-            return InferResponse(
-                runtime.config.name,
-                runtime.config.version,
-                request.id,
-                [(name, result.outputs[name]) for name in wanted],
-                parameters,
-            )
+            runtime = await self._route(call)
+            camera = self._admit(runtime, request)
+            rows = await self._read(runtime, request, datatypes, encoded)
+            deadline = effective_deadline(request, runtime.config.batching.default_timeout_microseconds, start)
+            result = await runtime.infer(request.inputs, rows, deadline, camera)
+            call.verdict = result.verdict.verdict
+            alert = self._observe(runtime, request, result.verdict, camera)
+            return self._respond(runtime, request, result, alert)
+        # The one place a request's outcome becomes its status code (its metrics and access line).
         except GuardError as exc:
-            code = exc.status
+            call.code = exc.status
             raise
         except asyncio.CancelledError:
             # Not an Exception: without this branch a request the client gave up on (or whose
             # gRPC deadline passed) would be counted as OK.
-            expired = request.deadline is not None and time.monotonic() >= request.deadline - DEADLINE_SLACK
-            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            call.code = cancelled_status(request.deadline)
             raise
         except Exception as exc:
             # A bug, not a client's or the model's fault: logged once with its traceback and then
             # counted (guard.serving.logs), and answered INTERNAL like any other GuardError.
-            code = "INTERNAL"
+            call.code = "INTERNAL"
             self._unexpected(exc)
             raise GuardError(f"internal error: {exc}") from exc
         finally:
-            elapsed = time.monotonic() - start
-            if entered is not None:
-                self.active -= 1
-                entered.leave()
-            if runtime is not None:
-                runtime.metrics.request(verdict_name, code, elapsed)
-            if access.isEnabledFor(logging.INFO):
-                access.info(
-                    "model=%s id=%s verdict=%s code=%s ms=%.3f",
-                    loggable(request.model_name),
-                    loggable(request.id),
-                    verdict_name,
-                    code,
-                    elapsed * 1e3,
-                )
+            self._finish(call)
+
+    async def _route(self, call: _Call) -> ModelRuntime:
+        """The copy of the model that serves the request, which counts it from here on."""
+        request = call.request
+        if self._refusing:
+            call.runtime = self.models.get(request.model_name)  # for its metrics only
+            await self._refuse()
+        runtime = call.runtime = self.model(request.model_name, request.model_version)
+        # Counted on this copy of the model until answered: a reload closes the copy it replaced
+        # only when its count is zero. Nothing awaits between the lookup and this line.
+        runtime.enter()
+        call.entered = runtime
+        self.active += 1
+        return runtime
 
     @staticmethod
-    def _observe_camera(runtime: ModelRuntime, camera: str, flagged: bool) -> bool:
-        """Whether the camera is in alert after this verdict (guard.serving.cameras)."""
-        alert, entered = runtime.cameras.observe(camera, flagged)
-        settings = runtime.config.cameras
-        runtime.metrics.camera(camera, flagged, settings.per_camera_metrics, entered, runtime.cameras.in_alert)
-        if runtime.baselines is not None:
-            baseline = runtime.baselines.camera(camera)
-            if baseline is not None:
-                runtime.metrics.baseline(
-                    camera,
-                    baseline.flag_rate(),
-                    baseline.drift(),
-                    runtime.baselines.warm,
-                    runtime.baselines.over_target,
-                    settings.per_camera_metrics,
-                )
-        if entered:
-            log.warning(
-                "camera in alert model=%s camera=%s: %d of its last %d frames flagged",
+    def _admit(runtime: ModelRuntime, request: InferRequest) -> str | None:
+        """The request's camera, once its model's queue has room for it."""
+        camera = camera_of(request.parameters)
+        if not runtime.batcher.has_room(camera):  # before any per-request work: refusing must stay cheap
+            raise QueueFull(runtime.batcher.full_reason(camera))
+        return camera
+
+    @staticmethod
+    async def _read(
+        runtime: ModelRuntime, request: InferRequest, datatypes: dict[str, str], encoded: EncodedInputs | None
+    ) -> int:
+        """The request's inputs, decoded if need be and checked against the model's contract; returns its rows."""
+        if encoded is not None:
+            request.inputs, request.outputs, datatypes = await encoded.decode(runtime.config)
+        return validate(runtime.config, request, datatypes)
+
+    def _observe(
+        self, runtime: ModelRuntime, request: InferRequest, verdict: Verdict, camera: str | None
+    ) -> bool | None:
+        """The verdict's metrics and log line, and its camera's alert state (None: no camera)."""
+        runtime.metrics.scores(verdict.scores, verdict.flagged_by)
+        if verdict.flagged:  # under shadow this line is the only trace a client never sees
+            log.log(
+                logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
+                "flagged model=%s id=%s verdict=%s by=%s score=%.3f",
                 runtime.config.name,
-                loggable(camera),
-                settings.alert_flags,
-                settings.alert_window,
+                loggable(request.id),
+                verdict.verdict,
+                ",".join(verdict.flagged_by),
+                verdict.score,
             )
-        return alert
+        return None if camera is None else observe_camera(runtime, camera, verdict.flagged)
+
+    def _respond(
+        self, runtime: ModelRuntime, request: InferRequest, result: RowsResult, alert: bool | None
+    ) -> InferResponse:
+        """The answer: the outputs asked for, and the verdict's parameters as the policy has them."""
+        parameters = policy.apply(self.policy_of(runtime), result.verdict)
+        if parameters and alert is not None:
+            parameters[CAMERA_ALERT] = alert
+        if parameters and request.parameters.get(EXPLAIN) is True:
+            parameters[DETECTOR_SCORES] = json.dumps(result.verdict.scores, sort_keys=True)
+        wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
+        return InferResponse(
+            runtime.config.name,
+            runtime.config.version,
+            request.id,
+            [(name, result.outputs[name]) for name in wanted],
+            parameters,
+        )
+
+    def _finish(self, call: _Call) -> None:
+        """The request's books, whatever its outcome: its copy's count, its metrics, its access line."""
+        elapsed = time.monotonic() - call.start
+        if call.entered is not None:
+            self.active -= 1
+            call.entered.leave()
+        if call.runtime is not None:
+            call.runtime.metrics.request(call.verdict, call.code, elapsed)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "model=%s id=%s verdict=%s code=%s ms=%.3f",
+                loggable(call.request.model_name),
+                loggable(call.request.id),
+                call.verdict,
+                call.code,
+                elapsed * 1e3,
+            )
 
     async def _refuse(self) -> None:
         self.parked += 1
@@ -244,20 +261,3 @@ class DataPlane:
         finally:
             self.parked -= 1
         raise QueueFull("server is shutting down: send the request to another replica")
-
-    @staticmethod
-    def _deadline(request: InferRequest, runtime: ModelRuntime, start: float) -> float | None:
-        """The earliest of the client's deadline, its `timeout` parameter (us) and the model default."""
-        candidates = [request.deadline] if request.deadline is not None else []
-        timeout = request.parameters.get("timeout")
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-                raise InvalidInput(
-                    f"parameter 'timeout': expected microseconds as a non-negative integer, got {echo(repr(timeout))}"
-                )
-            if timeout:
-                candidates.append(start + timeout / 1e6)
-        default = runtime.config.batching.default_timeout_microseconds
-        if default:
-            candidates.append(start + default / 1e6)
-        return min(candidates) if candidates else None

@@ -1,7 +1,7 @@
 """The model repository: one directory per model (config.toml, the model file, detector artifacts).
 
 `load_repository` reads and validates every model's config and applies the scan gate; the model
-file itself is checked against its config when its backend loads (guard.serving.runtime), since
+file itself is checked against its config when its backend loads (guard.serving.composition), since
 only the backend knows what it runs (an ONNX graph, an upstream's metadata).
 """
 

@@ -79,7 +79,11 @@ def _held_out_flags(
         held = np.flatnonzero(held_cameras == camera)
         if len(warm) < baseline.warmup:
             continue  # never warmed up: its frames would be judged against the factory
-        joined = {n: np.concatenate([decision.unmapped[n][warm], holdout_scores[n][held]]) for n in judges}
+        # Every detector the factory holds, monitors included: the server's baselines take in all
+        # of a frame's scores (guard.serving.judging), and only the judges then decide.
+        joined = {
+            n: np.concatenate([decision.unmapped[n][warm], holdout_scores[n][held]]) for n in decision.factory.location
+        }
         mapped, _, _ = simulate(joined, np.zeros(len(warm) + len(held)), baseline, decision.factory)
         flags.append(decision.flags(mapped, judges))
     return np.concatenate(flags) if flags else np.zeros(0, bool)

@@ -98,7 +98,10 @@ def test_several_sources_are_several_cameras_for_per_camera_baselines(tmp_path):
     frames are per camera, in time order, and the factory statistics land in the config."""
     directory = skeleton(tmp_path / "repository")
     table = tomllib.loads((directory / "config.toml").read_text())
-    table["cameras"] = {"baseline": {"warmup_frames": 10, "detectors": ["bit_depth_5", "patch"]}}
+    # A monitor among the per-camera detectors: the server's baselines take in its scores too, and the
+    # held-out check must warm them up as the server will (it is never part of the verdict).
+    table["cameras"] = {"baseline": {"warmup_frames": 10, "detectors": ["bit_depth_5", "patch", "median_2x2"]}}
+    table["detectors"][1]["monitor"] = True
     write_config(tmp_path / "repository", table, "cam")
     sources = []
     for camera, (height, width) in enumerate([(40, 60), (70, 50)]):
@@ -114,7 +117,7 @@ def test_several_sources_are_several_cameras_for_per_camera_baselines(tmp_path):
     assert report["cameras"] == 2 and report["n_calibration"] == 2 * 28  # each camera's last 30% held out
     assert report["n_holdout"] == 2 * 12 and report["holdout_fpr"] <= report["holdout_fpr_upper_95"]
     factory = tomllib.loads((directory / "config.toml").read_text())["cameras"]["baseline"]["factory"]
-    assert set(factory) == {"bit_depth_5", "patch"}
+    assert set(factory) == {"bit_depth_5", "patch", "median_2x2"}
     assert all(len(entry) == 3 and entry[1] > 0 and entry[2] > 0 for entry in factory.values())
     references = References.load(directory / "references.npz")
     assert list(dict.fromkeys(references.cameras.tolist())) == ["camera0", "camera1"]

@@ -263,6 +263,10 @@ def test_plan_names_everything_relative_to_itself(tmp_path, monkeypatch):
         ('[[models]]\nname = "a"\nonnx = "m.onnx"\nartifacts = ["t.npz", "t.npz"]\n', "models[0].artifacts"),
         ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[models]]\nname = "a"\nonnx = "m.onnx"\n', "models"),
         ("", "models"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[attacks]]\nname = "nope"\n', "attacks[0].name"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[attacks]]\nname = "fgsm"\neps = 0.1\n', "attacks[0].name"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[attacks]]\nname = "pgd"\neps = -1\n', "attacks[0].eps"),
+        ('[[models]]\nname = "a"\nonnx = "m.onnx"\n[[attacks]]\nname = "pgd"\nsteps = 5\n', "attacks[0].steps"),
     ],
 )
 def test_plan_errors_name_the_file_and_the_key(tmp_path, models_toml, key):
@@ -273,6 +277,18 @@ def test_plan_errors_name_the_file_and_the_key(tmp_path, models_toml, key):
     with pytest.raises(ConfigError) as raised:
         load_plan(path)
     assert raised.value.message.startswith(f"{path.resolve()}: key '{key}'"), raised.value.message
+
+
+def test_a_plan_adds_attacks_to_the_suite_by_name(tmp_path):
+    from guard.tools.evaluation.attacks import AttackSpec
+    from guard.tools.evaluation.plan import load_plan
+
+    models = '[[models]]\nname = "a"\nonnx = "m.onnx"\n'
+    attacks = (
+        '[[attacks]]\nname = "pgd"\neps = 0.05\nparams = { steps = 3 }\n\n[[attacks]]\nname = "fgsm"\neps = 0.05\n'
+    )
+    plan = load_plan(_write_plan(tmp_path, models + attacks))
+    assert plan.attacks == (AttackSpec("pgd", 0.05, {"steps": 3}), AttackSpec("fgsm", 0.05))
 
 
 def test_plan_data_must_be_float32_in_unit_range(tmp_path):

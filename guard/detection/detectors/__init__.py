@@ -1,5 +1,6 @@
 """Detector registry: config `type` -> class, with each type's parameters validated on load.
-A new detector is one file plus one line in REGISTRY."""
+A new detector is one file plus one line in REGISTRY; an installed package adds one through the
+entry-point group `guard.detectors` (guard.protocol.plugins), which AVAILABLE merges in."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from guard.detection.detectors.patch_occlusion import PatchOcclusionDetector
 from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
 from guard.protocol.errors import ConfigError
+from guard.protocol.plugins import PluginRegistry, subclass_of
 from guard.protocol.settings import TableReader, read_params
 
 REGISTRY: dict[str, type[Detector]] = {
@@ -36,8 +38,12 @@ REGISTRY: dict[str, type[Detector]] = {
         FeatureSqueezeDetector,
     )
 }
+"""The built-in detector types."""
+AVAILABLE = PluginRegistry("guard.detectors", REGISTRY, subclass_of(Detector), "detector type")
+"""The built-ins plus the installed plugins: what a config's `type` may name."""
 
 __all__ = [
+    "AVAILABLE",
     "CLASSIFICATION",
     "DETECTION",
     "IMAGE",
@@ -54,9 +60,7 @@ __all__ = [
 def _build(reader: TableReader, require_threshold: bool, input_kind: str | None, output_kind: str) -> Detector:
     table = reader.table
     kind = table.get("type")
-    if kind not in REGISTRY:
-        raise reader.fail("type", "one of " + ", ".join(REGISTRY), kind)
-    cls = REGISTRY[kind]
+    cls = AVAILABLE.resolve(reader, "type", kind)
     extra = set(table) - {"name", "type", "threshold", "monitor", *cls.parameters}
     if extra:
         raise reader.fail(sorted(extra)[0], f"a parameter of {kind} ({', '.join(cls.parameters)})")

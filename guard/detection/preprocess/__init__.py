@@ -1,6 +1,7 @@
 """Preprocessors: what clients send (the [[inputs]] contract) turned into what the model takes,
 inside the batch and before the detectors' variants are made. Registry: [preprocess] kind ->
-class; a new input kind is one file plus one line in REGISTRY."""
+class; a new input kind is one file plus one line in REGISTRY, or, from an installed package, an
+entry point in the group `guard.preprocessors` (guard.protocol.plugins)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from guard.detection.preprocess.base import Preprocessor
 from guard.detection.preprocess.frames import FramesPreprocessor
 from guard.detection.preprocess.images import ImagesPreprocessor
 from guard.protocol.errors import ConfigError
+from guard.protocol.plugins import PluginRegistry, subclass_of
 from guard.protocol.settings import TableReader, read_params
 from guard.protocol.spec import TensorSpec
 
 REGISTRY: dict[str, type[Preprocessor]] = {cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor)}
+"""The built-in kinds."""
+AVAILABLE = PluginRegistry("guard.preprocessors", REGISTRY, subclass_of(Preprocessor), "preprocessor kind")
+"""The built-ins plus the installed plugins: what `[preprocess] kind` may name."""
 
-__all__ = ["REGISTRY", "Preprocessor", "PreprocessSettings", "read_preprocess_settings"]
+__all__ = ["AVAILABLE", "REGISTRY", "Preprocessor", "PreprocessSettings", "read_preprocess_settings"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +34,15 @@ class PreprocessSettings:
     params: dict[str, Any]
 
     def build(self, source: TensorSpec) -> Preprocessor:
-        return REGISTRY[self.kind](source, self.output, **self.params)
+        return AVAILABLE.get(self.kind)(source, self.output, **self.params)
 
 
 def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> PreprocessSettings | None:
     """The [preprocess] table, checked against the client's [[inputs]]; None when absent."""
     if not r.table:
         return None
-    kind = r.choice("kind", tuple(REGISTRY))
-    cls = REGISTRY[kind]
+    kind = r.get("kind", str)
+    cls = AVAILABLE.resolve(r, "kind", kind)
     r.unknown({"kind", "input", "output", *cls.parameters})
     source = r.get("input", str, inputs[0].name)
     spec = next((s for s in inputs if s.name == source), None)

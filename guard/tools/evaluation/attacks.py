@@ -7,6 +7,11 @@ and counts as successful only if the SERVED model misclassifies it.
 Square is a score-based black-box attack, here querying the surrogate (not the gateway).
 Parameters are fixed up front (standard values from the papers and torchattacks' defaults, fewer
 iterations where the CPU budget asks for it); none is chosen by looking at test results.
+
+REGISTRY maps an attack's name to its factory, `factory(model, spec) -> attack`, where
+`attack(x, y)` returns adversarial examples of x (a torchattacks.Attack is one); an installed
+package adds one through the entry-point group `guard.attacks` (guard.protocol.plugins), and a
+plan's [[attacks]] names it (plan.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from guard.protocol.plugins import PluginRegistry
 
 log = logging.getLogger("guard.tools.evaluation.attacks")
 
@@ -39,18 +46,43 @@ class AttackSpec:
         return self.name if self.eps is None else f"{self.name}_eps{self.eps:g}"
 
     def build(self, model: torch.nn.Module):
-        import torchattacks
+        return AVAILABLE.get(self.name)(model, self)
 
-        factory: dict[str, Callable] = {
-            "fgsm": lambda: torchattacks.FGSM(model, eps=self.eps),
-            "pgd": lambda: torchattacks.PGD(model, eps=self.eps, **self.params),
-            "mifgsm": lambda: torchattacks.MIFGSM(model, eps=self.eps, **self.params),
-            "bim": lambda: torchattacks.BIM(model, eps=self.eps, **self.params),
-            "cw": lambda: torchattacks.CW(model, **self.params),
-            "deepfool": lambda: BatchedDeepFool(model, **self.params),
-            "square": lambda: torchattacks.Square(model, norm="Linf", eps=self.eps, **self.params),
-        }
-        return factory[self.name]()
+
+AttackFactory = Callable[[torch.nn.Module, AttackSpec], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+
+def _torchattacks(name: str, **fixed: Any) -> AttackFactory:
+    """torchattacks.<name>(model, eps=spec.eps, **fixed, **spec.params); no eps for the L2 ones."""
+
+    def factory(model: torch.nn.Module, spec: AttackSpec):
+        import torchattacks  # lazy: only `guard evaluate` needs it
+
+        eps = {} if spec.eps is None else {"eps": spec.eps}
+        return getattr(torchattacks, name)(model, **eps, **fixed, **spec.params)
+
+    return factory
+
+
+def _attack_factory(name: str, value: object) -> AttackFactory:
+    """The check for a plugin attack: a callable factory(model, spec) -> attack."""
+    if not callable(value):
+        raise TypeError(f"not a callable factory(model, spec) -> attack ({value!r})")
+    return value
+
+
+REGISTRY: dict[str, AttackFactory] = {
+    "fgsm": _torchattacks("FGSM"),
+    "pgd": _torchattacks("PGD"),
+    "mifgsm": _torchattacks("MIFGSM"),
+    "bim": _torchattacks("BIM"),
+    "cw": _torchattacks("CW"),
+    "deepfool": lambda model, spec: BatchedDeepFool(model, **spec.params),
+    "square": _torchattacks("Square", norm="Linf"),
+}
+"""The built-in attacks."""
+AVAILABLE = PluginRegistry("guard.attacks", REGISTRY, _attack_factory, "attack")
+"""The built-ins plus the installed plugins: what a plan's [[attacks]] may name."""
 
 
 def _batched_deepfool():

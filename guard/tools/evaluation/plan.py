@@ -26,6 +26,12 @@ surrogate or models: a plan names them as files, with paths relative to the plan
     trigger = "triggers/backdoor_patch.npz"   # guard.tools.evaluation.triggers' mask + pattern file
     target = 0
 
+    [[attacks]]                          # optional: attacks run after the suite, on every attacked model
+    name = "pgd"                         # a built-in or a plugin's (entry-point group guard.attacks)
+    eps = 0.05                           # optional: the L-inf budget (none: the attack's own measure)
+    params = { steps = 100, alpha = 0.002 }   # optional: the factory's keyword arguments
+    batch_size = 128                     # optional
+
 Every problem is a ConfigError naming the plan (or the data file) and the key.
 """
 
@@ -40,6 +46,8 @@ import numpy as np
 
 from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
+from guard.tools.evaluation.attacks import AVAILABLE as ATTACKS
+from guard.tools.evaluation.attacks import AttackSpec, attack_suite
 from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
 
 SPLITS = ("fit", "calibration", "test")
@@ -90,6 +98,8 @@ class Plan:
     """None only when no model is attacked (every model has a trigger)."""
     models: tuple[Subject, ...]
     notes: tuple[str, ...] = ()
+    attacks: tuple[AttackSpec, ...] = ()
+    """[[attacks]]: run after the suite, each with its own key."""
 
     def attack_surrogate(self) -> Path:
         """`surrogate`, which load_plan requires whenever some model is attacked."""
@@ -176,6 +186,22 @@ def _subject(reader: TableReader) -> Subject:
     return Subject(name, onnx, tuple(paths), network, trigger, trigger_path, target)
 
 
+def _attacks(reader: TableReader) -> tuple[AttackSpec, ...]:
+    suite = {spec.key for spec in attack_suite()}
+    specs: list[AttackSpec] = []
+    for r in reader.tables("attacks"):
+        r.unknown(("name", "eps", "params", "batch_size"))
+        name = r.get("name", str, expected="an attack name")
+        ATTACKS.resolve(r, "name", name)
+        eps = r.positive_float("eps", ..., "a positive L-inf budget") if "eps" in r.table else None
+        params = r.get("params", dict, {}, "a table of the attack's keyword arguments")
+        spec = AttackSpec(name, eps, params, r.positive("batch_size", 128))
+        if spec.key in suite or spec.key in {s.key for s in specs}:
+            raise r.fail("name", f"an attack whose key ({spec.key}) no other attack of the run has", name)
+        specs.append(spec)
+    return tuple(specs)
+
+
 def load_plan(path: Path) -> Plan:
     """Read and check a plan; data files are loaded (and checked) too."""
     path = Path(path)
@@ -186,7 +212,7 @@ def load_plan(path: Path) -> Plan:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(path, "(file)", f"a readable TOML file ({exc})") from None
     reader = TableReader(path.resolve(), table)
-    reader.unknown(("notes", "data", "surrogate", "models"))
+    reader.unknown(("notes", "data", "surrogate", "models", "attacks"))
     notes = reader.get("notes", list, [], "a list of strings")
     if not all(isinstance(n, str) for n in notes):
         raise reader.fail("notes", "a list of strings", notes)
@@ -216,5 +242,12 @@ def load_plan(path: Path) -> Plan:
         else None
     )
     return Plan(
-        path.resolve(), splits["fit"], splits["calibration"], splits["test"], surrogate_path, models, tuple(notes)
+        path.resolve(),
+        splits["fit"],
+        splits["calibration"],
+        splits["test"],
+        surrogate_path,
+        models,
+        tuple(notes),
+        _attacks(reader),
     )

@@ -202,6 +202,7 @@ def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalO
                 options,
                 suffix,
                 curves,
+                plan.attacks,
             )
     for subject in plan.backdoored:
         trigger, target = subject.backdoor()
@@ -236,16 +237,18 @@ def _attack_rows(
     options: EvalOptions,
     suffix: str,
     curves: dict,
+    extra: tuple[atk.AttackSpec, ...] = (),
 ) -> list[dict]:
-    """The torchattacks suite transferred from the surrogate, then the adaptive attack on the
-    model's whole guarded pipeline, each sent through the gateway to `model`."""
+    """The torchattacks suite and the plan's [[attacks]] (`extra`) transferred from the surrogate,
+    then the adaptive attack on the model's whole guarded pipeline, each sent through the gateway to
+    `model`."""
     from guard.tools.evaluation.adaptive import KAPPA, MARGIN, GuardedSurrogate, adaptive_pgd
 
     rows = []
     clean_ok_surrogate = atk.predict(net, x) == y
     suite = [
         s
-        for s in atk.attack_suite(options.quick, options.epsilons)
+        for s in [*atk.attack_suite(options.quick, options.epsilons), *extra]
         if options.attacks is None or s.name in options.attacks
     ]
     for spec in suite:
