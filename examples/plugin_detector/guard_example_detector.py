@@ -2,9 +2,9 @@
 group `guard.detectors` (see pyproject.toml) and built on guard's public detector interface only.
 
 Adversarial examples sit just past a decision boundary the attack pushed them over, so a little
-random noise moves the model's answer on them far more than on clean inputs (Hu et al., "A New
-Defense Against Adversarial Images: Turning a Weakness into a Strength", NeurIPS 2019; Roth et al.,
-"The Odds are Odd", ICML 2019). The score is the L1 distance between the softmax of an image and of
+random noise moves the model's answer on them far more than on clean inputs ("A New Defense
+Against Adversarial Images: Turning a Weakness into a Strength", NeurIPS 2019; "The Odds are Odd",
+ICML 2019). The score is the L1 distance between the softmax of an image and of
 one noisy copy of it, `clip(x + sigma * noise, 0, 1)`. The noise is one standard normal pattern the
 size of an image, drawn from `seed` and added to every row: a row's score depends on that row alone,
 never on what shares its batch, as the threshold calibrated on clean rows assumes.
