@@ -155,8 +155,10 @@ def hiding_attacks(frames: list[np.ndarray], seed: int, count: int = HIDE_FRAMES
     frame without one has nothing to hide."""
     model = patch_attack.load_model()
     views = [letterboxed(f) for f in frames]
-    with torch.no_grad():
-        raw = [patch_attack._forward(model, as_batch([v]))[0].numpy() for v in views]
+    with torch.no_grad():  # in batches: one forward per frame would cost the call overhead each time
+        raw = np.concatenate(
+            [patch_attack._forward(model, as_batch(views[i : i + 16])).numpy() for i in range(0, len(views), 16)]
+        )
     with_person = [v for v, r in zip(views, raw) if len(patch_attack.persons_in(r, PERSON_SCORE))]
     if not with_person:
         return {"clean": []}

@@ -6,14 +6,14 @@ overshoots (a person hidden with every score driven far below the box threshold,
 deep past its margin) survives the squeeze at the output: both copies answer the same, and the
 output comparison sees nothing. Inside the network it does not survive: the perturbation was
 amplified layer by layer to reach that output, and squeezing part of it away moves the features
-much further than squeezing a clean frame's texture does. Random sensor noise is not amplified the
-same way, so a noisy night frame moves them little more than a clean one.
+much further than squeezing a clean frame's texture does.
 
 The score is ||f(x) - f(squeeze(x))|| / ||f(x)|| on the model's features (`features_output`: a
 backbone map for a detector, the penultimate layer for a classifier). Its level depends on the
-scene (a cartoon's flat regions and a street's texture squeeze differently) but is steady within
-one camera, which is what per-camera baselines (guard.detection.baselines) normalise away. Measured
-on the packaged clips in docs/camera-evaluation.md.
+scene (a cartoon's flat regions and a street's texture squeeze differently), and within one camera
+it moves with contrast (a bit-depth squeeze takes relatively more from a darker or hazier frame) and
+with what passes the camera, further than per-camera baselines follow on the packaged clips: the
+camera defaults run it as a monitor (docs/camera-evaluation.md, "Per-camera baselines").
 """
 
 from __future__ import annotations
