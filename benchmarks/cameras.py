@@ -3,7 +3,7 @@ floods while others keep their pace.
 
     python -m benchmarks.cameras [--cameras 1 4 16] [--fps 25] [--duration 8] [--out reports/cameras]
 
-Needs the camera repository (`make camera-models && python -m models.camera_guard`); it serves
+Needs the camera repository (`make camera-models && python -m guard_examples.camera_guard`); it serves
 MobileNetV2 (one JPEG per request, decoded and resized inside the guard). Frames are bikes.mp4 as
 a camera would send them (JPEG, quality 90, full size). One `guard serve` process serves two
 entries: `guard` (the calibrated detectors, policy flag) and `passthrough` (no detectors).
@@ -299,7 +299,9 @@ def floors(repository: Path, jpegs: list[bytes], batch: int = 16, rounds: int = 
 
 def build_repository(target: Path) -> Path:
     if not (SOURCE / "config.toml").exists():
-        raise SystemExit(f"{SOURCE} is missing: run `make camera-models && python -m models.camera_guard` first")
+        raise SystemExit(
+            f"{SOURCE} is missing: run `make camera-models && python -m guard_examples.camera_guard` first"
+        )
     _derive(SOURCE, target, "guard", None, "flag")
     _derive(SOURCE, target, "passthrough", (), "flag")
     return target
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cameras")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from models.footage import video_frames
+    from guard_examples.footage import video_frames
 
     jpegs = [encode_jpeg(frame) for frame in video_frames("bikes", limit=args.frames)]
     args.out.mkdir(parents=True, exist_ok=True)

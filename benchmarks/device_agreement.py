@@ -1,6 +1,6 @@
 """Do the guard's verdicts on CUDA match those on the CPU for the shipped demo model?
 
-    python -m benchmarks.device_agreement [--model models/repository/digits]
+    python -m benchmarks.device_agreement [--model examples/guard_examples/repository/digits]
 
 Runs every held-out test image, one request per image as clients send them, through the same
 model directory twice: detectors on the CPU, then on CUDA (skipped without a GPU). Prints how many
@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.repositories import load_split
 from guard.serving.metrics import GuardMetrics
 from guard.serving.model_config import load_model_config
 from guard.serving.runtime import ModelRuntime
-from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models/repository/digits")
+    parser.add_argument("--model", type=Path, default=ROOT / "examples/guard_examples/repository/digits")
     args = parser.parse_args()
     config = load_model_config(args.model)
     x = np.ascontiguousarray(load_split("test")[0])

@@ -25,9 +25,9 @@ import onnxruntime as ort
 from benchmarks.echo_server import echo_server
 from benchmarks.gateway_process import gateway
 from benchmarks.loadgen import closed_loop, infer_requests
-from models.digits_data import load_split
+from benchmarks.repositories import load_split
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
+REPOSITORY = Path(__file__).resolve().parents[1] / "examples" / "guard_examples" / "repository"
 
 
 def ort_floor(batches: list[np.ndarray], duration: float) -> dict[str, float]:

@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=20_000)
-    parser.add_argument("--repository", type=Path, default=Path("models") / "repository")
+    parser.add_argument("--repository", type=Path, default=Path("examples") / "guard_examples" / "repository")
     parser.add_argument("--target", help="fuzz a running gateway (host:port) instead of starting one")
     parser.add_argument("--seed", type=int, help="repeat the run of this seed")
     args = parser.parse_args(argv)

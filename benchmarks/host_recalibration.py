@@ -24,11 +24,11 @@ import numpy as np
 import tritonclient.grpc as triton
 
 from benchmarks.gateway_process import start_gateway
+from benchmarks.repositories import load_split
 from guard.detection.bounds import upper_bound
-from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = Path("models/repository/digits")
+DEMO = Path("examples/guard_examples/repository/digits")
 CALIBRATED_FILES = ("config.toml", "ensemble.npz", "mahalanobis.npz")
 FOREIGN = (
     '\n[calibration]\nmode = "recalibrate"\nreferences = "references.npz"\nfingerprint = "build-host"\n'

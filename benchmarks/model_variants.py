@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.cards import cpu_latency
+from guard_examples.cards import cpu_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "FP32": ROOT / "models/repository/digits_fp32/model.onnx",
-    "INT8 (QDQ)": ROOT / "models/repository/digits/model.onnx",
-    "FP16": ROOT / "models/zoo/digits_fp16/model.onnx",
+    "FP32": ROOT / "examples/guard_examples/repository/digits_fp32/model.onnx",
+    "INT8 (QDQ)": ROOT / "examples/guard_examples/repository/digits/model.onnx",
+    "FP16": ROOT / "examples/guard_examples/zoo/digits_fp16/model.onnx",
 }
 
 

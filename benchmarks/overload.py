@@ -221,7 +221,7 @@ def recovery_seconds(records, normal_p99_ms: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=Path("models") / "repository")
+    parser.add_argument("--repository", type=Path, default=Path("examples") / "guard_examples" / "repository")
     parser.add_argument("--factor", type=float, default=10.0, help="flood rate over the sustainable rate")
     parser.add_argument("--flood-seconds", type=float, default=6.0)
     parser.add_argument("--recovery-seconds", type=float, default=15.0)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    from models.digits_data import load_split
+    from benchmarks.repositories import load_split
 
     x, _ = load_split("test")
     requests = infer_requests("digits", "input", [x[i : i + 1] for i in range(64)])

@@ -36,11 +36,11 @@ import numpy as np
 from benchmarks.gateway_process import gateway
 from benchmarks.loadgen import closed_loop, infer_requests
 from benchmarks.peers.mlserver import MLServerProcess
+from benchmarks.repositories import load_split
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
-from models.digits_data import load_split
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
+REPOSITORY = Path(__file__).resolve().parents[1] / "examples" / "guard_examples" / "repository"
 FAST_RECONNECT = [
     ("grpc.initial_reconnect_backoff_ms", 20),
     ("grpc.min_reconnect_backoff_ms", 20),

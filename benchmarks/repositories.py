@@ -16,15 +16,25 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import tomlkit
 
 from guard.detection.detectors import REGISTRY, squeezer_tables
+from guard.tools.evaluation.plan import read_samples
 
 log = logging.getLogger("benchmarks.repositories")
 ROOT = Path(__file__).resolve().parents[1]
-DIGITS = ROOT / "models" / "repository" / "digits"
+DIGITS = ROOT / "examples" / "guard_examples" / "repository" / "digits"
+DIGITS_DATA = ROOT / "examples" / "guard_examples" / "data"
 CONFIGURATIONS = ("passthrough", "squeeze", "full_flag", "full_enforce")
 SQUEEZERS = ("squeeze_bit_depth", "squeeze_median")
+
+
+def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a digits split, read from the demo's .npz files (the benchmarks run the library on
+    the demo's files; they import no example code, as the library's tests do not)."""
+    samples = read_samples(DIGITS_DATA / f"{name}.npz")
+    return samples.x, samples.y
 
 
 def _derive(full: Path, target: Path, name: str, keep: tuple[str, ...] | None, policy: str) -> None:

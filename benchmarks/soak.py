@@ -34,7 +34,7 @@ import tritonclient.grpc as triton
 from benchmarks.gateway_process import start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_REPOSITORY = ROOT / "models" / "repository"
+DEMO_REPOSITORY = ROOT / "examples" / "guard_examples" / "repository"
 
 
 def rss_bytes(pid: int) -> int:
@@ -64,7 +64,7 @@ class Record:
 
 def inputs(rows: int = 256) -> list[triton.InferInput]:
     """One-row requests from the demo's held-out digits (built once: tritonclient serializes at send)."""
-    from models.digits_data import load_split
+    from benchmarks.repositories import load_split
 
     x, _ = load_split("test")
     tensors = []

@@ -56,7 +56,7 @@ def prepare(name: str, work: Path, cache: Path, calibration_samples: int) -> Sub
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if name == "digits":
-        from models.digits_data import load_split
+        from benchmarks.repositories import load_split
 
         full, inputs = repositories.digits_full(), np.asarray(load_split("test")[0], np.float32)
     else:

@@ -25,14 +25,14 @@ import numpy as np
 import onnxruntime
 import torch
 
+from benchmarks.repositories import load_split
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.backends.torch_runtime import TorchBackend
-from models.digits_data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
-    "digits (INT8 QDQ)": ROOT / "models/repository/digits/model.onnx",
-    "digits_fp32": ROOT / "models/repository/digits_fp32/model.onnx",
+    "digits (INT8 QDQ)": ROOT / "examples/guard_examples/repository/digits/model.onnx",
+    "digits_fp32": ROOT / "examples/guard_examples/repository/digits_fp32/model.onnx",
 }
 FEATURES = "/fc/fc.1/Relu_output_0"
 BATCHES = (1, 3, 96)

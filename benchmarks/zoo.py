@@ -101,7 +101,7 @@ def export_fp32(architecture: str, out: Path, seed: int = 0) -> Path:
 
 def quantize_int8(fp32: Path, out: Path, images: np.ndarray) -> Path:
     """ONNX Runtime static quantization, QDQ, per-channel INT8 weights and UINT8 activations, as
-    the shipped digits model (models/quantize.py)."""
+    the shipped digits model (examples/guard_examples/quantize.py)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -1,10 +1,14 @@
-"""Shared fixtures: the shipped demo repository, its held-out data, and live gateways on port 0."""
+"""Shared fixtures: the shipped demo repository, its held-out data, and live gateways on port 0.
+
+The library's tests read the demo's files (its repository and its digits splits as .npz) but never
+import the examples package: they test guard as a user installs it, without the demos' code."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +18,26 @@ from guard.serving.background import BackgroundServer
 from guard.serving.server import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_REPOSITORY = ROOT / "models" / "repository"
+DEMO_REPOSITORY = ROOT / "examples" / "guard_examples" / "repository"
+DEMO_DATA = ROOT / "examples" / "guard_examples" / "data"
+"""The digits splits (train, calibration, test) as the .npz files guard's commands read (x, y)."""
+
+
+@lru_cache(maxsize=3)
+def demo_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [N,1,16,16] in [0, 1], y int64 [N]) of a digits split, read-only and shared."""
+    from guard.tools.evaluation.plan import read_samples
+
+    samples = read_samples(DEMO_DATA / f"{name}.npz")
+    x, y = samples.x, samples.y
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
 
 
 @pytest.fixture(scope="session")
 def held_out():
-    from models.digits_data import load_split
-
-    x, y = load_split("test")
+    x, y = demo_split("test")
     return np.ascontiguousarray(x), y
 
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from guard.detection.detectors import IMAGE, Detector, Outputs
-from guard.protocol.settings import Param
+from guard.api import IMAGE, Detector, Outputs, Param
 
 
 class NoiseSensitivityDetector(Detector):

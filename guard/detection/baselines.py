@@ -63,7 +63,7 @@ class BaselineSettings:
     """Most the location moves in an hour, in units of the camera's spread. Bounded well below the
     margin by which the attacks it guards against stand out: after an hour of an owner pulling a
     camera's baseline up as far as 0.5 allows, 27 of 29 PGD examples at 8/255 on MobileNetV2 were
-    still detected (`python -m models.camera_baselines`; docs/camera-evaluation.md)."""
+    still detected (`python -m guard_examples.camera_baselines`; docs/camera-evaluation.md)."""
     min_scale: float = 1.0
     """A camera's spread is at least this share of the factory's. A warm-up of a few seconds shows
     how a scene jitters, not how it varies over hours (a still scene shows almost nothing), so by

@@ -32,6 +32,14 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
+def encode_png(rgb: np.ndarray) -> bytes:
+    """RGB uint8 [H, W, 3] -> PNG bytes: lossless, so every pixel arrives as it was (an adversarial
+    perturbation of a few levels survives; JPEG's quantisation would smear it)."""
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def decode_image(data: bytes | Path) -> np.ndarray:
     """An encoded image (bytes or a file) as RGB uint8 [H, W, 3]."""
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data

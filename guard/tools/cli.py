@@ -15,7 +15,7 @@ from guard.serving.policy import POLICIES
 
 # The checkout's demo repository, relative to where `guard serve` runs (the repository root in
 # `make serve`); an installed wheel carries no demo, so elsewhere --repository is needed.
-DEFAULT_REPOSITORY = Path("models") / "repository"
+DEFAULT_REPOSITORY = Path("examples") / "guard_examples" / "repository"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repository",
         type=Path,
         default=DEFAULT_REPOSITORY,
-        help="model repository (default: the shipped demo, models/repository)",
+        help="model repository (default: the shipped demo, examples/guard_examples/repository)",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (logged)")

@@ -115,13 +115,13 @@ def test_fp32_agrees_with_onnxruntime(held_out):
 
 @pytest.fixture(scope="module")
 def int8_7bit(tmp_path_factory) -> Path:
-    """The FP32 demo quantized as models/quantize.py quantizes the shipped INT8 model (QDQ,
+    """The FP32 demo quantized as examples/guard_examples/quantize.py quantizes the shipped INT8 model (QDQ,
     per-channel INT8 weights, UINT8 activations, ranges from its 320 seeded training digits), but
     with 7-bit weights (reduce_range), so ONNX Runtime's integer kernels are exact on every host."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from models.quantize import calibration_images
+    from tests.conftest import demo_split
 
     class Images(CalibrationDataReader):
         def __init__(self, x: np.ndarray):
@@ -130,12 +130,13 @@ def int8_7bit(tmp_path_factory) -> Path:
         def get_next(self):
             return next(self.batches, None)
 
+    train = demo_split("train")[0]  # 320 seeded training digits: the quantization recipe's choice
     folder = tmp_path_factory.mktemp("int8_7bit")
     quant_pre_process(str(FP32), str(folder / "prepared.onnx"), skip_symbolic_shape=True)
     quantize_static(
         str(folder / "prepared.onnx"),
         str(folder / "model.onnx"),
-        Images(calibration_images(320)),
+        Images(train[np.sort(np.random.default_rng(0).choice(len(train), size=320, replace=False))]),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         weight_type=QuantType.QInt8,

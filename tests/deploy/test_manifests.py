@@ -120,7 +120,7 @@ def test_dockerignore_lets_in_what_the_image_copies(dockerfile):
     for source in sources:
         assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
         assert dockerignore_allows(rules, source), f"{ignore.name} keeps {source} out of the build context"
-    for unwanted in (".venv", ".git", "results", "models/zoo", "tests", "guard/__pycache__"):
+    for unwanted in (".venv", ".git", "results", "examples/guard_examples/zoo", "tests", "guard/__pycache__"):
         assert not dockerignore_allows(rules, unwanted), f"{ignore.name} lets {unwanted} into the build context"
 
 
@@ -233,7 +233,7 @@ def test_configmap_is_the_shipped_digits_config_and_loads(tmp_path):
 
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (source,) = [f.split("=", 1)[1] for g in base["configMapGenerator"] for f in g["files"]]
-    shipped = ROOT / "models" / "repository" / "digits" / "config.toml"
+    shipped = ROOT / "examples" / "guard_examples" / "repository" / "digits" / "config.toml"
     deployed = (K8S / "base" / source).read_text()
     assert deployed == shipped.read_text(), (
         f"deploy/k8s/base/{source} differs from {shipped.relative_to(ROOT)}, whose thresholds belong to the "

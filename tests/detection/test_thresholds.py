@@ -64,8 +64,8 @@ def test_leftover_budget_is_used_without_breaking_the_bound():
 
 def test_monitors_get_their_own_threshold_outside_the_ensemble_budget(tmp_path):
     from guard.tools.calibrate import calibrate_model
-    from models.digits_data import load_split
     from tests.conftest import DEMO_REPOSITORY
+    from tests.conftest import demo_split as load_split
 
     x, y = load_split("calibration")
     tables = [

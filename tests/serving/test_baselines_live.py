@@ -32,7 +32,7 @@ def scene(x: np.ndarray, contrast: float, floor: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     repository = copy_demo(tmp_path_factory.mktemp("baselines"))
     shutil.rmtree(repository / "digits_fp32")

@@ -11,7 +11,7 @@ from guard.serving.model_config import load_model_config
 from guard.serving.repository import load_repository
 from guard.serving.runtime import check_loadable
 
-DIGITS = Path(__file__).resolve().parents[2] / "models" / "repository" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "guard_examples" / "repository" / "digits"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.conftest import DEMO_REPOSITORY
 
 
 def test_learners_fitted_elsewhere_are_not_cross_fitted_and_the_report_is_what_was_written(tmp_path):
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     x, y = (np.array(a[:240]) for a in load_split("calibration"))
     fit_x, fit_y = (np.array(a[:200]) for a in load_split("train"))

@@ -72,7 +72,7 @@ def calibrate(tmp_path, data, *extra, model="digits"):
 
 
 def test_calibrate_brings_an_onnx_model_under_the_guard(tmp_path):
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     x, y = load_split("calibration")
     data = tmp_path / "clean.npz"
@@ -111,7 +111,7 @@ def test_calibrate_rejects_data_of_the_wrong_shape(tmp_path):
 
 
 def test_calibrate_takes_the_squeezers_it_is_given(tmp_path):
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     data = tmp_path / "clean.npz"
     np.savez(data, x=load_split("calibration")[0])
@@ -134,7 +134,7 @@ def test_calibrate_takes_the_squeezers_it_is_given(tmp_path):
 
 
 def test_calibrate_adds_feature_and_trigger_detectors(tmp_path):
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     x, y = load_split("calibration")
     data = tmp_path / "clean.npz"

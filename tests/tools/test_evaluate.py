@@ -124,9 +124,8 @@ def test_quick_evaluation_through_live_gateway(tmp_path):
     pytest.importorskip("torchattacks")
     pytest.importorskip("matplotlib")
     from guard.tools.evaluation.run import EvalOptions, run_evaluation
-    from models.evaluation_plan import write_plan
 
-    plan = write_plan(tmp_path / "plan")  # the demo recipe, as the README runs it
+    plan = _write_plan(tmp_path / "plan")  # one attacked model, one with a trigger
     attacks = ("fgsm", "deepfool")
     report = tmp_path / "report"
     results = run_evaluation(
@@ -146,7 +145,7 @@ def test_quick_evaluation_through_live_gateway(tmp_path):
     assert json.loads((report / "results.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
     keys = {row["key"] for row in results["rows"]}
     assert {"fgsm_eps0.3", "deepfool", "adaptive_pgd_eps0.3"} <= keys
-    assert {k for k in keys if k.startswith("trigger_")} == {"trigger_blend", "trigger_checkerboard", "trigger_patch"}
+    assert {k for k in keys if k.startswith("trigger_")} == {"trigger_bd"}
     table = (report / "results.md").read_text()
     for row in results["rows"]:
         assert f"| {row['attack']} |" in table
@@ -181,24 +180,6 @@ def test_cli_parses_evaluate():
         build_parser().parse_args(["evaluate", "--quick"])
 
 
-@pytest.mark.parametrize("name", ["backdoor_patch", "backdoor_checkerboard", "backdoor_blend"])
-def test_library_trigger_file_replays_the_demo_triggers_exactly(name, tmp_path):
-    """guard's mask + pattern file, written by models.triggers, gives bit-for-bit what the recipe's
-    own trigger gives (the zoo models were poisoned with the latter)."""
-    from guard.tools.evaluation.triggers import load_trigger
-    from models.digits_data import SPLITS, load_split
-    from models.triggers import load_trigger as load_recipe_trigger
-    from models.triggers import write_guard_trigger
-
-    recipe = load_recipe_trigger(ROOT / "models" / "zoo" / name / "trigger.npz")
-    library = load_trigger(write_guard_trigger(recipe, tmp_path / "trigger.npz"))
-    noise = np.random.default_rng(3).random((64, 1, 16, 16), dtype=np.float32)
-    for x in [*(load_split(s)[0] for s in SPLITS), noise]:
-        want, got = recipe.apply(x), library.apply(x)
-        assert got.dtype == want.dtype == np.float32
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # the same bits, not just close
-
-
 def test_trigger_file_is_checked(tmp_path):
     from guard.protocol.errors import ConfigError
     from guard.tools.evaluation.triggers import load_trigger
@@ -220,13 +201,16 @@ def _write_plan(tmp_path, models_toml: str | None = None, test_x=None) -> Path:
     its [[models]] or its test split replaced."""
     import shutil
 
-    from models.digits_data import save_split
+    from tests.conftest import DEMO_DATA
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for key, split in (("fit", "train"), ("calibration", "calibration"), ("test", "test")):
-        save_split(split, tmp_path / f"{key}.npz")
+        shutil.copyfile(DEMO_DATA / f"{split}.npz", tmp_path / f"{key}.npz")
     if test_x is not None:
         np.savez(tmp_path / "test.npz", x=test_x, y=np.zeros(len(test_x), np.int64))
-    shutil.copyfile(ROOT / "models" / "repository" / "digits_fp32" / "model.onnx", tmp_path / "m.onnx")
+    shutil.copyfile(
+        ROOT / "examples" / "guard_examples" / "repository" / "digits_fp32" / "model.onnx", tmp_path / "m.onnx"
+    )
     np.savez(tmp_path / "t.npz", mask=np.ones((16, 16), np.float32), pattern=np.zeros((16, 16), np.float32))
     models_toml = models_toml or (
         '[[models]]\nname = "clean"\nonnx = "m.onnx"\n\n'

@@ -1,6 +1,6 @@
 """guard as a user gets it: a wheel installed into a fresh virtualenv outside the checkout.
 
-The import-linter contract says the library never imports the checkout's `models/`,
+The import-linter contract says the library never imports the checkout's examples (`guard_examples`),
 `benchmarks` or `tests`; this test is what that contract is for. The wheel is built from a copy
 of the project's packaging files (so the checkout gets no build/ or egg-info), installed with
 --no-deps into a venv in tmp_path, and run from a working directory outside the checkout.
@@ -91,7 +91,7 @@ def test_the_installed_guard_is_the_wheels(installed, tmp_path):
     probe = (
         "import importlib.util, json, sys, guard, torch, onnxruntime, grpc\n"
         "print(json.dumps({'guard': guard.__file__, 'path': sys.path, 'modules': sorted(sys.modules),\n"
-        "                  'models': importlib.util.find_spec('models') is not None}))"
+        "                  'examples': importlib.util.find_spec('guard_examples') is not None}))"
     )
     seen = json.loads(_run([installed / "bin" / "python", "-c", probe], cwd=tmp_path).stdout)
     assert Path(seen["guard"]).is_relative_to(installed), seen["guard"]
@@ -101,14 +101,14 @@ def test_the_installed_guard_is_the_wheels(installed, tmp_path):
     ), seen["path"]  # the checkout itself is not on the path
     # The project venv's .pth files (the editable install's finder among them) were not run.
     assert not [m for m in seen["modules"] if m.startswith("__editable__")]
-    assert not seen["models"]  # so the demo recipes cannot be imported, as on a user's machine
+    assert not seen["examples"]  # so the demo recipes cannot be imported, as on a user's machine
 
 
 def test_installed_guard_serves_a_repository(installed, tmp_path, held_out):
     import tritonclient.grpc as triton
 
     repository = tmp_path / "repository"
-    shutil.copytree(ROOT / "models" / "repository", repository)
+    shutil.copytree(ROOT / "examples" / "guard_examples" / "repository", repository)
     process = subprocess.Popen(
         [installed / "bin" / "guard", "serve", "--repository", repository, "--grpc-port", "0", "--metrics-port", "0"],
         cwd=tmp_path,
@@ -141,15 +141,15 @@ def test_installed_guard_serves_a_repository(installed, tmp_path, held_out):
 
 def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     from guard.serving.model_config import load_model_config
-    from models.digits_data import save_split
+    from tests.conftest import DEMO_DATA
 
-    clean = save_split("calibration", tmp_path / "clean.npz")
+    clean = DEMO_DATA / "calibration.npz"
     result = _run(
         [
             installed / "bin" / "guard",
             "calibrate",
             "--onnx",
-            ROOT / "models" / "repository" / "digits_fp32" / "model.onnx",
+            ROOT / "examples" / "guard_examples" / "repository" / "digits_fp32" / "model.onnx",
             "--name",
             "mine",
             "--repository",
@@ -165,7 +165,7 @@ def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     assert config.model_file.is_file() and config.detection.detectors
     # A scan reads its samples from the file it is given, nothing from a checkout.
     test = tmp_path / "test.npz"
-    with np.load(save_split("test", tmp_path / "full_test.npz")) as data:
+    with np.load(DEMO_DATA / "test.npz") as data:
         np.savez(test, x=data["x"][:48], y=data["y"][:48])
     _run(
         [

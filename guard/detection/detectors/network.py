@@ -1,6 +1,6 @@
 """Learned detector: a small MLP on the model's penultimate features (the detector subnetworks of ICLR 2017, in spirit).
 
-The network is trained offline on one attack family (`python -m models.detector_net`), so it has
+The network is trained offline on one attack family (`python -m guard_examples.detector_net`), so it has
 no `fit`; its weights and the feature standardisation it was trained with live in one .npz in the
 model directory. Its threshold is still calibrated on clean data like every other detector's.
 The score is -log(1 - p) for the network's probability p of an attack.
@@ -24,7 +24,7 @@ class DetectorNetwork(Detector):
     kind = "detector_network"
     parameters = {
         "weights": Param(
-            str, default="detector_net.npz", artifact=True, hint="train it with `python -m models.detector_net`"
+            str, default="detector_net.npz", artifact=True, hint="train it with `python -m guard_examples.detector_net`"
         )
     }
     needs_features = True
@@ -53,7 +53,7 @@ class DetectorNetwork(Detector):
         if self.tensors is None:
             raise RuntimeError(
                 f"{self.kind} {self.name}: no weights loaded ({self.weights} not found in "
-                f"{self.directory}; run `python -m models.detector_net`)"
+                f"{self.directory}; run `python -m guard_examples.detector_net`)"
             )
         return self.tensors
 

@@ -98,7 +98,7 @@ def fit(x: torch.Tensor, mode: str, height: int, width: int, pad_value: float = 
     (MODES). `shorter` (center-crop) defaults to max(height, width), the least cropping; the
     center-crop is rounded to 8-bit levels like the transform it reproduces (on 126 real frames and
     photos MobileNetV2's top-1 then matches torchvision's on 124, unrounded on 119: near-ties,
-    models/mobilenet_v2.py)."""
+    examples/guard_examples/mobilenet_v2.py)."""
     if mode == "stretch":
         if tuple(x.shape[-2:]) != (height, width):
             x = resize(x, height, width)

@@ -8,6 +8,14 @@
     adaptive.py    white-box PGD against the whole guarded pipeline
     client.py      one request per image over gRPC, with guard_explain: true
     rates.py       ASR, detection at a clean FPR, AUROC, scorers
+    reference.py   a served model's clean reference and the report row of an attack on it
+    frame_data.py  image plans' [data]: folders of images and videos, decoded to frames
+    image_models.py   image plans' model directories: views at the input size, PNG, the model as torch
+    image_subjects.py the image models of the evaluation repository (copied, calibrated)
+    rules.py       success rules for image models: hide, appear, move (detection), flip
+    image_attacks.py  PGD on a rule's loss, on 8-bit frames
+    image_plan.py  image plans' [[attacks]] entries (with a rule), read and checked
+    image_rows.py  an image plan through the gateway
     tables.py      results.json, results.md, roc_<row>.png
     run.py         orchestration and the CLI entry point
 

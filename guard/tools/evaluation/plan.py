@@ -32,6 +32,25 @@ surrogate or models: a plan names them as files, with paths relative to the plan
     params = { steps = 100, alpha = 0.002 }   # optional: the factory's keyword arguments
     batch_size = 128                     # optional
 
+An image plan names frames instead (frame_data.py: folders of images, videos) and model
+directories whose input is BYTES images (image_models.py); its attacks carry a success `rule`
+(image_attacks.py, rules.py):
+
+    [data]
+    fit = ["frames/fit", "street.mp4"]
+    calibration = "frames/calibration"
+    test = "frames/test"
+
+    [[models]]
+    name = "detector"
+    model = "models/detector"            # a model directory: config.toml + model.onnx
+
+    [[attacks]]
+    name = "pgd"
+    rule = "hide"                        # hide | appear | move (detection), flip (classification)
+    class = 0
+    eps = [0.0157, 0.0314]
+
 Every problem is a ConfigError naming the plan (or the data file) and the key.
 """
 
@@ -48,6 +67,10 @@ from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
 from guard.tools.evaluation.attacks import AVAILABLE as ATTACKS
 from guard.tools.evaluation.attacks import AttackSpec, attack_suite
+from guard.tools.evaluation.frame_data import FrameSplit, names_frames, read_frame_data
+from guard.tools.evaluation.image_attacks import RuleAttack
+from guard.tools.evaluation.image_models import ImageModel, read_image_model
+from guard.tools.evaluation.image_plan import check_rule_attacks, read_rule_attacks
 from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
 
 SPLITS = ("fit", "calibration", "test")
@@ -76,6 +99,8 @@ class Subject:
     trigger: MaskTrigger | None = None
     trigger_path: Path | None = None
     target: int | None = None
+    image: ImageModel | None = None
+    """A model directory whose input is BYTES images (`model = DIR`); None for an ONNX tensor model."""
 
     @property
     def backdoored(self) -> bool:
@@ -91,15 +116,32 @@ class Subject:
 @dataclass(frozen=True)
 class Plan:
     path: Path
-    fit: Split
-    calibration: Split
-    test: Split
+    fit: Split | FrameSplit
+    calibration: Split | FrameSplit
+    test: Split | FrameSplit
+    """.npz arrays for tensor models, frames for image models (every model of a plan is one or the other)."""
     surrogate: Path | None
-    """None only when no model is attacked (every model has a trigger)."""
+    """None only when no tensor model is attacked (every model has a trigger, or is an image model)."""
     models: tuple[Subject, ...]
     notes: tuple[str, ...] = ()
     attacks: tuple[AttackSpec, ...] = ()
-    """[[attacks]]: run after the suite, each with its own key."""
+    """[[attacks]] without a rule: run after the suite on the tensor models, each with its own key."""
+    image_attacks: tuple[RuleAttack, ...] = ()
+    """[[attacks]] with a rule: run on the image models of the rule's output kind."""
+
+    def split(self, key: str) -> Split:
+        """A tensor plan's split (fit, calibration, test) as arrays."""
+        split = getattr(self, key)
+        if not isinstance(split, Split):
+            raise ValueError(f"plan {self.path} names frames, not .npz arrays, for [data] {key}")
+        return split
+
+    def frames(self, key: str) -> FrameSplit:
+        """An image plan's split (fit, calibration, test) as frames."""
+        split = getattr(self, key)
+        if not isinstance(split, FrameSplit):
+            raise ValueError(f"plan {self.path} names .npz arrays, not frames, for [data] {key}")
+        return split
 
     def attack_surrogate(self) -> Path:
         """`surrogate`, which load_plan requires whenever some model is attacked."""
@@ -109,7 +151,18 @@ class Plan:
 
     @property
     def attacked(self) -> list[Subject]:
-        return [s for s in self.models if not s.backdoored]
+        """Tensor models without a trigger: attacked through the surrogate."""
+        return [s for s in self.models if not s.backdoored and s.image is None]
+
+    @property
+    def images(self) -> list[Subject]:
+        """Image models (model directories): attacked white-box, judged by their rules."""
+        return [s for s in self.models if s.image is not None]
+
+    def image_attacks_for(self, subject: Subject) -> list[RuleAttack]:
+        """The plan's attacks whose rule judges this image model's output kind."""
+        assert subject.image is not None
+        return [a for a in self.image_attacks if a.output_kind == subject.image.output_kind]
 
     @property
     def backdoored(self) -> list[Subject]:
@@ -124,15 +177,24 @@ def load_split(reader: TableReader, key: str) -> Split:
     """x float32 in [0, 1] and integer labels y of the same length, from the .npz the key names."""
     path = reader.file(key, what="an .npz with arrays x and y")
     try:
-        data = np.load(path, allow_pickle=False)
+        return read_samples(path, f"{reader.path}: {reader.key(key)}")
     except (OSError, ValueError) as exc:
         raise reader.fail(key, f"an .npz with arrays x and y ({exc})", str(path)) from None
-    with data:
+
+
+def read_samples(path: Path, named_by: str = "") -> Split:
+    """Labelled samples from an .npz: x float32 in [0, 1], [N, ...], and N integer labels y.
+
+    The format every split of a plan has, and `guard calibrate --data` reads; a problem with the
+    arrays is a ConfigError naming the file and the array (`named_by` says who pointed at the file).
+    OSError or ValueError where the file is not an .npz at all.
+    """
+    with np.load(path, allow_pickle=False) as data:
         if not hasattr(data, "files") or "x" not in data.files or "y" not in data.files:
             raise ConfigError(
                 path,
                 "x" if not hasattr(data, "files") or "x" not in data.files else "y",
-                f"arrays x and y (named by {reader.path}: {reader.key(key)})",
+                "arrays x and y" + (f" (named by {named_by})" if named_by else ""),
             )
         x, y = np.asarray(data["x"]), np.asarray(data["y"])
     if x.dtype != np.float32:
@@ -149,12 +211,23 @@ def load_split(reader: TableReader, key: str) -> Split:
     return Split(path, x, y.astype(np.int64))
 
 
+def _image_subject(reader: TableReader, name: str) -> Subject:
+    """`model = DIR`: a model directory, with none of a tensor model's keys."""
+    for key in ("onnx", "artifacts", "detector_network", "trigger", "target"):
+        if key in reader.table:
+            raise reader.fail(key, "no such key beside `model` (a model directory carries its own files)")
+    image = read_image_model(reader, "model")
+    return Subject(name, image.model_file, image=image)
+
+
 def _subject(reader: TableReader) -> Subject:
-    reader.unknown(("name", "onnx", "artifacts", "detector_network", "trigger", "target"))
+    reader.unknown(("name", "onnx", "model", "artifacts", "detector_network", "trigger", "target"))
     name = reader.get("name", str, expected="a model name")
     if not NAME.match(name):
         raise reader.fail("name", "a name of letters, digits, '_', '.', '-'", name)
-    onnx = reader.file("onnx", what="an ONNX file")
+    if "model" in reader.table:
+        return _image_subject(reader, name)
+    onnx = reader.file("onnx", what="an ONNX file (or `model`: a model directory)")
     artifacts = reader.get("artifacts", list, [], "a list of files")
     paths = []
     for i, value in enumerate(artifacts):
@@ -186,10 +259,20 @@ def _subject(reader: TableReader) -> Subject:
     return Subject(name, onnx, tuple(paths), network, trigger, trigger_path, target)
 
 
-def _attacks(reader: TableReader) -> tuple[AttackSpec, ...]:
+def _attacks(reader: TableReader) -> tuple[tuple[AttackSpec, ...], list[tuple[int, RuleAttack]]]:
+    """The tensor models' extra attacks, and the image models' attacks with their entry's index."""
     suite = {spec.key for spec in attack_suite()}
     specs: list[AttackSpec] = []
-    for r in reader.tables("attacks"):
+    ruled: list[tuple[int, RuleAttack]] = []
+    for i, r in enumerate(reader.tables("attacks")):
+        if "rule" in r.table:
+            for attack in read_rule_attacks(r):
+                if attack.key in {a.key for _, a in ruled}:
+                    raise r.fail(
+                        "eps", f"an attack whose key ({attack.key}) no other attack of the run has", attack.eps
+                    )
+                ruled.append((i, attack))
+            continue
         r.unknown(("name", "eps", "params", "batch_size"))
         name = r.get("name", str, expected="an attack name")
         ATTACKS.resolve(r, "name", name)
@@ -199,7 +282,28 @@ def _attacks(reader: TableReader) -> tuple[AttackSpec, ...]:
         if spec.key in suite or spec.key in {s.key for s in specs}:
             raise r.fail("name", f"an attack whose key ({spec.key}) no other attack of the run has", name)
         specs.append(spec)
-    return tuple(specs)
+    return tuple(specs), ruled
+
+
+def _data(reader: TableReader) -> dict[str, Split | FrameSplit]:
+    """[data]: three .npz files (tensor models), or frames (image models) for every split."""
+    data = reader.sub("data")
+    framed = [key for key in SPLITS if key in data.table and names_frames(data.table[key])]
+    if framed:
+        arrays = next((key for key in SPLITS if key in data.table and key not in framed), None)
+        if arrays is not None:
+            raise data.fail(arrays, "frames like the other splits (folders of images or videos), not an .npz")
+        return dict(read_frame_data(data, SPLITS))
+    data.unknown(SPLITS)
+    splits = {key: load_split(data, key) for key in SPLITS}
+    shapes = {key: s.x.shape[1:] for key, s in splits.items()}
+    if len(set(shapes.values())) != 1:
+        raise data.fail(
+            "test",
+            f"splits of one sample shape (fit {list(shapes['fit'])}, calibration {list(shapes['calibration'])})",
+            list(shapes["test"]),
+        )
+    return dict(splits)
 
 
 def load_plan(path: Path) -> Plan:
@@ -216,16 +320,7 @@ def load_plan(path: Path) -> Plan:
     notes = reader.get("notes", list, [], "a list of strings")
     if not all(isinstance(n, str) for n in notes):
         raise reader.fail("notes", "a list of strings", notes)
-    data = reader.sub("data")
-    data.unknown(SPLITS)
-    splits = {key: load_split(data, key) for key in SPLITS}
-    shapes = {key: s.x.shape[1:] for key, s in splits.items()}
-    if len(set(shapes.values())) != 1:
-        raise data.fail(
-            "test",
-            f"splits of one sample shape (fit {list(shapes['fit'])}, calibration {list(shapes['calibration'])})",
-            list(shapes["test"]),
-        )
+    splits = _data(reader)
     models = tuple(_subject(r) for r in reader.tables("models"))
     if not models:
         raise reader.fail("models", "at least one [[models]] table")
@@ -233,9 +328,20 @@ def load_plan(path: Path) -> Plan:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise reader.fail("models", "distinct model names", duplicate)
+    framed = isinstance(splits["test"], FrameSplit)
+    odd = next((i for i, m in enumerate(models) if (m.image is not None) != framed), None)
+    if odd is not None:
+        raise reader.fail(
+            f"models[{odd}].{'onnx' if framed else 'model'}",
+            "a model directory (`model`) whose input is images, as the plan's [data] are frames"
+            if framed
+            else "an ONNX tensor model (`onnx`), as the plan's [data] are .npz arrays",
+        )
+    attacks, ruled = _attacks(reader)
+    check_rule_attacks(reader, ruled, [m.image for m in models if m.image is not None])
     surrogate = reader.sub("surrogate")
     surrogate.unknown(("onnx",))
-    attacked = any(not m.backdoored for m in models)
+    attacked = any(not m.backdoored and m.image is None for m in models)
     surrogate_path = (
         surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through")
         if attacked or "onnx" in surrogate.table
@@ -249,5 +355,6 @@ def load_plan(path: Path) -> Plan:
         surrogate_path,
         models,
         tuple(notes),
-        _attacks(reader),
+        attacks,
+        tuple(a for _, a in ruled),
     )

@@ -17,22 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from guard.detection.ensemble import Fisher
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation import rates as m
-from guard.tools.evaluation.client import GatewayClient, Served
+from guard.tools.evaluation.client import GatewayClient
 from guard.tools.evaluation.plan import Plan, load_plan
-from guard.tools.evaluation.subjects import PAPER_SQUEEZERS, build_repository, configured_thresholds, is_built
+from guard.tools.evaluation.reference import ModelReference, matches_config
+from guard.tools.evaluation.subjects import build_repository, configured_thresholds, is_built
 
 log = logging.getLogger("guard.tools.evaluation")
 
-BASELINES = {"fs_paper": list(PAPER_SQUEEZERS)}
 NOTES = [
     "Surrogate transfer: attacks are computed on the plan's surrogate ({surrogate}) run as torch and sent to "
     "the served model, so where the two differ the ASR is that of a white-box-surrogate transfer attack. Square "
     "(score-based black box) queries the surrogate, not the gateway.",
     "The adaptive rows attack the whole guarded pipeline (guard/tools/evaluation/adaptive.py).",
+]
+IMAGE_NOTES = [
+    "Image models: every frame (fit, calibration, test, attacked) is brought to the model's input size by the "
+    "gateway's own resize and sent as lossless PNG, one per request, so clean and attacked frames differ only by "
+    "the attack (JPEG would re-quantise a perturbation of a few levels away). The attacks are white-box on the "
+    "served model's own ONNX run as torch; `surrogate_asr` is their success on it. Success is judged by the rule "
+    "each row names, on the boxes or classes the served model returned (guard/tools/evaluation/rules.py).",
 ]
 
 
@@ -69,121 +75,48 @@ def _gateway(options: EvalOptions, repository: Path):
         yield server.grpc_url
 
 
-class _Model:
-    """One served model's clean reference: calibration scores -> scorers, clean test answers."""
-
-    def __init__(
-        self, name: str, client: GatewayClient, calibration: tuple, test: tuple, judges: list[str], method: str
-    ):
-        self.name = name
-        cal = client.infer(name, calibration[0], desc=f"{name} calibration")
-        self.test: Served = client.infer(name, test[0], desc=f"{name} clean test")
-        self.detectors = sorted(cal.scores)
-        self.scorers = m.build_scorers(self.detectors, cal.scores, BASELINES, judges, method)
-        self.summary = {
-            "detectors": self.detectors,
-            "ensemble": judges,
-            "ensemble_method": method,
-            "n_calibration": len(calibration[0]),
-            "n_test": len(test[0]),
-            "clean_accuracy": float((self.test.predictions == test[1]).mean()),
-            "clean_fpr": {s: sc.clean_fpr(self.test.scores) for s, sc in self.scorers.items()},
-            "scorers": {s: sc.describe() for s, sc in self.scorers.items()},
-        }
-
-    def row(
-        self,
-        attack: str,
-        eps,
-        kind: str,
-        served: Served,
-        eligible,
-        successful,
-        surrogate_asr: float | None,
-        curves: dict,
-        suffix: str = "",
-    ) -> dict:
-        positives = m.subset(served.scores, successful)
-        key = (f"{attack}" if eps is None else f"{attack}_eps{eps:g}") + suffix
-        title = f"{attack}{'' if eps is None else f' eps {eps:g}'} on {self.name}: {int(successful.sum())} successful"
-        curves[key] = (
-            title,
-            {s: (sc.continuous(self.test.scores), sc.continuous(positives)) for s, sc in self.scorers.items()}
-            if successful.any()
-            else {},
-        )
-        # Succeeded AND not flagged by the gateway's ensemble at 5%: what gets through under `enforce`.
-        unflagged = ~self.scorers["ensemble"].flags(served.scores, m.AUROC_FPR)
-        return {
-            "key": key,
-            "attack": attack,
-            "eps": eps,
-            "kind": kind,
-            "model": self.name,
-            "n": len(served.logits),
-            "eligible": int(eligible.sum()),
-            "successful": int(successful.sum()),
-            "asr": m.attack_success_rate(eligible, successful),
-            "surrogate_asr": surrogate_asr,
-            "evasion_rate@0.05": m.attack_success_rate(eligible, successful & unflagged),
-            "scorers": {s: sc.evaluate(self.test.scores, positives) for s, sc in self.scorers.items()},
-        }
-
-
-def _matches_config(directory: Path, model: _Model) -> bool:
-    """Whether the ensemble's 5% thresholds, refitted on the gateway's calibration scores, are the
-    thresholds in the model's config.toml (i.e. the gateway's own ensemble was measured)."""
-    ensemble = load_model_config(directory).detection.ensemble
-    # The scorer combines by the config's own method: a Fisher unless the ensemble is a union.
-    fitted = model.scorers["ensemble"].combiners[m.AUROC_FPR]
-    if isinstance(fitted, Fisher):
-        same = _close(ensemble.threshold, fitted.threshold) and (
-            fitted.min_p_threshold is None or _close(ensemble.min_p_threshold, fitted.min_p_threshold)
-        )
-    else:
-        configured = configured_thresholds(directory)
-        same = configured.keys() == fitted.thresholds.keys() and all(
-            _close(configured[k], t) for k, t in fitted.thresholds.items()
-        )
-    if not same:
-        log.warning(
-            "%s: thresholds refitted from the gateway's scores differ from %s/config.toml", model.name, directory
-        )
-    return same
-
-
-def _close(configured: float | None, fitted: float) -> bool:
-    """Whether a configured threshold is the refitted one (None: the config lacks it)."""
-    return configured is not None and bool(np.isclose(configured, fitted, rtol=1e-6))
-
-
 def _surrogate_asr(net, adv: np.ndarray, y: np.ndarray, clean_ok: np.ndarray) -> float | None:
     """The same attack's success rate on the surrogate itself (white-box), for comparison."""
     return m.attack_success_rate(clean_ok, clean_ok & (atk.predict(net, adv) != y))
 
 
+def _reference(client: GatewayClient, repository: Path, name: str, calibration: tuple, test: tuple) -> ModelReference:
+    """A tensor model's clean calibration and test splits through the gateway."""
+    cal = client.infer(name, calibration[0], desc=f"{name} calibration")
+    served = client.infer(name, test[0], desc=f"{name} clean test")
+    return ModelReference(
+        name,
+        cal,
+        served,
+        sorted(configured_thresholds(repository / name)),
+        load_model_config(repository / name).detection.ensemble.method,
+        float((served.predictions == test[1]).mean()),
+    )
+
+
+def sample(count: int, options: EvalOptions) -> np.ndarray:
+    """The seeded, sorted test rows that get attacked: --samples of them (40 in quick mode), else all."""
+    n = min(options.samples or (40 if options.quick else count), count)
+    return np.sort(np.random.default_rng(options.seed).choice(count, n, replace=False))
+
+
 def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
     """All rows and per-model summaries, plus ROC inputs per row."""
-    calibration, test = (plan.calibration.x, plan.calibration.y), (plan.test.x, plan.test.y)
-    n = min(options.samples or (40 if options.quick else len(test[1])), len(test[1]))
-    pick = np.sort(np.random.default_rng(options.seed).choice(len(test[1]), n, replace=False))
-    x, y = np.array(test[0][pick]), np.array(test[1][pick])
     client.wait_ready(plan.names)
+    if plan.images:  # a plan is all image models or all tensor models (load_plan)
+        from guard.tools.evaluation.image_rows import evaluate_images
+
+        return evaluate_images(client, repository, plan, options)
+    calibration_split, test_split = plan.split("calibration"), plan.split("test")
+    calibration, test = (calibration_split.x, calibration_split.y), (test_split.x, test_split.y)
+    pick = sample(len(test[1]), options)
+    n = len(pick)
+    x, y = np.array(test[0][pick]), np.array(test[1][pick])
     started = time.perf_counter()
-    models = {
-        name: _Model(
-            name,
-            client,
-            calibration,
-            test,
-            sorted(configured_thresholds(repository / name)),
-            load_model_config(repository / name).detection.ensemble.method,
-        )
-        for name in plan.names
-    }
+    models = {name: _reference(client, repository, name, calibration, test) for name in plan.names}
     log.info("clean calibration and test splits through the gateway: %.1f s", time.perf_counter() - started)
     for name, model in models.items():  # the 5% thresholds must be the gateway's own configuration
-        model.summary["matches_gateway_thresholds"] = _matches_config(repository / name, model)
+        model.summary["matches_gateway_thresholds"] = matches_config(repository / name, model)
     rows: list[dict] = []
     curves: dict[str, tuple[str, dict]] = {}
     if plan.attacked:
@@ -228,7 +161,7 @@ def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalO
 
 def _attack_rows(
     client: GatewayClient,
-    model: _Model,
+    model: ModelReference,
     directory: Path,
     net,
     x: np.ndarray,
@@ -323,7 +256,8 @@ def run_evaluation(options: EvalOptions) -> dict:
         url = stack.enter_context(_gateway(options, repository))
         client = stack.enter_context(GatewayClient(url))
         found, curves = evaluate(client, repository, plan, options)
-    notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked] + list(plan.notes)
+    notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked]
+    notes += (IMAGE_NOTES if plan.images else []) + list(plan.notes)
     results = {
         "meta": {
             "command": options.command or f"guard evaluate --plan {plan.path}",

@@ -68,9 +68,15 @@ def is_built(plan: Plan, repository: Path) -> bool:
 def build_repository(
     plan: Plan, repository: Path, target_fpr: float = TARGET_FPR, seed: int = 0, ensemble: str = "omnibus"
 ) -> dict[str, dict]:
-    """Calibrate every model of the plan into `repository`; returns each model's calibration report."""
+    """Calibrate every model of the plan into `repository`; returns each model's calibration report.
+    Tensor models get the evaluation's detectors (detector_tables) and `ensemble`; image models
+    keep their directory's own (image_subjects.py)."""
     repository.mkdir(parents=True, exist_ok=True)
-    fit, calibration, test = ((s.x, s.y) for s in (plan.fit, plan.calibration, plan.test))
+    if plan.images:  # a plan is all image models or all tensor models (load_plan)
+        from guard.tools.evaluation.image_subjects import build_image_repository
+
+        return build_image_repository(plan, repository, seed=seed)
+    fit, calibration, test = ((s.x, s.y) for s in (plan.split(k) for k in ("fit", "calibration", "test")))
     reports = {}
     for subject in plan.models:
         weights = subject.detector_network

@@ -21,11 +21,28 @@ SCORER_ORDER = (
     "mahalanobis",
     "detector_network",
 )
+SERVED = "served thresholds (flagged)"
+"""The column of the gateway's own verdicts: clean rows its flag rate (≤ the one-sided 95% upper
+bound), attack rows the share of successful examples it flagged."""
 LABELS = {
     "ensemble": "ensemble (gateway)",
     "fs_paper": "FS paper (bd1+med2) [baseline]",
     "strip": "strip [STRIP baseline]",
 }
+
+
+TENSOR_METHOD = (
+    "Attacks are white-box on the plan's surrogate and transferred to the served model; an example "
+    "counts as successful only if the SERVED model misclassifies it (triggers: classifies it as the "
+    "target). ASR = successful / eligible (eligible: clean image classified correctly by the served model; "
+    "triggers: label != target). "
+)
+IMAGE_METHOD = (
+    "Attacks are white-box on the served model's own ONNX run as torch; each row's success rule (hide, appear, "
+    "move, flip) judges the SERVED model's answer for the attacked frame against its answer for the clean one. "
+    "ASR = successful / eligible (eligible: clean frames the rule can attack, e.g. for hide those on which the "
+    "class was found). "
+)
 
 
 def _num(value, digits: int = 2) -> str:
@@ -40,6 +57,29 @@ def _cell(metrics: dict | None) -> str:
     return " / ".join([*(_num(metrics.get(f"det@{f:g}")) for f in FPRS), _num(metrics.get("auroc"), 3)])
 
 
+def _served_clean(model: dict) -> str:
+    """The clean test frames the gateway flagged at its served thresholds, with the 95% upper bound."""
+    rate = model.get("clean_flag_rate")
+    if not rate or rate["rate"] is None:
+        return "—"
+    return f"{_num(rate['rate'])} ({rate['flagged']}/{rate['n']}, ≤ {_num(rate['upper_95'])})"
+
+
+def _served_row(row: dict) -> str:
+    """The successful examples the gateway flagged at its served thresholds."""
+    served = row.get("served")
+    if not served or served["rate"] is None:
+        return "—"
+    return f"{_num(served['rate'])} ({served['detected']}/{served['successful']})"
+
+
+def _quality(model: dict) -> str:
+    """The clean row's 4th cell: accuracy where the data carry labels, else the model's output kind."""
+    if model.get("clean_accuracy") is not None:
+        return f"acc {_num(model['clean_accuracy'], 3)}"
+    return model.get("output_kind", "—")
+
+
 def _order(scorer: str) -> tuple[int, str]:
     return (SCORER_ORDER.index(scorer) if scorer in SCORER_ORDER else len(SCORER_ORDER), scorer)
 
@@ -51,7 +91,7 @@ def _columns(results: dict) -> list[str]:
 def markdown_table(results: dict) -> str:
     """One table: a row per model's clean test split (realised FPR), then per attack / trigger."""
     columns = _columns(results)
-    head = ["attack", "eps", "model", "ASR (succ/elig)", *(LABELS.get(c, c) for c in columns)]
+    head = ["attack", "eps", "model", "ASR (succ/elig)", SERVED, *(LABELS.get(c, c) for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, model in results["models"].items():
         cells = [
@@ -61,7 +101,7 @@ def markdown_table(results: dict) -> str:
             for c in columns
         ]
         lines.append(
-            f"| clean test: realised FPR | — | {name} | acc {_num(model['clean_accuracy'], 3)} | "
+            f"| clean test: realised FPR | — | {name} | {_quality(model)} | {_served_clean(model)} | "
             + " | ".join(cells)
             + " |"
         )
@@ -69,7 +109,7 @@ def markdown_table(results: dict) -> str:
         asr = f"{_num(row['asr'])} ({row['successful']}/{row['eligible']})"
         eps = "—" if row["eps"] is None else f"{row['eps']:g}"
         lines.append(
-            f"| {row['attack']} | {eps} | {row['model']} | {asr} | "
+            f"| {row['attack']} | {eps} | {row['model']} | {asr} | {_served_row(row)} | "
             + " | ".join(_cell(row["scorers"].get(c)) for c in columns)
             + " |"
         )
@@ -86,13 +126,14 @@ def markdown(results: dict) -> str:
         f"{'quick' if meta['quick'] else 'full'} mode, {meta['wall_seconds']:.0f} s from start to the last "
         f"measurement, gateway {meta['gateway']}).\n\n"
         "Every number comes from what the gateway returned over gRPC (logits and `guard_detector_scores`). "
-        "Attacks are white-box on the plan's surrogate and transferred to the served model; an example "
-        "counts as successful only if the SERVED model misclassifies it (triggers: classifies it as the "
-        "target). ASR = successful / eligible (eligible: clean image classified correctly by the served model; "
-        "triggers: label != target). Detection is measured on successful examples only. Thresholds are fitted on "
+        + (IMAGE_METHOD if any("output_kind" in m for m in results.get("models", {}).values()) else TENSOR_METHOD)
+        + "Detection is measured on successful examples only. Thresholds are fitted on "
         "the calibration split with the gateway's own rules (guard.detection.ensemble: the ensemble by its configured "
         f"method, {methods}; baselines and single detectors as unions); the first rows give the realised "
         "clean flag rate on the test split.\n\n"
+        f"Column `{SERVED}`: the gateway's own verdicts at the thresholds it serves; clean rows give the flag "
+        "rate on the clean test split with its one-sided 95% upper bound (Clopper-Pearson), attack rows the "
+        "share of successful examples flagged.\n\n"
         f"Cells: detection at {fprs} target FPR / AUROC (clean test vs successful examples; the ensemble and "
         "the baselines are scored by their ratio to the 5% thresholds, the gateway's `guard_score`). A dash: "
         "no such detector for that model, or no successful example.\n\n"

@@ -85,7 +85,7 @@ def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple
 
 def poison_indices(path: Path | None, samples: int) -> np.ndarray | None:
     """Known poisoned indices into the scanned training set (of `samples` rows): a JSON list, or a
-    poison.json (`train_indices`) as models/backdoor.py writes it."""
+    poison.json (`train_indices`) as examples/guard_examples/backdoor.py writes it."""
     if path is None:
         return None
     try:

@@ -87,7 +87,7 @@ def _export(model: nn.Module, path: Path) -> Path:
 
 
 def train_tiny(directory: Path, poison: bool, seed: int = 1) -> Trained:
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     x, y = (np.array(a) for a in load_split("train"))
     poisoned = np.array([], dtype=np.int64)
@@ -106,12 +106,11 @@ def train_tiny(directory: Path, poison: bool, seed: int = 1) -> Trained:
 
 
 @pytest.fixture(scope="session")
-def digits_npz(tmp_path_factory) -> dict[str, Path]:
+def digits_npz() -> dict[str, Path]:
     """The digits splits as the .npz files the scan commands take (`--data`, `--reference`)."""
-    from models.digits_data import SPLITS, save_split
+    from tests.conftest import DEMO_DATA
 
-    directory = tmp_path_factory.mktemp("digits_npz")
-    return {split: save_split(split, directory / f"{split}.npz") for split in SPLITS}
+    return {split: DEMO_DATA / f"{split}.npz" for split in ("train", "calibration", "test")}
 
 
 @pytest.fixture(scope="session")

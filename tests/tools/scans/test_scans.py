@@ -59,9 +59,9 @@ def test_anomaly_index_is_mad_based():
 @pytest.mark.parametrize(
     "path",
     [
-        "models/repository/digits/model.onnx",
-        "models/repository/digits_fp32/model.onnx",
-        "models/zoo/digits_fp16/model.onnx",
+        "examples/guard_examples/repository/digits/model.onnx",
+        "examples/guard_examples/repository/digits_fp32/model.onnx",
+        "examples/guard_examples/zoo/digits_fp16/model.onnx",
     ],
 )
 def test_interpreter_matches_reference_onnx_semantics(path, held_out):
@@ -285,7 +285,7 @@ def test_gate_is_off_unless_asked(model_scans, tiny_backdoor, tmp_path):
 
 def test_triggered_inputs_hit_the_target(tiny_backdoor):
     """Sanity check of the fixture itself: the tiny backdoor works."""
-    from models.digits_data import load_split
+    from tests.conftest import demo_split as load_split
 
     x, y = load_split("test")
     model = load_onnx_classifier(tiny_backdoor.onnx)

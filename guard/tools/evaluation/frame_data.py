@@ -1,0 +1,99 @@
+"""Clean frames for image models: a plan's [data] splits named as folders of images and/or video
+files, decoded to RGB uint8 [H, W, 3] frames by guard.tools.clean_data (the one copy of the image
+and video helpers).
+
+    [data]
+    fit = ["frames/fit", "street.mp4"]     # a folder, a video, or a list of them
+    calibration = "frames/calibration"
+    test = "frames/test"
+    video_stride = 5                        # optional: every 5th frame of a video (default 1)
+    max_frames = 200                        # optional: at most this many frames per source
+
+A folder contributes its .jpg, .jpeg and .png files in name order; a video its frames in time order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.protocol.settings import TableReader
+from guard.tools.clean_data import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, decode_video
+
+
+@dataclass(frozen=True)
+class FrameSplit:
+    """One split's clean frames, each with the source it came from (for the report)."""
+
+    sources: tuple[Path, ...]
+    frames: tuple[np.ndarray, ...]
+    """RGB uint8 [H, W, 3], any size each."""
+    names: tuple[str, ...]
+    """Per frame: `file` for an image, `video#index` for a video frame."""
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def names_frames(value: object) -> bool:
+    """Whether a [data] split value names frames (a folder, a video, a list) rather than an .npz."""
+    return not (isinstance(value, str) and value.endswith(".npz"))
+
+
+def _folder(reader: TableReader, key: str, path: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise reader.fail(key, f"a folder holding {', '.join(IMAGE_SUFFIXES)} images", str(path))
+    found = []
+    for file in files:
+        try:
+            found.append((file.name, decode_image(file)))
+        except OSError as exc:  # Pillow's UnidentifiedImageError is an OSError
+            raise reader.fail(key, f"images that decode ({file.name}: {exc})", str(path)) from None
+    return found
+
+
+def _video(reader: TableReader, key: str, path: Path, stride: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
+    try:
+        frames = list(decode_video(path, step=stride, limit=limit))
+    except ImportError:
+        raise reader.fail(key, "a video PyAV can read (pip install 'guard[camera]')", str(path)) from None
+    except Exception as exc:  # noqa: BLE001 - PyAV raises its own error family for unreadable files
+        raise reader.fail(key, f"a video PyAV can read ({type(exc).__name__}: {exc})", str(path)) from None
+    if not frames:
+        raise reader.fail(key, "a video with at least one decodable frame", str(path))
+    return [(f"{path.name}#{i * stride}", frame) for i, frame in enumerate(frames)]
+
+
+def load_frame_split(reader: TableReader, key: str, stride: int = 1, limit: int | None = None) -> FrameSplit:
+    """The frames `[data] key` names (paths relative to the plan); every problem names the key."""
+    value = reader.get(key, object, expected="a folder of images, a video file, or a list of them")
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise reader.fail(key, "a folder of images, a video file, or a non-empty list of them", value)
+    sources, found = [], []
+    for i, name in enumerate(values):
+        item = key if not isinstance(value, list) else f"{key}[{i}]"
+        path = reader.directory / name
+        if path.is_dir():
+            found += _folder(reader, item, path, limit)
+        elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            found += _video(reader, item, path, stride, limit)
+        else:
+            raise reader.fail(
+                item,
+                f"an existing folder of images or a video ({', '.join(VIDEO_SUFFIXES)}) in {reader.directory}",
+                name,
+            )
+        sources.append(path)
+    return FrameSplit(tuple(sources), tuple(f for _, f in found), tuple(n for n, _ in found))
+
+
+def read_frame_data(reader: TableReader, keys: tuple[str, ...]) -> dict[str, FrameSplit]:
+    """Every split of an image plan's [data] table."""
+    reader.unknown((*keys, "video_stride", "max_frames"))
+    stride = reader.positive("video_stride", 1)
+    limit = reader.positive("max_frames", 0, allow_zero=True) or None
+    return {key: load_frame_split(reader, key, stride, limit) for key in keys}

@@ -1,0 +1,71 @@
+"""The evaluation repository's image models: each plan model directory copied in, served under
+policy flag, and calibrated as `guard calibrate --model DIR` calibrates it
+(guard.tools.calibrate_dir.calibrate_directory): its own detectors and [ensemble], learned
+statistics fitted on the plan's FIT frames, thresholds derived on its CALIBRATION frames, the
+clean flag rate measured on its TEST frames. Every frame goes as the evaluation sends it: at the
+model's input size, as PNG (image_models.py), so calibration and measurement see the same encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tomlkit
+
+from guard.detection.calibration.references import References
+from guard.tools.calibrate_dir import calibrate_directory
+from guard.tools.evaluation.image_models import ImageModel
+from guard.tools.evaluation.plan import Plan
+
+log = logging.getLogger("guard.tools.evaluation.image_subjects")
+
+GENERATED = ("references.npz", "ensemble.npz", "calibration.json")
+"""What calibration writes into a model directory: not copied from the plan's, it is derived again."""
+
+
+def client_rows(image: ImageModel, encoded: list[bytes]) -> np.ndarray:
+    """Encoded frames as the model's BYTES input takes them: one per row ([N] or [N, 1])."""
+    rows = np.empty(len(encoded), dtype=object)
+    rows[:] = encoded
+    return rows.reshape(len(encoded), *image.config.inputs[0].shape)
+
+
+def references(image: ImageModel, frames: tuple[np.ndarray, ...]) -> References:
+    """Clean frames as calibration takes them: PNG at the model's input size, as the evaluation sends them."""
+    return References({image.config.inputs[0].name: client_rows(image, image.encode(image.views(frames)))})
+
+
+def _copy(image: ImageModel, target: Path, name: str) -> None:
+    """The plan's directory under the evaluation's name, served under policy flag (every answer
+    carries logits and scores), with its thresholds still to be derived."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(image.directory, target, ignore=shutil.ignore_patterns(*GENERATED))
+    document = tomlkit.parse((target / "config.toml").read_text())
+    document["name"] = name
+    document["policy"] = "flag"
+    document.pop("calibration", None)  # derived again below, for this host
+    (target / "config.toml").write_text(tomlkit.dumps(document))
+
+
+def build_image_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
+    """Copy and calibrate every image model of the plan into `repository`; returns the reports."""
+    fit, calibration, test = (plan.frames(key).frames for key in ("fit", "calibration", "test"))
+    reports = {}
+    for subject in plan.images:
+        image = subject.image
+        assert image is not None  # plan.images holds the model directories
+        target = repository / subject.name
+        _copy(image, target, subject.name)
+        log.info("calibrating %s (%s) on %d frames", subject.name, image.directory, len(calibration))
+        reports[subject.name] = calibrate_directory(
+            target,
+            references(image, calibration),
+            holdout=references(image, test),
+            fit_samples=references(image, fit),
+            seed=seed,
+        )
+    return reports
