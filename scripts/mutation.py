@@ -48,10 +48,28 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/serving/test_admission.py",
     ),
     "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport"),
+    # The pieces runtime.py wires together, each against the tests that reach its behaviour.
+    "guard/serving/judging.py": (
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_failures.py",
+    ),
+    "guard/serving/fail_open.py": ("tests/serving/test_failures.py", "tests/serving/test_policy.py"),
+    "guard/serving/execution.py": (
+        "tests/serving/test_failures.py",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_shapes.py",
+        "tests/serving/test_metrics.py",
+    ),
+    "guard/serving/forwarding.py": (
+        "tests/serving/test_failures.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_metrics.py",
+    ),
     "guard/serving/validation.py": ("tests/serving/transport", "tests/serving"),
     "guard/serving/host_calibration.py": (
         "tests/serving/test_host_calibration.py",
-        "tests/models/test_quantization.py",
+        "examples/tests/test_quantization.py",
     ),
     # The detection modules run against the serving tests that reach them, not all of
     # tests/serving: a survivor runs every listed test, and the whole serving suite made one
