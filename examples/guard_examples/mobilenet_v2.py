@@ -60,7 +60,7 @@ CALIBRATION_SEED = 0
 CONFIDENT = 0.5  # FP32 softmax top-1 at or above this counts as a confident frame
 COMMAND = "python -m guard_examples.mobilenet_v2 --out build/camera-models/mobilenet_v2"
 # The same comparison through a live gateway on the built camera repository (tritonclient, JPEG).
-SERVED_TEST = "python -m pytest tests/camera/test_mobilenet_v2_served.py -p no:randomly"
+SERVED_TEST = "python -m pytest examples/tests/test_mobilenet_v2_served.py -p no:randomly"
 STRETCH = {"height": SIZE, "width": SIZE, "resize": "stretch", "mean": list(MEAN), "std": list(STD)}
 
 

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             **common,
             "Accuracy and stability": comparison_table("INT8", int8_report)
             + f"\n\nGate: INT8 top-1 within {ACCURACY_GATE:.0%} of FP32 on the held-out split (enforced by "
-            "the recipe and by `tests/models/test_quantization.py`).",
+            "the recipe and by `examples/tests/test_quantization.py`).",
             "Robust accuracy": _transfer_robustness(int8),
             "Size and latency": size_and_latency(int8) + "\n\nFP32 for comparison: " + size_and_latency(fp32),
             "Guard calibration": calibration_text,

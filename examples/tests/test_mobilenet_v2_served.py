@@ -87,7 +87,7 @@ def test_the_served_classifier_takes_the_recipes_centre_crop(camera_repository, 
         k: served[k] for k in ("resize", "resize_shorter", "height", "width", "mean", "std")
     }
     card = (camera_repository / "mobilenet_v2" / "MODEL_CARD.md").read_text()
-    assert "center-crop" in card and "tests/camera/test_mobilenet_v2_served.py" in card
+    assert "center-crop" in card and "examples/tests/test_mobilenet_v2_served.py" in card
 
 
 def test_served_fp32_top1_agrees_with_torchvisions_reference_transform(camera_repository, camera_models, sent):

@@ -122,13 +122,100 @@ def _dequantize(m, node, inp, a):
     return [(x - _per_axis(zero, x, axis)) * _per_axis(scale, x, axis)]
 
 
+_INTEGER_TYPES = (
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+)
+
+
 def _cast(m, node, inp, a):
     x = inp[0]
     if a["to"] == onnx.TensorProto.FLOAT16:  # round to half precision, straight-through gradient
         return [x + (x.half().float() - x).detach()]
     if a["to"] in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         return [x]
-    raise ConfigError(m.source, f"(graph node {node.name}).to", "a float cast", a["to"])
+    if a["to"] in _INTEGER_TYPES:  # integers ride as float32 holding integer values; ONNX truncates
+        return [torch.trunc(x)]
+    raise ConfigError(m.source, f"(graph node {node.name}).to", "a float or integer cast", a["to"])
+
+
+def _ints(value: torch.Tensor) -> list[int]:
+    """A shape-like tensor (float32 holding integers, INT64_MAX included) as Python ints."""
+    return [int(v) for v in value.reshape(-1).tolist()]
+
+
+def _constant_of_shape(m, node, inp, a):
+    fill = a.get("value")
+    value = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
+    return [torch.full(_ints(inp[0]), value, device=inp[0].device)]
+
+
+def _slice(m, node, inp, a):
+    x, starts, ends = inp[0], _ints(inp[1]), _ints(inp[2])
+    axes = _ints(inp[3]) if len(inp) > 3 and inp[3] is not None else list(range(len(starts)))
+    steps = _ints(inp[4]) if len(inp) > 4 and inp[4] is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        size = x.shape[axis]
+        start, end = start + size if start < 0 else start, end + size if end < 0 else end
+        # ONNX clamps out-of-range bounds (exporters write INT64_MAX/MIN for "to the end"); a
+        # negative step walks down from start to just above end (torch slicing walks only up).
+        if step > 0:
+            index = torch.arange(max(0, min(size, start)), max(0, min(size, end)), step, device=x.device)
+        else:
+            index = torch.arange(max(-1, min(size - 1, start)), max(-1, min(size - 1, end)), step, device=x.device)
+        x = x.index_select(axis, index)
+    return [x]
+
+
+_PAD_MODES = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}
+
+
+def _pad(m, node, inp, a):
+    x, pads = inp[0], _ints(inp[1])
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in _PAD_MODES or (len(inp) > 3 and inp[3] is not None):
+        raise ConfigError(m.source, f"(graph node {node.name}).mode", "constant, edge or reflect, no axes", mode)
+    rank = x.dim()
+    # ONNX: [begin of each axis..., end of each axis...]; F.pad: (begin, end) pairs from the last axis.
+    order = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]
+    while len(order) > 2 and order[-2:] == [0, 0]:  # unpadded leading axes (replicate pads 2-3 axes only)
+        order = order[:-2]
+    value = float(inp[2].reshape(-1)[0]) if len(inp) > 2 and inp[2] is not None and mode == "constant" else 0.0
+    if mode == "constant":
+        return [F.pad(x, order, mode="constant", value=value)]
+    return [F.pad(x, order, mode=_PAD_MODES[mode])]
+
+
+def _resize(m, node, inp, a):
+    """Nearest-neighbour upsampling by whole scales (what detector exports' Upsample layers emit)."""
+    x = inp[0]
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    transform = a.get("coordinate_transformation_mode", b"half_pixel")
+    transform = transform.decode() if isinstance(transform, bytes) else transform
+    nearest = a.get("nearest_mode", b"round_prefer_floor")
+    nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+    scales = [float(s) for s in inp[2].reshape(-1).tolist()] if len(inp) > 2 and inp[2] is not None else []
+    if len(inp) > 3 and inp[3] is not None:  # sizes instead of scales
+        scales = [out / size for out, size in zip(_ints(inp[3]), x.shape)]
+    spatial = scales[2:]
+    # Asymmetric nearest samples floor(i / s) under nearest_mode floor, and under the default
+    # round_prefer_floor too when every scale is 1 or 2 (fractions 0 and 1/2 round down alike).
+    exact = mode == "nearest" and transform == "asymmetric" and scales[:2] == [1.0, 1.0]
+    exact = exact and all(s.is_integer() and s >= 1 for s in spatial)
+    exact = exact and (nearest == "floor" or all(s <= 2 for s in spatial))
+    if not exact:
+        raise ConfigError(
+            m.source,
+            f"(graph node {node.name})",
+            "a nearest, asymmetric Resize by whole scales (floor, or scales of at most 2)",
+            f"{mode}, {transform}, {nearest}, scales {scales}",
+        )
+    return [F.interpolate(x, scale_factor=spatial, mode="nearest")]
 
 
 def _softmax(m, node, inp, a):
@@ -211,4 +298,10 @@ OPS: dict[str, Op] = {
     "ReduceMean": _reduce_mean,
     "HardSigmoid": lambda m, n, i, a: [torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1)],
     "HardSwish": lambda m, n, i, a: [F.hardswish(i[0])],
+    # Detection heads and their exports (YOLO: padded max-pool, upsampling, box decoding).
+    "Exp": lambda m, n, i, a: [torch.exp(i[0])],
+    "ConstantOfShape": _constant_of_shape,
+    "Slice": _slice,
+    "Pad": _pad,
+    "Resize": _resize,
 }

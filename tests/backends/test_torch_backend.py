@@ -490,6 +490,68 @@ def test_ops_beyond_the_demo_match_onnxruntime():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+class _DetectorHead(torch.nn.Module):
+    """What a YOLO export holds beyond a classifier: a replicate pad before a stride-1 max-pool
+    (exported as a constant chain ConstantOfShape -> Concat -> Slice with step -1 -> Cast -> Pad
+    edge), nearest upsampling (Resize), slices with open ends and the boxes' Exp."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.max_pool2d(torch.nn.functional.pad(x, (0, 1, 0, 1), mode="replicate"), 2, 1)
+        y = torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+        return torch.cat([y[:, :1, 1:, :-1], torch.exp(y[:, 1:, 1:, :-1] * 0.5)], dim=1)
+
+
+def test_detector_ops_match_onnxruntime(tmp_path):
+    import warnings
+
+    import onnxruntime as ort
+
+    from guard.backends.onnx_torch import load_onnx_classifier
+
+    path = tmp_path / "head.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _DetectorHead(),
+            (torch.zeros(1, 3, 6, 7),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        )
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Pad", "Resize", "Slice", "Exp", "ConstantOfShape"} <= ops, ops  # the export still emits them
+    x = np.random.default_rng(3).normal(size=(2, 3, 6, 7)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    net = load_onnx_classifier(path)
+    got = net(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == expected.shape == (2, 3, 11, 13)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(net.folded()(torch.from_numpy(x)).detach().numpy(), got)  # constants folded
+
+
+def test_a_resize_the_interpreter_cannot_match_is_refused():
+    from guard.backends.onnx_torch import OnnxClassifier
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Resize", ["x", "", "scales"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric"
+            )
+        ],
+        "resize",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1, 12, 12])],
+        [numpy_helper.from_array(np.array([1, 1, 3, 3], np.float32), "scales")],
+    )
+    net = OnnxClassifier(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    # By 3, round_prefer_floor samples i/3 rounded (2/3 up), which floor-based upsampling does not.
+    with pytest.raises(ConfigError, match="whole scales"):
+        net.run(torch.zeros(1, 1, 4, 4), ["y"])
+
+
 @pytest.mark.parametrize(
     "extra, key, expected",
     [

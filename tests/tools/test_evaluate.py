@@ -321,3 +321,13 @@ def test_a_plan_of_backdoored_models_needs_no_surrogate(tmp_path):
     path.write_text(path.read_text().replace('[surrogate]\nonnx = "m.onnx"\n', ""))
     plan = load_plan(path)
     assert plan.surrogate is None and not plan.attacked and plan.names == ["bd"]
+
+
+def test_the_client_keeps_no_more_in_flight_than_the_gateway_answers_within_a_quarter_deadline():
+    from guard.tools.evaluation.client import in_flight
+
+    assert in_flight(64, 60.0, None) == 2  # before any answer: two
+    assert in_flight(64, 60.0, 0.001) == 64  # a fast model: the whole window
+    assert in_flight(64, 60.0, 2.0) == 7  # 2 s a frame under a 60 s deadline: 15 s of queue
+    assert in_flight(64, 5.0, 0.4) == 3  # a model's 5 s default deadline
+    assert in_flight(64, 5.0, 1.5) == 1  # slower than the deadline allows: one at a time

@@ -341,6 +341,32 @@ def test_frames_reach_the_model_exactly_as_the_attack_left_them(tmp_path):
     assert not prepared.failed and torch.equal(prepared.rows, image.as_tensor(nudged))
 
 
+def test_a_center_crop_model_is_sent_its_uncropped_square_and_attacked_through_its_crop(tmp_path):
+    """A center-crop model's frames go as the square its resize makes (shorter side at
+    resize_shorter): the gateway resizes nothing, cuts the centre, and the model sees bit for bit the
+    crop the attack's torch model cuts from the same view."""
+    from guard.tools.evaluation.plan import load_plan
+
+    plan_path = write_plan(tmp_path, "")
+    config = tmp_path / "tiny_detector" / "config.toml"
+    config.write_text(
+        config.read_text().replace("width = 32\n", 'width = 32\nresize = "center-crop"\nresize_shorter = 40\n')
+    )
+    image = load_plan(plan_path).images[0].image
+    wide = np.random.default_rng(2).integers(0, 256, (50, 90, 3), dtype=np.uint8)  # not square, not 40
+    views = image.views([wide, wide[:, ::-1]])
+    assert views.shape == (2, 40, 40, 3)
+    requests = [np.array([data], dtype=object) for data in image.encode(views)]
+    prepared = image.preprocessor.prepare(requests, torch.device("cpu"))
+    net = image.torch_model()
+    assert not prepared.failed and net.crop == (4, 4, SIDE, SIDE)
+    assert torch.equal(prepared.rows, image.as_tensor(views)[..., 4:36, 4:36])
+    with torch.no_grad():  # the attack's model is the served model on the crop
+        got = net(image.as_tensor(views))
+        want = net.net.run((prepared.rows - net.mean) / net.std, [net.output])[0]
+    assert torch.equal(got, want)
+
+
 def test_rules_match_boxes_by_class_and_iou():
     from guard.detection.boxes import BoxSettings
     from guard.tools.evaluation.rules import REGISTRY

@@ -16,75 +16,25 @@ pip installs the local wheel only (--no-index).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.wheel import install_wheel, run, user_env
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGING = ("pyproject.toml", "README.md")
-
-
-def _env() -> dict[str, str]:
-    """The user's environment minus anything that would put the checkout on sys.path."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    return {**env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def _run(args: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A venv (outside the checkout) with the guard wheel installed; its directory."""
-    base = tmp_path_factory.mktemp("wheel")
-    source = base / "source"
-    shutil.copytree(ROOT / "guard", source / "guard", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in PACKAGING:
-        shutil.copyfile(ROOT / name, source / name)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "-w",
-            base / "dist",
-            source,
-        ],
-        cwd=base,
-    )
-    (wheel,) = (base / "dist").glob("guard-*.whl")
-    venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=base)
-    python = venv / "bin" / "python"
-    # Install before the venv can see the project's packages, so pip finds no other guard to replace.
-    _run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
-        cwd=base,
-    )
-    purelib = Path(
-        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=base).stdout.strip()
-    )
-    (purelib / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return venv
+    return install_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_installed_guard_is_the_wheels(installed, tmp_path):
@@ -93,7 +43,7 @@ def test_the_installed_guard_is_the_wheels(installed, tmp_path):
         "print(json.dumps({'guard': guard.__file__, 'path': sys.path, 'modules': sorted(sys.modules),\n"
         "                  'examples': importlib.util.find_spec('guard_examples') is not None}))"
     )
-    seen = json.loads(_run([installed / "bin" / "python", "-c", probe], cwd=tmp_path).stdout)
+    seen = json.loads(run([installed / "bin" / "python", "-c", probe], cwd=tmp_path).stdout)
     assert Path(seen["guard"]).is_relative_to(installed), seen["guard"]
     assert not any(
         p and Path(p).resolve().is_relative_to(ROOT) and not Path(p).resolve().is_relative_to(ROOT / ".venv")
@@ -112,7 +62,7 @@ def test_installed_guard_serves_a_repository(installed, tmp_path, held_out):
     process = subprocess.Popen(
         [installed / "bin" / "guard", "serve", "--repository", repository, "--grpc-port", "0", "--metrics-port", "0"],
         cwd=tmp_path,
-        env=_env(),
+        env=user_env(),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -144,7 +94,7 @@ def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     from tests.conftest import DEMO_DATA
 
     clean = DEMO_DATA / "calibration.npz"
-    result = _run(
+    result = run(
         [
             installed / "bin" / "guard",
             "calibrate",
@@ -167,7 +117,7 @@ def test_installed_guard_calibrates_and_audits_from_files(installed, tmp_path):
     test = tmp_path / "test.npz"
     with np.load(DEMO_DATA / "test.npz") as data:
         np.savez(test, x=data["x"][:48], y=data["y"][:48])
-    _run(
+    run(
         [
             installed / "bin" / "guard",
             "audit",

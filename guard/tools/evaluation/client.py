@@ -46,11 +46,24 @@ class Served:
         return self.logits.argmax(1)
 
 
+def in_flight(window: int, deadline: float, seconds_per_answer: float | None) -> int:
+    """How many requests to keep in flight: at most `window`, and no more than the gateway answers
+    in a quarter of the deadline, so a request never waits out its deadline in the gateway's queue
+    behind the ones sent before it (a camera model with every detector answers a frame in a second
+    or two on two busy CPU cores, and its model's default deadline is 5 s)."""
+    if seconds_per_answer is None or seconds_per_answer <= 0:
+        return min(window, 2)  # until the first answers say how fast the gateway is
+    return max(1, min(window, int(deadline / 4 / seconds_per_answer)))
+
+
 class GatewayClient:
     def __init__(self, url: str, window: int = 64, timeout: float = 60.0):
         self.url = url
         self.window = window
         self.timeout = timeout
+        self.deadlines: dict[str, float] = {}
+        """Seconds a model's requests may take in the gateway ([batching] default_timeout_microseconds),
+        where the caller knows it: the pipeline keeps its queue well inside it."""
         self.channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._inputs: dict[str, tuple[str, str]] = {}
@@ -152,10 +165,13 @@ class GatewayClient:
             verdicts.append(params["guard_verdict"].string_param)
             logits.append(np.frombuffer(response.raw_output_contents[0], np.float32))
 
+        started, pace = time.monotonic(), None
         for i in tqdm(range(count), desc=desc or model, unit="req", leave=False, mininterval=1.0):
             pending.append(self.stub.ModelInfer.future(request(i), timeout=self.timeout))
-            if len(pending) >= self.window:
+            deadline = min(self.timeout, self.deadlines.get(model) or self.timeout)
+            while pending and len(pending) >= in_flight(self.window, deadline, pace):
                 collect()
+                pace = (time.monotonic() - started) / len(verdicts)  # seconds per answer so far
         while pending:
             collect()
         names = sorted(scores[0]) if count else []

@@ -7,7 +7,10 @@ preprocessor's height, width and resize give the frame the attack perturbs, the 
 Frames go to the gateway at the model's input size, already brought there by the gateway's own
 resize (guard.detection.preprocess.resizing.fit), and as lossless PNG: the gateway's resize of an
 image that already has the model's size leaves it unchanged, so the pixels the attack chose are the
-pixels the model sees. JPEG would re-quantise them and undo most of a few-level perturbation, so the
+pixels the model sees. A center-crop model is sent the square its resize makes before the crop
+(the shorter side at resize_shorter, the centre kept): the gateway resizes nothing and cuts the same
+centre the attack differentiates through (ServedInput's crop), and a wider frame's sides, which the
+crop would drop anyway, are left out. JPEG would re-quantise them and undo most of a few-level perturbation, so the
 clean frames go the same way, and clean and attacked frames differ only by the attack.
 """
 
@@ -23,7 +26,7 @@ import torch
 from guard.detection.boxes import Boxes, BoxSettings, decode
 from guard.detection.detectors.base import DETECTION
 from guard.detection.preprocess.images import ImagesPreprocessor
-from guard.detection.preprocess.resizing import fit
+from guard.detection.preprocess.resizing import center_crop, center_crop_geometry, fit
 from guard.protocol.settings import TableReader
 from guard.serving.model_config import ModelConfig, load_model_config
 from guard.tools.clean_data import encode_png
@@ -43,13 +46,23 @@ class ServedInput(torch.nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, net: OnnxClassifier, mean: list[float], std: list[float], output: str):
+    def __init__(
+        self,
+        net: OnnxClassifier,
+        mean: list[float],
+        std: list[float],
+        output: str,
+        crop: tuple[int, int, int, int] | None = None,
+    ):
         super().__init__()
-        self.net, self.output = net, output
+        self.net, self.output, self.crop = net, output, crop
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop is not None:  # (top, left, height, width): the gateway's centre crop of the view
+            top, left, height, width = self.crop
+            x = x[..., top : top + height, left : left + width].contiguous()
         return self.net.run((x - self.mean) / self.std, [self.output])[0]
 
 
@@ -76,14 +89,27 @@ class ImageModel:
         """Classes of a classifier's logits, or of a yolo detector's class scores."""
         return self.output_shape[-1] - (5 if self.output_kind == DETECTION else 0)
 
+    @property
+    def view_size(self) -> tuple[int, int]:
+        """(height, width) of the frames sent: the model's input, or a center-crop's square."""
+        p = self.preprocessor
+        if p.resize == "center-crop":
+            side = p.resize_shorter or max(p.height, p.width)
+            return side, side
+        return p.height, p.width
+
     def views(self, frames: tuple[np.ndarray, ...] | list[np.ndarray]) -> np.ndarray:
-        """RGB uint8 frames of any size -> uint8 [N, H, W, 3] at the model's input size, by the
-        gateway's own resize (rounded to 8 bits: what a PNG carries)."""
+        """RGB uint8 frames of any size -> uint8 [N, h, w, 3] at `view_size`, by the gateway's own
+        resize (rounded to 8 bits: what a PNG carries)."""
         p = self.preprocessor
         out = []
         for frame in frames:
             x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float().div_(255.0)
-            x = fit(x, p.resize, p.height, p.width, p.pad_value, p.resize_shorter)
+            if p.resize == "center-crop":
+                side = self.view_size[0]
+                x = center_crop(x, side, side, side, eight_bit=True).clamp(0.0, 1.0)
+            else:
+                x = fit(x, p.resize, p.height, p.width, p.pad_value, p.resize_shorter)
             out.append(x[0].mul(255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
         return np.stack(out)
 
@@ -106,7 +132,12 @@ class ImageModel:
 
         net = load_onnx_classifier(self.model_file).eval()
         p = self.preprocessor
-        return ServedInput(net, p.mean, p.std, self.config.detection.logits_output).eval()
+        crop = None
+        if p.resize == "center-crop":
+            side = self.view_size[0]
+            _, _, top, left = center_crop_geometry(side, side, side, p.height, p.width)
+            crop = (top, left, p.height, p.width)
+        return ServedInput(net, p.mean, p.std, self.config.detection.logits_output, crop).eval()
 
     @property
     def model_file(self) -> Path:
@@ -121,12 +152,6 @@ class ImageModel:
         if self.boxes is None:
             raise ValueError(f"{self.directory} is not a detection model")
         return decode(torch.as_tensor(np.asarray(raw, np.float32)), self.boxes)
-
-
-def _fixed_point(p: ImagesPreprocessor) -> bool:
-    """Whether the gateway's resize leaves an image of the model's size unchanged: always for
-    stretch and letterbox; for center-crop only when the crop is the whole resized square."""
-    return p.resize != "center-crop" or p.resize_shorter == p.height == p.width
 
 
 def read_image_model(reader: TableReader, key: str) -> ImageModel:
@@ -149,13 +174,6 @@ def read_image_model(reader: TableReader, key: str) -> ImageModel:
         )
     built = preprocess.build(source)
     assert isinstance(built, ImagesPreprocessor)  # kind "images" builds one
-    if not _fixed_point(built):
-        raise reader.fail(
-            key,
-            "a model whose resize leaves a frame of its own input size unchanged (stretch, letterbox, or "
-            "center-crop with resize_shorter = height = width): frames are sent at the model's input size",
-            value,
-        )
     output = config.outputs[0]
     if output.name != config.detection.logits_output or any(d < 0 for d in output.shape):
         raise reader.fail(key, "a model whose first output is its logits_output, of a fixed shape", value)

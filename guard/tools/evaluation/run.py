@@ -255,6 +255,9 @@ def run_evaluation(options: EvalOptions) -> dict:
             build_repository(plan, repository, seed=options.seed, ensemble=options.ensemble)
         url = stack.enter_context(_gateway(options, repository))
         client = stack.enter_context(GatewayClient(url))
+        for name in plan.names:  # each model's own deadline bounds how much the client queues
+            timeout_us = load_model_config(repository / name).batching.default_timeout_microseconds
+            client.deadlines[name] = timeout_us / 1e6
         found, curves = evaluate(client, repository, plan, options)
     notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked]
     notes += (IMAGE_NOTES if plan.images else []) + list(plan.notes)
