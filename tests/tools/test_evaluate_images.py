@@ -232,6 +232,25 @@ def test_hiding_succeeds_only_on_frames_where_the_person_was_found_and_only_with
     assert large["rule"] == {"name": "hide", "class": 0, "iou": 0.5}
 
 
+def test_each_row_with_eligible_frames_has_an_example_sheet_of_them(evaluated):
+    from PIL import Image
+
+    from guard.tools.evaluation.sheets import TILE
+
+    _, results, report = evaluated
+    rows = _rows(results)
+    for key in (f"hide_pgd_eps{SMALL:g}", f"hide_pgd_eps{LARGE:g}"):
+        sheet = Image.open(report / rows[key]["examples"])
+        # Two tiles a frame (clean, attacked), one frame a row: four of the eligible frames.
+        assert sheet.size == (2 * TILE, 4 * TILE), key
+    # The large budget's sheet shows successful frames: the attacked tile's frame is the
+    # adversarial colour where the gateway flagged it, and differs from the clean tile.
+    sheet = np.asarray(Image.open(report / rows[f"hide_pgd_eps{LARGE:g}"]["examples"]))
+    clean, attacked = sheet[:TILE, :TILE], sheet[:TILE, TILE:]
+    assert not np.array_equal(clean[20:-20, 20:-20], attacked[20:-20, 20:-20])
+    assert {p.name for p in report.glob("examples_*.png")} == {r["examples"] for r in rows.values() if "examples" in r}
+
+
 def test_appear_and_move_count_their_own_eligible_frames(evaluated):
     _, results, _ = evaluated
     rows = _rows(results)

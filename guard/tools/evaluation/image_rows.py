@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guard.serving.model_config import load_model_config
-from guard.tools.evaluation.client import GatewayClient
+from guard.tools.evaluation.client import GatewayClient, Served
 from guard.tools.evaluation.image_attacks import default_suite, run_rule_attack, white_box_asr
 from guard.tools.evaluation.plan import Plan, Subject
 from guard.tools.evaluation.reference import ModelReference, matches_config
+from guard.tools.evaluation.sheets import example_sheet, pick_examples
 from guard.tools.evaluation.subjects import configured_thresholds
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def _model_rows(
     reference.summary["output_kind"] = image.output_kind
     reference.summary["matches_gateway_thresholds"] = matches_config(directory, reference)
     clean_raw = image.raw(clean.logits)[pick]
+    picked = Served(clean.logits[pick], {d: s[pick] for d, s in clean.scores.items()}, clean.verdicts[pick])
     net = image.torch_model()
     x = image.as_tensor(test_views[pick])
     rows = []
@@ -80,6 +82,11 @@ def _model_rows(
         )
         row["rule"] = {"name": spec.rule, "class": spec.target_class, "iou": spec.iou}
         row["params"] = spec.params
+        shown = pick_examples(successful, eligible)
+        if shown:
+            sheet = options.report_dir / f"examples_{row['key']}.png"
+            example_sheet(sheet, image, test_views[pick], image.as_views(adv), picked, served, shown)
+            row["examples"] = sheet.name
         rows.append(row)
         log.info(
             "%s: ASR %s, served detection %s (%.1f s)",
@@ -97,6 +104,8 @@ def evaluate_images(client: GatewayClient, repository: Path, plan: Plan, options
 
     test = plan.frames("test")
     pick = sample(len(test), options)
+    for old in options.report_dir.glob("examples_*.png"):  # a previous run's rows
+        old.unlink()
     rows: list[dict] = []
     curves: dict[str, tuple[str, dict]] = {}
     summaries = {}

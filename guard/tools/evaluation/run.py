@@ -39,6 +39,9 @@ IMAGE_NOTES = [
     "the attack (JPEG would re-quantise a perturbation of a few levels away). The attacks are white-box on the "
     "served model's own ONNX run as torch; `surrogate_asr` is their success on it. Success is judged by the rule "
     "each row names, on the boxes or classes the served model returned (guard/tools/evaluation/rules.py).",
+    "`examples_<row>.png`: up to four attacked frames per row (successful ones first), the clean frame beside the "
+    "attacked one as the gateway answered each (boxes or top-1), framed in the colour of its verdict (green clean, "
+    "red adversarial).",
 ]
 
 
