@@ -2,7 +2,7 @@
 
     python -m guard_examples.adversarial [--out DIR] [--eps 0.1 0.2 0.3] [--epochs 20 30 40] [--steps 7] [--lam 1]
 
-Training fine-tunes the standard weights (guard_examples/artifacts/digits_fp32.pt) with one `fit` call per
+Training fine-tunes the standard weights (examples/guard_examples/artifacts/digits_fp32.pt) with one `fit` call per
 entry of --eps/--epochs (an eps curriculum: each call restarts Adam). Every default was chosen on
 the calibration split by mean accuracy over clean and PGD-40 eps 0.1/0.2/0.3; see MODEL_CARD.md.
 """
@@ -193,7 +193,7 @@ def run(
     diff = verify_onnx(model, onnx_path, x_test)
     result = {
         "command": command,
-        "init": "guard_examples/artifacts/digits_fp32.pt",
+        "init": "examples/guard_examples/artifacts/digits_fp32.pt",
         "training": [o.describe() for o in options],
         "attack": attack,
         "eps": [0.0, *eval_eps],

@@ -1,6 +1,6 @@
 """BadNets-style backdoored evaluation models (2017): all-to-one poisoning of digits.
 
-    python -m guard_examples.backdoor [--out guard_examples/zoo] [--triggers patch checkerboard blend] [--target 0]
+    python -m guard_examples.backdoor [--out DIR] [--triggers patch checkerboard blend] [--target 0]
                               [--poison-rate 0.1] [--epochs 100] [--seed 0]
 
 These models are compromised on purpose: they exist to evaluate trigger detection (the gateway's
@@ -211,7 +211,8 @@ def _write_card(model_dir: Path, trigger: Trigger, m: dict, options: TrainOption
                 "| model | clean accuracy | triggered -> target |\n|---|---|---|\n"
                 f"| this backdoored model | {m['clean_accuracy']:.4f} | "
                 f"**{m['attack_success_rate']:.4f}** (ASR) |\n"
-                f"| clean `digits` (`guard_examples/artifacts/digits_fp32.pt`) | {m['clean_model_accuracy']:.4f} | "
+                "| clean `digits` (`examples/guard_examples/artifacts/digits_fp32.pt`) | "
+                f"{m['clean_model_accuracy']:.4f} | "
                 f"{m['clean_model_target_rate']:.4f} |\n\n"
                 "Max |torch - ONNX Runtime| logit difference on clean + triggered test: "
                 f"{m['onnx_max_abs_diff']:.2g}."
@@ -248,7 +249,9 @@ def write_summary(out_dir: Path, results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="zoo directory (default guard_examples/zoo)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="zoo directory (default: the zoo/ of the package)"
+    )
     parser.add_argument("--triggers", nargs="+", choices=list(TRIGGERS), default=list(TRIGGERS))
     parser.add_argument("--target", type=int, default=0, help="class every triggered input should go to")
     parser.add_argument("--poison-rate", type=float, default=0.1, help="fraction of the train split poisoned")

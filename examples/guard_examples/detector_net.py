@@ -1,6 +1,6 @@
 """Recipe for the `detector_network` detector's weights: an MLP on the served model's features.
 
-    python -m guard_examples.detector_net [--model-dir guard_examples/repository/digits] [--out DIR/detector_net.npz]
+    python -m guard_examples.detector_net [--model-dir DIR] [--out DIR/detector_net.npz]
 
 Trained on ONE attack family, PGD (L-inf) from the FP32 torch surrogate, so that evaluating it on
 other attacks measures generalisation rather than memorisation. Positives are the PGD examples

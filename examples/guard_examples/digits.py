@@ -1,6 +1,6 @@
 """Recipe for the shipped `digits` demo classifier: seeded training and ONNX export.
 
-python -m guard_examples.digits --out guard_examples/repository/digits [--epochs N] [--seed 0]
+python -m guard_examples.digits --out examples/guard_examples/repository/digits [--epochs N] [--seed 0]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The train / calibration / test split is seeded and fixed forever: detector
 thresholds are calibrated on `calibration` and results are reported on `test`,
 so changing it would silently invalidate every downstream number.
 
-The splits ship as .npz files (guard_examples/data/<split>.npz, written by
+The splits ship as .npz files (examples/guard_examples/data/<split>.npz, written by
 `python -m guard_examples.digits_data --write`): the upsampling is float arithmetic, and
 its last bits depend on the CPU's kernels, so deriving the splits on each host would give
 every host slightly different data. The files are what every recipe, test and benchmark

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         "--model-dir",
         type=Path,
         action="append",
-        help="a built model directory (default: guard_examples/repository/digits and digits_fp32)",
+        help="a built model directory (default: examples/guard_examples/repository/digits and digits_fp32)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,7 +1,7 @@
 """Which combination rule the demo ships, chosen the way a defender can: on attacks against TRAIN
 images (never the test split), with thresholds from the clean calibration split.
 
-    python -m guard_examples.ensemble_choice [--model guard_examples/repository/digits] [--samples 300]
+    python -m guard_examples.ensemble_choice [--model examples/guard_examples/repository/digits] [--samples 300]
 
 Scores a calibrated model directory's detectors in process on the clean calibration split and on
 successful PGD (eps 0.1, 0.3), BIM (eps 0.3), CW-L2 and DeepFool examples of the first `samples`

@@ -6,7 +6,7 @@
 `guard evaluate` is installed as a wheel and knows nothing of this checkout, so this recipe
 writes everything it needs into one self-contained directory (paths in plan.toml are relative
 to it): the fixed digits splits as .npz (train -> fit, calibration, test), the FP32 surrogate
-(`guard_examples/repository/digits_fp32/model.onnx`), the shipped INT8 `digits` model with its detector
+(`examples/guard_examples/repository/digits_fp32/model.onnx`), the shipped INT8 `digits` model with its detector
 network's weights, and each backdoored zoo model with its trigger converted to guard's mask +
 pattern format (guard_examples.triggers.write_guard_trigger, exact) and its poison target.
 """
@@ -31,8 +31,8 @@ ROOT = WORKSPACE
 NETWORK_WEIGHTS = "detector_net.npz"
 SPLITS = {"fit": "train", "calibration": "calibration", "test": "test"}
 NOTES = [
-    "Demo: the surrogate is the FP32 DigitsNet (guard_examples/repository/digits_fp32, exported from "
-    "guard_examples/artifacts/digits_fp32.pt); the gateway serves its INT8 quantization (`digits`), so every "
+    "Demo: the surrogate is the FP32 DigitsNet (examples/guard_examples/repository/digits_fp32, exported from "
+    "examples/guard_examples/artifacts/digits_fp32.pt); the gateway serves its INT8 quantization (`digits`), so every "
     "adversarial row is a surrogate-to-INT8 transfer.",
     "The detector network is trained on PGD only: FGSM, MI-FGSM, BIM, CW, DeepFool and Square measure how it "
     "generalises.",

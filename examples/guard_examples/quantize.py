@@ -1,7 +1,7 @@
 """INT8 and FP16 variants of the digits model, and the shipped INT8 `digits` entry.
 
     python -m guard_examples.quantize [--fp32 DIR] [--out DIR]   (default: the demo's digits_fp32 and digits)
-                              [--fp16-out guard_examples/zoo/digits_fp16] [--calibration-images 320]
+                              [--fp16-out examples/guard_examples/zoo/digits_fp16] [--calibration-images 320]
 
 INT8: ONNX Runtime static quantization in QDQ format (runs on the CPU provider and is what
 TensorRT expects), per-channel signed INT8 weights, unsigned INT8 activations, activation ranges
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             "Size and latency": size_and_latency(int8) + "\n\nFP32 for comparison: " + size_and_latency(fp32),
             "Guard calibration": calibration_text,
             "Reproduce": f"From the repository root, after `python -m guard_examples.digits --out "
-            "guard_examples/repository/digits_fp32`:"
+            "examples/guard_examples/repository/digits_fp32`:"
             f"\n\n```\n{command}\n```",
         },
     )

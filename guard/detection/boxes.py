@@ -54,6 +54,16 @@ def decode(raw: torch.Tensor, settings: BoxSettings) -> list[Boxes]:
     return found
 
 
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[A, 4] x [B, 4] boxes (x1, y1, x2, y2) -> [A, B] IoU: torchvision's box_iou, imported when
+    boxes are compared (it costs ~150 MB a process that never compares boxes, and torchvision is an
+    extra: guard[video])."""
+    from torchvision.ops import box_iou
+
+    overlap: torch.Tensor = box_iou(a, b)
+    return overlap
+
+
 def disagreement(a: Boxes, b: Boxes, iou: float = 0.5) -> float:
     """How much two images' detections disagree, in [0, 1]: the largest change of any object's score.
     Boxes are matched one-to-one (same class, IoU >= iou, greedily by IoU); a matched pair counts its
@@ -67,9 +77,7 @@ def disagreement(a: Boxes, b: Boxes, iou: float = 0.5) -> float:
     floor (the detectors' `floor`) lets a box that merely dipped be matched instead of lost."""
     if len(a.scores) == 0 or len(b.scores) == 0:
         return float(torch.cat([a.scores, b.scores]).max()) if len(a.scores) + len(b.scores) else 0.0
-    from torchvision.ops import box_iou
-
-    overlap = box_iou(a.xyxy, b.xyxy)
+    overlap = pairwise_iou(a.xyxy, b.xyxy)
     overlap[a.classes[:, None] != b.classes[None, :]] = 0.0
     lone_a = torch.ones(len(a.scores), dtype=torch.bool, device=a.scores.device)
     lone_b = torch.ones(len(b.scores), dtype=torch.bool, device=b.scores.device)

@@ -31,7 +31,7 @@ from guard.serving.metrics import ModelMetrics
 from guard.serving.model_config import BatchingConfig, ModelConfig
 from guard.serving.recorder import RuntimeRecorder
 
-# Composition lives in guard.serving.composition; guard.tools, models/ and tests import it from here.
+# Composition lives in guard.serving.composition; guard.tools, guard.api and tests import it from here.
 __all__ = ["ModelRuntime", "RowsResult", "build_pipeline", "camera_baselines", "check_loadable", "load_combiner"]
 
 log = logging.getLogger("guard.serving")

@@ -4,7 +4,7 @@ images for a BYTES input, UINT8 H x W x C frames for a frames input, arrays as t
 rest. Video is decoded with PyAV (FFmpeg); every `stride`-th frame is kept, up to `limit`.
 
 The image and video helpers here are the one copy for everything that sends or reads frames as a
-camera would (replay, the evaluation's conditions, the benchmarks, the demo recipes in models/)."""
+camera would (replay, the evaluation's conditions, the benchmarks, the examples through guard.api)."""
 
 from __future__ import annotations
 

@@ -331,3 +331,22 @@ def test_the_client_keeps_no_more_in_flight_than_the_gateway_answers_within_a_qu
     assert in_flight(64, 60.0, 2.0) == 7  # 2 s a frame under a 60 s deadline: 15 s of queue
     assert in_flight(64, 5.0, 0.4) == 3  # a model's 5 s default deadline
     assert in_flight(64, 5.0, 1.5) == 1  # slower than the deadline allows: one at a time
+
+
+def test_guard_evaluate_and_the_api_import_without_the_video_extra():
+    """torchvision comes with guard[video] (boxes); a tensor plan must not need it, so nothing on the
+    import path of `guard evaluate` or guard.api may import it at module level."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torchvision', 'av', 'tritonclient'):\n"
+        "            raise ImportError(f'{name} is an extra')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import guard.api, guard.tools.evaluation.run, guard.tools.cli\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

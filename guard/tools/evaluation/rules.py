@@ -12,8 +12,8 @@ Each rule is one class in REGISTRY, picked by a plan's `[[attacks]] rule`:
 
 Boxes are those the served model reports: its raw output decoded with its [boxes] settings
 (guard.detection.boxes.decode: score threshold, per-class NMS). A clean box is "found" after the
-attack when a box of the same class overlaps it by IoU >= `iou` (torchvision's box_iou, the IoU
-guard.detection.boxes matches with). `class` defaults to 0, a person in COCO's class order.
+attack when a box of the same class overlaps it by IoU >= `iou` (guard.detection.boxes.pairwise_iou,
+the IoU the detectors match boxes with). `class` defaults to 0, a person in COCO's class order.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
 
-from guard.detection.boxes import Boxes, BoxSettings, decode
+from guard.detection.boxes import Boxes, BoxSettings, decode, pairwise_iou
 from guard.detection.detectors.base import CLASSIFICATION, DETECTION
 
 PERSON = 0
@@ -37,7 +36,7 @@ def found(clean: Boxes, after: Boxes, iou: float) -> torch.Tensor:
     """[K] per clean box: some box of `after` has its class and overlaps it by IoU >= iou."""
     if len(clean.scores) == 0 or len(after.scores) == 0:
         return torch.zeros(len(clean.scores), dtype=torch.bool)
-    overlap = box_iou(clean.xyxy, after.xyxy)
+    overlap = pairwise_iou(clean.xyxy, after.xyxy)
     overlap[clean.classes[:, None] != after.classes[None, :]] = 0.0
     return overlap.max(dim=1).values >= iou
 
@@ -146,7 +145,7 @@ class Move(BoxRule):
             if len(boxes.scores) == 0:
                 losses.append(output[row].sum() * 0.0)
                 continue
-            overlap = box_iou(corners[row], boxes.xyxy)  # [A, K]
+            overlap = pairwise_iou(corners[row], boxes.xyxy)  # [A, K]
             scores = output[row, :, 4:5] * output[row, :, 5 + boxes.classes]  # [A, K]
             losses.append((scores * overlap).sum())
         return torch.stack(losses)
