@@ -16,6 +16,7 @@
     image_attacks.py  PGD on a rule's loss, on 8-bit frames
     image_plan.py  image plans' [[attacks]] entries (with a rule), read and checked
     image_rows.py  an image plan through the gateway
+    sheets.py      example sheets of image rows: clean and attacked frames as the gateway answered them
     tables.py      results.json, results.md, roc_<row>.png
     run.py         orchestration and the CLI entry point
 
