@@ -30,6 +30,10 @@ from guard.serving.dataplane import DETECTOR_SCORES, EXPLAIN
 log = logging.getLogger("guard.tools.evaluation.client")
 
 
+CAMERA_ID = "camera_id"
+"""The request parameter naming a frame's camera (guard.serving.cameras reads it)."""
+
+
 @dataclass
 class Served:
     """What the gateway returned for N images of one model."""
@@ -131,14 +135,19 @@ class GatewayClient:
 
         return self._pipeline(model, len(x), request, desc)
 
-    def infer_encoded(self, model: str, items: Sequence[bytes], desc: str | None = None) -> Served:
+    def infer_encoded(
+        self, model: str, items: Sequence[bytes], desc: str | None = None, cameras: Sequence[str] | None = None
+    ) -> Served:
         """Send every encoded image (JPEG or PNG bytes) to `model`, whose input is BYTES, as its own
-        request (a BYTES [1] tensor, as a camera's client sends a frame); answers in item order."""
+        request (a BYTES [1] tensor, as a camera's client sends a frame), with its `camera_id` where
+        `cameras` names one per item; answers in item order."""
         name, _ = self._input_for(model, encoded=True)
 
         def request(i: int) -> pb.ModelInferRequest:
             message = self._request(model, i)
             message.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(items[i])
+            if cameras is not None:
+                message.parameters[CAMERA_ID].string_param = cameras[i]
             return message
 
         return self._pipeline(model, len(items), request, desc)

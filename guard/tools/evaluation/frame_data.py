@@ -8,8 +8,12 @@ and video helpers).
     test = "frames/test"
     video_stride = 5                        # optional: every 5th frame of a video (default 1)
     max_frames = 200                        # optional: at most this many frames per source
+    cameras = true                          # optional: each source is a camera (default false)
 
 A folder contributes its .jpg, .jpeg and .png files in name order; a video its frames in time order.
+With `cameras = true` each source (a folder, a video) is one camera whose id is its name without
+suffix (`frames/test/lobby` and `frames/fit/lobby` are both camera `lobby`): requests carry that
+`camera_id`, so a model with per-camera baselines is measured as it is served.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class FrameSplit:
     """RGB uint8 [H, W, 3], any size each."""
     names: tuple[str, ...]
     """Per frame: `file` for an image, `video#index` for a video frame."""
+    cameras: tuple[str, ...] = ()
+    """Per frame: the camera (its source's name without suffix)."""
+    per_camera: bool = False
+    """[data] cameras: whether requests carry each frame's camera as `camera_id`."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -59,7 +67,7 @@ def _video(reader: TableReader, key: str, path: Path, stride: int, limit: int | 
     try:
         frames = list(decode_video(path, step=stride, limit=limit))
     except ImportError:
-        raise reader.fail(key, "a video PyAV can read (pip install 'guard[camera]')", str(path)) from None
+        raise reader.fail(key, "a video PyAV can read (pip install 'guard[video]')", str(path)) from None
     except Exception as exc:  # noqa: BLE001 - PyAV raises its own error family for unreadable files
         raise reader.fail(key, f"a video PyAV can read ({type(exc).__name__}: {exc})", str(path)) from None
     if not frames:
@@ -67,13 +75,17 @@ def _video(reader: TableReader, key: str, path: Path, stride: int, limit: int | 
     return [(f"{path.name}#{i * stride}", frame) for i, frame in enumerate(frames)]
 
 
-def load_frame_split(reader: TableReader, key: str, stride: int = 1, limit: int | None = None) -> FrameSplit:
+def load_frame_split(
+    reader: TableReader, key: str, stride: int = 1, limit: int | None = None, per_camera: bool = False
+) -> FrameSplit:
     """The frames `[data] key` names (paths relative to the plan); every problem names the key."""
     value = reader.get(key, object, expected="a folder of images, a video file, or a list of them")
     values = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str) for v in values):
         raise reader.fail(key, "a folder of images, a video file, or a non-empty list of them", value)
-    sources, found = [], []
+    sources: list[Path] = []
+    found: list[tuple[str, np.ndarray]] = []
+    cameras: list[str] = []
     for i, name in enumerate(values):
         item = key if not isinstance(value, list) else f"{key}[{i}]"
         path = reader.directory / name
@@ -88,12 +100,16 @@ def load_frame_split(reader: TableReader, key: str, stride: int = 1, limit: int 
                 name,
             )
         sources.append(path)
-    return FrameSplit(tuple(sources), tuple(f for _, f in found), tuple(n for n, _ in found))
+        cameras += [path.stem] * (len(found) - len(cameras))
+    return FrameSplit(
+        tuple(sources), tuple(f for _, f in found), tuple(n for n, _ in found), tuple(cameras), per_camera
+    )
 
 
 def read_frame_data(reader: TableReader, keys: tuple[str, ...]) -> dict[str, FrameSplit]:
     """Every split of an image plan's [data] table."""
-    reader.unknown((*keys, "video_stride", "max_frames"))
+    reader.unknown((*keys, "video_stride", "max_frames", "cameras"))
     stride = reader.positive("video_stride", 1)
     limit = reader.positive("max_frames", 0, allow_zero=True) or None
-    return {key: load_frame_split(reader, key, stride, limit) for key in keys}
+    per_camera = reader.get("cameras", bool, False)
+    return {key: load_frame_split(reader, key, stride, limit, per_camera) for key in keys}

@@ -90,6 +90,12 @@ class ImageModel:
         return self.output_shape[-1] - (5 if self.output_kind == DETECTION else 0)
 
     @property
+    def warmup(self) -> int:
+        """Frames a camera's baseline warms up on before it judges ([cameras.baseline]); 0 without."""
+        baseline = self.config.cameras.baseline
+        return 0 if baseline is None else baseline.warmup
+
+    @property
     def view_size(self) -> tuple[int, int]:
         """(height, width) of the frames sent: the model's input, or a center-crop's square."""
         p = self.preprocessor
@@ -156,8 +162,9 @@ class ImageModel:
 
 def read_image_model(reader: TableReader, key: str) -> ImageModel:
     """The model directory `key` names, checked for what the evaluation needs: one BYTES input with
-    the `images` preprocessor, the logits_output first among the outputs and of a fixed shape, an
-    ONNX file that runs as torch (the attack differentiates through it), no per-camera baselines."""
+        the `images` preprocessor, the logits_output first among the outputs and of a fixed shape, an
+        ONNX file that runs as torch (the attack differentiates through it). Per-camera baselines need
+    frames that say their camera (load_plan checks [data] cameras)."""
     value = reader.get(key, str, expected="a model directory (config.toml + model.onnx)")
     directory = reader.directory / value
     if not (directory / "config.toml").is_file():
@@ -177,8 +184,6 @@ def read_image_model(reader: TableReader, key: str) -> ImageModel:
     output = config.outputs[0]
     if output.name != config.detection.logits_output or any(d < 0 for d in output.shape):
         raise reader.fail(key, "a model whose first output is its logits_output, of a fixed shape", value)
-    if config.cameras.baseline is not None:
-        raise reader.fail(key, "a model without [cameras.baseline]: the evaluation's frames carry no camera_id", value)
     model = ImageModel(directory, config, built)
     if not model.model_file.is_file():
         raise reader.fail(key, "a model directory whose backend's ONNX file exists", str(model.model_file))

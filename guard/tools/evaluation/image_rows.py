@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation.client import GatewayClient, Served
 from guard.tools.evaluation.image_attacks import default_suite, run_rule_attack, white_box_asr
@@ -35,18 +38,37 @@ def _model_rows(
     plan: Plan,
     subject: Subject,
     options: EvalOptions,
-    pick,
+    pick: np.ndarray,
+    judged: np.ndarray,
     suffix: str,
     curves: dict,
 ) -> tuple[dict, list[dict]]:
     """One image model's summary and attack rows."""
     image, name = subject.image, subject.name
     assert image is not None  # plan.images holds the model directories
-    test_views = image.views(plan.frames("test").frames)
+    test, calibration_frames = plan.frames("test"), plan.frames("calibration")
+    # A model with per-camera baselines gets each frame's camera, as a deployment's cameras send it.
+    test_cameras = list(test.cameras) if image.warmup else None
+    test_views = image.views(test.frames)
     calibration = client.infer_encoded(
-        name, image.encode(image.views(plan.frames("calibration").frames)), desc=f"{name} calibration"
+        name,
+        image.encode(image.views(calibration_frames.frames)),
+        desc=f"{name} calibration",
+        cameras=list(calibration_frames.cameras) if image.warmup else None,
     )
-    clean = client.infer_encoded(name, image.encode(test_views), desc=f"{name} clean test")
+    # Scores come back mapped by a camera's baseline once it is warm: the reference's thresholds are
+    # refitted on those, not on the warm-up frames' unmapped ones.
+    warm = judged_rows(calibration_frames.cameras, image.warmup)
+    if len(warm) == 0:
+        raise ConfigError(
+            plan.path,
+            "data.calibration",
+            f"more than {image.warmup} frames of some camera ({name}'s baselines warm up on that many)",
+            len(calibration_frames),
+        )
+    calibration = subset(calibration, warm)
+    every = client.infer_encoded(name, image.encode(test_views), desc=f"{name} clean test", cameras=test_cameras)
+    clean = subset(every, judged)  # a camera's warm-up frames are not judged: its baseline is not ready
     directory = repository / name
     reference = ModelReference(
         name,
@@ -58,8 +80,9 @@ def _model_rows(
     )
     reference.summary["output_kind"] = image.output_kind
     reference.summary["matches_gateway_thresholds"] = matches_config(directory, reference)
-    clean_raw = image.raw(clean.logits)[pick]
-    picked = Served(clean.logits[pick], {d: s[pick] for d, s in clean.scores.items()}, clean.verdicts[pick])
+    reference.summary["warmup_frames_per_camera"] = image.warmup
+    picked = subset(every, pick)
+    clean_raw = image.raw(picked.logits)
     net = image.torch_model()
     x = image.as_tensor(test_views[pick])
     rows = []
@@ -67,7 +90,12 @@ def _model_rows(
         started = time.perf_counter()
         rule = spec.build_rule(image.boxes)
         adv = run_rule_attack(spec, net, rule, x, options.seed)
-        served = client.infer_encoded(name, image.encode(image.as_views(adv)), desc=f"send {spec.key}")
+        served = client.infer_encoded(
+            name,
+            image.encode(image.as_views(adv)),
+            desc=f"send {spec.key}",
+            cameras=None if test_cameras is None else [test_cameras[i] for i in pick],
+        )
         eligible, successful = rule.judge(clean_raw, image.raw(served.logits))
         row = reference.row(
             spec.label,
@@ -98,12 +126,30 @@ def _model_rows(
     return reference.summary, rows
 
 
+def judged_rows(cameras: tuple[str, ...], warmup: int) -> np.ndarray:
+    """Test rows a camera judges: all but each camera's first `warmup` frames (its baseline warms up
+    on them, as a deployment's camera does), in order."""
+    seen: dict[str, int] = {}
+    rows = []
+    for i, camera in enumerate(cameras):
+        seen[camera] = seen.get(camera, 0) + 1
+        if seen[camera] > warmup:
+            rows.append(i)
+    return np.array(rows, dtype=np.int64)
+
+
+def subset(served: Served, rows: np.ndarray) -> Served:
+    """The answers of some rows, in the order `rows` gives."""
+    return Served(served.logits[rows], {d: s[rows] for d, s in served.scores.items()}, served.verdicts[rows])
+
+
 def evaluate_images(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
     """All rows and per-model summaries of an image plan, plus ROC inputs per row."""
     from guard.tools.evaluation.run import sample
 
     test = plan.frames("test")
-    pick = sample(len(test), options)
+    judged = judged_rows(test.cameras, max((s.image.warmup for s in plan.images if s.image is not None), default=0))
+    pick = judged[sample(len(judged), options)]  # attacked frames: judged ones, whose camera is warm
     for old in options.report_dir.glob("examples_*.png"):  # a previous run's rows
         old.unlink()
     rows: list[dict] = []
@@ -112,7 +158,9 @@ def evaluate_images(client: GatewayClient, repository: Path, plan: Plan, options
     for subject in plan.images:
         # Row keys name the model only when several are evaluated, so one model's keys stay short.
         suffix = f"@{subject.name}" if len(plan.images) > 1 else ""
-        summaries[subject.name], found = _model_rows(client, repository, plan, subject, options, pick, suffix, curves)
+        summaries[subject.name], found = _model_rows(
+            client, repository, plan, subject, options, pick, judged, suffix, curves
+        )
         rows += found
     return {
         "samples": len(pick),

@@ -17,6 +17,7 @@ import tomlkit
 
 from guard.detection.calibration.references import References
 from guard.tools.calibrate_dir import calibrate_directory
+from guard.tools.evaluation.frame_data import FrameSplit
 from guard.tools.evaluation.image_models import ImageModel
 from guard.tools.evaluation.plan import Plan
 
@@ -33,9 +34,13 @@ def client_rows(image: ImageModel, encoded: list[bytes]) -> np.ndarray:
     return rows.reshape(len(encoded), *image.config.inputs[0].shape)
 
 
-def references(image: ImageModel, frames: tuple[np.ndarray, ...]) -> References:
-    """Clean frames as calibration takes them: PNG at the model's input size, as the evaluation sends them."""
-    return References({image.config.inputs[0].name: client_rows(image, image.encode(image.views(frames)))})
+def references(image: ImageModel, split: FrameSplit) -> References:
+    """Clean frames as calibration takes them: PNG at the model's input size, as the evaluation sends
+    them, each with its camera where the model keeps per-camera baselines (calibration then fits
+    its factory floor on every camera's warm-up, as `guard calibrate --data CAM1 CAM2 ...` does)."""
+    rows = client_rows(image, image.encode(image.views(split.frames)))
+    cameras = np.array(split.cameras, dtype=str) if image.warmup else None
+    return References({image.config.inputs[0].name: rows}, cameras=cameras)
 
 
 def _copy(image: ImageModel, target: Path, name: str) -> None:
@@ -53,7 +58,7 @@ def _copy(image: ImageModel, target: Path, name: str) -> None:
 
 def build_image_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
     """Copy and calibrate every image model of the plan into `repository`; returns the reports."""
-    fit, calibration, test = (plan.frames(key).frames for key in ("fit", "calibration", "test"))
+    fit, calibration, test = (plan.frames(key) for key in ("fit", "calibration", "test"))
     reports = {}
     for subject in plan.images:
         image = subject.image

@@ -337,6 +337,21 @@ def load_plan(path: Path) -> Plan:
             if framed
             else "an ONNX tensor model (`onnx`), as the plan's [data] are .npz arrays",
         )
+    test = splits["test"]
+    unlabelled = next(
+        (
+            i
+            for i, m in enumerate(models)
+            if m.image is not None and m.image.warmup and not (isinstance(test, FrameSplit) and test.per_camera)
+        ),
+        None,
+    )
+    if unlabelled is not None:
+        raise reader.fail(
+            f"models[{unlabelled}].model",
+            "a model without [cameras.baseline], or [data] cameras = true (each source a camera, whose "
+            "frames carry its camera_id)",
+        )
     attacks, ruled = _attacks(reader)
     check_rule_attacks(reader, ruled, [m.image for m in models if m.image is not None])
     surrogate = reader.sub("surrogate")
