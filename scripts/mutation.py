@@ -47,12 +47,14 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/serving/test_cameras.py",
         "tests/serving/test_admission.py",
     ),
-    "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport"),
+    "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport", "tests/backends/remote"),
     # The pieces runtime.py wires together, each against the tests that reach its behaviour.
     "guard/serving/judging.py": (
         "tests/serving/test_verdicts_live.py",
         "tests/serving/test_policy.py",
         "tests/serving/test_failures.py",
+        "tests/serving/test_cameras.py",
+        "tests/serving/test_baselines_live.py",
     ),
     "guard/serving/fail_open.py": ("tests/serving/test_failures.py", "tests/serving/test_policy.py"),
     "guard/serving/execution.py": (
@@ -65,6 +67,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/serving/test_failures.py",
         "tests/serving/test_policy.py",
         "tests/serving/test_metrics.py",
+        "tests/backends/remote/test_guard_chain.py",
+        "tests/backends/remote/test_upstream_status.py",
     ),
     "guard/serving/validation.py": ("tests/serving/transport", "tests/serving"),
     "guard/serving/host_calibration.py": (
@@ -118,6 +122,11 @@ _BOUNDS = "guard/detection/bounds.py"
 _PIPELINE = "guard/detection/pipeline.py"
 _ONE_COPY = "with one copy, concatenating or repeating it gives the same values (only a copy more)"
 EQUIVALENT: list[tuple[str, str, str]] = [
+    (
+        "guard/serving/fail_open.py",
+        "result.scores = None",
+        "no scores, None or empty, read alike: the judge sees falsy scores and answers unchecked",
+    ),
     (_PIPELINE, "guarded = torch.cat([x, *extra]) if copies >= 1 else x", _ONE_COPY),
     (_PIPELINE, "return value.repeat(copies, *[1] * (value.dim() - 1)) if copies >= 1 else value", _ONE_COPY),
     (_PIPELINE, "return np.concatenate([value] * copies) if copies >= 1 else value", _ONE_COPY),
