@@ -1,14 +1,15 @@
 """The camera evaluation as a `guard evaluate` plan: what a user with a camera model runs.
 
-    python -m guard_examples.camera_plan --out build/camera-plan [--protocol one-clip|time-split] [--quick]
+    python -m guard_examples.camera_plan --out build/camera-plan [--protocol one-clip|time-split] [--factory] [--quick]
     guard evaluate --plan build/camera-plan/plan.toml --report-dir reports/camera-plan
 
 The plan directory is self-contained (paths in plan.toml are relative to it), so the installed guard
 wheel evaluates it with nothing else installed: the camera models' directories as `guard serve`
-loads them (guard_examples.camera_guard.write_directory, without per-camera baselines: the
-evaluation's frames carry no camera id, so the factory thresholds are what it measures), and the
-real footage as JPEG frames, quality 90, as a camera sends them. guard evaluate calibrates each
-model on the plan's fit and calibration frames, then attacks the test frames:
+loads them (guard_examples.camera_guard.write_directory, with the served per-camera baselines unless
+`--factory`), and the real footage as JPEG frames, quality 90, as a camera sends them, one folder
+per clip and each clip a camera ([data] cameras = true): a camera's first 50 frames warm its
+baseline up and are not judged. guard evaluate calibrates each model on the plan's fit and
+calibration frames, then attacks the test frames:
 
 - `hide` on YOLOv3-tiny: an L-inf PGD on the 8-bit grid that drives every person score down; a frame
   counts when a person the clean frame showed is gone;
@@ -18,11 +19,11 @@ each at 2, 4 and 8/255. The calibration protocols are the plan's data:
 
 - `one-clip` (protocol A): fit and calibration on bikes.mp4 (alternate frames of its first half),
   test on the other clips, scenes the guard never saw;
-- `time-split` (protocol B without per-camera baselines): every clip's first half fits and
-  calibrates, its second half, after a gap, is judged.
+- `time-split` (protocol B): every clip's first half fits and calibrates, its second half, after a
+  gap, is judged.
 
-The simulated conditions (dusk, gain, JPEG, ...) stay with guard_examples.camera_baselines, which
-needs per-camera baselines and so a camera id on each frame.
+The simulated conditions (dusk, gain, JPEG, ...) and the poisoning bound stay with
+guard_examples.camera_baselines.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from guard.api import encode_jpeg
 from guard_examples.camera import DEFAULT_ROOT, ensure_built
-from guard_examples.camera_guard import write_directory
+from guard_examples.camera_guard import WARMUP, write_directory
 from guard_examples.footage import video_frames
 from guard_examples.paths import WORKSPACE
 
@@ -93,8 +94,10 @@ def write_plan(
     models: tuple[str, ...] = MODELS,
     quick: bool = False,
     models_root: Path = DEFAULT_ROOT,
+    per_camera: bool = True,
 ) -> Path:
-    """Write the camera plan and every file it names under `out`; returns plan.toml."""
+    """Write the camera plan and every file it names under `out`; returns plan.toml. `per_camera`:
+    the models keep the served per-camera baselines and each clip's frames are one camera's."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if out.exists() and any(out.iterdir()) and not (out / "plan.toml").is_file():
@@ -104,13 +107,21 @@ def write_plan(
         if earlier.exists():
             shutil.rmtree(earlier)
     for name in models:
-        write_directory(name, built[name], out / "models", warmup=None)
+        write_directory(name, built[name], out / "models", warmup=WARMUP if per_camera else None)
     splits = split_frames(protocol, QUICK["frames"] if quick else None)
+    data: dict[str, object] = {}
     for split, frames in splits.items():
-        folder = out / "frames" / split
-        folder.mkdir(parents=True)
+        folders: list[str] = []
         for stem, rgb in tqdm(frames, desc=f"camera plan: {split} frames", unit="frame"):
-            (folder / f"{stem}.jpg").write_bytes(encode_jpeg(rgb, JPEG_QUALITY))
+            # Per camera, a folder per clip (the folder names the camera); else one folder a split.
+            relative = f"frames/{split}/{stem.rsplit('_', 1)[0]}" if per_camera else f"frames/{split}"
+            if relative not in folders:
+                folders.append(relative)
+                (out / relative).mkdir(parents=True)
+            (out / relative / f"{stem}.jpg").write_bytes(encode_jpeg(rgb, JPEG_QUALITY))
+        data[split] = folders if per_camera else folders[0]
+    if per_camera:
+        data["cameras"] = True
     epsilons = QUICK["epsilons"] if quick else EPSILONS
     plan = {
         "notes": [
@@ -123,10 +134,14 @@ def write_plan(
             )
             + f"; frames sent as the camera sent them (JPEG quality {JPEG_QUALITY}), then as guard evaluate sends "
             "image frames (see its note).",
-            "Per-camera baselines are off: the evaluation's frames carry no camera id, so these are the "
-            "factory thresholds; docs/camera-evaluation.md measures the served per-camera guard.",
+            (
+                f"Per-camera baselines on, as served: each clip is a camera whose first {WARMUP} frames warm "
+                "its baseline up and are not judged."
+                if per_camera
+                else "Per-camera baselines off: the factory thresholds."
+            ),
         ],
-        "data": {split: f"frames/{split}" for split in splits},
+        "data": data,
         "models": [{"name": name, "model": f"models/{name}"} for name in models],
         "attacks": [
             {
@@ -149,9 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="one-clip")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--quick", action="store_true", help=f"{QUICK['frames']} frames per split and clip, 8/255 only")
+    parser.add_argument(
+        "--factory",
+        action="store_true",
+        help="without per-camera baselines (the factory thresholds); --quick implies it",
+    )
     args = parser.parse_args(argv)
     try:
-        path = write_plan(args.out, args.protocol, tuple(args.models), args.quick)
+        per_camera = not (args.factory or args.quick)  # a quick plan has fewer frames than a warm-up
+        path = write_plan(args.out, args.protocol, tuple(args.models), args.quick, per_camera=per_camera)
     except ValueError as exc:
         raise SystemExit(f"camera plan: {exc}") from None
     print(f"camera plan: {path} (run: guard evaluate --plan {path})")

@@ -39,8 +39,22 @@ def test_a_plan_is_never_written_over_a_directory_of_other_files(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_per_camera_plan_makes_each_clip_a_camera_with_the_served_baselines(camera_models, tmp_path):
+    from guard.api import load_plan
+
+    plan = load_plan(
+        camera_plan.write_plan(tmp_path / "plan", protocol="time-split", models=("yolov3_tiny",), quick=True)
+    )
+    config = tomllib.loads((tmp_path / "plan" / "models" / "yolov3_tiny" / "config.toml").read_text())
+    assert config["cameras"]["baseline"]["warmup_frames"] == camera_plan.WARMUP
+    for split in ("fit", "calibration", "test"):
+        frames = plan.frames(split)
+        assert frames.per_camera and set(frames.cameras) == set(camera_plan.CLIPS)
+        assert [s.name for s in frames.sources] == list(camera_plan.CLIPS)  # a folder per clip
+
+
 def test_the_installed_guard_evaluates_the_camera_plan(camera_models, tmp_path):
-    plan = camera_plan.write_plan(tmp_path / "plan", models=("yolov3_tiny",), quick=True)
+    plan = camera_plan.write_plan(tmp_path / "plan", models=("yolov3_tiny",), quick=True, per_camera=False)
     written = tomllib.loads(plan.read_text())
     assert [m["model"] for m in written["models"]] == ["models/yolov3_tiny"]
     assert "cameras" not in tomllib.loads((tmp_path / "plan" / "models" / "yolov3_tiny" / "config.toml").read_text())

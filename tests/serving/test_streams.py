@@ -164,18 +164,21 @@ def test_a_stream_nobody_reads_stops_being_read(gateway, channel):
     call = quiet.stream_stream(STREAM)(requests(), timeout=CLIENT_TIMEOUT)  # never iterated
     try:
         wait_until(lambda: requests_total(gateway, "OK") - before >= STREAM_IN_FLIGHT)
-        plateau = None
-        for _ in range(50):  # the count stops moving
+        plateau, still = None, 0
+        for _ in range(150):  # the count stops moving: unchanged for a second
             time.sleep(0.2)
             now = requests_total(gateway, "OK") - before
-            if now == plateau:
-                break
+            still = still + 1 if now == plateau else 0
             plateau = now
-        time.sleep(1.0)
-        assert requests_total(gateway, "OK") - before == plateau
+            if still >= 5:
+                break
+        time.sleep(2.0)
+        final = requests_total(gateway, "OK") - before
         # The window (64) plus the answers the client's 64 KiB receive window holds; the rest of the
         # 5,000 waits in gRPC's own flow-control buffers, whose size gRPC bounds, or at the client.
-        assert plateau < 1000
+        # A gateway still reading would have answered thousands more by now; on a starved host a
+        # stall can pass for the plateau, so a few more answers after it are allowed, not a window.
+        assert final < 1000 and final - plateau < STREAM_IN_FLIGHT
         assert pb.ModelInferResponse.FromString(channel.unary_unary(INFER)(frame("other"), timeout=10)).id == "other"
     finally:
         call.cancel()
