@@ -3,6 +3,7 @@ the upstream's batch limit, forward_clean never shows the upstream a flagged inp
 that need an output the upstream does not expose fail the load."""
 
 import json
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +16,8 @@ from guard.protocol.errors import ConfigError
 from tests.backends.remote.conftest import drop_detectors, infer, passthrough_repository, remote_repository, verdict_of
 from tests.conftest import DEMO_REPOSITORY, running_gateway
 from tests.serving.helpers import noise_rows
+
+STAGE = "guard_stage_duration_seconds"
 
 
 def scores_of(result) -> dict[str, float]:
@@ -49,6 +52,7 @@ def test_forward_clean_never_shows_the_upstream_a_flagged_input(tmp_path, gatewa
     # verdicts occur by construction, whatever this CPU's INT8 kernels make of the digits.
     x = np.concatenate([held_out[0][:30], noise_rows(3)])
     fp32 = ort.InferenceSession(str(DEMO_REPOSITORY / "digits_fp32" / "model.onnx"), providers=["CPUExecutionProvider"])
+    started = time.perf_counter()
     with running_gateway(passthrough_repository(tmp_path, "digits_fp32")) as upstream:
         repository = remote_repository(tmp_path, upstream.grpc_url, mode="forward_clean", model="digits_fp32")
         with (
@@ -67,8 +71,14 @@ def test_forward_clean_never_shows_the_upstream_a_flagged_input(tmp_path, gatewa
                 else:
                     want = theirs.as_numpy("logits")
                 np.testing.assert_allclose(ours.as_numpy("logits"), want, atol=1e-5)
+            # The front's time waiting on the upstream: one observation per forwarded batch, in
+            # total no longer than the test has run.
+            labels = {"model": "digits", "stage": "upstream"}
+            waited = front.server.metrics.registry.get_sample_value(f"{STAGE}_sum", labels)
+            forwards = front.server.metrics.registry.get_sample_value(f"{STAGE}_count", labels)
         rows = upstream.server.metrics.registry.get_sample_value("guard_batch_size_sum", {"model": "digits_fp32"})
         assert 0 < clean < len(x) and rows == clean
+        assert 1 <= forwards <= clean and 0 < waited < time.perf_counter() - started
 
 
 def test_feature_detectors_fail_the_load_when_the_upstream_hides_features(tmp_path):
