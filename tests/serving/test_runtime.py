@@ -38,3 +38,11 @@ def test_a_backend_that_waits_on_the_network_never_runs_on_the_event_loop():
     assert _batching(batching, parts(True, None)).inline_below_microseconds == 0  # a remote backend
     assert _batching(batching, parts(False, True)).inline_below_microseconds == 0  # a remote upstream
     assert _batching(batching, parts(False, False)).inline_below_microseconds == 500
+
+
+def test_a_batch_runs_outside_the_batcher_without_camera_ids(held_out):
+    """Benchmarks and tests call execute() directly, with no cameras: every row is judged alone."""
+    config = load_model_config(DEMO_REPOSITORY / "digits")
+    runtime = ModelRuntime(config, GuardMetrics().for_model(config.name))
+    results = runtime.execute([{"input": held_out[0][i : i + 1]} for i in range(3)])
+    assert len(results) == 3 and all(r.verdict.verdict in ("clean", "adversarial") for r in results)
