@@ -16,23 +16,33 @@ OPSET = 17
 MAX_ABS_DIFF = 1e-4
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export `model` (eval mode) to `path` with a dynamic batch axis on input and logits."""
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    names: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
+    quiet: tuple[str, ...] = (),
+) -> Path:
+    """Export `model` (eval mode) to `path` with a dynamic batch axis on its input and output
+    (`names`); `quiet`: further exporter warnings (message patterns) known to be noise for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
+    source, target = names
     # The TorchScript exporter (dynamo=False) is chosen deliberately: it gives a small, stable
-    # graph for this plain CNN, so its deprecation notice is only noise here.
+    # graph for a plain CNN, so its deprecation notice is only noise here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        for message in quiet:
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         torch.onnx.export(
             model,
             (example,),
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[source],
+            output_names=[target],
+            dynamic_axes={source: {0: "batch"}, target: {0: "batch"}},
         )
     return path
 

