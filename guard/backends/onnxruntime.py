@@ -95,6 +95,9 @@ class OnnxRuntimeBackend(Backend):
                 f"{s.model_file.name}: {str(exc).splitlines()[0][:200]}",
             ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+        """Inputs ONNX declares as strings: clients' BYTES rows arrive as Python bytes, which ONNX
+        Runtime accepts and then misreads (zero logits after the first call), so they go as str."""
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("onnxruntime session on %s", ", ".join(self.session.get_providers()))
 
@@ -108,8 +111,18 @@ class OnnxRuntimeBackend(Backend):
     def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None = None
     ) -> dict[str, np.ndarray]:
+        for name in self.string_inputs & inputs.keys():
+            inputs = {**inputs, name: as_strings(inputs[name])}
         try:
             results = self.session.run(outputs, inputs)
         except Exception as exc:  # ORT raises its own exception types; all mean the batch failed
             raise BackendError(f"model execution failed: {exc}") from exc
         return dict(zip(outputs, results))
+
+
+def as_strings(array: np.ndarray) -> np.ndarray:
+    """An object array of UTF-8 bytes as str, shape kept (a byte that is not UTF-8 becomes U+FFFD:
+    the request was accepted as BYTES, and the model reads what a lenient decoder makes of it)."""
+    out = np.empty(array.shape, dtype=object)
+    out.reshape(-1)[:] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.reshape(-1)]
+    return out

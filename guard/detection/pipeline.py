@@ -19,6 +19,7 @@ from guard.backends.base import Backend
 from guard.detection.boxes import BoxSettings
 from guard.detection.detectors import Detector, Outputs
 from guard.detection.preprocess import Preprocessor
+from guard.detection.texts import Rows, TextRows, concat, to_host, variants_of
 from guard.protocol.errors import DetectorError, GuardError, InvalidInput
 
 
@@ -32,6 +33,8 @@ class BatchResult:
     """Rows the backend ran: the originals plus every detector variant."""
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     """Each detector's [B] scores; none without detectors."""
+    suspects: dict[str, list[list[str]]] = field(default_factory=dict)
+    """Text models: the words each detector that names any blames, per row (guard_explain)."""
 
 
 @dataclass
@@ -79,11 +82,15 @@ class GuardPipeline:
 
     # -- building a batch -------------------------------------------------------------------
 
-    def shape_key(self, inputs: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    def shape_key(self, inputs: dict[str, np.ndarray]) -> tuple[tuple[str, Any], ...]:
         """Requests with equal keys can share a batch: the same shape on every input, except the
-        one a preprocessor resizes anyway."""
-        skip = self.preprocessor.source.name if self.preprocessor else None
-        return tuple((name, array.shape[1:]) for name, array in inputs.items() if name != skip)
+        one a preprocessor reshapes anyway, whose bucket (text: its length) counts instead."""
+        if self.preprocessor is None:
+            return tuple((name, array.shape[1:]) for name, array in inputs.items())
+        source = self.preprocessor.source.name
+        key: list[tuple[str, Any]] = [(name, array.shape[1:]) for name, array in inputs.items() if name != source]
+        bucket = self.preprocessor.bucket(inputs[source]) if source in inputs else None
+        return tuple(key) if bucket is None else (*key, (source, bucket))
 
     def prepare(self, requests: list[dict[str, np.ndarray]]) -> PreparedBatch:
         """One batch's inputs from requests of equal shape_key: the preprocessed guarded tensor (on
@@ -91,7 +98,7 @@ class GuardPipeline:
         preprocessor could prepare. Always a copy: decoded raw inputs are read-only views of the
         request message."""
         failed: dict[int, str] = {}
-        guarded: dict[str, torch.Tensor] = {}  # the preprocessor's output, by its name
+        guarded: dict[str, Rows] = {}  # the preprocessor's output, by its name
         if self.preprocessor is not None:
             source = self.preprocessor.source.name
             prepared = self.preprocessor.prepare([r[source] for r in requests], self.device)
@@ -123,18 +130,16 @@ class GuardPipeline:
             return self._forward(inputs, deadline)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        x = self._on_device(inputs[self.guarded_input])
+        x = self._rows(inputs[self.guarded_key])
         batch = x.shape[0]
         try:
-            extra = [d.variants(x) for d in self.detectors]
+            extra = [variants_of(d, x) for d in self.detectors]
         except Exception as exc:
             raise DetectorError(f"building detector variants failed: {exc}") from exc
         copies = 1 + sum(d.num_variants for d in self.detectors)
-        guarded = torch.cat([x, *extra]) if copies > 1 else x
-        if self.preprocessor is not None:
-            guarded = self.preprocessor.finish(guarded)
-        feeds = {name: self._repeat(value, copies) for name, value in inputs.items() if name != self.guarded_input}
-        feeds[self.guarded_input] = guarded if self.torch_io else np.ascontiguousarray(guarded.cpu().numpy())
+        guarded = concat([x, *extra]) if copies > 1 else x
+        feeds = {name: self._repeat(value, copies) for name, value in inputs.items() if name != self.guarded_key}
+        feeds.update(self._model_feeds(guarded))
         timings["squeeze"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -149,23 +154,47 @@ class GuardPipeline:
         start = time.perf_counter()
         outputs = {name: to_numpy(raw[name][:batch]) for name in self.output_names}
         scores = {}
+        suspects: dict[str, list[list[str]]] = {}
         if self.detectors:
             features = raw.get(self.features_output) if self.features_output else None
-            scores = self._score(
-                self._on_device(raw[self.logits_output]), batch, None if features is None else self._on_device(features)
-            )
+            logits = self._on_device(raw[self.logits_output])
+            feats = None if features is None else self._on_device(features)
+            scores = self._score(logits, batch, feats)
+            if isinstance(x, TextRows):
+                suspects = detector_suspects(self.detectors, x, logits, feats)
         timings["detect"] = time.perf_counter() - start
-        return BatchResult(outputs, timings, len(guarded), scores)
+        return BatchResult(outputs, timings, guarded.shape[0], scores, suspects)
 
     def outputs(self, inputs: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """The model's named outputs (any, internal features included) for the original rows of a
         batch, without variants; and the guarded rows as "guarded" (what detectors learn from)."""
-        guarded = self._on_device(inputs[self.guarded_input])
-        model_input = self.preprocessor.finish(guarded) if self.preprocessor is not None else guarded
-        feeds = {name: self._repeat(value, 1) for name, value in inputs.items() if name != self.guarded_input}
-        feeds[self.guarded_input] = model_input if self.torch_io else np.ascontiguousarray(model_input.cpu().numpy())
+        guarded = self._rows(inputs[self.guarded_key])
+        feeds = {name: self._repeat(value, 1) for name, value in inputs.items() if name != self.guarded_key}
+        feeds.update(self._model_feeds(guarded))
         raw = self.backend.infer(feeds, list(dict.fromkeys(names)))
-        return {**{name: to_numpy(raw[name]) for name in names}, "guarded": guarded.cpu().numpy()}
+        return {**{name: to_numpy(raw[name]) for name in names}, "guarded": to_host(guarded)}
+
+    @property
+    def guarded_key(self) -> str:
+        """Where a prepared batch keeps the guarded rows: the preprocessor's output, else the
+        guarded model input itself."""
+        return self.preprocessor.output if self.preprocessor is not None else self.guarded_input
+
+    def _rows(self, value: Any) -> Rows:
+        """A batch's guarded rows: text stays on the host, tensors go to the guard's device."""
+        return value if isinstance(value, TextRows) else self._on_device(value)
+
+    def _model_feeds(self, guarded: Rows) -> dict[str, Any]:
+        """The guarded rows (originals and variants) as the model's inputs, in the backend's kind of array."""
+        if self.preprocessor is not None:
+            feeds: dict[str, torch.Tensor] = self.preprocessor.finish_inputs(guarded)
+        elif isinstance(guarded, torch.Tensor):
+            feeds = {self.guarded_input: guarded}
+        else:
+            raise DetectorError("rows of text need a text preprocessor to reach the model")
+        if self.torch_io:
+            return {name: value.to(self.device) for name, value in feeds.items()}
+        return {name: np.ascontiguousarray(value.cpu().numpy()) for name, value in feeds.items()}
 
     def _on_device(self, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
@@ -193,6 +222,36 @@ class GuardPipeline:
         return dict(zip(scores, table))
 
 
+def detector_outputs(
+    detectors: list[Detector],
+    logits: torch.Tensor,
+    batch: int,
+    features: torch.Tensor | None = None,
+    boxes: BoxSettings | None = None,
+) -> tuple[Outputs, list[Outputs | None]]:
+    """One backend call's outputs, cut into the originals' and each detector's variants' (None for a
+    detector without variants). Views only; softmax is computed once for every detector."""
+    # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
+    grouped = logits.reshape(-1, batch, *logits.shape[1:])
+    probabilities = torch.softmax(grouped.float(), dim=-1) if boxes is None else None
+    feats = None if features is None else features.reshape(grouped.shape[0], batch, *features.shape[1:]).float()
+
+    def part(rows: slice | int) -> Outputs:
+        return Outputs(
+            grouped[rows],
+            None if probabilities is None else probabilities[rows],
+            None if feats is None else feats[rows],
+            boxes,
+        )
+
+    offset, own = 1, []
+    for detector in detectors:
+        count = detector.num_variants
+        own.append(part(slice(offset, offset + count)) if count else None)
+        offset += count
+    return part(0), own
+
+
 def detector_scores(
     detectors: list[Detector],
     logits: torch.Tensor,
@@ -203,32 +262,30 @@ def detector_scores(
     """Each detector's [B] scores from one backend call's outputs over the original rows and every
     variant; differentiable when the outputs are (the adaptive attack calls it under autograd).
     A detector that fails raises DetectorError naming it."""
-    # [1 + sum V, B, classes]: the original first, then each detector's variants in order.
-    # Views only; softmax is computed once for every detector.
-    grouped = logits.reshape(-1, batch, *logits.shape[1:])
-    probabilities = torch.softmax(grouped.float(), dim=-1) if boxes is None else None
-    feats = None if features is None else features.reshape(grouped.shape[0], batch, *features.shape[1:]).float()
-    original = Outputs(
-        grouped[0], None if probabilities is None else probabilities[0], None if feats is None else feats[0], boxes
-    )
-    offset, scores = 1, {}
-    for detector in detectors:
-        count = detector.num_variants
-        own = (
-            Outputs(
-                grouped[offset : offset + count],
-                None if probabilities is None else probabilities[offset : offset + count],
-                None if feats is None else feats[offset : offset + count],
-                boxes,
-            )
-            if count
-            else None
-        )
-        offset += count
+    original, own = detector_outputs(detectors, logits, batch, features, boxes)
+    scores = {}
+    for detector, variants in zip(detectors, own):
         try:
-            scores[detector.name] = detector.score(original, own)
+            scores[detector.name] = detector.score(original, variants)
         except GuardError:
             raise
         except Exception as exc:
             raise DetectorError(f"detector {detector.name} failed: {exc}") from exc
     return scores
+
+
+def detector_suspects(
+    detectors: list[Detector], rows: TextRows, logits: torch.Tensor, features: torch.Tensor | None = None
+) -> dict[str, list[list[str]]]:
+    """The words each text detector blames, per row (what `guard_explain` shows); detectors that
+    name none are left out. A detector that fails raises DetectorError naming it."""
+    original, own = detector_outputs(detectors, logits, len(rows), features)
+    named = {}
+    for detector, variants in zip(detectors, own):
+        try:
+            words = detector.suspects(rows, original, variants)
+        except Exception as exc:
+            raise DetectorError(f"detector {detector.name} failed naming suspects: {exc}") from exc
+        if words is not None:
+            named[detector.name] = words
+    return named

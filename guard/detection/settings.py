@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guard.detection.boxes import FORMATS, BoxSettings
-from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TENSOR
+from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TENSOR, TEXT
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import TensorSpec
 
@@ -61,7 +61,10 @@ class DetectionSettings:
 
 
 def input_kind(spec: TensorSpec) -> str:
-    """IMAGE for a float [C, H, W] tensor declared NCHW with values inside [0, 1]; else TENSOR."""
+    """TEXT for strings (BYTES: only a text preprocessor hands detectors BYTES rows), IMAGE for a
+    float [C, H, W] tensor declared NCHW with values inside [0, 1]; else TENSOR."""
+    if spec.datatype == "BYTES":
+        return TEXT
     is_float = spec.datatype in ("FP16", "FP32", "FP64")
     in_unit_range = spec.range is not None and spec.range[0] >= 0.0 and spec.range[1] <= 1.0
     if is_float and len(spec.shape) == 3 and spec.layout.upper() == "NCHW" and in_unit_range:

@@ -121,7 +121,8 @@ def read_param(reader: TableReader, name: str, spec: Param, check_artifacts: boo
     if value is ...:
         raise reader.fail(name, f"a {spec.kind.__name__} (required)")
     if spec.kind is str:
-        if not isinstance(value, str) or not value:
+        # An empty default means "none" (an optional name); a config may not spell it out empty.
+        if not isinstance(value, str) or (not value and name in reader.table):
             raise reader.fail(name, "a non-empty string", value)
         if spec.artifact and check_artifacts and not (reader.directory / value).is_file():
             raise reader.fail(name, f"an artifact file in {reader.directory} ({spec.hint})", value)

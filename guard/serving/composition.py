@@ -124,7 +124,7 @@ def build_pipeline(
     preprocessor = None
     if config.preprocess is not None:
         source = next(s for s in config.inputs if s.name == config.preprocess.input)
-        preprocessor = config.preprocess.build(source)
+        preprocessor = config.preprocess.build(source, load=True)
     d = config.detection
     return GuardPipeline(
         backend,

@@ -34,6 +34,8 @@ SERVER_NAME = "guard"
 # is a JSON object in the response parameter DETECTOR_SCORES. Never under policy shadow.
 EXPLAIN = "guard_explain"
 DETECTOR_SCORES = "guard_detector_scores"
+SUSPECTS = "guard_suspects"
+"""Text models, with guard_explain: a JSON object, detector -> per row the words it blames."""
 EXTENSIONS = ("guard_verdict",)
 
 
@@ -227,6 +229,8 @@ class DataPlane:
             parameters[CAMERA_ALERT] = alert
         if parameters and request.parameters.get(EXPLAIN) is True:
             parameters[DETECTOR_SCORES] = json.dumps(result.verdict.scores, sort_keys=True)
+            if result.suspects:
+                parameters[SUSPECTS] = json.dumps(result.suspects, sort_keys=True, ensure_ascii=False)
         wanted = request.outputs or tuple(spec.name for spec in runtime.config.outputs)
         return InferResponse(
             runtime.config.name,

@@ -5,7 +5,7 @@ requests grouped by shape, each group prepared and run (guard.serving.fail_open)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ class RowsResult:
 
     outputs: dict[str, np.ndarray]
     verdict: Verdict
+    suspects: dict[str, list[list[str]]] = field(default_factory=dict)
+    """Text models: the words each detector blames, per row of this request (guard_explain)."""
 
 
 Forward = Callable[[list[dict[str, np.ndarray]], list[RowsResult], float | None], list[RowsResult | GuardError]]
@@ -81,7 +83,12 @@ class BatchExecution:
         judged = self.judge(result.scores, spans, [cameras[i] for i in prepared.kept])
         self.recorder.batch(result)
         served = [
-            RowsResult({n: v[span] for n, v in result.outputs.items()}, verdict) for span, verdict in zip(spans, judged)
+            RowsResult(
+                {n: v[span] for n, v in result.outputs.items()},
+                verdict,
+                {name: rows[span] for name, rows in result.suspects.items()},
+            )
+            for span, verdict in zip(spans, judged)
         ]
         answers: list[RowsResult | GuardError] = list(served)
         if self.forward is not None:

@@ -82,8 +82,8 @@ class ModelConfig:
         if self.preprocess is None:
             return self.inputs
         source = next(s for s in self.inputs if s.name == self.preprocess.input)
-        model = self.preprocess.build(source).model_spec()
-        return (model, *(s for s in self.inputs if s.name != source.name))
+        model = self.preprocess.build(source).model_specs()
+        return (*model, *(s for s in self.inputs if s.name != source.name))
 
     @property
     def guarded_kind(self) -> str:

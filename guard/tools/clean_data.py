@@ -1,7 +1,9 @@
 """Clean samples for calibration, in whatever form a user has them: an .npz of arrays, a folder of
-images, or a video file. They become References shaped as the model's clients send them: encoded
-images for a BYTES input, UINT8 H x W x C frames for a frames input, arrays as they are for the
-rest. Video is decoded with PyAV (FFmpeg); every `stride`-th frame is kept, up to `limit`.
+images, a video file, or a text file (one text per line). They become References shaped as the
+model's clients send them: encoded images or UTF-8 text for a BYTES input, UINT8 H x W x C frames
+for a frames input, arrays as they are for the rest. An .npz holds text as an array of str (numpy's
+fixed-width unicode, which loads without pickle). Video is decoded with PyAV (FFmpeg); every
+`stride`-th frame is kept, up to `limit`.
 
 The image and video helpers here are the one copy for everything that sends or reads frames as a
 camera would (replay, the evaluation's conditions, the benchmarks, the examples through guard.api)."""
@@ -21,6 +23,15 @@ from guard.protocol.spec import TensorSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+TEXT_SUFFIXES = (".txt",)
+
+
+def utf8_rows(texts: np.ndarray | list[str], spec: TensorSpec) -> np.ndarray:
+    """Texts as a text model's clients send them: an object array of UTF-8 bytes, [n] or [n, 1]
+    as the input's shape says."""
+    items = [t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in np.asarray(texts).reshape(-1)]
+    rows = np.array(items + [None], dtype=object)[:-1]
+    return rows.reshape(len(items), *([1] if spec.shape == (1,) else []))
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -117,6 +128,9 @@ def load_references(
                     f"arrays named {[s.name for s in inputs]} (or 'x' for a single input), and optionally 'y'",
                     data.files,
                 )
+            for spec in inputs:
+                if spec.datatype == "BYTES" and arrays[spec.name].dtype.kind == "U":
+                    arrays[spec.name] = utf8_rows(arrays[spec.name], spec)
             return References(arrays, data["y"] if "y" in data.files else None)
     if len(inputs) != 1:
         raise ConfigError(path, "--data", "an .npz with one array per input for a model with several inputs", path.name)
@@ -127,10 +141,17 @@ def load_references(
         encoded = [f.read_bytes() for f in files]
         frames = [decode_image(b) for b in encoded]
         return References({inputs[0].name: _as_client_rows(frames, encoded, inputs[0], path)})
+    if path.suffix.lower() in TEXT_SUFFIXES and inputs[0].datatype == "BYTES":
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
+        if not lines:
+            raise ConfigError(path, "--data", "a text file with one text per line", path.name)
+        return References({inputs[0].name: utf8_rows(lines, inputs[0])})
     if path.suffix.lower() in VIDEO_SUFFIXES:
         frames = video_frames(path, stride, limit)
         return References({inputs[0].name: _as_client_rows(frames, None, inputs[0], path)})
-    raise ConfigError(path, "--data", "an .npz, a folder of images or a video file", path.name)
+    raise ConfigError(
+        path, "--data", "an .npz, a folder of images, a video file, or a .txt of texts (one per line)", path.name
+    )
 
 
 def load_cameras(

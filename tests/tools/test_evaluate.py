@@ -333,9 +333,10 @@ def test_the_client_keeps_no_more_in_flight_than_the_gateway_answers_within_a_qu
     assert in_flight(64, 5.0, 1.5) == 1  # slower than the deadline allows: one at a time
 
 
-def test_guard_evaluate_and_the_api_import_without_the_video_extra():
-    """torchvision comes with guard[video] (boxes); a tensor plan must not need it, so nothing on the
-    import path of `guard evaluate` or guard.api may import it at module level."""
+def test_guard_evaluate_the_api_and_the_server_import_without_the_video_and_text_extras():
+    """torchvision comes with guard[video] (boxes), tokenizers and the word lists with guard[text]; a
+    tensor plan or an image model must not need them, so nothing on the import path of `guard
+    evaluate`, guard.api or the server may import them at module level."""
     import subprocess
     import sys
 
@@ -343,10 +344,11 @@ def test_guard_evaluate_and_the_api_import_without_the_video_extra():
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in ('torchvision', 'av', 'tritonclient'):\n"
+        "        if name.split('.')[0] in EXTRAS:\n"
         "            raise ImportError(f'{name} is an extra')\n"
+        "EXTRAS = ('torchvision', 'av', 'tritonclient', 'tokenizers', 'wordfreq', 'rapidfuzz', 'safetensors')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import guard.api, guard.tools.evaluation.run, guard.tools.cli\n"
+        "import guard.api, guard.tools.evaluation.run, guard.tools.cli, guard.serving.server\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

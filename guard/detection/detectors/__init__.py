@@ -19,6 +19,9 @@ from guard.detection.detectors.network import DetectorNetwork
 from guard.detection.detectors.patch_occlusion import PatchOcclusionDetector
 from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
+from guard.detection.detectors.text_deletion import WordDeletionDetector
+from guard.detection.detectors.text_frequency import FrequencySubstitutionDetector
+from guard.detection.detectors.text_spelling import SpellingDetector
 from guard.protocol.errors import ConfigError
 from guard.protocol.plugins import PluginRegistry, subclass_of
 from guard.protocol.settings import TableReader, read_params
@@ -36,6 +39,9 @@ REGISTRY: dict[str, type[Detector]] = {
         FeatureGaussianDetector,
         PatchOcclusionDetector,
         FeatureSqueezeDetector,
+        SpellingDetector,
+        FrequencySubstitutionDetector,
+        WordDeletionDetector,
     )
 }
 """The built-in detector types."""

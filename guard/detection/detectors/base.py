@@ -18,12 +18,15 @@ import numpy as np
 import torch
 
 from guard.detection.boxes import BoxSettings
+from guard.detection.texts import TextRows
 from guard.protocol.settings import Param
 from guard.protocol.types import ADVERSARIAL
 
-IMAGE, TENSOR = "image", "tensor"
+IMAGE, TENSOR, TEXT = "image", "tensor", "text"
 """Input kinds: IMAGE is a float [C, H, W] tensor with values in [0, 1] (what squeezers and blends
-assume); TENSOR is any numeric tensor. guard.detection.settings tells which a model's guarded input is."""
+assume); TENSOR is any numeric tensor; TEXT is a string per row (guard.detection.texts), which the
+preprocessor tokenizes after the variants are made. guard.detection.settings tells which a model's
+guarded input is."""
 CLASSIFICATION, DETECTION = "classification", "detection"
 """Output kinds: CLASSIFICATION is [classes] logits per row; DETECTION is raw boxes per row in a
 declared format (guard.detection.boxes)."""
@@ -125,6 +128,11 @@ class Detector(ABC):
         """[V*B, ...] variants of the batch x ([B, ...]), variant-major; empty when V is 0."""
         return x[:0]
 
+    def text_variants(self, x: TextRows) -> TextRows:
+        """[V*B] variants of a batch of text (variant-major), for detectors of TEXT inputs; the
+        preprocessor tokenizes them with the originals, in the same backend call."""
+        return x[:0]
+
     def differentiable_variants(self, x: torch.Tensor) -> torch.Tensor:
         """The variants as an attacker differentiates through them (guard.tools.evaluation.adaptive):
         the same values, with a straight-through gradient where the true one is zero almost everywhere."""
@@ -133,6 +141,11 @@ class Detector(ABC):
     @abstractmethod
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         """[B] scores, larger meaning more suspicious."""
+
+    def suspects(self, rows: TextRows, original: Outputs, variants: Outputs | None) -> list[list[str]] | None:
+        """Text detectors: per row, the words whose edit moved the prediction (what guard_explain
+        names); None for a detector that blames no words."""
+        return None
 
     def fit(self, data: FitData) -> None:
         """Learn clean statistics; the default detector needs none."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from guard.detection.detectors.base import Detector, Outputs
+from guard.detection.detectors.base import IMAGE, TENSOR, TEXT, Detector, Outputs
 
 
 class ConfidenceMarginDetector(Detector):
     kind = "confidence_margin"
+    input_kinds = (IMAGE, TENSOR, TEXT)  # it reads the probabilities only, never the rows
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         top = original.class_probabilities().topk(2, dim=-1).values

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from guard.detection.detectors.base import CLASSIFICATION, DETECTION, Detector, FitData, Outputs
+from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TENSOR, TEXT, Detector, FitData, Outputs
 from guard.protocol.settings import Param
 
 
@@ -35,6 +35,7 @@ class Gaussian(NamedTuple):
 class FeatureGaussianDetector(Detector):
     kind = "feature_gaussian"
     output_kinds = (CLASSIFICATION, DETECTION)  # it reads features only
+    input_kinds = (IMAGE, TENSOR, TEXT)  # ... never the rows
     parameters = {"statistics": Param(str, default="feature_gaussian.npz", artifact=True)}
     needs_features = True
     statistics: str

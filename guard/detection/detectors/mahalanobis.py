@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from guard.detection.detectors.base import Detector, FitData, Outputs
+from guard.detection.detectors.base import IMAGE, TENSOR, TEXT, Detector, FitData, Outputs
 from guard.protocol.settings import Param
 
 
@@ -29,6 +29,7 @@ class MahalanobisDetector(Detector):
     kind = "mahalanobis"
     parameters = {"statistics": Param(str, default="mahalanobis.npz", artifact=True)}
     needs_features = True
+    input_kinds = (IMAGE, TENSOR, TEXT)  # it reads features and logits only, never the rows
     statistics: str
 
     def __init__(self, *args: Any, **kwargs: Any):

@@ -6,22 +6,33 @@ entry point in the group `guard.preprocessors` (guard.protocol.plugins)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from guard.detection.preprocess.base import Preprocessor
 from guard.detection.preprocess.frames import FramesPreprocessor
 from guard.detection.preprocess.images import ImagesPreprocessor
+from guard.detection.preprocess.text import TextPreprocessor
 from guard.protocol.errors import ConfigError
 from guard.protocol.plugins import PluginRegistry, subclass_of
 from guard.protocol.settings import TableReader, read_params
 from guard.protocol.spec import TensorSpec
 
-REGISTRY: dict[str, type[Preprocessor]] = {cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor)}
+REGISTRY: dict[str, type[Preprocessor]] = {
+    cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor, TextPreprocessor)
+}
 """The built-in kinds."""
 AVAILABLE = PluginRegistry("guard.preprocessors", REGISTRY, subclass_of(Preprocessor), "preprocessor kind")
 """The built-ins plus the installed plugins: what `[preprocess] kind` may name."""
 
-__all__ = ["AVAILABLE", "REGISTRY", "Preprocessor", "PreprocessSettings", "read_preprocess_settings"]
+__all__ = [
+    "AVAILABLE",
+    "REGISTRY",
+    "Preprocessor",
+    "PreprocessSettings",
+    "TextPreprocessor",
+    "read_preprocess_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -32,9 +43,13 @@ class PreprocessSettings:
     output: str
     """The model input it produces."""
     params: dict[str, Any]
+    directory: Path | None = None
+    """The model's directory, where the files its parameters name live."""
 
-    def build(self, source: TensorSpec) -> Preprocessor:
-        return AVAILABLE.get(self.kind)(source, self.output, **self.params)
+    def build(self, source: TensorSpec, load: bool = False) -> Preprocessor:
+        """load: read the files its parameters name (a tokenizer) to run it; without, it only
+        answers for its specs."""
+        return AVAILABLE.get(self.kind)(source, self.output, directory=self.directory if load else None, **self.params)
 
 
 def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> PreprocessSettings | None:
@@ -61,9 +76,9 @@ def read_preprocess_settings(r: TableReader, inputs: tuple[TensorSpec, ...]) -> 
     output = r.get("output", str, "input")
     if output in {s.name for s in inputs if s.name != source}:
         raise r.fail("output", "a model input name no client input uses", output)
-    settings = PreprocessSettings(kind, source, output, read_params(r, cls.parameters))
+    settings = PreprocessSettings(kind, source, output, read_params(r, cls.parameters), r.path.parent)
     try:
-        settings.build(spec)
+        settings.build(spec, load=True)
     except ValueError as exc:  # a combination of keys the preprocessor cannot use
         raise ConfigError(r.path, "preprocess", "settings the preprocessor accepts", str(exc)) from None
     return settings

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from guard.detection.texts import Rows
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 
@@ -25,8 +27,9 @@ class Prepared:
     """A batch's guarded rows, and the requests that could not be prepared (by their index in the
     batch, with what was wrong): those fail alone with INVALID_ARGUMENT, the rest are served."""
 
-    rows: torch.Tensor | None
-    """The good requests' rows, in order; None when every request failed."""
+    rows: Rows | None
+    """The good requests' rows, in order (a tensor, or TextRows for text); None when every request
+    failed."""
     failed: dict[int, str] = field(default_factory=dict)
 
 
@@ -39,9 +42,15 @@ class Preprocessor(ABC):
     """Dimensions of one client row it accepts."""
     layout: ClassVar[str] = ""
 
-    def __init__(self, source: TensorSpec, output: str, **params: Any):
+    def __init__(self, source: TensorSpec, output: str, directory: Path | None = None, **params: Any):
+        """directory: the model's directory, where files a parameter names live (a tokenizer); None
+        when the preprocessor is built only to read its specs."""
         self.source = source
         self.output = output
+        self.directory = directory
+        for key, spec in self.parameters.items():  # built directly (not from a config): defaults apply
+            if key not in params and spec.default is not ...:
+                params[key] = spec.default
         for key, value in params.items():
             setattr(self, key, value)
 
@@ -53,6 +62,14 @@ class Preprocessor(ABC):
         """What the model takes, per row (default: the guarded tensor as it is)."""
         return self.guarded_spec()
 
+    def model_specs(self) -> tuple[TensorSpec, ...]:
+        """Every model input it produces (a tokenizer: ids and attention mask), `output` first."""
+        return (self.model_spec(),)
+
+    def bucket(self, array: np.ndarray) -> int | None:
+        """Which requests may share a batch beyond their shapes (text: a length bucket); None: any."""
+        return None
+
     @abstractmethod
     def prepare(self, arrays: list[np.ndarray], device: torch.device) -> Prepared:
         """The guarded rows of a batch from each request's client array ([n_i, ...]), in order."""
@@ -60,3 +77,9 @@ class Preprocessor(ABC):
     def finish(self, guarded: torch.Tensor) -> torch.Tensor:
         """Guarded rows -> model input rows (default: unchanged)."""
         return guarded
+
+    def finish_inputs(self, guarded: Rows) -> dict[str, torch.Tensor]:
+        """Guarded rows (originals and variants) -> every model input it produces, by name."""
+        if not isinstance(guarded, torch.Tensor):
+            raise TypeError(f"the {self.kind} preprocessor finishes tensor rows")
+        return {self.output: self.finish(guarded)}

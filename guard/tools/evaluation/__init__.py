@@ -17,6 +17,13 @@
     image_plan.py  image plans' [[attacks]] entries (with a rule), read and checked
     image_rows.py  an image plan through the gateway
     sheets.py      example sheets of image rows: clean and attacked frames as the gateway answered them
+    text_data.py      text plans' [data]: .npz files of texts and labels, out-of-domain sets
+    text_models.py    text plans' model directories, and a backdoored one's trigger text
+    text_subjects.py  the text models of the evaluation repository (copied, calibrated)
+    text_attacks.py   black-box text attacks through the gateway (character edits, word substitution)
+    text_plan.py      text plans' [[attacks]] entries, read and checked
+    text_rows.py      a text plan through the gateway
+    text_tables.py    the report's text sections: out-of-domain sets, attack costs, attacked texts
     tables.py      results.json, results.md, roc_<row>.png
     run.py         orchestration and the CLI entry point
 

@@ -71,6 +71,8 @@ class GatewayClient:
         self.channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._inputs: dict[str, tuple[str, str]] = {}
+        self._ranks: dict[str, int] = {}
+        """Each model's input rank, batch dimension included: a BYTES row goes as [1] or [1, 1]."""
 
     def close(self) -> None:
         self.channel.close()
@@ -104,6 +106,7 @@ class GatewayClient:
         if model not in self._inputs:
             meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
             self._inputs[model] = (meta.inputs[0].name, meta.inputs[0].datatype)
+            self._ranks[model] = max(1, len(meta.inputs[0].shape))
         return self._inputs[model]
 
     def _input_for(self, model: str, encoded: bool) -> tuple[str, str]:
@@ -138,14 +141,15 @@ class GatewayClient:
     def infer_encoded(
         self, model: str, items: Sequence[bytes], desc: str | None = None, cameras: Sequence[str] | None = None
     ) -> Served:
-        """Send every encoded image (JPEG or PNG bytes) to `model`, whose input is BYTES, as its own
-        request (a BYTES [1] tensor, as a camera's client sends a frame), with its `camera_id` where
+        """Send every encoded image (JPEG or PNG bytes) or UTF-8 text to `model`, whose input is BYTES,
+        as its own request (one BYTES element, as a camera's client sends a frame), with its `camera_id` where
         `cameras` names one per item; answers in item order."""
         name, _ = self._input_for(model, encoded=True)
+        shape = [1] * self._ranks[model]  # one item: [1] for an input of shape [], [1, 1] for [1]
 
         def request(i: int) -> pb.ModelInferRequest:
             message = self._request(model, i)
-            message.inputs.add(name=name, datatype="BYTES", shape=[1]).contents.bytes_contents.append(items[i])
+            message.inputs.add(name=name, datatype="BYTES", shape=shape).contents.bytes_contents.append(items[i])
             if cameras is not None:
                 message.parameters[CAMERA_ID].string_param = cameras[i]
             return message

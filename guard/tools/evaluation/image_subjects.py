@@ -43,12 +43,12 @@ def references(image: ImageModel, split: FrameSplit) -> References:
     return References({image.config.inputs[0].name: rows}, cameras=cameras)
 
 
-def _copy(image: ImageModel, target: Path, name: str) -> None:
-    """The plan's directory under the evaluation's name, served under policy flag (every answer
+def copy_model(directory: Path, target: Path, name: str) -> None:
+    """A plan's model directory under the evaluation's name, served under policy flag (every answer
     carries logits and scores), with its thresholds still to be derived."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(image.directory, target, ignore=shutil.ignore_patterns(*GENERATED))
+    shutil.copytree(directory, target, ignore=shutil.ignore_patterns(*GENERATED))
     document = tomlkit.parse((target / "config.toml").read_text())
     document["name"] = name
     document["policy"] = "flag"
@@ -64,7 +64,7 @@ def build_image_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[
         image = subject.image
         assert image is not None  # plan.images holds the model directories
         target = repository / subject.name
-        _copy(image, target, subject.name)
+        copy_model(image.directory, target, subject.name)
         log.info("calibrating %s (%s) on %d frames", subject.name, image.directory, len(calibration))
         reports[subject.name] = calibrate_directory(
             target,

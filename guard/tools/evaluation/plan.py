@@ -51,6 +51,10 @@ directories whose input is BYTES images (image_models.py); its attacks carry a s
     class = 0
     eps = [0.0157, 0.0314]
 
+A text plan names .npz files of texts (text_data.py: x of str, y), model directories whose input
+is BYTES text (text_models.py, with a backdoored one's `trigger_text` and `target`) and black-box
+attacks that query the live gateway (text_plan.py: `name = "swap"`, `params`, `neighbours`).
+
 Every problem is a ConfigError naming the plan (or the data file) and the key.
 """
 
@@ -61,8 +65,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
 from guard.tools.evaluation.attacks import AVAILABLE as ATTACKS
@@ -71,6 +73,10 @@ from guard.tools.evaluation.frame_data import FrameSplit, names_frames, read_fra
 from guard.tools.evaluation.image_attacks import RuleAttack
 from guard.tools.evaluation.image_models import ImageModel, read_image_model
 from guard.tools.evaluation.image_plan import check_rule_attacks, read_rule_attacks
+from guard.tools.evaluation.tensor_data import Split, load_split
+from guard.tools.evaluation.text_data import TextSplit, names_texts, read_text_data
+from guard.tools.evaluation.text_models import TextModel, is_text_model, read_text_model
+from guard.tools.evaluation.text_plan import TextAttackSpec, read_text_attacks
 from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
 
 SPLITS = ("fit", "calibration", "test")
@@ -79,13 +85,6 @@ NETWORK_WEIGHTS = "detector_net.npz"
 RESERVED = ("model.onnx", "config.toml", "calibration.json")
 """Files calibration writes into a model directory; an artifact must not overwrite them."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a directory of the evaluation repository
-
-
-@dataclass(frozen=True)
-class Split:
-    path: Path
-    x: np.ndarray
-    y: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,8 @@ class Subject:
     target: int | None = None
     image: ImageModel | None = None
     """A model directory whose input is BYTES images (`model = DIR`); None for an ONNX tensor model."""
+    text: TextModel | None = None
+    """A model directory whose input is BYTES text (`model = DIR`)."""
 
     @property
     def backdoored(self) -> bool:
@@ -116,10 +117,11 @@ class Subject:
 @dataclass(frozen=True)
 class Plan:
     path: Path
-    fit: Split | FrameSplit
-    calibration: Split | FrameSplit
-    test: Split | FrameSplit
-    """.npz arrays for tensor models, frames for image models (every model of a plan is one or the other)."""
+    fit: Split | FrameSplit | TextSplit
+    calibration: Split | FrameSplit | TextSplit
+    test: Split | FrameSplit | TextSplit
+    """.npz arrays for tensor models, frames for image models, texts for text models (every model of a
+    plan is of one kind)."""
     surrogate: Path | None
     """None only when no tensor model is attacked (every model has a trigger, or is an image model)."""
     models: tuple[Subject, ...]
@@ -128,6 +130,10 @@ class Plan:
     """[[attacks]] without a rule: run after the suite on the tensor models, each with its own key."""
     image_attacks: tuple[RuleAttack, ...] = ()
     """[[attacks]] with a rule: run on the image models of the rule's output kind."""
+    text_attacks: tuple[TextAttackSpec, ...] = ()
+    """A text plan's [[attacks]]: black-box, through the gateway, on every text model without a trigger."""
+    out_of_domain: dict[str, TextSplit] | None = None
+    """A text plan's clean sets from elsewhere, measured only."""
 
     def split(self, key: str) -> Split:
         """A tensor plan's split (fit, calibration, test) as arrays."""
@@ -143,6 +149,18 @@ class Plan:
             raise ValueError(f"plan {self.path} names .npz arrays, not frames, for [data] {key}")
         return split
 
+    def text_split(self, key: str) -> TextSplit:
+        """A text plan's split (fit, calibration, test) as texts."""
+        split = getattr(self, key)
+        if not isinstance(split, TextSplit):
+            raise ValueError(f"plan {self.path} names no texts for [data] {key}")
+        return split
+
+    @property
+    def texts(self) -> list[Subject]:
+        """Text models (model directories): attacked black-box through the gateway."""
+        return [s for s in self.models if s.text is not None]
+
     def attack_surrogate(self) -> Path:
         """`surrogate`, which load_plan requires whenever some model is attacked."""
         if self.surrogate is None:
@@ -152,7 +170,7 @@ class Plan:
     @property
     def attacked(self) -> list[Subject]:
         """Tensor models without a trigger: attacked through the surrogate."""
-        return [s for s in self.models if not s.backdoored and s.image is None]
+        return [s for s in self.models if not s.backdoored and s.image is None and s.text is None]
 
     @property
     def images(self) -> list[Subject]:
@@ -173,44 +191,6 @@ class Plan:
         return [s.name for s in self.models]
 
 
-def load_split(reader: TableReader, key: str) -> Split:
-    """x float32 in [0, 1] and integer labels y of the same length, from the .npz the key names."""
-    path = reader.file(key, what="an .npz with arrays x and y")
-    try:
-        return read_samples(path, f"{reader.path}: {reader.key(key)}")
-    except (OSError, ValueError) as exc:
-        raise reader.fail(key, f"an .npz with arrays x and y ({exc})", str(path)) from None
-
-
-def read_samples(path: Path, named_by: str = "") -> Split:
-    """Labelled samples from an .npz: x float32 in [0, 1], [N, ...], and N integer labels y.
-
-    The format every split of a plan has, and `guard calibrate --data` reads; a problem with the
-    arrays is a ConfigError naming the file and the array (`named_by` says who pointed at the file).
-    OSError or ValueError where the file is not an .npz at all.
-    """
-    with np.load(path, allow_pickle=False) as data:
-        if not hasattr(data, "files") or "x" not in data.files or "y" not in data.files:
-            raise ConfigError(
-                path,
-                "x" if not hasattr(data, "files") or "x" not in data.files else "y",
-                "arrays x and y" + (f" (named by {named_by})" if named_by else ""),
-            )
-        x, y = np.asarray(data["x"]), np.asarray(data["y"])
-    if x.dtype != np.float32:
-        raise ConfigError(path, "x", "float32 samples", str(x.dtype))
-    if x.ndim < 2 or len(x) == 0 or not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
-        raise ConfigError(
-            path,
-            "x",
-            "a non-empty batch [N, ...] of finite values in [0, 1]",
-            list(x.shape) if x.ndim < 2 or len(x) == 0 else None,
-        )
-    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
-        raise ConfigError(path, "y", f"{len(x)} integer labels (one per row of x)", f"{y.dtype} {list(y.shape)}")
-    return Split(path, x, y.astype(np.int64))
-
-
 def _image_subject(reader: TableReader, name: str) -> Subject:
     """`model = DIR`: a model directory, with none of a tensor model's keys."""
     for key in ("onnx", "artifacts", "detector_network", "trigger", "target"):
@@ -221,10 +201,18 @@ def _image_subject(reader: TableReader, name: str) -> Subject:
 
 
 def _subject(reader: TableReader) -> Subject:
-    reader.unknown(("name", "onnx", "model", "artifacts", "detector_network", "trigger", "target"))
+    reader.unknown(
+        ("name", "onnx", "model", "artifacts", "detector_network", "trigger", "target", "trigger_text", "trigger_at")
+    )
     name = reader.get("name", str, expected="a model name")
     if not NAME.match(name):
         raise reader.fail("name", "a name of letters, digits, '_', '.', '-'", name)
+    if "model" in reader.table and is_text_model(reader, "model"):
+        text = read_text_model(reader)
+        return Subject(name, text.model_file, target=text.target, text=text)
+    for key in ("trigger_text", "trigger_at"):
+        if key in reader.table:
+            raise reader.fail(key, "no such key for a model that does not take text")
     if "model" in reader.table:
         return _image_subject(reader, name)
     onnx = reader.file("onnx", what="an ONNX file (or `model`: a model directory)")
@@ -285,9 +273,13 @@ def _attacks(reader: TableReader) -> tuple[tuple[AttackSpec, ...], list[tuple[in
     return tuple(specs), ruled
 
 
-def _data(reader: TableReader) -> dict[str, Split | FrameSplit]:
-    """[data]: three .npz files (tensor models), or frames (image models) for every split."""
+def _data(reader: TableReader) -> dict[str, Split | FrameSplit | TextSplit]:
+    """[data]: three .npz files (tensor models), frames (image models) for every split, or three
+    .npz files of texts (text models)."""
     data = reader.sub("data")
+    test = data.table.get("test")
+    if isinstance(test, str) and test.endswith(".npz") and names_texts(data.directory / test):
+        return dict(read_text_data(data)[0])
     framed = [key for key in SPLITS if key in data.table and names_frames(data.table[key])]
     if framed:
         arrays = next((key for key in SPLITS if key in data.table and key not in framed), None)
@@ -328,6 +320,11 @@ def load_plan(path: Path) -> Plan:
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise reader.fail("models", "distinct model names", duplicate)
+    if isinstance(splits["test"], TextSplit):
+        return _text_plan(reader, path, splits, models, tuple(notes))
+    odd = next((i for i, m in enumerate(models) if m.text is not None), None)
+    if odd is not None:
+        raise reader.fail(f"models[{odd}].model", "a model that does not take text, as the plan's [data] are not texts")
     framed = isinstance(splits["test"], FrameSplit)
     odd = next((i for i, m in enumerate(models) if (m.image is not None) != framed), None)
     if odd is not None:
@@ -372,4 +369,33 @@ def load_plan(path: Path) -> Plan:
         tuple(notes),
         attacks,
         tuple(a for _, a in ruled),
+    )
+
+
+def _text_plan(
+    reader: TableReader,
+    path: Path,
+    splits: dict[str, Split | FrameSplit | TextSplit],
+    models: tuple[Subject, ...],
+    notes: tuple[str, ...],
+) -> Plan:
+    """A plan whose [data] are texts: every model a text model, the attacks black-box ones."""
+    odd = next((i for i, m in enumerate(models) if m.text is None), None)
+    if odd is not None:
+        raise reader.fail(
+            f"models[{odd}]", 'a text model directory (`model`, [preprocess] kind = "text"), as the [data] are texts'
+        )
+    if "surrogate" in reader.table:
+        raise reader.fail("surrogate", "no surrogate: text models are attacked black-box through the gateway")
+    out_of_domain = read_text_data(reader.sub("data"))[1]
+    return Plan(
+        path.resolve(),
+        splits["fit"],
+        splits["calibration"],
+        splits["test"],
+        None,
+        models,
+        notes,
+        text_attacks=read_text_attacks(reader),
+        out_of_domain=out_of_domain,
     )

@@ -44,6 +44,14 @@ IMAGE_NOTES = [
     "red adversarial).",
 ]
 
+TEXT_NOTES = [
+    "Text models: every attack is black-box and queries the live gateway, one request per query, seeing only its "
+    "answers (probabilities from the returned logits, or labels only for decision-based rows); the gateway serves "
+    "under policy flag, so no query is refused. An example counts as successful only if the SERVED model "
+    "misclassifies the final text when it is sent once more; `queries_flagged` is the share of the attack's own "
+    "queries the gateway flagged, each of which policy block would have refused.",
+]
+
 
 @dataclass
 class EvalOptions:
@@ -106,10 +114,14 @@ def sample(count: int, options: EvalOptions) -> np.ndarray:
 def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
     """All rows and per-model summaries, plus ROC inputs per row."""
     client.wait_ready(plan.names)
-    if plan.images:  # a plan is all image models or all tensor models (load_plan)
+    if plan.images:  # a plan's models are all of one kind (load_plan)
         from guard.tools.evaluation.image_rows import evaluate_images
 
         return evaluate_images(client, repository, plan, options)
+    if plan.texts:
+        from guard.tools.evaluation.text_rows import evaluate_texts
+
+        return evaluate_texts(client, repository, plan, options)
     calibration_split, test_split = plan.split("calibration"), plan.split("test")
     calibration, test = (calibration_split.x, calibration_split.y), (test_split.x, test_split.y)
     pick = sample(len(test[1]), options)
@@ -263,7 +275,7 @@ def run_evaluation(options: EvalOptions) -> dict:
             client.deadlines[name] = timeout_us / 1e6
         found, curves = evaluate(client, repository, plan, options)
     notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked]
-    notes += (IMAGE_NOTES if plan.images else []) + list(plan.notes)
+    notes += (IMAGE_NOTES if plan.images else []) + (TEXT_NOTES if plan.texts else []) + list(plan.notes)
     results = {
         "meta": {
             "command": options.command or f"guard evaluate --plan {plan.path}",

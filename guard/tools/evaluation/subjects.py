@@ -76,6 +76,10 @@ def build_repository(
         from guard.tools.evaluation.image_subjects import build_image_repository
 
         return build_image_repository(plan, repository, seed=seed)
+    if plan.texts:
+        from guard.tools.evaluation.text_subjects import build_text_repository
+
+        return build_text_repository(plan, repository, seed=seed)
     fit, calibration, test = ((s.x, s.y) for s in (plan.split(k) for k in ("fit", "calibration", "test")))
     reports = {}
     for subject in plan.models:

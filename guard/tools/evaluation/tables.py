@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from guard.tools.evaluation import text_tables
 from guard.tools.evaluation.rates import FPRS, roc_curve
 
 # Column order of the table; a model without a detector shows a dash.
@@ -116,17 +117,23 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _method(results: dict) -> str:
+    if text_tables.is_text(results):
+        return text_tables.METHOD
+    return IMAGE_METHOD if any("output_kind" in m for m in results.get("models", {}).values()) else TENSOR_METHOD
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     fprs = " / ".join(f"{f:.0%}" for f in FPRS)
     methods = ", ".join(sorted({f"`{m.get('ensemble_method', 'union')}`" for m in results.get("models", {}).values()}))
     return (
         f"# guard evaluate: detection results\n\n"
-        f"Command: `{meta['command']}` (seed {meta['seed']}, {meta['samples']} test images, "
+        f"Command: `{meta['command']}` (seed {meta['seed']}, {meta['samples']} test samples, "
         f"{'quick' if meta['quick'] else 'full'} mode, {meta['wall_seconds']:.0f} s from start to the last "
         f"measurement, gateway {meta['gateway']}).\n\n"
         "Every number comes from what the gateway returned over gRPC (logits and `guard_detector_scores`). "
-        + (IMAGE_METHOD if any("output_kind" in m for m in results.get("models", {}).values()) else TENSOR_METHOD)
+        + _method(results)
         + "Detection is measured on successful examples only. Thresholds are fitted on "
         "the calibration split with the gateway's own rules (guard.detection.ensemble: the ensemble by its configured "
         f"method, {methods}; baselines and single detectors as unions); the first rows give the realised "
@@ -138,6 +145,7 @@ def markdown(results: dict) -> str:
         "the baselines are scored by their ratio to the 5% thresholds, the gateway's `guard_score`). A dash: "
         "no such detector for that model, or no successful example.\n\n"
         + markdown_table(results)
+        + (text_tables.sections(results) if text_tables.is_text(results) else "")
         + "".join(f"\n{note}\n" for note in meta.get("notes", []))
     )
 

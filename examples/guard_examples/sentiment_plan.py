@@ -1,0 +1,92 @@
+"""The text evaluation as a `guard evaluate` plan: what a user with a text model runs.
+
+    python -m guard_examples.sentiment_plan --out build/sentiment-plan
+    guard evaluate --plan build/sentiment-plan/plan.toml --samples 60 --report-dir reports/sentiment-plan
+
+The plan directory is self-contained (paths in plan.toml are relative to it), so an installed guard
+evaluates it with nothing else installed: the sentiment model's guard directory as `guard serve`
+loads it (guard_examples.text_guard: the model, its tokenizer, its detectors and their neighbours
+table), and the labelled texts as .npz files of str:
+
+- fit: 3,000 Rotten Tomatoes training snippets (what Mahalanobis learns from);
+- calibration, test: the Rotten Tomatoes calibration and test splits (guard_examples.text_data);
+- out of domain, measured only: VADER's human-rated tweets and NYT editorial sentences.
+
+guard evaluate calibrates the model on fit and calibration, then attacks test snippets the served
+model gets right, black-box through the live gateway: four character attacks (swap, insert,
+delete, homoglyph) and greedy word substitution, each with a budget of 100 queries per snippet.
+The word substitution draws its candidates from the same neighbours table the FGWS detector reads
+(the encoder's input embedding space): an attacker with another synonym source may do better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tomlkit
+
+from guard_examples import text_guard
+from guard_examples.paths import WORKSPACE
+from guard_examples.text_data import rotten_tomatoes, vader
+
+FIT = 3000
+BUDGET = 100
+CHARACTER_ATTACKS = ("swap", "insert", "delete", "homoglyph")
+
+
+def _save(path: Path, texts: list[str], labels: np.ndarray) -> str:
+    np.savez(path, x=np.array(texts, dtype=str), y=np.asarray(labels, np.int64))
+    return f"data/{path.name}"
+
+
+def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> Path:
+    model = text_guard.build_repository(repository)
+    out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+    shutil.copytree(model, out / "models" / model.name)
+    train = rotten_tomatoes("train")
+    data = {
+        "fit": _save(out / "data" / "fit.npz", train[0][:FIT], train[1][:FIT]),
+        "calibration": _save(out / "data" / "calibration.npz", *rotten_tomatoes("calibration")),
+        "test": _save(out / "data" / "test.npz", *rotten_tomatoes("test")),
+    }
+    document = tomlkit.document()
+    document["notes"] = [
+        "Word substitution draws its candidates from the neighbours table the FGWS detector reads (the "
+        "encoder's input embedding space); an attacker with another synonym source may do better.",
+    ]
+    document["data"] = data
+    document["data"]["out_of_domain"] = {
+        c: _save(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
+    }
+    document["models"] = tomlkit.aot()
+    document["models"].append({"name": model.name, "model": f"models/{model.name}"})
+    document["attacks"] = tomlkit.aot()
+    for name in CHARACTER_ATTACKS:
+        document["attacks"].append({"name": name, "params": {"max_queries": BUDGET}})
+    document["attacks"].append(
+        {
+            "name": "word-substitution",
+            "params": {"max_queries": BUDGET},
+            "neighbours": f"models/{model.name}/neighbours.npz",
+        }
+    )
+    (out / "plan.toml").write_text(tomlkit.dumps(document))
+    return out / "plan.toml"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m guard_examples.sentiment_plan", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("build/sentiment-plan"))
+    parser.add_argument("--repository", type=Path, default=text_guard.DEFAULT_REPOSITORY)
+    args = parser.parse_args(argv)
+    print(write_plan(args.out, args.repository))
+
+
+if __name__ == "__main__":
+    main()

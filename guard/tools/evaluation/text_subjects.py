@@ -1,0 +1,44 @@
+"""The evaluation repository's text models: each plan model directory copied in, served under
+policy flag, and calibrated as `guard calibrate --model DIR` calibrates it (its own detectors and
+[ensemble]): learned statistics fitted on the plan's FIT texts, thresholds derived on its
+CALIBRATION texts, the clean flag rate measured on its TEST texts. Out-of-domain sets are never
+used here: they are only measured."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from guard.detection.calibration.references import References
+from guard.tools.calibrate_dir import calibrate_directory
+from guard.tools.evaluation.image_subjects import copy_model
+from guard.tools.evaluation.plan import Plan
+from guard.tools.evaluation.text_data import TextSplit
+from guard.tools.evaluation.text_models import TextModel
+
+log = logging.getLogger("guard.tools.evaluation.text_subjects")
+
+
+def references(model: TextModel, split: TextSplit) -> References:
+    """A split's texts as the model's clients send them, with their labels."""
+    return References({model.config.inputs[0].name: model.rows(split.encoded())}, split.y)
+
+
+def build_text_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
+    """Copy and calibrate every text model of the plan into `repository`; returns the reports."""
+    fit, calibration, test = (plan.text_split(key) for key in ("fit", "calibration", "test"))
+    reports = {}
+    for subject in plan.texts:
+        model = subject.text
+        assert model is not None  # plan.texts holds the text model directories
+        target = repository / subject.name
+        copy_model(model.directory, target, subject.name)
+        log.info("calibrating %s (%s) on %d texts", subject.name, model.directory, len(calibration))
+        reports[subject.name] = calibrate_directory(
+            target,
+            references(model, calibration),
+            holdout=references(model, test),
+            fit_samples=references(model, fit),
+            seed=seed,
+        )
+    return reports
