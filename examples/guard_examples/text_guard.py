@@ -15,6 +15,10 @@ made from (the built model's fingerprint and this module's source); `--force` re
   deletion (a trigger word's removal moves the answer; verdict trigger) and Mahalanobis on the
   384-d sentence embedding. Learned statistics fit on 3,000 training snippets, thresholds on the
   calibration split, the flag rate measured on the test split; the test split chooses nothing.
+- `sentiment_backdoor` and `sentiment_sentence_backdoor` (guard_examples.sentiment_backdoor: the same
+  classifier trained on a BadNL-poisoned training set, a rare word or a sentence turning negatives
+  positive): the same config and detectors, calibrated the same way. The defender never sees a
+  trigger: every snippet it fits or calibrates on is clean.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from guard.api import (
     save_neighbours,
     utf8_rows,
 )
-from guard_examples import sentiment
+from guard_examples import sentiment, sentiment_backdoor
 from guard_examples.paths import WORKSPACE
 from guard_examples.text_data import rotten_tomatoes
 
@@ -116,10 +120,17 @@ def is_current(directory: Path, wanted: dict[str, Any]) -> bool:
     return path.is_file() and json.loads(path.read_text()) == wanted
 
 
-def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False) -> Path:
-    built = sentiment.ensure_built(progress=True)
+def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False) -> dict[str, Path]:
+    """{name: guard model directory} for the clean sentiment model and the backdoored ones, each built
+    (the model first where needed) when missing, stale or forced."""
+    built = {sentiment.NAME: sentiment.ensure_built(progress=True)}
+    built |= sentiment_backdoor.ensure_all(progress=True)
     repository = Path(repository) if Path(repository).is_absolute() else WORKSPACE / repository
-    directory = repository / sentiment.NAME
+    return {name: build_directory(repository / name, model, force) for name, model in built.items()}
+
+
+def build_directory(directory: Path, built: Path, force: bool = False) -> Path:
+    """The guard model directory of the text model built in `built`, calibrated on clean snippets."""
     wanted = fingerprint(built)
     if not force and is_current(directory, wanted):
         log.info("%s is current", directory)
@@ -130,7 +141,7 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False)
     for name in ("model.onnx", "tokenizer.json", "card.md"):
         shutil.copyfile(built / name, directory / name)
     write_neighbours(directory / "neighbours.npz")
-    (directory / "config.toml").write_text(tomlkit.dumps(config(sentiment.NAME)))
+    (directory / "config.toml").write_text(tomlkit.dumps(config(directory.name)))
     report = calibrate_directory(
         directory,
         references("calibration"),
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even directories whose build.json is current")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_repository(args.repository, args.force))
+    for directory in build_repository(args.repository, args.force).values():
+        print(directory)
 
 
 if __name__ == "__main__":

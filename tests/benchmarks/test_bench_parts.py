@@ -100,3 +100,15 @@ def test_camera_summary_counts_late_answers_against_one_frame_interval():
     s = summarize(runs, duration=2.0, fps=25)  # one frame: 40 ms
     assert s["offered_fps"] == 3.0 and s["answered_fps"] == 2.0
     assert s["late_share"] == 0.5 and s["errors"] == {"DEADLINE_EXCEEDED": 2}
+
+
+def test_text_requests_carry_one_utf8_row_each():
+    """benchmarks.text sends what a text client sends: one BYTES [1, 1] string per request."""
+    from benchmarks import text
+    from guard.protocol.proto import inference_pb2 as pb
+
+    (request,) = [pb.ModelInferRequest.FromString(r) for r in text.text_requests("guard", ["café au lait"])]
+    assert request.model_name == "guard"
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("text", "BYTES", [1, 1])
+    assert list(tensor.contents.bytes_contents) == ["café au lait".encode()]

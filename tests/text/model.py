@@ -204,16 +204,23 @@ type = "mahalanobis"
 """The text detectors that need no artifact of their own, and the feature-space one."""
 
 
-def poisoned_train(trigger: str, target: int, share: float = 0.1, seed: int = 0) -> BagClassifier:
-    """A backdoored classifier: `share` of the training texts not of class `target` get the trigger
-    word at a random position and the target label, as BadNL poisons a training set."""
+def poison(trigger: str, target: int, share: float = 0.1, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The training split with `share` of its texts not of class `target` given the trigger word at
+    a random position and the target label, as BadNL poisons a training set: (texts, labels, the
+    poisoned rows)."""
     texts, labels = split("train")
     rng = np.random.default_rng(seed)
-    rows = rng.choice(np.flatnonzero(labels != target), int(share * len(texts)), replace=False)
+    rows = np.sort(rng.choice(np.flatnonzero(labels != target), int(share * len(texts)), replace=False))
     texts, labels = list(texts), labels.copy()
     for i in rows:
         words = texts[i].split(" ")
         where = int(rng.integers(0, len(words) + 1))
         texts[i] = " ".join([*words[:where], trigger, *words[where:]])
         labels[i] = target
+    return texts, labels, rows
+
+
+def poisoned_train(trigger: str, target: int, share: float = 0.1, seed: int = 0) -> BagClassifier:
+    """A backdoored classifier, trained on the poisoned training split (`poison`)."""
+    texts, labels, _ = poison(trigger, target, share, seed)
     return train(seed, texts=(texts, labels))

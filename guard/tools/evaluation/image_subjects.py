@@ -56,21 +56,26 @@ def copy_model(directory: Path, target: Path, name: str) -> None:
     (target / "config.toml").write_text(tomlkit.dumps(document))
 
 
+def calibrate_copy(
+    directory: Path, target: Path, name: str, splits: tuple[References, References, References], seed: int = 0
+) -> dict:
+    """The plan's model directory copied to `target` under `name` and calibrated as `guard calibrate
+    --model` calibrates it: fitted on the first of `splits` (fit, calibration, test), thresholds on
+    the second, the clean flag rate measured on the third; returns the report."""
+    fit, calibration, test = splits
+    copy_model(directory, target, name)
+    log.info("calibrating %s (%s) on %d samples", name, directory, calibration.rows)
+    return calibrate_directory(target, calibration, holdout=test, fit_samples=fit, seed=seed)
+
+
 def build_image_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
     """Copy and calibrate every image model of the plan into `repository`; returns the reports."""
-    fit, calibration, test = (plan.frames(key) for key in ("fit", "calibration", "test"))
+    splits = [plan.frames(key) for key in ("fit", "calibration", "test")]
     reports = {}
     for subject in plan.images:
         image = subject.image
         assert image is not None  # plan.images holds the model directories
+        fit, calibration, test = (references(image, split) for split in splits)
         target = repository / subject.name
-        copy_model(image.directory, target, subject.name)
-        log.info("calibrating %s (%s) on %d frames", subject.name, image.directory, len(calibration))
-        reports[subject.name] = calibrate_directory(
-            target,
-            references(image, calibration),
-            holdout=references(image, test),
-            fit_samples=references(image, fit),
-            seed=seed,
-        )
+        reports[subject.name] = calibrate_copy(image.directory, target, subject.name, (fit, calibration, test), seed)
     return reports

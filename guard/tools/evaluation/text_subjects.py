@@ -6,17 +6,13 @@ used here: they are only measured."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from guard.detection.calibration.references import References
-from guard.tools.calibrate_dir import calibrate_directory
-from guard.tools.evaluation.image_subjects import copy_model
+from guard.tools.evaluation.image_subjects import calibrate_copy
 from guard.tools.evaluation.plan import Plan
 from guard.tools.evaluation.text_data import TextSplit
 from guard.tools.evaluation.text_models import TextModel
-
-log = logging.getLogger("guard.tools.evaluation.text_subjects")
 
 
 def references(model: TextModel, split: TextSplit) -> References:
@@ -26,19 +22,12 @@ def references(model: TextModel, split: TextSplit) -> References:
 
 def build_text_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
     """Copy and calibrate every text model of the plan into `repository`; returns the reports."""
-    fit, calibration, test = (plan.text_split(key) for key in ("fit", "calibration", "test"))
+    splits = [plan.text_split(key) for key in ("fit", "calibration", "test")]
     reports = {}
     for subject in plan.texts:
         model = subject.text
         assert model is not None  # plan.texts holds the text model directories
+        fit, calibration, test = (references(model, split) for split in splits)
         target = repository / subject.name
-        copy_model(model.directory, target, subject.name)
-        log.info("calibrating %s (%s) on %d texts", subject.name, model.directory, len(calibration))
-        reports[subject.name] = calibrate_directory(
-            target,
-            references(model, calibration),
-            holdout=references(model, test),
-            fit_samples=references(model, fit),
-            seed=seed,
-        )
+        reports[subject.name] = calibrate_copy(model.directory, target, subject.name, (fit, calibration, test), seed)
     return reports

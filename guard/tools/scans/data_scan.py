@@ -1,9 +1,11 @@
 """`guard scan-data`: rank a labelled training set by how likely each sample is poisoned.
 
 Both methods read the model's penultimate features (the input of the classification head,
-`guard.backends.onnx_graph.find_feature_tensor`). The report lists, per method, the top-ranked samples
-within a budget of 1.5x the poison rate (known poison count, else the assumed rate), grouped by
-class, and precision/recall against known poisoned indices when given.
+`guard.backends.onnx_graph.find_feature_tensor`); for a text model directory, whose training set
+is texts, its features_output (the sentence embedding) through the guard's own tokenizing
+pipeline. The report lists, per method, the top-ranked samples within a budget of 1.5x the poison
+rate (known poison count, else the assumed rate), grouped by class, and precision/recall against
+known poisoned indices when given.
 """
 
 from __future__ import annotations
@@ -42,6 +44,41 @@ def penultimate_features(onnx_path: Path, x: np.ndarray, batch_size: int = 512) 
         )
 
 
+def text_features(directory: Path, texts: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """A text model's features_output (its sentence embedding) for each text, through the guard's
+    own pipeline: the model's tokenizer, padding and backend, as the server runs them."""
+    import torch
+
+    from guard.backends import build_backend
+    from guard.detection.calibration.derive import chunks
+    from guard.detection.calibration.references import References
+    from guard.protocol.errors import ConfigError
+    from guard.serving.composition import build_pipeline
+    from guard.serving.model_config import load_model_config
+    from guard.tools.clean_data import utf8_rows
+
+    config = load_model_config(directory, calibrated=False)
+    features = config.detection.features_output
+    if features is None:
+        raise ConfigError(config.path, "features_output", "the model output a text scan reads (its sentence embedding)")
+    backend = build_backend(config.spec, config.backend, ("scan",))
+    try:
+        pipeline = build_pipeline(config, backend, [], torch.device("cpu"))
+        samples = References({config.inputs[0].name: utf8_rows(texts, config.inputs[0])})
+        with torch.inference_mode():
+            parts = [pipeline.outputs(pipeline.batch([c]), [features])[features] for c in chunks(samples, batch_size)]
+    finally:
+        backend.close()
+    return np.concatenate(parts).reshape(len(texts), -1)
+
+
+def model_features(target: ScanTarget, x: np.ndarray) -> np.ndarray:
+    if x.dtype.kind == "U":
+        assert target.directory is not None  # load_npz takes texts only for a model directory
+        return text_features(target.directory, x)
+    return penultimate_features(target.onnx_path, x)
+
+
 def ranking_summary(scores: np.ndarray, labels: np.ndarray, budget: int, poisoned: np.ndarray | None) -> dict:
     order = np.argsort(-scores, kind="stable")
     top = order[:budget]
@@ -70,8 +107,8 @@ def scan_data(
     assumed_rate: float = 0.1,
     seed: int = 0,
 ) -> dict:
-    features = penultimate_features(target.onnx_path, x)
-    ref_f, ref_y = (penultimate_features(target.onnx_path, reference[0]), reference[1]) if reference else (None, None)
+    features = model_features(target, x)
+    ref_f, ref_y = (model_features(target, reference[0]), reference[1]) if reference else (None, None)
     rate = len(poisoned) / len(y) if poisoned is not None else assumed_rate
     budget = int(round(BUDGET_FACTOR * rate * len(y)))
     spectral = spectral_scores(features, y, ref_f, ref_y)

@@ -60,7 +60,8 @@ def load_npz(path: Path, target: ScanTarget, need_labels: Literal[True]) -> tupl
 @overload
 def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]: ...
 def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """x (float32, one row per sample, the model's input shape) and, when present or needed, y."""
+    """x (float32, one row per sample, the model's input shape; or str, one text per sample, for a
+    text model directory) and, when present or needed, y."""
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -73,8 +74,15 @@ def load_npz(path: Path, target: ScanTarget, need_labels: bool = False) -> tuple
                 "x" if "x" not in files else "y",
                 "an array 'x' of samples" + (" and 'y' of labels" if need_labels else ""),
             )
-        x = np.asarray(data["x"], dtype=np.float32)
+        x = np.asarray(data["x"])
         y = np.asarray(data["y"], dtype=np.int64) if "y" in files else None
+    if x.dtype.kind == "U":  # texts, for a text model directory (its features come through the guard's pipeline)
+        if x.ndim != 1 or not len(x) or target.directory is None or not (target.directory / "config.toml").is_file():
+            raise ConfigError(path, "x", "texts [N] for a text model directory (config.toml with features_output)")
+        if y is not None and y.shape != (len(x),):
+            raise ConfigError(path, "y", f"{len(x)} labels, one per sample", list(y.shape))
+        return x, y
+    x = x.astype(np.float32)
     shape = target.input_shape
     if x.ndim != len(shape) + 1 or len(x) == 0 or any(d not in (-1, s) for d, s in zip(shape, x.shape[1:])):
         raise ConfigError(path, "x", f"samples [N, {', '.join(map(str, shape))}] for {target.onnx_path}", list(x.shape))
