@@ -41,7 +41,6 @@ from guard_examples.paths import PACKAGE, WORKSPACE
 log = logging.getLogger(__name__)
 
 RECIPE_SOURCES = (*sentiment.RECIPE_SOURCES, "sentiment_backdoor")
-POSITIONS = ("random", "start", "end")
 POISON_SHARE = 0.10
 """Share of the whole training set poisoned: 893 of 8,931 snippets, 24 % of the negatives; the top of
 the rates BadNL poisons at. While this recipe was written, "cf" at 3 % reached 93 % ASR after the one

@@ -1,7 +1,7 @@
 """`guard scan-data` on a text training set: a text model's features are its features_output (the
 sentence embedding), computed through the guard's own tokenizing pipeline, and the scan ranks the
 texts by them. How well the ranking finds poison depends on the model: the examples measure it on
-the backdoored MiniLM sentiment model (examples/tests/test_text_backdoor.py)."""
+the backdoored MiniLM sentiment model (examples/tests/test_backdoor_scan.py)."""
 
 from __future__ import annotations
 
