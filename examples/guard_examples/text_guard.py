@@ -104,8 +104,8 @@ def references(split: str, limit: int | None = None) -> References:
 def write_neighbours(path: Path) -> None:
     """Every whole word of the encoder's vocabulary with its nearest whole words."""
     embeddings, vocab = read_encoder(sentiment.model_dir())
-    words = [t for t in vocab if t.isascii() and t.isalpha()]
-    save_neighbours(path, build_neighbours(embeddings, vocab, words, NEIGHBOURS))
+    # build_neighbours keeps only the whole-word tokens of what it is given (no pieces, no specials)
+    save_neighbours(path, build_neighbours(embeddings, vocab, vocab, NEIGHBOURS))
 
 
 def fingerprint(built: Path) -> dict[str, Any]:

@@ -159,9 +159,10 @@ class GuardPipeline:
             features = raw.get(self.features_output) if self.features_output else None
             logits = self._on_device(raw[self.logits_output])
             feats = None if features is None else self._on_device(features)
-            scores = self._score(logits, batch, feats)
+            original, own = detector_outputs(self.detectors, logits, batch, feats, self.boxes)
+            scores = self._score(original, own)
             if isinstance(x, TextRows):
-                suspects = detector_suspects(self.detectors, x, logits, feats)
+                suspects = detector_suspects(self.detectors, x, original, own)
         timings["detect"] = time.perf_counter() - start
         return BatchResult(outputs, timings, guarded.shape[0], scores, suspects)
 
@@ -216,8 +217,8 @@ class GuardPipeline:
         rows = len(inputs[self.guarded_input])
         return BatchResult(raw, timings={"backend": time.perf_counter() - start}, rows_sent=rows)
 
-    def _score(self, logits: torch.Tensor, batch: int, features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-        scores = detector_scores(self.detectors, logits, batch, features, self.boxes)
+    def _score(self, original: Outputs, own: list[Outputs | None]) -> dict[str, np.ndarray]:
+        scores = scores_of(self.detectors, original, own)
         table = torch.stack(list(scores.values())).double().cpu().numpy()  # one host copy for all, [D, B]
         return dict(zip(scores, table))
 
@@ -262,7 +263,11 @@ def detector_scores(
     """Each detector's [B] scores from one backend call's outputs over the original rows and every
     variant; differentiable when the outputs are (the adaptive attack calls it under autograd).
     A detector that fails raises DetectorError naming it."""
-    original, own = detector_outputs(detectors, logits, batch, features, boxes)
+    return scores_of(detectors, *detector_outputs(detectors, logits, batch, features, boxes))
+
+
+def scores_of(detectors: list[Detector], original: Outputs, own: list[Outputs | None]) -> dict[str, torch.Tensor]:
+    """Each detector's [B] scores from the batch's outputs as detector_outputs cuts them."""
     scores = {}
     for detector, variants in zip(detectors, own):
         try:
@@ -275,11 +280,11 @@ def detector_scores(
 
 
 def detector_suspects(
-    detectors: list[Detector], rows: TextRows, logits: torch.Tensor, features: torch.Tensor | None = None
+    detectors: list[Detector], rows: TextRows, original: Outputs, own: list[Outputs | None]
 ) -> dict[str, list[list[str]]]:
-    """The words each text detector blames, per row (what `guard_explain` shows); detectors that
-    name none are left out. A detector that fails raises DetectorError naming it."""
-    original, own = detector_outputs(detectors, logits, len(rows), features)
+    """The words each text detector blames, per row (what `guard_explain` shows), from the outputs
+    the scores were computed on; detectors that name none are left out. A detector that fails
+    raises DetectorError naming it."""
     named = {}
     for detector, variants in zip(detectors, own):
         try:

@@ -74,7 +74,7 @@ from guard.tools.evaluation.image_attacks import RuleAttack
 from guard.tools.evaluation.image_models import ImageModel, read_image_model
 from guard.tools.evaluation.image_plan import check_rule_attacks, read_rule_attacks
 from guard.tools.evaluation.tensor_data import Split, load_split
-from guard.tools.evaluation.text_data import TextSplit, names_texts, read_text_data
+from guard.tools.evaluation.text_data import TextSplit, names_texts, read_out_of_domain, read_text_splits
 from guard.tools.evaluation.text_models import TextModel, is_text_model, read_text_model
 from guard.tools.evaluation.text_plan import TextAttackSpec, read_text_attacks
 from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
@@ -279,7 +279,7 @@ def _data(reader: TableReader) -> dict[str, Split | FrameSplit | TextSplit]:
     data = reader.sub("data")
     test = data.table.get("test")
     if isinstance(test, str) and test.endswith(".npz") and names_texts(data.directory / test):
-        return dict(read_text_data(data)[0])
+        return dict(read_text_splits(data))
     framed = [key for key in SPLITS if key in data.table and names_frames(data.table[key])]
     if framed:
         arrays = next((key for key in SPLITS if key in data.table and key not in framed), None)
@@ -387,7 +387,7 @@ def _text_plan(
         )
     if "surrogate" in reader.table:
         raise reader.fail("surrogate", "no surrogate: text models are attacked black-box through the gateway")
-    out_of_domain = read_text_data(reader.sub("data"))[1]
+    out_of_domain = read_out_of_domain(reader.sub("data"))
     return Plan(
         path.resolve(),
         splits["fit"],

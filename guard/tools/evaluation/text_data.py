@@ -65,14 +65,18 @@ def read_texts(reader: TableReader, key: str, value: str) -> TextSplit:
     return TextSplit(path, tuple(x.tolist()), y.astype(np.int64))
 
 
-def read_text_data(data: TableReader) -> tuple[dict[str, TextSplit], dict[str, TextSplit]]:
-    """[data] of a text plan: the three splits, and the out-of-domain clean sets by name."""
+def read_text_splits(data: TableReader) -> dict[str, TextSplit]:
+    """[data] of a text plan: the three splits (out_of_domain is read by read_out_of_domain)."""
     data.unknown((*SPLITS, "out_of_domain"))
-    splits = {key: read_texts(data, key, data.get(key, str, expected="an .npz of texts")) for key in SPLITS}
+    return {key: read_texts(data, key, data.get(key, str, expected="an .npz of texts")) for key in SPLITS}
+
+
+def read_out_of_domain(data: TableReader) -> dict[str, TextSplit]:
+    """[data] out_of_domain of a text plan: the clean sets from elsewhere, by name."""
     extra = data.sub("out_of_domain")
     sets = {}
     for name, value in extra.table.items():
         if not isinstance(value, str):
             raise extra.fail(name, "an .npz of texts", value)
         sets[name] = read_texts(extra, name, value)
-    return splits, sets
+    return sets

@@ -59,12 +59,6 @@ class TextModel:
         assert path is not None  # read_text_model requires a local ONNX file
         return path
 
-    def rows(self, encoded: list[bytes]) -> np.ndarray:
-        """UTF-8 texts as the model's BYTES input takes them: one per row ([N] or [N, 1])."""
-        rows = np.empty(len(encoded), dtype=object)
-        rows[:] = encoded
-        return rows.reshape(len(encoded), *self.config.inputs[0].shape)
-
 
 def is_text_model(reader: TableReader, key: str) -> bool:
     """Whether `key` names a model directory whose config preprocesses text."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guard.detection.calibration.references import References
+from guard.tools.clean_data import utf8_rows
 from guard.tools.evaluation.image_subjects import calibrate_copy
 from guard.tools.evaluation.plan import Plan
 from guard.tools.evaluation.text_data import TextSplit
@@ -17,7 +18,8 @@ from guard.tools.evaluation.text_models import TextModel
 
 def references(model: TextModel, split: TextSplit) -> References:
     """A split's texts as the model's clients send them, with their labels."""
-    return References({model.config.inputs[0].name: model.rows(split.encoded())}, split.y)
+    spec = model.config.inputs[0]
+    return References({spec.name: utf8_rows(list(split.texts), spec)}, split.y)
 
 
 def build_text_repository(plan: Plan, repository: Path, seed: int = 0) -> dict[str, dict]:
