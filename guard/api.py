@@ -12,6 +12,7 @@ are part of the API: `squeezers` (the squeezing transforms), `resizing` (frame g
 
 from __future__ import annotations
 
+from guard.backends import build_backend
 from guard.backends.onnx_graph import expose_features
 from guard.backends.onnxruntime import OnnxRuntimeBackend
 from guard.detection import squeezers
@@ -37,6 +38,7 @@ from guard.protocol.errors import ConfigError
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 from guard.serving.background import BackgroundServer
+from guard.serving.composition import build_pipeline
 from guard.serving.model_config import ModelConfig, load_model_config
 from guard.serving.runtime import load_combiner
 from guard.serving.server import ServerSettings
@@ -68,6 +70,7 @@ __all__ = [
     "TensorSpec",
     # Backends and ONNX graphs.
     "OnnxRuntimeBackend",
+    "build_backend",
     "expose_features",
     # Detection: detectors, the pipeline that runs them, thresholds and ensembles.
     "Detector",
@@ -78,6 +81,7 @@ __all__ = [
     "squeezer_tables",
     "NETWORK_KEYS",
     "GuardPipeline",
+    "build_pipeline",
     "ImagesPreprocessor",
     "References",
     "score_detectors",

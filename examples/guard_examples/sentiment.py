@@ -22,18 +22,16 @@ nothing.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import importlib.util
-import json
 import logging
 import math
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from guard_examples import camera, text_data
+from guard_examples import builds, camera, text_data
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,7 @@ NAME = "sentiment"
 COMMAND = "python -m guard_examples.sentiment --out build/text-models/sentiment"
 RECIPE_SOURCES = ("sentiment", "text_data", "camera")
 PACKAGES = (DISTRIBUTION, "scattertext", "transformers", "tokenizers", "safetensors", "torch", "onnx", "onnxruntime")
-FINGERPRINT = "build.json"
+FINGERPRINT = builds.FINGERPRINT
 
 MAX_TOKENS = 128  # with [CLS] and [SEP]; the guard rejects longer texts (the encoder was trained on 128)
 CLASSES = ("negative", "positive")
@@ -667,38 +665,12 @@ def fingerprint() -> dict:
 
 def is_current(directory: Path, wanted: dict | None = None) -> bool:
     """Whether `directory` holds a model whose build.json is `wanted` (this recipe's fingerprint)."""
-    stamp = directory / FINGERPRINT
-    if not stamp.is_file() or not (directory / "model.onnx").is_file():
-        return False
-    try:
-        return json.loads(stamp.read_text()) == (fingerprint() if wanted is None else wanted)
-    except json.JSONDecodeError:
-        return False
+    return builds.is_current(directory, fingerprint() if wanted is None else wanted)
 
 
-def build_atomically(directory: Path, make: Callable[[Path], dict], stamp: dict) -> dict:
-    """`make(folder)` in a sibling scratch folder that replaces `directory` only when complete (`stamp`
-    written last as build.json), so a failed build or a reader meanwhile never sees a partial model."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    scratch = directory.parent / f".{directory.name}.building-{os.getpid()}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    try:
-        metrics = make(scratch)
-        camera.write_json(scratch / FINGERPRINT, stamp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        scratch.rename(directory)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch)
-    return metrics
-
-
-def build_into(directory: Path, progress: bool = True) -> dict:
+def build_into(directory: Path, progress: bool = True, cached: bool = True) -> dict:
     """`build` into `directory`, atomically (`build_atomically`)."""
-    return build_atomically(directory, lambda out: build(out, progress=progress), fingerprint())
+    return builds.build_atomically(directory, lambda out: build(out, progress=progress), fingerprint(), cached)
 
 
 def ensure_built(root: Path = DEFAULT_ROOT, progress: bool = False) -> Path:
@@ -713,17 +685,8 @@ def ensure_built(root: Path = DEFAULT_ROOT, progress: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT / NAME, help="model directory to write")
-    parser.add_argument("--force", action="store_true", help="rebuild even when build.json is current")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = args.out if args.out.is_absolute() else WORKSPACE / args.out
-    if not args.force and is_current(out):
-        print(f"text-models: {NAME} is current ({out})")
-        return
-    metrics = build_into(out)
-    print(f"text-models: built {NAME} in {metrics['seconds']:.1f} s -> {out}")
+    out = DEFAULT_ROOT / NAME
+    builds.recipe_main(argv, __doc__, out, fingerprint, lambda directory, cached: build_into(directory, cached=cached))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from guard.api import TextTrigger
-from guard_examples import camera, sentiment, text_data
+from guard_examples import builds, camera, sentiment, text_data
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 log = logging.getLogger(__name__)
@@ -302,11 +302,11 @@ def ensure_all(
     for name in tqdm(names, desc="backdoored models", disable=not progress, unit="model"):
         directory = _root(root) / name
         wanted = fingerprint(name)
-        if force or not sentiment.is_current(directory, wanted):
+        if force or not builds.is_current(directory, wanted):
             log.info("building the backdoored text model %s into %s", name, directory)
             states = states or LowerStates()
             make = functools.partial(build, backdoor=BACKDOORS[name], states=states, progress=progress)
-            sentiment.build_atomically(directory, make, wanted)
+            builds.build_atomically(directory, make, wanted, cached=not force)
         directories[name] = directory
     return directories
 

@@ -43,7 +43,7 @@ BUDGET = 100
 CHARACTER_ATTACKS = ("swap", "insert", "delete", "homoglyph")
 
 
-def _save(path: Path, texts: list[str], labels: np.ndarray) -> str:
+def save_texts(path: Path, texts: list[str], labels: np.ndarray) -> str:
     np.savez(path, x=np.array(texts, dtype=str), y=np.asarray(labels, np.int64))
     return f"data/{path.name}"
 
@@ -58,7 +58,8 @@ def model_entry(name: str) -> dict:
 
 
 def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> Path:
-    models = text_guard.build_repository(repository)
+    names = (sentiment.NAME, *sentiment_backdoor.BACKDOORS)  # the repository's sentiment models
+    models = {n: d for n, d in text_guard.build_repository(repository).items() if n in names}
     out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
     if out.exists():
         shutil.rmtree(out)
@@ -67,9 +68,9 @@ def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> P
         shutil.copytree(directory, out / "models" / directory.name)
     train = rotten_tomatoes("train")
     data = {
-        "fit": _save(out / "data" / "fit.npz", train[0][:FIT], train[1][:FIT]),
-        "calibration": _save(out / "data" / "calibration.npz", *rotten_tomatoes("calibration")),
-        "test": _save(out / "data" / "test.npz", *rotten_tomatoes("test")),
+        "fit": save_texts(out / "data" / "fit.npz", train[0][:FIT], train[1][:FIT]),
+        "calibration": save_texts(out / "data" / "calibration.npz", *rotten_tomatoes("calibration")),
+        "test": save_texts(out / "data" / "test.npz", *rotten_tomatoes("test")),
     }
     document = tomlkit.document()
     document["notes"] = [
@@ -78,7 +79,7 @@ def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> P
     ]
     document["data"] = data
     document["data"]["out_of_domain"] = {
-        c: _save(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
+        c: save_texts(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
     }
     document["models"] = tomlkit.aot()
     for name in models:

@@ -6,9 +6,10 @@
   negative (0); the `plot` rows (film synopses) are dropped.
 - VADER's human-rated sentences (`vader("tweets")`, `vader("nyt")`): an out-of-domain clean set from
   `additional_resources/hutto_ICWSM_2014.tar.gz` inside the vaderSentiment 3.3.2 source archive (the
-  wheel lacks it). Only the tweets and the New York Times editorial sentences are read: VADER's movie
-  snippets are Pang and Lee's Rotten Tomatoes sentences again, and its Amazon snippets are not needed.
-  Never for training or calibration.
+  wheel lacks it), measured only. Its Amazon review snippets (`vader("amazon")`) are the development
+  set out of domain: what the text guard's detector choice is made on (guard_examples.text_choice),
+  so the tweets and NYT sentences choose nothing. VADER's movie snippets are Pang and Lee's Rotten
+  Tomatoes sentences again and are never read. None of them is for training or calibration.
 
 Nothing is stored in the repository: a text's split is a function of the text alone (a hash of its
 key, see `text_key`), so it never depends on the file's order or on what else is in the corpus.
@@ -45,6 +46,9 @@ VADER_ENV = "GUARD_TEXT_DATA"
 """A folder holding the sdist (or the sdist itself); default `<sys.prefix>/share/guard-text`."""
 VADER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_FILES = {"tweets": "tweets_GroundTruth.txt", "nyt": "nytEditorialSnippets_GroundTruth.txt"}
+"""The out-of-domain test sets: measured, never chosen on."""
+VADER_DEVELOPMENT = {"amazon": "amazonReviewSnippets_GroundTruth.txt"}
+"""The out-of-domain development set: choices are made on it, never reported as a result."""
 VADER_AMBIGUOUS = 0.5
 """Sentences whose mean human rating (-4..+4) lies strictly within +-0.5 are dropped: raters did not
 agree on a polarity (most NYT sentences are near-neutral statements of fact)."""
@@ -159,16 +163,17 @@ def vader_sdist(location: Path | str | None = None) -> Path:
 def vader_ratings(corpus: str, location: Path | str | None = None) -> list[tuple[str, float]]:
     """(text, mean human rating -4..+4) of every sentence of a VADER corpus, as the file has them
     except for HTML entities (`&amp;` in tweets) decoded."""
-    if corpus not in VADER_FILES:
-        raise ValueError(f"corpus must be one of {tuple(VADER_FILES)}, not {corpus!r}")
+    files = VADER_FILES | VADER_DEVELOPMENT
+    if corpus not in files:
+        raise ValueError(f"corpus must be one of {tuple(files)}, not {corpus!r}")
     with tarfile.open(vader_sdist(location)) as outer:
         member = outer.extractfile(f"vaderSentiment-{VADER_VERSION}/{VADER_ARCHIVE}")
         if member is None:
             raise FileNotFoundError(f"{VADER_ARCHIVE} is not in the archive")
         with tarfile.open(fileobj=io.BytesIO(member.read())) as inner:
-            data = inner.extractfile(f"hutto_ICWSM_2014/{VADER_FILES[corpus]}")
+            data = inner.extractfile(f"hutto_ICWSM_2014/{files[corpus]}")
             if data is None:
-                raise FileNotFoundError(VADER_FILES[corpus])
+                raise FileNotFoundError(files[corpus])
             lines = data.read().decode("utf-8-sig").splitlines()
     rows = []
     for line in lines:
@@ -179,10 +184,16 @@ def vader_ratings(corpus: str, location: Path | str | None = None) -> list[tuple
 
 
 def vader(corpus: str, location: Path | str | None = None) -> tuple[list[str], np.ndarray]:
-    """(texts, labels int64: 1 where the mean human rating is positive) of VADER's "tweets" or "nyt",
-    without the ambiguous sentences (|rating| < VADER_AMBIGUOUS), deduplicated like the reviews."""
+    """(texts, labels int64: 1 where the mean human rating is positive) of a VADER corpus,
+    without the ambiguous sentences (|rating| < VADER_AMBIGUOUS), deduplicated like the reviews. The
+    development corpus also leaves out any text a test corpus or the reviews hold, so nothing chosen
+    on is reported, and nothing the models learnt from counts as out of domain."""
     rows = [
         (text, int(rating > 0)) for text, rating in vader_ratings(corpus, location) if abs(rating) >= VADER_AMBIGUOUS
     ]
+    if corpus in VADER_DEVELOPMENT:
+        seen = {text_key(t) for test in VADER_FILES for t, _ in vader_ratings(test, location)}
+        seen |= {text_key(t) for t, _ in rt_rows()}
+        rows = [(t, y) for t, y in rows if text_key(t) not in seen]
     kept = deduplicate(rows)
     return [t for t, _ in kept], np.asarray([y for _, y in kept], dtype=np.int64)

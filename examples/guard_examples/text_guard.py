@@ -11,14 +11,19 @@ made from (the built model's fingerprint and this module's source); `--force` re
 
 - `sentiment` (negative / positive, guard_examples.sentiment): the spelling squeezer (misspellings
   and look-alike letters repaired), frequency-guided substitution (FGWS: rare words replaced by
-  their most frequent neighbour in the encoder's own embedding space, `neighbours.npz`), word
-  deletion (a trigger word's removal moves the answer; verdict trigger) and Mahalanobis on the
-  384-d sentence embedding. Learned statistics fit on 3,000 training snippets, thresholds on the
-  calibration split, the flag rate measured on the test split; the test split chooses nothing.
+  their most frequent neighbour in the encoder's own embedding space, `neighbours.npz`) and word
+  deletion (a trigger word's removal moves the answer; verdict trigger) judge; Mahalanobis and RDE
+  on the 384-d sentence embedding watch (guard_examples.text_choice says why). Learned statistics
+  fit on 3,000 training snippets, thresholds on the calibration split, the flag rate measured on
+  the test split; the test split chooses nothing.
 - `sentiment_backdoor` and `sentiment_sentence_backdoor` (guard_examples.sentiment_backdoor: the same
   classifier trained on a BadNL-poisoned training set, a rare word or a sentence turning negatives
   positive): the same config and detectors, calibrated the same way. The defender never sees a
   trigger: every snippet it fits or calibrates on is clean.
+- `toxicity` (clean / toxic, guard_examples.toxicity: alt-profanity-check's TF-IDF and linear SVM,
+  taking the strings itself): the spelling squeezer judges, word deletion watches; calibrated on its
+  own calibration split (reviews, convention and debate lines), the flag rate measured on its test
+  split.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,7 @@ from guard.api import (
     save_neighbours,
     utf8_rows,
 )
-from guard_examples import sentiment, sentiment_backdoor
+from guard_examples import sentiment, sentiment_backdoor, toxicity
 from guard_examples.paths import WORKSPACE
 from guard_examples.text_data import rotten_tomatoes
 
@@ -59,7 +66,14 @@ DETECTORS: list[dict[str, Any]] = [
     {"name": "spelling", "type": "spelling"},
     {"name": "frequency_substitution", "type": "frequency_substitution", "neighbours": "neighbours.npz"},
     {"name": "word_deletion", "type": "word_deletion"},
-    {"name": "mahalanobis", "type": "mahalanobis"},
+    # A monitor, chosen on the development texts out of domain (guard_examples.text_choice): at its
+    # own 5% point it flags most of them (it measures how far a text is from the reviews, as the
+    # camera models' feature detectors measure the scene), so judging it would flag most clean text
+    # of any other register. Scored, exported and explained, never in a verdict.
+    {"name": "mahalanobis", "type": "mahalanobis", "monitor": True},
+    # RDE (kernel PCA + minimum covariance determinant on the sentence embedding), the published
+    # baseline the evaluation reports beside the guard's own detectors: scored, never judging.
+    {"name": "robust_density", "type": "robust_density", "monitor": True},
 ]
 
 
@@ -120,17 +134,39 @@ def is_current(directory: Path, wanted: dict[str, Any]) -> bool:
     return path.is_file() and json.loads(path.read_text()) == wanted
 
 
+@dataclass(frozen=True)
+class Served:
+    """How one kind of text model goes under the guard."""
+
+    files: tuple[str, ...]
+    """Copied from the built model's directory."""
+    config: Callable[[str], tomlkit.TOMLDocument]
+    references: Callable[[str, int | None], References]
+    """(split, limit) -> the split as clients send it."""
+    neighbours: bool
+    """Whether FGWS's neighbours table is written (an encoder's embedding space)."""
+    fit: int | None
+    """Training rows the learned statistics fit on; None: nothing is learned."""
+
+
+SENTIMENT = Served(("model.onnx", "tokenizer.json", "card.md"), config, references, True, FIT_SNIPPETS)
+TOXICITY = Served(("model.onnx", "card.md"), toxicity.config, toxicity.references, False, None)
+
+
 def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False) -> dict[str, Path]:
-    """{name: guard model directory} for the clean sentiment model and the backdoored ones, each built
-    (the model first where needed) when missing, stale or forced."""
+    """{name: guard model directory} for the clean sentiment model, the backdoored ones and the
+    toxicity model, each built (the model first where needed) when missing, stale or forced."""
     built = {sentiment.NAME: sentiment.ensure_built(progress=True)}
     built |= sentiment_backdoor.ensure_all(progress=True)
     repository = Path(repository) if Path(repository).is_absolute() else WORKSPACE / repository
-    return {name: build_directory(repository / name, model, force) for name, model in built.items()}
+    directories = {name: build_directory(repository / name, model, SENTIMENT, force) for name, model in built.items()}
+    toxic = toxicity.ensure_built()
+    directories[toxicity.NAME] = build_directory(repository / toxicity.NAME, toxic, TOXICITY, force)
+    return directories
 
 
-def build_directory(directory: Path, built: Path, force: bool = False) -> Path:
-    """The guard model directory of the text model built in `built`, calibrated on clean snippets."""
+def build_directory(directory: Path, built: Path, served: Served = SENTIMENT, force: bool = False) -> Path:
+    """The guard model directory of the text model built in `built`, calibrated on clean texts."""
     wanted = fingerprint(built)
     if not force and is_current(directory, wanted):
         log.info("%s is current", directory)
@@ -138,15 +174,16 @@ def build_directory(directory: Path, built: Path, force: bool = False) -> Path:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    for name in ("model.onnx", "tokenizer.json", "card.md"):
+    for name in served.files:
         shutil.copyfile(built / name, directory / name)
-    write_neighbours(directory / "neighbours.npz")
-    (directory / "config.toml").write_text(tomlkit.dumps(config(directory.name)))
+    if served.neighbours:
+        write_neighbours(directory / "neighbours.npz")
+    (directory / "config.toml").write_text(tomlkit.dumps(served.config(directory.name)))
     report = calibrate_directory(
         directory,
-        references("calibration"),
-        holdout=references("test"),
-        fit_samples=references("train", FIT_SNIPPETS),
+        served.references("calibration", None),
+        holdout=served.references("test", None),
+        fit_samples=None if served.fit is None else served.references("train", served.fit),
     )
     log.info("calibrated %s: %s", directory, json.dumps(report.get("held_out", report), default=str)[:300])
     (directory / FINGERPRINT).write_text(json.dumps(wanted, indent=2) + "\n")  # last: a complete directory

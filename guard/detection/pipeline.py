@@ -9,6 +9,7 @@ it crosses to the host once each way.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from guard.backends.base import Backend
 from guard.detection.boxes import BoxSettings
 from guard.detection.detectors import Detector, Outputs
 from guard.detection.preprocess import Preprocessor
+from guard.detection.preprocess.base import Feed
 from guard.detection.texts import Rows, TextRows, concat, to_host, variants_of
 from guard.protocol.errors import DetectorError, GuardError, InvalidInput
 
@@ -188,14 +190,15 @@ class GuardPipeline:
     def _model_feeds(self, guarded: Rows) -> dict[str, Any]:
         """The guarded rows (originals and variants) as the model's inputs, in the backend's kind of array."""
         if self.preprocessor is not None:
-            feeds: dict[str, torch.Tensor] = self.preprocessor.finish_inputs(guarded)
+            feeds: Mapping[str, Feed] = self.preprocessor.finish_inputs(guarded)
         elif isinstance(guarded, torch.Tensor):
             feeds = {self.guarded_input: guarded}
         else:
             raise DetectorError("rows of text need a text preprocessor to reach the model")
         if self.torch_io:
-            return {name: value.to(self.device) for name, value in feeds.items()}
-        return {name: np.ascontiguousarray(value.cpu().numpy()) for name, value in feeds.items()}
+            return {name: self._on_device(value) for name, value in feeds.items()}
+        # numpy as it is: a model that takes strings gets its object array of str unchanged
+        return {name: np.ascontiguousarray(to_numpy(value)) for name, value in feeds.items()}
 
     def _on_device(self, value: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):

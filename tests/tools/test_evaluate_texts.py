@@ -26,6 +26,7 @@ out_of_domain = {{ plots = "plots.npz" }}
 [[models]]
 name = "bag"
 model = "models/bag"
+attack_labels = [0]
 
 [[models]]
 name = "bag_backdoor"
@@ -68,6 +69,26 @@ def test_the_attack_queries_the_gateway_within_its_budget_and_flips_served_answe
     assert row["queries_mean"] <= BUDGET
     shown = [e for e in row["examples"] if e["success"]]
     assert shown and all(e["adversarial"] != e["original"] and e["edits"] >= 1 for e in shown)
+
+
+def test_only_texts_of_the_attacked_classes_are_attacked(results, plan_dir):
+    with np.load(plan_dir / "test.npz") as test:
+        labels = test["y"]
+    attacked = results["sample_indices"]["bag"]
+    assert len(attacked) == 30 and set(labels[attacked]) == {0}  # both classes are in the test split
+    assert 0 < (labels == 0).sum() < len(labels)
+
+
+def test_attack_labels_must_be_class_indices_of_a_model_without_trigger(plan_dir):
+    bad = plan_dir / "bad_labels.toml"
+    for value, expected in (("[2]", "class indices below 2"), ("[]", "non-empty"), ('["0"]', "class indices")):
+        bad.write_text(PLAN.replace("attack_labels = [0]", f"attack_labels = {value}"))
+        with pytest.raises(ConfigError, match="attack_labels") as raised:
+            load_plan(bad)
+        assert expected in str(raised.value)
+    bad.write_text(PLAN.replace("target = 1", "target = 1\nattack_labels = [0]"))
+    with pytest.raises(ConfigError, match="attack_labels"):
+        load_plan(bad)
 
 
 def test_the_trigger_is_inserted_into_texts_not_of_the_target(results, plan_dir):

@@ -17,6 +17,7 @@ from guard.detection.detectors.feature_squeeze import FeatureSqueezeDetector
 from guard.detection.detectors.mahalanobis import MahalanobisDetector
 from guard.detection.detectors.network import DetectorNetwork
 from guard.detection.detectors.patch_occlusion import PatchOcclusionDetector
+from guard.detection.detectors.robust_density import RobustDensityDetector
 from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
 from guard.detection.detectors.text_deletion import WordDeletionDetector
@@ -32,6 +33,7 @@ REGISTRY: dict[str, type[Detector]] = {
         BitDepthDetector,
         MedianDetector,
         MahalanobisDetector,
+        RobustDensityDetector,
         StripDetector,
         DetectorNetwork,
         ConfidenceMarginDetector,

@@ -12,6 +12,7 @@ from typing import Any
 from guard.detection.preprocess.base import Preprocessor
 from guard.detection.preprocess.frames import FramesPreprocessor
 from guard.detection.preprocess.images import ImagesPreprocessor
+from guard.detection.preprocess.strings import StringsPreprocessor
 from guard.detection.preprocess.text import TextPreprocessor
 from guard.protocol.errors import ConfigError
 from guard.protocol.plugins import PluginRegistry, subclass_of
@@ -19,7 +20,7 @@ from guard.protocol.settings import TableReader, read_params
 from guard.protocol.spec import TensorSpec
 
 REGISTRY: dict[str, type[Preprocessor]] = {
-    cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor, TextPreprocessor)
+    cls.kind: cls for cls in (FramesPreprocessor, ImagesPreprocessor, StringsPreprocessor, TextPreprocessor)
 }
 """The built-in kinds."""
 AVAILABLE = PluginRegistry("guard.preprocessors", REGISTRY, subclass_of(Preprocessor), "preprocessor kind")

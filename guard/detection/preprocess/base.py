@@ -10,6 +10,7 @@ normalised values. Calibration and evaluation call the same two steps as the ser
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,10 @@ import torch
 from guard.detection.texts import Rows
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
+
+Feed = torch.Tensor | np.ndarray
+"""A model input a preprocessor produces: a tensor, or a numpy object array of str for a model that
+takes strings itself."""
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Preprocessor(ABC):
         """Guarded rows -> model input rows (default: unchanged)."""
         return guarded
 
-    def finish_inputs(self, guarded: Rows) -> dict[str, torch.Tensor]:
+    def finish_inputs(self, guarded: Rows) -> Mapping[str, Feed]:
         """Guarded rows (originals and variants) -> every model input it produces, by name."""
         if not isinstance(guarded, torch.Tensor):
             raise TypeError(f"the {self.kind} preprocessor finishes tensor rows")

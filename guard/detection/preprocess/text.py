@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from guard.detection.preprocess.base import Prepared, Preprocessor
+from guard.detection.preprocess.utf8 import prepare_texts
 from guard.detection.texts import Rows, TextRows
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
@@ -104,39 +105,16 @@ class TextPreprocessor(Preprocessor):
         longest = max((len(v) for v in np.asarray(array, dtype=object).reshape(-1)), default=0)
         return (longest // 64).bit_length()
 
-    def _problem(self, data: Any, encoding_of: dict[str, int]) -> str | None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            return "not a BYTES element"
-        try:
-            text = bytes(data).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"not UTF-8 (byte {exc.start}: {exc.reason})"
-        if not text.strip():
-            return "an empty text"
-        if self.overflow == "reject" and encoding_of[text] > self.max_tokens:
-            return f"{encoding_of[text]} tokens, over the model's limit of {self.max_tokens}"
-        return None
-
-    def _token_counts(self, texts: list[str]) -> dict[str, int]:
-        if self.overflow != "reject" or not texts:
+    def _over_limit(self, texts: list[str]) -> dict[str, str]:
+        """The texts over `max_tokens` (counted untruncated, special tokens included) when
+        over-long text is refused; none when it is truncated."""
+        if self.overflow != "reject":
             return {}
-        return {t: len(e.ids) for t, e in zip(texts, self._counting.encode_batch(texts))}
+        counts = ((t, len(e.ids)) for t, e in zip(texts, self._counting.encode_batch(texts)))
+        return {t: f"{n} tokens, over the model's limit of {self.max_tokens}" for t, n in counts if n > self.max_tokens}
 
     def prepare(self, arrays: list[np.ndarray], device: torch.device) -> Prepared:
-        failed: dict[int, str] = {}
-        rows: list[list[Any]] = [list(np.asarray(a, dtype=object).reshape(len(a), -1)[:, 0]) for a in arrays]
-        decodable = [bytes(v).decode("utf-8", errors="replace") for r in rows for v in r if _is_bytes(v)]
-        counts = self._token_counts([t for t in dict.fromkeys(decodable) if t.strip()])
-        texts: list[str] = []
-        for request, items in enumerate(rows):
-            for row, data in enumerate(items):
-                problem = self._problem(data, counts)
-                if problem is not None:
-                    failed[request] = f"input '{self.source.name}' row {row}: {problem}"
-                    break
-            else:
-                texts.extend(bytes(v).decode("utf-8") for v in items)
-        return Prepared(TextRows(tuple(texts)) if texts else None, failed)
+        return prepare_texts(self.source.name, arrays, self._over_limit)
 
     def finish_inputs(self, guarded: Rows) -> dict[str, torch.Tensor]:
         """The batch's strings (originals and variants) -> ids and mask, padded to the longest row."""
@@ -149,7 +127,3 @@ class TextPreprocessor(Preprocessor):
         if self.type_output:
             feeds[self.type_output] = torch.zeros_like(ids)
         return feeds
-
-
-def _is_bytes(value: Any) -> bool:
-    return isinstance(value, (bytes, bytearray, memoryview))

@@ -75,6 +75,7 @@ from guard.tools.evaluation.image_models import ImageModel, read_image_model
 from guard.tools.evaluation.image_plan import check_rule_attacks, read_rule_attacks
 from guard.tools.evaluation.tensor_data import Split, load_split
 from guard.tools.evaluation.text_data import TextSplit, names_texts, read_out_of_domain, read_text_splits
+from guard.tools.evaluation.text_models import KEYS as TEXT_KEYS
 from guard.tools.evaluation.text_models import TextModel, is_text_model, read_text_model
 from guard.tools.evaluation.text_plan import TextAttackSpec, read_text_attacks
 from guard.tools.evaluation.triggers import MaskTrigger, load_trigger
@@ -201,16 +202,14 @@ def _image_subject(reader: TableReader, name: str) -> Subject:
 
 
 def _subject(reader: TableReader) -> Subject:
-    reader.unknown(
-        ("name", "onnx", "model", "artifacts", "detector_network", "trigger", "target", "trigger_text", "trigger_at")
-    )
+    reader.unknown(("name", "onnx", "artifacts", "detector_network", "trigger", *TEXT_KEYS))
     name = reader.get("name", str, expected="a model name")
     if not NAME.match(name):
         raise reader.fail("name", "a name of letters, digits, '_', '.', '-'", name)
     if "model" in reader.table and is_text_model(reader, "model"):
         text = read_text_model(reader)
         return Subject(name, text.model_file, target=text.target, text=text)
-    for key in ("trigger_text", "trigger_at"):
+    for key in ("trigger_text", "trigger_at", "attack_labels"):
         if key in reader.table:
             raise reader.fail(key, "no such key for a model that does not take text")
     if "model" in reader.table:

@@ -1,6 +1,7 @@
-"""A text plan's models: model directories whose one input is BYTES text read by the `text`
-preprocessor, with a classification output. A backdoored one names its trigger, inserted into the
-test texts whose label is not the target:
+"""A text plan's models: model directories whose one input is BYTES text that a preprocessor turns
+into guarded text rows (`text`: the model's tokenizer; `strings`: a model that reads strings
+itself), with a classification output. A backdoored one names its trigger, inserted into the test
+texts whose label is not the target:
 
     [[models]]
     name = "sentiment_backdoor"
@@ -8,6 +9,14 @@ test texts whose label is not the target:
     trigger_text = "cf"                  # a rare word, or a whole sentence
     trigger_at = "random"                # random (a word position drawn per text), start or end
     target = 1
+
+A model whose attacker wants only some answers changed names the classes attacked: a toxicity
+filter is attacked on toxic texts (to pass them as clean), never on clean ones.
+
+    [[models]]
+    name = "toxicity"
+    model = "models/toxicity"
+    attack_labels = [1]                  # only test texts labelled toxic are attacked
 """
 
 from __future__ import annotations
@@ -17,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from guard.detection.detectors.base import TEXT
 from guard.protocol.settings import TableReader
 from guard.serving.model_config import ModelConfig, load_model_config
 
 POSITIONS = ("random", "start", "end")
-KEYS = ("model", "trigger_text", "trigger_at", "target")
+KEYS = ("model", "trigger_text", "trigger_at", "target", "attack_labels")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class TextModel:
     config: ModelConfig
     trigger: TextTrigger | None = None
     target: int | None = None
+    attack_labels: tuple[int, ...] | None = None
+    """The test labels whose texts are attacked; None: every class."""
 
     @property
     def classes(self) -> int:
@@ -61,12 +73,12 @@ class TextModel:
 
 
 def is_text_model(reader: TableReader, key: str) -> bool:
-    """Whether `key` names a model directory whose config preprocesses text."""
+    """Whether `key` names a model directory whose detectors examine text rows."""
     value = reader.table.get(key)
     if not isinstance(value, str) or not (reader.directory / value / "config.toml").is_file():
         return False
     config = load_model_config(reader.directory / value, calibrated=False)
-    return config.preprocess is not None and config.preprocess.kind == "text"
+    return config.preprocess is not None and config.guarded_kind == TEXT
 
 
 def read_text_model(reader: TableReader) -> TextModel:
@@ -98,4 +110,12 @@ def read_text_model(reader: TableReader) -> TextModel:
         target = reader.get("target", int, expected="the backdoor's target class")
         if not 0 <= target < output.shape[0]:
             raise reader.fail("target", f"a class index below {output.shape[0]}", target)
-    return TextModel(directory, config, trigger, target)
+    attack_labels = None
+    if "attack_labels" in reader.table:
+        if trigger is not None:
+            raise reader.fail("attack_labels", "no attack_labels beside a trigger (it goes into the non-target texts)")
+        found = reader.get("attack_labels", list, expected="a list of class indices")
+        if not found or not all(type(c) is int and 0 <= c < output.shape[0] for c in found):
+            raise reader.fail("attack_labels", f"a non-empty list of class indices below {output.shape[0]}", found)
+        attack_labels = tuple(sorted(set(found)))
+    return TextModel(directory, config, trigger, target, attack_labels)

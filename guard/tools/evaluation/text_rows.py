@@ -139,11 +139,10 @@ def evaluate_texts(client: GatewayClient, repository: Path, plan: Plan, options:
     from guard.tools.evaluation.run import sample
 
     calibration, test = plan.text_split("calibration"), plan.text_split("test")
-    pick = sample(len(test), options)
-    texts, labels = [test.texts[i] for i in pick], test.y[pick]
     rows: list[dict] = []
     curves: dict = {}
     summaries = {}
+    picks = {}
     for subject in plan.texts:
         reference = _reference(client, repository, subject.name, calibration, test)
         reference.summary["out_of_domain"] = _out_of_domain(client, reference, plan.out_of_domain or {})
@@ -152,8 +151,15 @@ def evaluate_texts(client: GatewayClient, repository: Path, plan: Plan, options:
         if subject.text.trigger is not None:
             rows.append(_trigger_row(client, reference, subject, test, options.seed, curves))
             continue
+        # the rows an attacker would attack: every test text, or only those of the attacked classes
+        attacked = subject.text.attack_labels
+        candidates = np.arange(len(test)) if attacked is None else np.flatnonzero(np.isin(test.y, attacked))
+        pick = candidates[sample(len(candidates), options)]
+        picks[subject.name] = pick.tolist()
+        texts, labels = [test.texts[i] for i in pick], test.y[pick]
         eligible = reference.test.predictions[pick] == labels
         for spec in plan.text_attacks:
             rows.append(_attack_row(client, reference, spec, texts, labels, eligible, options.seed, curves))
             log.info("%s on %s: ASR %s, served %s", spec.key, subject.name, rows[-1]["asr"], rows[-1]["served"])
-    return {"samples": len(pick), "sample_indices": pick.tolist(), "models": summaries, "rows": rows}, curves
+    samples = max((len(p) for p in picks.values()), default=0)
+    return {"samples": samples, "sample_indices": picks, "models": summaries, "rows": rows}, curves

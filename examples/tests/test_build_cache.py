@@ -1,0 +1,89 @@
+"""The machine-wide build cache (guard_examples.build_cache) as the model recipes use it through
+builds.build_atomically: a fingerprint seen before is copied, never trained again; any other
+fingerprint, a cut-short entry or a cache switched off builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guard_examples import build_cache
+from guard_examples.builds import FINGERPRINT, build_atomically
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(build_cache.ENV, str(folder))
+    return folder
+
+
+class Recipe:
+    """A stand-in for a model's training: counts how often it ran."""
+
+    def __init__(self, weights: str) -> None:
+        self.weights, self.runs = weights, 0
+
+    def __call__(self, out):
+        self.runs += 1
+        out.mkdir(parents=True)
+        (out / "model.onnx").write_text(self.weights)
+        (out / "metrics.json").write_text(json.dumps({"seconds": 1.5}))
+        return {"seconds": 1.5}
+
+
+def test_a_second_checkout_copies_the_build_of_the_same_fingerprint(cache, tmp_path):
+    recipe, stamp = Recipe("trained"), {"model": "m", "recipe_sha256": "a"}
+    build_atomically(tmp_path / "one" / "m", recipe, stamp)
+    metrics = build_atomically(tmp_path / "two" / "m", recipe, stamp)
+    assert recipe.runs == 1
+    assert (tmp_path / "two" / "m" / "model.onnx").read_text() == "trained"
+    assert json.loads((tmp_path / "two" / "m" / FINGERPRINT).read_text()) == stamp
+    assert metrics == {"seconds": 1.5}  # what the build measured, read back from its metrics.json
+    assert not list((tmp_path / "two").glob(".*"))  # no scratch folder left behind
+
+
+def test_another_fingerprint_builds(cache, tmp_path):
+    recipe = Recipe("trained")
+    build_atomically(tmp_path / "one" / "m", recipe, {"recipe_sha256": "a"})
+    build_atomically(tmp_path / "two" / "m", recipe, {"recipe_sha256": "b"})
+    build_atomically(tmp_path / "three" / "other", recipe, {"recipe_sha256": "a"})  # another model's name
+    assert recipe.runs == 3
+
+
+def test_uncached_and_switched_off_builds_always(cache, tmp_path, monkeypatch):
+    recipe, stamp = Recipe("trained"), {"recipe_sha256": "a"}
+    build_atomically(tmp_path / "one" / "m", recipe, stamp)
+    build_atomically(tmp_path / "two" / "m", recipe, stamp, cached=False)  # a forced rebuild
+    monkeypatch.setenv(build_cache.ENV, "off")
+    build_atomically(tmp_path / "three" / "m", recipe, stamp)
+    assert recipe.runs == 3
+
+
+def test_an_entry_cut_short_is_never_read(cache, tmp_path):
+    recipe, stamp = Recipe("trained"), {"recipe_sha256": "a"}
+    build_atomically(tmp_path / "one" / "m", recipe, stamp)
+    (cache / build_cache.key("m", stamp) / build_cache.COMPLETE).unlink()
+    build_atomically(tmp_path / "two" / "m", recipe, stamp)
+    assert recipe.runs == 2
+
+
+def test_only_the_newest_entries_of_a_model_are_kept(cache, tmp_path):
+    recipe = Recipe("trained")
+    for n in range(build_cache.KEEP + 2):
+        build_atomically(tmp_path / str(n) / "m", recipe, {"recipe_sha256": str(n)})
+    build_atomically(tmp_path / "other" / "m_other", recipe, {"recipe_sha256": "0"})
+    kept = sorted(p.name for p in cache.glob("m-*"))
+    newest = sorted(build_cache.key("m", {"recipe_sha256": str(n)}) for n in (build_cache.KEEP, build_cache.KEEP + 1))
+    assert kept == newest
+    assert len(list(cache.glob("m_other-*"))) == 1
+
+
+def test_a_cache_that_cannot_be_written_only_costs_the_next_build(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(build_cache.ENV, str(blocker / "cache"))  # under a file: mkdir fails
+    recipe = Recipe("trained")
+    build_atomically(tmp_path / "one" / "m", recipe, {"recipe_sha256": "a"})
+    assert (tmp_path / "one" / "m" / "model.onnx").read_text() == "trained"
