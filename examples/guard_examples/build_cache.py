@@ -16,10 +16,12 @@ The newest KEEP entries of each model name are kept; older ones are removed when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ log = logging.getLogger("guard_examples.build_cache")
 
 ENV = "GUARD_BUILD_CACHE"
 KEEP = 2
+DIGITS = 16
+"""Hex digits of the fingerprint's digest in an entry's name."""
 COMPLETE = ".complete"
 """Written last into an entry: an entry without it was cut short and is never read."""
 
@@ -44,28 +48,44 @@ def root() -> Path | None:
 
 
 def key(name: str, stamp: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:DIGITS]
     return f"{name}-{digest}"
+
+
+def _entries(folder: Path, name: str) -> list[Path]:
+    """The cache's entries of `name` (not of another model whose name merely starts the same)."""
+    pattern = re.compile(re.escape(name) + rf"-[0-9a-f]{{{DIGITS}}}")
+    return [p for p in folder.iterdir() if pattern.fullmatch(p.name)]
 
 
 def restore(name: str, stamp: dict[str, Any], target: Path) -> bool:
     """Copy the cached build of `name` with this fingerprint into `target` (which must not exist);
-    False when there is none."""
+    False when there is none, or when it went away or could not be read while being copied (another
+    checkout replacing or pruning it): the caller then builds."""
     folder = root()
     if folder is None:
         return False
     entry = folder / key(name, stamp)
     if not (entry / COMPLETE).is_file():
         return False
-    shutil.copytree(entry, target, ignore=shutil.ignore_patterns(COMPLETE))
-    os.utime(entry)  # most recently used: pruning keeps it
+    try:
+        shutil.copytree(entry, target)
+        # no marker in the copy (FileNotFoundError): the entry was being removed while it was copied
+        (target / COMPLETE).unlink()
+    except OSError as exc:
+        log.warning("%s: the build cache's %s could not be read (%s): building", name, entry, exc)
+        shutil.rmtree(target, ignore_errors=True)
+        return False
+    with contextlib.suppress(OSError):  # a cache this user may read but not write only ages
+        os.utime(entry)  # most recently used: pruning keeps it
     log.info("%s: restored from the build cache (%s)", name, entry)
     return True
 
 
 def store(name: str, stamp: dict[str, Any], built: Path) -> None:
-    """Copy a complete build into the cache, then drop the oldest entries of `name` beyond KEEP. A
-    cache that cannot be written costs only the next build's time, so failures are logged, not raised."""
+    """Copy a complete build into the cache, then drop the oldest entries of `name` beyond KEEP (never
+    the one just stored). A cache that cannot be written costs only the next build's time, so
+    failures are logged, not raised."""
     folder = root()
     if folder is None:
         return
@@ -80,8 +100,12 @@ def store(name: str, stamp: dict[str, Any], built: Path) -> None:
         if entry.exists():
             shutil.rmtree(entry)
         scratch.rename(entry)
-        entries = sorted(folder.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[KEEP:]:
+        others = sorted(
+            (p for p in _entries(folder, name) if p != entry),
+            key=lambda p: (p.stat().st_mtime_ns, p.name),
+            reverse=True,
+        )
+        for old in others[KEEP - 1 :]:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         log.warning("%s: not stored in the build cache %s (%s)", name, folder, exc)

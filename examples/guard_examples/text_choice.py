@@ -12,10 +12,10 @@ the one-sided 95% upper bound, then the union of the detectors that hold out of 
 
 The rule: the judges are the largest set whose union (thresholds sharing the target's budget, as
 served) keeps the development texts' flag rate within the goal (OUT_OF_DOMAIN_GOAL, the issue's
-6.5% at a 5% target). Starting from every detector, the one that flags the most development texts
-at its own threshold is moved to the monitors until the union holds: such a detector measures how
-far a text is from the reviews, not whether it was perturbed. A monitor is scored, exported and
-explained, never in a verdict. text_guard.DETECTORS records the outcome.
+6.5% at a 5% target), every set tried (a text guard has a handful of detectors); among sets of one
+size, the one flagging the fewest development texts. A detector left out measures how far a text
+is from the reviews, not whether it was perturbed, and is served as a monitor: scored, exported
+and explained, never in a verdict. text_guard.DETECTORS records the outcome.
 
 The scores are kept in `--scores` (an .npz beside the model by default), so the table can be
 printed again at other targets without scoring again.
@@ -24,6 +24,7 @@ printed again at other targets without scoring again.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,15 @@ def choose(calibration: dict[str, np.ndarray], development: dict[str, np.ndarray
             "development": flagged / n,
             "development_upper": upper_bound(flagged, n),
         }
-    judges = sorted(rows, key=lambda k: rows[k]["development"])
-    union = _union(calibration, development, judges, target)
-    while len(judges) > 1 and union["development"] > OUT_OF_DOMAIN_GOAL:
-        judges.pop()  # the detector that flags the most development texts alone
-        union = _union(calibration, development, judges, target)
+    names = list(rows)
+    for size in range(len(names), 0, -1):
+        unions = [_union(calibration, development, list(s), target) for s in itertools.combinations(names, size)]
+        holding = [u for u in unions if u["development"] <= OUT_OF_DOMAIN_GOAL]
+        if holding or size == 1:  # with none holding, the one detector that flags the fewest
+            union = min(holding or unions, key=lambda u: u["development"])
+            break
     for name, row in rows.items():
-        row["judges"] = name in judges
+        row["judges"] = name in union["judges"]
     return {"detectors": rows, "union": union}
 
 
@@ -123,11 +126,10 @@ def table(choice: dict, target: float) -> str:
             f"{'judge' if row['judges'] else 'monitor'} |"
         )
     union = choice["union"]
-    if union is not None:
-        lines.append(
-            f"\nUnion of {', '.join(union['judges'])}: calibration {union['calibration']:.3f}, Amazon "
-            f"{union['development']:.3f} (upper bound {union['development_upper']:.3f})"
-        )
+    lines.append(
+        f"\nUnion of {', '.join(union['judges'])}: calibration {union['calibration']:.3f}, Amazon "
+        f"{union['development']:.3f} (upper bound {union['development_upper']:.3f})"
+    )
     return "\n".join(lines)
 
 

@@ -5,8 +5,10 @@ skl2onnx and written as a guard model directory with the text detectors.
     python -m guard_examples.toxicity [--out build/text-models/toxicity] [--force]
 
 Nothing is trained and nothing is random: the build is a conversion, checked against the joblib
-pipeline's `predict_proba` on every real text (guard_examples.toxicity_data and VADER's tweets and
-NYT sentences) and failing below AGREEMENT identical labels or past MAX_ABS_DIFF in probability.
+pipeline's `predict_proba` on every real text the guard would serve (guard_examples.toxicity_data's
+texts and VADER's tweets and NYT sentences, each within MAX_CHARS; VADER's as text_data.vader reads
+them, the ambiguous ratings left out) and failing below AGREEMENT identical labels or past
+MAX_ABS_DIFF in probability.
 
 ONNX contract: input `text` STRING [batch, 1], one text per row (the graph lower-cases, tokenizes
 and weighs the words itself, so the guard's preprocess kind is `strings`); outputs `probabilities`
@@ -55,7 +57,7 @@ FILES = ("data/vectorizer.joblib", "data/model.joblib")
 DEFAULT_ROOT = Path("build/text-models")
 NAME = "toxicity"
 COMMAND = "python -m guard_examples.toxicity --out build/text-models/toxicity"
-RECIPE_SOURCES = ("toxicity", "toxicity_data", "text_data")
+RECIPE_SOURCES = ("toxicity", "toxicity_data", "text_data", "camera")  # camera: the card's and metrics' writers
 PACKAGES = (DISTRIBUTION, "scikit-learn", "joblib", "skl2onnx", "onnx", "onnxruntime", "scattertext")
 
 CLASSES = ("clean", "toxic")
@@ -386,9 +388,9 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
-def build_into(directory: Path) -> dict[str, Any]:
+def build_into(directory: Path, cached: bool = True) -> dict[str, Any]:
     """`build` into `directory`, atomically (builds.build_atomically): a complete directory or none."""
-    return builds.build_atomically(directory, lambda out: build(out, directory.name), fingerprint())
+    return builds.build_atomically(directory, lambda out: build(out, directory.name), fingerprint(), cached)
 
 
 def ensure_built(root: Path = DEFAULT_ROOT) -> Path:
@@ -403,7 +405,7 @@ def ensure_built(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    builds.recipe_main(argv, __doc__, DEFAULT_ROOT / NAME, fingerprint, lambda out, _cached: build_into(out))
+    builds.recipe_main(argv, __doc__, DEFAULT_ROOT / NAME, fingerprint, build_into)
 
 
 if __name__ == "__main__":

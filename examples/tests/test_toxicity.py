@@ -101,12 +101,15 @@ def test_a_live_gateway_scores_a_toxic_real_text_above_a_clean_one(toxicity_dir,
     rows.set_data_from_numpy(np.array([[toxic.encode()], [clean.encode()]], dtype=object))
     settings = ServerSettings(repository=directory.parent, grpc_port=0, metrics_port=0)
     with BackgroundServer(settings) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
-        result = client.infer(toxicity.NAME, [rows])
+        result = client.infer(toxicity.NAME, [rows], parameters={"guard_explain": True})
     served = result.as_numpy("probabilities")
     assert served[0, 1] > 0.9 > 0.1 > served[1, 1]
     expected = toxicity.joblib_probabilities([toxic, clean])
     np.testing.assert_allclose(served, expected, atol=toxicity.MAX_ABS_DIFF)
-    assert result.get_response().parameters["guard_verdict"].string_param  # the detectors ran
+    parameters = result.get_response().parameters
+    assert parameters["guard_verdict"].string_param in ("clean", "adversarial", "trigger")  # checked, not failed open
+    scored = json.loads(parameters["guard_detector_scores"].string_param)  # both detectors scored, the monitor too
+    assert {d["name"] for d in toxicity.DETECTORS} <= set(scored)
 
 
 def test_the_splits_are_pinned(packages):

@@ -17,6 +17,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 
 from guard.detection.detectors.base import CLASSIFICATION, DETECTION, IMAGE, TENSOR, TEXT, Detector, FitData, Outputs
+from guard.detection.detectors.mahalanobis import distance
 from guard.protocol.settings import Param
 
 
@@ -77,4 +78,4 @@ class FeatureGaussianDetector(Detector):
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         mean, precision = self._fitted()
         diff = pooled(original.model_features()).float() - mean
-        return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt()
+        return distance(diff, precision)

@@ -25,6 +25,22 @@ class ClassGaussians(NamedTuple):
     """[D, D]: the inverse of the covariance all classes share."""
 
 
+def class_means(features: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """[classes, D]: each class's mean row. A class no clean sample fell in (a camera never sees most
+    of ImageNet's 1000) gets the mean of all clean rows: an input predicted as it is scored by how
+    unlike clean inputs it is, which is what matters where that class never shows up."""
+    means = np.tile(features.mean(0), (classes, 1))
+    for c in np.unique(labels):
+        means[c] = features[labels == c].mean(0)
+    return means
+
+
+def distance(diff: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """[B]: the Mahalanobis length of each row of `diff` under `precision` (rounding kept from
+    going below zero)."""
+    return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt()
+
+
 class MahalanobisDetector(Detector):
     kind = "mahalanobis"
     parameters = {"statistics": Param(str, default="mahalanobis.npz", artifact=True)}
@@ -56,13 +72,7 @@ class MahalanobisDetector(Detector):
         features = np.asarray(data.features, np.float64)
         features = features.reshape(len(features), -1)
         labels = data.y if data.y is not None else data.logits.argmax(1)
-        classes = data.logits.shape[1]
-        # A class no clean sample fell in (a camera never sees most of ImageNet's 1000) gets the
-        # mean of all clean features: an input predicted as it is scored by how unlike clean
-        # inputs its features are, which is what matters where that class never shows up.
-        means = np.tile(features.mean(0), (classes, 1))
-        for c in np.unique(labels):
-            means[c] = features[labels == c].mean(0)
+        means = class_means(features, labels, data.logits.shape[1])
         # Ledoit-Wolf shrinkage towards a scaled identity: with a few hundred clean samples and as
         # many feature dimensions the sample covariance is noisy or singular (dead ReLU units), and
         # its inverse then exaggerates distances along rarely seen directions, so unseen clean
@@ -82,4 +92,4 @@ class MahalanobisDetector(Detector):
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         means, precision = self._fitted()
         diff = original.model_features().flatten(1).float() - means[original.logits.argmax(-1)]
-        return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt()
+        return distance(diff, precision)

@@ -25,7 +25,7 @@ from sklearn.decomposition import KernelPCA
 from sklearn.metrics.pairwise import rbf_kernel
 
 from guard.detection.detectors.base import IMAGE, TENSOR, TEXT, Detector, FitData, Outputs
-from guard.detection.detectors.mahalanobis import ClassGaussians
+from guard.detection.detectors.mahalanobis import ClassGaussians, class_means, distance
 from guard.protocol.settings import Param
 
 SEED = 0
@@ -74,7 +74,9 @@ def fit_projection(features: np.ndarray, n_components: int) -> KernelPCA:
     point, far or near. 1/(D * variance) (scikit-learn's "scale" rule for RBF kernels) is 1/D at
     unit variance and follows the features' scale otherwise."""
     gamma = 1.0 / (features.shape[1] * features.var())
-    return KernelPCA(n_components, kernel="rbf", gamma=gamma, remove_zero_eig=True).fit(features)
+    # random_state: scikit-learn's "auto" solver turns to ARPACK, which starts from a random vector,
+    # for few components of many rows; seeded, the same clean rows still give the same file.
+    return KernelPCA(n_components, kernel="rbf", gamma=gamma, remove_zero_eig=True, random_state=SEED).fit(features)
 
 
 class RobustDensityDetector(Detector):
@@ -136,9 +138,7 @@ class RobustDensityDetector(Detector):
         # with two to four classes and thousands of rows each; a calibration set has tens of rows
         # per class (for 1000 classes, a few or none), fewer than the components, where each class's
         # own MCD covariance would be singular. A class no clean row fell in gets the mean of all.
-        means = np.tile(reduced.mean(0), (data.logits.shape[1], 1))
-        for c in np.unique(labels):
-            means[c] = reduced[labels == c].mean(0)
+        means = class_means(reduced, labels, data.logits.shape[1])
         mcd = MinCovDet(assume_centered=True, support_fraction=self.support_fraction, random_state=SEED)
         mcd.fit(reduced - means[labels])
         self.fitted = (
@@ -163,4 +163,4 @@ class RobustDensityDetector(Detector):
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         projection, (means, precision) = self._fitted()
         diff = projection(original.model_features().flatten(1)) - means[original.logits.argmax(-1)]
-        return ((diff @ precision) * diff).sum(-1).clamp_min(0.0).sqrt().float()
+        return distance(diff, precision).float()

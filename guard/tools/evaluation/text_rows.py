@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation import rates as m
 from guard.tools.evaluation.client import GatewayClient, Served
@@ -154,6 +155,8 @@ def evaluate_texts(client: GatewayClient, repository: Path, plan: Plan, options:
         # the rows an attacker would attack: every test text, or only those of the attacked classes
         attacked = subject.text.attack_labels
         candidates = np.arange(len(test)) if attacked is None else np.flatnonzero(np.isin(test.y, attacked))
+        if not len(candidates):
+            raise ConfigError(plan.path, f"{subject.name}.attack_labels", "labels that some test text has", attacked)
         pick = candidates[sample(len(candidates), options)]
         picks[subject.name] = pick.tolist()
         texts, labels = [test.texts[i] for i in pick], test.y[pick]
