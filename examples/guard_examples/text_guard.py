@@ -1,13 +1,15 @@
 """The text models under the guard: a guard model directory for each built text model, its client
-contract (one UTF-8 string per row, BYTES), its [preprocess] step (the model's own tokenizer), its
-detectors, calibrated on clean Rotten Tomatoes snippets.
+contract (one UTF-8 string per row, BYTES), its [preprocess] step (the model's own tokenizer, or the
+strings as they are for a model that reads them itself), its detectors, calibrated on its own clean
+calibration split.
 
     python -m guard_examples.text_guard [--repository build/text-repository] [--force]
     make text-repository                                     # the same, models built first
     make serve-text                                          # and served
 
 It builds only what is missing or stale: each model directory records in `build.json` what it was
-made from (the built model's fingerprint and this module's source); `--force` rebuilds.
+made from (the built model's fingerprint, the config written and how it is calibrated); `--force`
+rebuilds.
 
 - `sentiment` (negative / positive, guard_examples.sentiment): the spelling squeezer (misspellings
   and look-alike letters repaired), frequency-guided substitution (FGWS: rare words replaced by
@@ -29,7 +31,6 @@ made from (the built model's fingerprint and this module's source); `--force` re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -49,14 +50,13 @@ from guard.api import (
     save_neighbours,
     utf8_rows,
 )
-from guard_examples import sentiment, sentiment_backdoor, toxicity
+from guard_examples import builds, sentiment, sentiment_backdoor, toxicity
 from guard_examples.paths import WORKSPACE
 from guard_examples.text_data import rotten_tomatoes
 
 log = logging.getLogger("guard_examples.text_guard")
 
 DEFAULT_REPOSITORY = Path("build/text-repository")
-FINGERPRINT = "build.json"
 FIT_SNIPPETS = 3000
 NEIGHBOURS = 10
 """Neighbours kept per word: FGWS takes the most frequent of them."""
@@ -122,18 +122,6 @@ def write_neighbours(path: Path) -> None:
     save_neighbours(path, build_neighbours(embeddings, vocab, vocab, NEIGHBOURS))
 
 
-def fingerprint(built: Path) -> dict[str, Any]:
-    return {
-        "model": json.loads((built / sentiment.FINGERPRINT).read_text()),
-        "text_guard": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
-    }
-
-
-def is_current(directory: Path, wanted: dict[str, Any]) -> bool:
-    path = directory / FINGERPRINT
-    return path.is_file() and json.loads(path.read_text()) == wanted
-
-
 @dataclass(frozen=True)
 class Served:
     """How one kind of text model goes under the guard."""
@@ -153,6 +141,21 @@ SENTIMENT = Served(("model.onnx", "tokenizer.json", "card.md"), config, referenc
 TOXICITY = Served(("model.onnx", "card.md"), toxicity.config, toxicity.references, False, None)
 
 
+def fingerprint(built: Path, served: Served, name: str) -> dict[str, Any]:
+    """What a guard directory is made from: the built model (its own fingerprint covers its data and
+    splits), the config written, and how it is calibrated; not this module's prose, so a comment
+    changed here recalibrates nothing."""
+    return {
+        "model": json.loads((built / builds.FINGERPRINT).read_text()),
+        "config": tomlkit.dumps(served.config(name)),
+        "calibration": {
+            "fit": served.fit,
+            "neighbours": NEIGHBOURS if served.neighbours else None,
+            "files": list(served.files),
+        },
+    }
+
+
 def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False) -> dict[str, Path]:
     """{name: guard model directory} for the clean sentiment model, the backdoored ones and the
     toxicity model, each built (the model first where needed) when missing, stale or forced."""
@@ -167,8 +170,8 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False)
 
 def build_directory(directory: Path, built: Path, served: Served = SENTIMENT, force: bool = False) -> Path:
     """The guard model directory of the text model built in `built`, calibrated on clean texts."""
-    wanted = fingerprint(built)
-    if not force and is_current(directory, wanted):
+    wanted = fingerprint(built, served, directory.name)
+    if not force and builds.is_current(directory, wanted):
         log.info("%s is current", directory)
         return directory
     if directory.exists():
@@ -186,7 +189,7 @@ def build_directory(directory: Path, built: Path, served: Served = SENTIMENT, fo
         fit_samples=None if served.fit is None else served.references("train", served.fit),
     )
     log.info("calibrated %s: %s", directory, json.dumps(report.get("held_out", report), default=str)[:300])
-    (directory / FINGERPRINT).write_text(json.dumps(wanted, indent=2) + "\n")  # last: a complete directory
+    builds.write_json(directory / builds.FINGERPRINT, wanted)  # last: a complete directory
     return directory
 
 
