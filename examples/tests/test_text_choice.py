@@ -52,3 +52,11 @@ def test_one_detector_is_left_judging_whatever_it_flags():
     calibration = {"only": _scores(0, 0.0)}
     choice = choose(calibration, {"only": _scores(1, 3.0)}, 0.05)
     assert choice["union"]["judges"] == ["only"] and choice["union"]["development"] > OUT_OF_DOMAIN_GOAL
+
+
+def test_a_baseline_watches_even_when_it_would_hold():
+    calibration = {"spelling": _scores(0, 0.0), "robust_density": _scores(1, 0.0)}
+    development = {"spelling": _scores(2, 0.0), "robust_density": _scores(3, -3.0)}  # never fires
+    choice = choose(calibration, development, 0.05)
+    assert choice["union"]["judges"] == ["spelling"]
+    assert not choice["detectors"]["robust_density"]["judges"]
