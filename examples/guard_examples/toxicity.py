@@ -334,7 +334,10 @@ def write_card(out: Path, m: dict[str, Any]) -> Path:
         "Guard": (
             "`config.toml`: preprocess kind `strings` (UTF-8 decoded, refused when not UTF-8, empty or over "
             f"{MAX_CHARS:,} characters, handed to the model as text), detectors "
-            + ", ".join(f"`{d['name']}`" for d in DETECTORS)
+            + ", ".join(
+                f"`{d['name']}`" + (" (a monitor: scored, never in a verdict)" if d.get("monitor") else "")
+                for d in DETECTORS
+            )
             + " (their variants are edits of the words, scored in the same model call); thresholds are "
             "written by `guard calibrate`."
         ),
