@@ -40,6 +40,7 @@ from guard.protocol.spec import TensorSpec
 from guard.serving.background import BackgroundServer
 from guard.serving.composition import build_pipeline
 from guard.serving.model_config import ModelConfig, load_model_config
+from guard.serving.quarantine.settings import QuarantineSettings
 from guard.serving.runtime import load_combiner
 from guard.serving.server import ServerSettings
 from guard.tools.calibrate import calibrate_model, detector_tables
@@ -63,6 +64,7 @@ __all__ = [
     # Serving: a gateway in this process, its settings, a model directory's configuration.
     "BackgroundServer",
     "ServerSettings",
+    "QuarantineSettings",
     "ModelConfig",
     "load_model_config",
     "load_combiner",

@@ -53,9 +53,7 @@ class OnnxRuntimeBackend(Backend):
             providers=tuple(providers),
             intra_op_threads=reader.positive("intra_op_threads", 1, allow_zero=True),
             inter_op_threads=reader.positive("inter_op_threads", 1, allow_zero=True),
-            tensorrt=TensorRTConfig(
-                trt.get("fp16", bool, False), trt.get("int8", bool, False), trt.get("engine_cache_dir", str, "")
-            ),
+            tensorrt=TensorRTConfig(trt.get("fp16", bool, False), trt.get("int8", bool, False), _engine_cache(trt)),
         )
 
     @staticmethod
@@ -126,3 +124,10 @@ def as_strings(array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, dtype=object)
     out.reshape(-1)[:] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in array.reshape(-1)]
     return out
+
+
+def _engine_cache(trt: TableReader) -> str:
+    """[backend.tensorrt] engine_cache_dir: TensorRT deserializes the engines it finds there, so it
+    lies inside the model directory like every file the config names; "" = no cache."""
+    value = trt.get("engine_cache_dir", str, "")
+    return str(trt.inside("engine_cache_dir", value)) if value else ""

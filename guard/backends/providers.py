@@ -23,7 +23,7 @@ class TensorRTConfig:
     fp16: bool = False
     int8: bool = False
     engine_cache_dir: str = ""
-    """Where built engines are cached across restarts ("" = no cache)."""
+    """Where built engines are cached across restarts: a directory inside the model directory ("" = no cache)."""
 
 
 ORT_NAMES = {

@@ -77,14 +77,17 @@ def _ensemble(r: TableReader, calibrated: bool) -> EnsembleConfig:
     method = r.choice("method", METHODS, "union")
     if method == "union":
         return EnsembleConfig()
-    if not calibrated:  # a model directory about to be calibrated: only the method counts
+    if not calibrated:  # a model directory about to be calibrated: only the method counts...
+        if "references" in r.table:  # ...though no key may name a file outside the model directory
+            r.inside("references", r.get("references", str))
         return EnsembleConfig(method)
     references = r.file("references", "ensemble.npz", "the ensemble's clean scores (run `guard calibrate`)")
     thresholds = {
         key: r.positive_float(key, ..., "a positive finite number (run `guard calibrate`)")
         for key in (("threshold", "min_p_threshold") if method == "omnibus" else ("threshold",))
     }
-    return EnsembleConfig(method, references.name, thresholds["threshold"], thresholds.get("min_p_threshold"))
+    name = str(references.relative_to(r.directory))
+    return EnsembleConfig(method, name, thresholds["threshold"], thresholds.get("min_p_threshold"))
 
 
 def _boxes(r: TableReader) -> BoxSettings:

@@ -54,6 +54,27 @@ class Blocked(GuardError):
     status = "PERMISSION_DENIED"
 
 
+class Unauthenticated(GuardError):
+    """The call carries no credentials the server accepts (`guard serve --auth-tokens`). The message
+    never repeats what the client sent: it may be a real token meant for another server."""
+
+    status = "UNAUTHENTICATED"
+
+
+class NotGranted(GuardError):
+    """The caller is known, but not granted what the request asks for (raw detector scores:
+    `guard serve --explain-identities`). A client's fault, so never INTERNAL."""
+
+    status = "PERMISSION_DENIED"
+
+
+class SettingsError(GuardError):
+    """A server setting cannot be used (a TLS file that cannot be read, a malformed tokens file):
+    one line naming the flag, raised before the server starts."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class BackendError(GuardError):
     """The protected model could not run the batch."""
 

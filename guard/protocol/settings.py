@@ -12,6 +12,7 @@ from types import EllipsisType
 from typing import Any, TypeVar, cast
 
 from guard.protocol.errors import ConfigError
+from guard.protocol.paths import OutsideDirectory, inside_directory
 
 T = TypeVar("T")
 
@@ -65,13 +66,24 @@ class TableReader:
             raise self.fail(name, "one of " + ", ".join(options), value)
         return value
 
-    def file(self, name: str, default: str | EllipsisType = ..., what: str = "an existing file") -> Path:
-        """A file named relative to the config's directory, which must exist."""
+    def file(
+        self, name: str, default: str | EllipsisType = ..., what: str = "an existing file", anywhere: bool = False
+    ) -> Path:
+        """A file named relative to the config's directory, which must exist and, unless `anywhere`
+        (an evaluation plan naming data elsewhere), stay inside that directory (guard.protocol.paths)."""
         value = self.get(name, str, default)
-        path = self.directory / value
+        path = self.directory / value if anywhere else self.inside(name, value)
         if not path.is_file():
             raise self.fail(name, f"{what} in {self.directory}", value)
         return path
+
+    def inside(self, name: str, value: str) -> Path:
+        """The path the key `name` gives as `value`, which must stay inside the config's directory
+        (the model directory) once symlinks are followed; the file need not exist."""
+        try:
+            return inside_directory(self.directory, value)
+        except OutsideDirectory as exc:
+            raise self.fail(name, f"a file inside the model directory {self.directory}: {exc}") from None
 
     def sub(self, name: str) -> TableReader:
         return TableReader(self.path, self.get(name, dict, {}, "a table"), f"{self.key(name)}.")
@@ -102,6 +114,8 @@ class Param:
     default: Any = ...
     artifact: bool = False
     """A file name inside the model directory, written when the part is fitted and read on load."""
+    file: bool = False
+    """A file name inside the model directory that nothing fits (a tokenizer); artifacts are files too."""
     hint: str = "run `guard calibrate`"
     """What makes a missing artifact, for the error message."""
 
@@ -124,8 +138,10 @@ def read_param(reader: TableReader, name: str, spec: Param, check_artifacts: boo
         # An empty default means "none" (an optional name); a config may not spell it out empty.
         if not isinstance(value, str) or (not value and name in reader.table):
             raise reader.fail(name, "a non-empty string", value)
-        if spec.artifact and check_artifacts and not (reader.directory / value).is_file():
-            raise reader.fail(name, f"an artifact file in {reader.directory} ({spec.hint})", value)
+        if spec.artifact or spec.file:  # even when not read yet: `guard calibrate` writes artifacts there
+            path = reader.inside(name, value)
+            if spec.artifact and check_artifacts and not path.is_file():
+                raise reader.fail(name, f"an artifact file in {reader.directory} ({spec.hint})", value)
         return value
     if spec.kind is list:
         if not isinstance(value, list) or not all(

@@ -22,6 +22,10 @@ class InferRequest:
     parameters: dict[str, Parameter] = field(default_factory=dict)
     deadline: float | None = None
     """Monotonic time (time.monotonic) after which the request is no longer wanted."""
+    identity: str = ""
+    """Who sent it, as the transport authenticated it: the bearer token's name, else the mTLS client
+    certificate's subject, else the peer's address (guard.serving.auth). Never read from the request
+    itself (a parameter or its id): per-client decisions rest on it."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ class BackgroundServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.server.settings.host}:{self.server.metrics_port}/metrics"
+        return f"http://{self.server.settings.metrics_host}:{self.server.metrics_port}/metrics"
 
     def call(self, coroutine, timeout: float | None = None):
         """Run a coroutine on the server's loop and wait for its result."""

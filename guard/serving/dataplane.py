@@ -21,7 +21,10 @@ from guard.serving.camera_alerts import observe_camera
 from guard.serving.cameras import ALERT as CAMERA_ALERT
 from guard.serving.cameras import camera_of
 from guard.serving.deadlines import cancelled_status, effective_deadline
-from guard.serving.logs import FailureLog, loggable
+from guard.serving.grants import ExplainGrants
+from guard.serving.logs import FailureLog, loggable, loggable_id
+from guard.serving.quarantine.hook import quarantine_verdict
+from guard.serving.quarantine.writer import QuarantineWriter
 from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime, RowsResult
 from guard.serving.validation import EncodedInputs, validate
@@ -73,6 +76,11 @@ class DataPlane:
         self._unexpected = FailureLog(log, "requests failed with an unexpected error")
         self.extensions: tuple[str, ...] = EXTENSIONS
         """What ServerMetadata lists; the server adds the transport's (system_shared_memory)."""
+        self.quarantine: QuarantineWriter | None = None
+        """Where requests whose verdict is not clean are kept (guard serve --quarantine); None: off."""
+        self.explain = ExplainGrants()
+        """Which identities may ask for raw detector scores (EXPLAIN); the server sets it from
+        --explain-identities and whether it authenticates (guard.serving.grants)."""
 
     def live(self) -> bool:
         return True
@@ -147,12 +155,15 @@ class DataPlane:
         call = _Call(request, start)
         try:
             runtime = await self._route(call)
+            if request.parameters.get(EXPLAIN) is True:  # refused before any work is done for it
+                self.explain.check(request.identity, EXPLAIN)
             camera = self._admit(runtime, request)
             rows = await self._read(runtime, request, datatypes, encoded)
             deadline = effective_deadline(request, runtime.config.batching.default_timeout_microseconds, start)
             result = await runtime.infer(request.inputs, rows, deadline, camera)
             call.verdict = result.verdict.verdict
             alert = self._observe(runtime, request, result.verdict, camera)
+            quarantine_verdict(self.quarantine, runtime.config, request, result, identity=request.identity)
             return self._respond(runtime, request, result, alert)
         # The one place a request's outcome becomes its status code (its metrics and access line).
         except GuardError as exc:
@@ -213,7 +224,7 @@ class DataPlane:
                 logging.WARNING if self.policy_of(runtime) == policy.SHADOW else logging.INFO,
                 "flagged model=%s id=%s verdict=%s by=%s score=%.3f",
                 runtime.config.name,
-                loggable(request.id),
+                loggable_id(request.id),
                 verdict.verdict,
                 ",".join(verdict.flagged_by),
                 verdict.score,
@@ -249,13 +260,15 @@ class DataPlane:
         if call.runtime is not None:
             call.runtime.metrics.request(call.verdict, call.code, elapsed)
         if access.isEnabledFor(logging.INFO):
+            # The request's id and identity only: never its metadata (credentials) or parameters.
             access.info(
-                "model=%s id=%s verdict=%s code=%s ms=%.3f",
+                "model=%s id=%s verdict=%s code=%s ms=%.3f client=%s",
                 loggable(call.request.model_name),
-                loggable(call.request.id),
+                loggable_id(call.request.id),
                 call.verdict,
                 call.code,
                 elapsed * 1e3,
+                loggable(call.request.identity),
             )
 
     async def _refuse(self) -> None:

@@ -2,7 +2,9 @@
 
 Request ids and model names come from clients. Written raw, a CR/LF in an id starts a forged log
 line (a fake `code=OK`, a fake alert), a space forges a field, and a 4 MB id floods the log. So
-every client string goes through `loggable`: escaped and cut to a fixed length.
+every client string goes through `loggable`: escaped and cut to a fixed length. Request ids go
+through `loggable_id`, stricter still (see there): an id is the one free-form string a client
+library fills in on every call, and the place a misconfigured one puts a credential.
 
 Failures that repeat (every request of a broken model, every batch under fail_open) go through a
 `FailureLog`: the first one with its traceback, then one line per interval with how many more
@@ -11,7 +13,9 @@ happened. A traceback per request says nothing the first one did not, and buries
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
 import time
 
@@ -48,6 +52,32 @@ def loggable(value: str | None, limit: int = MAX_LOGGED_CHARS, token: bool = Tru
         out.append(piece)
         size += len(piece)
     return "".join(out)
+
+
+# What a request id looks like in practice: a UUID, a W3C trace id (32 hex digits), a counter, a
+# short name such as `cam-3-frame-1207`. Credentials do not fit: they are longer (a guard token
+# from secrets.token_urlsafe(32) has 43 characters, API keys 40 and more, JWTs hundreds), or carry
+# a scheme and a space (`Bearer sk-...`), or base64's + / =. So an id of this shape is logged as it
+# is, and any other as a digest an operator who knows the id can compute (`sha256:` and the first 16
+# hex digits of SHA-256 over its UTF-8): searchable, and the log never holds the text itself.
+# Escaping alone would still write a smuggled token out (`Bearer\x20sk-...`).
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}|[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+MAX_HASHED_CHARS = 4096
+"""Ids longer than this are digested over their first MAX_HASHED_CHARS characters and their
+length: the cost of a log line stays bounded whatever a client sends (ids may be megabytes)."""
+
+
+def loggable_id(value: str | None) -> str:
+    """A client's request id as a log token: itself when it looks like an id, else `sha256:<16 hex>`;
+    "-" when empty."""
+    if not value:
+        return "-"
+    if _PLAIN_ID.fullmatch(value):
+        return value
+    data = value[:MAX_HASHED_CHARS].encode("utf-8", "surrogatepass")
+    if len(value) > MAX_HASHED_CHARS:
+        data += f"\0{len(value)}".encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
 class FailureLog:

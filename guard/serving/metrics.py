@@ -36,7 +36,7 @@ SCORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.
 
 
 class GuardMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, publish_thresholds: bool = False):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -77,8 +77,15 @@ class GuardMetrics:
             buckets=SCORE_BUCKETS,
             registry=r,
         )
+        # A threshold tells an attacker how far an input can be pushed before it is flagged, and
+        # /metrics is easier to reach than the model directory: published only when asked
+        # (guard serve --publish-thresholds). Unpublished, the gauge still exists (a reload sets and
+        # drops its series alike) but no registry holds it, so no scrape shows it.
         self.detector_threshold = Gauge(
-            "guard_detector_threshold", "Calibrated threshold per detector.", ["model", "detector"], registry=r
+            "guard_detector_threshold",
+            "Calibrated threshold per detector.",
+            ["model", "detector"],
+            registry=r if publish_thresholds else None,
         )
         self.flagged = Counter(
             "guard_flagged_total", "Requests flagged, by the detector that fired.", ["model", "detector"], registry=r
@@ -113,6 +120,19 @@ class GuardMetrics:
             "Model loads at startup and reloads (SIGHUP, "
             "RepositoryModelLoad), by result: success or failure (the old copy kept serving).",
             ["model", "result"],
+            registry=r,
+        )
+        # The quarantine (guard serve --quarantine): every request offered is counted in one of the two.
+        self.quarantine_records = Counter(
+            "guard_quarantine_records_total",
+            "Requests kept in the quarantine: committed (fsynced) to its store.",
+            ["model"],
+            registry=r,
+        )
+        self.quarantine_dropped = Counter(
+            "guard_quarantine_dropped_total",
+            "Requests the quarantine did not keep: buffer_full, write_error, too_large or closed.",
+            ["model", "reason"],
             registry=r,
         )
 

@@ -123,7 +123,9 @@ def _batching(r: TableReader) -> BatchingConfig:
 
 def _scan_gate(r: TableReader) -> ScanGateConfig:
     r.unknown(set(ScanGateConfig.__dataclass_fields__))
-    return ScanGateConfig(report=r.get("report", str, "scan.json"), require_clean=r.get("require_clean", bool, False))
+    report = r.get("report", str, "scan.json")
+    r.inside("report", report)  # checked whether or not the gate is on: no key names a file elsewhere
+    return ScanGateConfig(report=report, require_clean=r.get("require_clean", bool, False))
 
 
 TOP_LEVEL_KEYS = {

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -34,13 +34,20 @@ from grpc_reflection.v1alpha import reflection
 
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.protocol.proto import inference_pb2 as pb
+from guard.serving.auth import Authenticator
 from guard.serving.dataplane import EXTENSIONS, DataPlane
+from guard.serving.grants import ExplainGrants
 from guard.serving.metrics import GuardMetrics
+from guard.serving.quarantine.settings import QuarantineSettings
+from guard.serving.quarantine.writer import QuarantineWriter
 from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime
 from guard.serving.shared_memory import SYSTEM_SHARED_MEMORY, SharedMemoryRegistry
+from guard.serving.tokens import load_tokens
+from guard.serving.transport.callers import Callers
 from guard.serving.transport.service import add_inference_service
 from guard.serving.transport.servicer import InferenceServicer
+from guard.serving.transport.tls import certificate_files, server_credentials
 
 log = logging.getLogger("guard.serving.server")
 
@@ -92,6 +99,32 @@ class ServerSettings:
     terminationGracePeriodSeconds minus any preStop hook)."""
     model_control: bool = False
     """Allow the repository RPCs to load and unload models (index: always)."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics binds to, apart from `host`: the gRPC port may face clients while the
+    metrics stay on loopback or a cluster-internal interface."""
+    publish_thresholds: bool = False
+    """Publish guard_detector_threshold on /metrics (off: thresholds help an attacker tune inputs)."""
+    reflection: bool = True
+    """Serve gRPC server reflection (service descriptors only; deploy/ turns it off)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain for the gRPC port (--tls-cert); with tls_key, the port speaks only TLS.
+    Reloaded when the file changes (guard.serving.transport.tls)."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert (--tls-key)."""
+    tls_client_ca: Path | None = None
+    """PEM CA certificates (--tls-client-ca): clients must present a certificate one of them signed
+    (mutual TLS); the certificate's subject is then the client's identity."""
+    auth_tokens: Path | None = None
+    """File of `name:token` lines (--auth-tokens): calls must carry `authorization: Bearer <token>`;
+    the token's name is the client's identity (guard.serving.tokens)."""
+    auth_tokens_text: str | None = field(default=None, repr=False)
+    """The same lines as text (guard serve reads GUARD_AUTH_TOKENS); auth_tokens wins when both are set."""
+    explain_identities: tuple[str, ...] | None = None
+    """Identities granted raw detector scores (guard_explain; "*": every one). None: everyone when
+    the server does not authenticate, nobody when it does (guard.serving.grants)."""
+    quarantine: QuarantineSettings | None = None
+    """Keep every request whose verdict is not clean in a durable store (guard serve --quarantine
+    DIR; docs/quarantine.md). None: off."""
 
 
 @dataclass
@@ -104,12 +137,18 @@ class _Serving:
     http: WSGIServer | None = None
     """The /metrics endpoint; None while it is not up, or when it is disabled."""
     health_follower: asyncio.Task[None] | None = None
+    quarantine: QuarantineWriter | None = None
+    """The quarantine's writer thread and store; None when off."""
 
 
 class GuardServer:
     def __init__(self, settings: ServerSettings, metrics: GuardMetrics | None = None):
         s = self.settings = settings
-        self.metrics = metrics or GuardMetrics()
+        # Files named by flags are read first: a bad one fails before any model loads (SettingsError).
+        self.tls = certificate_files(s.tls_cert, s.tls_key, s.tls_client_ca)
+        authenticator = Authenticator(load_tokens(s.auth_tokens, s.auth_tokens_text), s.tls_client_ca is not None)
+        self.callers = Callers(authenticator)
+        self.metrics = metrics or GuardMetrics(publish_thresholds=s.publish_thresholds)
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
         self._runtimes: dict[str, ModelRuntime] = {}
@@ -117,6 +156,7 @@ class GuardServer:
         self.models = ModelManager(s.repository, self._runtimes, self.metrics, s.calibration, s.model_control)
         self.dataplane = DataPlane(self._runtimes, s.policy)
         self.dataplane.control = self.models
+        self.dataplane.explain = ExplainGrants.resolve(s.explain_identities, authenticator.required)
         self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
         self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
         self._serving: _Serving | None = None
@@ -140,32 +180,51 @@ class GuardServer:
         ]
         server = grpc.aio.server(options=options)
         add_inference_service(
-            InferenceServicer(self.dataplane, max_concurrency=s.max_concurrency, shared_memory=self.shared_memory),
+            InferenceServicer(
+                self.dataplane,
+                max_concurrency=s.max_concurrency,
+                shared_memory=self.shared_memory,
+                callers=self.callers,
+            ),
             server,
         )
         serving = self._serving = _Serving(server, health.aio.HealthServicer())
+        if s.quarantine is not None:
+            serving.quarantine = QuarantineWriter(s.quarantine, self.metrics, models=list(self._runtimes))
+            self.dataplane.quarantine = serving.quarantine
+        # Health answers without credentials (over TLS when it is on): probes carry no tokens.
         health_pb2_grpc.add_HealthServicer_to_server(serving.health, server)
-        # The messages live in a private descriptor pool (proto/generate.py): reflection reads that one.
-        reflection.enable_server_reflection(
-            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=pb.DESCRIPTOR.pool
-        )
-        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if s.reflection:
+            # The messages live in a private descriptor pool (proto/generate.py): reflection reads that one.
+            reflection.enable_server_reflection(
+                [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=pb.DESCRIPTOR.pool
+            )
+        address = f"{s.host}:{s.grpc_port}"
+        if self.tls is not None:
+            self.grpc_port = server.add_secure_port(address, server_credentials(self.tls))
+        else:
+            self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {s.host}:{s.grpc_port}")
         for runtime in self._runtimes.values():
             await runtime.start()
         await server.start()
         if s.metrics_port >= 0:
-            serving.http, _ = self.metrics.serve(s.host, s.metrics_port)
+            serving.http, _ = self.metrics.serve(s.metrics_host, s.metrics_port)
             self.metrics_port = serving.http.server_port
         await self._follow_readiness(serving.health, once=True)
         serving.health_follower = asyncio.create_task(self._follow_readiness(serving.health), name="health")
+        auth = self.callers.authenticator
+        if auth.tokens is not None and self.tls is None:
+            log.warning("bearer tokens over plaintext gRPC: anyone on the path reads them (add --tls-cert/--tls-key)")
         log.info(
-            "guard ready: grpc=%s:%d metrics=%s policy=%s models=%s",
+            "guard ready: grpc=%s:%d metrics=%s policy=%s tls=%s auth=%s models=%s",
             s.host,
             self.grpc_port,
-            f"{s.host}:{self.metrics_port}" if self.metrics_port else "off",
+            f"{s.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
             s.policy or "per-model",
+            "off" if self.tls is None else "mutual" if s.tls_client_ca is not None else "on",
+            "tokens" if auth.tokens is not None else "client-certificates" if auth.mutual_tls else "off",
             ",".join(self._runtimes),
         )
 
@@ -256,6 +315,8 @@ class GuardServer:
         await self.models.close(timeout=0)
         for runtime in list(self._runtimes.values()):
             await runtime.close(timeout=0)
+        if serving.quarantine is not None:  # every request is answered: write what is buffered
+            await asyncio.to_thread(serving.quarantine.close)
         if serving.http is not None:
             await asyncio.to_thread(serving.http.shutdown)  # waits out its poll interval (0.5 s): not on the loop
             serving.http.server_close()

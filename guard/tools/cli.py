@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from guard.protocol.errors import GuardError
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.serving.policy import POLICIES
+from guard.tools.quarantine import arguments as quarantine
 
 # The checkout's demo repository, relative to where `guard serve` runs (the repository root in
 # `make serve`); an installed wheel carries no demo, so elsewhere --repository is needed.
@@ -20,9 +22,13 @@ DEFAULT_REPOSITORY = Path("examples") / "guard_examples" / "repository"
 
 def _serve(args: argparse.Namespace) -> int:
     from guard.serving.server import ServerSettings, serve_forever
+    from guard.serving.tokens import ENVIRONMENT
 
     if not args.access_log:
         logging.getLogger("guard.access").setLevel(logging.WARNING)
+    tokens_text = os.environ.get(ENVIRONMENT)
+    if args.auth_tokens is not None and tokens_text is not None:
+        logging.getLogger("guard").warning("%s is set but --auth-tokens wins: the variable is ignored", ENVIRONMENT)
     settings = ServerSettings(
         repository=args.repository,
         host=args.host,
@@ -37,6 +43,16 @@ def _serve(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
         exit_timeout_seconds=args.exit_timeout_seconds,
         model_control=args.model_control,
+        metrics_host=args.metrics_host,
+        publish_thresholds=args.publish_thresholds,
+        reflection=args.reflection,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_tokens=args.auth_tokens,
+        auth_tokens_text=tokens_text,
+        explain_identities=None if args.explain_identities is None else tuple(sum(args.explain_identities, [])),
+        quarantine=quarantine.quarantine_settings(args),
     )
     asyncio.run(serve_forever(settings))
     return 0
@@ -118,6 +134,14 @@ def _scan(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _identities(text: str) -> list[str]:
+    """One --explain-identities value: a certificate subject as it is (subjects hold commas and
+    '='; token names and addresses never hold '='), anything else split on commas."""
+    if "=" in text:
+        return [text.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
@@ -186,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the repository RPCs (tritonclient load_model/unload_model) to change what is "
         "served; SIGHUP re-reads the repository either way",
     )
+    _add_security_options(serve)
+    quarantine.add_serve_options(serve)
     serve.set_defaults(func=_serve)
 
     cal = commands.add_parser("calibrate", help="bring an ONNX classifier under the guard")
@@ -294,7 +320,55 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
     _add_scan_commands(commands)
     _add_replay_command(commands)
+    quarantine.add_commands(commands)
     return parser
+
+
+def _add_security_options(serve: argparse.ArgumentParser) -> None:
+    """TLS, client identity, explain grants and what /metrics publishes (docs/security.md)."""
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds to, apart from --host (default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--publish-thresholds",
+        action="store_true",
+        help="publish the calibrated thresholds (guard_detector_threshold) on /metrics; off by default: "
+        "they tell an attacker how far an input may be pushed unflagged",
+    )
+    serve.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve gRPC server reflection (default on; deploy/ turns it off)",
+    )
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain: serve gRPC over TLS")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA certificates: clients must present a certificate they signed (mutual TLS); its "
+        "subject is the client's identity. The TLS files reload when they change",
+    )
+    serve.add_argument(
+        "--auth-tokens",
+        type=Path,
+        metavar="FILE",
+        help="name:token lines: calls need the metadata 'authorization: Bearer <token>' (else "
+        "UNAUTHENTICATED; health checks stay open), the name is the client's identity. Without it, "
+        "the same lines are read from GUARD_AUTH_TOKENS when set",
+    )
+    serve.add_argument(
+        "--explain-identities",
+        type=_identities,
+        action="append",
+        metavar="NAMES",
+        help="identities granted raw detector scores (guard_explain): comma-separated token names, or "
+        "one certificate subject per flag (repeat it); '*' for all. Default: everyone without "
+        "authentication, nobody with it",
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -179,8 +179,9 @@ def drive_traffic(url: str, x: np.ndarray, enough) -> int:
 def live(prometheus_tools, tmp_path_factory, held_out):
     tmp_path = tmp_path_factory.mktemp("live_prometheus")
     repository = copy_demo(tmp_path, first_threshold_hair_trigger)
+    # Thresholds published, as a gateway must be for the dashboard's thresholds panel (opt-in).
     with (
-        running_gateway(repository) as gateway,
+        running_gateway(repository, publish_thresholds=True) as gateway,
         prometheus_process(prometheus_tools["prometheus"], tmp_path, gateway.server.metrics_port) as prom,
     ):
         # The gateway's gauges are scraped before any traffic, so rates start from a sample.

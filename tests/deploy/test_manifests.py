@@ -101,6 +101,9 @@ def test_image_contract(dockerfile):
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--grpc-port") + 1] == "8001"
     assert command[command.index("--metrics-port") + 1] == "8002"
+    # /metrics answers outside the container (the guard binds it to 127.0.0.1 unless told); no reflection.
+    assert command[command.index("--metrics-host") + 1] == "0.0.0.0"
+    assert "--no-reflection" in command
     # The package's default repository is relative to its source tree, so an installed image must name one.
     assert command[command.index("--repository") + 1] == "/models"
     copies = [args for op, args in stage if op == "COPY" and "--from=" not in args]
@@ -185,12 +188,14 @@ def test_manifests_refer_to_each_other(rendered):
         ("metrics", 8002, "metrics"),
     }
 
-    # Native gRPC probes on the gateway: "" (the server) and the model, which the ConfigMap names.
+    # Probes over TLS: the image's health check script on "" (the server) and the model, which the
+    # ConfigMap names (Kubernetes' native gRPC probe cannot speak TLS).
     (config_map,) = [r for r in resources if r["kind"] == "ConfigMap"]
     config = tomllib.loads(config_map["data"]["config.toml"])
-    assert guard["livenessProbe"]["grpc"] == {"port": 8001, "service": ""}
-    assert guard["startupProbe"]["grpc"] == {"port": 8001, "service": ""}
-    assert guard["readinessProbe"]["grpc"] == {"port": 8001, "service": config["name"]}
+    probe = ["python", "/opt/guard/healthcheck.py"]
+    assert guard["livenessProbe"]["exec"]["command"] == [*probe, ""]
+    assert guard["startupProbe"]["exec"]["command"] == [*probe, ""]
+    assert guard["readinessProbe"]["exec"]["command"] == [*probe, config["name"]]
 
     # The ConfigMap reaches the guard as <repository>/<model>/config.toml.
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -201,6 +206,7 @@ def test_manifests_refer_to_each_other(rendered):
     for c in spec["containers"]:
         for m in c.get("volumeMounts", []):
             assert m["name"] in volumes, f"{c['name']} mounts an undefined volume {m['name']}"
+    check_transport_security(guard, volumes)
 
     for c in spec["containers"]:
         assert c["resources"]["requests"] and c["resources"]["limits"], f"{c['name']} needs requests and limits"
@@ -210,6 +216,51 @@ def test_manifests_refer_to_each_other(rendered):
     model_server = container(resources, "model-server")
     assert "readinessProbe" not in model_server
     assert all(p["containerPort"] not in (8001, 8002) for p in model_server["ports"])
+
+
+def flag(args: list[str], name: str) -> str:
+    assert args.count(name) == 1, name
+    return args[args.index(name) + 1]
+
+
+def secret_file(guard, volumes, path: str) -> tuple[str, str]:
+    """(Secret name, key) that `path` in the guard container reads; the mount must be a directory,
+    since a subPath mount never sees a renewed Secret."""
+    for mount in guard["volumeMounts"]:
+        directory = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(directory) and "secret" in volumes[mount["name"]]:
+            assert "subPath" not in mount and mount["readOnly"] is True, mount
+            secret = volumes[mount["name"]]["secret"]
+            name = path[len(directory) :]
+            keys = {item["path"]: item["key"] for item in secret.get("items", [])} or {name: name}
+            assert name in keys, f"{path}: the Secret {secret['secretName']} does not project it"
+            return secret["secretName"], keys[name]
+    raise AssertionError(f"{path} is on no Secret volume")
+
+
+def check_transport_security(guard, volumes) -> None:
+    """TLS with client certificates and bearer tokens from Secrets, the probes over the same TLS,
+    reflection off, /metrics on its own address."""
+    args = guard["args"]
+    files = {
+        name: secret_file(guard, volumes, flag(args, name)) for name in ("--tls-cert", "--tls-key", "--tls-client-ca")
+    }
+    assert files == {
+        "--tls-cert": ("guard-tls", "tls.crt"),
+        "--tls-key": ("guard-tls", "tls.key"),
+        "--tls-client-ca": ("guard-tls", "ca.crt"),
+    }
+    assert secret_file(guard, volumes, flag(args, "--auth-tokens")) == ("guard-auth-tokens", "tokens")
+    assert "--no-reflection" in args and "--reflection" not in args and "--publish-thresholds" not in args
+    assert flag(args, "--metrics-host") == "0.0.0.0"  # Prometheus scrapes the pod's address
+    env = {e["name"]: e.get("value") for e in guard["env"]}
+    assert env["GUARD_HEALTH_TLS_CA"] == flag(args, "--tls-client-ca")
+    assert (env["GUARD_HEALTH_TLS_CERT"], env["GUARD_HEALTH_TLS_KEY"]) == (
+        flag(args, "--tls-cert"),
+        flag(args, "--tls-key"),
+    )
+    assert env.get("GUARD_HEALTH_ADDRESS", "127.0.0.1:8001").endswith(":8001") and env["GUARD_HEALTH_TLS_SERVER_NAME"]
+    assert "GUARD_AUTH_TOKENS" not in env  # tokens come from the file, not the environment
 
 
 def test_hpa_scales_on_a_contracted_metric_the_adapter_serves():
@@ -258,7 +309,8 @@ def test_gpu_overlay_patches_image_and_gpu_only():
     # Everything the patch does not name is the base's: probes, args, mounts, the neighbour container.
     for key in ("args", "ports", "livenessProbe", "readinessProbe", "volumeMounts", "securityContext"):
         assert guard_gpu[key] == guard_base[key], key
-    assert guard_gpu["startupProbe"]["grpc"] == guard_base["startupProbe"]["grpc"]
+    assert guard_gpu["startupProbe"]["exec"] == guard_base["startupProbe"]["exec"]
+    assert guard_gpu["env"] == guard_base["env"]
     assert container(gpu, "model-server") == container(base, "model-server")
 
 
@@ -428,3 +480,15 @@ def test_dashboard_queries_use_contracted_names(panel_target):
     assert used <= set(template_variables()) | {"__rate_interval"}, used
     problems = check_expr(expr)
     assert not problems, f"panel {panel['title']!r}: {problems}"
+
+
+def test_only_an_opt_in_panel_reads_thresholds():
+    """guard_detector_threshold is published only with --publish-thresholds: no variable may depend
+    on it, and the one panel that shows it says how to turn it on."""
+    for variable in template_variables().values():
+        assert "guard_detector_threshold" not in variable.get("definition", ""), variable["name"]
+    readers = {p["id"]: p for p, t in dashboard_targets() if "guard_detector_threshold" in t["expr"]}
+    for panel in readers.values():
+        assert "--publish-thresholds" in panel["description"], panel["title"]
+    for rule in recording_rules() + alerting_rules():
+        assert "guard_detector_threshold" not in rule["expr"], rule.get("record") or rule.get("alert")

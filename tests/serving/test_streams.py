@@ -117,6 +117,9 @@ class _Context:
     def time_remaining(self):
         return None
 
+    def peer(self):  # the caller's identity, without authentication (guard.serving.auth)
+        return "ipv4:127.0.0.1:50000"
+
     async def abort(self, code, details="", metadata=()):
         self.aborted = (code, details)
         raise _Aborted(details)

@@ -29,7 +29,7 @@ class CalibrationSettings:
 def read_calibration_settings(r: TableReader) -> CalibrationSettings:
     r.unknown({"mode", "references", "fingerprint", "folds", "seed", "confidence"})
     references = (
-        r.file("references", what="the clean references `guard calibrate` wrote").name
+        str(r.file("references", what="the clean references `guard calibrate` wrote").relative_to(r.directory))
         if "references" in r.table
         else None
     )

@@ -43,7 +43,7 @@ class TextPreprocessor(Preprocessor):
     ranks = (0, 1)
     layout = "one UTF-8 string per row"
     parameters = {
-        "tokenizer": Param(str, default="tokenizer.json"),
+        "tokenizer": Param(str, default="tokenizer.json", file=True),
         "max_tokens": Param(int, 2, 1_000_000, default=128),
         "overflow": Param(str, default="reject"),
         "mask_output": Param(str, default="attention_mask"),

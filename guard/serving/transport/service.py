@@ -10,6 +10,12 @@ request is parsed before it runs, a parse failure answering INVALID_ARGUMENT tha
 the message type. Methods keep the generated servicer's signatures, and the generated code stays as
 protoc wrote it (proto/generate.py checks that it is not stale). Responses are serialized by gRPC
 as before.
+
+When the server authenticates its callers (guard.serving.auth), every method is wrapped so that a
+caller without credentials is refused UNAUTHENTICATED before its request is even parsed, except
+methods marked `open_to_all` (readiness, for probes and load balancers) and those marked
+`authenticates`, which identify the caller themselves because they need the identity (inference).
+Authenticated is the default: a method added later is never open by mistake.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from guard.protocol.errors import InvalidInput
+from guard.protocol.errors import InvalidInput, Unauthenticated
 from guard.protocol.proto import inference_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -31,6 +37,18 @@ M = TypeVar("M", bound=Message)
 def takes_bytes(method):
     """Mark a servicer method as taking the request's bytes (it parses them with `parse`)."""
     method.takes_bytes = True
+    return method
+
+
+def open_to_all(method):
+    """Mark a servicer method that answers callers without credentials (readiness checks)."""
+    method.open_to_all = True
+    return method
+
+
+def authenticates(method):
+    """Mark a servicer method that identifies its caller itself (servicer.callers.identify)."""
+    method.authenticates = True
     return method
 
 
@@ -60,15 +78,34 @@ def _parsing(servicer, handler, message_type: type[Message], rpc: str):
     return parsed
 
 
+def _authenticated(servicer, handler, rpc: str):
+    @functools.wraps(handler)
+    async def checked(request, context: grpc.aio.ServicerContext):
+        try:
+            servicer.callers.identify(context)
+        except Unauthenticated as exc:
+            servicer.faults.failed(rpc, exc.status, exc.message)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        return await handler(request, context)
+
+    return checked
+
+
 def add_inference_service(servicer, server: grpc.aio.Server) -> None:
     """Every method of the service, its handler taking the request's bytes (see the module doc) and
     gRPC serializing its response message."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    callers = getattr(servicer, "callers", None)
     for method in SERVICE.methods:
         serialize = getattr(pb, method.output_type.name).SerializeToString
-        handler = getattr(servicer, method.name)
+        handler = own = getattr(servicer, method.name)
         if not getattr(handler, "takes_bytes", False):
             handler = _parsing(servicer, handler, getattr(pb, method.input_type.name), method.name)
+        checks_itself = getattr(own, "open_to_all", False) or getattr(own, "authenticates", False)
+        if callers is not None and callers.required and not checks_itself:
+            if method.client_streaming or method.server_streaming:
+                raise TypeError(f"{method.full_name}: a streaming method must identify its caller itself")
+            handler = _authenticated(servicer, handler, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 handler, request_deserializer=None, response_serializer=serialize

@@ -7,6 +7,10 @@ message that is not a protobuf is an INVALID_ARGUMENT like any other bad input. 
 requests (unary calls and stream requests) pass the server's concurrency limit first
 (admission.py), before their message is parsed; the metadata RPCs never wait on anything and are
 not limited, so readiness checks keep answering under any load.
+
+Every call is identified (callers.py): inference requests carry the identity to the data plane;
+with authentication on, a call without credentials is refused UNAUTHENTICATED before anything
+else, except ServerLive, ServerReady and ModelReady, which stay open for probes (service.py).
 """
 
 from __future__ import annotations
@@ -15,17 +19,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import grpc
+
 from guard.protocol.codec import check_name, read_head
-from guard.protocol.errors import GuardError, Overloaded
+from guard.protocol.errors import GuardError, Overloaded, Unauthenticated
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_NAME_CHARS, STREAM_HELD_BYTES, STREAM_IN_FLIGHT, echo
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
+from guard.serving.auth import Authenticator
 from guard.serving.dataplane import DataPlane
 from guard.serving.shared_memory import SharedMemoryRegistry
 from guard.serving.transport.admission import Admission
+from guard.serving.transport.callers import Callers
 from guard.serving.transport.faults import FaultLog
 from guard.serving.transport.requests import EncodedRequest
-from guard.serving.transport.service import parse, takes_bytes
+from guard.serving.transport.service import authenticates, open_to_all, parse, takes_bytes
 from guard.serving.transport.status import reports_errors
 from guard.serving.transport.streams import StreamSession, deadline_of
 
@@ -40,8 +48,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream_in_flight: int = STREAM_IN_FLIGHT,
         stream_held_bytes: int = STREAM_HELD_BYTES,
         shared_memory: SharedMemoryRegistry | None = None,
+        callers: Callers | None = None,
     ):
         self.dataplane = dataplane
+        self.callers = callers or Callers(Authenticator())
+        """Who each call comes from (guard.serving.auth); by default the peer, nothing required."""
         self.shared_memory = shared_memory
         """The system shared-memory regions clients registered (guard.serving.shared_memory); None
         when the extension is off (guard serve --shared-memory turns it on)."""
@@ -57,14 +68,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             f"{self.admission.limit})"
         )
 
+    @open_to_all
     @reports_errors
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
+    @open_to_all
     @reports_errors
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
+    @open_to_all
     @reports_errors
     async def ModelReady(self, request, context):
         if len(request.name) > MAX_NAME_CHARS or len(request.version) > MAX_NAME_CHARS:
@@ -96,14 +110,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=tensors(config.outputs),
         )
 
+    @authenticates
     @takes_bytes
     @reports_errors
     async def ModelInfer(self, data, context):
-        if not self.admission.try_enter():  # before anything else: a refusal must cost nothing
+        # First of all: a caller without credentials takes no place and learns nothing, not even the load.
+        identity = self.callers.identify(context)
+        if not self.admission.try_enter():  # before the message is parsed: a refusal must cost nothing
             raise Overloaded(self.overload_message())
         try:
             message = parse(pb.ModelInferRequest, data, "ModelInfer")
             request = read_head(message, deadline_of(context))
+            request.identity = identity
             encoded = EncodedRequest(message, len(data), self.shared_memory)
             return encoded.encode(await self.dataplane.infer(request, {}, encoded))
         finally:
@@ -211,11 +229,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def CudaSharedMemoryUnregister(self, request, context):
         return pb.CudaSharedMemoryUnregisterResponse()
 
+    @authenticates
     @takes_bytes
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """See streams.py: concurrent requests, answers with their ids, error answers for bad
-        frames, backpressure at `stream_in_flight` unanswered requests."""
-        session = StreamSession(self, request_iterator, context, self.stream_in_flight, self.stream_held_bytes)
+        frames, backpressure at `stream_in_flight` unanswered requests. The caller is identified
+        once, from the stream's metadata; every request on it carries that identity."""
+        try:
+            identity = self.callers.identify(context)
+        except Unauthenticated as exc:
+            self.faults.failed("ModelStreamInfer", exc.status, exc.message)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        session = StreamSession(
+            self, request_iterator, context, self.stream_in_flight, self.stream_held_bytes, identity=identity
+        )
         async with contextlib.aclosing(session.answers()) as answers:  # its cleanup runs when the stream ends
             async for answer in answers:
                 yield answer

@@ -99,8 +99,11 @@ class StreamSession:
         context: grpc.aio.ServicerContext,
         in_flight: int,
         held_bytes: int,
+        identity: str = "",
     ):
         self.servicer = servicer
+        self.identity = identity
+        """The caller, identified once from the stream's metadata (guard.serving.auth)."""
         self.requests = requests
         self.context = context
         self.window = Window(in_flight, held_bytes)
@@ -169,6 +172,7 @@ class StreamSession:
                 raise Overloaded(servicer.overload_message())
             try:
                 request = read_head(message, deadline_of(self.context))
+                request.identity = self.identity
                 encoded = EncodedRequest(message, len(data), servicer.shared_memory)
                 response = await servicer.dataplane.infer(request, {}, encoded)
                 answer = pb.ModelStreamInferResponse(infer_response=encoded.encode(response))

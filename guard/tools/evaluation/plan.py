@@ -214,7 +214,7 @@ def _subject(reader: TableReader) -> Subject:
             raise reader.fail(key, "no such key for a model that does not take text")
     if "model" in reader.table:
         return _image_subject(reader, name)
-    onnx = reader.file("onnx", what="an ONNX file (or `model`: a model directory)")
+    onnx = reader.file("onnx", what="an ONNX file (or `model`: a model directory)", anywhere=True)
     artifacts = reader.get("artifacts", list, [], "a list of files")
     paths = []
     for i, value in enumerate(artifacts):
@@ -223,7 +223,7 @@ def _subject(reader: TableReader) -> Subject:
         paths.append(reader.directory / value)
     network = None
     if "detector_network" in reader.table:
-        network = reader.file("detector_network", what="the detector network's weights (.npz)")
+        network = reader.file("detector_network", what="the detector network's weights (.npz)", anywhere=True)
     names = [p.name for p in paths] + ([NETWORK_WEIGHTS] if network is not None else [])
     clash = next((n for n in names if names.count(n) > 1 or n in RESERVED), None)
     if clash is not None:  # every artifact lands in the model directory under its own file name
@@ -238,7 +238,7 @@ def _subject(reader: TableReader) -> Subject:
         raise reader.fail(missing, "both `trigger` and `target` for a backdoored model (missing)")
     trigger = trigger_path = target = None
     if "trigger" in reader.table:
-        trigger_path = reader.file("trigger", what="a trigger file (.npz with mask and pattern)")
+        trigger_path = reader.file("trigger", what="a trigger file (.npz with mask and pattern)", anywhere=True)
         trigger = load_trigger(trigger_path)
         target = reader.get("target", int, expected="the backdoor's target class")
         if target < 0:
@@ -354,7 +354,7 @@ def load_plan(path: Path) -> Plan:
     surrogate.unknown(("onnx",))
     attacked = any(not m.backdoored and m.image is None for m in models)
     surrogate_path = (
-        surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through")
+        surrogate.file("onnx", what="the surrogate ONNX file the attacks differentiate through", anywhere=True)
         if attacked or "onnx" in surrogate.table
         else None
     )

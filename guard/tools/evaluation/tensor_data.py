@@ -21,7 +21,7 @@ class Split:
 
 def load_split(reader: TableReader, key: str) -> Split:
     """x float32 in [0, 1] and integer labels y of the same length, from the .npz the key names."""
-    path = reader.file(key, what="an .npz with arrays x and y")
+    path = reader.file(key, what="an .npz with arrays x and y", anywhere=True)
     try:
         return read_samples(path, f"{reader.path}: {reader.key(key)}")
     except (OSError, ValueError) as exc:

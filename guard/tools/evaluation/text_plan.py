@@ -56,7 +56,7 @@ def read_text_attack(r: TableReader) -> TextAttackSpec:
     params = r.get("params", dict, {}, "a table of the attack's parameters")
     neighbours = None
     if REGISTRY[name] is WordSubstitution:
-        neighbours = r.file("neighbours", what="a neighbours table (.npz, guard.detection.neighbours)")
+        neighbours = r.file("neighbours", what="a neighbours table (.npz, guard.detection.neighbours)", anywhere=True)
         try:
             load_neighbours(neighbours)
         except (OSError, ValueError, KeyError) as exc:
