@@ -44,6 +44,17 @@ class Overloaded(GuardError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class QuotaExceeded(Overloaded):
+    """One client (an identity) sent more than its model's per-client quota allows ([clients]
+    rate/burst or max_concurrency): refused before any work. `retry_ms`, when known (a rate limit:
+    when the client's next request fits), is the retry hint the transport sends; None lets the
+    transport estimate one as for any overload."""
+
+    def __init__(self, message: str, retry_ms: int | None = None):
+        super().__init__(message)
+        self.retry_ms = retry_ms
+
+
 class DeadlineExceeded(GuardError):
     status = "DEADLINE_EXCEEDED"
 

@@ -21,7 +21,12 @@ MAX_NAME_CHARS = 255
 """Longest model name or version a request may carry: model names are directory names."""
 
 MAX_PARAMETERS = 256
-"""Most request parameters: a v2 request carries a handful (timeout, priority, sequence ids)."""
+"""Most request parameters: a v2 request carries a handful (timeout, priority, sequence ids).
+Counted on the wire, before the message is parsed (guard.protocol.wire)."""
+
+MAX_PARAMETER_BYTES = 64 * 1024
+"""Most bytes a request's parameters may take on the wire, all together: names and values of a
+handful of parameters (a camera_id has at most 128 characters) take well under a kilobyte."""
 
 MAX_ECHO_CHARS = 200
 """Most characters of a client's string (a model or tensor name) an error message repeats."""

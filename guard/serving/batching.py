@@ -62,6 +62,8 @@ class _Pending:
     deadline: float | None
     flow: str | None = None
     timer: asyncio.TimerHandle | None = None
+    deadline_what: str = "deadline"
+    """What passes at `deadline`, for the DEADLINE_EXCEEDED message (guard.serving.deadlines)."""
 
 
 class DynamicBatcher:
@@ -117,8 +119,16 @@ class DynamicBatcher:
     def _full(self, flow: str | None) -> str | None:
         return self._queue.full(self._config.max_queue_size, flow)
 
-    async def submit(self, payload: Any, rows: int, deadline: float | None = None, flow: str | None = None) -> Any:
-        """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based).
+    async def submit(
+        self,
+        payload: Any,
+        rows: int,
+        deadline: float | None = None,
+        flow: str | None = None,
+        deadline_what: str = "deadline",
+    ) -> Any:
+        """Queue one request of `rows` rows and wait for its result (deadline: loop.time() based;
+        `deadline_what` names it in the DEADLINE_EXCEEDED message: the client's, or the server's own).
         `flow` (a camera): batches take requests from every flow in turn, and one flow may hold at
         most flow_limit places in the queue, so a flooding camera delays only itself."""
         if rows > self._config.max_batch_size:  # could never be scheduled
@@ -131,8 +141,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline is not None and deadline <= now:
-            raise DeadlineExceeded("deadline passed before the request was queued")
-        item = _Pending(payload, rows, loop.create_future(), now, deadline, flow)
+            raise DeadlineExceeded(f"{deadline_what} passed before the request was queued")
+        item = _Pending(payload, rows, loop.create_future(), now, deadline, flow, deadline_what=deadline_what)
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
         self._queue.add(item)
@@ -161,7 +171,7 @@ class DynamicBatcher:
 
     def _expire(self, item: _Pending) -> None:
         if self._remove(item) and not item.future.done():
-            item.future.set_exception(DeadlineExceeded("deadline passed while the request was queued"))
+            item.future.set_exception(DeadlineExceeded(f"{item.deadline_what} passed while the request was queued"))
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -274,6 +284,12 @@ class DynamicBatcher:
         else:
             self._failures_unlogged += 1
 
+    def _flush_failures(self) -> None:
+        """Report the failed batches counted since the last line (closing: no later failure will)."""
+        if self._failures_unlogged:
+            log.warning("%d more failed batches since the last report", self._failures_unlogged)
+            self._failures_unlogged = 0
+
     async def close(self, timeout: float | None = None) -> bool:
         """Stop taking work and drain: what is queued still runs, batch by batch, until nothing is
         queued or running, or `timeout` seconds pass (None: no limit). Then whatever still waits
@@ -285,12 +301,12 @@ class DynamicBatcher:
             self._window = None
         if self._queue:
             self._schedule()
-        if not (self._queue or self._running):
-            return True
-        try:
-            await asyncio.wait_for(self._drained(), timeout)
-        except TimeoutError:
-            self.abort("server is shutting down: the request was still waiting when the drain ended")
+        if self._queue or self._running:
+            try:
+                await asyncio.wait_for(self._drained(), timeout)
+            except TimeoutError:
+                self.abort("server is shutting down: the request was still waiting when the drain ended")
+        self._flush_failures()
         return self._running == 0
 
     async def _drained(self) -> None:

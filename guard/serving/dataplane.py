@@ -18,6 +18,7 @@ from guard.protocol.errors import GuardError, ModelNotFound, ModelUnavailable, Q
 from guard.protocol.types import InferRequest, InferResponse, Verdict
 from guard.serving import policy
 from guard.serving.camera_alerts import observe_camera
+from guard.serving.camera_owners import CameraOwners
 from guard.serving.cameras import ALERT as CAMERA_ALERT
 from guard.serving.cameras import camera_of
 from guard.serving.deadlines import cancelled_status, effective_deadline
@@ -25,6 +26,8 @@ from guard.serving.grants import ExplainGrants
 from guard.serving.logs import FailureLog, loggable, loggable_id
 from guard.serving.quarantine.hook import quarantine_verdict
 from guard.serving.quarantine.writer import QuarantineWriter
+from guard.serving.query_watch import CLIENT_VERDICT, QueryWatches
+from guard.serving.quotas import Lease, QuotaBook
 from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime, RowsResult
 from guard.serving.validation import EncodedInputs, validate
@@ -54,6 +57,8 @@ class _Call:
     """The copy it is counted on, once it is."""
     verdict: str = "none"
     code: str = "OK"
+    lease: Lease | None = None
+    """Its place in its client's quota (guard.serving.quotas), once admitted; None: no quota."""
 
 
 class DataPlane:
@@ -78,6 +83,13 @@ class DataPlane:
         """What ServerMetadata lists; the server adds the transport's (system_shared_memory)."""
         self.quarantine: QuarantineWriter | None = None
         """Where requests whose verdict is not clean are kept (guard serve --quarantine); None: off."""
+        self.quotas = QuotaBook()
+        """Per-client quotas by model ([clients]; the server sets the defaults from its flags)."""
+        self.camera_owners = CameraOwners()
+        """Which identity owns each camera_id, by model (guard.serving.camera_owners)."""
+        self.query_watch = QueryWatches()
+        """Query-attack detection per model and identity ([clients] query_attack; the server sets
+        --query-attack and the metric), guard.serving.query_watch."""
         self.explain = ExplainGrants()
         """Which identities may ask for raw detector scores (EXPLAIN); the server sets it from
         --explain-identities and whether it authenticates (guard.serving.grants)."""
@@ -97,10 +109,29 @@ class DataPlane:
         self._released.clear()
         self._refusing = True
 
+    @property
+    def refusing(self) -> bool:
+        """Whether new requests are parked (stop_accepting)."""
+        return self._refusing
+
+    async def over_limit(self) -> None:
+        """A request the transport refuses before it reaches `infer` (the concurrency limit). It is an
+        arrival all the same, and while the server stops accepting it is parked like every new
+        request, then fails UNAVAILABLE: answered at once, its client would send again at once, and
+        its next call could be one gRPC cancels when it stops (CANCELLED). Parked, it sends nothing
+        more; what it holds is its message's bytes, for the moments until gRPC stops accepting."""
+        self.last_arrival = time.monotonic()
+        if self._refusing:
+            await self._refuse()
+
     def release_refused(self) -> None:
         """Answer the parked requests (UNAVAILABLE), and any later one at once."""
         if self._refusing:
             self._released.set()
+
+    def flush_logs(self) -> None:
+        """Write what the failure log counted and has not written yet (the server is stopping)."""
+        self._unexpected.flush()
 
     def model(self, name: str, version: str = "") -> ModelRuntime:
         runtime = self.models.get(name)
@@ -155,16 +186,24 @@ class DataPlane:
         call = _Call(request, start)
         try:
             runtime = await self._route(call)
+            # The client's own quota first: a flooding client is refused for a lookup, whatever else it asks.
+            call.lease = self.quotas.admit(runtime.config.name, runtime.config.clients, request.identity)
+            self.query_watch.check(runtime.config, request.identity)  # a blocked identity costs a lookup
             if request.parameters.get(EXPLAIN) is True:  # refused before any work is done for it
                 self.explain.check(request.identity, EXPLAIN)
             camera = self._admit(runtime, request)
             rows = await self._read(runtime, request, datatypes, encoded)
-            deadline = effective_deadline(request, runtime.config.batching.default_timeout_microseconds, start)
-            result = await runtime.infer(request.inputs, rows, deadline, camera)
+            config = runtime.config
+            deadline = effective_deadline(request, config.batching.default_timeout_microseconds, start, config.name)
+            result = await runtime.infer(request.inputs, rows, deadline.at, camera, deadline.what)
             call.verdict = result.verdict.verdict
             alert = self._observe(runtime, request, result.verdict, camera)
             quarantine_verdict(self.quarantine, runtime.config, request, result, identity=request.identity)
-            return self._respond(runtime, request, result, alert)
+            client = self.query_watch.observe(runtime.config, request.identity, request.inputs, result.outputs)
+            response = self._respond(runtime, request, result, alert)
+            if client is not None:
+                response.parameters[CLIENT_VERDICT] = client
+            return response
         # The one place a request's outcome becomes its status code (its metrics and access line).
         except GuardError as exc:
             call.code = exc.status
@@ -197,10 +236,12 @@ class DataPlane:
         self.active += 1
         return runtime
 
-    @staticmethod
-    def _admit(runtime: ModelRuntime, request: InferRequest) -> str | None:
-        """The request's camera, once its model's queue has room for it."""
+    def _admit(self, runtime: ModelRuntime, request: InferRequest) -> str | None:
+        """The request's camera, once its client owns it and its model's queue has room for it."""
         camera = camera_of(request.parameters)
+        if camera is not None:
+            clients = runtime.config.clients
+            self.camera_owners.claim(runtime.config.name, camera, request.identity, clients.max_cameras)
         if not runtime.batcher.has_room(camera):  # before any per-request work: refusing must stay cheap
             raise QueueFull(runtime.batcher.full_reason(camera))
         return camera
@@ -254,6 +295,8 @@ class DataPlane:
     def _finish(self, call: _Call) -> None:
         """The request's books, whatever its outcome: its copy's count, its metrics, its access line."""
         elapsed = time.monotonic() - call.start
+        if call.lease is not None:
+            call.lease.release()
         if call.entered is not None:
             self.active -= 1
             call.entered.leave()

@@ -4,6 +4,7 @@ time.monotonic()."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from guard.protocol.errors import InvalidInput
 from guard.protocol.limits import echo
@@ -15,7 +16,18 @@ from guard.protocol.types import InferRequest
 DEADLINE_SLACK = 0.01
 
 
-def effective_deadline(request: InferRequest, default_microseconds: int, start: float) -> float | None:
+@dataclass(frozen=True, slots=True)
+class QueueDeadline:
+    at: float | None
+    """When the request stops waiting (time.monotonic); None: never."""
+    what: str = "deadline"
+    """What passes then, as the DEADLINE_EXCEEDED message names it: the client's deadline, or the
+    server's queue timeout, which a client that set a longer deadline must not take for its own."""
+
+
+def effective_deadline(
+    request: InferRequest, default_microseconds: int, start: float, model: str = ""
+) -> QueueDeadline:
     """The earliest of the client's deadline, its `timeout` parameter (us) and the model default
     (0: none); a request may only lower the model's default."""
     candidates = [request.deadline] if request.deadline is not None else []
@@ -27,9 +39,16 @@ def effective_deadline(request: InferRequest, default_microseconds: int, start: 
             )
         if timeout:
             candidates.append(start + timeout / 1e6)
+    client = min(candidates) if candidates else None
     if default_microseconds:
-        candidates.append(start + default_microseconds / 1e6)
-    return min(candidates) if candidates else None
+        server = start + default_microseconds / 1e6
+        if client is None or server < client:
+            return QueueDeadline(
+                server,
+                f"the server's queue timeout of {default_microseconds / 1e6:g} s for model '{model}' "
+                "([batching] default_timeout_microseconds, not the client's deadline)",
+            )
+    return QueueDeadline(client)
 
 
 def cancelled_status(deadline: float | None) -> str:

@@ -49,6 +49,10 @@ class BatchExecution:
         self.recorder = recorder
         self.forward = forward
 
+    def flush_logs(self) -> None:
+        """Write what the failure logs counted and have not written yet (the model is closing)."""
+        self.runner.flush_log()
+
     def run(
         self,
         requests: list[dict[str, np.ndarray]],

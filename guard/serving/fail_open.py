@@ -27,6 +27,10 @@ class FailOpen:
             log, f"{config.name}: detectors failed; serving unchecked (fail_open)", level=logging.WARNING
         )
 
+    def flush_log(self) -> None:
+        """Write the failures counted since the last log line (the model is closing)."""
+        self._log.flush()
+
     def run(self, inputs: dict[str, Any], requests: list[dict[str, np.ndarray]], deadline: float | None) -> BatchResult:
         """The pipeline's result for `inputs` (prepared from `requests`); with fail_open and failing
         detectors, the passthrough's, without scores."""

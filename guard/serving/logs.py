@@ -90,6 +90,8 @@ class FailureLog:
         self._lock = threading.Lock()
         self._last = -float("inf")
         self._unlogged = 0
+        self._latest: BaseException | None = None
+        """The latest failure not written yet (flush reports it)."""
         self._traced = False
 
     def __call__(self, exc: BaseException) -> bool:
@@ -98,8 +100,9 @@ class FailureLog:
         with self._lock:
             if now - self._last < self.interval:
                 self._unlogged += 1
+                self._latest = exc
                 return False
-            more, self._unlogged, self._last = self._unlogged, 0, now
+            more, self._unlogged, self._last, self._latest = self._unlogged, 0, now, None
             first, self._traced = not self._traced, True
         suffix = f" ({more} more since the last report)" if more else ""
         self.logger.log(
@@ -112,3 +115,18 @@ class FailureLog:
             exc_info=exc if first else None,
         )
         return True
+
+    def flush(self) -> None:
+        """Write the failures counted since the last line, if any (on stop: the last seconds before a
+        stop would otherwise never reach the log, since only a later failure writes them)."""
+        with self._lock:
+            more, latest, self._unlogged, self._latest = self._unlogged, self._latest, 0, None
+        if more and latest is not None:
+            self.logger.log(
+                self.level,
+                "%s: %d more since the last report (latest: %s: %s)",
+                self.what,
+                more,
+                type(latest).__name__,
+                loggable(str(latest), 500, token=False),
+            )

@@ -136,6 +136,13 @@ class GuardMetrics:
             registry=r,
         )
 
+        # Per-client state (guard.serving.query_watch): never an identity label, values come from clients.
+        self.client_flagged = Counter(
+            "guard_client_flagged_total",
+            "Times a client identity was flagged, by reason (query_attack).",
+            ["model", "reason"],
+            registry=r,
+        )
         self.camera_alerts = Counter(
             "guard_camera_alerts_total",
             "Times a camera entered alert: [cameras] alert_flags of its last alert_window verdicts flagged.",

@@ -23,6 +23,7 @@ from guard.protocol.errors import ConfigError
 from guard.protocol.settings import TableReader
 from guard.protocol.spec import ModelSpec, TensorSpec, read_tensors
 from guard.serving.cameras import CameraSettings, read_camera_settings
+from guard.serving.client_settings import ClientSettings, read_client_settings
 from guard.serving.policy import POLICIES
 
 
@@ -71,6 +72,8 @@ class ModelConfig:
     scan: ScanGateConfig = field(default_factory=ScanGateConfig)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     cameras: CameraSettings = field(default_factory=CameraSettings)
+    clients: ClientSettings = field(default_factory=ClientSettings)
+    """Per-identity limits ([clients], guard.serving.client_settings)."""
 
     @property
     def path(self) -> Path:
@@ -142,6 +145,7 @@ TOP_LEVEL_KEYS = {
     "scan",
     "calibration",
     "cameras",
+    "clients",
     *detection.KEYS,
 }
 
@@ -189,6 +193,7 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         scan=_scan_gate(r.sub("scan")),
         calibration=read_calibration_settings(r.sub("calibration")),
         cameras=read_camera_settings(r.sub("cameras")),
+        clients=read_client_settings(r.sub("clients")),
     )
     # Detector types and parameters are validated here, at load, against the input they examine.
     build_detectors(

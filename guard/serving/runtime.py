@@ -106,7 +106,9 @@ class ModelRuntime:
         """Stop serving: what is queued still runs (up to `timeout` seconds, then it fails with
         UNAVAILABLE), then the threads and the backend close."""
         self._started = False
-        if not await self.batcher.close(timeout):
+        closed = await self.batcher.close(timeout)
+        self._execution.flush_logs()  # failures of the last seconds reach the log too
+        if not closed:
             # A batch still runs on a worker thread past the timeout: leave it, and the backend it
             # uses, to finish on their own rather than block the stop or close a session under it.
             log.warning("%s: a batch was still running when the model closed; not waiting for it", self.config.name)
@@ -117,9 +119,15 @@ class ModelRuntime:
         self.parts.close()
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None, camera: str | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None,
+        camera: str | None = None,
+        deadline_what: str = "deadline",
     ) -> RowsResult:
-        result = await self.batcher.submit((inputs, camera), rows, deadline, flow=camera)
+        """deadline_what: what the deadline is, for its DEADLINE_EXCEEDED message (guard.serving.deadlines)."""
+        result = await self.batcher.submit((inputs, camera), rows, deadline, flow=camera, deadline_what=deadline_what)
         if isinstance(result, GuardError):  # forward_clean: this request's upstream call failed
             raise result
         return result

@@ -35,16 +35,20 @@ from grpc_reflection.v1alpha import reflection
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.protocol.proto import inference_pb2 as pb
 from guard.serving.auth import Authenticator
+from guard.serving.client_settings import ClientSettings
 from guard.serving.dataplane import EXTENSIONS, DataPlane
 from guard.serving.grants import ExplainGrants
 from guard.serving.metrics import GuardMetrics
 from guard.serving.quarantine.settings import QuarantineSettings
 from guard.serving.quarantine.writer import QuarantineWriter
+from guard.serving.query_watch import QueryWatches
+from guard.serving.quotas import QuotaBook
 from guard.serving.reload import ModelManager
 from guard.serving.runtime import ModelRuntime
 from guard.serving.shared_memory import SYSTEM_SHARED_MEMORY, SharedMemoryRegistry
 from guard.serving.tokens import load_tokens
 from guard.serving.transport.callers import Callers
+from guard.serving.transport.faults import FaultLog
 from guard.serving.transport.service import add_inference_service
 from guard.serving.transport.servicer import InferenceServicer
 from guard.serving.transport.tls import certificate_files, server_credentials
@@ -122,6 +126,12 @@ class ServerSettings:
     explain_identities: tuple[str, ...] | None = None
     """Identities granted raw detector scores (guard_explain; "*": every one). None: everyone when
     the server does not authenticate, nobody when it does (guard.serving.grants)."""
+    client_limits: ClientSettings = field(default_factory=ClientSettings)
+    """Per-client quotas for models whose [clients] table leaves them unset (guard serve
+    --client-rate, --client-burst, --client-max-concurrency; guard.serving.quotas). Unset: unlimited."""
+    query_attack: str | None = None
+    """Overrides every model's [clients] query_attack: off, flag or block (guard serve
+    --query-attack; guard.serving.query_watch). None: each model's own."""
     quarantine: QuarantineSettings | None = None
     """Keep every request whose verdict is not clean in a durable store (guard serve --quarantine
     DIR; docs/quarantine.md). None: off."""
@@ -134,6 +144,8 @@ class _Serving:
 
     grpc: grpc.aio.Server
     health: health.aio.HealthServicer
+    faults: FaultLog
+    """The transport's failure counts: their last summary is written on stop."""
     http: WSGIServer | None = None
     """The /metrics endpoint; None while it is not up, or when it is disabled."""
     health_follower: asyncio.Task[None] | None = None
@@ -157,6 +169,8 @@ class GuardServer:
         self.dataplane = DataPlane(self._runtimes, s.policy)
         self.dataplane.control = self.models
         self.dataplane.explain = ExplainGrants.resolve(s.explain_identities, authenticator.required)
+        self.dataplane.quotas = QuotaBook(s.client_limits)
+        self.dataplane.query_watch = QueryWatches(self.metrics.client_flagged, s.query_attack)
         self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
         self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
         self._serving: _Serving | None = None
@@ -179,16 +193,14 @@ class GuardServer:
             ("grpc.server.max_pending_requests_hard_limit", 8 * s.max_concurrency),
         ]
         server = grpc.aio.server(options=options)
-        add_inference_service(
-            InferenceServicer(
-                self.dataplane,
-                max_concurrency=s.max_concurrency,
-                shared_memory=self.shared_memory,
-                callers=self.callers,
-            ),
-            server,
+        servicer = InferenceServicer(
+            self.dataplane,
+            max_concurrency=s.max_concurrency,
+            shared_memory=self.shared_memory,
+            callers=self.callers,
         )
-        serving = self._serving = _Serving(server, health.aio.HealthServicer())
+        add_inference_service(servicer, server)
+        serving = self._serving = _Serving(server, health.aio.HealthServicer(), servicer.faults)
         if s.quarantine is not None:
             serving.quarantine = QuarantineWriter(s.quarantine, self.metrics, models=list(self._runtimes))
             self.dataplane.quarantine = serving.quarantine
@@ -315,6 +327,10 @@ class GuardServer:
         await self.models.close(timeout=0)
         for runtime in list(self._runtimes.values()):
             await runtime.close(timeout=0)
+        # Every request is answered: the failures counted since the last summary reach the log now
+        # (their timers would never fire once the loop stops).
+        serving.faults.close()
+        self.dataplane.flush_logs()
         if serving.quarantine is not None:  # every request is answered: write what is buffered
             await asyncio.to_thread(serving.quarantine.close)
         if serving.http is not None:

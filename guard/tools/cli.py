@@ -21,6 +21,7 @@ DEFAULT_REPOSITORY = Path("examples") / "guard_examples" / "repository"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from guard.serving.client_settings import ClientSettings
     from guard.serving.server import ServerSettings, serve_forever
     from guard.serving.tokens import ENVIRONMENT
 
@@ -52,6 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
         auth_tokens=args.auth_tokens,
         auth_tokens_text=tokens_text,
         explain_identities=None if args.explain_identities is None else tuple(sum(args.explain_identities, [])),
+        client_limits=ClientSettings(
+            rate=args.client_rate, burst=args.client_burst, max_concurrency=args.client_max_concurrency
+        ),
+        query_attack=args.query_attack,
         quarantine=quarantine.quarantine_settings(args),
     )
     asyncio.run(serve_forever(settings))
@@ -140,6 +145,20 @@ def _identities(text: str) -> list[str]:
     if "=" in text:
         return [text.strip()]
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -368,6 +387,33 @@ def _add_security_options(serve: argparse.ArgumentParser) -> None:
         help="identities granted raw detector scores (guard_explain): comma-separated token names, or "
         "one certificate subject per flag (repeat it); '*' for all. Default: everyone without "
         "authentication, nobody with it",
+    )
+    serve.add_argument(
+        "--client-rate",
+        type=_positive_float,
+        metavar="R",
+        help="requests per second one client (identity) may send to a model, for models whose "
+        "[clients] rate is unset; more are RESOURCE_EXHAUSTED with a retry hint (default: unlimited)",
+    )
+    serve.add_argument(
+        "--client-burst",
+        type=_positive_int,
+        metavar="N",
+        help="requests one client may send at once above --client-rate (default: one second's worth)",
+    )
+    serve.add_argument(
+        "--client-max-concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="requests one client may have inside a model at once, for models whose [clients] "
+        "max_concurrency is unset (default: unlimited)",
+    )
+    serve.add_argument(
+        "--query-attack",
+        choices=("off", "flag", "block"),
+        help="black-box query-attack detection for every model, overriding [clients] query_attack: "
+        "flag marks a flagged client's answers (guard_client_verdict), block refuses its requests "
+        "(PERMISSION_DENIED) for [clients] block_seconds (docs/query-attacks.md)",
     )
 
 

@@ -20,6 +20,7 @@ from tests.conftest import running_gateway
 from tests.serving.helpers import gated_repository, infer_input, queue_depth, requests_total
 
 QUEUED_MESSAGE = "deadline passed while the request was queued"
+SERVER_LIMIT_MESSAGE = "the server's queue timeout of 0.2 s for model 'digits'"
 # Long enough that only the guard's own deadline can end a request first; a request that runs
 # into it was failed by the client, which is what these tests must tell apart.
 CLIENT_TIMEOUT = 10.0
@@ -96,7 +97,8 @@ def test_timeout_parameter_is_microseconds_and_expires_the_request_in_the_queue(
 
 def test_model_default_timeout_applies_and_a_request_may_only_lower_it(tmp_path, gate, held_out):
     """default_timeout_microseconds = 200 ms: a request without `timeout` expires at it, and one
-    asking for 60 s still expires at it (the earliest bound wins)."""
+    asking for 60 s still expires at it (the earliest bound wins). Their clients set 10 s: the
+    message names the server's limit, not a deadline they would take for their own."""
     repository = gated_repository(tmp_path, default_timeout_microseconds=200_000, max_batch_size=1)
     with running_gateway(repository) as srv, gate, triton.InferenceServerClient(srv.grpc_url) as client:
         calls = Calls(client, held_out[0][:1])
@@ -108,7 +110,8 @@ def test_model_default_timeout_applies_and_a_request_may_only_lower_it(tmp_path,
         assert not gate.released.is_set()
         for tag in ("default", "asks-for-more"):
             error = results[tag][1]
-            assert status(error) == "DEADLINE_EXCEEDED" and QUEUED_MESSAGE in error.message(), tag
+            assert status(error) == "DEADLINE_EXCEEDED", tag
+            assert SERVER_LIMIT_MESSAGE in error.message() and "client's deadline)" in error.message(), error
         gate.open()
         assert status(calls.results(1)["running"][1]) == "OK"
 
@@ -121,7 +124,9 @@ def test_expired_requests_never_run(tmp_path, gate, held_out):
         calls.send("running")
         assert gate.entered.wait(10)
         calls.send("expires", timeout=100_000)
-        assert calls.results(1)["expires"][1] is not None
+        error = calls.results(1)["expires"][1]
+        # The client's own `timeout` (0.1 s) came first: the message is about its deadline.
+        assert error.message().endswith(QUEUED_MESSAGE) and "server's" not in error.message(), error
         gate.open()
         assert status(calls.results(1)["running"][1]) == "OK"
         client.infer("digits", [infer_input(held_out[0][:1])], client_timeout=CLIENT_TIMEOUT)

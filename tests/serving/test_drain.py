@@ -18,11 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from guard.protocol.errors import QueueFull
+from guard.protocol.proto import inference_pb2 as pb
 from guard.serving.batching import DynamicBatcher
 from guard.serving.model_config import BatchingConfig
 from guard.serving.server import ABORT_GRACE, SERVICE
@@ -167,6 +169,39 @@ def test_at_the_exit_timeout_waiting_requests_fail_unavailable_not_cancelled(tmp
     for tag, error in errors.items():
         assert error is not None and error.status() == "StatusCode.UNAVAILABLE", (tag, error)
         assert "shutting down" in error.message(), (tag, error.message())
+
+
+def test_a_request_over_the_concurrency_limit_while_stopping_is_parked_then_unavailable(tmp_path, gate, held_out):
+    """Limit 3, two places held (one running, one queued) when the stop begins. A new request takes
+    the last place and is parked; one more is over the limit. Answered RESOURCE_EXHAUSTED at once,
+    its client (1,100 of them, saturating a gateway) would send again at once, and gRPC cancels
+    the calls it holds when it stops accepting: CANCELLED. So it is parked too, and answered
+    UNAVAILABLE with the parked ones once gRPC no longer accepts calls."""
+    data = pb.ModelInferRequest(model_name="digits")
+    data.inputs.add(name="input", datatype="FP32", shape=[1, 1, 16, 16])
+    data.raw_input_contents.append(np.ascontiguousarray(held_out[0][:1], np.float32).tobytes())
+    with (
+        running_gateway(gated_repository(tmp_path), max_concurrency=3) as srv,
+        gate,
+        grpc.insecure_channel(srv.grpc_url) as channel,
+    ):
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        running = infer.future(data.SerializeToString(), timeout=30)
+        assert gate.entered.wait(10)
+        queued = infer.future(data.SerializeToString(), timeout=30)
+        wait_until(lambda: queue_depth(srv) == 1, what="one request queued")
+        stopping = asyncio.run_coroutine_threadsafe(srv.server.shutdown(drain_seconds=0, exit_timeout=20), srv._loop)
+        wait_until(lambda: srv.server.dataplane.refusing, what="the stop to park new requests")
+        parked = infer.future(data.SerializeToString(), timeout=30)
+        over = infer.future(data.SerializeToString(), timeout=30)
+        for call in (parked, over):
+            error = call.exception(timeout=30)
+            assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert "server is shutting down: send the request to another replica" in error.details()
+        gate.open()
+        stopping.result(30)
+        for call in (running, queued):
+            assert pb.ModelInferResponse.FromString(call.result()).model_name == "digits"
 
 
 def test_server_and_model_ready_turn_false_when_the_drain_begins_while_requests_are_still_served(held_out):

@@ -12,16 +12,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc._cython import cygrpc
 from tritonclient.utils import InferenceServerException
 
-from guard.protocol.errors import ConfigError
+from guard.protocol.errors import ConfigError, DeadlineExceeded
+from guard.serving import dataplane
 from guard.serving.logs import MAX_LOGGED_CHARS, loggable_id
+from guard.serving.transport.admission import Admission
+from guard.serving.transport.faults import FaultLog
+from guard.serving.transport.status import reports_errors
 from tests.conftest import copy_demo, demo_detector_names, running_gateway
 from tests.serving.helpers import gated_repository, infer_input, noise_rows, requests_total
 from tests.serving.process import wait_until
@@ -50,9 +57,60 @@ def test_a_request_whose_grpc_deadline_passes_while_it_runs_is_counted_deadline_
         with pytest.raises(InferenceServerException) as info:
             client.infer("digits", [infer_input(held_out[0][:1])], client_timeout=0.3)
         assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
-        wait_until(lambda: requests_total(srv, "DEADLINE_EXCEEDED") == 1, what="the expired request counted")
+        wait_until(lambda: requests_total(srv, "DEADLINE_EXCEEDED") == 1, what="the expiry counted")
         gate.open()
         assert requests_total(srv, "OK") == 0 and requests_total(srv, "CANCELLED") == 0
+
+
+def test_a_request_whose_deadline_passed_before_its_answer_logs_no_error(monkeypatch, caplog, held_out):
+    """The event loop is held past the client's deadline while the request is read, so gRPC's core
+    has ended the call when the gateway answers DEADLINE_EXCEEDED: the answer cannot be sent, and
+    that is the client's deadline, not a server fault: counted, no ERROR, no traceback."""
+    real = dataplane.validate
+
+    def slow(*args):
+        time.sleep(0.3)  # on the event loop: nothing else runs, the deadline passes in gRPC's core
+        return real(*args)
+
+    monkeypatch.setattr(dataplane, "validate", slow)
+    caplog.set_level(logging.DEBUG)
+    with running_gateway() as srv, triton.InferenceServerClient(srv.grpc_url) as client:
+        for i in range(3):
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("digits", [infer_input(held_out[0][:1])], client_timeout=0.05)
+            assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+            # The next request only once this one is answered: sent while the loop is held, it
+            # would expire before its handler even started.
+            wait_until(lambda n=i + 1: requests_total(srv, "DEADLINE_EXCEEDED") == n, what="the expiry counted")
+        assert requests_total(srv, "CANCELLED") == 0 and requests_total(srv, "INTERNAL") == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_status_that_cannot_be_sent_any_more_ends_the_call_as_cancelled(caplog):
+    """When gRPC's core has ended the call before the answer (the client's deadline passed while
+    the request waited), sending the status fails with gRPC's ExecuteBatchError, which gRPC logs as
+    an ERROR with a traceback unless the handler ends cancelled: so it does, the failure counted
+    as what it was."""
+
+    class Ended:
+        async def abort(self, code, details, metadata=()):
+            raise cygrpc.ExecuteBatchError('Failed "execute_batch"')  # what gRPC raises for an ended call
+
+    class Servicer:
+        admission = Admission(4)
+        faults = FaultLog(logging.getLogger("guard.serving.transport"))
+
+        @reports_errors
+        async def ModelInfer(self, request, context):
+            raise DeadlineExceeded("deadline passed before the request was queued")
+
+    servicer = Servicer()
+    caplog.set_level(logging.INFO)
+    with pytest.raises(asyncio.CancelledError):
+        await servicer.ModelInfer(None, Ended())
+    assert servicer.faults.totals == {"DEADLINE_EXCEEDED": 1}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def messages(caplog, *loggers: str) -> list[str]:
@@ -101,6 +159,30 @@ def test_an_unexpected_failure_logs_one_traceback_then_a_count(caplog, held_out)
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]
     assert "RuntimeError: boom" in tracebacks[0].getMessage()
+
+
+def test_failures_in_the_last_seconds_before_a_stop_reach_the_log(caplog, held_out):
+    """Failures are summarised once per interval (10 s); a stop before the next summary writes it:
+    the transport's counts, the data plane's count of unexpected errors and the batcher's of failed
+    batches all reach the log."""
+    caplog.set_level(logging.INFO)
+    with running_gateway() as srv, triton.InferenceServerClient(srv.grpc_url) as client:
+        runtime = srv.server._runtimes["digits"]
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        runtime.pipeline.run = broken
+        for _ in range(5):
+            with pytest.raises(InferenceServerException):
+                client.infer("digits", [infer_input(held_out[0][:1])])
+        assert not [m for m in messages(caplog, "guard.serving.transport") if "requests failed" in m]
+    summaries = [m for m in messages(caplog, "guard.serving.transport") if "requests failed" in m]
+    assert len(summaries) == 1 and "5 INTERNAL (ModelInfer 5;" in summaries[0], summaries
+    unexpected = messages(caplog, "guard.serving.dataplane")
+    assert any("4 more since the last report" in m and "RuntimeError: boom" in m for m in unexpected), unexpected
+    batches = messages(caplog, "guard.serving.batching")
+    assert any("4 more failed batches since the last report" in m for m in batches), batches
 
 
 def damage(repository, file: str, how: str) -> None:

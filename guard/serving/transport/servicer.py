@@ -26,6 +26,7 @@ from guard.protocol.errors import GuardError, Overloaded, Unauthenticated
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_NAME_CHARS, STREAM_HELD_BYTES, STREAM_IN_FLIGHT, echo
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
+from guard.protocol.wire import check_parameters
 from guard.serving.auth import Authenticator
 from guard.serving.dataplane import DataPlane
 from guard.serving.shared_memory import SharedMemoryRegistry
@@ -117,8 +118,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # First of all: a caller without credentials takes no place and learns nothing, not even the load.
         identity = self.callers.identify(context)
         if not self.admission.try_enter():  # before the message is parsed: a refusal must cost nothing
+            await self.dataplane.over_limit()  # stopping: parked, then UNAVAILABLE
             raise Overloaded(self.overload_message())
         try:
+            check_parameters(data, "ModelInfer")  # on the wire: a million parameters must not be parsed first
             message = parse(pb.ModelInferRequest, data, "ModelInfer")
             request = read_head(message, deadline_of(context))
             request.identity = identity

@@ -42,6 +42,7 @@ from guard.protocol.codec import read_head, shared_memory_of
 from guard.protocol.errors import GuardError, Overloaded
 from guard.protocol.limits import MAX_NAME_CHARS, echo
 from guard.protocol.proto import inference_pb2 as pb
+from guard.protocol.wire import check_parameters
 from guard.serving.cameras import CAMERA_ID
 from guard.serving.transport.requests import EncodedRequest
 from guard.serving.transport.service import parse
@@ -159,6 +160,7 @@ class StreamSession:
         try:
             # Parsed before the concurrency check, unlike a unary call's: answers on a stream come in
             # any order, and a refusal is no use to the client without the id of what it refuses.
+            check_parameters(data, RPC)  # before parsing: a million parameters must not be built first
             message = parse(pb.ModelInferRequest, data, RPC)
             # Before the first await: tasks start in the order their frames were read, so slots
             # are taken in that order too.
@@ -169,6 +171,7 @@ class StreamSession:
             self.window.charge(shared)
             held += shared
             if not servicer.admission.try_enter():
+                await servicer.dataplane.over_limit()  # stopping: parked, then UNAVAILABLE
                 raise Overloaded(servicer.overload_message())
             try:
                 request = read_head(message, deadline_of(self.context))

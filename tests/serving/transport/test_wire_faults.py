@@ -15,8 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from guard.protocol.limits import MAX_ECHO_CHARS
+from guard.protocol.limits import MAX_ECHO_CHARS, MAX_PARAMETER_BYTES, MAX_PARAMETERS
 from guard.protocol.proto import inference_pb2 as pb
+from guard.serving.transport import servicer, streams
 from tests.conftest import running_gateway
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -95,6 +96,37 @@ def test_outputs_named_a_million_times_are_refused(channel):
     message.outputs.add(name="probs")
     assert "requested output 'probs' does not exist" in refused(channel, message).details()
     still_serving(channel)
+
+
+def test_parameters_past_their_caps_are_refused_before_the_message_is_parsed(channel, monkeypatch):
+    """A million parameters (16 MB) are counted on the wire and refused before protobuf builds them
+    (parsing them held the event loop for a second); so are parameters over MAX_PARAMETER_BYTES."""
+    parsed: list[str] = []
+    real = servicer.parse
+
+    def counting(message_type, data, rpc):
+        parsed.append(rpc)
+        return real(message_type, data, rpc)
+
+    monkeypatch.setattr(servicer, "parse", counting)
+    monkeypatch.setattr(streams, "parse", counting)
+    many = good()
+    for i in range(1_000_000):
+        many.parameters[f"p{i}"].int64_param = i
+    details = refused(channel, many).details()
+    assert f"more than {MAX_PARAMETERS} parameters, at most {MAX_PARAMETERS} are accepted" in details
+    large = good()
+    large.parameters["blob"].string_param = "x" * MAX_PARAMETER_BYTES
+    assert f"more than {MAX_PARAMETER_BYTES} bytes" in refused(channel, large).details()
+    answers = channel.stream_stream(f"/{SERVICE.full_name}/ModelStreamInfer")(iter([many.SerializeToString()]))
+    (answer,) = [pb.ModelStreamInferResponse.FromString(a) for a in answers]
+    assert f"more than {MAX_PARAMETERS} parameters" in answer.error_message
+    assert parsed == []  # none of them was parsed
+    most = good()
+    for i in range(MAX_PARAMETERS):
+        most.parameters[f"p{i}"].int64_param = i
+    assert pb.ModelInferResponse.FromString(call(channel, "ModelInfer", most.SerializeToString())).outputs
+    assert parsed == ["ModelInfer"]
 
 
 def test_bytes_for_an_fp32_input_are_refused_by_datatype_before_decoding(channel):
