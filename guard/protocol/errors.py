@@ -80,8 +80,8 @@ class NotGranted(GuardError):
 
 
 class SettingsError(GuardError):
-    """A server setting cannot be used (a TLS file that cannot be read, a malformed tokens file):
-    one line naming the flag, raised before the server starts."""
+    """A setting cannot be used (a TLS file that cannot be read, a malformed tokens file, a client's
+    token file): one line naming the flag, raised before the server starts or a client connects."""
 
     status = "FAILED_PRECONDITION"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from guard.protocol.errors import GuardError
 from guard.protocol.limits import MAX_CONCURRENCY, MAX_MESSAGE_BYTES
 from guard.serving.policy import POLICIES
+from guard.tools import credentials
 from guard.tools.quarantine import arguments as quarantine
 
 # The checkout's demo repository, relative to where `guard serve` runs (the repository root in
@@ -327,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect",
         metavar="HOST:PORT",
         help="use a running gateway (policy flag) that serves "
-        "the evaluation repository in --workdir, instead of starting one",
+        "the evaluation repository in --workdir, instead of starting one; a secured one takes the "
+        "client credentials below (docs/security.md)",
     )
+    credentials.add_arguments(ev)
     ev.add_argument(
         "--ensemble",
         choices=("omnibus", "fisher", "union"),
@@ -440,6 +443,7 @@ def _add_replay_command(commands) -> None:
     replay.add_argument("--boxes", choices=("yolo",), help="draw the model's detections in this format")
     replay.add_argument("--labels", type=Path, help="class names, one per line")
     replay.add_argument("--out", type=Path, default=Path("reports/replay"))
+    credentials.add_arguments(replay)
     replay.set_defaults(func=_replay)
 
 

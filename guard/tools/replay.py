@@ -2,6 +2,7 @@
 
     guard replay VIDEO --target HOST:PORT --model NAME [--cameras 4] [--fps 10] [--frames 100]
                  [--boxes yolo] [--labels coco.names] [--out reports/replay]
+                 [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] [--token-file FILE]
 
 Each camera is its own ModelStreamInfer stream (as a camera gateway would hold one), sending the
 video's frames on an open-loop schedule (frame k at k / fps seconds, whether or not earlier
@@ -11,6 +12,10 @@ verdict, score and outputs are kept; the command prints per-camera latency (p50/
 late by more than one frame interval, and a verdict timeline per camera, and writes
 timeline.json, a contact sheet (contact_sheet.png) and an annotated video (annotated.mp4): each
 frame's detections or top class, its border coloured by verdict.
+
+A secured guard takes the client credentials of guard.tools.credentials (TLS, a client certificate,
+a bearer token); before any camera starts, one metadata call checks that they are accepted, so
+a wrong CA or token is one line, not a traceback per camera.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from guard.tools.clean_data import encode_jpeg, video_frames
+from guard.tools.credentials import NONE, ClientCredentials
 
 log = logging.getLogger("guard.tools.replay")
 
@@ -51,9 +58,11 @@ class Answer:
         return (self.received - self.sent) * 1e3
 
 
-def client_input(client: triton.InferenceServerClient, model: str, frame: np.ndarray) -> triton.InferInput:
+def client_input(
+    client: triton.InferenceServerClient, model: str, frame: np.ndarray, credentials: ClientCredentials = NONE
+) -> triton.InferInput:
     """The frame as the model's first input wants it: JPEG bytes or raw frames."""
-    meta = client.get_model_metadata(model, as_json=True)["inputs"][0]
+    meta = client.get_model_metadata(model, as_json=True, headers=credentials.headers())["inputs"][0]
     if meta["datatype"] == "BYTES":
         tensor = triton.InferInput(meta["name"], [1], "BYTES")
         tensor.set_data_from_numpy(np.array([encode_jpeg(frame)], dtype=object))
@@ -63,8 +72,29 @@ def client_input(client: triton.InferenceServerClient, model: str, frame: np.nda
     return tensor
 
 
+def check_access(target: str, model: str, credentials: ClientCredentials) -> None:
+    """Raise SystemExit with one line when the guard refuses these credentials (or cannot be reached)."""
+    with triton.InferenceServerClient(target, **credentials.triton_kwargs()) as client:
+        try:
+            client.get_model_metadata(model, headers=credentials.headers(), client_timeout=30)
+        except InferenceServerException as exc:
+            hint = " (a secured guard needs --tls-ca and/or --token-file)" if exc.status() in _REFUSED else ""
+            raise SystemExit(f"guard replay: {target}: {exc.status()}: {exc.message()}{hint}") from None
+
+
+_REFUSED = ("StatusCode.UNAVAILABLE", "StatusCode.UNAUTHENTICATED")
+"""How a guard answers a client without the TLS or token it requires."""
+
+
 def play_camera(
-    target: str, model: str, camera: int, frames: list[np.ndarray], fps: float, start: float, answers: list[Answer]
+    target: str,
+    model: str,
+    camera: int,
+    frames: list[np.ndarray],
+    fps: float,
+    start: float,
+    answers: list[Answer],
+    credentials: ClientCredentials = NONE,
 ) -> None:
     """One camera: one stream, frames sent on schedule, answers collected as they come."""
     sent: dict[str, float] = {}
@@ -77,9 +107,9 @@ def play_camera(
         else:
             done.put((result.get_response().id, now, result, ""))
 
-    with triton.InferenceServerClient(target) as client:
-        inputs = [client_input(client, model, frame) for frame in frames]  # encoded before the clock starts
-        client.start_stream(callback=received)
+    with triton.InferenceServerClient(target, **credentials.triton_kwargs()) as client:
+        inputs = [client_input(client, model, frame, credentials) for frame in frames]  # before the clock starts
+        client.start_stream(callback=received, headers=credentials.headers())  # a stream is authenticated once
         try:
             for index, tensor in enumerate(inputs):
                 delay = start + index / fps - time.monotonic()
@@ -114,12 +144,22 @@ def play_camera(
             client.stop_stream()
 
 
-def replay(video: Path, target: str, model: str, cameras: int, fps: float, frames: int) -> list[Answer]:
+def replay(
+    video: Path,
+    target: str,
+    model: str,
+    cameras: int,
+    fps: float,
+    frames: int,
+    credentials: ClientCredentials = NONE,
+) -> list[Answer]:
+    check_access(target, model, credentials)
     clip = video_frames(video, limit=frames)
     answers: list[Answer] = []
     start = time.monotonic() + 1.0  # every camera starts on the same clock, after its frames are encoded
     threads = [
-        threading.Thread(target=play_camera, args=(target, model, c, clip, fps, start, answers)) for c in range(cameras)
+        threading.Thread(target=play_camera, args=(target, model, c, clip, fps, start, answers, credentials))
+        for c in range(cameras)
     ]
     for thread in threads:
         thread.start()
@@ -146,7 +186,8 @@ def summary(answers: list[Answer], cameras: int, fps: float) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from guard.tools.replay_render import render
 
-    answers = replay(args.video, args.target, args.model, args.cameras, args.fps, args.frames)
+    credentials = ClientCredentials.from_args(args)
+    answers = replay(args.video, args.target, args.model, args.cameras, args.fps, args.frames, credentials)
     for line in summary(answers, args.cameras, args.fps):
         print(line)
     args.out.mkdir(parents=True, exist_ok=True)

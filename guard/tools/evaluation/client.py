@@ -26,6 +26,7 @@ from guard.protocol.limits import MAX_MESSAGE_BYTES
 from guard.protocol.proto import inference_pb2 as pb
 from guard.protocol.proto import inference_pb2_grpc as pb_grpc
 from guard.serving.dataplane import DETECTOR_SCORES, EXPLAIN
+from guard.tools.credentials import NONE, ClientCredentials
 
 log = logging.getLogger("guard.tools.evaluation.client")
 
@@ -61,14 +62,18 @@ def in_flight(window: int, deadline: float, seconds_per_answer: float | None) ->
 
 
 class GatewayClient:
-    def __init__(self, url: str, window: int = 64, timeout: float = 60.0):
+    def __init__(
+        self, url: str, window: int = 64, timeout: float = 60.0, credentials: ClientCredentials = NONE
+    ) -> None:
         self.url = url
         self.window = window
         self.timeout = timeout
         self.deadlines: dict[str, float] = {}
         """Seconds a model's requests may take in the gateway ([batching] default_timeout_microseconds),
         where the caller knows it: the pipeline keeps its queue well inside it."""
-        self.channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.channel = credentials.channel(url, options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.metadata = credentials.metadata()
+        """Sent with every call: a gateway with --auth-tokens refuses calls without the bearer token."""
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self._inputs: dict[str, tuple[str, str]] = {}
         self._ranks: dict[str, int] = {}
@@ -90,7 +95,9 @@ class GatewayClient:
         while missing and time.monotonic() < deadline:
             try:
                 missing = [
-                    m for m in missing if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5).ready
+                    m
+                    for m in missing
+                    if not self.stub.ModelReady(pb.ModelReadyRequest(name=m), timeout=5, metadata=self.metadata).ready
                 ]
             except grpc.RpcError as exc:
                 log.debug("gateway %s not ready yet: %s", self.url, exc.code())
@@ -104,7 +111,7 @@ class GatewayClient:
 
     def _input_of(self, model: str) -> tuple[str, str]:
         if model not in self._inputs:
-            meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10)
+            meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=10, metadata=self.metadata)
             self._inputs[model] = (meta.inputs[0].name, meta.inputs[0].datatype)
             self._ranks[model] = max(1, len(meta.inputs[0].shape))
         return self._inputs[model]
@@ -181,7 +188,7 @@ class GatewayClient:
         started, pace = time.monotonic(), None
         deadline = min(self.timeout, self.deadlines.get(model) or self.timeout)
         for i in tqdm(range(count), desc=desc or model, unit="req", leave=False, mininterval=1.0):
-            pending.append(self.stub.ModelInfer.future(request(i), timeout=self.timeout))
+            pending.append(self.stub.ModelInfer.future(request(i), timeout=self.timeout, metadata=self.metadata))
             while pending and len(pending) >= in_flight(self.window, deadline, pace):
                 collect()
                 pace = (time.monotonic() - started) / len(verdicts)  # seconds per answer so far

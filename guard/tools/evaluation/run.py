@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from guard.serving.model_config import load_model_config
+from guard.tools.credentials import NONE, ClientCredentials
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation import rates as m
 from guard.tools.evaluation.client import GatewayClient
@@ -63,6 +64,8 @@ class EvalOptions:
     report_dir: Path = Path("reports/latest")
     workdir: Path | None = None
     connect: str | None = None
+    credentials: ClientCredentials = NONE
+    """What the client presents to the --connect gateway (the one it starts itself has no security)."""
     seed: int = 0
     ensemble: str = "omnibus"
     """How the evaluation models' detectors combine (guard.detection.ensemble)."""
@@ -269,7 +272,8 @@ def run_evaluation(options: EvalOptions) -> dict:
         else:
             build_repository(plan, repository, seed=options.seed, ensemble=options.ensemble)
         url = stack.enter_context(_gateway(options, repository))
-        client = stack.enter_context(GatewayClient(url))
+        credentials = options.credentials if options.connect else NONE
+        client = stack.enter_context(GatewayClient(url, credentials=credentials))
         for name in plan.names:  # each model's own deadline bounds how much the client queues
             timeout_us = load_model_config(repository / name).batching.default_timeout_microseconds
             client.deadlines[name] = timeout_us / 1e6
@@ -319,6 +323,7 @@ def main(args) -> int:
         report_dir=args.report_dir,
         workdir=args.workdir,
         connect=args.connect,
+        credentials=ClientCredentials.from_args(args),
         seed=args.seed,
         ensemble=args.ensemble,
         command=" ".join(["guard evaluate", *filter(None, flags)]),
