@@ -228,14 +228,20 @@ class QueryStore:
             n = history.size
             near = shared(history.prints[:n], history.keys[:n], fingerprint, s.threshold) >= s.threshold
             near &= history.times[:n] >= now - s.window_seconds
-            count = int(near.sum())
-            flagged = count >= s.min_near
-            changes = 0
-            if s.rule == "decision":
-                # The cluster's answers in the order they came: a probe flips them back and forth.
-                ordered = history.answers[:n][near][np.argsort(history.order[:n][near])]
-                changes = transitions(np.append(ordered, answer))
-                flagged = flagged and changes >= s.min_changes
-            matches.append(Match(count, changes, flagged))
+            # The cluster's answers in the order they came: a probe flips them back and forth.
+            ordered = history.answers[:n][near][np.argsort(history.order[:n][near])]
+            matches.append(decide(ordered, answer, s))
             history.add(fingerprint, answer, now)
         return matches
+
+
+def decide(cluster: np.ndarray, answer: int, settings: QuerySettings) -> Match:
+    """The rule, on a query's near-duplicates' answers (in the order they came) and its own answer;
+    every store (this module's, the shared one in guard.serving.shared_queries) ends here."""
+    count = len(cluster)
+    flagged = count >= settings.min_near
+    changes = 0
+    if settings.rule == "decision":
+        changes = transitions(np.append(cluster, answer))
+        flagged = flagged and changes >= settings.min_changes
+    return Match(count, changes, flagged)

@@ -188,7 +188,7 @@ class DataPlane:
             runtime = await self._route(call)
             # The client's own quota first: a flooding client is refused for a lookup, whatever else it asks.
             call.lease = self.quotas.admit(runtime.config.name, runtime.config.clients, request.identity)
-            self.query_watch.check(runtime.config, request.identity)  # a blocked identity costs a lookup
+            await self.query_watch.check(runtime.config, request.identity)  # a blocked identity costs a lookup
             if request.parameters.get(EXPLAIN) is True:  # refused before any work is done for it
                 self.explain.check(request.identity, EXPLAIN)
             camera = self._admit(runtime, request)
@@ -199,7 +199,7 @@ class DataPlane:
             call.verdict = result.verdict.verdict
             alert = self._observe(runtime, request, result.verdict, camera)
             quarantine_verdict(self.quarantine, runtime.config, request, result, identity=request.identity)
-            client = self.query_watch.observe(runtime.config, request.identity, request.inputs, result.outputs)
+            client = await self.query_watch.observe(runtime.config, request.identity, request.inputs, result.outputs)
             response = self._respond(runtime, request, result, alert)
             if client is not None:
                 response.parameters[CLIENT_VERDICT] = client

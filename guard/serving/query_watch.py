@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client import Counter
 
-from guard.detection.queries import RULES, QuerySettings, QueryStore, fingerprints
+from guard.detection.queries import RULES, Match, QuerySettings, QueryStore, fingerprints
 from guard.protocol.errors import GuardError
 from guard.protocol.settings import TableReader
 from guard.serving.logs import loggable
+from guard.serving.shared_queries import SharedQueryStore, connect
 
 if TYPE_CHECKING:  # model_config reads [clients] through this module
     from guard.serving.model_config import ModelConfig
@@ -95,7 +96,10 @@ def read_query_attack_settings(r: TableReader) -> QueryAttackSettings:
 
 
 class QueryWatch:
-    """One model's watch: its query store and the identities flagged now (bounded like the store)."""
+    """One model's watch in this process: its query store and the identities flagged now (bounded
+    like the store)."""
+
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, model: str, settings: QueryAttackSettings, flagged_counter):
         self.model, self.settings = model, settings
@@ -103,7 +107,10 @@ class QueryWatch:
         self._until: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._counter = flagged_counter.labels(model, QUERY_ATTACK)
 
-    def flagged(self, identity: str, now: float) -> bool:
+    async def flagged(self, identity: str) -> bool:
+        return self._flagged(identity, self.clock())
+
+    def _flagged(self, identity: str, now: float) -> bool:
         until = self._until.get(identity)
         if until is None:
             return False
@@ -112,27 +119,59 @@ class QueryWatch:
             return False
         return True
 
-    def observe(self, identity: str, inputs: np.ndarray, answers: np.ndarray, now: float) -> bool:
+    async def _matches(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
+        return self.store.observe(identity, prints, answers, now)
+
+    async def _flag(self, identity: str, now: float) -> bool:
+        """Flag the identity for block_seconds; whether it was not flagged before."""
+        fresh = not self._flagged(identity, now)
+        self._until[identity] = now + self.settings.block_seconds
+        self._until.move_to_end(identity)
+        while len(self._until) > self.settings.queries.max_identities:
+            self._until.popitem(last=False)
+        return fresh
+
+    async def observe(self, identity: str, inputs: np.ndarray, answers: np.ndarray) -> bool:
         """Store the request's rows; True when the identity is flagged after them."""
-        matches = self.store.observe(identity, fingerprints(inputs, self.settings.queries), answers, now)
+        now = self.clock()
+        matches = await self._matches(identity, fingerprints(inputs, self.settings.queries), answers, now)
         hit = next((m for m in matches if m.flagged), None)
-        if hit is not None:
-            if not self.flagged(identity, now):
-                self._counter.inc()
-                # The audit trail: who, on which model, on what evidence; never the input.
-                log.warning(
-                    "query attack flagged model=%s client=%s near=%d changes=%d block_seconds=%.0f",
-                    self.model,
-                    loggable(identity),
-                    hit.near,
-                    hit.changes,
-                    self.settings.block_seconds,
-                )
-            self._until[identity] = now + self.settings.block_seconds
-            self._until.move_to_end(identity)
-            while len(self._until) > self.settings.queries.max_identities:
-                self._until.popitem(last=False)
-        return self.flagged(identity, now)
+        if hit is not None and await self._flag(identity, now):
+            self._counter.inc()
+            # The audit trail: who, on which model, on what evidence; never the input.
+            log.warning(
+                "query attack flagged model=%s client=%s near=%d changes=%d block_seconds=%.0f",
+                self.model,
+                loggable(identity),
+                hit.near,
+                hit.changes,
+                self.settings.block_seconds,
+            )
+        return hit is not None or await self.flagged(identity)
+
+
+class SharedQueryWatch(QueryWatch):
+    """One model's watch on the store every replica shares (guard.serving.shared_queries): the
+    matches and the flags are the store's, so a client flagged by one replica is flagged by all."""
+
+    clock = staticmethod(time.time)  # comparable across hosts; monotonic clocks are not
+
+    def __init__(self, model: str, settings: QueryAttackSettings, flagged_counter, shared: SharedQueryStore):
+        super().__init__(model, settings, flagged_counter)
+        self.shared = shared
+
+    async def flagged(self, identity: str) -> bool:
+        return await self.shared.flagged(identity)
+
+    async def _matches(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
+        return await self.shared.observe(identity, prints, answers, now)
+
+    async def _flag(self, identity: str, now: float) -> bool:
+        # Counted and logged by each replica that sees a flagged query after it was clear there.
+        fresh = not self._flagged(identity, now)
+        self._until[identity] = now + self.settings.block_seconds
+        await self.shared.flag(identity, self.settings.block_seconds)
+        return fresh
 
 
 def answers_of(outputs: dict[str, np.ndarray], first_output: str, rows: int) -> np.ndarray:
@@ -143,14 +182,20 @@ def answers_of(outputs: dict[str, np.ndarray], first_output: str, rows: int) -> 
 
 class QueryWatches:
     """Every model's QueryWatch, made on a model's first request and again when a reload changes
-    its settings; `override` is `guard serve --query-attack` (None: each model's own mode)."""
+    its settings; `override` is `guard serve --query-attack` (None: each model's own mode);
+    `store_url` is `guard serve --query-store` (None: each process keeps its own state)."""
 
-    def __init__(self, flagged_counter=None, override: str | None = None):
+    def __init__(self, flagged_counter=None, override: str | None = None, store_url: str | None = None):
         self._counter = flagged_counter or Counter(
             "guard_client_flagged", "unregistered", ["model", "reason"], registry=None
         )
         self.override = override
+        self._client = None if store_url is None else connect(store_url)
         self._watches: dict[str, QueryWatch] = {}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
     def _settings(self, config: ModelConfig) -> QueryAttackSettings:
         settings: QueryAttackSettings = config.clients.queries
@@ -164,25 +209,32 @@ class QueryWatches:
             return None  # encoded images or text: their bytes are not what the model compares
         watch = self._watches.get(config.name)
         if watch is None or watch.settings != settings:
-            watch = self._watches[config.name] = QueryWatch(config.name, settings, self._counter)
+            if self._client is None:
+                watch = QueryWatch(config.name, settings, self._counter)
+            else:
+                shared = SharedQueryStore(self._client, config.name, settings.queries)
+                watch = SharedQueryWatch(config.name, settings, self._counter, shared)
+            self._watches[config.name] = watch
         return watch
 
-    def check(self, config: ModelConfig, identity: str) -> None:
+    async def check(self, config: ModelConfig, identity: str) -> None:
         """Before any work: refuse an identity flagged under mode `block`."""
         watch = self._watch(config)
-        if watch is not None and watch.settings.query_attack == "block" and watch.flagged(identity, time.monotonic()):
+        if watch is not None and watch.settings.query_attack == "block" and await watch.flagged(identity):
             raise _blocked(config.name)
 
-    def observe(
+    async def observe(
         self, config: ModelConfig, identity: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
     ) -> str | None:
         """After the model answered: the response's guard_client_verdict (None: not watched);
-        raises QueryAttackBlocked under `block` when the identity is flagged."""
+        raises QueryAttackBlocked under `block` when the identity is flagged, and
+        QueryStoreUnavailable (UNAVAILABLE) when the shared store cannot be asked: the request's
+        queries could not be checked, so it is not answered."""
         watch = self._watch(config)
         if watch is None:
             return None
         x = inputs[config.detection.guarded_input]
-        flagged = watch.observe(identity, x, answers_of(outputs, config.outputs[0].name, len(x)), time.monotonic())
+        flagged = await watch.observe(identity, x, answers_of(outputs, config.outputs[0].name, len(x)))
         if flagged and watch.settings.query_attack == "block":
             raise _blocked(config.name)
         return QUERY_ATTACK if flagged else CLEAN

@@ -132,6 +132,9 @@ class ServerSettings:
     query_attack: str | None = None
     """Overrides every model's [clients] query_attack: off, flag or block (guard serve
     --query-attack; guard.serving.query_watch). None: each model's own."""
+    query_store: str | None = None
+    """A Redis or Valkey URL where every replica keeps the query-attack state (guard serve
+    --query-store; guard.serving.shared_queries). None: each process keeps its own."""
     quarantine: QuarantineSettings | None = None
     """Keep every request whose verdict is not clean in a durable store (guard serve --quarantine
     DIR; docs/quarantine.md). None: off."""
@@ -170,7 +173,7 @@ class GuardServer:
         self.dataplane.control = self.models
         self.dataplane.explain = ExplainGrants.resolve(s.explain_identities, authenticator.required)
         self.dataplane.quotas = QuotaBook(s.client_limits)
-        self.dataplane.query_watch = QueryWatches(self.metrics.client_flagged, s.query_attack)
+        self.dataplane.query_watch = QueryWatches(self.metrics.client_flagged, s.query_attack, s.query_store)
         self.shared_memory = SharedMemoryRegistry(max_tensor_bytes=s.max_message_bytes) if s.shared_memory else None
         self.dataplane.extensions = EXTENSIONS + ((SYSTEM_SHARED_MEMORY,) if s.shared_memory else ())
         self._serving: _Serving | None = None
@@ -333,6 +336,7 @@ class GuardServer:
         self.dataplane.flush_logs()
         if serving.quarantine is not None:  # every request is answered: write what is buffered
             await asyncio.to_thread(serving.quarantine.close)
+        await self.dataplane.query_watch.close()
         if serving.http is not None:
             await asyncio.to_thread(serving.http.shutdown)  # waits out its poll interval (0.5 s): not on the loop
             serving.http.server_close()

