@@ -1,6 +1,7 @@
 """The camera evaluation as a `guard evaluate` plan: what a user with a camera model runs.
 
     python -m guard_examples.camera_plan --out build/camera-plan [--protocol one-clip|time-split] [--factory] [--quick]
+                                         [--conditions dusk gain jpeg ...]
     guard evaluate --plan build/camera-plan/plan.toml --report-dir reports/camera-plan
 
 The plan directory is self-contained (paths in plan.toml are relative to it), so the installed guard
@@ -22,8 +23,10 @@ each at 2, 4 and 8/255. The calibration protocols are the plan's data:
 - `time-split` (protocol B): every clip's first half fits and calibrates, its second half, after a
   gap, is judged.
 
-The simulated conditions (dusk, gain, JPEG, ...) and the poisoning bound stay with
-guard_examples.camera_baselines.
+`--conditions dusk gain ...` adds `[data] conditions`: every test camera is judged again under each
+simulated condition (guard.tools.evaluation.image_conditions), after a warm-up on its frames as they
+were. The poisoning bound stays with guard_examples.camera_baselines, which drives the server's
+baseline objects directly.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import tomlkit
 from tqdm import tqdm
 
-from guard.api import encode_jpeg
+from guard.api import CONDITIONS, encode_jpeg
 from guard_examples.camera import DEFAULT_ROOT, ensure_built
 from guard_examples.camera_guard import WARMUP, write_directory
 from guard_examples.footage import video_frames
@@ -95,9 +98,11 @@ def write_plan(
     quick: bool = False,
     models_root: Path = DEFAULT_ROOT,
     per_camera: bool = True,
+    conditions: tuple[str, ...] = (),
 ) -> Path:
     """Write the camera plan and every file it names under `out`; returns plan.toml. `per_camera`:
-    the models keep the served per-camera baselines and each clip's frames are one camera's."""
+    the models keep the served per-camera baselines and each clip's frames are one camera's;
+    `conditions`: simulated conditions the test cameras are also judged under."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol: one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if out.exists() and any(out.iterdir()) and not (out / "plan.toml").is_file():
@@ -122,6 +127,8 @@ def write_plan(
         data[split] = folders if per_camera else folders[0]
     if per_camera:
         data["cameras"] = True
+    if conditions:
+        data["conditions"] = list(conditions)
     epsilons = QUICK["epsilons"] if quick else EPSILONS
     plan = {
         "notes": [
@@ -169,10 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="without per-camera baselines (the factory thresholds); --quick implies it",
     )
+    parser.add_argument(
+        "--conditions", nargs="+", choices=tuple(CONDITIONS), default=[], help="simulated conditions to judge under"
+    )
     args = parser.parse_args(argv)
     try:
         per_camera = not (args.factory or args.quick)  # a quick plan has fewer frames than a warm-up
-        path = write_plan(args.out, args.protocol, tuple(args.models), args.quick, per_camera=per_camera)
+        models, conditions = tuple(args.models), tuple(args.conditions)
+        path = write_plan(args.out, args.protocol, models, args.quick, per_camera=per_camera, conditions=conditions)
     except ValueError as exc:
         raise SystemExit(f"camera plan: {exc}") from None
     print(f"camera plan: {path} (run: guard evaluate --plan {path})")

@@ -43,8 +43,11 @@ def test_a_per_camera_plan_makes_each_clip_a_camera_with_the_served_baselines(ca
     from guard.api import load_plan
 
     plan = load_plan(
-        camera_plan.write_plan(tmp_path / "plan", protocol="time-split", models=("yolov3_tiny",), quick=True)
+        camera_plan.write_plan(
+            tmp_path / "plan", protocol="time-split", models=("yolov3_tiny",), quick=True, conditions=("dusk", "gain")
+        )
     )
+    assert plan.frames("test").conditions == ("dusk", "gain")
     config = tomllib.loads((tmp_path / "plan" / "models" / "yolov3_tiny" / "config.toml").read_text())
     assert config["cameras"]["baseline"]["warmup_frames"] == camera_plan.WARMUP
     for split in ("fit", "calibration", "test"):

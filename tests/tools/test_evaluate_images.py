@@ -470,7 +470,7 @@ def test_per_camera_evaluation_judges_each_camera_after_its_warm_up_and_sends_it
     from guard.serving.server import ServerSettings
     from guard.tools.cli import main
     from guard.tools.evaluation.client import GatewayClient
-    from guard.tools.evaluation.image_rows import judged_rows
+    from guard.tools.evaluation.frame_data import judged_rows
 
     assert judged_rows(("a", "a", "b", "a", "b", "b", "b"), 2).tolist() == [3, 5, 6]
     plan = _per_camera_plan(tmp_path)

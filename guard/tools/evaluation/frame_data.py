@@ -9,6 +9,7 @@ and video helpers).
     video_stride = 5                        # optional: every 5th frame of a video (default 1)
     max_frames = 200                        # optional: at most this many frames per source
     cameras = true                          # optional: each source is a camera (default false)
+    conditions = ["dusk", "gain"]           # optional: the test frames also judged under these
 
 A folder contributes its .jpg, .jpeg and .png files in name order; a video its frames in time order.
 With `cameras = true` each source (a folder, a video) is one camera whose id is its name without
@@ -18,6 +19,7 @@ suffix (`frames/test/lobby` and `frames/fit/lobby` are both camera `lobby`): req
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from guard.protocol.settings import TableReader
 from guard.tools.clean_data import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, decode_video
+from guard.tools.evaluation.conditions import CONDITIONS
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class FrameSplit:
     """Per frame: the camera (its source's name without suffix)."""
     per_camera: bool = False
     """[data] cameras: whether requests carry each frame's camera as `camera_id`."""
+    conditions: tuple[str, ...] = ()
+    """[data] conditions: simulated conditions the test frames are also judged under
+    (guard.tools.evaluation.image_conditions)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -76,7 +82,12 @@ def _video(reader: TableReader, key: str, path: Path, stride: int, limit: int | 
 
 
 def load_frame_split(
-    reader: TableReader, key: str, stride: int = 1, limit: int | None = None, per_camera: bool = False
+    reader: TableReader,
+    key: str,
+    stride: int = 1,
+    limit: int | None = None,
+    per_camera: bool = False,
+    conditions: tuple[str, ...] = (),
 ) -> FrameSplit:
     """The frames `[data] key` names (paths relative to the plan); every problem names the key."""
     value = reader.get(key, object, expected="a folder of images, a video file, or a list of them")
@@ -102,14 +113,45 @@ def load_frame_split(
         sources.append(path)
         cameras += [path.stem] * (len(found) - len(cameras))
     return FrameSplit(
-        tuple(sources), tuple(f for _, f in found), tuple(n for n, _ in found), tuple(cameras), per_camera
+        tuple(sources),
+        tuple(f for _, f in found),
+        tuple(n for n, _ in found),
+        tuple(cameras),
+        per_camera,
+        conditions,
     )
+
+
+def judged_rows(cameras: Sequence[str], warmup: int) -> np.ndarray:
+    """Test rows a camera judges: all but each camera's first `warmup` frames (its baseline warms up
+    on them, as a deployment's camera does), in order."""
+    seen: dict[str, int] = {}
+    rows = []
+    for i, camera in enumerate(cameras):
+        seen[camera] = seen.get(camera, 0) + 1
+        if seen[camera] > warmup:
+            rows.append(i)
+    return np.array(rows, dtype=np.int64)
 
 
 def read_frame_data(reader: TableReader, keys: tuple[str, ...]) -> dict[str, FrameSplit]:
     """Every split of an image plan's [data] table."""
-    reader.unknown((*keys, "video_stride", "max_frames", "cameras"))
+    reader.unknown((*keys, "video_stride", "max_frames", "cameras", "conditions"))
     stride = reader.positive("video_stride", 1)
     limit = reader.positive("max_frames", 0, allow_zero=True) or None
     per_camera = reader.get("cameras", bool, False)
-    return {key: load_frame_split(reader, key, stride, limit, per_camera) for key in keys}
+    conditions = _conditions(reader)
+    return {key: load_frame_split(reader, key, stride, limit, per_camera, conditions) for key in keys}
+
+
+def _conditions(reader: TableReader) -> tuple[str, ...]:
+    """[data] conditions: distinct names of simulated conditions (conditions.CONDITIONS)."""
+    value = reader.get("conditions", object, [], "a list of condition names")
+    names = tuple(CONDITIONS)
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, str) and v in CONDITIONS for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise reader.fail("conditions", f"a list of distinct condition names ({', '.join(names)})", value)
+    return tuple(value)

@@ -20,7 +20,9 @@ import numpy as np
 from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
 from guard.tools.evaluation.client import GatewayClient, Served
+from guard.tools.evaluation.frame_data import judged_rows
 from guard.tools.evaluation.image_attacks import default_suite, run_rule_attack, white_box_asr
+from guard.tools.evaluation.image_conditions import condition_rows
 from guard.tools.evaluation.plan import Plan, Subject
 from guard.tools.evaluation.reference import ModelReference, matches_config
 from guard.tools.evaluation.sheets import example_sheet, pick_examples
@@ -81,6 +83,8 @@ def _model_rows(
     reference.summary["output_kind"] = image.output_kind
     reference.summary["matches_gateway_thresholds"] = matches_config(directory, reference)
     reference.summary["warmup_frames_per_camera"] = image.warmup
+    if test.conditions:
+        reference.summary["conditions"] = condition_rows(client, name, image, test, test.conditions, options.seed)
     picked = subset(every, pick)
     clean_raw = image.raw(picked.logits)
     net = image.torch_model()
@@ -124,18 +128,6 @@ def _model_rows(
             time.perf_counter() - started,
         )
     return reference.summary, rows
-
-
-def judged_rows(cameras: tuple[str, ...], warmup: int) -> np.ndarray:
-    """Test rows a camera judges: all but each camera's first `warmup` frames (its baseline warms up
-    on them, as a deployment's camera does), in order."""
-    seen: dict[str, int] = {}
-    rows = []
-    for i, camera in enumerate(cameras):
-        seen[camera] = seen.get(camera, 0) + 1
-        if seen[camera] > warmup:
-            rows.append(i)
-    return np.array(rows, dtype=np.int64)
 
 
 def subset(served: Served, rows: np.ndarray) -> Served:

@@ -117,6 +117,31 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def conditions_section(results: dict) -> str:
+    """Per model with [data] conditions: each condition's served clean flag rate after the warm-up,
+    overall and for its worst camera."""
+    lines = []
+    for name, model in results.get("models", {}).items():
+        rows = model.get("conditions")
+        if not rows:
+            continue
+        lines += [
+            f"\n### {name}: clean test frames under simulated conditions\n",
+            "Each camera warms up as it was, then its judged frames are ramped to the condition "
+            "(guard.tools.evaluation.conditions); flagged at the served thresholds, with the one-sided 95% upper "
+            "bound.\n",
+            "| condition | flagged | rate (≤ upper 95%) | worst camera |",
+            "|---|---|---|---|",
+        ]
+        for condition, row in rows.items():
+            worst, by = max(row["cameras"].items(), key=lambda item: item[1]["rate"] or 0.0)
+            lines.append(
+                f"| {condition} | {row['flagged']}/{row['n']} | {_num(row['rate'])} (≤ {_num(row['upper_95'])}) | "
+                f"{worst}: {by['flagged']}/{by['n']} |"
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def _method(results: dict) -> str:
     if text_tables.is_text(results):
         return text_tables.METHOD
@@ -145,6 +170,7 @@ def markdown(results: dict) -> str:
         "the baselines are scored by their ratio to the 5% thresholds, the gateway's `guard_score`). A dash: "
         "no such detector for that model, or no successful example.\n\n"
         + markdown_table(results)
+        + conditions_section(results)
         + (text_tables.sections(results) if text_tables.is_text(results) else "")
         + "".join(f"\n{note}\n" for note in meta.get("notes", []))
     )
