@@ -177,6 +177,12 @@ class GuardPipeline:
         raw = self.backend.infer(feeds, list(dict.fromkeys(names)))
         return {**{name: to_numpy(raw[name]) for name in names}, "guarded": to_host(guarded)}
 
+    def query_rows(self, inputs: dict[str, Any]) -> np.ndarray | None:
+        """What query-attack fingerprints read of a prepared batch's rows: the preprocessor's view
+        of its guarded rows (None where it offers none); without a preprocessor, the caller reads
+        the request's own tensors."""
+        return None if self.preprocessor is None else self.preprocessor.query_rows(inputs[self.guarded_key])
+
     @property
     def guarded_key(self) -> str:
         """Where a prepared batch keeps the guarded rows: the preprocessor's output, else the

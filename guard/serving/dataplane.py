@@ -199,7 +199,9 @@ class DataPlane:
             call.verdict = result.verdict.verdict
             alert = self._observe(runtime, request, result.verdict, camera)
             quarantine_verdict(self.quarantine, runtime.config, request, result, identity=request.identity)
-            client = await self.query_watch.observe(runtime.config, request.identity, request.inputs, result.outputs)
+            client = await self.query_watch.observe(
+                runtime.config, request.identity, request.inputs, result.outputs, result.query_rows
+            )
             response = self._respond(runtime, request, result, alert)
             if client is not None:
                 response.parameters[CLIENT_VERDICT] = client

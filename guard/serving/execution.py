@@ -27,6 +27,9 @@ class RowsResult:
     verdict: Verdict
     suspects: dict[str, list[list[str]]] = field(default_factory=dict)
     """Text models: the words each detector blames, per row of this request (guard_explain)."""
+    query_rows: np.ndarray | None = None
+    """Models with a preprocessor: what query-attack fingerprints read of this request's rows
+    (guard.detection.preprocess: an image's thumbnail); None where there is none."""
 
 
 Forward = Callable[[list[dict[str, np.ndarray]], list[RowsResult], float | None], list[RowsResult | GuardError]]
@@ -82,6 +85,7 @@ class BatchExecution:
             if not prepared.kept:
                 return [results[i] for i in range(len(requests))]  # each failed its own preprocessing
             kept = [requests[i] for i in prepared.kept]
+            queried = self.pipeline.query_rows(prepared.inputs)
             result = self.runner.run(prepared.inputs, kept, deadline)
         spans = row_spans([rows_of(r) for r in kept])
         judged = self.judge(result.scores, spans, [cameras[i] for i in prepared.kept])
@@ -91,6 +95,7 @@ class BatchExecution:
                 {n: v[span] for n, v in result.outputs.items()},
                 verdict,
                 {name: rows[span] for name, rows in result.suspects.items()},
+                None if queried is None else queried[span],
             )
             for span, verdict in zip(spans, judged)
         ]

@@ -42,5 +42,7 @@ class CleanForwarder:
         finally:
             self.recorder.upstream(time.perf_counter() - start)
         for i, span in zip(passed, row_spans([rows_of(requests[i]) for i in passed])):
-            answers[i] = RowsResult({n: v[span] for n, v in outputs.items()}, served[i].verdict, served[i].suspects)
+            answers[i] = RowsResult(
+                {n: v[span] for n, v in outputs.items()}, served[i].verdict, served[i].suspects, served[i].query_rows
+            )
         return answers

@@ -205,8 +205,8 @@ class QueryWatches:
 
     def _watch(self, config: ModelConfig) -> QueryWatch | None:
         settings = self._settings(config)
-        if settings.query_attack == "off" or config.preprocess is not None:
-            return None  # encoded images or text: their bytes are not what the model compares
+        if settings.query_attack == "off":
+            return None
         watch = self._watches.get(config.name)
         if watch is None or watch.settings != settings:
             if self._client is None:
@@ -224,16 +224,26 @@ class QueryWatches:
             raise _blocked(config.name)
 
     async def observe(
-        self, config: ModelConfig, identity: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+        self,
+        config: ModelConfig,
+        identity: str,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        query_rows: np.ndarray | None = None,
     ) -> str | None:
         """After the model answered: the response's guard_client_verdict (None: not watched);
         raises QueryAttackBlocked under `block` when the identity is flagged, and
         QueryStoreUnavailable (UNAVAILABLE) when the shared store cannot be asked: the request's
-        queries could not be checked, so it is not answered."""
+        queries could not be checked, so it is not answered. `query_rows`: what the model's
+        preprocessor offers to fingerprint (an encoded image's thumbnail): the bytes a client sent
+        are not what the model compares, so a model with a preprocessor that offers none (text) is
+        not watched."""
         watch = self._watch(config)
         if watch is None:
             return None
-        x = inputs[config.detection.guarded_input]
+        x = inputs[config.detection.guarded_input] if config.preprocess is None else query_rows
+        if x is None:
+            return None
         flagged = await watch.observe(identity, x, answers_of(outputs, config.outputs[0].name, len(x)))
         if flagged and watch.settings.query_attack == "block":
             raise _blocked(config.name)

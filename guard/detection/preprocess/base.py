@@ -59,6 +59,11 @@ class Preprocessor(ABC):
         for key, value in params.items():
             setattr(self, key, value)
 
+    def query_rows(self, guarded: Any) -> np.ndarray | None:
+        """What a query-attack fingerprint reads of each guarded row (guard.serving.query_watch),
+        as numbers in [0, 1]; None: inputs of this kind are not fingerprinted."""
+        return None
+
     @abstractmethod
     def guarded_spec(self) -> TensorSpec:
         """The guarded tensor's spec (named `output`): what detectors examine, per row."""

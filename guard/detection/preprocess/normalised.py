@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from guard.detection.preprocess.base import Preprocessor
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
+
+QUERY_SIDE = 32
+"""Side of the thumbnail query-attack fingerprints read (NormalisedImages.query_rows)."""
 
 
 class NormalisedImages(Preprocessor):
@@ -37,6 +41,15 @@ class NormalisedImages(Preprocessor):
         if any(s <= 0 for s in self.std):
             raise ValueError(f"preprocess.std: positive values, got {self.std}")
         self._scale: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def query_rows(self, guarded: torch.Tensor) -> np.ndarray:
+        """Each frame averaged down to QUERY_SIDE x QUERY_SIDE per channel: every query of a black-box
+        attack on a frame is the frame plus a small change, and the thumbnail keeps the change's
+        large-scale part while sensor noise and JPEG blocks average away. Cheap next to the model
+        (a pooling of the batch already on the device) and a fixed size for any frame size."""
+        side = (min(QUERY_SIDE, guarded.shape[-2]), min(QUERY_SIDE, guarded.shape[-1]))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(guarded.float(), side)
+        return pooled.flatten(1).cpu().numpy()
 
     def guarded_spec(self) -> TensorSpec:
         return TensorSpec(self.output, "FP32", (self.channels, self.height, self.width), (0.0, 1.0), "NCHW")
