@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guard.protocol.errors import Unauthenticated
-from guard.serving.tokens import TokenTable
+from guard.serving.tokens import TokenFile, TokenTable
 
 SCHEME = "bearer"
 """The authorization scheme, compared without regard to case (RFC 9110, section 11.1)."""
@@ -25,7 +25,7 @@ SCHEME = "bearer"
 
 @dataclass(frozen=True)
 class Authenticator:
-    tokens: TokenTable | None = None
+    tokens: TokenTable | TokenFile | None = None
     mutual_tls: bool = False
     """The TLS handshake requires a client certificate signed by --tls-client-ca."""
 

@@ -157,3 +157,40 @@ def test_a_stream_is_authenticated_once_for_all_its_requests(tokens_file, held_o
             answers = stream_answers(client, x, bearer(BOB), count=3)
         assert all(error is None and result.as_numpy("logits").shape == (1, 10) for result, error in answers)
     assert sorted(client_field(line) for line in lines) == ["bob"] * 3
+
+
+def test_a_changed_tokens_file_is_read_again_and_a_broken_one_keeps_the_tokens_in_use(tmp_path, caplog):
+    path = tmp_path / "tokens"
+    path.write_text(f"alice:{ALICE}\n")
+    clock = [0.0]
+    table = tokens.TokenFile(path, clock=lambda: clock[0])
+    assert table.match(ALICE) == "alice" and table.match(BOB) is None
+    path.write_text(f"bob:{BOB}\n")  # alice revoked, bob added
+    assert table.match(ALICE) == "alice"  # within CHECK_SECONDS the file is not looked at
+    clock[0] += tokens.CHECK_SECONDS
+    assert table.match(ALICE) is None and table.match(BOB) == "bob" and table.names == ("bob",)
+    caplog.set_level(logging.WARNING, logger="guard.serving.tokens")
+    path.write_text(f"bob:{BOB}\ncarol:{SECRET}\nbroken line\n")  # half-written
+    for _ in range(3):
+        clock[0] += tokens.CHECK_SECONDS
+        assert table.match(BOB) == "bob" and table.match(SECRET) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "keeping the tokens in use" in warnings[0] and "line 3" in warnings[0]
+    assert SECRET not in warnings[0] and "broken line" not in warnings[0]
+    path.unlink()  # gone: still the tokens in use
+    clock[0] += tokens.CHECK_SECONDS
+    assert table.match(BOB) == "bob"
+
+
+def test_a_revoked_token_is_refused_by_a_running_gateway(tmp_path, held_out):
+    import time
+
+    path = tmp_path / "tokens"
+    path.write_text(f"alice:{ALICE}\nbob:{BOB}\n")
+    x = held_out[0][:1]
+    with running_gateway(auth_tokens=path) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
+        assert infer(client, x, headers=bearer(ALICE)).as_numpy("logits").shape == (1, 10)
+        path.write_text(f"bob:{BOB}\n")
+        time.sleep(tokens.CHECK_SECONDS + 0.1)
+        assert refused(infer, client, x, headers=bearer(ALICE)).status() == "StatusCode.UNAUTHENTICATED"
+        assert infer(client, x, headers=bearer(BOB)).as_numpy("logits").shape == (1, 10)
