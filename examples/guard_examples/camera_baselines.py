@@ -39,6 +39,7 @@ Each clean row gives flagged/frames and the one-sided 95% Clopper-Pearson upper 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import tomllib
@@ -112,17 +113,31 @@ def flagged(answers: list[triton.InferResult]) -> list[bool]:
     return [a.get_response().parameters["guard_verdict"].string_param != "clean" for a in answers]
 
 
-def row(flags: list[bool]) -> dict:
+def blamed(answers: list[triton.InferResult]) -> dict[str, int]:
+    """Per detector, the flagged answers it is named in (guard_flagged_by): which judge flags."""
+    names = collections.Counter(
+        name
+        for a in answers
+        if a.get_response().parameters["guard_verdict"].string_param != "clean"
+        for name in a.get_response().parameters["guard_flagged_by"].string_param.split(",")
+        if name
+    )
+    return dict(sorted(names.items()))
+
+
+def row(flags: list[bool], by: dict[str, int] | None = None) -> dict:
     n, k = len(flags), int(sum(flags))
-    return {"flagged": k, "frames": n, "rate": k / n if n else 0.0, "upper_95": upper_bound(k, n)}
+    found = {"flagged": k, "frames": n, "rate": k / n if n else 0.0, "upper_95": upper_bound(k, n)}
+    return found if by is None else {**found, "flagged_by": by}
 
 
 def camera_run(
     url: str, model: str, camera: str, warmup: list[np.ndarray], judged: list[np.ndarray], condition: str
-) -> list[bool]:
-    """Warm the camera up on `warmup` as it was, then judge `judged` under the condition."""
+) -> dict:
+    """Warm the camera up on `warmup` as it was, then judge `judged` under the condition: its row."""
     send(url, model, [encode_jpeg(f) for f in warmup], camera)
-    return flagged(send(url, model, apply_condition(condition, judged), camera))
+    answers = send(url, model, apply_condition(condition, judged), camera)
+    return row(flagged(answers), blamed(answers))
 
 
 # --- attacks -------------------------------------------------------------------------------------
@@ -279,7 +294,7 @@ def run_camera(
             with ThreadPoolExecutor(len(conditions)) as pool:  # one stream per condition, at once
                 futures = {c: pool.submit(camera_run, url, model, f"{held}/{c}", start, judged, c) for c in conditions}
                 report.setdefault(model, {})["clean"] = {
-                    c: row(f.result()) for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")
+                    c: f.result() for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")
                 }
             # Single photos of scenes no camera warmed up on: judged against the factory, reported apart.
             photos = [encode_jpeg(p) for p in footage.photos().values()]
@@ -325,6 +340,12 @@ def clean_table(results: dict, conditions: list[str]) -> list[str]:
                 + " |"
             )
         lines.append("")
+        lines += [
+            f"Flagged clean frames of {held}, by the detector named in guard_flagged_by: "
+            + "; ".join(f"{c} {by[c].get('flagged_by', {})}" for c in conditions if by[c]["flagged"])
+            for held, by in rows
+            if any(by[c]["flagged"] for c in conditions)
+        ] + [""]
         lines += [
             f"Single photos without a warm-up, judged against the factory calibrated without {held}: "
             f"{p['flagged']}/{p['frames']}"
