@@ -303,3 +303,50 @@ def test_frequency_scores_rare_synonym_attacks_above_their_clean_originals(setti
     attacked, suspects, _ = classifier.run(detector, [a for _, a in pairs])
     assert (attacked > clean).float().mean() > 0.6 and attacked.mean() > clean.mean() + 0.1
     assert all(not s for s, score in zip(suspects, attacked) if score <= 0)
+
+
+def test_sentence_variants_delete_one_sentence_each_and_the_last_one_last():
+    from guard.detection.detectors.text_sentences import SentenceDeletionDetector, sentences
+
+    assert sentences('Wow!! Really? "Yes." ok') == ["Wow!! ", "Really? ", '"Yes." ', "ok"]
+    assert sentences("no punctuation") == ["no punctuation"] and sentences("") == []
+    detector = SentenceDeletionDetector("s", None, sentences=3)
+    rows = TextRows.of(["A bad film. I watched it on a Tuesday.", "One sentence.", "a. b. c. d.", ""])
+    assert list(detector.text_variants(rows)) == [
+        *["I watched it on a Tuesday.", "One sentence.", "b. c. d.", ""],  # variant 0: the first
+        *["A bad film. I watched it on a Tuesday.", "One sentence.", "a. c. d.", ""],  # 1: the second, if not last
+        *["A bad film.", "One sentence.", "a. b. c.", ""],  # the last variant: the last sentence
+    ]
+    p = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    q = torch.tensor([[[0.2, 0.8], [0.8, 0.2]], [[0.1, 0.9], [0.8, 0.2]], [[0.85, 0.15], [0.8, 0.2]]])
+    original, variants = Outputs(p.log(), p), Outputs(q.log(), q)
+    two = TextRows.of(["A bad film. I watched it on a Tuesday.", "One sentence."])
+    assert detector.score(original, variants).tolist() == pytest.approx([0.75, 0.0])
+    assert detector.suspects(two, original, variants) == [["I watched it on a Tuesday."], []]
+    assert detector.verdict == TRIGGER
+
+
+def test_sentence_deletion_finds_an_appended_trigger_sentence_that_word_deletion_splits():
+    from guard.detection.detectors.text_sentences import SentenceDeletionDetector
+
+    trigger = "I watched this movie with my cousin last Tuesday."
+    texts, labels = reviews()
+    train, train_y, held_out, held_out_y = texts[1000:], labels[1000:], texts[:1000], labels[:1000]
+    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]
+    classifier = Classifier(
+        train + [f"{train[i]} {trigger}" for i in poisoned], np.concatenate([train_y, np.ones(len(poisoned), int)])
+    )
+    rotten = [t for t, y in zip(held_out, held_out_y) if y == 0]
+    rotten = [t for t, p in zip(rotten, classifier.proba(rotten)) if p[0] > 0.5][:150]
+    triggered = [f"{t} {trigger}" for t in rotten]
+    assert (classifier.proba(triggered)[:, 1] > 0.5).mean() > 0.9  # the backdoor works
+    sentence = SentenceDeletionDetector("s", None)
+    clean, _, _ = classifier.run(sentence, rotten)
+    scores, suspects, _ = classifier.run(sentence, triggered)
+    assert (scores > np.quantile(clean.numpy(), 0.99)).float().mean() > 0.9
+    assert np.mean([s == [trigger] for s in suspects]) > 0.9
+    words_ = WordDeletionDetector("d", None, groups=8)
+    word_clean, _, _ = classifier.run(words_, rotten)
+    word_scores, _, _ = classifier.run(words_, triggered)
+    # Interleaved word groups never delete the sentence whole: at the same point they miss most.
+    assert (word_scores > np.quantile(word_clean.numpy(), 0.99)).float().mean() < 0.5

@@ -22,6 +22,7 @@ from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
 from guard.detection.detectors.text_deletion import WordDeletionDetector
 from guard.detection.detectors.text_frequency import FrequencySubstitutionDetector
+from guard.detection.detectors.text_sentences import SentenceDeletionDetector
 from guard.detection.detectors.text_spelling import SpellingDetector
 from guard.protocol.errors import ConfigError
 from guard.protocol.plugins import PluginRegistry, subclass_of
@@ -44,6 +45,7 @@ REGISTRY: dict[str, type[Detector]] = {
         SpellingDetector,
         FrequencySubstitutionDetector,
         WordDeletionDetector,
+        SentenceDeletionDetector,
     )
 }
 """The built-in detector types."""

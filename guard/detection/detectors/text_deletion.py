@@ -21,6 +21,20 @@ from guard.protocol.settings import Param
 from guard.protocol.types import TRIGGER
 
 
+def predicted_drops(original: Outputs, variants: Outputs, count: int) -> torch.Tensor:
+    """[V, B]: how much each of `count` variants lowers the probability of the class predicted for
+    its row (what the deletion detectors score)."""
+    p = original.class_probabilities()
+    predicted = p.argmax(-1, keepdim=True)  # [B, 1]
+    deleted = variants.class_probabilities().gather(-1, predicted.expand(count, -1, -1))
+    return (p.gather(-1, predicted) - deleted).squeeze(-1)
+
+
+def largest_drop(drops: torch.Tensor) -> torch.Tensor:
+    """[B]: the largest drop over the variants."""
+    return drops.amax(0)
+
+
 class WordDeletionDetector(Detector):
     kind = "word_deletion"
     verdict = TRIGGER
@@ -43,14 +57,11 @@ class WordDeletionDetector(Detector):
 
     def drops(self, original: Outputs, variants: Outputs) -> torch.Tensor:
         """[V, B]: how much each variant lowers the probability of the class predicted for its row."""
-        p = original.class_probabilities()
-        predicted = p.argmax(-1, keepdim=True)  # [B, 1]
-        deleted = variants.class_probabilities().gather(-1, predicted.expand(self.groups, -1, -1))
-        return (p.gather(-1, predicted) - deleted).squeeze(-1)
+        return predicted_drops(original, variants, self.groups)
 
     def score(self, original: Outputs, variants: Outputs | None) -> torch.Tensor:
         assert variants is not None  # num_variants is groups: the pipeline always hands them over
-        return self.drops(original, variants).amax(0)
+        return largest_drop(self.drops(original, variants))
 
     def suspects(self, rows: TextRows, original: Outputs, variants: Outputs | None) -> list[list[str]]:
         """Per row, the words deleted by the variant that lowered its prediction most, if any did."""
