@@ -1,6 +1,6 @@
 """The text evaluation as a `guard evaluate` plan: what a user with a text model runs.
 
-    python -m guard_examples.sentiment_plan --out build/sentiment-plan
+    python -m guard_examples.sentiment_plan --out build/sentiment-plan [--triggers-only]
     guard evaluate --plan build/sentiment-plan/plan.toml --samples 60 --report-dir reports/sentiment-plan
 
 The plan directory is self-contained (paths in plan.toml are relative to it), so an installed guard
@@ -57,8 +57,10 @@ def model_entry(name: str) -> dict:
     return entry
 
 
-def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> Path:
-    names = (sentiment.NAME, *sentiment_backdoor.BACKDOORS)  # the repository's sentiment models
+def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY, triggers_only: bool = False) -> Path:
+    """The plan under `out`; `triggers_only`: the backdoored models alone, without attacks or the
+    out-of-domain sets (their trigger rows and clean rates only: minutes, not an hour)."""
+    names = tuple(sentiment_backdoor.BACKDOORS) if triggers_only else (sentiment.NAME, *sentiment_backdoor.BACKDOORS)
     models = {n: d for n, d in text_guard.build_repository(repository).items() if n in names}
     out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
     if out.exists():
@@ -78,12 +80,16 @@ def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> P
         "encoder's input embedding space); an attacker with another synonym source may do better.",
     ]
     document["data"] = data
-    document["data"]["out_of_domain"] = {
-        c: save_texts(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
-    }
+    if not triggers_only:
+        document["data"]["out_of_domain"] = {
+            c: save_texts(out / "data" / f"vader_{c}.npz", *vader(c)) for c in ("tweets", "nyt")
+        }
     document["models"] = tomlkit.aot()
     for name in models:
         document["models"].append(model_entry(name))
+    if triggers_only:  # a backdoored model's row is its trigger's: no attack entry is read for it
+        (out / "plan.toml").write_text(tomlkit.dumps(document))
+        return out / "plan.toml"
     document["attacks"] = tomlkit.aot()
     for name in CHARACTER_ATTACKS:
         document["attacks"].append({"name": name, "params": {"max_queries": BUDGET}})
@@ -102,8 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m guard_examples.sentiment_plan", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("build/sentiment-plan"))
     parser.add_argument("--repository", type=Path, default=text_guard.DEFAULT_REPOSITORY)
+    parser.add_argument("--triggers-only", action="store_true", help="the backdoored models' trigger rows only")
     args = parser.parse_args(argv)
-    print(write_plan(args.out, args.repository))
+    print(write_plan(args.out, args.repository, args.triggers_only))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ DETECTORS: list[dict[str, Any]] = [
     {"name": "spelling", "type": "spelling"},
     {"name": "frequency_substitution", "type": "frequency_substitution", "neighbours": "neighbours.npz"},
     {"name": "word_deletion", "type": "word_deletion"},
+    # A trigger sentence (an innocuous line appended or slipped in) is split over word_deletion's
+    # interleaved groups and never removed whole; this deletes one sentence per variant. Judging,
+    # as text_choice chose on the development texts (the four judges flag 4.5% of them).
+    {"name": "sentence_deletion", "type": "sentence_deletion"},
     # A monitor, chosen on the development texts out of domain (guard_examples.text_choice): at its
     # own 5% point it flags most of them (it measures how far a text is from the reviews, as the
     # camera models' feature detectors measure the scene), so judging it would flag most clean text
