@@ -205,8 +205,8 @@ class QueryWatches:
 
     def _watch(self, config: ModelConfig) -> QueryWatch | None:
         settings = self._settings(config)
-        if settings.query_attack == "off":
-            return None
+        if settings.query_attack == "off" or (config.preprocess is not None and not config.preprocess.fingerprinted):
+            return None  # text: its preprocessor offers nothing to fingerprint, so nothing is kept or asked
         watch = self._watches.get(config.name)
         if watch is None or watch.settings != settings:
             if self._client is None:

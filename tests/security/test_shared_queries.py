@@ -145,3 +145,30 @@ def test_the_shared_store_matches_as_the_in_process_one_does(store_url):
     for bound in ({"max_entries": 1000}, {"window_seconds": 1e6}):  # each bound changes what is matched
         loose = QueryStore(QuerySettings(**{**settings.__dict__, **bound}))
         assert [loose.observe("eve", fingerprints(r, settings), a, now) for r, a, now in stream] != expected
+
+
+def test_models_whose_inputs_are_not_fingerprinted_never_ask_the_store():
+    """A text model offers nothing to fingerprint: with every model watched (--query-attack block)
+    and the store down, its requests go on; an image model's are refused, since they are checked."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from guard.detection.preprocess import PreprocessSettings
+    from guard.serving.query_watch import QueryAttackSettings, QueryWatches
+    from guard.serving.shared_queries import QueryStoreUnavailable
+
+    def model(kind: str):
+        clients = SimpleNamespace(queries=QueryAttackSettings(query_attack="block"))
+        return SimpleNamespace(name=kind, clients=clients, preprocess=PreprocessSettings(kind, "x", "y", {}))
+
+    async def check(kind: str) -> None:
+        watches = QueryWatches(store_url=f"redis://127.0.0.1:{free_port()}/0")
+        try:
+            await watches.check(model(kind), "alice")
+        finally:
+            await watches.close()
+
+    asyncio.run(check("text"))
+    asyncio.run(check("strings"))
+    with pytest.raises(QueryStoreUnavailable):
+        asyncio.run(check("images"))

@@ -47,6 +47,11 @@ class PreprocessSettings:
     directory: Path | None = None
     """The model's directory, where the files its parameters name live."""
 
+    @property
+    def fingerprinted(self) -> bool:
+        """Whether its kind offers query-attack fingerprints something to read (query_rows)."""
+        return AVAILABLE.get(self.kind).query_rows is not Preprocessor.query_rows
+
     def build(self, source: TensorSpec, load: bool = False) -> Preprocessor:
         """load: read the files its parameters name (a tokenizer) to run it; without, it only
         answers for its specs."""
