@@ -119,8 +119,11 @@ class QueryWatch:
             return False
         return True
 
-    async def _matches(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
-        return self.store.observe(identity, prints, answers, now)
+    async def _matches(
+        self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float
+    ) -> tuple[list[Match], bool]:
+        """The rows' matches (stored as they are matched), and whether the identity is flagged."""
+        return self.store.observe(identity, prints, answers, now), self._flagged(identity, now)
 
     async def _flag(self, identity: str, now: float) -> bool:
         """Flag the identity for block_seconds; whether it was not flagged before."""
@@ -134,7 +137,7 @@ class QueryWatch:
     async def observe(self, identity: str, inputs: np.ndarray, answers: np.ndarray) -> bool:
         """Store the request's rows; True when the identity is flagged after them."""
         now = self.clock()
-        matches = await self._matches(identity, fingerprints(inputs, self.settings.queries), answers, now)
+        matches, flagged = await self._matches(identity, fingerprints(inputs, self.settings.queries), answers, now)
         hit = next((m for m in matches if m.flagged), None)
         if hit is not None and await self._flag(identity, now):
             self._counter.inc()
@@ -147,7 +150,7 @@ class QueryWatch:
                 hit.changes,
                 self.settings.block_seconds,
             )
-        return hit is not None or await self.flagged(identity)
+        return hit is not None or flagged
 
 
 class SharedQueryWatch(QueryWatch):
@@ -163,13 +166,15 @@ class SharedQueryWatch(QueryWatch):
     async def flagged(self, identity: str) -> bool:
         return await self.shared.flagged(identity)
 
-    async def _matches(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
-        return await self.shared.observe(identity, prints, answers, now)
+    async def _matches(
+        self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float
+    ) -> tuple[list[Match], bool]:
+        return await self.shared.observe(identity, prints, answers, now)  # the flag comes in the same step
 
     async def _flag(self, identity: str, now: float) -> bool:
-        # Counted and logged by each replica that sees a flagged query after it was clear there.
-        fresh = not self._flagged(identity, now)
-        self._until[identity] = now + self.settings.block_seconds
+        # Counted and logged by each replica that sees a flagged query after it was clear there:
+        # freshness is this replica's (bounded as in process), the flag itself the store's.
+        fresh = await super()._flag(identity, now)
         await self.shared.flag(identity, self.settings.block_seconds)
         return fresh
 

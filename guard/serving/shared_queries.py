@@ -39,7 +39,8 @@ TIMEOUT_SECONDS = 1.0
 """A store slower than this fails the check (socket timeout): the request is not held for it."""
 
 # KEYS[1]: the identity's prefix. ARGV: now, window_seconds, max_entries, threshold, answer, hashes.
-# Returns the answers of the stored near-duplicates, in the order they came.
+# Returns whether the identity is flagged (its flag key exists), then the answers of the stored
+# near-duplicates in the order they came: one round trip answers both of a request's questions.
 STEP = """
 local prefix = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -79,6 +80,7 @@ redis.call('HSET', prefix .. ':a', number, answer)
 if number > max_entries then redis.call('HDEL', prefix .. ':a', number - max_entries) end
 redis.call('EXPIRE', prefix .. ':a', ttl)
 redis.call('EXPIRE', prefix .. ':n', ttl)
+table.insert(answers, 1, redis.call('EXISTS', prefix .. ':flag'))
 return answers
 """
 
@@ -122,16 +124,20 @@ class SharedQueryStore:
                 f"model '{self.model}' cannot check this client's queries"
             ) from exc
 
-    async def observe(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
-        """Match each row against the identity's stored queries (every replica's), then store it."""
+    async def observe(
+        self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float
+    ) -> tuple[list[Match], bool]:
+        """Match each row against the identity's stored queries (every replica's), then store it;
+        also whether the identity is flagged (by any replica)."""
         s, prefix = self.settings, self._prefix(identity)
-        matches = []
+        matches, flagged = [], False
         for fingerprint, answer in zip(prints, answers.tolist(), strict=True):
             hashes = [str(h) for h in fingerprint.tolist() if h]
             args = [repr(now), repr(s.window_seconds), s.max_entries, s.threshold, answer, *hashes]
-            found = await self._call("match", self._step(keys=[prefix], args=args))
+            flag, *found = await self._call("match", self._step(keys=[prefix], args=args))
             matches.append(decide(np.array([int(a) for a in found], dtype=np.int64), answer, s))
-        return matches
+            flagged = bool(flag)
+        return matches, flagged
 
     async def flag(self, identity: str, seconds: float) -> None:
         await self._call("flag", self.client.set(f"{self._prefix(identity)}:flag", 1, px=max(1, round(seconds * 1000))))

@@ -20,28 +20,14 @@ from guard.tools.evaluation.client import GatewayClient
 from guard.tools.replay import check_access
 from tests.conftest import ROOT, running_gateway
 from tests.security.conftest import ALICE, BOB
-from tests.serving.helpers import write_config
-from tests.serving.test_image_ingest import MEAN, SIZE, STD, encode, photo, small_cnn
+from tests.serving.test_image_ingest import camera_repository, encode, photo
 from tests.tools.test_replay import clip
 
 
 @pytest.fixture
 def repository(tmp_path):
     """One small model taking a camera's JPEG frames, which both clients can send."""
-    directory = tmp_path / "repository" / "cam"
-    directory.mkdir(parents=True)
-    small_cnn(directory / "model.onnx")
-    write_config(
-        tmp_path / "repository",
-        {
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-            "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-        },
-        "cam",
-    )
-    return tmp_path / "repository"
+    return camera_repository(tmp_path)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import tritonclient.grpc as triton
 from PIL import Image
 
 from tests.conftest import running_gateway
-from tests.serving.helpers import write_config
-from tests.serving.test_image_ingest import MEAN, SIZE, STD, small_cnn
+from tests.serving.test_image_ingest import camera_repository
 
 TOKENS = {
     "scout": "scout-0123456789abcdefghijklmn",
@@ -23,16 +22,9 @@ TOKENS = {
 
 @contextlib.contextmanager
 def image_gateway(tmp_path):
-    repository = tmp_path / "repository"
-    (repository / "cam").mkdir(parents=True)
-    small_cnn(repository / "cam" / "model.onnx")
-    config = {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-        "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-        "clients": {"query_attack": "flag", "min_near": 2, "min_changes": 3},
-    }
-    write_config(repository, config, "cam")
+    repository = camera_repository(
+        tmp_path, detectors=[], clients={"query_attack": "flag", "min_near": 2, "min_changes": 3}
+    )
     tokens = "\n".join(f"{name}:{token}" for name, token in TOKENS.items())
     with running_gateway(repository, auth_tokens_text=tokens) as server:
         yield triton.InferenceServerClient(server.grpc_url)

@@ -135,7 +135,7 @@ def test_the_shared_store_matches_as_the_in_process_one_does(store_url):
         client = connect(store_url)
         store = SharedQueryStore(client, "equivalence", settings)
         try:
-            return [await store.observe("eve", fingerprints(r, settings), a, now) for r, a, now in stream]
+            return [(await store.observe("eve", fingerprints(r, settings), a, now))[0] for r, a, now in stream]
         finally:
             await client.aclose()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import queue
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -49,6 +50,22 @@ def small_cnn(path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
+
+
+def camera_repository(root: Path, **config) -> Path:
+    """root/repository with one model, `cam`: small_cnn taking one JPEG or PNG per row, resized to
+    SIZE x SIZE, with a squeeze detector that never flags; `config` adds or replaces top-level keys."""
+    directory = root / "repository" / "cam"
+    directory.mkdir(parents=True)
+    small_cnn(directory / "model.onnx")
+    table = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
+        "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
+        "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
+    }
+    write_config(root / "repository", {**table, **config}, "cam")
+    return root / "repository"
 
 
 def encode(image: np.ndarray, kind: str = "JPEG") -> bytes:

@@ -9,26 +9,13 @@ import pytest
 
 from guard.tools.evaluation.client import GatewayClient
 from tests.conftest import running_gateway
-from tests.serving.helpers import write_config
-from tests.serving.test_image_ingest import MEAN, SIZE, STD, encode, photo, small_cnn
+from tests.serving.test_image_ingest import SIZE, encode, photo
+from tests.serving.test_image_ingest import camera_repository as write_camera_repository
 
 
 @pytest.fixture
 def camera_repository(tmp_path):
-    directory = tmp_path / "repository" / "cam"
-    directory.mkdir(parents=True)
-    small_cnn(directory / "model.onnx")
-    write_config(
-        tmp_path / "repository",
-        {
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-            "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-        },
-        "cam",
-    )
-    return tmp_path / "repository"
+    return write_camera_repository(tmp_path)
 
 
 def test_infer_encoded_sends_each_image_alone_and_answers_in_order(camera_repository):

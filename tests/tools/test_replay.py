@@ -11,8 +11,7 @@ import av
 from PIL import Image
 
 from tests.conftest import ROOT, running_gateway
-from tests.serving.helpers import write_config
-from tests.serving.test_image_ingest import MEAN, SIZE, STD, photo, small_cnn
+from tests.serving.test_image_ingest import camera_repository, photo
 
 
 def clip(path, frames: int = 12) -> None:
@@ -25,19 +24,7 @@ def clip(path, frames: int = 12) -> None:
 
 
 def test_replay_streams_every_camera_and_writes_the_pictures(tmp_path):
-    directory = tmp_path / "repository" / "cam"
-    directory.mkdir(parents=True)
-    small_cnn(directory / "model.onnx")
-    write_config(
-        tmp_path / "repository",
-        {
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": []}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [4]}],
-            "preprocess": {"kind": "images", "height": SIZE, "width": SIZE, "mean": MEAN, "std": STD},
-            "detectors": [{"name": "median_2x2", "type": "squeeze_median", "size": 2, "threshold": 1e9}],
-        },
-        "cam",
-    )
+    camera_repository(tmp_path)
     video = tmp_path / "clip.mp4"
     clip(video)
     out = tmp_path / "out"

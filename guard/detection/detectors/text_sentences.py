@@ -30,8 +30,7 @@ the spaces after it; the text's tail without punctuation is a sentence too."""
 
 def sentences(text: str) -> list[str]:
     """The text's sentences, in order, each with its trailing spaces; ''.join gives the text back."""
-    found = [m.group() for m in SENTENCE.finditer(text) if m.group()]
-    return [s for s in found if s.strip()] if found else []
+    return [m.group() for m in SENTENCE.finditer(text) if m.group().strip()]
 
 
 class SentenceDeletionDetector(Detector):
