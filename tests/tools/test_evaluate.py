@@ -175,7 +175,9 @@ def test_cli_parses_evaluate():
         3,
         None,
     )
-    assert args.func.__name__ == "_evaluate"
+    from guard.tools.commands import evaluate
+
+    assert args.func is evaluate.run
     with pytest.raises(SystemExit):  # the plan is the only source of data, surrogate and models
         build_parser().parse_args(["evaluate", "--quick"])
 

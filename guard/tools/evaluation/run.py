@@ -306,7 +306,7 @@ def run_evaluation(options: EvalOptions) -> dict:
 
 
 def main(args) -> int:
-    """The `guard evaluate` entry point (args from guard.tools.cli)."""
+    """The `guard evaluate` entry point (args from guard.tools.commands.evaluate)."""
     flags = [
         f"--plan {shlex.quote(str(args.plan))}",
         f"--samples {args.samples}" if args.samples else "",

@@ -1,4 +1,4 @@
-"""The scan subcommands' bodies (guard.tools.cli only parses and delegates here)."""
+"""The scan subcommands' bodies (guard.tools.commands.scans only parses and delegates here)."""
 
 from __future__ import annotations
 
