@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from guard.detection.queries import QuerySettings, QueryStore, fingerprints
 from guard.serving.background import BackgroundServer
-from guard.serving.server import ServerSettings
+from guard.serving.settings import ServerSettings
 from guard.tools.evaluation.tensor_data import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]

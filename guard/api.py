@@ -42,7 +42,7 @@ from guard.serving.composition import build_pipeline
 from guard.serving.model_config import ModelConfig, load_model_config
 from guard.serving.quarantine.settings import QuarantineSettings
 from guard.serving.runtime import load_combiner
-from guard.serving.server import ServerSettings
+from guard.serving.settings import ServerSettings
 from guard.tools.calibrate import calibrate_model, detector_tables
 from guard.tools.calibrate_dir import calibrate_directory
 from guard.tools.clean_data import decode_image, decode_video, encode_jpeg, utf8_rows

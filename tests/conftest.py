@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from guard.serving.background import BackgroundServer
-from guard.serving.server import ServerSettings
+from guard.serving.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_REPOSITORY = ROOT / "examples" / "guard_examples" / "repository"

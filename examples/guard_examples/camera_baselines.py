@@ -54,7 +54,7 @@ from tqdm import tqdm
 from guard.api import CONDITIONS, BackgroundServer, ServerSettings, apply_condition, encode_jpeg, linf_pgd, upper_bound
 from guard.api import attacks as atk
 from guard_examples import classifier_attack, footage, patch_attack, yolo
-from guard_examples.camera_guard import build_repository
+from guard_examples.camera_guard import CAMERAS, build_repository, load_cameras
 from guard_examples.camera_protocols import GAP
 from guard_examples.paths import WORKSPACE
 
@@ -62,9 +62,6 @@ log = logging.getLogger(__name__)
 
 ROOT = WORKSPACE
 MODELS = ("mobilenet_v2", "yolov3_tiny")
-CAMERAS = ("vtest", "carphone", "bigbuckbunny")  # clips filmed in one shot
-MONTAGES = ("bikes",)  # edited clips: their shots calibrate, one camera each, and are never judged
-STRIDE = {"vtest": 3}  # 10 fps -> 3.3 fps: about 200 judged frames, as many as the others give
 WARMUP = 50
 ATTACK_FRAMES = 10
 EPSILONS = (2, 4, 8)
@@ -261,16 +258,6 @@ def poison(srv: BackgroundServer, model: str, camera: str, hours: float) -> floa
 
 
 # --- the protocol ---------------------------------------------------------------------------------
-
-
-def load_cameras() -> dict[str, list[np.ndarray]]:
-    """Camera name -> frames in time order: each of CAMERAS (at its STRIDE), and each shot of a
-    montage as a camera of its own (`bikes/0` ... `bikes/5`), which only ever calibrates."""
-    clips = {name: list(footage.video_frames(name, step=STRIDE.get(name, 1))) for name in CAMERAS}
-    for name in MONTAGES:
-        shots = footage.shots(name, list(footage.video_frames(name)))
-        clips.update({f"{name}/{i}": shot for i, shot in enumerate(shots)})
-    return clips
 
 
 def run_camera(

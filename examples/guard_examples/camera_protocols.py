@@ -1,8 +1,9 @@
 """The camera evaluation's two protocols (guard_examples.camera_evaluation): which frames calibrate the
 guard, which are its clean set, which are attacked.
 
-- A, `one-clip`: the guard as guard_examples.camera_guard builds it, calibrated on bikes.mp4; its clean set
-  is every frame of the other clips and the photos, scenes it never saw.
+- A, `one-clip`: the guard as guard_examples.camera_guard builds it on its one-clip calibration set
+  (bikes.mp4, one camera); its clean set is every frame of the other clips and the photos, scenes it
+  never saw.
 - B, `per-scene`: a deployment calibrates each camera's guard on that camera's own footage, not on
   another street's. Each packaged clip stands for one camera: its frames are split by time, the
   first half calibrates, the second half is evaluated, and one guard repository (the same recipe
@@ -41,6 +42,7 @@ QUICK_CALIBRATION = 8  # frames per clip a quick run calibrates on (evenly sprea
 QUICK_EVALUATION = 2  # and evaluates (over the second half)
 SPLIT_FILE = "per_scene_split.json"
 DEFAULT_REPOSITORY = ROOT / "build" / "camera-repository-per-scene"
+ONE_CLIP_REPOSITORY = ROOT / "build" / "camera-repository-one-clip"
 QUICK_REPOSITORY = ROOT / "build" / "camera-repository-per-scene-quick"
 
 

@@ -28,13 +28,12 @@ A, B = camera_evaluation.ONE_CLIP, camera_evaluation.PER_SCENE
 
 @pytest.fixture(scope="module")
 def report(camera_models, tmp_path_factory):
-    from guard_examples.camera_guard import DEFAULT_REPOSITORY
-
-    camera_evaluation.ensure_repository(DEFAULT_REPOSITORY)  # builds it (minutes) only where it is missing
+    repository = camera_protocols.ONE_CLIP_REPOSITORY
+    camera_evaluation.ensure_repository(repository)  # builds it (minutes) only where it is missing
     out = tmp_path_factory.mktemp("camera_evaluation")
     # B's quick repository is rebuilt (some 20 s) only when its recorded split is not this one.
     return out, camera_evaluation.run(
-        out, DEFAULT_REPOSITORY, quick=True, progress=False, protocols=camera_evaluation.PROTOCOLS
+        out, repository, quick=True, progress=False, protocols=camera_evaluation.PROTOCOLS
     )
 
 

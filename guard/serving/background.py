@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from guard.serving.server import GuardServer, ServerSettings
+from guard.serving.server import GuardServer
+from guard.serving.settings import ServerSettings
 
 
 class BackgroundServer:

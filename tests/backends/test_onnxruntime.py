@@ -74,7 +74,7 @@ def test_pipeline_runs_squeezers_on_the_gpu(held_out):
     import tritonclient.grpc as triton
 
     from guard.serving.background import BackgroundServer
-    from guard.serving.server import ServerSettings
+    from guard.serving.settings import ServerSettings
 
     with BackgroundServer(ServerSettings(repository=DEMO_REPOSITORY, grpc_port=0, metrics_port=0)) as srv:
         runtime = srv.server._runtimes["digits"]

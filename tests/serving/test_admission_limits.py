@@ -15,7 +15,7 @@ import pytest
 
 from guard.protocol.limits import MAX_CONCURRENCY
 from guard.protocol.proto import inference_pb2 as pb
-from guard.serving.server import ServerSettings
+from guard.serving.settings import ServerSettings
 from guard.tools.cli import build_parser
 from tests.conftest import running_gateway
 from tests.serving.helpers import gated_repository, queue_depth, requests_total

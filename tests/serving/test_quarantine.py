@@ -26,7 +26,7 @@ from guard.serving.background import BackgroundServer
 from guard.serving.quarantine.records import Flagged, entry_of
 from guard.serving.quarantine.settings import QuarantineSettings
 from guard.serving.quarantine.store import FILENAME, QuarantineStore
-from guard.serving.server import ServerSettings
+from guard.serving.settings import ServerSettings
 from tests.conftest import ROOT, copy_demo, running_gateway
 from tests.serving.helpers import infer_input, noise_rows, verdict
 from tests.serving.process import ServeProcess, Traffic, wait_until

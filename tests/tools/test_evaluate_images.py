@@ -467,7 +467,7 @@ def test_per_camera_evaluation_judges_each_camera_after_its_warm_up_and_sends_it
     import urllib.request
 
     from guard.serving.background import BackgroundServer
-    from guard.serving.server import ServerSettings
+    from guard.serving.settings import ServerSettings
     from guard.tools.cli import main
     from guard.tools.evaluation.client import GatewayClient
     from guard.tools.evaluation.frame_data import judged_rows

@@ -83,7 +83,8 @@ def add(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from guard.serving.client_settings import ClientSettings
-    from guard.serving.server import ServerSettings, serve_forever
+    from guard.serving.server import serve_forever
+    from guard.serving.settings import ServerSettings
     from guard.serving.tokens import ENVIRONMENT
 
     if not args.access_log:

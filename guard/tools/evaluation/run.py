@@ -82,7 +82,7 @@ def _gateway(options: EvalOptions, repository: Path):
         yield options.connect
         return
     from guard.serving.background import BackgroundServer
-    from guard.serving.server import ServerSettings
+    from guard.serving.settings import ServerSettings
 
     settings = ServerSettings(repository=repository, grpc_port=0, metrics_port=-1, policy="flag")
     with BackgroundServer(settings) as server:
