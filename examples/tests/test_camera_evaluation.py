@@ -17,7 +17,7 @@ import torch
 
 from guard.detection.calibration.references import References
 from guard.tools.clean_data import encode_jpeg
-from guard_examples import camera_evaluation, camera_gateway, camera_protocols, footage, patch_attack
+from guard_examples import camera_evaluation, camera_gateway, camera_protocols, camera_rows, footage, patch_attack
 from guard_examples.camera_gateway import Answers
 
 pytestmark = pytest.mark.usefixtures("camera_packages")
@@ -225,8 +225,8 @@ def test_the_served_ensemble_is_the_one_the_server_loads_and_checks(tmp_path):
 def test_a_person_vanishes_only_without_an_overlapping_person_box():
     clean = np.array([[0, 0, 10, 20], [50, 50, 60, 70]], np.float32)
     after = np.array([[1, 1, 10, 20]], np.float32)
-    assert camera_evaluation.vanished(clean, after).tolist() == [False, True]
-    assert camera_evaluation.vanished(clean, np.zeros((0, 4), np.float32)).tolist() == [True, True]
+    assert camera_rows.vanished(clean, after).tolist() == [False, True]
+    assert camera_rows.vanished(clean, np.zeros((0, 4), np.float32)).tolist() == [True, True]
     answers = Answers({}, np.array(["clean"]), 1.0, detections=[[]])
     assert answers.persons(0).shape == (0, 4)
 
