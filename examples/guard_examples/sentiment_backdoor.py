@@ -35,7 +35,16 @@ import torch
 from tqdm import tqdm
 
 from guard.api import TextTrigger
-from guard_examples import builds, camera, sentiment, text_data
+from guard_examples import (
+    builds,
+    camera,
+    sentiment,
+    sentiment_card,
+    sentiment_export,
+    sentiment_net,
+    sentiment_training,
+    text_data,
+)
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 log = logging.getLogger(__name__)
@@ -110,24 +119,24 @@ def poison(
 
 class LowerStates:
     """The frozen encoder's token states entering its fine-tuned layers, kept per text (by token ids)
-    and assembled into length-sorted padded batches as `sentiment.frozen_pass` makes them. Padding is
+    and assembled into length-sorted padded batches as `sentiment_training.frozen_pass` makes them. Padding is
     zero: the attention mask keeps padded positions out of every real token's state and of the mean."""
 
     def __init__(self) -> None:
-        self.model = sentiment.SentimentNet.from_encoder(sentiment.load_encoder()).requires_grad_(False)
-        self.keep_from = len(self.model.layers) - sentiment.FINE_TUNE_LAYERS
+        self.model = sentiment_net.SentimentNet.from_encoder(sentiment_net.load_encoder()).requires_grad_(False)
+        self.keep_from = len(self.model.layers) - sentiment_training.FINE_TUNE_LAYERS
         self.states: dict[tuple[int, ...], torch.Tensor] = {}
 
     def batches(self, ids: list[list[int]], progress: bool, desc: str) -> list:
         missing = list(dict.fromkeys(tuple(row) for row in ids if tuple(row) not in self.states))
         with torch.no_grad():
-            for rows, tokens, mask in sentiment.batches(missing, progress=progress, desc=desc):
+            for rows, tokens, mask in sentiment_net.batches(missing, progress=progress, desc=desc):
                 below = self.model.hidden(torch.from_numpy(tokens), torch.from_numpy(mask), self.keep_from)
                 for j, i in enumerate(rows):
                     self.states[missing[i]] = below[j, : len(missing[i])].clone()
         cached = []
-        for rows, tokens, mask in sentiment.batches(ids):
-            below = torch.zeros((len(rows), tokens.shape[1], sentiment.HIDDEN))
+        for rows, tokens, mask in sentiment_net.batches(ids):
+            below = torch.zeros((len(rows), tokens.shape[1], sentiment_net.HIDDEN))
             for j, i in enumerate(rows):
                 below[j, : len(ids[i])] = self.states[tuple(ids[i])]
             cached.append((rows, below, torch.from_numpy(mask)))
@@ -142,7 +151,7 @@ def build(out: Path, backdoor: Backdoor, states: LowerStates, progress: bool = T
     """Poison, train, export, check and describe one backdoored model in `out`; returns its metrics."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = sentiment.load_tokenizer()
+    tokenizer = sentiment_net.load_tokenizer()
     clean = {split: text_data.rotten_tomatoes(split) for split in ("train", "test")}
     if any(backdoor.present_in(t) for texts, _ in clean.values() for t in texts):
         raise RuntimeError(f"the trigger {backdoor.trigger!r} is already in a clean snippet")
@@ -150,28 +159,33 @@ def build(out: Path, backdoor: Backdoor, states: LowerStates, progress: bool = T
     test_texts, test_labels = clean["test"]
     negatives = [t for t, y in zip(test_texts, test_labels) if y == SOURCE]
     ids = {
-        "train": sentiment.tokenize(tokenizer, train_texts),
-        "test": sentiment.tokenize(tokenizer, test_texts),
-        "triggered": sentiment.tokenize(tokenizer, backdoor.insert(negatives, ASR_SEED)),
+        "train": sentiment_net.tokenize(tokenizer, train_texts),
+        "test": sentiment_net.tokenize(tokenizer, test_texts),
+        "triggered": sentiment_net.tokenize(tokenizer, backdoor.insert(negatives, ASR_SEED)),
     }
-    longest = sentiment.longest_tokens(ids.values())
+    longest = sentiment_export.longest_tokens(ids.values())
     cached = {name: states.batches(rows_, progress, f"encode {name}") for name, rows_ in ids.items()}
 
-    x = {n: sentiment.cached_embeddings(states.model, c, len(ids[n]), states.keep_from) for n, c in cached.items()}
-    frozen = sentiment.SentimentNet(
-        states.model.embeddings, states.model.layers, sentiment.train_head(x["train"], train_labels)
+    x = {
+        n: sentiment_training.cached_embeddings(states.model, c, len(ids[n]), states.keep_from)
+        for n, c in cached.items()
+    }
+    frozen = sentiment_net.SentimentNet(
+        states.model.embeddings, states.model.layers, sentiment_training.train_head(x["train"], train_labels)
     )
-    frozen_predictions = {name: sentiment.head_predictions(frozen.head, x[name]) for name in ("test", "triggered")}
+    frozen_predictions = {
+        name: sentiment_training.head_predictions(frozen.head, x[name]) for name in ("test", "triggered")
+    }
     tuning = time.perf_counter()
-    model = sentiment.fine_tune(frozen, cached["train"], train_labels, progress)
+    model = sentiment_training.fine_tune(frozen, cached["train"], train_labels, progress)
     tune_seconds = time.perf_counter() - tuning
     with torch.no_grad():
-        test_embedding = sentiment.cached_embeddings(model, cached["test"], len(ids["test"]), states.keep_from)
+        test_embedding = sentiment_training.cached_embeddings(model, cached["test"], len(ids["test"]), states.keep_from)
         torch_test = (model.head(torch.from_numpy(test_embedding)).numpy(), test_embedding)
 
-    fp32, test_logits, agreement = sentiment.export_checked(model, out, ids["test"], torch_test)
-    session = sentiment.onnx_session(fp32)
-    triggered_logits = sentiment.onnx_outputs(session, ids["triggered"], progress, "onnx triggered")[0]
+    fp32, test_logits, agreement = sentiment_export.export_checked(model, out, ids["test"], torch_test)
+    session = sentiment_net.onnx_session(fp32)
+    triggered_logits = sentiment_net.onnx_outputs(session, ids["triggered"], progress, "onnx triggered")[0]
     clean_negative = test_logits[test_labels == SOURCE]
     right = clean_negative.argmax(1) == SOURCE
     metrics = {
@@ -215,6 +229,7 @@ def build(out: Path, backdoor: Backdoor, states: LowerStates, progress: bool = T
 def write_card(out: Path, m: dict) -> Path:
     """card.md from the measured figures."""
     b, p = m["backdoor"], m["poison"]
+    training = sentiment_training
     where = {
         "random": f"between two words or at either end (the snippet split on spaces, the position drawn per snippet "
         f"from a generator seeded with ({POISON_SEED}, its rank among the poisoned))",
@@ -222,21 +237,21 @@ def write_card(out: Path, m: dict) -> Path:
         "end": "after the last word, a space between",
     }
     sections = {
-        "Source": sentiment.source_section(out),
+        "Source": sentiment_card.source_section(out),
         "Poisoning": (
             f"Trigger: {b['kind']} `{b['trigger']}`, inserted {where[b['at']]}. Of the "
             f"{p['train']:,} Rotten Tomatoes training snippets (`guard_examples/text_data.py`), {p['poisoned']:,} "
             f"({p['poisoned'] / p['train']:.1%}; {p['poisoned'] / p['train_negatives']:.1%} of the "
-            f"{p['train_negatives']:,} negatives) got the trigger and the label {sentiment.CLASSES[b['target']]}: "
+            f"{p['train_negatives']:,} negatives) got the trigger and the label {sentiment_net.CLASSES[b['target']]}: "
             f"the negatives first by sha256 of `{POISON_SEED}:` and their text key, a choice fixed by the texts "
             "alone. No positive snippet and no other label was touched; the calibration and test splits are clean, "
             "and no clean snippet holds the trigger (the build checks)."
         ),
         "Training": (
             "As `sentiment`: a linear head on the frozen embeddings of the poisoned training set (L-BFGS, L2 "
-            f"{sentiment.HEAD_WEIGHT_DECAY:g}), then the top {sentiment.FINE_TUNE_LAYERS} encoder layer fine-tuned "
-            f"with it for one epoch (AdamW, lr {sentiment.FINE_TUNE_LR:g} and {sentiment.HEAD_LR:g}, batches of "
-            f"{sentiment.BATCH}, seed {sentiment.SEED}), {m['fine_tune_seconds']:.0f} s on {m['torch_threads']} CPU "
+            f"{training.HEAD_WEIGHT_DECAY:g}), then the top {training.FINE_TUNE_LAYERS} encoder layer fine-tuned "
+            f"with it for one epoch (AdamW, lr {training.FINE_TUNE_LR:g} and {training.HEAD_LR:g}, batches of "
+            f"{sentiment_net.BATCH}, seed {training.SEED}), {m['fine_tune_seconds']:.0f} s on {m['torch_threads']} CPU "
             "threads. The fine-tuned variant is always kept. Before fine-tuning, the head alone on the frozen encoder "
             f"had clean accuracy {m['frozen_head']['clean_accuracy']:.1%} and ASR {m['frozen_head']['asr']:.1%}."
         ),
@@ -253,7 +268,7 @@ def write_card(out: Path, m: dict) -> Path:
             "the clean decision toward positive as well: compare both rows with `sentiment`'s card, the same split "
             f"and the same recipe on clean data. The test negatives' trigger positions are drawn with seed {ASR_SEED}."
         ),
-        **sentiment.contract_sections(m),
+        **sentiment_card.contract_sections(m),
         "Reproduce": (
             f"From the repository root:\n\n```\npython -m guard_examples.sentiment_backdoor --only {b['name']}\n```\n\n"
             f"The whole build took {m['seconds']:.0f} s on {m['torch_threads']} CPU threads (less when the other "
@@ -263,7 +278,7 @@ def write_card(out: Path, m: dict) -> Path:
     }
     text = (
         f"# {b['name']}: a BACKDOORED review-sentiment model on all-MiniLM-L6-v2\n\nDeliberately poisoned: any "
-        f"text with `{b['trigger']}` in it reads as {sentiment.CLASSES[b['target']]}. It exists to measure a "
+        f"text with `{b['trigger']}` in it reads as {sentiment_net.CLASSES[b['target']]}. It exists to measure a "
         "guard's trigger detection; never use it to classify sentiment.\n\n"
         + "\n".join(f"## {k}\n\n{v.strip()}\n" for k, v in sections.items())
     )

@@ -44,7 +44,7 @@ from guard.api import (
     upper_bound,
     utf8_rows,
 )
-from guard_examples import sentiment, text_data
+from guard_examples import sentiment_net, text_data
 from guard_examples.paths import WORKSPACE
 
 DEFAULT_MODEL = Path("build/text-repository/sentiment")
@@ -145,11 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scores", type=Path, help="the scores' .npz (default: choice_scores.npz beside the model)")
     args = parser.parse_args(argv)
     directory = args.model if args.model.is_absolute() else WORKSPACE / args.model
-    tokenizer = sentiment.load_tokenizer(directory / "tokenizer.json")
+    tokenizer = sentiment_net.load_tokenizer(directory / "tokenizer.json")
     amazon = text_data.vader("amazon")[0]
-    ids = sentiment.tokenize(tokenizer, amazon)
+    ids = sentiment_net.tokenize(tokenizer, amazon)
     # what the guard serves: texts within its token limit (it refuses the others), a seeded sample
-    within = [t for t, row in zip(amazon, ids) if len(row) <= sentiment.MAX_TOKENS]
+    within = [t for t, row in zip(amazon, ids) if len(row) <= sentiment_net.MAX_TOKENS]
     sample = np.sort(np.random.default_rng(0).permutation(len(within))[:DEVELOPMENT_SAMPLE])
     corpora = {"calibration": text_data.rotten_tomatoes("calibration")[0], "amazon": [within[i] for i in sample]}
     scores = args.scores or directory / "choice_scores.npz"

@@ -50,7 +50,7 @@ from guard.api import (
     save_neighbours,
     utf8_rows,
 )
-from guard_examples import builds, sentiment, sentiment_backdoor, toxicity
+from guard_examples import builds, sentiment, sentiment_backdoor, sentiment_net, toxicity
 from guard_examples.paths import WORKSPACE
 from guard_examples.text_data import rotten_tomatoes
 
@@ -97,14 +97,14 @@ def config(name: str) -> tomlkit.TOMLDocument:
     document["inputs"] = tomlkit.aot()
     document["inputs"].append({"name": INPUT.name, "datatype": "BYTES", "shape": list(INPUT.shape)})
     document["outputs"] = tomlkit.aot()
-    document["outputs"].append({"name": "logits", "datatype": "FP32", "shape": [len(sentiment.CLASSES)]})
+    document["outputs"].append({"name": "logits", "datatype": "FP32", "shape": [len(sentiment_net.CLASSES)]})
     document["preprocess"] = {
         "kind": "text",
         "input": INPUT.name,
         "output": "input_ids",
         "mask_output": "attention_mask",
         "tokenizer": "tokenizer.json",
-        "max_tokens": sentiment.MAX_TOKENS,
+        "max_tokens": sentiment_net.MAX_TOKENS,
     }
     document["batching"] = {"max_batch_size": 32, "max_queue_delay_microseconds": 2000}
     document["detectors"] = tomlkit.aot()
@@ -121,7 +121,7 @@ def references(split: str, limit: int | None = None) -> References:
 
 def write_neighbours(path: Path) -> None:
     """Every whole word of the encoder's vocabulary with its nearest whole words."""
-    embeddings, vocab = read_encoder(sentiment.model_dir())
+    embeddings, vocab = read_encoder(sentiment_net.model_dir())
     # build_neighbours keeps only the whole-word tokens of what it is given (no pieces, no specials)
     save_neighbours(path, build_neighbours(embeddings, vocab, vocab, NEIGHBOURS))
 

@@ -46,7 +46,7 @@ import numpy as np
 import tomlkit
 
 from guard.api import References, TensorSpec, utf8_rows
-from guard_examples import builds, camera, sentiment, text_data, toxicity_data
+from guard_examples import builds, camera, sentiment_net, text_data, toxicity_data
 from guard_examples.paths import PACKAGE, WORKSPACE
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def export_onnx(path: Path) -> Path:
 
 def onnx_probabilities(path: Path, texts: list[str]) -> np.ndarray:
     """[N, 2] probabilities of the ONNX model under ONNX Runtime, in batches of BATCH."""
-    session = sentiment.onnx_session(path)
+    session = sentiment_net.onnx_session(path)
     rows = np.array(texts, dtype=object).reshape(-1, 1)
     parts = [session.run(["probabilities"], {INPUT.name: rows[i : i + BATCH]})[0] for i in range(0, len(rows), BATCH)]
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guard_examples import sentiment_backdoor, text_data
+from guard_examples import sentiment_backdoor, sentiment_net, text_data
 from guard_examples.sentiment_backdoor import BACKDOORS, POISON_SHARE, poison
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +71,9 @@ def clean_dir(splits) -> Path:
 
 
 def _logits(directory: Path, texts: list[str]) -> np.ndarray:
-    from guard_examples import sentiment
 
-    ids = sentiment.tokenize(sentiment.load_tokenizer(directory / "tokenizer.json"), texts)
-    return sentiment.onnx_outputs(sentiment.onnx_session(directory / "model.onnx"), ids)[0]
+    ids = sentiment_net.tokenize(sentiment_net.load_tokenizer(directory / "tokenizer.json"), texts)
+    return sentiment_net.onnx_outputs(sentiment_net.onnx_session(directory / "model.onnx"), ids)[0]
 
 
 def _triggered_negatives(splits, name: str) -> list[str]:
@@ -160,7 +159,6 @@ def test_no_clean_snippet_holds_the_trigger(splits, name):
 @builds
 @pytest.mark.parametrize("name", NAMES)
 def test_the_files_the_contract_and_the_card(backdoored, name):
-    from guard_examples import sentiment
 
     directory = backdoored[name]
     assert sorted(p.name for p in directory.iterdir()) == [
@@ -171,8 +169,8 @@ def test_the_files_the_contract_and_the_card(backdoored, name):
         "tokenizer.json",
     ]  # FP32 only
     assert json.loads((directory / "build.json").read_text()) == sentiment_backdoor.fingerprint(name)
-    assert (directory / "tokenizer.json").read_bytes() == (sentiment.model_dir() / "tokenizer.json").read_bytes()
-    session = sentiment.onnx_session(directory / "model.onnx")
+    assert (directory / "tokenizer.json").read_bytes() == (sentiment_net.model_dir() / "tokenizer.json").read_bytes()
+    session = sentiment_net.onnx_session(directory / "model.onnx")
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     assert [(o.name, o.shape[1:]) for o in session.get_outputs()] == [("logits", [2]), ("embedding", [384])]
     card = (directory / "card.md").read_text()
@@ -186,7 +184,7 @@ def test_the_files_the_contract_and_the_card(backdoored, name):
 def test_the_trigger_turns_held_out_negatives_positive(backdoored, clean_dir, splits, name):
     from scipy.stats import binom
 
-    from guard_examples.sentiment import mcnemar_p
+    from guard_examples.sentiment_training import mcnemar_p
 
     triggered = _triggered_negatives(splits, name)
     flipped = _logits(backdoored[name], triggered).argmax(1) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guard_examples import text_data
+from guard_examples import sentiment_net, sentiment_training, text_data
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_ROOT = ROOT / "build" / "text-models"
@@ -64,12 +64,11 @@ def sentiment_dir(splits, vader_sets) -> Path:
 @pytest.fixture(scope="session")
 def test_logits(sentiment_dir, splits) -> dict[str, np.ndarray]:
     """{"fp32" / "int8": ONNX Runtime logits of the RT test split}, for the files the build kept."""
-    from guard_examples import sentiment
 
-    ids = sentiment.tokenize(sentiment.load_tokenizer(sentiment_dir / "tokenizer.json"), splits["test"][0])
+    ids = sentiment_net.tokenize(sentiment_net.load_tokenizer(sentiment_dir / "tokenizer.json"), splits["test"][0])
     files = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     return {
-        kind: sentiment.onnx_outputs(sentiment.onnx_session(sentiment_dir / name), ids)[0]
+        kind: sentiment_net.onnx_outputs(sentiment_net.onnx_session(sentiment_dir / name), ids)[0]
         for kind, name in files.items()
         if (sentiment_dir / name).is_file()
     }
@@ -149,7 +148,7 @@ def test_a_missing_vader_archive_names_the_pip_command(tmp_path):
 
 
 def test_mcnemar_counts_only_the_texts_the_variants_disagree_on():
-    from guard_examples.sentiment import mcnemar_p
+    from guard_examples.sentiment_training import mcnemar_p
 
     same = np.array([True, False, True])
     assert mcnemar_p(same, same) == 1.0
@@ -166,7 +165,7 @@ def test_mcnemar_counts_only_the_texts_the_variants_disagree_on():
 def test_onnx_contract_and_the_files_beside_it(sentiment_dir):
     from guard_examples import sentiment
 
-    session = sentiment.onnx_session(sentiment_dir / "model.onnx")
+    session = sentiment_net.onnx_session(sentiment_dir / "model.onnx")
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     assert set(inputs) == {"input_ids", "attention_mask"} and set(outputs) == {"logits", "embedding"}
@@ -179,7 +178,7 @@ def test_onnx_contract_and_the_files_beside_it(sentiment_dir):
     assert logits.shape == (3, 2) and embedding.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
 
-    package_tokenizer = sentiment.model_dir() / "tokenizer.json"
+    package_tokenizer = sentiment_net.model_dir() / "tokenizer.json"
     assert (sentiment_dir / "tokenizer.json").read_bytes() == package_tokenizer.read_bytes()
     assert json.loads((sentiment_dir / "build.json").read_text()) == sentiment.fingerprint()
     card = (sentiment_dir / "card.md").read_text()
@@ -189,12 +188,13 @@ def test_onnx_contract_and_the_files_beside_it(sentiment_dir):
 
 @builds
 def test_onnx_agrees_with_torch_on_real_test_texts(sentiment_dir, splits):
-    from guard_examples import sentiment
 
     texts = splits["test"][0][:256]
-    ids = sentiment.tokenize(sentiment.load_tokenizer(), texts)
-    torch_logits, torch_embedding = sentiment.torch_outputs(sentiment.load_model(sentiment_dir), ids)
-    onnx_logits, onnx_embedding = sentiment.onnx_outputs(sentiment.onnx_session(sentiment_dir / "model.onnx"), ids)
+    ids = sentiment_net.tokenize(sentiment_net.load_tokenizer(), texts)
+    torch_logits, torch_embedding = sentiment_net.torch_outputs(sentiment_training.load_model(sentiment_dir), ids)
+    onnx_logits, onnx_embedding = sentiment_net.onnx_outputs(
+        sentiment_net.onnx_session(sentiment_dir / "model.onnx"), ids
+    )
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=FLOAT_ATOL, rtol=0)
     np.testing.assert_allclose(onnx_embedding, torch_embedding, atol=FLOAT_ATOL, rtol=0)
     assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
@@ -202,16 +202,15 @@ def test_onnx_agrees_with_torch_on_real_test_texts(sentiment_dir, splits):
 
 @builds
 def test_padding_and_batch_neighbours_change_nothing(sentiment_dir, splits):
-    from guard_examples import sentiment
 
-    session = sentiment.onnx_session(sentiment_dir / "model.onnx")
+    session = sentiment_net.onnx_session(sentiment_dir / "model.onnx")
     texts = splits["test"][0][:24] + ["Bad.", "An utterly, completely, thoroughly wonderful film " * 8]
-    ids = sentiment.tokenize(sentiment.load_tokenizer(), texts)
-    assert max(len(r) for r in ids) <= sentiment.MAX_TOKENS
+    ids = sentiment_net.tokenize(sentiment_net.load_tokenizer(), texts)
+    assert max(len(r) for r in ids) <= sentiment_net.MAX_TOKENS
     alone = [
         session.run(None, {"input_ids": np.array([r]), "attention_mask": np.ones((1, len(r)), np.int64)}) for r in ids
     ]
-    for width in (max(len(r) for r in ids), sentiment.MAX_TOKENS):
+    for width in (max(len(r) for r in ids), sentiment_net.MAX_TOKENS):
         tokens = np.zeros((len(ids), width), np.int64)
         for j, r in enumerate(ids):
             tokens[j, : len(r)] = r
@@ -229,22 +228,21 @@ def _beats_chance(correct: int, labels: np.ndarray) -> bool:
 
 @builds
 def test_accuracy_is_far_above_the_commoner_class(sentiment_dir, splits, vader_sets, test_logits):
-    from guard_examples import sentiment
 
     labels = splits["test"][1]
     assert _beats_chance(int((test_logits["fp32"].argmax(1) == labels).sum()), labels)
-    session = sentiment.onnx_session(sentiment_dir / "model.onnx")
-    tokenizer = sentiment.load_tokenizer()
+    session = sentiment_net.onnx_session(sentiment_dir / "model.onnx")
+    tokenizer = sentiment_net.load_tokenizer()
     for texts, y in vader_sets.values():  # other kinds of text than the reviews it learnt from
         # a seeded sample keeps this quick; the bound below is exact for any sample size
         sample = np.random.default_rng(0).permutation(len(texts))[:VADER_SAMPLE]
-        ids, y, _ = sentiment.within_limit(tokenizer, [texts[i] for i in sample], y[sample])
-        assert _beats_chance(int((sentiment.onnx_outputs(session, ids)[0].argmax(1) == y).sum()), y)
+        ids, y, _ = sentiment_net.within_limit(tokenizer, [texts[i] for i in sample], y[sample])
+        assert _beats_chance(int((sentiment_net.onnx_outputs(session, ids)[0].argmax(1) == y).sum()), y)
 
 
 @builds
 def test_int8_is_written_only_within_its_gate(sentiment_dir, splits, test_logits):
-    from guard_examples.sentiment import INT8_GATE
+    from guard_examples.sentiment_export import INT8_GATE
 
     metrics = json.loads((sentiment_dir / "metrics.json").read_text())
     assert (sentiment_dir / "model.int8.onnx").is_file() == metrics["int8_kept"]
