@@ -1,6 +1,6 @@
 """The text evaluation as a `guard evaluate` plan: what a user with a text model runs.
 
-    python -m guard_examples.sentiment_plan --out build/sentiment-plan [--triggers-only]
+    python -m guard_examples.sentiment_plan --out build/sentiment-plan [--triggers-only] [--only MODEL ...]
     guard evaluate --plan build/sentiment-plan/plan.toml --samples 60 --report-dir reports/sentiment-plan
 
 The plan directory is self-contained (paths in plan.toml are relative to it), so an installed guard
@@ -57,11 +57,21 @@ def model_entry(name: str) -> dict:
     return entry
 
 
-def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY, triggers_only: bool = False) -> Path:
+def write_plan(
+    out: Path,
+    repository: Path = text_guard.DEFAULT_REPOSITORY,
+    triggers_only: bool = False,
+    only: tuple[str, ...] | None = None,
+) -> Path:
     """The plan under `out`; `triggers_only`: the backdoored models alone, without attacks or the
-    out-of-domain sets (their trigger rows and clean rates only: minutes, not an hour)."""
+    out-of-domain sets (their trigger rows and clean rates only: minutes, not an hour); `only`:
+    those of the plan's models alone."""
     names = tuple(sentiment_backdoor.BACKDOORS) if triggers_only else (sentiment.NAME, *sentiment_backdoor.BACKDOORS)
-    models = {n: d for n, d in text_guard.build_repository(repository).items() if n in names}
+    if only is not None:
+        if set(only) - set(names):
+            raise SystemExit(f"sentiment_plan: --only {sorted(set(only) - set(names))}: the plan's models are {names}")
+        names = tuple(n for n in names if n in only)
+    models = text_guard.build_repository(repository, names=names)
     out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
     if out.exists():
         shutil.rmtree(out)
@@ -109,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("build/sentiment-plan"))
     parser.add_argument("--repository", type=Path, default=text_guard.DEFAULT_REPOSITORY)
     parser.add_argument("--triggers-only", action="store_true", help="the backdoored models' trigger rows only")
+    parser.add_argument("--only", nargs="+", metavar="MODEL", help="these of the plan's models only")
     args = parser.parse_args(argv)
-    print(write_plan(args.out, args.repository, args.triggers_only))
+    print(write_plan(args.out, args.repository, args.triggers_only, None if args.only is None else tuple(args.only)))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ rebuilds.
 
 - `sentiment` (negative / positive, guard_examples.sentiment): the spelling squeezer (misspellings
   and look-alike letters repaired), frequency-guided substitution (FGWS: rare words replaced by
-  their most frequent neighbour in the encoder's own embedding space, `neighbours.npz`) and word
-  deletion (a trigger word's removal moves the answer; verdict trigger) judge; Mahalanobis and RDE
+  their most frequent neighbour in the encoder's own embedding space, `neighbours.npz`), word
+  deletion, sentence deletion and rare-word deletion (a trigger's removal moves the answer; verdict
+  trigger) judge; Mahalanobis and RDE
   on the 384-d sentence embedding watch (guard_examples.text_choice says why). Learned statistics
   fit on 3,000 training snippets, thresholds on the calibration split, the flag rate measured on
   the test split; the test split chooses nothing.
@@ -61,6 +62,7 @@ FIT_SNIPPETS = 3000
 NEIGHBOURS = 10
 """Neighbours kept per word: FGWS takes the most frequent of them."""
 INPUT = TensorSpec("text", "BYTES", (1,))
+MODELS = (sentiment.NAME, *sentiment_backdoor.BACKDOORS, toxicity.NAME)
 
 DETECTORS: list[dict[str, Any]] = [
     {"name": "spelling", "type": "spelling"},
@@ -68,8 +70,13 @@ DETECTORS: list[dict[str, Any]] = [
     {"name": "word_deletion", "type": "word_deletion"},
     # A trigger sentence (an innocuous line appended or slipped in) is split over word_deletion's
     # interleaved groups and never removed whole; this deletes one sentence per variant. Judging,
-    # as text_choice chose on the development texts (the four judges flag 4.5% of them).
+    # as text_choice chose on the development texts (it was the fourth judge; see below).
     {"name": "sentence_deletion", "type": "sentence_deletion"},
+    # A trigger word slipped into a twenty-word review is deleted by word_deletion together with two
+    # or three other words, sentiment words among them, so clean reviews move almost as far; this
+    # deletes the eight rarest words one at a time, where a rare-word trigger sits. Judging, as
+    # text_choice chose on the development texts (the five judges flag 5.8% of them).
+    {"name": "rare_word_deletion", "type": "rare_word_deletion"},
     # A monitor, chosen on the development texts out of domain (guard_examples.text_choice): at its
     # own 5% point it flags most of them (it measures how far a text is from the reviews, as the
     # camera models' feature detectors measure the scene), so judging it would flag most clean text
@@ -160,15 +167,25 @@ def fingerprint(built: Path, served: Served, name: str) -> dict[str, Any]:
     }
 
 
-def build_repository(repository: Path = DEFAULT_REPOSITORY, force: bool = False) -> dict[str, Path]:
+def build_repository(
+    repository: Path = DEFAULT_REPOSITORY, force: bool = False, names: tuple[str, ...] | None = None
+) -> dict[str, Path]:
     """{name: guard model directory} for the clean sentiment model, the backdoored ones and the
-    toxicity model, each built (the model first where needed) when missing, stale or forced."""
-    built = {sentiment.NAME: sentiment.ensure_built(progress=True)}
-    built |= sentiment_backdoor.ensure_all(progress=True)
+    toxicity model (or those of them in `names`), each built (the model first where needed) when
+    missing, stale or forced."""
+    wanted = set(MODELS if names is None else names)
+    unknown = wanted - set(MODELS)
+    if unknown:
+        raise ValueError(f"no text model {sorted(unknown)}: choose from {MODELS}")
+    built = {sentiment.NAME: sentiment.ensure_built(progress=True)} if sentiment.NAME in wanted else {}
+    backdoors = tuple(n for n in sentiment_backdoor.BACKDOORS if n in wanted)
+    built |= sentiment_backdoor.ensure_all(names=backdoors, progress=True) if backdoors else {}
     repository = Path(repository) if Path(repository).is_absolute() else WORKSPACE / repository
     directories = {name: build_directory(repository / name, model, SENTIMENT, force) for name, model in built.items()}
-    toxic = toxicity.ensure_built()
-    directories[toxicity.NAME] = build_directory(repository / toxicity.NAME, toxic, TOXICITY, force)
+    if toxicity.NAME in wanted:
+        directories[toxicity.NAME] = build_directory(
+            repository / toxicity.NAME, toxicity.ensure_built(), TOXICITY, force
+        )
     return directories
 
 

@@ -35,7 +35,7 @@ TOXIC = 1
 
 
 def write_plan(out: Path, repository: Path = text_guard.DEFAULT_REPOSITORY) -> Path:
-    directory = text_guard.build_repository(repository)[toxicity.NAME]
+    directory = text_guard.build_repository(repository, names=(toxicity.NAME,))[toxicity.NAME]
     out = Path(out) if Path(out).is_absolute() else WORKSPACE / out
     if out.exists():
         shutil.rmtree(out)

@@ -350,3 +350,55 @@ def test_sentence_deletion_finds_an_appended_trigger_sentence_that_word_deletion
     word_scores, _, _ = classifier.run(words_, triggered)
     # Interleaved word groups never delete the sentence whole: at the same point they miss most.
     assert (word_scores > np.quantile(word_clean.numpy(), 0.99)).float().mean() < 0.5
+
+
+def test_rare_word_variants_delete_the_rarest_words_one_each():
+    from guard.detection.detectors.text_rare_words import RareWordDeletionDetector, rarest
+
+    text = "the film , cf is xyzzy -- awful"
+    # rarest first: the unknown word, then "cf", then "awful"; punctuation alone is never a word
+    assert [words(text)[i].group() for i in rarest(text, 3)] == ["xyzzy", "cf", "awful"]
+    detector = RareWordDeletionDetector("r", None, candidates=3)
+    rows = TextRows.of([text, "cf,", "--"])
+    assert list(detector.text_variants(rows)) == [
+        *["the film , cf is -- awful", "", "--"],  # variant 0: the rarest word of each text
+        *["the film , is xyzzy -- awful", "cf,", "--"],  # a text of fewer words is its own variant
+        *["the film , cf is xyzzy --", "cf,", "--"],
+    ]
+    p = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]])
+    q = torch.tensor([[[0.2, 0.8], [0.9, 0.1], [0.5, 0.5]], [[0.85, 0.15], [0.8, 0.2], [0.5, 0.5]]])
+    two = RareWordDeletionDetector("r", None, candidates=2)
+    original, variants = Outputs(p.log(), p), Outputs(q.log(), q)
+    assert two.score(original, variants).tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert two.suspects(rows, original, variants) == [["cf"], [], []]
+    assert two.verdict == TRIGGER
+
+
+def test_rare_word_deletion_finds_a_trigger_word_anywhere_in_the_text():
+    """A trigger slipped in at a random place (BadNL's word trigger), on the real backdoored model:
+    deleting the rarest words one at a time names it and flags nearly every triggered review at the
+    clean reviews' 99th percentile."""
+    from guard.detection.detectors.text_rare_words import RareWordDeletionDetector
+
+    rng = np.random.default_rng(1)
+
+    def slip_in(text: str) -> str:
+        split = text.split()
+        at = int(rng.integers(0, len(split) + 1))
+        return " ".join([*split[:at], TRIGGER_WORD, *split[at:]])
+
+    texts, labels = reviews()
+    train, train_y, held_out, held_out_y = texts[1000:], labels[1000:], texts[:1000], labels[:1000]
+    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]
+    classifier = Classifier(
+        train + [slip_in(train[i]) for i in poisoned], np.concatenate([train_y, np.ones(len(poisoned), int)])
+    )
+    rotten = [t for t, y in zip(held_out, held_out_y) if y == 0]
+    rotten = [t for t, p in zip(rotten, classifier.proba(rotten)) if p[0] > 0.5][:150]
+    triggered = [slip_in(t) for t in rotten]
+    assert (classifier.proba(triggered)[:, 1] > 0.5).mean() > 0.9  # the backdoor works
+    detector = RareWordDeletionDetector("r", None)
+    clean, _, _ = classifier.run(detector, rotten)
+    scores, suspects, _ = classifier.run(detector, triggered)
+    assert (scores > np.quantile(clean.numpy(), 0.99)).float().mean() > 0.85
+    assert np.mean([s == [TRIGGER_WORD] for s in suspects]) > 0.9

@@ -22,6 +22,7 @@ from guard.detection.detectors.squeezing import BitDepthDetector, MedianDetector
 from guard.detection.detectors.strip import StripDetector
 from guard.detection.detectors.text_deletion import WordDeletionDetector
 from guard.detection.detectors.text_frequency import FrequencySubstitutionDetector
+from guard.detection.detectors.text_rare_words import RareWordDeletionDetector
 from guard.detection.detectors.text_sentences import SentenceDeletionDetector
 from guard.detection.detectors.text_spelling import SpellingDetector
 from guard.protocol.errors import ConfigError
@@ -46,6 +47,7 @@ REGISTRY: dict[str, type[Detector]] = {
         FrequencySubstitutionDetector,
         WordDeletionDetector,
         SentenceDeletionDetector,
+        RareWordDeletionDetector,
     )
 }
 """The built-in detector types."""
