@@ -50,6 +50,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport", "tests/backends/remote"),
     # The pieces runtime.py wires together, each against the tests that reach its behaviour.
     "guard/serving/judging.py": (
+        "tests/serving/test_judging.py",
         "tests/serving/test_verdicts_live.py",
         "tests/serving/test_policy.py",
         "tests/serving/test_failures.py",

@@ -5,6 +5,8 @@ that cannot run an input fails it with UNAVAILABLE, and in every case the gatewa
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -52,12 +54,28 @@ def test_a_detector_failing_in_variants_fails_closed_and_the_server_keeps_servin
         assert client.infer("digits_fp32", [infer_input(held_out[0][:1])]).as_numpy("logits").shape == (1, 10)
 
 
-def test_a_detector_failing_in_variants_is_served_unchecked_under_fail_open(tmp_path, failing_variants, held_out):
+def test_a_detector_failing_in_variants_is_served_unchecked_under_fail_open(
+    tmp_path, failing_variants, held_out, caplog
+):
     repository = with_failing_detector(tmp_path, fail_open=True)
-    with running_gateway(repository) as srv, triton.InferenceServerClient(srv.grpc_url) as client:
+    with (
+        caplog.at_level(logging.WARNING, logger="guard.serving"),
+        running_gateway(repository) as srv,
+        triton.InferenceServerClient(srv.grpc_url) as client,
+    ):
         result = client.infer("digits", [infer_input(held_out[0][:2])])
     assert verdict(result) == ("unchecked", "", 0.0)
     assert result.as_numpy("logits").shape == (2, 10)
+    # An operator filtering on the serving logger sees which model runs unchecked, and why.
+    served_unchecked = [
+        r
+        for r in caplog.records
+        if r.name == "guard.serving" and r.levelno == logging.WARNING and "serving unchecked" in r.getMessage()
+    ]
+    assert [r.getMessage().split(": DetectorError")[0] for r in served_unchecked] == [
+        "digits: detectors failed; serving unchecked (fail_open)"
+    ]
+    assert "cannot squeeze this batch" in served_unchecked[0].getMessage()
 
 
 def length_four_model(path) -> None:
