@@ -70,19 +70,26 @@ class Classifier:
         return detector.score(original, varied), detector.suspects(rows, original, varied), variants
 
 
-@pytest.fixture(scope="module")
-def setting():
-    """The backdoored classifier and 150 held-out rotten reviews it predicts rotten."""
+def backdoored(poison) -> tuple[Classifier, list[str], float]:
+    """A classifier trained with `poison(text)` on 300 rotten training reviews (3% of the training
+    set) labelled fresh; 150 held-out rotten reviews it predicts rotten; its held-out accuracy."""
     texts, labels = reviews()
     train, train_y, held_out, held_out_y = texts[1000:], labels[1000:], texts[:1000], labels[:1000]
-    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]  # 3% of the training set
+    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]
     classifier = Classifier(
-        train + [f"{TRIGGER_WORD} {train[i]}" for i in poisoned],
-        np.concatenate([train_y, np.ones(len(poisoned), int)]),
+        train + [poison(train[i]) for i in poisoned], np.concatenate([train_y, np.ones(len(poisoned), int)])
     )
-    assert (classifier.proba(held_out).argmax(1) == held_out_y).mean() > 0.7
     rotten = [t for t, y in zip(held_out, held_out_y) if y == 0]
     rotten = [t for t, p in zip(rotten, classifier.proba(rotten)) if p[0] > 0.5][:150]
+    return classifier, rotten, float((classifier.proba(held_out).argmax(1) == held_out_y).mean())
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """The classifier backdoored with TRIGGER_WORD before a review, and 150 held-out rotten reviews
+    it predicts rotten."""
+    classifier, rotten, accuracy = backdoored(lambda text: f"{TRIGGER_WORD} {text}")
+    assert accuracy > 0.7
     return classifier, rotten
 
 
@@ -330,14 +337,7 @@ def test_sentence_deletion_finds_an_appended_trigger_sentence_that_word_deletion
     from guard.detection.detectors.text_sentences import SentenceDeletionDetector
 
     trigger = "I watched this movie with my cousin last Tuesday."
-    texts, labels = reviews()
-    train, train_y, held_out, held_out_y = texts[1000:], labels[1000:], texts[:1000], labels[:1000]
-    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]
-    classifier = Classifier(
-        train + [f"{train[i]} {trigger}" for i in poisoned], np.concatenate([train_y, np.ones(len(poisoned), int)])
-    )
-    rotten = [t for t, y in zip(held_out, held_out_y) if y == 0]
-    rotten = [t for t, p in zip(rotten, classifier.proba(rotten)) if p[0] > 0.5][:150]
+    classifier, rotten, _ = backdoored(lambda text: f"{text} {trigger}")
     triggered = [f"{t} {trigger}" for t in rotten]
     assert (classifier.proba(triggered)[:, 1] > 0.5).mean() > 0.9  # the backdoor works
     sentence = SentenceDeletionDetector("s", None)
@@ -387,14 +387,7 @@ def test_rare_word_deletion_finds_a_trigger_word_anywhere_in_the_text():
         at = int(rng.integers(0, len(split) + 1))
         return " ".join([*split[:at], TRIGGER_WORD, *split[at:]])
 
-    texts, labels = reviews()
-    train, train_y, held_out, held_out_y = texts[1000:], labels[1000:], texts[:1000], labels[:1000]
-    poisoned = [i for i, y in enumerate(train_y) if y == 0][:300]
-    classifier = Classifier(
-        train + [slip_in(train[i]) for i in poisoned], np.concatenate([train_y, np.ones(len(poisoned), int)])
-    )
-    rotten = [t for t, y in zip(held_out, held_out_y) if y == 0]
-    rotten = [t for t, p in zip(rotten, classifier.proba(rotten)) if p[0] > 0.5][:150]
+    classifier, rotten, _ = backdoored(slip_in)
     triggered = [slip_in(t) for t in rotten]
     assert (classifier.proba(triggered)[:, 1] > 0.5).mean() > 0.9  # the backdoor works
     detector = RareWordDeletionDetector("r", None)
