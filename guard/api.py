@@ -56,7 +56,8 @@ from guard.tools.evaluation.run import EvalOptions, run_evaluation
 from guard.tools.evaluation.tables import roc_png
 from guard.tools.evaluation.tensor_data import read_samples
 from guard.tools.evaluation.text_attacks import REGISTRY as TEXT_ATTACKS
-from guard.tools.evaluation.text_attacks import GatewayOracle, TextAttackResult, build_attack, label_only
+from guard.tools.evaluation.text_attacks import TextAttackResult, build_attack, label_only
+from guard.tools.evaluation.text_gateway import GatewayOracle
 from guard.tools.evaluation.text_models import TextTrigger
 from guard.tools.evaluation.triggers import load_trigger, trigger_from_arrays
 

@@ -36,7 +36,7 @@ DEFAULT_ROOT = Path("build/camera-models")
 MODELS = ("mobilenet_v2", "yolov3_tiny", "centerface")
 # The recipe modules whose source decides each model's bytes: a change to any rebuilds the model.
 RECIPE_SOURCES = {
-    "mobilenet_v2": ("mobilenet_v2", "onnx_export", "camera", "footage"),
+    "mobilenet_v2": ("mobilenet_v2", "mobilenet_v2_card", "onnx_export", "camera", "footage"),
     "yolov3_tiny": ("yolov3_tiny", "yolo", "onnx_export", "camera", "footage"),
     "centerface": ("centerface", "camera", "footage"),
 }

@@ -79,9 +79,9 @@ def test_targets_are_ratios_and_say_when_unmeasured():
 
 
 def test_camera_frames_take_their_id_and_camera_from_the_appended_tail():
-    """benchmarks.cameras serialises each frame once and appends id and camera per send: the
-    gateway must read the merged message as one request with both."""
-    from benchmarks import cameras
+    """benchmarks.camera_streams serialises each frame once and appends id and camera per send:
+    the gateway must read the merged message as one request with both."""
+    from benchmarks import camera_streams as cameras
     from guard.protocol.proto import inference_pb2 as pb
 
     base = cameras.frame_requests("guard", [b"\xff\xd8jpeg"])[0]
@@ -93,7 +93,8 @@ def test_camera_frames_take_their_id_and_camera_from_the_appended_tail():
 
 
 def test_camera_summary_counts_late_answers_against_one_frame_interval():
-    from benchmarks.cameras import CameraRun, summarize
+    from benchmarks.camera_streams import CameraRun
+    from benchmarks.cameras import summarize
 
     runs = {"a": CameraRun(offered=4, latencies=[0.01, 0.03, 0.05, 0.2]), "b": CameraRun(offered=2)}
     runs["b"].errors["DEADLINE_EXCEEDED"] = 2

@@ -1,7 +1,7 @@
-"""Property-based fuzzing of a live gateway (the strategies and checks live in benchmarks/fuzz.py,
-whose long mode runs 20,000 cases): structured requests with random datatypes, shapes, contents,
-parameters, outputs, ids and names, the other RPCs' messages, and byte-level mutations of valid
-serialized requests, on every RPC of the service over a raw gRPC channel.
+"""Property-based fuzzing of a live gateway (the strategies live in benchmarks/fuzz_cases.py, the
+checks in benchmarks/fuzz.py, whose long mode runs 20,000 cases): structured requests with random
+datatypes, shapes, contents, parameters, outputs, ids and names, the other RPCs' messages, and
+byte-level mutations of valid serialized requests, on every RPC of the service over a raw gRPC channel.
 
 Properties, for every case: no INTERNAL or UNKNOWN (every case is a client's fault, or valid), an
 answer well within a deadline far above the gateway's own limits (no hang), and a correct request
@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from benchmarks.fuzz import Fuzzer, cases, infer_requests, mutated
+from benchmarks.fuzz import Fuzzer
+from benchmarks.fuzz_cases import cases, infer_requests, mutated
 from tests.conftest import running_gateway
 
 CASES = 600

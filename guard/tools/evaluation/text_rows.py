@@ -2,7 +2,7 @@
 test texts (the scorers and the served clean flag rate), its out-of-domain clean sets, every
 black-box attack on the test texts the served model gets right, and a backdoored model's trigger.
 
-The attacks see only the gateway's answers (text_attacks.GatewayOracle: probabilities from the
+The attacks see only the gateway's answers (text_gateway.GatewayOracle: probabilities from the
 returned logits, or labels only), one request per query, as an attacker on the network would;
 the gateway serves under policy flag, so every query is answered and none is blocked. A row's
 successful examples are the attacked texts the SERVED model misclassifies when sent once more
@@ -24,8 +24,9 @@ from guard.tools.evaluation.client import GatewayClient, Served
 from guard.tools.evaluation.plan import Plan, Subject
 from guard.tools.evaluation.reference import ModelReference, flag_rate, matches_config, served_flags
 from guard.tools.evaluation.subjects import configured_thresholds
-from guard.tools.evaluation.text_attacks import GatewayOracle, TextAttackResult, label_only
+from guard.tools.evaluation.text_attacks import TextAttackResult, label_only
 from guard.tools.evaluation.text_data import TextSplit
+from guard.tools.evaluation.text_gateway import GatewayOracle
 from guard.tools.evaluation.text_plan import TextAttackSpec
 
 log = logging.getLogger("guard.tools.evaluation")

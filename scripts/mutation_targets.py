@@ -1,0 +1,210 @@
+"""What scripts/mutation.py mutates, against which tests, and the survivors judged equivalent: the
+data the tool reads, kept apart from the tool so that a module added to the core is one entry here."""
+
+from __future__ import annotations
+
+# Module -> the tests that exercise it (unit tests first: `-x` stops at the first failure, so a
+# mutant the fast tests catch never starts a server).
+TARGETS: dict[str, tuple[str, ...]] = {
+    "guard/serving/policy.py": ("tests/serving/test_policy.py", "tests/serving/test_verdicts_live.py"),
+    "guard/serving/dataplane.py": ("tests/serving", "tests/serving/transport"),
+    "guard/serving/batching.py": (
+        "tests/serving/test_batching.py",
+        "tests/serving/test_admission.py",
+        "tests/serving/transport",
+    ),
+    "guard/serving/queueing.py": (
+        "tests/serving/test_batching.py",
+        "tests/serving/test_cameras.py",
+        "tests/serving/test_admission.py",
+    ),
+    "guard/serving/runtime.py": ("tests/serving", "tests/serving/transport", "tests/backends/remote"),
+    # The pieces runtime.py wires together, each against the tests that reach its behaviour.
+    "guard/serving/judging.py": (
+        "tests/serving/test_judging.py",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_failures.py",
+        "tests/serving/test_cameras.py",
+        "tests/serving/test_baselines_live.py",
+    ),
+    "guard/serving/fail_open.py": ("tests/serving/test_failures.py", "tests/serving/test_policy.py"),
+    "guard/serving/execution.py": (
+        "tests/serving/test_failures.py",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_shapes.py",
+        "tests/serving/test_metrics.py",
+        "tests/serving/test_cameras.py",
+        "tests/serving/test_baselines_live.py",
+        "tests/serving/test_runtime.py",
+        "tests/backends/remote/test_guard_chain.py",
+    ),
+    "guard/serving/forwarding.py": (
+        "tests/serving/test_failures.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_metrics.py",
+        "tests/backends/remote/test_guard_chain.py",
+        "tests/backends/remote/test_upstream_status.py",
+    ),
+    "guard/serving/validation.py": ("tests/serving/transport", "tests/serving"),
+    "guard/serving/host_calibration.py": (
+        "tests/serving/test_host_calibration.py",
+        "examples/tests/test_quantization.py",
+    ),
+    # The detection modules run against the serving tests that reach them, not all of
+    # tests/serving: a survivor runs every listed test, and the whole serving suite made one
+    # module take hours.
+    "guard/detection/pipeline.py": (
+        "tests/detection",
+        "tests/serving/test_image_ingest.py",
+        "tests/serving/test_metrics.py",
+        "tests/serving/test_shapes.py",
+        "tests/tools/test_calibrate_dir.py",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_failures.py",
+        "tests/serving/test_host_calibration.py",
+        "tests/backends/test_torch_backend.py",
+    ),
+    "guard/detection/verdicts.py": (
+        "tests/detection",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_policy.py",
+        "tests/serving/test_failures.py",
+    ),
+    "guard/detection/ensemble.py": (
+        "tests/detection",
+        "tests/serving/test_verdicts_live.py",
+        "tests/serving/test_host_calibration.py",
+    ),
+    "guard/detection/thresholds.py": ("tests/detection",),
+    "guard/detection/bounds.py": ("tests/detection",),
+    "guard/protocol/codec.py": ("tests/serving/transport", "tests/serving", "tests/protocol"),
+    "guard/backends/remote/circuit.py": (
+        "tests/backends/remote/test_circuit.py",
+        "tests/backends/remote/test_blackhole.py",
+        "tests/backends/remote/test_faults.py",
+    ),
+}
+
+# Survivors no test can kill because the program behaves the same: (module, the mutated line as
+# mutmut shows it after the edit, why). Matched on the module and the line's new text.
+_CIRCUIT = "guard/backends/remote/circuit.py"
+_NAMES = "state names are only compared with each other, never shown or stored"
+_DEFAULTS = "the product always passes both (RemoteSettings' circuit_failures and circuit_reset_s)"
+_VERDICTS = "guard/detection/verdicts.py"
+_ENSEMBLE = "guard/detection/ensemble.py"
+_THRESHOLDS = "guard/detection/thresholds.py"
+_BOUNDS = "guard/detection/bounds.py"
+_PIPELINE = "guard/detection/pipeline.py"
+_ONE_COPY = "with one copy, concatenating or repeating it gives the same values (only a copy more)"
+EQUIVALENT: list[tuple[str, str, str]] = [
+    # Annotations of local variables are never evaluated (PEP 526), so a mutated one changes nothing.
+    *(
+        (module, line, "a local variable's annotation: never evaluated")
+        for module, line in (
+            ("guard/serving/execution.py", "flows: list[str & None] = cameras or [None] * len(requests)"),
+            ("guard/serving/execution.py", "results: dict[int, RowsResult & GuardError] = {}"),
+            (
+                "guard/serving/execution.py",
+                "results: dict[int, RowsResult & GuardError] = {i: InvalidInput(why) for i, why in "
+                "prepared.failed.items()}",
+            ),
+            ("guard/serving/execution.py", "answers: list[RowsResult & GuardError] = list(served)"),
+            ("guard/serving/forwarding.py", "answers: list[RowsResult & GuardError] = list(served)"),
+        )
+    ),
+    (
+        "guard/serving/execution.py",
+        "Forward = None",
+        "a type alias read only by annotations, which are never evaluated (from __future__ import annotations)",
+    ),
+    (
+        "guard/serving/fail_open.py",
+        "result.scores = None",
+        "no scores, None or empty, read alike: the judge sees falsy scores and answers unchecked",
+    ),
+    (_PIPELINE, "guarded = torch.cat([x, *extra]) if copies >= 1 else x", _ONE_COPY),
+    (_PIPELINE, "return value.repeat(copies, *[1] * (value.dim() - 1)) if copies >= 1 else value", _ONE_COPY),
+    (_PIPELINE, "return np.concatenate([value] * copies) if copies >= 1 else value", _ONE_COPY),
+    (
+        _BOUNDS,
+        "deleted: @functools.cache / def allowed_exceedances(n: int, target: float, confidence: float = "
+        "DEFAULT_CONFIDENCE) -> int:",
+        "a cache: the same answers, computed again",
+    ),
+    (
+        _BOUNDS,
+        "if beta.cdf(target, c + 1, n - c) <= confidence:",
+        "a continuous distribution function equals the confidence exactly on no count that occurs",
+    ),
+    (
+        _BOUNDS,
+        "continue",
+        "the Beta probability falls as c grows: after the first count that fails, every later "
+        "one fails too, so looking on changes nothing",
+    ),
+    (_THRESHOLDS, "MIN_THRESHOLD = 2e-09", "a floor for scores that are numerical noise: any tiny value serves"),
+    (_THRESHOLDS, "@dataclass(frozen=False)", "nothing assigns to a Calibration after it is made"),
+    (
+        _THRESHOLDS,
+        "while allowed >= 0 and not union_ok(dict.fromkeys(scores, allowed))[0]:",
+        "no exceedances flag nothing, which is always within the target: the loop stops at 0 either way",
+    ),
+    (
+        _THRESHOLDS,
+        "if budget[name] > n:  # already allowed to flag every sample (scores under MIN_THRESHOLD flag none)",
+        "a budget of n and of n + 1 give the same threshold (every score above the floor flags)",
+    ),
+    (
+        _ENSEMBLE,
+        "min_p_threshold: float & None = None",
+        "an annotation: never evaluated under `from __future__ import annotations`",
+    ),
+    (
+        _ENSEMBLE,
+        "deleted: @staticmethod / def _count_at_least(reference: np.ndarray, values: np.ndarray) -> np.ndarray:",
+        "_count_at_least is only called through the class, where a plain function takes the same arguments",
+    ),
+    (
+        _ENSEMBLE,
+        "m = min(max(int(cls.TAIL_FRACTION * n), 1), n + 1)",
+        "the cap binds only below 2 references, which fit refuses",
+    ),
+    (
+        _ENSEMBLE,
+        "return u, max(float(np.mean(reference[n - m:] - u)), 2e-12), m",
+        "a floor against dividing by zero where the tail scores all tie; any tiny floor underflows alike",
+    ),
+    (
+        _ENSEMBLE,
+        "upper = torch.searchsorted(reference, s.detach()).clamp(1, n + 1)",
+        "s is clamped to the largest reference first, so the index never exceeds n - 1",
+    ),
+    (
+        _ENSEMBLE,
+        "weight = (s - lo) / (hi - lo).clamp_min(2e-12)",
+        "hi - lo is 0 only where s == lo == hi, and the weight is 0 whatever the floor",
+    ),
+    (
+        _VERDICTS,
+        "if span.stop + span.start == 1:",
+        "a fast path for 1-row requests: the general path gives the same verdict for every span",
+    ),
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "XXclosedXX", "open", "half_open"', _NAMES),
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "XXopenXX", "half_open"', _NAMES),
+    (_CIRCUIT, 'CLOSED, OPEN, HALF_OPEN = "closed", "open", "XXhalf_openXX"', _NAMES),
+    (_CIRCUIT, "def __init__(self, failures: int = 4, reset_s: float = 0.25, clock=time.monotonic):", _DEFAULTS),
+    (_CIRCUIT, "def __init__(self, failures: int = 3, reset_s: float = 1.25, clock=time.monotonic):", _DEFAULTS),
+    (_CIRCUIT, "self._opened_at = 1.0", "read only while open, and opening sets it first"),
+    (_CIRCUIT, "self._opened_at = None", "read only while open, and opening sets it first"),
+    (
+        _CIRCUIT,
+        "state = None  # the common case without the lock: a closed circuit",
+        "a fast path: the locked path below gives the same answer",
+    ),
+    (
+        _CIRCUIT,
+        "if self._state != CLOSED and not self._failures:",
+        "a fast path: open and half-open always have failures counted, and the locked path resets the same",
+    ),
+]
