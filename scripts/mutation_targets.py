@@ -38,6 +38,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/serving/test_baselines_live.py",
         "tests/serving/test_runtime.py",
         "tests/backends/remote/test_guard_chain.py",
+        # What the query-attack check reads of a batch: the decoded frames' thumbnails.
+        "tests/security/test_image_query_attacks.py",
     ),
     "guard/serving/forwarding.py": (
         "tests/serving/test_failures.py",
@@ -112,6 +114,11 @@ EQUIVALENT: list[tuple[str, str, str]] = [
             ("guard/serving/execution.py", "answers: list[RowsResult & GuardError] = list(served)"),
             ("guard/serving/forwarding.py", "answers: list[RowsResult & GuardError] = list(served)"),
         )
+    ),
+    (
+        "guard/serving/execution.py",
+        "query_rows: np.ndarray & None",
+        "a dataclass field's annotation: a string under from __future__ import annotations, never evaluated",
     ),
     (
         "guard/serving/execution.py",

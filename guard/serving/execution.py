@@ -5,7 +5,7 @@ requests grouped by shape, each group prepared and run (guard.serving.fail_open)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,11 +23,12 @@ from guard.serving.recorder import RuntimeRecorder
 class RowsResult:
     """One request's share of a batch: its output rows and its verdict."""
 
+    # No defaults: every producer (this module, guard.serving.forwarding) says what each field is.
     outputs: dict[str, np.ndarray]
     verdict: Verdict
-    suspects: dict[str, list[list[str]]] = field(default_factory=dict)
+    suspects: dict[str, list[list[str]]]
     """Text models: the words each detector blames, per row of this request (guard_explain)."""
-    query_rows: np.ndarray | None = None
+    query_rows: np.ndarray | None
     """Models with a preprocessor: what query-attack fingerprints read of this request's rows
     (guard.detection.preprocess: an image's thumbnail); None where there is none."""
 
