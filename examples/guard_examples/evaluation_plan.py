@@ -39,7 +39,7 @@ NOTES = [
 ]
 
 
-def _copy(source: Path, out: Path, relative: str) -> str:
+def copy_into(source: Path, out: Path, relative: str) -> str:
     target = out / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
@@ -62,9 +62,12 @@ def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Pat
     data = {
         key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix() for key, split in SPLITS.items()
     }
-    digits = {"name": "digits", "onnx": _copy(repository / "digits" / "model.onnx", out, "models/digits/model.onnx")}
+    digits = {
+        "name": "digits",
+        "onnx": copy_into(repository / "digits" / "model.onnx", out, "models/digits/model.onnx"),
+    }
     if (repository / "digits" / NETWORK_WEIGHTS).is_file():
-        digits["detector_network"] = _copy(
+        digits["detector_network"] = copy_into(
             repository / "digits" / NETWORK_WEIGHTS, out, f"models/digits/{NETWORK_WEIGHTS}"
         )
     models = [digits]
@@ -74,7 +77,7 @@ def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Pat
         models.append(
             {
                 "name": name,
-                "onnx": _copy(directory / "model.onnx", out, f"models/{name}/model.onnx"),
+                "onnx": copy_into(directory / "model.onnx", out, f"models/{name}/model.onnx"),
                 "trigger": trigger.relative_to(out).as_posix(),
                 "target": int(json.loads((directory / "poison.json").read_text())["target"]),
             }
@@ -82,7 +85,7 @@ def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Pat
     plan = {
         "notes": NOTES,
         "data": data,
-        "surrogate": {"onnx": _copy(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
+        "surrogate": {"onnx": copy_into(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
         "models": models,
     }
     path = out / "plan.toml"
