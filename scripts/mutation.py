@@ -174,8 +174,11 @@ def score(result: dict) -> tuple[int, int, int]:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| module | mutants | killed | timeout | survived | equivalent | score | score without equivalents | minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        # untested: mutmut stopped before it ran them (it can crash part way); the score counts them as
+        # not detected, and --recheck runs them.
+        "| module | mutants | killed | timeout | survived | untested | equivalent | score "
+        "| score without equivalents | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     all_detected = all_equivalent = all_total = 0
     for r in results:
@@ -186,11 +189,12 @@ def markdown(results: list[dict]) -> str:
         c = r["counts"]
         lines.append(
             f"| {r['module']} | {total} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
-            f"{total - detected} | {equivalent} | {detected / max(total, 1):.1%} | "
+            f"{total - detected - c.get('untested', 0)} | {c.get('untested', 0)} | {equivalent} | "
+            f"{detected / max(total, 1):.1%} | "
             f"{detected / max(total - equivalent, 1):.1%} | {r['seconds'] / 60:.0f} |"
         )
     lines.append(
-        f"| **all** | {all_total} | | | {all_total - all_detected} | {all_equivalent} | "
+        f"| **all** | {all_total} | | | {all_total - all_detected} | | {all_equivalent} | "
         f"**{all_detected / max(all_total, 1):.1%}** | "
         f"**{all_detected / max(all_total - all_equivalent, 1):.1%}** | |"
     )

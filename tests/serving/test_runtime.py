@@ -4,6 +4,10 @@ fail-open, forwarding): when a model counts as ready, and where a batch may run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
+import time
 from types import SimpleNamespace
 
 from guard.serving.metrics import GuardMetrics
@@ -46,3 +50,40 @@ def test_a_batch_runs_outside_the_batcher_without_camera_ids(held_out):
     runtime = ModelRuntime(config, GuardMetrics().for_model(config.name))
     results = runtime.execute([{"input": held_out[0][i : i + 1]} for i in range(3)])
     assert len(results) == 3 and all(r.verdict.verdict in ("clean", "adversarial") for r in results)
+
+
+def test_a_batch_still_running_at_close_is_left_to_finish_and_said_so(caplog, held_out):
+    """close(timeout) does not wait past its timeout for a batch stuck on a worker: it returns, and
+    says so on the serving logger with the model's name. The batch ran on the model's own named
+    worker thread, which is what a thread dump or a profile shows of a stuck model."""
+    config = load_model_config(DEMO_REPOSITORY / "digits_fp32")
+    runtime = ModelRuntime(config, GuardMetrics().for_model(config.name))
+    gate, threads = threading.Event(), []
+    run = runtime._execution.run
+
+    def held(requests, deadline=None, cameras=None):
+        threads.append(threading.current_thread().name)
+        gate.wait(10)
+        return run(requests, deadline, cameras)
+
+    runtime._execution.run = held
+
+    async def scenario() -> float:
+        await runtime.start()
+        request = asyncio.ensure_future(runtime.infer({"input": held_out[0][:1]}, 1, None))
+        while not threads:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await runtime.close(timeout=0.2)
+        took = time.monotonic() - started
+        gate.set()
+        with contextlib.suppress(Exception):  # answered late or failed UNAVAILABLE: not this test's concern
+            await asyncio.wait_for(request, 10)
+        return took
+
+    with caplog.at_level(logging.WARNING, logger="guard.serving"):
+        took = asyncio.run(scenario())
+    assert took < 5  # the held batch would keep it 10 s
+    assert threads[0].startswith(f"guard-{config.name}_")
+    said = [r.getMessage() for r in caplog.records if r.name == "guard.serving" and "closed" in r.getMessage()]
+    assert said == [f"{config.name}: a batch was still running when the model closed; not waiting for it"]
