@@ -45,7 +45,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from tqdm import tqdm
 
-from benchmarks.query_attacks import L2_BUDGET, LINF_BUDGET, GatewayModel, gateway, split
+from benchmarks.query_attacks import gateway, split
+from benchmarks.query_clients import L2_BUDGET, LINF_BUDGET, GatewayModel
 from guard.detection.queries import QuerySettings, fingerprints, keys, shared
 
 SERVED = {"query_attack": "flag"}
@@ -160,7 +161,7 @@ def run_one(
 ):
     from art.estimators.classification import BlackBoxClassifierNeuralNetwork
 
-    from benchmarks.query_attacks import make_attack
+    from benchmarks.query_clients import make_attack
 
     outcome = Outcome(attack, evasion, image, label)
     model = GatewayModel(triton.InferenceServerClient(url), token)

@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
-from benchmarks.query_attacks import as_digit_input, noisy_jpeg
+from benchmarks.query_clients import as_digit_input, noisy_jpeg
 from benchmarks.repositories import DIGITS, load_split
 from guard.detection.bounds import upper_bound
 from guard.detection.queries import QuerySettings, QueryStore, fingerprints
