@@ -10,6 +10,9 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
+
+from guard.protocol.errors import DeadlineExceeded
 from guard.serving.metrics import GuardMetrics
 from guard.serving.model_config import BatchingConfig, load_model_config
 from guard.serving.runtime import ModelRuntime, _batching
@@ -87,3 +90,40 @@ def test_a_batch_still_running_at_close_is_left_to_finish_and_said_so(caplog, he
     assert threads[0].startswith(f"guard-{config.name}_")
     said = [r.getMessage() for r in caplog.records if r.name == "guard.serving" and "closed" in r.getMessage()]
     assert said == [f"{config.name}: a batch was still running when the model closed; not waiting for it"]
+
+
+def test_a_closed_model_leaves_no_worker_thread_behind(held_out):
+    """Every reload closes a copy: its worker threads must be gone when close returns, or a server
+    reloaded for days would gather them."""
+    config = load_model_config(DEMO_REPOSITORY / "digits_fp32")
+    runtime = ModelRuntime(config, GuardMetrics().for_model(config.name))
+
+    def workers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(f"guard-{config.name}_")]
+
+    async def lifetime() -> tuple[list[str], list[str]]:
+        await runtime.start()
+        await asyncio.gather(*(runtime.infer({"input": held_out[0][i : i + 1]}, 1, None) for i in range(4)))
+        running = workers()
+        await runtime.close(timeout=10)
+        return running, workers()
+
+    running, left = asyncio.run(lifetime())
+    assert running and left == []
+
+
+def test_a_deadline_that_passed_before_queueing_is_named_the_deadline(held_out):
+    """Without a name for it (the data plane names the client's or the server's), the message says
+    "deadline"."""
+    config = load_model_config(DEMO_REPOSITORY / "digits_fp32")
+    runtime = ModelRuntime(config, GuardMetrics().for_model(config.name))
+
+    async def late() -> None:
+        await runtime.start()
+        try:
+            await runtime.infer({"input": held_out[0][:1]}, 1, time.monotonic() - 1.0)
+        finally:
+            await runtime.close(timeout=10)
+
+    with pytest.raises(DeadlineExceeded, match="^deadline passed before the request was queued$"):
+        asyncio.run(late())
