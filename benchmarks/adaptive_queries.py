@@ -26,7 +26,7 @@ its top-1 not the digit's class and within the budget (L2 2.0 for HopSkipJump an
 ball for Square). A run ends at its first success, at its identity's first flag (the gateway's
 `guard_client_verdict`; under `block` that query and every later one would be refused), or when the
 query budget is spent. The attack's success rate is the share of digits it succeeded on before
-the flag, within the budget. Issue target: at most 10% within 10,000 queries.
+the flag, within the budget. The target: at most 10% within 10,000 queries.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ EDGES_START = 4
 GROW, SHRINK = 1.5, 0.9
 """The adaptation: on a local rejection the strength grows by half; on an acceptance it shrinks."""
 MAX_TRIES = 200
-"""Resamples of one query before it is sent as it stands (never reached in the runs recorded)."""
+"""Resamples of one query before it is sent as it stands (`tries` in the results: the mean per query)."""
 
 
 class Stop(Exception):
