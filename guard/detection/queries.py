@@ -63,11 +63,22 @@ def fingerprints(x: np.ndarray, settings: QuerySettings) -> np.ndarray:
     """Each row's fingerprint: uint64 [rows, top], sorted, 0 padding where a row has fewer distinct
     window hashes than `top`. x: [rows, ...] numbers."""
     rows = x.reshape(len(x), -1)
-    lo, hi = settings.value_range
-    scaled = (rows.astype(np.float64) - lo) * (settings.levels / (hi - lo))
-    q = np.clip(np.floor(scaled), 0, settings.levels - 1).astype(np.uint64) + np.uint64(1)
-    window = min(settings.window, q.shape[1])
-    hashes = _window_hashes(q, window)
+    if np.issubdtype(rows.dtype, np.integer):
+        # Symbols (a text's characters, guard.detection.texts.symbol_rows): hashed as they are; a
+        # window that reaches into the 0 padding is never hashed, so a text's fingerprint does not
+        # depend on the longest text it was batched with.
+        q = rows.astype(np.uint64)
+        window = settings.window
+        if q.shape[1] < window:
+            return np.zeros((len(rows), settings.top), dtype=np.uint64)
+        hashes = _window_hashes(q, window)
+        lengths = (rows != 0).sum(axis=1)
+        hashes[np.arange(hashes.shape[1])[None, :] + window > lengths[:, None]] = 0
+    else:
+        lo, hi = settings.value_range
+        scaled = (rows.astype(np.float64) - lo) * (settings.levels / (hi - lo))
+        q = np.clip(np.floor(scaled), 0, settings.levels - 1).astype(np.uint64) + np.uint64(1)
+        hashes = _window_hashes(q, min(settings.window, q.shape[1]))
     hashes = np.sort(hashes, axis=1)
     # Keep each distinct hash once: repeats (flat background) would otherwise fill the top-k.
     repeats = np.zeros(hashes.shape, dtype=bool)

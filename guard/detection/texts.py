@@ -120,3 +120,20 @@ def replace_words(text: str, replacements: dict[int, str]) -> str:
         last = end
     out.append(text[last:])
     return "".join(out).rstrip() if any(not v for v in replacements.values()) else "".join(out)
+
+
+QUERY_CHARS = 4096
+"""A text's first characters that a query-attack fingerprint reads (guard.detection.queries)."""
+_SPACES = re.compile(r"\s+")
+
+
+def symbol_rows(texts: Sequence[str], limit: int = QUERY_CHARS) -> np.ndarray:
+    """What a query-attack fingerprint reads of each text: its characters as symbols (code point
+    + 1, int64), casefolded with runs of whitespace made one space, so that case and spacing alone
+    never tell two queries apart; 0 pads the shorter rows (guard.detection.queries hashes symbols
+    as they are and never a window that reaches into the padding)."""
+    folded = [_SPACES.sub(" ", t.casefold()).strip()[:limit] for t in texts]
+    out = np.zeros((len(folded), max((len(t) for t in folded), default=0)), dtype=np.int64)
+    for i, text in enumerate(folded):
+        out[i, : len(text)] = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64) + 1
+    return out

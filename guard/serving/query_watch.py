@@ -211,7 +211,7 @@ class QueryWatches:
     def _watch(self, config: ModelConfig) -> QueryWatch | None:
         settings = self._settings(config)
         if settings.query_attack == "off" or (config.preprocess is not None and not config.preprocess.fingerprinted):
-            return None  # text: its preprocessor offers nothing to fingerprint, so nothing is kept or asked
+            return None  # a preprocessor that offers nothing to fingerprint: nothing is kept or asked
         watch = self._watches.get(config.name)
         if watch is None or watch.settings != settings:
             if self._client is None:
@@ -240,9 +240,9 @@ class QueryWatches:
         raises QueryAttackBlocked under `block` when the identity is flagged, and
         QueryStoreUnavailable (UNAVAILABLE) when the shared store cannot be asked: the request's
         queries could not be checked, so it is not answered. `query_rows`: what the model's
-        preprocessor offers to fingerprint (an encoded image's thumbnail): the bytes a client sent
-        are not what the model compares, so a model with a preprocessor that offers none (text) is
-        not watched."""
+        preprocessor offers to fingerprint (an encoded image's thumbnail, a text's characters): the
+        bytes a client sent are not what the model compares, so a model with a preprocessor that
+        offers none (a plugin's kind without query_rows) is not watched."""
         watch = self._watch(config)
         if watch is None:
             return None

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from guard.detection.queries import QuerySettings, QueryStore, fingerprints, shared
+from guard.detection.queries import QuerySettings, QueryStore, fingerprints, keys, shared
 from tests.conftest import demo_split
 
 SETTINGS = QuerySettings(levels=5, window=12, threshold=30, min_near=2, min_changes=2)
@@ -131,3 +131,35 @@ def test_queries_older_than_the_window_no_longer_count():
     observe(store, "a", noisy(x[0], rng), 1, now=12.0)
     # Live: 1, 1 then 2, one change; with the entry of 0.0 still counted: 2, 1, 1, 2, two changes.
     assert not observe(store, "a", noisy(x[0], rng), 2, now=12.0).flagged
+
+
+REVIEW = "A warm, funny and touching film that never loses its way, with a lead who carries every scene."
+
+
+def test_a_texts_fingerprint_reads_its_characters_whatever_it_was_batched_with():
+    """Text queries are symbols (code points): a one-character edit stays near, another review is
+    far, case and spacing alone change nothing, and a text's fingerprint is the same alone or
+    padded beside a longer text (no window reaches into the padding)."""
+    from guard.detection.texts import symbol_rows
+
+    settings = QuerySettings()
+    texts = [
+        REVIEW,
+        REVIEW.replace("funny", "fnuny"),  # one swap, as a character attack makes
+        REVIEW.upper().replace(" ", "   "),
+        "A tedious, lifeless mess of a movie that wastes a good cast and goes nowhere at all.",
+        REVIEW + " " + REVIEW,  # the longest row: the others are padded
+    ]
+    prints = fingerprints(symbol_rows(texts), settings)
+    counts = shared(prints, keys(prints), prints[0], 0)
+    assert counts[1] >= settings.threshold and counts[2] == settings.top and counts[3] < 5
+    np.testing.assert_array_equal(fingerprints(symbol_rows([REVIEW]), settings)[0], prints[0])
+    # A text shorter than one window has no hash: it is never anyone's near-duplicate.
+    assert not fingerprints(symbol_rows(["Meh.", REVIEW]), settings)[0].any()
+
+
+def test_symbols_are_code_points_plus_one_with_zero_padding():
+    from guard.detection.texts import symbol_rows
+
+    rows = symbol_rows(["Ab\u00e9", "x"])
+    assert rows.tolist() == [[ord("a") + 1, ord("b") + 1, ord("\u00e9") + 1], [ord("x") + 1, 0, 0]]

@@ -148,8 +148,10 @@ def test_the_shared_store_matches_as_the_in_process_one_does(store_url):
 
 
 def test_models_whose_inputs_are_not_fingerprinted_never_ask_the_store():
-    """A text model offers nothing to fingerprint: with every model watched (--query-attack block)
-    and the store down, its requests go on; an image model's are refused, since they are checked."""
+    """Every built-in input kind is fingerprinted (text as its characters): with every model watched
+    (--query-attack block) and the store down, their requests are refused, since they are checked.
+    A preprocessor that offers nothing to read (a plugin's kind without query_rows) is not watched,
+    so its requests go on."""
     import asyncio
     from types import SimpleNamespace
 
@@ -159,7 +161,8 @@ def test_models_whose_inputs_are_not_fingerprinted_never_ask_the_store():
 
     def model(kind: str):
         clients = SimpleNamespace(queries=QueryAttackSettings(query_attack="block"))
-        return SimpleNamespace(name=kind, clients=clients, preprocess=PreprocessSettings(kind, "x", "y", {}))
+        preprocess = PreprocessSettings(kind, "x", "y", {}) if kind else SimpleNamespace(fingerprinted=False)
+        return SimpleNamespace(name=kind or "plugin", clients=clients, preprocess=preprocess)
 
     async def check(kind: str) -> None:
         watches = QueryWatches(store_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -168,7 +171,7 @@ def test_models_whose_inputs_are_not_fingerprinted_never_ask_the_store():
         finally:
             await watches.close()
 
-    asyncio.run(check("text"))
-    asyncio.run(check("strings"))
-    with pytest.raises(QueryStoreUnavailable):
-        asyncio.run(check("images"))
+    asyncio.run(check(""))
+    for kind in ("text", "strings", "images", "frames"):
+        with pytest.raises(QueryStoreUnavailable):
+            asyncio.run(check(kind))

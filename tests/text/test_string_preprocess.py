@@ -238,3 +238,12 @@ def test_config_errors_name_the_key(tmp_path, repository):
     (directory / "config.toml").write_text(set_key(CONFIG, "shape", "[2]"))
     with pytest.raises(ConfigError, match="one string per row"):
         load_model_config(directory)
+
+
+def test_query_attack_fingerprints_read_the_strings_as_a_tokenized_model_reads_them():
+    """Both text kinds hand the query-attack check the same symbols for the same texts."""
+    from guard.detection.texts import symbol_rows
+
+    rows = TextRows.of(["A gem of a film, truly.", "Dull"])
+    strings = REGISTRY["strings"](TensorSpec("text", "BYTES", (1,)), "text")
+    np.testing.assert_array_equal(strings.query_rows(rows), symbol_rows(rows.texts))

@@ -60,8 +60,9 @@ class Preprocessor(ABC):
             setattr(self, key, value)
 
     def query_rows(self, guarded: Any) -> np.ndarray | None:
-        """What a query-attack fingerprint reads of each guarded row (guard.serving.query_watch),
-        as numbers in [0, 1]; None: inputs of this kind are not fingerprinted."""
+        """What a query-attack fingerprint reads of each guarded row (guard.serving.query_watch):
+        numbers in [0, 1] (quantized), or integer symbols (hashed as they are, 0 for padding);
+        None: inputs of this kind are not fingerprinted."""
         return None
 
     @abstractmethod

@@ -24,7 +24,7 @@ import torch
 
 from guard.detection.preprocess.base import Prepared, Preprocessor
 from guard.detection.preprocess.utf8 import prepare_texts
-from guard.detection.texts import Rows, TextRows
+from guard.detection.texts import Rows, TextRows, symbol_rows
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 
@@ -41,6 +41,11 @@ class StringsPreprocessor(Preprocessor):
         super().__init__(source, output, directory, **params)
         if source.shape not in ((), (1,)):
             raise ValueError(f"input '{source.name}': one string per row (shape [] or [1])")
+
+    def query_rows(self, guarded: Any) -> np.ndarray:
+        """The texts as symbols (guard.detection.texts.symbol_rows): a black-box attack on a text
+        edits a few characters or words per query, so its queries share most character windows."""
+        return symbol_rows(list(guarded))
 
     def guarded_spec(self) -> TensorSpec:
         return TensorSpec(self.output, "BYTES", ())

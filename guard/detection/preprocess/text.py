@@ -29,7 +29,7 @@ import torch
 
 from guard.detection.preprocess.base import Prepared, Preprocessor
 from guard.detection.preprocess.utf8 import prepare_texts
-from guard.detection.texts import Rows, TextRows
+from guard.detection.texts import Rows, TextRows, symbol_rows
 from guard.protocol.settings import Param
 from guard.protocol.spec import TensorSpec
 
@@ -88,6 +88,11 @@ class TextPreprocessor(Preprocessor):
             pad_id=pad.get("pad_id", 0), pad_token=pad.get("pad_token", "[PAD]"), pad_to_multiple_of=PAD_MULTIPLE
         )
         return counting, batching
+
+    def query_rows(self, guarded: Any) -> np.ndarray:
+        """The texts as symbols (guard.detection.texts.symbol_rows): a black-box attack on a text
+        edits a few characters or words per query, so its queries share most character windows."""
+        return symbol_rows(list(guarded))
 
     def guarded_spec(self) -> TensorSpec:
         return TensorSpec(self.output, "BYTES", ())
