@@ -1,13 +1,14 @@
-"""Query-attack detection on a text model: black-box character attacks against the sentiment model
-through the live gateway, and benign clients reading reviews, through each candidate rule.
+"""Query-attack detection on a text model: black-box character and word attacks against the sentiment
+model through the live gateway, and benign clients reading reviews, through each candidate rule.
 
     python -m benchmarks.text_query_attacks --out reports/text-query-attacks [--texts 20] [--budget 200]
 
 A gateway serves the examples' sentiment model (guard_examples.sentiment: MiniLM fine-tuned on the
 Rotten Tomatoes snippets) without detectors, `[clients] query_attack = "flag"`. Its fingerprints
 read a text's characters (guard.detection.texts.symbol_rows). The attacks are guard's own
-(guard.tools.evaluation.text_attacks: swap, insert, delete, homoglyph; DeepWordBug's edits),
-asking the gateway one text per request and seeing only its probabilities, on the first `--texts`
+(guard.tools.evaluation.text_attacks): swap, insert, delete and homoglyph (DeepWordBug's edits),
+and greedy word substitution from the examples' FGWS neighbours table. Each asks the gateway one
+text per request and sees only its probabilities, on the first `--texts`
 test reviews the model gets right, `--budget` queries each. Every query and its answer are recorded
 (the attack never sees the flag, so its stream does not depend on the rule) and replayed offline
 through each rule of guard.detection.queries with the served settings, one client per attacked
@@ -33,14 +34,15 @@ import numpy as np
 import tomlkit
 from tqdm import tqdm
 
+from guard.detection.neighbours import load_neighbours
 from guard.detection.queries import QuerySettings, QueryStore, fingerprints
 from guard.detection.texts import symbol_rows
 from guard.serving.background import BackgroundServer
 from guard.serving.settings import ServerSettings
-from guard.tools.evaluation.text_attacks import REGISTRY
+from guard.tools.evaluation.text_attacks import build_attack
 from guard.tools.evaluation.text_gateway import GatewayOracle
 
-ATTACKS = ("swap", "insert", "delete", "homoglyph")
+ATTACKS = ("swap", "insert", "delete", "homoglyph", "word-substitution")
 RULES = {
     "decision, 3 changes (default)": {},
     "decision, 1 change": {"min_changes": 1},
@@ -84,6 +86,16 @@ def repository(tmp: Path, built: Path) -> Path:
     document["clients"] = {"query_attack": "flag", "rule": "duplicates", "min_near": 1}
     (directory / "config.toml").write_text(tomlkit.dumps(document))
     return tmp
+
+
+def neighbours(tmp: Path) -> dict[str, list[str]]:
+    """The word substitution's candidates: the table the examples' FGWS detector reads (each whole
+    word of the encoder's vocabulary with its nearest whole words in the embedding space)."""
+    from guard_examples.text_guard import write_neighbours
+
+    path = tmp / "neighbours.npz"
+    write_neighbours(path)
+    return load_neighbours(path)
 
 
 def first_flag(stream: Stream, settings: QuerySettings) -> int | None:
@@ -142,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         with BackgroundServer(settings) as server, GatewayOracle(server.grpc_url, "sentiment") as oracle:
             right = [i for i, p in enumerate(oracle(list(texts[:200])).argmax(1)) if p == labels[i]][: args.texts]
             recording = Recording(oracle)
+            nearest = neighbours(Path(tmp))
             for name in tqdm(ATTACKS, desc="text attacks"):
-                attack = REGISTRY[name](max_queries=args.budget, max_edits=5)
+                candidates = (lambda word: nearest.get(word.lower(), [])) if name == "word-substitution" else None
+                attack = build_attack(name, {"max_queries": args.budget, "max_edits": 5}, candidates)
                 for i in right:
                     recording.stream = Stream(f"{name}{i}", name)
                     (result,) = attack.run(recording, [texts[i]], [int(labels[i])], seed=args.seed + i)
