@@ -37,14 +37,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import tomlkit
 import torch
 from tqdm import tqdm
 
 from guard.api import attacks as atk
 from guard_examples.detector_net import load_surrogate, noisy, pgd_examples, served_outputs, train_detector
-from guard_examples.digits_data import load_split, save_split
-from guard_examples.evaluation_plan import NETWORK_WEIGHTS, SPLITS, copy_into
+from guard_examples.digits_data import load_split
+from guard_examples.evaluation_plan import NETWORK_WEIGHTS, copy_into, write_digits_plan
 from guard_examples.paths import REPOSITORY
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,6 @@ def networks(clean: np.ndarray, features: dict[str, np.ndarray]) -> dict[str, di
 
 def write_plan(out: Path, trained: dict[str, dict[str, np.ndarray]], repository: Path = REPOSITORY) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    data = {
-        key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix() for key, split in SPLITS.items()
-    }
     onnx = copy_into(repository / "digits" / "model.onnx", out, "models/digits/model.onnx")
     models = [
         {
@@ -134,23 +130,12 @@ def write_plan(out: Path, trained: dict[str, dict[str, np.ndarray]], repository:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **params)
         models.append({"name": f"digits_{name}", "onnx": onnx, "detector_network": path.relative_to(out).as_posix()})
-    plan = {
-        "notes": [
-            "Leave one family out: each digits_without_<family> model's detector network never saw that family; "
-            "digits_pgd_only is the shipped network (PGD only), digits_all_families saw every family "
-            "(guard_examples.detector_families).",
-        ],
-        "data": data,
-        "surrogate": {"onnx": copy_into(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
-        "models": models,
-    }
-    path = out / "plan.toml"
-    path.write_text(
-        "# Written by `python -m guard_examples.detector_families`; paths are relative to this file.\n"
-        + tomlkit.dumps(plan),
-        encoding="utf-8",
-    )
-    return path
+    notes = [
+        "Leave one family out: each digits_without_<family> model's detector network never saw that family; "
+        "digits_pgd_only is the shipped network (PGD only), digits_all_families saw every family "
+        "(guard_examples.detector_families).",
+    ]
+    return write_digits_plan(out, notes, models, "guard_examples.detector_families", repository)
 
 
 ROW_FAMILY = {"fgsm": "linf", "pgd": "linf", "mifgsm": "linf", "bim": "linf", "cw": "l2", "deepfool": "deepfool"}

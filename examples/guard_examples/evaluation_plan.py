@@ -55,13 +55,30 @@ def backdoored_models(zoo: Path = ZOO) -> list[Path]:
     ]
 
 
+def write_digits_plan(out: Path, notes: list[str], models: list[dict], written_by: str, repository: Path) -> Path:
+    """plan.toml in `out` for `models` (their files already under `out`): the fixed digits splits
+    and the FP32 surrogate copied beside it, every path relative to the plan."""
+    data = {
+        key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix() for key, split in SPLITS.items()
+    }
+    plan = {
+        "notes": notes,
+        "data": data,
+        "surrogate": {"onnx": copy_into(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
+        "models": models,
+    }
+    path = out / "plan.toml"
+    path.write_text(
+        f"# Written by `python -m {written_by}`; paths are relative to this file.\n" + tomlkit.dumps(plan),
+        encoding="utf-8",
+    )
+    return path
+
+
 def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Path:
     """Write the digits evaluation plan and every file it names under `out`; returns plan.toml."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {
-        key: save_split(split, out / "data" / f"{key}.npz").relative_to(out).as_posix() for key, split in SPLITS.items()
-    }
     digits = {
         "name": "digits",
         "onnx": copy_into(repository / "digits" / "model.onnx", out, "models/digits/model.onnx"),
@@ -82,18 +99,7 @@ def write_plan(out: Path, repository: Path = REPOSITORY, zoo: Path = ZOO) -> Pat
                 "target": int(json.loads((directory / "poison.json").read_text())["target"]),
             }
         )
-    plan = {
-        "notes": NOTES,
-        "data": data,
-        "surrogate": {"onnx": copy_into(repository / "digits_fp32" / "model.onnx", out, "surrogate.onnx")},
-        "models": models,
-    }
-    path = out / "plan.toml"
-    path.write_text(
-        "# Written by `python -m guard_examples.evaluation_plan`; paths are relative to this file.\n"
-        + tomlkit.dumps(plan),
-        encoding="utf-8",
-    )
+    path = write_digits_plan(out, NOTES, models, "guard_examples.evaluation_plan", repository)
     log.info("wrote %s (%d models)", path, len(models))
     return path
 
