@@ -67,25 +67,33 @@ class Stop(Exception):
     """Ends a run: success, the first flag, or the budget."""
 
 
-@dataclass
 class Replica:
     """The attacker's copy of its own entry in the gateway's store: what it sent, fingerprinted
-    with the served settings (the last `max_entries`, as the gateway keeps)."""
+    with the served settings (the last `max_entries`, as the gateway keeps). The stored prints and
+    their keys change only when a query is sent, not per candidate checked; the candidate that
+    passes is fingerprinted once, for the check and for the store."""
 
-    settings: QuerySettings
-    prints: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, settings: QuerySettings):
+        self.settings = settings
+        self._stored = np.zeros((0, settings.top), dtype=np.uint64)
+        self._keys = keys(self._stored)
+        self._last: tuple[bytes, np.ndarray] | None = None
+
+    def _print(self, query: np.ndarray) -> np.ndarray:
+        data = query.tobytes()
+        if self._last is None or self._last[0] != data:
+            self._last = (data, fingerprints(query[None], self.settings)[0])
+        return self._last[1]
 
     def near(self, query: np.ndarray) -> int:
-        if not self.prints:
+        if not len(self._stored):
             return 0
-        fingerprint = fingerprints(query[None], self.settings)[0]
-        stored = np.stack(self.prints[-self.settings.max_entries :])
-        return int(
-            (shared(stored, keys(stored), fingerprint, self.settings.threshold) >= self.settings.threshold).sum()
-        )
+        counts = shared(self._stored, self._keys, self._print(query), self.settings.threshold)
+        return int((counts >= self.settings.threshold).sum())
 
     def sent(self, query: np.ndarray) -> None:
-        self.prints.append(fingerprints(query[None], self.settings)[0])
+        self._stored = np.concatenate([self._stored, self._print(query)[None]])[-self.settings.max_entries :]
+        self._keys = keys(self._stored)
 
 
 class Evasion:
