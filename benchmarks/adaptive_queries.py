@@ -1,6 +1,7 @@
 """An adaptive black-box attacker against the stateful query-attack check, through the live gateway.
 
     python -m benchmarks.adaptive_queries --out reports/adaptive-queries [--images 5] [--budget 10000]
+        [--match hashes|distance] [--rule decision|duplicates]
 
 The attacker knows the defence (Kerckhoffs): the fingerprint, the rule and the settings the
 demo serves are in this repository (guard.detection.queries, docs/query-attacks.md). Where OARS
@@ -19,6 +20,16 @@ guard.detection.queries can flag it, whatever the answers):
 - `edges`: white-box on the quantization grid: the `k` pixels closest to a quantization edge are
   pushed just across it (each flip changes every hashed window that holds the pixel), `k` grown
   on rejection and shrunk on acceptance as above. It costs far less distortion than noise.
+- `spread`: a random direction, and along it the least step (found by bisection on the replica)
+  that passes: noise without the adaptation's overshoot;
+- `away`: the least step (bisection again) straight away from the query's near-duplicates'
+  centroid: each unit moved adds a unit of distance from them, where a random direction in 256
+  dimensions adds far less.
+
+With `--match distance` the demo is served with `[clients] match = "distance"` and the distance
+`guard calibrate --model` derives from its calibration split, and the replica matches by that
+distance as the gateway does; `edges` then has no edge to cross, `spread` and `away` are the
+attacker's best moves.
 
 Noise and flips push a query out of the attack's ball: Square's queries are clipped back into it
 (L-infinity 0.3), and every attack's success is judged on what was sent, the transformed query:
@@ -47,12 +58,13 @@ from tqdm import tqdm
 
 from benchmarks.query_attacks import gateway, split
 from benchmarks.query_clients import L2_BUDGET, LINF_BUDGET, GatewayModel
-from guard.detection.queries import QuerySettings, fingerprints, keys, shared
+from guard.detection.queries import MATCHES, RULES, QuerySettings, keys, near, prints
+from guard.serving.model_config import load_model_config
 
 SERVED = {"query_attack": "flag"}
 """The demo's [clients] table with detection on and every setting at its default: what ships."""
 ATTACKS = ("hopskipjump", "square", "boundary")
-EVASIONS = ("none", "noise", "edges")
+EVASIONS = ("none", "noise", "edges", "spread", "away")
 NOISE_START = 0.01
 """The noise's first scale (a pixel's standard deviation, pixels in [0, 1])."""
 EDGES_START = 4
@@ -61,6 +73,10 @@ GROW, SHRINK = 1.5, 0.9
 """The adaptation: on a local rejection the strength grows by half; on an acceptance it shrinks."""
 MAX_TRIES = 200
 """Resamples of one query before it is sent as it stands (`tries` in the results: the mean per query)."""
+BISECTIONS = 12
+"""Halvings of the step `spread` and `away` search (the step is then within 1/4096 of the least)."""
+MAX_STEP = 8.0
+"""The longest step (L2) `spread` and `away` try; past it the query is sent at this step."""
 
 
 class Stop(Exception):
@@ -73,23 +89,29 @@ class Replica:
     their keys change only when a query is sent, not per candidate checked; the candidate that
     passes is fingerprinted once, for the check and for the store."""
 
-    def __init__(self, settings: QuerySettings):
+    def __init__(self, settings: QuerySettings, like: np.ndarray):
         self.settings = settings
-        self._stored = np.zeros((0, settings.top), dtype=np.uint64)
+        self._stored = prints(like[:0], settings)
         self._keys = keys(self._stored)
         self._last: tuple[bytes, np.ndarray] | None = None
 
     def _print(self, query: np.ndarray) -> np.ndarray:
         data = query.tobytes()
         if self._last is None or self._last[0] != data:
-            self._last = (data, fingerprints(query[None], self.settings)[0])
+            self._last = (data, prints(query[None], self.settings)[0])
         return self._last[1]
 
     def near(self, query: np.ndarray) -> int:
         if not len(self._stored):
             return 0
-        counts = shared(self._stored, self._keys, self._print(query), self.settings.threshold)
-        return int((counts >= self.settings.threshold).sum())
+        return int(near(self._stored, self._keys, self._print(query), self.settings).sum())
+
+    def centroid(self, query: np.ndarray) -> np.ndarray | None:
+        """The mean of the query's stored near-duplicates (the embedding, for match `distance`)."""
+        if not len(self._stored):
+            return None
+        found = near(self._stored, self._keys, self._print(query), self.settings)
+        return self._stored[found].astype(np.float64).mean(axis=0) if found.any() else None
 
     def sent(self, query: np.ndarray) -> None:
         self._stored = np.concatenate([self._stored, self._print(query)[None]])[-self.settings.max_entries :]
@@ -127,15 +149,51 @@ class Evasion:
         """The query to send for `row`: the first candidate the replica passes."""
         if self.kind == "none":
             return row
+        if self.kind in ("spread", "away"):
+            return self.least_step(replica, row, project)
         for tries in range(1, MAX_TRIES + 1):
             candidate = project(self.transform(row))
             if replica.near(candidate) < replica.settings.min_near:
                 self.tries.append(tries)
                 self.strength = max(self.strength * SHRINK, NOISE_START if self.kind == "noise" else EDGES_START)
                 return candidate
-            self.strength *= GROW
+            # Capped: every pixel for `edges`, a pixel's whole range for `noise` (more changes nothing).
+            self.strength = min(self.strength * GROW, float(row.size) if self.kind == "edges" else 1.0)
         self.tries.append(MAX_TRIES)
         return candidate
+
+    def direction(self, replica: Replica, row: np.ndarray) -> np.ndarray:
+        """A unit direction in the query's space: at random (`spread`), or away from its stored
+        near-duplicates (`away`; at random where it has none, or sits on their centroid)."""
+        u = self.rng.normal(size=row.shape)
+        if self.kind == "away":
+            centre = replica.centroid(row)
+            if centre is not None and replica.settings.match == "distance" and centre.size == row.size:
+                away = row.reshape(-1) - centre
+                if np.linalg.norm(away) > 1e-9:
+                    u = away.reshape(row.shape)
+        return u / np.linalg.norm(u)
+
+    def least_step(self, replica: Replica, row: np.ndarray, project) -> np.ndarray:
+        """The smallest step along one direction that the replica passes (bisection)."""
+        u = self.direction(replica, row)
+
+        def at(step: float) -> np.ndarray:
+            return project(np.clip(row + step * u, 0.0, 1.0).astype(np.float32))
+
+        def passes(step: float) -> bool:
+            return replica.near(at(step)) < replica.settings.min_near
+
+        self.tries.append(1)
+        if passes(0.0):
+            return row
+        low, high = 0.0, MAX_STEP
+        if not passes(high):
+            return at(high)
+        for _ in range(BISECTIONS):
+            middle = (low + high) / 2
+            low, high = (low, middle) if passes(middle) else (middle, high)
+        return at(high)
 
 
 @dataclass
@@ -165,7 +223,16 @@ class Outcome:
 
 
 def run_one(
-    url: str, token: str, attack: str, evasion: str, image: int, x0: np.ndarray, label: int, budget: int, seed: int
+    url: str,
+    token: str,
+    attack: str,
+    evasion: str,
+    image: int,
+    x0: np.ndarray,
+    label: int,
+    budget: int,
+    seed: int,
+    settings: QuerySettings,
 ):
     from art.estimators.classification import BlackBoxClassifierNeuralNetwork
 
@@ -173,8 +240,7 @@ def run_one(
 
     outcome = Outcome(attack, evasion, image, label)
     model = GatewayModel(triton.InferenceServerClient(url), token)
-    settings = QuerySettings()
-    replica, evade = Replica(settings), Evasion(evasion, settings, seed)
+    replica, evade = Replica(settings, x0[None]), Evasion(evasion, settings, seed)
 
     def project(q: np.ndarray) -> np.ndarray:
         # Square keeps every query inside its ball; the L2 attacks are judged on the sent query.
@@ -243,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     parser.add_argument("--evasions", nargs="+", choices=EVASIONS, default=list(EVASIONS))
     parser.add_argument("--seed", type=int, default=0, help="numpy's global seed (ART draws from it) and the evasion's")
+    parser.add_argument("--match", choices=MATCHES, default="hashes", help="how the served check matches queries")
+    parser.add_argument("--rule", choices=RULES, default="decision", help="the served rule")
     args = parser.parse_args(argv)
     logging.getLogger("guard").setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     tokens = {f"{a}-{e}-{k}": f"{a}{e}{k}-{secrets.token_urlsafe(16)}" for a, e, k in runs}
     tokens["probe"] = f"probe-{secrets.token_urlsafe(16)}"
     outcomes: list[Outcome] = []
-    with tempfile.TemporaryDirectory() as tmp, gateway(Path(tmp), SERVED, list(tokens.values())) as server:
+    served = {**SERVED, "match": args.match, "rule": args.rule}
+    with tempfile.TemporaryDirectory() as tmp, gateway(Path(tmp), served, list(tokens.values())) as server:
+        settings = load_model_config(Path(tmp) / "repository" / "digits").clients.queries.queries
         probe = GatewayModel(triton.InferenceServerClient(server.grpc_url), tokens["probe"])
         # The first test digits the model gets right, in order (as benchmarks.query_attacks).
         images = [i for i in range(len(x)) if int(probe.ask(x[i])[0].argmax()) == y[i]][: args.images]
@@ -259,12 +329,19 @@ def main(argv: list[str] | None = None) -> int:
             np.random.seed(args.seed + k)  # noqa: NPY002 - ART's attacks draw from the global generator
             i = images[k]
             outcomes.append(
-                run_one(server.grpc_url, tokens[f"{a}-{e}-{k}"], a, e, i, x[i], int(y[i]), args.budget, args.seed + k)
+                run_one(
+                    server.grpc_url,
+                    tokens[f"{a}-{e}-{k}"],
+                    *(a, e, i, x[i], int(y[i]), args.budget, args.seed + k),
+                    settings,
+                )
             )
     text = [
         "# Adaptive attacks on the query-attack check (live gateway, digits demo, shipped settings)",
         "",
-        f"`python -m benchmarks.adaptive_queries --images {args.images} --budget {args.budget} --seed {args.seed}`",
+        f"`python -m benchmarks.adaptive_queries --images {args.images} --budget {args.budget} --seed {args.seed} "
+        f"--match {args.match} --rule {args.rule}`"
+        + (f" (served distance {settings.distance:.3f})" if settings.match == "distance" else ""),
         "",
         *table(outcomes),
         "",

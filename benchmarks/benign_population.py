@@ -2,13 +2,15 @@
 (<= 0.1% of clients): thousands of clients, in process.
 
     python -m benchmarks.benign_population [--replays 2000] [--cameras 1200] [--out reports/query-attacks]
+        [--match hashes|distance] [--rule decision|duplicates]
 
 The live benchmark (benchmarks.query_attacks) sends tens of benign clients through a gateway; a
 rate of 0.1% needs about 3,000 clients flagged none for its upper bound to reach it, which through
 one gateway on two cores takes hours. This runs the gateway's own parts in process instead: the
 demo's served digits model (ONNX Runtime, the file the gateway loads) answers every query, and
 guard.detection.queries (the fingerprints and the rule the gateway runs, with the settings a
-model gets when its [clients] table sets none) keeps each client's store. Two kinds of client:
+model gets when its [clients] table sets none; with `--match distance`, the distance `guard
+calibrate --model` derives for the demo) keeps each client's store. Two kinds of client:
 
 - replays: each sends a random number (20-200) of the clean test digits, in its own order, some
   of them twice (a client that retries);
@@ -25,16 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from benchmarks.query_attacks import served_repository
 from benchmarks.query_clients import as_digit_input, noisy_jpeg
 from benchmarks.repositories import DIGITS, load_split
 from guard.detection.bounds import upper_bound
-from guard.detection.queries import QuerySettings, QueryStore, fingerprints
+from guard.detection.queries import MATCHES, RULES, QuerySettings, QueryStore, prints
 
 CLIPS = ("vtest", "carphone", "bigbuckbunny", "bikes")
 SENSOR = 64
@@ -48,9 +52,9 @@ def answers_of(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
 
 def flagged(store: QueryStore, identity: str, rows: np.ndarray, answers: np.ndarray, settings: QuerySettings) -> bool:
     """Whether any of the client's queries, sent one per second in order, is flagged."""
-    prints = fingerprints(rows, settings)
+    kept = prints(rows, settings)
     return any(
-        store.observe(identity, prints[i : i + 1], answers[i : i + 1], float(i))[0].flagged for i in range(len(rows))
+        store.observe(identity, kept[i : i + 1], answers[i : i + 1], float(i))[0].flagged for i in range(len(rows))
     )
 
 
@@ -75,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cameras", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("reports/query-attacks"))
+    parser.add_argument("--match", choices=MATCHES, default="hashes")
+    parser.add_argument("--rule", choices=RULES, default="decision")
     args = parser.parse_args(argv)
-    settings = QuerySettings()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, settings = served_repository(Path(tmp), {"query_attack": "flag", "match": args.match, "rule": args.rule})
     session = ort.InferenceSession(str(DIGITS / "model.onnx"), providers=["CPUExecutionProvider"])
     x, _ = load_split("test")
     rng = np.random.default_rng(args.seed)
@@ -105,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     everyone = sum(r["flagged"] for r in results.values()), sum(r["clients"] for r in results.values())
     results["all"] = {"clients": everyone[1], "flagged": everyone[0], "upper_95": upper_bound(*everyone)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benign_population.json").write_text(json.dumps(results, indent=2) + "\n")
+    chosen = [v for v, default in ((args.match, "hashes"), (args.rule, "decision")) if v != default]
+    name = "_".join(["benign_population", *chosen])
+    served = {"match": settings.match, "distance": settings.distance, "rule": settings.rule}
+    (args.out / f"{name}.json").write_text(json.dumps({**results, "settings": served}, indent=2) + "\n")
     lines = [
         "| clients | queries | flagged | upper 95% |",
         "|---|---|---|---|",
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             for kind, r in results.items()
         ),
     ]
-    (args.out / "benign_population.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -62,11 +62,28 @@ def repository(tmp: Path, clients: dict) -> Path:
     return repo
 
 
+def served_repository(tmp: Path, clients: dict) -> tuple[Path, QuerySettings]:
+    """The demo with `clients` as its [clients] table, and the query settings the gateway reads from
+    it. Matching by distance, the demo is first calibrated again as a user would (`guard calibrate
+    --model` on its calibration split), which derives the distance."""
+    from guard.serving.model_config import load_model_config
+
+    repo = repository(tmp, clients)
+    model = repo / "digits"
+    if clients.get("match") == "distance":
+        from guard.tools.calibrate_dir import calibrate_directory
+        from guard.tools.clean_data import load_references
+
+        inputs = load_model_config(model, calibrated=False).inputs
+        calibrate_directory(model, load_references(DATA / "calibration.npz", inputs))
+    return repo, load_model_config(model).clients.queries.queries
+
+
 def gateway(tmp: Path, clients: dict, tokens: list[str]) -> BackgroundServer:
+    """The demo served with `clients` as its [clients] table (served_repository)."""
     lines = "\n".join(f"{t.split('-')[0]}-{i}:{t}" for i, t in enumerate(tokens))
-    return BackgroundServer(
-        ServerSettings(repository=repository(tmp, clients), grpc_port=0, metrics_port=0, auth_tokens_text=lines)
-    )
+    repo, _ = served_repository(tmp, clients)
+    return BackgroundServer(ServerSettings(repository=repo, grpc_port=0, metrics_port=0, auth_tokens_text=lines))
 
 
 ATTACKS = ("hopskipjump", "square", "boundary")

@@ -81,6 +81,19 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "guard/detection/thresholds.py": ("tests/detection",),
     "guard/detection/bounds.py": ("tests/detection",),
     "guard/protocol/codec.py": ("tests/serving/transport", "tests/serving", "tests/protocol"),
+    # The query-attack check: the store and its matching, unit tests first, then the live gateway.
+    "guard/detection/queries.py": (
+        "tests/detection/test_query_fingerprints.py",
+        "tests/detection/test_query_distance.py",
+        "tests/benchmarks/test_adaptive_queries.py",
+        "tests/security/test_distance_queries.py",
+        "tests/serving/test_query_attacks_live.py",
+        "tests/security/test_text_query_attacks.py",
+    ),
+    "guard/detection/query_distance.py": (
+        "tests/detection/test_query_distance.py",
+        "tests/security/test_distance_queries.py",
+    ),
     "guard/backends/remote/circuit.py": (
         "tests/backends/remote/test_circuit.py",
         "tests/backends/remote/test_blackhole.py",

@@ -17,6 +17,11 @@ while a camera's near-duplicates all get the same answer. Rule `decision` flags 
 order they came, change at least `min_changes` times; rule `duplicates` (Blacklight's) flags on
 `min_near` near-duplicates alone.
 docs/query-attacks.md has the measurements behind the choice.
+
+`match = "distance"` compares queries by L2 distance instead of shared hashes
+(guard.detection.query_distance): an attacker who knows the quantization can break hashes for
+almost no distortion, while to look far from its earlier queries under a distance a query has to be
+far from them. The rules are the same for both.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from guard.detection.query_distance import embed, within
+
 RULES = ("decision", "duplicates")
+MATCHES = ("hashes", "distance")
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse modulo 2**64
 
 
@@ -44,6 +52,14 @@ class QuerySettings:
     threshold: int = 30
     """Shared hashes that make two queries near-duplicates (Blacklight: 25; 30 is above every pair
     of different-class digits of the demo's calibration split, whose highest share 26)."""
+    match: str = "hashes"
+    """`hashes`: near-duplicates share `threshold` hashes; `distance`: they are at most `distance`
+    apart (L2, on the embedding of guard.detection.query_distance)."""
+    distance: float = 0.0
+    """Match `distance`: the L2 distance that makes two queries near-duplicates; the model's own
+    (guard.detection.query_distance.derive on clean data), so it has no default."""
+    dims: int = 256
+    """Match `distance`: values kept per query (sums of consecutive values, 4 bytes each)."""
     rule: str = "decision"
     """`decision`: near-duplicates whose answers change; `duplicates`: near-duplicates alone."""
     min_near: int = 2
@@ -62,7 +78,7 @@ class QuerySettings:
 def fingerprints(x: np.ndarray, settings: QuerySettings) -> np.ndarray:
     """Each row's fingerprint: uint64 [rows, top], sorted, 0 padding where a row has fewer distinct
     window hashes than `top`. x: [rows, ...] numbers."""
-    rows = x.reshape(len(x), -1)
+    rows = x.reshape(len(x), int(np.prod(x.shape[1:])))
     if np.issubdtype(rows.dtype, np.integer):
         # Symbols (a text's characters, guard.detection.texts.symbol_rows): hashed as they are; a
         # window that reaches into the 0 padding is never hashed, so a text's fingerprint does not
@@ -88,6 +104,20 @@ def fingerprints(x: np.ndarray, settings: QuerySettings) -> np.ndarray:
     if hashes.shape[1] < settings.top:
         hashes = np.pad(hashes, ((0, 0), (settings.top - hashes.shape[1], 0)))
     return hashes
+
+
+def prints(x: np.ndarray, settings: QuerySettings) -> np.ndarray:
+    """What the store keeps of each row: its hash fingerprint (match `hashes`, uint64 [rows, top])
+    or its embedding (match `distance`, float32 [rows, at most dims])."""
+    return embed(x, settings.dims) if settings.match == "distance" else fingerprints(x, settings)
+
+
+def near(stored: np.ndarray, stored_keys: np.ndarray, print_: np.ndarray, settings: QuerySettings) -> np.ndarray:
+    """Which stored prints are near-duplicates of one print, under the settings' match."""
+    if settings.match == "distance":
+        return within(stored, print_, settings.distance)
+    matched: np.ndarray = shared(stored, stored_keys, print_, settings.threshold) >= settings.threshold
+    return matched
 
 
 def _window_hashes(q: np.ndarray, window: int) -> np.ndarray:
@@ -128,7 +158,9 @@ _KEY_MASK = np.uint64((1 << _KEY_BITS) - 1)
 
 def keys(prints: np.ndarray) -> np.ndarray:
     """The low bits of each hash: a pre-filter's index, so matching gathers from a small table
-    instead of searching (uint16, 2 bytes a hash)."""
+    instead of searching (uint16, 2 bytes a hash). Embeddings (match `distance`) have none."""
+    if prints.dtype != np.uint64:
+        return np.zeros((*prints.shape[:-1], 0), dtype=np.uint16)
     return (prints & _KEY_MASK).astype(np.uint16)
 
 
@@ -173,10 +205,11 @@ class _History:
 
     __slots__ = ("prints", "keys", "answers", "times", "order", "next", "size", "count", "capacity")
 
-    def __init__(self, capacity: int, top: int):
+    def __init__(self, capacity: int, like: np.ndarray):
+        """like: prints [rows, ...] of the kind this history keeps (hashes or an embedding)."""
         first = min(capacity, _FIRST_CAPACITY)
-        self.prints = np.zeros((first, top), dtype=np.uint64)
-        self.keys = np.zeros((first, top), dtype=np.uint16)
+        self.prints = np.zeros((first, *like.shape[1:]), dtype=like.dtype)
+        self.keys = np.zeros((first, *keys(like).shape[1:]), dtype=np.uint16)
         self.answers = np.zeros(first, dtype=np.int64)
         self.times = np.zeros(first, dtype=np.float64)
         self.order = np.zeros(first, dtype=np.int64)
@@ -220,16 +253,21 @@ class QueryStore:
         history = self._histories.get(identity)
         return 0 if history is None else history.size
 
-    def bytes_per_entry(self) -> int:
-        """Memory per stored query: its hashes (8 bytes each), their keys (2), answer, time, number."""
+    def bytes_per_entry(self, values: int | None = None) -> int:
+        """Memory per stored query: its hashes (8 bytes each) and their keys (2), or its embedding
+        (4 bytes a value, at most `dims`, fewer for inputs of fewer `values`); then answer, time, number."""
+        if self.settings.match == "distance":
+            dims = self.settings.dims if values is None else len(embed(np.zeros((1, values)), self.settings.dims)[0])
+            return dims * 4 + 3 * 8
         return self.settings.top * (8 + 2) + 3 * 8
 
     def observe(self, identity: str, prints: np.ndarray, answers: np.ndarray, now: float) -> list[Match]:
         """Match each row against the identity's live queries (and the rows before it), then store it."""
         s = self.settings
         history = self._histories.get(identity)
-        if history is None or history.newest() < now - s.window_seconds:
-            history = _History(s.max_entries, s.top)  # a fresh one: nothing of the expired one counts
+        if history is None or history.newest() < now - s.window_seconds or history.prints.shape[1:] != prints.shape[1:]:
+            # A fresh one: nothing of the expired one counts (nor of another input size's embeddings).
+            history = _History(s.max_entries, prints)
         self._histories[identity] = history
         self._histories.move_to_end(identity)
         while len(self._histories) > s.max_identities:
@@ -237,10 +275,10 @@ class QueryStore:
         matches = []
         for fingerprint, answer in zip(prints, answers.tolist(), strict=True):
             n = history.size
-            near = shared(history.prints[:n], history.keys[:n], fingerprint, s.threshold) >= s.threshold
-            near &= history.times[:n] >= now - s.window_seconds
+            found = near(history.prints[:n], history.keys[:n], fingerprint, s)
+            found &= history.times[:n] >= now - s.window_seconds
             # The cluster's answers in the order they came: a probe flips them back and forth.
-            ordered = history.answers[:n][near][np.argsort(history.order[:n][near])]
+            ordered = history.answers[:n][found][np.argsort(history.order[:n][found])]
             matches.append(decide(ordered, answer, s))
             history.add(fingerprint, answer, now)
         return matches

@@ -195,6 +195,13 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         cameras=read_camera_settings(r.sub("cameras")),
         clients=read_client_settings(r.sub("clients")),
     )
+    queries = config.clients.queries.queries
+    if queries.match == "distance" and preprocess is not None and preprocess.symbols:
+        expected = f'"hashes": a {preprocess.kind} model\'s queries are characters, which have no distance'
+        raise r.sub("clients").fail("match", expected, "distance")
+    if queries.match == "distance" and not queries.distance and calibrated:
+        # No default: a distance is in the units of the model's inputs, derived from its clean data.
+        raise r.sub("clients").fail("distance", "the model's own distance: run `guard calibrate --model DIR`")
     # Detector types and parameters are validated here, at load, against the input they examine.
     build_detectors(
         path,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client import Counter
 
-from guard.detection.queries import RULES, Match, QuerySettings, QueryStore, fingerprints
+from guard.detection.queries import MATCHES, RULES, Match, QuerySettings, QueryStore, prints
 from guard.protocol.errors import GuardError
 from guard.protocol.settings import TableReader
 from guard.serving.logs import loggable
@@ -79,6 +79,9 @@ def read_query_attack_settings(r: TableReader) -> QueryAttackSettings:
         window=r.positive("window", q.window),
         top=r.positive("top", q.top),
         threshold=r.positive("threshold", q.threshold),
+        match=r.choice("match", MATCHES, q.match),
+        distance=r.positive_float("distance", q.distance) if "distance" in r.table else q.distance,
+        dims=r.positive("dims", q.dims),
         rule=r.choice("rule", RULES, q.rule),
         min_near=r.positive("min_near", q.min_near),
         min_changes=r.positive("min_changes", q.min_changes),
@@ -88,6 +91,7 @@ def read_query_attack_settings(r: TableReader) -> QueryAttackSettings:
     )
     if queries.threshold > queries.top:
         raise r.fail("threshold", f"at most top ({queries.top})", queries.threshold)
+
     return QueryAttackSettings(
         query_attack=r.choice("query_attack", MODES, d.query_attack),
         block_seconds=r.positive_float("block_seconds", d.block_seconds),
@@ -137,7 +141,7 @@ class QueryWatch:
     async def observe(self, identity: str, inputs: np.ndarray, answers: np.ndarray) -> bool:
         """Store the request's rows; True when the identity is flagged after them."""
         now = self.clock()
-        matches, flagged = await self._matches(identity, fingerprints(inputs, self.settings.queries), answers, now)
+        matches, flagged = await self._matches(identity, prints(inputs, self.settings.queries), answers, now)
         hit = next((m for m in matches if m.flagged), None)
         if hit is not None and await self._flag(identity, now):
             self._counter.inc()
@@ -214,6 +218,11 @@ class QueryWatches:
             return None  # a preprocessor that offers nothing to fingerprint: nothing is kept or asked
         watch = self._watches.get(config.name)
         if watch is None or watch.settings != settings:
+            if self._client is not None and settings.queries.match == "distance":
+                raise QueryStoreUnsupported(
+                    f"model '{config.name}' matches queries by distance ([clients] match = \"distance\"), which "
+                    "the shared query store does not: its queries cannot be checked"
+                )
             if self._client is None:
                 watch = QueryWatch(config.name, settings, self._counter)
             else:
@@ -253,6 +262,13 @@ class QueryWatches:
         if flagged and watch.settings.query_attack == "block":
             raise _blocked(config.name)
         return QUERY_ATTACK if flagged else CLEAN
+
+
+class QueryStoreUnsupported(GuardError):
+    """The model's query settings need what the shared store (--query-store) does not offer: its
+    requests are refused rather than answered unchecked. Not the client's fault, nor an outage."""
+
+    status = "FAILED_PRECONDITION"
 
 
 def _blocked(model: str) -> QueryAttackBlocked:

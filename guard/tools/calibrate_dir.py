@@ -29,6 +29,7 @@ from guard.serving.model_config import load_model_config
 from guard.serving.repository import check_against_backend
 from guard.serving.runtime import build_pipeline
 from guard.tools.calibrate_steps import Calibrated, check_and_report, derive_and_save
+from guard.tools.query_distance import query_distance
 
 
 def _split(references: References, holdout_fraction: float, seed: int) -> tuple[References, References | None]:
@@ -150,16 +151,24 @@ def calibrate_directory(
             else:
                 flagged = _held_out_flags(calibrated.decision, scores, samples, holdout, judges, baseline)
         fingerprint = runtime_fingerprint(backend.description, device)
+        queries = config.clients.queries.queries
+        distance = (
+            query_distance(pipeline_for([]), samples, config.outputs[0].name, queries)
+            if queries.match == "distance"
+            else None
+        )
     finally:
         backend.close()
-    _write_config(config.path, calibrated, fingerprint)
-    extra = {} if baseline is None else {"cameras": len(set(_cameras(samples).tolist()))}
+    _write_config(config.path, calibrated, fingerprint, distance)
+    extra: dict[str, Any] = {} if baseline is None else {"cameras": len(set(_cameras(samples).tolist()))}
+    if distance is not None:
+        extra["query_distance"] = distance
     return check_and_report(directory, config.name, calibrated, fingerprint, flagged, **extra)
 
 
-def _write_config(path: Path, calibrated: Calibrated, fingerprint: dict[str, Any]) -> None:
-    """The thresholds, the ensemble's keys and the [calibration] table written into config.toml,
-    its layout and comments kept."""
+def _write_config(path: Path, calibrated: Calibrated, fingerprint: dict[str, Any], distance: float | None) -> None:
+    """The thresholds, the ensemble's keys, the [calibration] table and, where queries are matched
+    by distance, [clients] distance written into config.toml, its layout and comments kept."""
     decision = calibrated.decision
     document = tomlkit.parse(path.read_text())
     for table in document.get("detectors", []):
@@ -170,4 +179,6 @@ def _write_config(path: Path, calibrated: Calibrated, fingerprint: dict[str, Any
         document["cameras"]["baseline"]["factory"] = decision.factory.as_table()
     mode = document.get("calibration", {}).get("mode", "recalibrate")
     document["calibration"] = calibrated.calibration_table(mode, fingerprint)
+    if distance is not None:
+        document["clients"]["distance"] = distance
     path.write_text(tomlkit.dumps(document))

@@ -8,7 +8,7 @@ import numpy as np
 
 from benchmarks.adaptive_queries import EDGES_START, Evasion, Replica
 from benchmarks.query_attacks import split
-from guard.detection.queries import QuerySettings, QueryStore, fingerprints
+from guard.detection.queries import QuerySettings, QueryStore, fingerprints, prints
 
 SETTINGS = QuerySettings()  # what the demo serves with query_attack on
 
@@ -31,7 +31,7 @@ def test_the_replica_counts_the_near_duplicates_the_gateway_store_counts():
     queries += [x[1], x[2]]  # other digits: not near
     # Copies at every noise level in between, so that some pairs share just under the threshold.
     queries += [np.clip(base + rng.normal(0, s, base.shape), 0, 1).astype(np.float32) for s in np.linspace(0, 0.1, 40)]
-    replica, store = Replica(SETTINGS), QueryStore(SETTINGS)
+    replica, store = Replica(SETTINGS, digits()[:1]), QueryStore(SETTINGS)
     for q in queries:
         expected = store.observe("c", fingerprints(q[None], SETTINGS), np.array([0]), 0.0)[0].near
         assert replica.near(q) == expected
@@ -63,7 +63,7 @@ def test_edge_flips_move_exactly_k_pixels_one_level_at_the_least_cost():
 def test_a_passed_query_is_never_flaggable_and_the_strength_grows_until_it_passes():
     x = digits()[4]
     for kind in ("noise", "edges"):
-        replica, evade = Replica(SETTINGS), Evasion(kind, SETTINGS, seed=3)
+        replica, evade = Replica(SETTINGS, digits()[:1]), Evasion(kind, SETTINGS, seed=3)
         store = QueryStore(SETTINGS)
         for answer in [0, 1] * 15:  # the same query over and over, answers flipping: a probe
             sent = evade.passed(replica, x, lambda q: q)
@@ -74,3 +74,24 @@ def test_a_passed_query_is_never_flaggable_and_the_strength_grows_until_it_passe
     store = QueryStore(SETTINGS)
     flags = [store.observe("c", fingerprints(x[None], SETTINGS), np.array([a]), 0.0)[0].flagged for a in [0, 1] * 15]
     assert any(flags)
+
+
+def test_spread_and_away_send_the_least_step_that_passes_a_distance_check():
+    settings = QuerySettings(match="distance", distance=1.5, min_near=2)
+    x = digits()[5]
+    for kind in ("spread", "away"):
+        replica, evade = Replica(settings, x[None]), Evasion(kind, settings, seed=4)
+        store = QueryStore(settings)
+        steps = []
+        for answer in [0, 1] * 8:
+            sent = evade.passed(replica, x, lambda q: q)
+            assert replica.near(sent) < settings.min_near
+            assert not store.observe("c", prints(sent[None], settings), np.array([answer]), 0.0)[0].flagged
+            step = float(np.linalg.norm(sent - x))
+            if step > 0:
+                # A step a tenth shorter along the same direction would not have passed.
+                shorter = x + 0.9 * (sent - x)
+                assert replica.near(shorter.astype(np.float32)) >= settings.min_near
+            steps.append(step)
+            replica.sent(sent)
+        assert max(steps) > 0.5  # copies of one query: later ones had to move away

@@ -52,6 +52,11 @@ class PreprocessSettings:
         """Whether its kind offers query-attack fingerprints something to read (query_rows)."""
         return AVAILABLE.get(self.kind).query_rows is not Preprocessor.query_rows
 
+    @property
+    def symbols(self) -> bool:
+        """Whether its kind's query rows are symbols, without a distance (Preprocessor.symbols)."""
+        return AVAILABLE.get(self.kind).symbols
+
     def build(self, source: TensorSpec, load: bool = False) -> Preprocessor:
         """load: read the files its parameters name (a tokenizer) to run it; without, it only
         answers for its specs."""

@@ -46,6 +46,9 @@ class Preprocessor(ABC):
     ranks: ClassVar[tuple[int, ...]] = ()
     """Dimensions of one client row it accepts."""
     layout: ClassVar[str] = ""
+    symbols: ClassVar[bool] = False
+    """Whether query_rows gives integer symbols (a text's characters), which have no distance: a
+    model of this kind cannot match queries by distance ([clients] match = "distance")."""
 
     def __init__(self, source: TensorSpec, output: str, directory: Path | None = None, **params: Any):
         """directory: the model's directory, where files a parameter names live (a tokenizer); None

@@ -31,6 +31,7 @@ from guard.protocol.spec import TensorSpec
 
 class StringsPreprocessor(Preprocessor):
     kind = "strings"
+    symbols = True
     datatypes = ("BYTES",)
     ranks = (0, 1)
     layout = "one UTF-8 string per row"

@@ -39,6 +39,7 @@ PAD_MULTIPLE = 8
 
 class TextPreprocessor(Preprocessor):
     kind = "text"
+    symbols = True
     datatypes = ("BYTES",)
     ranks = (0, 1)
     layout = "one UTF-8 string per row"
