@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +217,10 @@ def substitute(expr: str, values: dict[str, str], rate_interval: str = "1m") -> 
 
 
 # --- external tools -----------------------------------------------------------------------------
+
+
+def run(command, **kwargs):
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def ensure_prometheus(timeout: float = 300.0) -> tuple[dict[str, str] | None, str]:

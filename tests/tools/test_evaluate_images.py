@@ -1,6 +1,8 @@
-"""`guard evaluate --plan` on an image plan: a model directory whose input is BYTES frames and whose
-output kind is detection, frames from folders (PNG and JPEG) and a video, attacks judged by the
-hide / appear / move rules, all through a real gateway on port 0 and the real CLI entry.
+"""Image plans for `guard evaluate --plan`, short of a full evaluation: a bad plan value is one error
+naming its key, image plans refuse npz splits and tensor models, and the frames a plan sends reach the
+model exactly as the attack left them (a center-crop model's included). The model directory, frames
+(folders of PNG and JPEG, and a video) and plans built here are shared with the other image
+evaluation tests.
 
 The detector is built here: a tiny hand-set network on a 4 x 4 grid of 8-pixel cells of a 32 x 32
 frame (yolo format, 16 anchors, 2 classes). A cell whose mean colour is saturated red is a class 0
@@ -11,7 +13,6 @@ must succeed.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -191,106 +192,24 @@ def write_plan(root: Path, attacks: str = ATTACKS, extra_model: str = "") -> Pat
     return plan
 
 
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> tuple[int, dict, Path]:
-    """`guard evaluate --plan` once, through the CLI's own entry (a real gateway on port 0)."""
-    pytest.importorskip("matplotlib")
-    from guard.tools.cli import main
-
-    root = tmp_path_factory.mktemp("image-plan")
-    plan = write_plan(root)
-    report = root / "report"
-    code = main(["evaluate", "--plan", str(plan), "--report-dir", str(report), "--workdir", str(root / "work")])
-    return code, json.loads((report / "results.json").read_text()), report
-
-
-def _rows(results: dict) -> dict[str, dict]:
-    return {row["key"]: row for row in results["rows"]}
-
-
-def test_the_evaluation_repository_serves_the_directory_under_the_plans_name_under_flag(evaluated):
-    """The copy a plain `guard serve --repository` (or --connect) would serve: the plan's name, policy
-    flag whatever the directory said (enforce would refuse flagged frames and return no boxes)."""
-    import tomllib
-
-    _, _, report = evaluated
-    config = tomllib.loads((report.parent / "work" / "repository" / "detector" / "config.toml").read_text())
-    assert (config["name"], config["policy"]) == ("detector", "flag")
-    assert all("threshold" in d for d in config["detectors"])  # calibrated where it is served
-
-
-def test_hiding_succeeds_only_on_frames_where_the_person_was_found_and_only_with_budget(evaluated):
-    code, results, _ = evaluated
-    assert code == 0
-    rows = _rows(results)
-    small, large = rows[f"hide_pgd_eps{SMALL:g}"], rows[f"hide_pgd_eps{LARGE:g}"]
-    # Eligible: the test frames on which the served model found a person (all that carry one).
-    assert small["eligible"] == large["eligible"] == PERSONS and large["n"] == len(TEST)
-    assert small["successful"] == 0 and small["asr"] == 0.0  # 2 levels cannot move a cell's logit by 2
-    assert large["successful"] == PERSONS and large["asr"] == 1.0
-    assert large["surrogate_asr"] == 1.0  # the same success on the model run as torch (white-box)
-    assert large["rule"] == {"name": "hide", "class": 0, "iou": 0.5}
-
-
-def test_each_row_with_eligible_frames_has_an_example_sheet_of_them(evaluated):
-    from PIL import Image
-
-    from guard.tools.evaluation.sheets import TILE
-
-    _, results, report = evaluated
-    rows = _rows(results)
-    for key in (f"hide_pgd_eps{SMALL:g}", f"hide_pgd_eps{LARGE:g}"):
-        sheet = Image.open(report / rows[key]["examples"])
-        # Two tiles a frame (clean, attacked), one frame a row: four of the eligible frames.
-        assert sheet.size == (2 * TILE, 4 * TILE), key
-    # The large budget's sheet shows successful frames: the attacked tile's frame is the
-    # adversarial colour where the gateway flagged it, and differs from the clean tile.
-    sheet = np.asarray(Image.open(report / rows[f"hide_pgd_eps{LARGE:g}"]["examples"]))
-    clean, attacked = sheet[:TILE, :TILE], sheet[:TILE, TILE:]
-    assert not np.array_equal(clean[20:-20, 20:-20], attacked[20:-20, 20:-20])
-    assert {p.name for p in report.glob("examples_*.png")} == {r["examples"] for r in rows.values() if "examples" in r}
-
-
-def test_appear_and_move_count_their_own_eligible_frames(evaluated):
-    _, results, _ = evaluated
-    rows = _rows(results)
-    appear, move = rows[f"appear_pgd_eps{LARGE:g}"], rows[f"move_pgd_eps{LARGE:g}"]
-    assert appear["eligible"] == len(TEST) - PERSONS  # frames without a person: one can be made to appear
-    assert appear["successful"] == appear["eligible"]
-    assert move["eligible"] == len(TEST) - 4  # frames with any box: the four empty frames have none
-    assert move["successful"] == move["eligible"]  # every clean box stops being found at 64 levels
-
-
-def test_report_shares_the_classifier_shape_with_rates_in_the_unit_interval(evaluated):
-    _, results, report = evaluated
-    (model,) = results["models"].values()
-    clean = model["clean_flag_rate"]
-    assert clean["n"] == model["n_test"] == len(TEST) and 0 <= clean["flagged"] <= clean["n"]
-    assert clean["rate"] == clean["flagged"] / clean["n"] and clean["rate"] <= clean["upper_95"] <= 1.0
-    assert model["n_calibration"] == 40 and model["output_kind"] == "detection"
-    assert model["clean_accuracy"] is None and model["matches_gateway_thresholds"]
-    assert set(model["detectors"]) == {"box_consistency", "patch"}
-    table = (report / "results.md").read_text()
-    for row in results["rows"]:
-        served = row["served"]
-        assert served["successful"] == row["successful"] and 0 <= served["detected"] <= served["successful"]
-        if row["successful"]:
-            assert served["rate"] == served["detected"] / served["successful"]
-        else:
-            assert served["rate"] is None  # nothing to measure: a dash, never a zero
-        for values in row["scorers"].values():
-            assert all(v is None or 0.0 <= v <= 1.0 for v in values.values())
-        assert row["asr"] is None or 0.0 <= row["asr"] <= 1.0
-        assert f"| {row['attack']} | {row['eps']:g} | detector |" in table
-        if row["successful"]:
-            assert (report / f"roc_{row['key']}.png").is_file()
-    assert f"({clean['flagged']}/{clean['n']}, ≤ " in table
-    # The served verdicts are the gateway's ensemble at its 5% thresholds, which the refitted scorer
-    # reproduces (matches_gateway_thresholds): the two measurements must agree row by row.
-    assert clean["rate"] == model["clean_fpr"]["ensemble"]["0.05"]
-    for row in results["rows"]:
-        assert row["served"]["rate"] == row["scorers"]["ensemble"]["det@0.05"]
-    assert results["meta"]["samples"] == len(TEST) and any("PNG" in note for note in results["meta"]["notes"])
+def _per_camera_plan(root: Path) -> Path:
+    """The tiny detector with per-camera baselines (3 warm-up frames) and the test frames as two
+    cameras of eight frames each."""
+    plan = write_plan(root, f'\n[[attacks]]\nname = "pgd"\nrule = "hide"\neps = {LARGE!r}\nparams = {{ steps = 4 }}\n')
+    config = root / "tiny_detector" / "config.toml"
+    if "[cameras.baseline]" not in config.read_text():
+        config.write_text(
+            config.read_text() + "\n[cameras]\nper_camera_metrics = true\n\n[cameras.baseline]\nwarmup_frames = 3\n"
+        )
+        for name, files in (
+            ("cam_a", sorted((root / "test").iterdir())[:8]),
+            ("cam_b", sorted((root / "test").iterdir())[8:]),
+        ):
+            (root / name).mkdir()
+            for file in files:
+                file.rename(root / name / file.name)
+    plan.write_text(plan.read_text().replace('test = "test"', 'test = ["cam_a", "cam_b"]'))
+    return plan
 
 
 @pytest.mark.parametrize(
@@ -384,108 +303,3 @@ def test_a_center_crop_model_is_sent_its_uncropped_square_and_attacked_through_i
         got = net(image.as_tensor(views))
         want = net.net.run((prepared.rows - net.mean) / net.std, [net.output])[0]
     assert torch.equal(got, want)
-
-
-def test_rules_match_boxes_by_class_and_iou():
-    from guard.detection.boxes import BoxSettings
-    from guard.tools.evaluation.rules import REGISTRY
-
-    def raw(*boxes: tuple[float, float, float, int]) -> np.ndarray:
-        """One frame's [16, 7] yolo output with boxes (cx, cy, score, class) of side 8."""
-        out = np.zeros((16, 7), np.float32)
-        for i, (cx, cy, score, cls) in enumerate(boxes):
-            out[i, :5] = (cx, cy, 8, 8, score)
-            out[i, 5 + cls] = 1.0
-        return out
-
-    settings = BoxSettings(score_threshold=0.25)
-    person, car = (12, 12, 0.9, 0), (12, 12, 0.9, 1)
-    shifted = (12 + 5, 12, 0.9, 0)  # IoU 3/13 with the person: not the same box at 0.5
-    clean = np.stack([raw(person), raw(person), raw(person), raw(car), raw()])
-    after = np.stack([raw(), raw(car), raw(shifted), raw(car, person), raw()])
-    hide, appear, move = (REGISTRY[n](settings) for n in ("hide", "appear", "move"))
-    assert [list(m) for m in hide.judge(clean, after)] == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
-    assert [list(m) for m in appear.judge(clean, after)] == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]]
-    assert [list(m) for m in move.judge(clean, after)] == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]
-    loose = REGISTRY["hide"](settings, iou=0.2)  # at IoU 0.2 the shifted person is found again
-    assert list(loose.judge(clean[2:3], after[2:3])[1]) == [False]
-    two = np.stack([raw(person, (28, 28, 0.9, 0))])  # hiding one of two persons hides nothing
-    assert list(hide.judge(two, np.stack([raw(person)]))[1]) == [False]
-    assert list(move.judge(two, np.stack([raw(person)]))[1]) == [True]  # but one box is gone: moved
-
-
-def test_pgd_on_the_8_bit_grid_stays_in_the_ball_and_keeps_its_best_iterate():
-    from guard.tools.evaluation.pgd import linf_pgd
-
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (4, 3, 8, 8), generator=gen).float() / 255
-    target = torch.rand(4, 3, 8, 8, generator=gen)
-    eps = 3.5 / 255  # 3 levels reachable, never 4
-
-    def loss(adv: torch.Tensor) -> torch.Tensor:
-        return (adv - target).abs().flatten(1).sum(1)
-
-    adv = linf_pgd(loss, x, eps, steps=6, alpha=1 / 255, gen=gen, random_start=True, keep_best=True, levels=255)
-    levels = (adv - x) * 255
-    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.abs().max() <= 3 + 1e-4
-    assert (loss(adv) < loss(x)).all() and adv.min() >= 0 and adv.max() <= 1
-
-
-def _per_camera_plan(root: Path) -> Path:
-    """The tiny detector with per-camera baselines (3 warm-up frames) and the test frames as two
-    cameras of eight frames each."""
-    plan = write_plan(root, f'\n[[attacks]]\nname = "pgd"\nrule = "hide"\neps = {LARGE!r}\nparams = {{ steps = 4 }}\n')
-    config = root / "tiny_detector" / "config.toml"
-    if "[cameras.baseline]" not in config.read_text():
-        config.write_text(
-            config.read_text() + "\n[cameras]\nper_camera_metrics = true\n\n[cameras.baseline]\nwarmup_frames = 3\n"
-        )
-        for name, files in (
-            ("cam_a", sorted((root / "test").iterdir())[:8]),
-            ("cam_b", sorted((root / "test").iterdir())[8:]),
-        ):
-            (root / name).mkdir()
-            for file in files:
-                file.rename(root / name / file.name)
-    plan.write_text(plan.read_text().replace('test = "test"', 'test = ["cam_a", "cam_b"]'))
-    return plan
-
-
-def test_a_model_with_per_camera_baselines_needs_frames_that_say_their_camera(tmp_path):
-    from guard.protocol.errors import ConfigError
-    from guard.tools.evaluation.plan import load_plan
-
-    plan = _per_camera_plan(tmp_path)
-    with pytest.raises(ConfigError, match=r"key 'models\[0\].model': expected a model without \[cameras.baseline\]"):
-        load_plan(plan)
-    plan.write_text(plan.read_text().replace("[data]\n", "[data]\ncameras = true\n"))
-    test = load_plan(plan).frames("test")
-    assert test.per_camera and test.cameras == ("cam_a",) * 8 + ("cam_b",) * 8
-
-
-def test_per_camera_evaluation_judges_each_camera_after_its_warm_up_and_sends_its_id(tmp_path):
-    import urllib.request
-
-    from guard.serving.background import BackgroundServer
-    from guard.serving.settings import ServerSettings
-    from guard.tools.cli import main
-    from guard.tools.evaluation.client import GatewayClient
-    from guard.tools.evaluation.frame_data import judged_rows
-
-    assert judged_rows(("a", "a", "b", "a", "b", "b", "b"), 2).tolist() == [3, 5, 6]
-    plan = _per_camera_plan(tmp_path)
-    plan.write_text(plan.read_text().replace("[data]\n", "[data]\ncameras = true\n"))
-    report, work = tmp_path / "report", tmp_path / "work"
-    assert main(["evaluate", "--plan", str(plan), "--report-dir", str(report), "--workdir", str(work)]) == 0
-    results = json.loads((report / "results.json").read_text())
-    summary = results["models"]["detector"]
-    assert summary["warmup_frames_per_camera"] == 3 and summary["n_test"] == 16 - 2 * 3
-    assert not set(results["sample_indices"]) & {0, 1, 2, 8, 9, 10}  # no warm-up frame is attacked
-    # The calibrated copy, served again: the frames reach it as their cameras' (per-camera metrics).
-    settings = ServerSettings(repository=work / "repository", grpc_port=0, metrics_port=0)
-    with BackgroundServer(settings) as srv, GatewayClient(srv.grpc_url) as client:
-        frames = [(tmp_path / "cam_a" / f).read_bytes() for f in sorted(p.name for p in (tmp_path / "cam_a").iterdir())]
-        client.infer_encoded("detector", frames[:5], cameras=["lobby"] * 2 + ["gate"] * 3)
-        metrics = urllib.request.urlopen(srv.metrics_url, timeout=10).read().decode()
-    assert 'guard_camera_requests_total{camera="lobby",model="detector"} 2.0' in metrics
-    assert 'guard_camera_requests_total{camera="gate",model="detector"} 3.0' in metrics
