@@ -42,7 +42,9 @@ EXPLAIN = "guard_explain"
 DETECTOR_SCORES = "guard_detector_scores"
 SUSPECTS = "guard_suspects"
 """Text models, with guard_explain: a JSON object, detector -> per row the words it blames."""
-EXTENSIONS = ("guard_verdict",)
+EXTENSIONS = ("guard_verdict", "model_configuration", "statistics")
+"""What ServerMetadata lists: the verdict parameters, and Triton's configuration and statistics
+extensions (perf_analyzer asks for statistics only from a server that lists them)."""
 
 
 @dataclass(slots=True)

@@ -90,7 +90,7 @@ class BatchExecution:
             result = self.runner.run(prepared.inputs, kept, deadline)
         spans = row_spans([rows_of(r) for r in kept])
         judged = self.judge(result.scores, spans, [cameras[i] for i in prepared.kept])
-        self.recorder.batch(result)
+        self.recorder.batch(result, len(kept))
         served = [
             RowsResult(
                 {n: v[span] for n, v in result.outputs.items()},

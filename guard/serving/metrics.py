@@ -11,6 +11,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from guard.serving.statistics import InferenceStatistics
+
 # Sub-millisecond resolution at the bottom: a pass-through request costs well under 1 ms.
 LATENCY_BUCKETS = (
     0.0001,
@@ -181,6 +183,9 @@ class GuardMetrics:
             ["model", "camera"],
             registry=r,
         )
+        self.statistics: dict[str, InferenceStatistics] = {}
+        """Per model, Triton-style running totals (ModelStatistics); they outlive reloads, as the
+        Prometheus series do."""
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)
@@ -202,6 +207,7 @@ class ModelMetrics:
         self._batch = metrics.batch_size.labels(model)
         self._duration = metrics.request_duration.labels(model)
         self._backend_rows = metrics.backend_rows.labels(model)
+        self.statistics = metrics.statistics.setdefault(model, InferenceStatistics())
         self._stages: dict[str, Histogram] = {}
         self._requests: dict[tuple[str, str], Counter] = {}
         self._scores: dict[str, Histogram] = {}
@@ -243,6 +249,7 @@ class ModelMetrics:
 
     def queue_wait(self, seconds: float) -> None:
         self.stage("queue", seconds)
+        self.statistics.queued(seconds)
 
     def batch(self, rows: int) -> None:
         self._batch.observe(rows)
@@ -263,6 +270,7 @@ class ModelMetrics:
         )
         child.inc()
         self._duration.observe(seconds)
+        self.statistics.request(code == "OK", seconds)
 
     def scores(self, scores: dict[str, float], flagged_by: tuple[str, ...]) -> None:
         for detector, value in scores.items():

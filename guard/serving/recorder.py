@@ -28,10 +28,13 @@ class RuntimeRecorder:
         m.m.cameras_warm.labels(name).set(0 if baselines is None else baselines.warm)
         m.m.cameras_over_target.labels(name).set(0 if baselines is None else baselines.over_target)
 
-    def batch(self, result: BatchResult) -> None:
+    def batch(self, result: BatchResult, requests: int) -> None:
+        """One executed batch: `requests` requests' rows, with `result`'s outputs and timings."""
         for stage, seconds in result.timings.items():
             self.metrics.stage(stage, seconds)
         self.metrics.backend_rows(result.rows_sent)
+        rows = len(next(iter(result.outputs.values()))) if result.outputs else 0
+        self.metrics.statistics.executed(rows, requests, result.timings)
 
     def upstream(self, seconds: float) -> None:
         """One forward_clean call to the upstream, failed or not."""

@@ -97,11 +97,13 @@ def test_calls_without_a_configured_token_are_unauthenticated(tokens_file, held_
             assert error.status() == "StatusCode.UNAUTHENTICATED", (headers, error)
             assert SECRET not in error.message() and ALICE[:-1] not in error.message()
         # Metadata and the repository are refused too...
-        assert refused(client.get_model_metadata, "digits").status() == "StatusCode.UNAUTHENTICATED"
+        for model_call in (client.get_model_metadata, client.get_model_config):
+            assert refused(model_call, "digits").status() == "StatusCode.UNAUTHENTICATED"
         for call in (
             client.get_server_metadata,
             client.get_model_repository_index,
             client.get_system_shared_memory_status,
+            client.get_inference_statistics,
         ):
             assert refused(call).status() == "StatusCode.UNAUTHENTICATED"
         # ...while readiness and grpc.health.v1 answer anyone: probes carry no token.

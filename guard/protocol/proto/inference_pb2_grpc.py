@@ -114,6 +114,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
                 response_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
+        self.ModelStatistics = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelStatistics',
+                request_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+                response_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -224,6 +234,22 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Triton's model configuration and statistics extensions (its messages and field numbers, the
+        fields the guard fills): what perf_analyzer and Model Analyzer read before and while they load
+        a server. The configuration is the client contract of config.toml; the statistics are the
+        guard's own counters (guard.serving.statistics).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatistics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +332,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.CudaSharedMemoryUnregister,
                     request_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.FromString,
                     response_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigResponse.SerializeToString,
+            ),
+            'ModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatistics,
+                    request_deserializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsRequest.FromString,
+                    response_serializer=guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +776,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/CudaSharedMemoryUnregister',
             guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterRequest.SerializeToString,
             guard_dot_protocol_dot_proto_dot_inference__pb2.CudaSharedMemoryUnregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            guard_dot_protocol_dot_proto_dot_inference__pb2.ModelConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelStatistics',
+            guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
+            guard_dot_protocol_dot_proto_dot_inference__pb2.ModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,

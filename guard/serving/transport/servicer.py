@@ -37,6 +37,7 @@ from guard.serving.transport.requests import EncodedRequest
 from guard.serving.transport.service import authenticates, open_to_all, parse, takes_bytes
 from guard.serving.transport.status import reports_errors
 from guard.serving.transport.streams import StreamSession, deadline_of
+from guard.serving.transport.triton_views import model_config, model_statistics
 
 log = logging.getLogger("guard.serving.transport")
 
@@ -109,6 +110,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform=config.platform,
             inputs=tensors(config.inputs),
             outputs=tensors(config.outputs),
+        )
+
+    @reports_errors
+    async def ModelConfig(self, request, context):
+        check_name("name", request.name)
+        check_name("version", request.version)
+        runtime = self.dataplane.model(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config(runtime.config, str(runtime.device)))
+
+    @reports_errors
+    async def ModelStatistics(self, request, context):
+        """One model's statistics, or every served model's when the name is empty (as Triton)."""
+        check_name("name", request.name)
+        check_name("version", request.version)
+        if request.name:
+            runtimes = [self.dataplane.model(request.name, request.version)]
+        else:
+            runtimes = [self.dataplane.models[name] for name in sorted(self.dataplane.models)]
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                model_statistics(r.config.name, r.config.version, r.metrics.statistics.snapshot()) for r in runtimes
+            ]
         )
 
     @authenticates
