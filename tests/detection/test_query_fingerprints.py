@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from guard.detection.queries import QuerySettings, QueryStore, fingerprints, keys, shared
-from tests.conftest import demo_split
+from tests.conftest import ROOT, demo_split
 
 SETTINGS = QuerySettings(levels=5, window=12, threshold=30, min_near=2, min_changes=2)
 
@@ -163,3 +163,42 @@ def test_symbols_are_code_points_plus_one_with_zero_padding():
 
     rows = symbol_rows(["Ab\u00e9", "x"])
     assert rows.tolist() == [[ord("a") + 1, ord("b") + 1, ord("\u00e9") + 1], [ord("x") + 1, 0, 0]]
+
+
+def test_the_documented_defaults_are_the_served_ones():
+    """docs/query-attacks.md's table of [clients] keys states every default a model gets; the
+    settings' own defaults must be those (the benchmarks measure the documented ones)."""
+    import tomllib
+
+    from guard.serving.query_watch import QueryAttackSettings
+
+    rows = {}
+    for line in (ROOT / "docs" / "query-attacks.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    served = {**dataclasses.asdict(QuerySettings()), **dataclasses.asdict(QueryAttackSettings())}
+    served.pop("queries")
+    assert set(rows) == set(served)
+    for key, text in rows.items():
+        value = 0.0 if text == "none" else tomllib.loads(f"v = {text if text[0] in '[0123456789' else repr(text)}")["v"]
+        expected = served[key]
+        assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
+
+
+def test_a_text_as_long_as_one_window_has_one_hash_and_each_longer_one_more():
+    from guard.detection.texts import symbol_rows
+
+    settings = QuerySettings(window=12, top=50)
+    text = "abcdefghijklmnopqrstuvwxyz"
+    for length in (11, 12, 13, 20):
+        kept = fingerprints(symbol_rows([text[:length]]), settings)[0]
+        assert np.count_nonzero(kept) == max(0, length - settings.window + 1), length
+
+
+def test_a_value_range_maps_its_ends_to_the_same_levels_as_zero_to_one():
+    x, _ = demo_split("test")
+    plain = fingerprints(x[:20], QuerySettings())
+    for low, high in ((-1.0, 1.0), (0.0, 255.0), (10.0, 12.0)):
+        moved = low + x[:20].astype(np.float64) * (high - low)
+        np.testing.assert_array_equal(fingerprints(moved, QuerySettings(value_range=(low, high))), plain)
