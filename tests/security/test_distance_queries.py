@@ -129,3 +129,45 @@ def test_a_text_model_cannot_match_queries_by_distance(tmp_path):
         load_model_config(tmp_path / "bag")
     write_config(tmp_path / "bag", detectors='\n[clients]\nquery_attack = "flag"\nmatch = "hashes"\n')
     load_model_config(tmp_path / "bag")
+
+
+def colour_field(seed: int, side: int = 48) -> np.ndarray:
+    """A smooth random colour field (JPEG keeps it): small_cnn answers such fields differently."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:side, 0:side] / side
+    weights = rng.uniform(0, 1, (3, 3))
+    field = np.stack([w[0] * rows + w[1] * cols + w[2] * rows * cols for w in weights], -1)
+    return np.clip(field / max(field.max(), 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+def test_an_image_model_matches_its_thumbnails_by_the_distance_calibration_derives(tmp_path):
+    """The distance of a model whose clients send encoded images is derived on what the watch reads
+    (each frame's thumbnail), so a frame re-encoded at another JPEG quality stays near and two
+    frames the model answers differently are far (rule duplicates, one near-duplicate flags)."""
+    from tests.serving.test_image_ingest import bytes_input, camera_repository, encode
+
+    clients = {"query_attack": "flag", "match": "distance", "rule": "duplicates", "min_near": 1}
+    repository = camera_repository(tmp_path, clients=clients)
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    for seed in range(80):
+        (folder / f"{seed:03d}.png").write_bytes(encode(colour_field(seed), "PNG"))
+    model = repository / "cam"
+    report = calibrate_directory(model, load_references(folder, load_model_config(model, calibrated=False).inputs))
+    assert report["query_distance"] > 0
+
+    def ask(client, who: str, data: bytes) -> tuple[int, str]:
+        result = client.infer("cam", [bytes_input([data])], headers={"authorization": f"Bearer {TOKENS[who]}"})
+        return int(result.as_numpy("logits").argmax()), result.get_response().parameters[
+            "guard_client_verdict"
+        ].string_param
+
+    with serving(repository) as client:
+        answers = {seed: ask(client, "scout", encode(colour_field(100 + seed), "PNG"))[0] for seed in range(12)}
+        a = next(iter(answers))
+        b = next(s for s, answer in answers.items() if answer != answers[a])
+        first = encode(colour_field(100 + a), "PNG")
+        assert ask(client, "alice", first)[1] == "clean"
+        assert ask(client, "alice", encode(colour_field(100 + b), "PNG"))[1] == "clean"  # answered apart: far
+        assert ask(client, "bob", first)[1] == "clean"
+        assert ask(client, "bob", encode(colour_field(100 + a)))[1] == "query_attack"  # as JPEG: near
