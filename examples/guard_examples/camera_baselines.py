@@ -18,6 +18,13 @@ never saw; nothing judged was calibrated or warmed up on.
 
 - **Conditions** (guard.tools.evaluation.conditions) ramp over the judged frames only: the warm-up
   saw the camera as it was. One camera stream per condition, run at once (the batcher mixes them).
+  A ramp stands for hours (a dusk, a night's gain), but the frames go through in seconds, and a
+  camera's baseline may follow its scene only `max_drift_per_hour` per hour of its clock. So the
+  model's baseline clock is simulated while they run (`--ramp-hours`, default 1): it advances with
+  every frame judged, so that each stream's judged part spans that many hours, and the baseline
+  can follow the ramp exactly as far as its hourly bound allows, no further (the poisoning row
+  below uses the same bound). `--ramp-hours 0` keeps the wall clock: a ramp then reads as a
+  sudden change, which the baseline may not follow at all.
 - **Attacks on MobileNetV2**: PGD and MI-FGSM at eps 2, 4 and 8/255 (guard_examples.classifier_attack's
   construction: the attack changes the centre crop the gateway feeds the model) on 10 evenly spaced
   judged frames, sent by a warmed-up camera after the clean frames. Detection counts successful
@@ -40,6 +47,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import itertools
 import json
 import logging
 import tomllib
@@ -241,6 +250,24 @@ def attack_rows(url: str, model: str, camera: str, warmup: list[np.ndarray], jpe
     return rows
 
 
+@contextlib.contextmanager
+def simulated_hours(srv: BackgroundServer, model: str, frames_per_hour: float):
+    """While inside, the model's baseline clock reads one frame's worth of simulated time more at
+    each frame a camera's baseline observes (the streams run at once, so `frames_per_hour` counts
+    every stream's judged frames). Restored after: the wall clock is then behind, which a baseline
+    reads as no time passed."""
+    if frames_per_hour <= 0:
+        yield
+        return
+    baselines = srv.server._runtimes[model].baselines
+    start, calls, real = baselines.clock(), itertools.count(), baselines.clock
+    baselines.clock = lambda: start + next(calls) * 3600.0 / frames_per_hour
+    try:
+        yield
+    finally:
+        baselines.clock = real
+
+
 def poison(srv: BackgroundServer, model: str, camera: str, hours: float) -> float:
     """Drive the camera's baseline as an owner of the camera would at best, for `hours` of
     simulated time (one frame every 10 s, each judged clean and pulling every score far up);
@@ -269,6 +296,7 @@ def run_camera(
     warmup: int,
     seed: int,
     build_root: Path,
+    ramp_hours: float = 1.0,
 ) -> dict:
     others = {clip: frames for clip, frames in clips.items() if clip != held}
     repository = build_root / f"camera-repository-baselines-{held}"
@@ -279,7 +307,8 @@ def run_camera(
     with BackgroundServer(ServerSettings(repository=repository, grpc_port=0, metrics_port=-1)) as srv:
         for model in names:
             url = srv.grpc_url
-            with ThreadPoolExecutor(len(conditions)) as pool:  # one stream per condition, at once
+            pace = len(judged) * len(conditions) / ramp_hours if ramp_hours > 0 else 0.0
+            with simulated_hours(srv, model, pace), ThreadPoolExecutor(len(conditions)) as pool:
                 futures = {c: pool.submit(camera_run, url, model, f"{held}/{c}", start, judged, c) for c in conditions}
                 report.setdefault(model, {})["clean"] = {
                     c: f.result() for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")
@@ -312,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cameras", nargs="+", choices=CAMERAS, default=list(CAMERAS))
     parser.add_argument("--warmup", type=int, default=WARMUP)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ramp-hours", type=float, default=1.0, help="simulated hours each condition's ramp spans (0: the wall clock)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("guard.access", "guard.serving.dataplane"):
@@ -319,16 +351,23 @@ def main(argv: list[str] | None = None) -> None:
     clips = load_cameras()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    report = {"warmup": args.warmup, "gap": GAP, "conditions": args.conditions, "results": results}
+    report = {
+        "warmup": args.warmup,
+        "gap": GAP,
+        "conditions": args.conditions,
+        "ramp_hours": args.ramp_hours,
+        "results": results,
+    }
     for held in args.cameras:
         results[held] = run_camera(
-            held, clips, tuple(args.models), args.conditions, args.warmup, args.seed, ROOT / "build"
+            held, clips, tuple(args.models), args.conditions, args.warmup, args.seed, ROOT / "build", args.ramp_hours
         )
         # After every camera: a run stopped later keeps what it measured.
         (args.out / "results.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     held_out = {f"{h} {m}": r["calibration"][m].get("holdout_fpr") for h, r in results.items() for m in args.models}
     text = [
-        f"# Per-camera baselines on real footage (warm-up {args.warmup} frames, leave one camera out)",
+        f"# Per-camera baselines on real footage (warm-up {args.warmup} frames, leave one camera out, "
+        f"each ramp over {args.ramp_hours:g} simulated hours)",
         "",
         f"Calibration's own held-out clean flag rate (each calibration camera's last 30%): {held_out}",
         "",
