@@ -127,6 +127,7 @@ _THRESHOLDS = "guard/detection/thresholds.py"
 _BOUNDS = "guard/detection/bounds.py"
 _PIPELINE = "guard/detection/pipeline.py"
 _QUERIES = "guard/detection/queries.py"
+_DISTANCE = "guard/detection/query_distance.py"
 _ONE_COPY = "with one copy, concatenating or repeating it gives the same values (only a copy more)"
 EQUIVALENT: list[tuple[str, str, str]] = [
     # Annotations of local variables are never evaluated (PEP 526), so a mutated one changes nothing.
@@ -259,6 +260,21 @@ EQUIVALENT: list[tuple[str, str, str]] = [
             "before a further name is read (test_codec_limits counts the names read)",
         )
         for known in ("known", "declared")
+    ),
+    (
+        _DISTANCE,
+        "summed: np.ndarray = padded.reshape(len(rows), -2, k).sum(axis=2) / np.float32(np.sqrt(k))",
+        "numpy reads any negative size as the one to infer",
+    ),
+    (
+        _DISTANCE,
+        "def derive(rows: np.ndarray, answers: np.ndarray, dims: int, chunk: int = 513) -> float:",
+        "the chunk bounds memory only: every chunk is compared with every row",
+    ),
+    (
+        _DISTANCE,
+        "for start in range(1, len(e), chunk):  # bounded memory: chunk x n distances at a time",
+        "distances are symmetric: a row left out of the chunks is still compared with every chunk's rows",
     ),
     (
         _QUERIES,

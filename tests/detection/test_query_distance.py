@@ -50,8 +50,15 @@ def test_derive_gives_the_shortest_distance_between_rows_answered_differently():
     expected = gaps[answers[:, None] != answers[None]].min()
     assert gaps[answers[:, None] == answers[None]][gaps[answers[:, None] == answers[None]] > 0].min() < expected
     assert derive(rows, answers, dims=8, chunk=7) == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(ValueError, match="two different answers"):
+    with pytest.raises(ValueError, match="^the clean rows need at least two different answers"):
         derive(rows, np.zeros(300, int), dims=8)
+
+
+def test_derive_takes_two_answers_and_the_closest_pair_in_any_chunk():
+    rows = np.array([[0.0, 0.0], [0.0, 0.3], [5.0, 5.0], [9.0, 0.0], [0.0, 9.0]])
+    answers = np.array([0, 1, 0, 1, 0])  # two answers are enough; the closest pair is rows 0 and 1
+    for chunk in (1, 2, 512):
+        assert derive(rows, answers, dims=2, chunk=chunk) == pytest.approx(0.3)
 
 
 def test_the_store_matches_by_distance_and_keeps_embeddings():
