@@ -47,6 +47,7 @@ from guard.tools.calibrate import calibrate_model, detector_tables
 from guard.tools.calibrate_dir import calibrate_directory
 from guard.tools.clean_data import decode_image, decode_video, encode_jpeg, utf8_rows
 from guard.tools.evaluation import attacks, rates
+from guard.tools.evaluation.baseline_clock import simulated_hours
 from guard.tools.evaluation.client import GatewayClient
 from guard.tools.evaluation.conditions import CONDITIONS
 from guard.tools.evaluation.conditions import under as apply_condition
@@ -122,6 +123,7 @@ __all__ = [
     "GatewayClient",
     "CONDITIONS",
     "apply_condition",
+    "simulated_hours",
     "linf_pgd",
     "untargeted_pgd",
     "load_plan",

@@ -19,12 +19,12 @@ never saw; nothing judged was calibrated or warmed up on.
 - **Conditions** (guard.tools.evaluation.conditions) ramp over the judged frames only: the warm-up
   saw the camera as it was. One camera stream per condition, run at once (the batcher mixes them).
   A ramp stands for hours (a dusk, a night's gain), but the frames go through in seconds, and a
-  camera's baseline may follow its scene only `max_drift_per_hour` per hour of its clock. So the
-  model's baseline clock is simulated while they run (`--ramp-hours`, default 1): it advances with
-  every frame judged, so that each stream's judged part spans that many hours, and the baseline
-  can follow the ramp exactly as far as its hourly bound allows, no further (the poisoning row
-  below uses the same bound). `--ramp-hours 0` keeps the wall clock: a ramp then reads as a
-  sudden change, which the baseline may not follow at all.
+  camera's baseline may follow its scene only `max_drift_per_hour` per hour of its clock. So each
+  condition stream's baseline clock is simulated while they run (`--ramp-hours`, default 1;
+  guard.tools.evaluation.baseline_clock, as `guard evaluate` does): its judged frames span that
+  many hours, and the baseline can follow the ramp exactly as far as its hourly bound allows, no
+  further (the poisoning row below uses the same bound). `--ramp-hours 0` keeps the wall clock: a
+  ramp then reads as a sudden change, which the baseline may not follow at all.
 - **Attacks on MobileNetV2**: PGD and MI-FGSM at eps 2, 4 and 8/255 (guard_examples.classifier_attack's
   construction: the attack changes the centre crop the gateway feeds the model) on 10 evenly spaced
   judged frames, sent by a warmed-up camera after the clean frames. Detection counts successful
@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import itertools
 import json
 import logging
 import tomllib
@@ -60,7 +58,16 @@ import torch
 import tritonclient.grpc as triton
 from tqdm import tqdm
 
-from guard.api import CONDITIONS, BackgroundServer, ServerSettings, apply_condition, encode_jpeg, linf_pgd, upper_bound
+from guard.api import (
+    CONDITIONS,
+    BackgroundServer,
+    ServerSettings,
+    apply_condition,
+    encode_jpeg,
+    linf_pgd,
+    simulated_hours,
+    upper_bound,
+)
 from guard.api import attacks as atk
 from guard_examples import classifier_attack, footage, patch_attack, yolo
 from guard_examples.camera_baselines_tables import attack_table, clean_table
@@ -250,24 +257,6 @@ def attack_rows(url: str, model: str, camera: str, warmup: list[np.ndarray], jpe
     return rows
 
 
-@contextlib.contextmanager
-def simulated_hours(srv: BackgroundServer, model: str, frames_per_hour: float):
-    """While inside, the model's baseline clock reads one frame's worth of simulated time more at
-    each frame a camera's baseline observes (the streams run at once, so `frames_per_hour` counts
-    every stream's judged frames). Restored after: the wall clock is then behind, which a baseline
-    reads as no time passed."""
-    if frames_per_hour <= 0:
-        yield
-        return
-    baselines = srv.server._runtimes[model].baselines
-    start, calls, real = baselines.clock(), itertools.count(), baselines.clock
-    baselines.clock = lambda: start + next(calls) * 3600.0 / frames_per_hour
-    try:
-        yield
-    finally:
-        baselines.clock = real
-
-
 def poison(srv: BackgroundServer, model: str, camera: str, hours: float) -> float:
     """Drive the camera's baseline as an owner of the camera would at best, for `hours` of
     simulated time (one frame every 10 s, each judged clean and pulling every score far up);
@@ -307,8 +296,10 @@ def run_camera(
     with BackgroundServer(ServerSettings(repository=repository, grpc_port=0, metrics_port=-1)) as srv:
         for model in names:
             url = srv.grpc_url
-            pace = len(judged) * len(conditions) / ramp_hours if ramp_hours > 0 else 0.0
-            with simulated_hours(srv, model, pace), ThreadPoolExecutor(len(conditions)) as pool:
+            baselines = srv.server.baselines(model)
+            assert baselines is not None  # the repository is built with per-camera baselines
+            spans = {f"{held}/{c}": len(judged) for c in conditions}
+            with simulated_hours(baselines, spans, ramp_hours), ThreadPoolExecutor(len(conditions)) as pool:
                 futures = {c: pool.submit(camera_run, url, model, f"{held}/{c}", start, judged, c) for c in conditions}
                 report.setdefault(model, {})["clean"] = {
                     c: f.result() for c, f in tqdm(futures.items(), desc=f"{held} {model}", unit="condition")

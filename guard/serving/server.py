@@ -31,6 +31,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from guard.detection.baselines import Baselines
 from guard.protocol.proto import inference_pb2 as pb
 from guard.serving.auth import Authenticator
 from guard.serving.dataplane import EXTENSIONS, DataPlane
@@ -170,6 +171,12 @@ class GuardServer:
             "tokens" if auth.tokens is not None else "client-certificates" if auth.mutual_tls else "off",
             ",".join(self._runtimes),
         )
+
+    def baselines(self, model: str) -> Baselines | None:
+        """The model's per-camera baselines (None without [cameras.baseline], or no such model): an
+        evaluation that starts the server drives their clock (guard.tools.evaluation.baseline_clock)."""
+        runtime = self._runtimes.get(model)
+        return None if runtime is None else runtime.baselines
 
     def reload(self) -> asyncio.Task[dict[str, str]] | None:
         """Re-read the repository in the background (SIGHUP); None once stopping."""

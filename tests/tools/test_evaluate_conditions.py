@@ -39,6 +39,11 @@ def test_a_plan_names_only_known_conditions_once(tmp_path):
             load_plan(plan)
     plan.write_text(text.replace("[data]\n", '[data]\nconditions = ["dusk", "gain"]\n'))
     assert load_plan(plan).frames("test").conditions == ("dusk", "gain")
+    assert load_plan(plan).frames("test").ramp_hours == 1.0  # the default: a ramp spans an hour
+    for bad in ("-1.0", '"an hour"', "inf"):
+        plan.write_text(text.replace("[data]\n", f"[data]\nramp_hours = {bad}\n"))
+        with pytest.raises(ConfigError, match=r"key 'data.ramp_hours': expected a number of hours, 0 or more"):
+            load_plan(plan)
 
 
 def test_each_condition_is_judged_per_camera_after_a_warm_up_of_its_own(tmp_path, monkeypatch):
@@ -53,6 +58,16 @@ def test_each_condition_is_judged_per_camera_after_a_warm_up_of_its_own(tmp_path
         return real(self, model, items, desc, cameras)
 
     monkeypatch.setattr(GatewayClient, "infer_encoded", recording)
+    from guard.tools.evaluation import image_conditions
+
+    clocks: list[tuple[dict[str, int], float]] = []
+    simulated = image_conditions.simulated_hours
+
+    def recording_clock(baselines, judged, hours):
+        clocks.append((dict(judged), hours))
+        return simulated(baselines, judged, hours)
+
+    monkeypatch.setattr(image_conditions, "simulated_hours", recording_clock)
     plan = _per_camera_plan(tmp_path)
     plan.write_text(plan.read_text().replace("[data]\n", '[data]\ncameras = true\nconditions = ["dusk", "haze"]\n'))
     report = tmp_path / "report"
@@ -65,5 +80,9 @@ def test_each_condition_is_judged_per_camera_after_a_warm_up_of_its_own(tmp_path
         assert 0.0 <= row["rate"] <= row["upper_95"] <= 1.0
     # A camera of its own per condition, so its baseline warms up on the frames before the change.
     assert ["cam_a~dusk"] * 8 + ["cam_b~dusk"] * 8 in sent and ["cam_a~haze"] * 8 + ["cam_b~haze"] * 8 in sent
+    # The gateway runs in this process: each camera's judged frames span an hour of its baseline clock.
+    assert clocks == [({"cam_a~dusk": 5, "cam_b~dusk": 5}, 1.0), ({"cam_a~haze": 5, "cam_b~haze": 5}, 1.0)]
+    assert all(row["ramp_hours"] == 1.0 for row in rows.values())
     text = (report / "results.md").read_text()
     assert "detector: clean test frames under simulated conditions" in text and "| haze | " in text
+    assert "over 1 simulated hours of each camera's baseline clock" in text

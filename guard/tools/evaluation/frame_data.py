@@ -10,6 +10,7 @@ and video helpers).
     max_frames = 200                        # optional: at most this many frames per source
     cameras = true                          # optional: each source is a camera (default false)
     conditions = ["dusk", "gain"]           # optional: the test frames also judged under these
+    ramp_hours = 1.0                        # optional: simulated hours each camera's ramp spans (0: none)
 
 A folder contributes its .jpg, .jpeg and .png files in name order; a video its frames in time order.
 With `cameras = true` each source (a folder, a video) is one camera whose id is its name without
@@ -46,6 +47,9 @@ class FrameSplit:
     conditions: tuple[str, ...] = ()
     """[data] conditions: simulated conditions the test frames are also judged under
     (guard.tools.evaluation.image_conditions)."""
+    ramp_hours: float = 1.0
+    """[data] ramp_hours: the simulated hours a condition's ramp spans on each camera's baseline
+    clock (guard.tools.evaluation.baseline_clock); 0 keeps the wall clock."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -88,6 +92,7 @@ def load_frame_split(
     limit: int | None = None,
     per_camera: bool = False,
     conditions: tuple[str, ...] = (),
+    ramp_hours: float = 1.0,
 ) -> FrameSplit:
     """The frames `[data] key` names (paths relative to the plan); every problem names the key."""
     value = reader.get(key, object, expected="a folder of images, a video file, or a list of them")
@@ -119,6 +124,7 @@ def load_frame_split(
         tuple(cameras),
         per_camera,
         conditions,
+        ramp_hours,
     )
 
 
@@ -136,12 +142,15 @@ def judged_rows(cameras: Sequence[str], warmup: int) -> np.ndarray:
 
 def read_frame_data(reader: TableReader, keys: tuple[str, ...]) -> dict[str, FrameSplit]:
     """Every split of an image plan's [data] table."""
-    reader.unknown((*keys, "video_stride", "max_frames", "cameras", "conditions"))
+    reader.unknown((*keys, "video_stride", "max_frames", "cameras", "conditions", "ramp_hours"))
     stride = reader.positive("video_stride", 1)
     limit = reader.positive("max_frames", 0, allow_zero=True) or None
     per_camera = reader.get("cameras", bool, False)
     conditions = _conditions(reader)
-    return {key: load_frame_split(reader, key, stride, limit, per_camera, conditions) for key in keys}
+    ramp_hours = reader.get("ramp_hours", float, 1.0, "a number of hours, 0 or more")
+    if not 0 <= ramp_hours < float("inf"):
+        raise reader.fail("ramp_hours", "a number of hours, 0 or more", ramp_hours)
+    return {key: load_frame_split(reader, key, stride, limit, per_camera, conditions, ramp_hours) for key in keys}
 
 
 def _conditions(reader: TableReader) -> tuple[str, ...]:

@@ -13,15 +13,24 @@ its judged frames with the condition ramped from the first judged frame (progres
 resize, as it happens in front of a camera; `jpeg` re-encodes them at the ramp's quality and sends
 what the decoder gives back. Each condition's row counts the judged frames the gateway flagged, with
 the one-sided 95% upper bound, overall and per camera.
+
+A ramp stands for hours, and a camera's baseline may follow its scene only so far per hour: where
+this process started the gateway, each camera's judged frames span `[data] ramp_hours` on its
+baseline clock (guard.tools.evaluation.baseline_clock). A --connect gateway's clock is out of
+reach; its rows say `ramp_hours = 0` (the wall clock: a ramp reads as a sudden change).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from guard.detection.baselines import Baselines
 from guard.tools.clean_data import decode_image, encode_jpeg
+from guard.tools.evaluation.baseline_clock import simulated_hours
 from guard.tools.evaluation.client import GatewayClient
 from guard.tools.evaluation.conditions import CAMERA_QUALITY, CONDITIONS, quality
 from guard.tools.evaluation.frame_data import FrameSplit, judged_rows
@@ -69,23 +78,29 @@ def condition_rows(
     test: FrameSplit,
     conditions: Sequence[str],
     seed: int,
+    baselines: Baselines | None = None,
 ) -> dict[str, dict]:
-    """Per condition: the judged frames' served flag rate, overall and per camera."""
+    """Per condition: the judged frames' served flag rate, overall and per camera. `baselines`: the
+    model's, where this process serves it (its clock is simulated while the condition runs)."""
     warmup = image.warmup
     cameras = list(test.cameras)
     judged = judged_mask(cameras, warmup)
+    hours = test.ramp_hours if baselines is not None and warmup else 0.0
     rows = {}
     for condition in conditions:
         frames = under_condition(test.frames, cameras, warmup, condition, seed)
         ids = [f"{camera}{SEPARATOR}{condition}" for camera in cameras]
-        served = client.infer_encoded(
-            name,
-            image.encode(image.views(frames)),
-            desc=f"{name} clean test under {condition}",
-            cameras=ids if warmup else None,
-        )
+        spans = collections.Counter(ids[i] for i in np.flatnonzero(judged))
+        with simulated_hours(baselines, spans, hours) if baselines is not None else contextlib.nullcontext():
+            served = client.infer_encoded(
+                name,
+                image.encode(image.views(frames)),
+                desc=f"{name} clean test under {condition}",
+                cameras=ids if warmup else None,
+            )
         flags = served_flags(served)
         rows[condition] = {
+            "ramp_hours": hours,
             **flag_rate(flags[judged]),
             "cameras": {
                 camera: flag_rate(flags[judged & (np.array(cameras) == camera)]) for camera in dict.fromkeys(cameras)

@@ -19,6 +19,7 @@ import numpy as np
 
 from guard.protocol.errors import ConfigError
 from guard.serving.model_config import load_model_config
+from guard.tools.evaluation.baseline_clock import BaselinesOf
 from guard.tools.evaluation.client import GatewayClient, Served
 from guard.tools.evaluation.frame_data import judged_rows
 from guard.tools.evaluation.image_attacks import default_suite, run_rule_attack, white_box_asr
@@ -44,6 +45,7 @@ def _model_rows(
     judged: np.ndarray,
     suffix: str,
     curves: dict,
+    baselines_of: BaselinesOf,
 ) -> tuple[dict, list[dict]]:
     """One image model's summary and attack rows."""
     image, name = subject.image, subject.name
@@ -84,7 +86,9 @@ def _model_rows(
     reference.summary["matches_gateway_thresholds"] = matches_config(directory, reference)
     reference.summary["warmup_frames_per_camera"] = image.warmup
     if test.conditions:
-        reference.summary["conditions"] = condition_rows(client, name, image, test, test.conditions, options.seed)
+        reference.summary["conditions"] = condition_rows(
+            client, name, image, test, test.conditions, options.seed, baselines_of(name)
+        )
     picked = subset(every, pick)
     clean_raw = image.raw(picked.logits)
     net = image.torch_model()
@@ -135,7 +139,9 @@ def subset(served: Served, rows: np.ndarray) -> Served:
     return Served(served.logits[rows], {d: s[rows] for d, s in served.scores.items()}, served.verdicts[rows])
 
 
-def evaluate_images(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
+def evaluate_images(
+    client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions, baselines_of: BaselinesOf
+) -> tuple[dict, dict]:
     """All rows and per-model summaries of an image plan, plus ROC inputs per row."""
     from guard.tools.evaluation.run import sample
 
@@ -151,7 +157,7 @@ def evaluate_images(client: GatewayClient, repository: Path, plan: Plan, options
         # Row keys name the model only when several are evaluated, so one model's keys stay short.
         suffix = f"@{subject.name}" if len(plan.images) > 1 else ""
         summaries[subject.name], found = _model_rows(
-            client, repository, plan, subject, options, pick, judged, suffix, curves
+            client, repository, plan, subject, options, pick, judged, suffix, curves, baselines_of
         )
         rows += found
     return {

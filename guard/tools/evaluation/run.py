@@ -12,6 +12,7 @@ import logging
 import shlex
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from guard.serving.model_config import load_model_config
 from guard.tools.credentials import NONE, ClientCredentials
 from guard.tools.evaluation import attacks as atk
 from guard.tools.evaluation import rates as m
+from guard.tools.evaluation.baseline_clock import BaselinesOf
 from guard.tools.evaluation.client import GatewayClient
 from guard.tools.evaluation.plan import Plan, load_plan
 from guard.tools.evaluation.reference import ModelReference, matches_config
@@ -77,16 +79,19 @@ class EvalOptions:
 
 
 @contextlib.contextmanager
-def _gateway(options: EvalOptions, repository: Path):
+def _gateway(options: EvalOptions, repository: Path) -> Iterator[tuple[str, BaselinesOf]]:
+    """The gateway's address, and each model's per-camera baselines where this process started it
+    (simulated conditions drive their clock, guard.tools.evaluation.baseline_clock); a --connect
+    gateway's are out of reach."""
     if options.connect:
-        yield options.connect
+        yield options.connect, lambda model: None
         return
     from guard.serving.background import BackgroundServer
     from guard.serving.settings import ServerSettings
 
     settings = ServerSettings(repository=repository, grpc_port=0, metrics_port=-1, policy="flag")
     with BackgroundServer(settings) as server:
-        yield server.grpc_url
+        yield server.grpc_url, server.server.baselines
 
 
 def _surrogate_asr(net, adv: np.ndarray, y: np.ndarray, clean_ok: np.ndarray) -> float | None:
@@ -114,13 +119,15 @@ def sample(count: int, options: EvalOptions) -> np.ndarray:
     return np.sort(np.random.default_rng(options.seed).choice(count, n, replace=False))
 
 
-def evaluate(client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions) -> tuple[dict, dict]:
+def evaluate(
+    client: GatewayClient, repository: Path, plan: Plan, options: EvalOptions, baselines_of: BaselinesOf | None = None
+) -> tuple[dict, dict]:
     """All rows and per-model summaries, plus ROC inputs per row."""
     client.wait_ready(plan.names)
     if plan.images:  # a plan's models are all of one kind (load_plan)
         from guard.tools.evaluation.image_rows import evaluate_images
 
-        return evaluate_images(client, repository, plan, options)
+        return evaluate_images(client, repository, plan, options, baselines_of or (lambda model: None))
     if plan.texts:
         from guard.tools.evaluation.text_rows import evaluate_texts
 
@@ -271,13 +278,13 @@ def run_evaluation(options: EvalOptions) -> dict:
             log.info("--connect: reusing %s for the adaptive attack's detector statistics", repository)
         else:
             build_repository(plan, repository, seed=options.seed, ensemble=options.ensemble)
-        url = stack.enter_context(_gateway(options, repository))
+        url, baselines_of = stack.enter_context(_gateway(options, repository))
         credentials = options.credentials if options.connect else NONE
         client = stack.enter_context(GatewayClient(url, credentials=credentials))
         for name in plan.names:  # each model's own deadline bounds how much the client queues
             timeout_us = load_model_config(repository / name).batching.default_timeout_microseconds
             client.deadlines[name] = timeout_us / 1e6
-        found, curves = evaluate(client, repository, plan, options)
+        found, curves = evaluate(client, repository, plan, options, baselines_of)
     notes = [note.format(surrogate=plan.attack_surrogate().name) for note in NOTES if plan.attacked]
     notes += (IMAGE_NOTES if plan.images else []) + (TEXT_NOTES if plan.texts else []) + list(plan.notes)
     results = {

@@ -125,11 +125,17 @@ def conditions_section(results: dict) -> str:
         rows = model.get("conditions")
         if not rows:
             continue
+        hours = next(iter(rows.values())).get("ramp_hours", 0.0)
+        span = (
+            f"over {hours:g} simulated hours of each camera's baseline clock"
+            if hours
+            else "on the wall clock (a --connect gateway's clock is out of reach): a ramp reads as a sudden change"
+        )
         lines += [
             f"\n### {name}: clean test frames under simulated conditions\n",
             "Each camera warms up as it was, then its judged frames are ramped to the condition "
-            "(guard.tools.evaluation.conditions); flagged at the served thresholds, with the one-sided 95% upper "
-            "bound.\n",
+            f"(guard.tools.evaluation.conditions), {span}; flagged at the served thresholds, with the one-sided "
+            "95% upper bound.\n",
             "| condition | flagged | rate (≤ upper 95%) | worst camera |",
             "|---|---|---|---|",
         ]
