@@ -262,6 +262,11 @@ EQUIVALENT: list[tuple[str, str, str]] = [
         for known in ("known", "declared")
     ),
     (
+        "guard/serving/validation.py",
+        'if spec.range is not None and array.size and array.dtype.kind in "XXbiufXX":',
+        "a membership test of one character: every numeric kind is still in the longer string",
+    ),
+    (
         _DISTANCE,
         "summed: np.ndarray = padded.reshape(len(rows), -2, k).sum(axis=2) / np.float32(np.sqrt(k))",
         "numpy reads any negative size as the one to infer",

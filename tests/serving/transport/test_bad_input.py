@@ -107,17 +107,17 @@ CASES = {
     "wrong shape": (
         lambda: request(np.zeros((1, 1, 16, 8), np.float32)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "dimension 3 is 8, expected 16",
+        "^input 'input': expected shape [N, 1, 16, 16], got [1, 1, 16, 8] (dimension 3 is 8, expected 16)",
     ),
     "empty batch": (
         lambda: request(np.zeros((0, 1, 16, 16), np.float32)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "at least one row",
+        "^input 'input': expected at least one row in the batch dimension",
     ),
     "batch too large": (
         lambda: request(np.zeros((33, 1, 16, 16), np.float32)),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "exceeds the model's max_batch_size 32",
+        "^input 'input': batch dimension 33 exceeds the model's max_batch_size 32",
     ),
     "byte length": (
         lambda: request(GOOD, shape=[2, 1, 16, 16]),
@@ -146,7 +146,7 @@ CASES = {
     "typed overflow": (
         typed_overflow,
         grpc.StatusCode.INVALID_ARGUMENT,
-        "input 'input': expected datatype FP32, got UINT8",
+        "^input 'input': expected datatype FP32, got UINT8",
     ),
     "extra input": (
         two_inputs,
@@ -154,7 +154,7 @@ CASES = {
         "^unexpected input 'extra' for model 'digits': expected inputs ['input']",
     ),
     "wrong input name": (lambda: request(name="image"), grpc.StatusCode.INVALID_ARGUMENT, "unexpected input 'image'"),
-    "NaN": (nan_input, grpc.StatusCode.INVALID_ARGUMENT, "expected finite values, got NaN or Inf"),
+    "NaN": (nan_input, grpc.StatusCode.INVALID_ARGUMENT, "^input 'input': expected finite values, got NaN or Inf"),
     "Inf typed": (inf_typed, grpc.StatusCode.INVALID_ARGUMENT, "expected finite values"),
     "out of range": (
         lambda: request(GOOD * 4),
