@@ -267,6 +267,11 @@ EQUIVALENT: list[tuple[str, str, str]] = [
         "a membership test of one character: every numeric kind is still in the longer string",
     ),
     (
+        "guard/serving/validation.py",
+        'return "[" + ", ".join("N" if d == "XXNXX" else "*" if d == -1 else str(d) for d in shape) + "]"',
+        'the batch dimension\'s "N" falls through to str(d), which is "N" as well',
+    ),
+    (
         _DISTANCE,
         "summed: np.ndarray = padded.reshape(len(rows), -2, k).sum(axis=2) / np.float32(np.sqrt(k))",
         "numpy reads any negative size as the one to infer",
