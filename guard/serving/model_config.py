@@ -199,6 +199,12 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
     if queries.match == "distance" and preprocess is not None and preprocess.symbols:
         expected = f'"hashes": a {preprocess.kind} model\'s queries are characters, which have no distance'
         raise r.sub("clients").fail("match", expected, "distance")
+    guarded = next(s for s in config.inputs if s.name == config.detection.guarded_input)
+    if queries.match == "distance" and preprocess is None and -1 in guarded.shape:
+        # Queries of different sizes have no distance between them; a store keyed by size would let
+        # a client reset its history by changing the size.
+        expected = f"\"hashes\": input '{guarded.name}' has a free dimension, so its queries have no common size"
+        raise r.sub("clients").fail("match", expected, "distance")
     if queries.match == "distance" and not queries.distance and calibrated:
         # No default: a distance is in the units of the model's inputs, derived from its clean data.
         raise r.sub("clients").fail("distance", "the model's own distance: run `guard calibrate --model DIR`")

@@ -171,3 +171,13 @@ def test_an_image_model_matches_its_thumbnails_by_the_distance_calibration_deriv
         assert ask(client, "alice", encode(colour_field(100 + b), "PNG"))[1] == "clean"  # answered apart: far
         assert ask(client, "bob", first)[1] == "clean"
         assert ask(client, "bob", encode(colour_field(100 + a)))[1] == "query_attack"  # as JPEG: near
+
+
+def test_a_free_dimension_cannot_match_queries_by_distance(tmp_path):
+    def free_width(table):
+        table["inputs"][0]["shape"] = [1, 16, -1]
+        table["clients"] = {**DISTANCE, "distance": 1.0}
+
+    repository = edit_config(copy_demo(tmp_path), free_width)
+    with pytest.raises(ConfigError, match=r"clients\.match.*'input' has a free dimension"):
+        load_model_config(repository / "digits", calibrated=False)
