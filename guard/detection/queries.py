@@ -266,7 +266,8 @@ class QueryStore:
         s = self.settings
         history = self._histories.get(identity)
         if history is None or history.newest() < now - s.window_seconds or history.prints.shape[1:] != prints.shape[1:]:
-            # A fresh one: nothing of the expired one counts (nor of another input size's embeddings).
+            # A fresh one: nothing of the expired one counts. A print of another size never meets
+            # one that matched before (models whose queries change size match by hashes: clients.match).
             history = _History(s.max_entries, prints)
         self._histories[identity] = history
         self._histories.move_to_end(identity)
