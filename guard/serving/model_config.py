@@ -199,8 +199,9 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
     if queries.match == "distance" and preprocess is not None and preprocess.symbols:
         expected = f'"hashes": a {preprocess.kind} model\'s queries are characters, which have no distance'
         raise r.sub("clients").fail("match", expected, "distance")
-    guarded = next(s for s in config.inputs if s.name == config.detection.guarded_input)
-    if queries.match == "distance" and preprocess is None and -1 in guarded.shape:
+    # Without a preprocessor the watch reads the guarded input as the client sent it.
+    guarded = next((s for s in config.inputs if s.name == config.detection.guarded_input), None)
+    if queries.match == "distance" and preprocess is None and guarded is not None and -1 in guarded.shape:
         # Queries of different sizes have no distance between them; a store keyed by size would let
         # a client reset its history by changing the size.
         expected = f"\"hashes\": input '{guarded.name}' has a free dimension, so its queries have no common size"
