@@ -195,20 +195,8 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         cameras=read_camera_settings(r.sub("cameras")),
         clients=read_client_settings(r.sub("clients")),
     )
-    queries = config.clients.queries.queries
-    if queries.match == "distance" and preprocess is not None and preprocess.symbols:
-        expected = f'"hashes": a {preprocess.kind} model\'s queries are characters, which have no distance'
-        raise r.sub("clients").fail("match", expected, "distance")
-    # Without a preprocessor the watch reads the guarded input as the client sent it.
-    guarded = next((s for s in config.inputs if s.name == config.detection.guarded_input), None)
-    if queries.match == "distance" and preprocess is None and guarded is not None and -1 in guarded.shape:
-        # Queries of different sizes have no distance between them; a store keyed by size would let
-        # a client reset its history by changing the size.
-        expected = f"\"hashes\": input '{guarded.name}' has a free dimension, so its queries have no common size"
-        raise r.sub("clients").fail("match", expected, "distance")
-    if queries.match == "distance" and not queries.distance and calibrated:
-        # No default: a distance is in the units of the model's inputs, derived from its clean data.
-        raise r.sub("clients").fail("distance", "the model's own distance: run `guard calibrate --model DIR`")
+    if config.clients.queries.queries.match == "distance":
+        _check_distance_match(r.sub("clients"), config, calibrated)
     # Detector types and parameters are validated here, at load, against the input they examine.
     build_detectors(
         path,
@@ -218,3 +206,24 @@ def load_model_config(directory: Path, calibrated: bool = True) -> ModelConfig:
         output_kind=config.detection.output_kind,
     )
     return config
+
+
+def _check_distance_match(r: TableReader, config: ModelConfig, calibrated: bool) -> None:
+    """[clients] match = "distance" needs queries of one numeric size and, to serve, a distance."""
+    preprocess = config.preprocess
+    if preprocess is not None and preprocess.symbols:
+        raise r.fail(
+            "match",
+            f'"hashes": a {preprocess.kind} model\'s queries are characters, which have no distance',
+            "distance",
+        )
+    # Without a preprocessor the watch reads the guarded input as the client sent it.
+    guarded = next((s for s in config.inputs if s.name == config.detection.guarded_input), None)
+    if preprocess is None and guarded is not None and -1 in guarded.shape:
+        # Queries of different sizes have no distance between them; a store keyed by size would let
+        # a client reset its history by changing the size.
+        expected = f"\"hashes\": input '{guarded.name}' has a free dimension, so its queries have no common size"
+        raise r.fail("match", expected, "distance")
+    if not config.clients.queries.queries.distance and calibrated:
+        # No default: a distance is in the units of the model's inputs, derived from its clean data.
+        raise r.fail("distance", "the model's own distance: run `guard calibrate --model DIR`")

@@ -19,6 +19,7 @@ stages allow:
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,8 +60,8 @@ class Snapshot:
     inference_count: int
     execution_count: int
     last_inference_ms: int
-    batches: dict[int, tuple[int, Compute]]
-    """Batch size -> (batches of that size, their compute durations)."""
+    batches: dict[int, Compute]
+    """Batch size -> its batches' compute durations (each batch counted once)."""
 
 
 class InferenceStatistics:
@@ -71,7 +72,7 @@ class InferenceStatistics:
         self._success, self._fail, self._queue = Duration(), Duration(), Duration()
         self._compute = Compute()
         self._inferences = self._executions = self._last_ms = 0
-        self._batches: dict[int, tuple[int, Compute]] = {}
+        self._batches: dict[int, Compute] = {}
 
     def request(self, ok: bool, seconds: float) -> None:
         with self._lock:
@@ -88,23 +89,19 @@ class InferenceStatistics:
             self._inferences += rows
             self._executions += 1
             self._compute.add(timings, requests)
-            count, compute = self._batches.get(rows) or (0, Compute())
-            compute.add(timings)
-            self._batches[rows] = (count + 1, compute)
+            self._batches.setdefault(rows, Compute()).add(timings)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(
-                Duration(**vars(self._success)),
-                Duration(**vars(self._fail)),
-                Duration(**vars(self._queue)),
-                _copy(self._compute),
-                self._inferences,
-                self._executions,
-                self._last_ms,
-                {size: (count, _copy(compute)) for size, (count, compute) in self._batches.items()},
+            return copy.deepcopy(
+                Snapshot(
+                    self._success,
+                    self._fail,
+                    self._queue,
+                    self._compute,
+                    self._inferences,
+                    self._executions,
+                    self._last_ms,
+                    self._batches,
+                )
             )
-
-
-def _copy(compute: Compute) -> Compute:
-    return Compute(*(Duration(**vars(getattr(compute, name))) for name in COMPUTE_STAGES.values()))

@@ -63,7 +63,6 @@ def model_statistics(name: str, version: str, s: Snapshot) -> pb.ModelStatistics
             success=_duration(s.success), fail=_duration(s.fail), queue=_duration(s.queue), **_compute(s.compute)
         ),
         batch_stats=[
-            pb.InferBatchStatistics(batch_size=size, **_compute(compute))
-            for size, (_, compute) in sorted(s.batches.items())
+            pb.InferBatchStatistics(batch_size=size, **_compute(compute)) for size, compute in sorted(s.batches.items())
         ],
     )

@@ -29,10 +29,11 @@ BaselinesOf = Callable[[str], Baselines | None]
 
 
 @contextlib.contextmanager
-def simulated_hours(baselines: Baselines, judged: Mapping[str, int], hours: float) -> Iterator[None]:
+def simulated_hours(baselines: Baselines | None, judged: Mapping[str, int], hours: float) -> Iterator[None]:
     """judged: camera -> its frames to be judged (its warm-up comes before them, on the same
-    per-frame pace). Cameras not listed keep the wall clock; hours <= 0 changes nothing."""
-    if hours <= 0:
+    per-frame pace). Cameras not listed keep the wall clock; no baselines (none, or out of reach)
+    or hours <= 0 change nothing."""
+    if baselines is None or hours <= 0:
         yield
         return
     start = baselines.clock()

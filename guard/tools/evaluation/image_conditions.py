@@ -23,7 +23,6 @@ reach; its rows say `ramp_hours = 0` (the wall clock: a ramp reads as a sudden c
 from __future__ import annotations
 
 import collections
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,7 +90,7 @@ def condition_rows(
         frames = under_condition(test.frames, cameras, warmup, condition, seed)
         ids = [f"{camera}{SEPARATOR}{condition}" for camera in cameras]
         spans = collections.Counter(ids[i] for i in np.flatnonzero(judged))
-        with simulated_hours(baselines, spans, hours) if baselines is not None else contextlib.nullcontext():
+        with simulated_hours(baselines, spans, hours):
             served = client.infer_encoded(
                 name,
                 image.encode(image.views(frames)),
